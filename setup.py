@@ -1,0 +1,31 @@
+"""Build of the native engine: Cython modules over liburing and a crc32c kernel."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+COMMON = {
+    "extra_compile_args": ["-O3", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+    "include_dirs": ["shoal/engine/src"],
+}
+
+extensions = [
+    Extension(
+        "shoal.engine._crc",
+        sources=["shoal/engine/_crc.pyx", "shoal/engine/src/crc32c.c"],
+        **COMMON,
+    ),
+    Extension(
+        "shoal.engine._uring",
+        sources=["shoal/engine/_uring.pyx"],
+        libraries=["uring"],
+        **COMMON,
+    ),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+    ),
+)

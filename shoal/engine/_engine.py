@@ -1,0 +1,180 @@
+"""The engine's public functions: validation, GPU dispatch, error reporting, backend choice.
+
+Backends (``io_uring`` in ``_uring.pyx``, ``threads`` in ``_threads.py``) receive validated
+requests and return one result per request: a byte count or an exception instance. This
+module turns the first failure into the exception the caller sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from . import _crc
+from ._requests import host_view, io_requests
+
+__all__ = ["backend", "crc32c", "get_backend", "read_batch", "read_files", "write_batch"]
+
+BACKENDS = ("io_uring", "threads")
+
+
+@functools.cache
+def _make(name: str):
+    if name == "threads":
+        from ._threads import ThreadsBackend
+
+        return ThreadsBackend()
+    if name == "io_uring":
+        from . import _uring
+
+        return _uring.UringBackend()
+    raise ValueError(f"unknown engine backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+@functools.cache
+def io_uring_available() -> bool:
+    """Probe once whether this process may set up an io_uring (seccomp often forbids it)."""
+    try:
+        from . import _uring
+    except ImportError:
+        return False
+    return _uring.probe()
+
+
+def get_backend(name: str | None = None):
+    """The backend object named ``name``, or the one ``SHOAL_ENGINE`` selects (default auto)."""
+    if name is None:
+        name = os.environ.get("SHOAL_ENGINE", "auto").strip().lower() or "auto"
+        if name == "auto":
+            name = "io_uring" if io_uring_available() else "threads"
+        elif name not in BACKENDS:
+            raise ValueError(
+                f"SHOAL_ENGINE={name!r} is not a backend; use auto, {' or '.join(BACKENDS)}"
+            )
+    if name == "io_uring" and not io_uring_available():
+        raise OSError(
+            "io_uring is not available in this process (kernel too old or blocked by "
+            "seccomp); set SHOAL_ENGINE=threads"
+        )
+    return _make(name)
+
+
+def backend() -> str:
+    """Name of the backend in use: ``"io_uring"`` or ``"threads"``."""
+    return get_backend().name
+
+
+def _finish(results: list, op: str) -> list[int]:
+    for index, res in enumerate(results):
+        if isinstance(res, BaseException):
+            res.index = index
+            res.results = results
+            raise res
+    return results
+
+
+def _split_device(checked: list[tuple]) -> tuple[list[int], list[int]]:
+    host, device = [], []
+    for i, req in enumerate(checked):
+        (device if req[3] is None else host).append(i)
+    return host, device
+
+
+def read_batch(
+    requests: Sequence[Any],
+    *,
+    direct: bool = False,
+    checksums: Sequence[int | None] | None = None,
+    engine=None,
+) -> list[int]:
+    """Read many ranges in one submission.
+
+    Parameters
+    ----------
+    requests
+        ``(fd, file_offset, length, buffer, buffer_offset)`` tuples. ``buffer`` is any
+        writable buffer (bytearray, memoryview, numpy array, torch CPU tensor) or an object
+        with ``__cuda_array_interface__`` (read through ``shoal.engine.gpu``).
+    direct
+        Use O_DIRECT for the requests whose buffer address, file offset and length are
+        4 KiB aligned; the others are read through the page cache.
+    checksums
+        Optional expected crc32c per request (``None`` to skip one), checked on the bytes
+        read; a mismatch fails that request with ``PageCorruptedError``.
+
+    Returns
+    -------
+    list of int
+        Bytes read per request: ``length``, or fewer at end of file.
+
+    Raises
+    ------
+    OSError
+        Of the first failing request, naming its file; ``exc.index`` is that request's
+        position and ``exc.results`` holds every request's count or exception. The other
+        requests have completed.
+    """
+    checked = io_requests(requests, writable=True, op="read")
+    if checksums is not None and len(checksums) != len(checked):
+        raise ValueError(f"{len(checksums)} checksums given for {len(checked)} requests")
+    eng = engine or get_backend()
+    host, device = _split_device(checked)
+    if not device:
+        return _finish(eng.read_batch(checked, direct, checksums), "read")
+    from . import gpu
+
+    results: list = [None] * len(checked)
+    if host:
+        sub = [checked[i] for i in host]
+        sums = [checksums[i] for i in host] if checksums is not None else None
+        for i, r in zip(host, eng.read_batch(sub, direct, sums)):
+            results[i] = r
+    for i, r in zip(device, gpu.read_batch([checked[i] for i in device])):
+        results[i] = r
+    return _finish(results, "read")
+
+
+def write_batch(requests: Sequence[Any], *, engine=None) -> list[int]:
+    """Write many ranges in one submission.
+
+    ``requests`` are ``(fd, file_offset, length, buffer, buffer_offset)`` tuples; the
+    buffers may be read-only. Returns the bytes written per request (always ``length``).
+    Errors are reported as in :func:`read_batch`.
+    """
+    checked = io_requests(requests, writable=False, op="write")
+    if any(req[3] is None for req in checked):
+        raise TypeError("write_batch: GPU source buffers are not supported; copy to host first")
+    return _finish((engine or get_backend()).write_batch(checked), "write")
+
+
+def read_files(
+    paths: Sequence[str | bytes | os.PathLike],
+    buffers: Sequence[Any],
+    *,
+    dir_fd: int | None = None,
+    engine=None,
+) -> list[int]:
+    """Read whole small files into buffers, one open-read-close chain per file.
+
+    Returns each file's size. A missing file raises ``FileNotFoundError`` naming it; a
+    buffer smaller than its file raises ``ValueError`` naming the file and both sizes.
+    Relative paths resolve against ``dir_fd`` when given. Errors are reported as in
+    :func:`read_batch`.
+    """
+    if len(paths) != len(buffers):
+        raise ValueError(f"{len(paths)} paths given for {len(buffers)} buffers")
+    encoded = []
+    for i, p in enumerate(paths):
+        p = os.fsencode(p)
+        if b"\0" in p:
+            raise ValueError(f"read_files: path {i} contains a NUL byte: {p!r}")
+        encoded.append(p)
+    views = [host_view(b, writable=True, what=f"read_files buffer {i}") for i, b in enumerate(buffers)]
+    return _finish((engine or get_backend()).read_files(encoded, views, dir_fd), "read_files")
+
+
+def crc32c(data: Any, value: int = 0) -> int:
+    """crc32c of a buffer, continuing from ``value``; hardware-accelerated with SSE4.2."""
+    return _crc.crc32c(host_view(data, writable=False, what="crc32c"), value)
