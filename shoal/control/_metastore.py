@@ -40,8 +40,9 @@ class MetaStore(ABC):
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """Every ``(key, document)`` whose key starts with ``prefix``, in key order."""
 
+    @abstractmethod
     def close(self) -> None:
-        """Release resources; the default has none."""
+        """Release the store's resources."""
 
     def __enter__(self):
         return self
