@@ -1,0 +1,253 @@
+"""Configuration: one frozen, validated dataclass, from defaults, ``$SHOAL_HOME/config.yaml``
+and ``SHOAL_*`` environment variables (later sources win).
+
+Defaults work out of the box on one node: an SSD tier under ``$SHOAL_HOME/cache`` sized to
+20% of the free disk (at most 100 GiB) and, where ``/dev/shm`` exists, a MEM tier there
+sized to 10% of RAM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._units import parse_size
+
+__all__ = ["Config", "default_home", "load_config"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+SHM = "/dev/shm"
+
+# SHOAL_* variable -> field; sizes are parsed, the rest taken as text
+_ENV_FIELDS = {
+    "SHOAL_PAGE_SIZE": "page_size",
+    "SHOAL_CHUNK_SIZE": "chunk_size",
+    "SHOAL_REGION_SIZE": "region_size",
+    "SHOAL_HIGH_WATERMARK": "high_watermark",
+    "SHOAL_LOW_WATERMARK": "low_watermark",
+    "SHOAL_HOST_ID": "host_id",
+    "SHOAL_LISTEN": "listen",
+    "SHOAL_ETCD": "etcd",
+    "SHOAL_CACHE_DIR": "cache_dir",
+    "SHOAL_CAPACITY": "capacity",
+    "SHOAL_MEM_CAPACITY": "mem_capacity",
+}
+_SIZE_FIELDS = ("page_size", "chunk_size", "region_size", "capacity", "mem_capacity")
+
+
+def default_home(environ: Mapping[str, str] = os.environ) -> str:
+    """``$SHOAL_HOME``, or ``~/.shoal``."""
+    return os.path.abspath(os.path.expanduser(environ.get("SHOAL_HOME") or "~/.shoal"))
+
+
+def _free_bytes(path: str) -> int:
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize
+
+
+def _ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of a Shoal worker and its clients.
+
+    Attributes
+    ----------
+    home
+        State directory: sockets, lock, index, metadata (``$SHOAL_HOME``, ``~/.shoal``).
+    cache_dir
+        Directory of the SSD tier (default ``home/cache``).
+    capacity
+        Bytes of the SSD tier (default 20% of the free disk, at most 100 GiB).
+    mem_capacity
+        Bytes of the MEM tier on ``/dev/shm`` (default 10% of RAM; 0 disables it).
+    page_size, chunk_size, region_size
+        Storage page, placement chunk and page-store region sizes. Pages are a multiple of
+        4 KiB; a chunk is a whole number of pages; a region holds at least one page.
+    high_watermark, low_watermark
+        Eviction starts above ``high`` and stops at ``low`` (fractions of a tier).
+    host_id
+        This machine's identity in a cluster (default: the hostname).
+    listen
+        ``HOST:PORT`` for the worker's TCP endpoint (cluster mode), or None.
+    etcd
+        etcd endpoint URL (cluster mode), or None for the single-node default.
+    """
+
+    home: str = field(default_factory=default_home)
+    cache_dir: str | None = None
+    capacity: int | None = None
+    mem_capacity: int | None = None
+    page_size: int = 4 * MiB
+    chunk_size: int = 64 * MiB
+    region_size: int = 64 * MiB
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    host_id: str = field(default_factory=socket.gethostname)
+    listen: str | None = None
+    etcd: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "home", os.path.abspath(os.path.expanduser(_text(self.home, "home"))))
+        cache_dir = self.cache_dir or os.path.join(self.home, "cache")
+        set_(self, "cache_dir", os.path.abspath(os.path.expanduser(_text(cache_dir, "cache_dir"))))
+        for name in _SIZE_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, parse_size(value, name))
+        for name in ("high_watermark", "low_watermark"):
+            set_(self, name, _fraction(getattr(self, name), name))
+        if not self.low_watermark < self.high_watermark:
+            raise ValueError(
+                f"low_watermark ({self.low_watermark}) must be below high_watermark "
+                f"({self.high_watermark})"
+            )
+        if self.page_size <= 0 or self.page_size % 4096:
+            raise ValueError(f"page_size must be a positive multiple of 4096, got {self.page_size}")
+        if self.chunk_size <= 0 or self.chunk_size % self.page_size:
+            raise ValueError(
+                f"chunk_size ({self.chunk_size}) must be a positive multiple of page_size "
+                f"({self.page_size})"
+            )
+        if self.region_size < self.page_size or self.region_size % 4096:
+            raise ValueError(
+                f"region_size ({self.region_size}) must be a multiple of 4096 and hold at least "
+                f"one page ({self.page_size})"
+            )
+        set_(self, "host_id", _text(self.host_id, "host_id"))
+        if self.listen is not None:
+            _host_port(self.listen, "listen")
+        if self.etcd is not None and not _text(self.etcd, "etcd").startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError(f"etcd must be an http:// or https:// URL, got {self.etcd!r}")
+        if self.capacity is None:
+            default = min(_free_bytes(self.cache_dir) // 5, 100 * GiB)
+            set_(self, "capacity", default // self.region_size * self.region_size)
+        if self.mem_capacity is None:
+            mem = _ram_bytes() // 10 if os.path.isdir(SHM) else 0
+            set_(self, "mem_capacity", mem // self.region_size * self.region_size)
+        if self.capacity < self.region_size:
+            raise ValueError(
+                f"capacity ({self.capacity}) must hold at least one region ({self.region_size}); "
+                f"free space under {self.cache_dir} may be too low"
+            )
+        if 0 < self.mem_capacity < self.region_size:
+            raise ValueError(
+                f"mem_capacity ({self.mem_capacity}) must be 0 or hold at least one region "
+                f"({self.region_size})"
+            )
+
+    @property
+    def mem_dir(self) -> str:
+        """The MEM tier's directory on /dev/shm, distinct per ``home``."""
+        digest = hashlib.sha1(self.home.encode()).hexdigest()[:12]
+        return os.path.join(SHM, f"shoal-{os.getuid()}-{digest}")
+
+    def tiers(self):
+        """The page store's tiers, fastest first."""
+        from .engine import TierConfig
+
+        out = []
+        if self.mem_capacity:
+            out.append(TierConfig("MEM", self.mem_dir, self.mem_capacity))
+        out.append(TierConfig("SSD", self.cache_dir, self.capacity))
+        return out
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _fraction(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number between 0 and 1, got {value!r}") from None
+    if isinstance(value, bool) or not 0 < number <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return number
+
+
+def _host_port(value: Any, name: str) -> tuple[str, int]:
+    text = _text(value, name)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{name} must be HOST:PORT (port 0-65535), got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    **overrides: Any,
+) -> Config:
+    """Build the :class:`Config`: defaults, then the YAML file, then ``SHOAL_*`` variables,
+    then ``overrides`` (e.g. command-line flags; ``None`` values are ignored).
+
+    ``path`` defaults to ``$SHOAL_HOME/config.yaml``, read when it exists. Unknown keys and
+    bad values raise ``ValueError`` naming the key and the source.
+    """
+    home = overrides.get("home") or default_home(environ)
+    values: dict[str, Any] = {"home": home}
+    sources: dict[str, str] = {}
+    names = {f.name for f in dataclasses.fields(Config)}
+    file = os.fspath(path) if path is not None else os.path.join(home, "config.yaml")
+    if path is not None or os.path.exists(file):
+        doc = _read_yaml(file, names)
+        values.update(doc)
+        sources.update(dict.fromkeys(doc, file))
+    for var, name in _ENV_FIELDS.items():
+        if environ.get(var, "") != "":
+            values[name] = environ[var]
+            sources[name] = var
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    sources.update(dict.fromkeys(given, "an argument"))
+    try:
+        return Config(**values)
+    except ValueError as exc:
+        blamed = [f"{n} from {src}" for n, src in sorted(sources.items()) if n in str(exc)]
+        if not blamed:
+            raise
+        raise ValueError(f"{exc} ({'; '.join(blamed)})") from None
+
+
+def _read_yaml(file: str, names: set[str]) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"configuration file {file} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{file}: not valid YAML: {exc}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ValueError(f"{file}: expected a mapping of settings, got {type(doc).__name__}")
+    unknown = sorted(str(k) for k in doc if k not in names)
+    if unknown:
+        raise ValueError(
+            f"{file}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    return doc
