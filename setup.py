@@ -16,7 +16,11 @@ extensions = [
     ),
     Extension(
         "shoal.engine._uring",
-        sources=["shoal/engine/_uring.pyx"],
+        sources=[
+            "shoal/engine/_uring.pyx",
+            "shoal/engine/src/uring_engine.c",
+            "shoal/engine/src/crc32c.c",
+        ],
         libraries=["uring"],
         **COMMON,
     ),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _crc
-from ._requests import host_view, io_requests
+from ._requests import FD_MAX, host_view, io_requests
 
 __all__ = ["backend", "crc32c", "get_backend", "read_batch", "read_files", "write_batch"]
 
@@ -82,6 +82,20 @@ def _split_device(checked: list[tuple]) -> tuple[list[int], list[int]]:
     return host, device
 
 
+def _checksums(checksums: Sequence[int | None], count: int) -> list[int | None]:
+    checksums = list(checksums)
+    if len(checksums) != count:
+        raise ValueError(f"{len(checksums)} checksums given for {count} requests")
+    for i, c in enumerate(checksums):
+        if c is None:
+            continue
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise TypeError(f"checksum {i} must be an int or None, got {type(c).__name__}")
+        if not 0 <= c <= 0xFFFFFFFF:
+            raise ValueError(f"checksum {i} is not a 32-bit crc32c: {c}")
+    return checksums
+
+
 def read_batch(
     requests: Sequence[Any],
     *,
@@ -117,22 +131,25 @@ def read_batch(
         requests have completed.
     """
     checked = io_requests(requests, writable=True, op="read")
-    if checksums is not None and len(checksums) != len(checked):
-        raise ValueError(f"{len(checksums)} checksums given for {len(checked)} requests")
+    if checksums is not None:
+        checksums = _checksums(checksums, len(checked))
     eng = engine or get_backend()
     host, device = _split_device(checked)
     if not device:
         return _finish(eng.read_batch(checked, direct, checksums), "read")
+    if checksums is not None and any(checksums[i] is not None for i in device):
+        raise ValueError("read_batch: checksums cannot be verified for GPU destinations")
     from . import gpu
 
     results: list = [None] * len(checked)
+    # Device requests first: their destinations are checked before any byte moves.
+    for i, r in zip(device, gpu.read_batch([checked[i] for i in device]), strict=True):
+        results[i] = r
     if host:
         sub = [checked[i] for i in host]
         sums = [checksums[i] for i in host] if checksums is not None else None
-        for i, r in zip(host, eng.read_batch(sub, direct, sums)):
+        for i, r in zip(host, eng.read_batch(sub, direct, sums), strict=True):
             results[i] = r
-    for i, r in zip(device, gpu.read_batch([checked[i] for i in device])):
-        results[i] = r
     return _finish(results, "read")
 
 
@@ -165,13 +182,19 @@ def read_files(
     """
     if len(paths) != len(buffers):
         raise ValueError(f"{len(paths)} paths given for {len(buffers)} buffers")
+    if dir_fd is not None and (isinstance(dir_fd, bool) or not isinstance(dir_fd, int)):
+        raise TypeError(f"read_files: dir_fd must be an int or None, got {type(dir_fd).__name__}")
+    if dir_fd is not None and not 0 <= dir_fd <= FD_MAX:
+        raise ValueError(f"read_files: dir_fd {dir_fd} is out of range")
     encoded = []
     for i, p in enumerate(paths):
         p = os.fsencode(p)
         if b"\0" in p:
             raise ValueError(f"read_files: path {i} contains a NUL byte: {p!r}")
         encoded.append(p)
-    views = [host_view(b, writable=True, what=f"read_files buffer {i}") for i, b in enumerate(buffers)]
+    views = [
+        host_view(b, writable=True, what=f"read_files buffer {i}") for i, b in enumerate(buffers)
+    ]
     return _finish((engine or get_backend()).read_files(encoded, views, dir_fd), "read_files")
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 ALIGN = 4096
+FD_MAX = 2**31 - 1  # descriptors are C ints
+OFFSET_MAX = 2**63 - 1  # file offsets are signed 64-bit
 
 
 def fd_name(fd: int) -> str:
@@ -63,6 +65,12 @@ def io_requests(requests: Sequence[Any], *, writable: bool, op: str) -> list[tup
         _int(offset, what, "file_offset")
         _int(length, what, "length")
         _int(buf_offset, what, "buffer_offset")
+        if fd > FD_MAX:
+            raise ValueError(f"{what}: fd {fd} is out of range")
+        if offset + length > OFFSET_MAX:
+            raise ValueError(
+                f"{what}: file_offset {offset} + length {length} is beyond the largest file offset"
+            )
         if hasattr(buf, "__cuda_array_interface__"):
             out.append((fd, offset, length, None, buf_offset, buf))
             continue
