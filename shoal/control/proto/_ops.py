@@ -1,0 +1,135 @@
+"""The operations a worker serves: names, request fields and what each answers.
+
+Every request is one frame whose header holds ``op`` and the op's fields; every answer is
+one frame whose header is ``{"ok": True, ...}`` or ``{"ok": False, "error": {...}}`` (see
+``_errors``). Only ``load`` answers with several frames: progress frames with ``done``
+false, then a last one with ``done`` true.
+
+===========  =================================================  ===============================
+op           request fields                                     answer fields
+===========  =================================================  ===============================
+hello        ``pid``, ``version``                               ``version``, ``worker_pid``,
+                                                                ``host_id``, ``page_size``,
+                                                                ``chunk_size``, ``home``
+mount        ``path``, ``uri``, ``options`` (dict)              ``mount``
+unmount      ``path``                                           ``mount``
+mounts       (none)                                             ``mounts`` (list)
+stat         ``paths`` (list)                                   ``files``: per path a file
+                                                                record or ``{"error": ...}``
+ls           ``path``                                           ``entries`` (list)
+refresh      ``path``                                           ``dropped`` (entries forgotten)
+read         ``files`` ([path, version] pairs), ``items``        ``locs``, ``fds``, ``inline``;
+             ([file, page, start, length]), ``mode``            payload: the inline pieces
+             (``"locate"`` or ``"data"``), ``forget``
+load         ``paths`` (list), ``metadata_only``                ``progress`` ... then ``done``
+free         ``path``                                           ``pages``, ``bytes``
+report       (none)                                             ``report`` (dict)
+stop         (none)                                             (none); the worker exits
+===========  =================================================  ===============================
+
+A file record (``stat``) holds ``path``, ``size``, ``version``, ``mtime``, ``is_dir``,
+``fid`` (the 16-byte file id), ``mount`` (the mount point), ``uri`` and ``options`` (the
+mount's under-store URI and store options, for reading it directly when the worker is
+gone) and ``rel`` (the path relative to the mount).
+
+``read`` in ``locate`` mode answers, per item, the location of its page in the page store
+(``[tier, region, offset, length, crc32c, generation]``) or ``None``; the items without a
+location are in the payload. ``fds`` lists the descriptors attached to the answer, in order,
+as ``[tier, region]`` (region ``-1`` for the tier's generation table); each is sent once per
+connection, and ``forget`` (``[tier, region]`` pairs) tells the worker which ones the client
+has closed since. In ``data`` mode every item's bytes are in the payload. The payload holds
+exactly the requested piece (``start``, ``length``) of each page, in item order.
+"""
+
+from __future__ import annotations
+
+from .._pages import MAX_PAGES
+from ._frames import ProtocolError
+
+__all__ = [
+    "GENERATIONS",
+    "LOCATE",
+    "DATA",
+    "OPS",
+    "PROTOCOL_VERSION",
+    "check_request",
+]
+
+PROTOCOL_VERSION = 1
+
+#: ``read`` modes.
+LOCATE, DATA = "locate", "data"
+#: The region number that names a tier's generation table in ``fds``.
+GENERATIONS = -1
+
+#: op -> required request fields and their types.
+OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "hello": {"pid": int, "version": int},
+    "mount": {"path": str, "uri": str, "options": dict},
+    "unmount": {"path": str},
+    "mounts": {},
+    "stat": {"paths": list},
+    "ls": {"path": str},
+    "refresh": {"path": str},
+    "read": {"files": list, "items": list, "mode": str, "forget": list},
+    "load": {"paths": list, "metadata_only": bool},
+    "free": {"path": str},
+    "report": {},
+    "stop": {},
+}
+
+
+def _int(value: object, what: str, low: int = 0, high: int = 1 << 63) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < high:
+        raise ProtocolError(f"{what} must be an int in [{low}, {high}), got {value!r}")
+    return value
+
+
+def check_request(header: dict) -> str:
+    """The op of a request header after checking its fields; ``ProtocolError`` naming the
+    field otherwise. ``read`` items are checked in depth (they index into ``files``)."""
+    op = header.get("op")
+    fields = OPS.get(op) if isinstance(op, str) else None
+    if fields is None:
+        raise ProtocolError(f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
+    for name, kind in fields.items():
+        value = header.get(name)
+        if value is None or isinstance(value, bool) is not (kind is bool):
+            raise ProtocolError(f"{op}: field {name!r} is missing or has the wrong type")
+        if not isinstance(value, kind):
+            raise ProtocolError(
+                f"{op}: field {name!r} must be {getattr(kind, '__name__', kind)}, "
+                f"got {type(value).__name__}"
+            )
+    if op == "read":
+        _check_read(header)
+    elif op in ("stat", "load") and not all(isinstance(p, str) for p in header["paths"]):
+        raise ProtocolError(f"{op}: paths must be strings")
+    return op
+
+
+def _check_read(header: dict) -> None:
+    if header["mode"] not in (LOCATE, DATA):
+        raise ProtocolError(f"read: mode must be {LOCATE!r} or {DATA!r}, got {header['mode']!r}")
+    files = header["files"]
+    for f in files:
+        if (
+            not isinstance(f, list)
+            or len(f) != 2
+            or not isinstance(f[0], str)
+            or not isinstance(f[1], str)
+        ):
+            raise ProtocolError(f"read: each file must be [path, version], got {f!r}")
+    for item in header["items"]:
+        if not isinstance(item, list) or len(item) != 4:
+            raise ProtocolError(
+                f"read: each item must be [file, page, start, length], got {item!r}"
+            )
+        _int(item[0], "read: item file", 0, len(files))
+        _int(item[1], "read: item page", 0, MAX_PAGES)
+        _int(item[2], "read: item start")
+        _int(item[3], "read: item length", 1)
+    for token in header["forget"]:
+        if not isinstance(token, list) or len(token) != 2 or not isinstance(token[0], str):
+            raise ProtocolError(f"read: each forget entry must be [tier, region], got {token!r}")
+        _int(token[1], "read: forget region", GENERATIONS, 1 << 32)
