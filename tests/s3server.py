@@ -85,3 +85,78 @@ class MotoS3Server:
             aws_access_key_id=FAKE_ACCESS_KEY,
             aws_secret_access_key=FAKE_SECRET_KEY,
         )
+
+
+class FaultyProxy:
+    """An HTTP proxy in front of the S3 server that answers chosen requests with an S3
+    error instead of forwarding them: throttling and server failures on demand.
+
+    ``faults`` is a list of ``(match, status, code)``: the next request whose
+    ``"METHOD /path?query"`` contains ``match`` gets that error, once per entry.
+    """
+
+    def __init__(self, target: str, faults: list[tuple[str, int, str]]):
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.faults = list(faults)
+        self.seen: list[str] = []
+        target_netloc = urllib.parse.urlsplit(target).netloc
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def handle_one(self) -> None:
+                import http.client
+
+                line = f"{self.command} {self.path}"
+                proxy.seen.append(line)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                for i, (match, status, code) in enumerate(proxy.faults):
+                    if match in line:
+                        del proxy.faults[i]
+                        xml = (
+                            f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                            f"<Message>injected by the test proxy</Message></Error>"
+                        ).encode()
+                        self.send_response(status)
+                        self.send_header("Content-Type", "application/xml")
+                        self.send_header("Content-Length", str(len(xml)))
+                        self.end_headers()
+                        if self.command != "HEAD":
+                            self.wfile.write(xml)
+                        return
+                conn = http.client.HTTPConnection(target_netloc, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                # A HEAD response announces the length of the body it does not send.
+                length = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

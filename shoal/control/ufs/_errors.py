@@ -114,7 +114,10 @@ def _client_error(exc, op: str, uri: str) -> OSError:
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     message = error.get("Message") or "no message"
-    detail = f"{op}: {code}: {message}" if code and code != str(status) else f"{op}: {message}"
+    if code and code != str(status):
+        detail = f"{op}: {code}: {message}"
+    else:  # a HEAD response has no body: the status is all there is
+        detail = f"{op}: HTTP {status} {message}"
     if code == "NoSuchBucket":
         bucket = error.get("BucketName") or uri.split("/")[2]
         return FileNotFoundError(errno.ENOENT, f"{op}: bucket {bucket!r} does not exist", uri)

@@ -268,13 +268,22 @@ class S3Store(UnderStore):
 
         return self.retry.call(once)
 
-    def _page(self, prefix: str, page_size: int, start_after: str | None, token: str | None):
+    def _page(
+        self,
+        prefix: str,
+        page_size: int,
+        start_after: str | None,
+        token: str | None,
+        op: str = "list",
+        about: str | None = None,
+    ) -> dict:
+        """One ListObjectsV2 page; ``op`` and ``about`` (a path) are for error messages."""
         kwargs: dict[str, Any] = {"Prefix": self._prefix + prefix, "MaxKeys": page_size}
         if token is not None:
             kwargs["ContinuationToken"] = token
         elif start_after is not None:
             kwargs["StartAfter"] = self._prefix + start_after
-        return self._call("list", prefix, "list_objects_v2", **kwargs)
+        return self._call(op, prefix if about is None else about, "list_objects_v2", **kwargs)
 
     # -- operations -----------------------------------------------------------------
 
@@ -285,7 +294,7 @@ class S3Store(UnderStore):
         except FileNotFoundError:
             # No such object: a "directory" if objects live under key/; this listing also
             # tells a missing bucket (HEAD cannot) and raises naming it.
-            if self._page(key + "/", 1, None, None).get("KeyCount", 0):
+            if self._page(key + "/", 1, None, None, "stat", key).get("KeyCount", 0):
                 return ObjectInfo(key, 0, "", 0.0, is_dir=True)
             raise
         return ObjectInfo(

@@ -1,0 +1,416 @@
+"""What only S3 has: credentials, multipart uploads, missing buckets, unreachable or
+silent endpoints, servers that enforce authentication. Against a real moto server."""
+
+from __future__ import annotations
+
+import errno
+import io
+import socket
+import threading
+import time
+
+import pytest
+from s3server import (
+    ACCESS_KEY_ENV,
+    FAKE_ACCESS_KEY,
+    FAKE_SECRET_KEY,
+    SECRET_KEY_ENV,
+    FaultyProxy,
+)
+
+from shoal.control.ufs import (
+    S3Store,
+    StoreConnectionError,
+    StoreServerError,
+    StoreTimeoutError,
+    open_store,
+)
+
+MiB = 1 << 20
+BUCKET = "shoal-s3"
+
+
+def options(server, **extra):
+    return dict(
+        endpoint_url=server.endpoint_url,
+        region="us-east-1",
+        access_key_env=ACCESS_KEY_ENV,
+        secret_key_env=SECRET_KEY_ENV,
+        **extra,
+    )
+
+
+@pytest.fixture
+def bucket(s3_server):
+    s3_server.client().create_bucket(Bucket=BUCKET)
+    return s3_server
+
+
+@pytest.fixture
+def store(bucket):
+    with open_store(f"s3://{BUCKET}/data", **options(bucket, part_size="5MiB")) as s:
+        yield s
+
+
+def test_multipart_upload_uses_parts(store, bucket):
+    data = bytes(range(256)) * (12 * MiB // 256)
+    info = store.write("big", data)
+    # A multipart object's ETag ends in -<parts>: 5 + 5 + 2 MiB.
+    assert info.version.endswith("-3")
+    head = bucket.client().head_object(Bucket=BUCKET, Key="data/big")
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"].strip('"') == info.version
+
+
+def test_small_objects_take_one_request(store):
+    info = store.write("small", b"x" * (5 * MiB))
+    assert "-" not in info.version
+
+
+class FailingReader(io.RawIOBase):
+    """A stream that breaks after ``good`` bytes, as a dying source would."""
+
+    def __init__(self, good: int):
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.left <= 0:
+            raise OSError(errno.EIO, "source device failed")
+        n = min(len(b), self.left)
+        b[:n] = b"z" * n
+        self.left -= n
+        return n
+
+
+def test_failed_multipart_upload_is_aborted(store, bucket):
+    with pytest.raises(OSError, match="source device failed"):
+        store.write("broken", FailingReader(11 * MiB))
+    with pytest.raises(FileNotFoundError):
+        store.stat("broken")
+    uploads = bucket.client().list_multipart_uploads(Bucket=BUCKET)
+    assert uploads.get("Uploads", []) == []
+
+
+def test_objects_outside_the_prefix_are_invisible(store, bucket):
+    client = bucket.client()
+    client.put_object(Bucket=BUCKET, Key="data-other", Body=b"1")
+    client.put_object(Bucket=BUCKET, Key="elsewhere/x", Body=b"1")
+    client.put_object(Bucket=BUCKET, Key="data/folder/", Body=b"")  # a console's marker
+    client.put_object(Bucket=BUCKET, Key="data/a//b", Body=b"1")  # no path names it
+    client.put_object(Bucket=BUCKET, Key="data/ok", Body=b"1")
+    assert [o.path for o in store.list()] == ["ok"]
+
+
+def test_missing_bucket(bucket):
+    with open_store("s3://no-such-bucket/x", **options(bucket)) as store:
+        for call in (
+            lambda: store.stat("obj"),
+            lambda: list(store.list()),
+            lambda: store.read_into("obj", 0, bytearray(4)),
+        ):
+            with pytest.raises(FileNotFoundError, match="no-such-bucket") as exc_info:
+                call()
+            assert exc_info.value.errno == errno.ENOENT
+            assert exc_info.value.__cause__ is not None
+
+
+def test_unreachable_endpoint_fails_fast():
+    # A bound socket that does not listen: connections to it are refused, and no other
+    # process can take the port meanwhile.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
+            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
+            store = S3Store(
+                "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
+                secret_key_env=SECRET_KEY_ENV,
+            )  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(StoreConnectionError) as exc_info:
+            store.stat("x")
+        elapsed = time.monotonic() - start
+    assert isinstance(exc_info.value, ConnectionError)
+    assert exc_info.value.errno == errno.ECONNREFUSED
+    assert "127.0.0.1" in str(exc_info.value)
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    store.close()
+
+
+def test_silent_endpoint_times_out():
+    # Listens (the kernel completes the handshake) but never answers.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
+            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
+            store = S3Store(
+                "bucket",
+                endpoint_url=url,
+                access_key_env=ACCESS_KEY_ENV,
+                secret_key_env=SECRET_KEY_ENV,
+                read_timeout=0.5,
+                retry={"max_attempts": 2, "base_delay": 0.05},
+            )
+        start = time.monotonic()
+        with pytest.raises(StoreTimeoutError) as exc_info:
+            store.read_into("x", 0, bytearray(8))
+        elapsed = time.monotonic() - start
+    assert isinstance(exc_info.value, TimeoutError)
+    assert exc_info.value.errno == errno.ETIMEDOUT
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    store.close()
+
+
+class TestEnforcedAuth:
+    """moto checks signatures and IAM policies once told to (``/moto-api/reset-auth``)."""
+
+    @pytest.fixture
+    def iam_key(self, bucket):
+        iam = bucket.iam_client()
+        iam.create_user(UserName="reader")
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def open_with(self, server, monkeypatch, access, secret):
+        monkeypatch.setenv("SHOAL_TEST_OTHER_KEY", access)
+        monkeypatch.setenv("SHOAL_TEST_OTHER_SECRET", secret)
+        return open_store(
+            f"s3://{BUCKET}",
+            endpoint_url=server.endpoint_url,
+            region="us-east-1",
+            access_key_env="SHOAL_TEST_OTHER_KEY",
+            secret_key_env="SHOAL_TEST_OTHER_SECRET",
+        )
+
+    def test_unknown_access_key(self, bucket, monkeypatch):
+        store = self.open_with(bucket, monkeypatch, "AKIAUNKNOWN000000000", "wrong-secret")
+        with bucket.enforcing_auth(), pytest.raises(PermissionError) as exc_info:
+            list(store.list())
+        assert exc_info.value.errno == errno.EACCES
+        assert "InvalidAccessKeyId" in str(exc_info.value)
+        assert "wrong-secret" not in str(exc_info.value)
+        store.close()
+
+    def test_wrong_secret(self, bucket, monkeypatch, iam_key):
+        store = self.open_with(bucket, monkeypatch, iam_key[0], "not-the-secret")
+        with bucket.enforcing_auth():
+            with pytest.raises(PermissionError, match="SignatureDoesNotMatch"):
+                list(store.list())
+            with pytest.raises(PermissionError):
+                store.stat("anything")
+        store.close()
+
+    def test_user_without_policy(self, bucket, monkeypatch, iam_key):
+        store = self.open_with(bucket, monkeypatch, *iam_key)
+        with bucket.enforcing_auth():
+            with pytest.raises(PermissionError, match="AccessDenied"):
+                list(store.list())
+            with pytest.raises(PermissionError):
+                store.write("x", b"data")
+        store.close()
+
+
+# -- credentials by reference -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "secret_key",
+        "aws_secret_access_key",
+        "access_key",
+        "aws_access_key_id",
+        "session_token",
+        "password",
+        "key",
+        "secret",
+    ],
+)
+def test_literal_secrets_rejected(key):
+    value = "LITERAL-SECRET-VALUE"
+    with pytest.raises(ValueError, match=f"{key}_env") as exc_info:
+        open_store("s3://bucket/prefix", **{key: value})
+    assert value not in str(exc_info.value)
+
+
+def test_env_name_that_looks_like_a_value_is_not_echoed():
+    value = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    with pytest.raises(ValueError, match="NAME of an environment variable") as exc_info:
+        S3Store("bucket", access_key_env="A", secret_key_env=value)
+    assert value not in str(exc_info.value)
+
+
+def test_unset_env_var_named(monkeypatch):
+    monkeypatch.delenv("SHOAL_TEST_UNSET_VAR", raising=False)
+    monkeypatch.setenv("SHOAL_TEST_SET_VAR", "x")
+    with pytest.raises(ValueError, match="SHOAL_TEST_UNSET_VAR is not set"):
+        S3Store(
+            "bucket", access_key_env="SHOAL_TEST_SET_VAR", secret_key_env="SHOAL_TEST_UNSET_VAR"
+        )
+
+
+def test_repr_and_errors_hold_no_secret(store):
+    text = repr(store)
+    assert "s3://shoal-s3/data/" in text and ACCESS_KEY_ENV in text
+    assert FAKE_SECRET_KEY not in text and FAKE_ACCESS_KEY not in text
+    with pytest.raises(FileNotFoundError) as exc_info:
+        store.stat("missing")
+    assert FAKE_SECRET_KEY not in str(exc_info.value)
+
+
+def test_endpoint_with_userinfo_rejected_without_echo():
+    with pytest.raises(ValueError, match="must not carry credentials") as exc_info:
+        S3Store("bucket", endpoint_url="http://AKIA:SECRETVALUE@127.0.0.1:9000", anonymous=True)
+    assert "SECRETVALUE" not in str(exc_info.value)
+
+
+def test_credentials_file(bucket, tmp_path):
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        "[default]\naws_access_key_id = A\naws_secret_access_key = B\n"
+        f"[shoal]\naws_access_key_id = {FAKE_ACCESS_KEY}\n"
+        f"aws_secret_access_key = {FAKE_SECRET_KEY}\n"
+    )
+    common = dict(endpoint_url=bucket.endpoint_url, region="us-east-1")
+    with open_store(
+        f"s3://{BUCKET}", credentials_file=str(creds), profile="shoal", **common
+    ) as store:
+        store.write("via-file", b"ok")
+        assert store.stat("via-file").size == 2
+        assert "file:" in repr(store) and FAKE_SECRET_KEY not in repr(store)
+    with pytest.raises(ValueError, match="no credentials for profile 'absent'"):
+        open_store(f"s3://{BUCKET}", credentials_file=str(creds), profile="absent", **common)
+    with pytest.raises(FileNotFoundError, match="credentials_file"):
+        open_store(f"s3://{BUCKET}", credentials_file=str(tmp_path / "nope"), **common)
+
+
+def test_anonymous_access(bucket):
+    client = bucket.client()
+    client.put_object(Bucket=BUCKET, Key="public", Body=b"open data", ACL="public-read")
+    client.put_object(Bucket=BUCKET, Key="private", Body=b"closed")
+    with open_store(
+        f"s3://{BUCKET}", endpoint_url=bucket.endpoint_url, region="us-east-1", anonymous=True
+    ) as store:
+        buf = bytearray(4)
+        assert store.read_into("public", 5, buf) == 4 and buf == b"data"
+        with pytest.raises(PermissionError):
+            store.read_into("private", 0, buf)
+        assert "anonymous" in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("opts", "exc", "match"),
+    [
+        ({"part_size": 1 << 20}, ValueError, "part_size"),
+        ({"part_size": "6GiB"}, ValueError, "part_size"),
+        ({"part_size": "lots"}, ValueError, "part_size"),
+        ({"endpoint_url": "ftp://host"}, ValueError, "endpoint_url"),
+        ({"endpoint_url": "http://host:99999"}, ValueError, "port"),
+        ({"addressing_style": "sideways"}, ValueError, "addressing_style"),
+        ({"connect_timeout": 0}, ValueError, "connect_timeout"),
+        ({"read_timeout": "soon"}, TypeError, "read_timeout"),
+        ({"max_pool_connections": 0}, ValueError, "max_pool_connections"),
+        ({"upload_concurrency": 1.5}, TypeError, "upload_concurrency"),
+        ({"region": "us east"}, ValueError, "region"),
+        ({"anonymous": "yes"}, TypeError, "anonymous"),
+        ({"access_key_env": "A"}, ValueError, "both"),
+        ({"anonymous": True, "profile": "p"}, ValueError, "anonymous"),
+        ({"retry": {"max_attempts": 0}}, ValueError, "max_attempts"),
+        ({"retry": {"attempts": 3}}, TypeError, "attempts"),
+        ({"bogus": 1}, TypeError, "unknown option"),
+    ],
+)
+def test_bad_options(opts, exc, match):
+    with pytest.raises(exc, match=match):
+        S3Store("bucket", **opts)
+
+
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [("s3://", "no bucket"), ("s3:///key", "no bucket"), ("s3://bad bucket/x", "bucket")],
+)
+def test_bad_uris(uri, match):
+    with pytest.raises(ValueError, match=match):
+        open_store(uri, anonymous=True)
+
+
+def test_concurrent_reads_share_one_client(store):
+    data = bytes(range(256)) * 4096  # 1 MiB
+    store.write("shared", data)
+    errors = []
+
+    def reader(seed: int) -> None:
+        try:
+            for i in range(10):
+                offset = (seed * 7919 + i * 104729) % len(data)
+                buf = bytearray(4096)
+                n = store.read_into("shared", offset, buf)
+                assert bytes(buf[:n]) == data[offset : offset + 4096]
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# -- throttling and server failures, injected by a proxy in front of moto ------------
+
+
+@pytest.fixture
+def proxied(bucket):
+    proxies = []
+
+    def make(faults, **extra):
+        proxy = FaultyProxy(bucket.endpoint_url, faults)
+        proxies.append(proxy)
+        store = open_store(
+            f"s3://{BUCKET}",
+            endpoint_url=proxy.endpoint_url,
+            region="us-east-1",
+            access_key_env=ACCESS_KEY_ENV,
+            secret_key_env=SECRET_KEY_ENV,
+            retry={"max_attempts": 4, "base_delay": 0.01, "max_delay": 0.05},
+            **extra,
+        )
+        return proxy, store
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_throttled_reads_are_retried(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj", 503, "SlowDown")] * 2)
+    buf = bytearray(4)
+    assert store.read_into("obj", 3, buf) == 4 and buf == b"3456"
+    assert sum(line.startswith("GET /shoal-s3/obj") for line in proxy.seen) == 3
+
+
+def test_server_errors_give_up_after_max_attempts(bucket, proxied):
+    proxy, store = proxied([("HEAD /shoal-s3/obj", 500, "InternalError")] * 10)
+    with pytest.raises(StoreServerError) as exc_info:
+        store.stat("obj")
+    assert exc_info.value.errno == errno.EIO
+    assert sum(line.startswith("HEAD") for line in proxy.seen) == 4
+
+
+def test_a_throttled_part_is_sent_again(bucket, proxied):
+    proxy, store = proxied([("partNumber=2", 503, "SlowDown")], part_size="5MiB")
+    data = bytes(range(256)) * (11 * MiB // 256)
+    info = store.write("multi", data)
+    assert info.version.endswith("-3") and info.size == len(data)
+    assert sum("partNumber=2" in line for line in proxy.seen) == 2
+    out = bytearray(len(data))
+    assert store.read_into("multi", 0, out) == len(data) and out == data

@@ -1,0 +1,163 @@
+"""LocalStore: never outside its root, atomic writes, a version that always moves."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from shoal.control.ufs import LocalStore, open_store
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "secret.txt").write_bytes(b"outside the root")
+    (tmp_path / "outdir").mkdir()
+    (tmp_path / "outdir" / "f").write_bytes(b"outside too")
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def store(root):
+    return LocalStore(root)
+
+
+def test_symlink_out_of_the_root_is_refused(store, root):
+    os.symlink(root.parent / "secret.txt", root / "escape")
+    with pytest.raises(PermissionError, match="outside the store root") as exc_info:
+        store.stat("escape")
+    assert exc_info.value.errno == errno.EACCES
+    with pytest.raises(PermissionError):
+        store.read_into("escape", 0, bytearray(8))
+    assert list(store.list()) == []
+
+
+def test_symlinked_directory_out_of_the_root_is_refused(store, root):
+    os.symlink(root.parent / "outdir", root / "linkdir")
+    with pytest.raises(PermissionError):
+        store.read_into("linkdir/f", 0, bytearray(8))
+    with pytest.raises(PermissionError):
+        store.write("linkdir/new", b"x")
+    assert not (root.parent / "outdir" / "new").exists()
+    with pytest.raises(PermissionError):
+        store.write("linkdir/sub/new", b"x")
+    assert not (root.parent / "outdir" / "sub").exists()
+    assert list(store.list()) == []
+
+
+def test_symlink_inside_the_root_is_followed(store, root):
+    (root / "real").write_bytes(b"data")
+    os.symlink(root / "real", root / "alias")
+    buf = bytearray(4)
+    assert store.read_into("alias", 0, buf) == 4 and buf == b"data"
+    assert [o.path for o in store.list()] == ["alias", "real"]
+
+
+def test_deleting_a_link_never_touches_its_target(store, root):
+    os.symlink(root.parent / "secret.txt", root / "escape")
+    store.delete("escape")
+    assert not os.path.lexists(root / "escape")
+    assert (root.parent / "secret.txt").read_bytes() == b"outside the root"
+
+
+def test_absolute_paths_inside_the_root(store, root):
+    store.write("a/b", b"x")
+    assert store.stat(str(root / "a" / "b")).path == "a/b"
+    with pytest.raises(ValueError, match="outside the store root"):
+        store.stat(str(root.parent / "secret.txt"))
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        store.stat(f"{root}/../secret.txt")
+    with pytest.raises(ValueError, match="outside"):
+        store.stat(f"{root}x/file")  # shares a string prefix, not a directory
+
+
+def test_root_given_through_a_link(root):
+    link = root.parent / "link-to-root"
+    os.symlink(root, link)
+    store = LocalStore(link)
+    store.write("f", b"x")
+    assert (root / "f").read_bytes() == b"x"
+    assert store.stat(str(link / "f")).size == 1
+
+
+def test_writes_are_atomic_and_leave_no_temporary_files(store, root):
+    store.write("dir/f", b"old")
+    store.write("dir/f", b"new content")
+    assert sorted(os.listdir(root / "dir")) == ["f"]
+    assert (root / "dir" / "f").read_bytes() == b"new content"
+
+
+def test_failed_write_keeps_the_old_object(store, root):
+    store.write("f", b"old")
+
+    class Broken:
+        def read(self, n=-1):
+            raise OSError(errno.EIO, "source failed")
+
+    with pytest.raises(OSError, match="source failed"):
+        store.write("f", Broken())
+    assert (root / "f").read_bytes() == b"old"
+    assert os.listdir(root) == ["f"]
+
+
+def test_leftover_temporary_files_are_not_listed(store, root):
+    (root / ".shoal-tmp-0123").write_bytes(b"crash leftover")
+    store.write("kept", b"x")
+    assert [o.path for o in store.list()] == ["kept"]
+
+
+def test_same_size_rewrites_always_change_version(root):
+    # File systems stamp mtimes from a coarse clock: back-to-back rewrites of one size
+    # often share an mtime, and the store must still give each a new version.
+    store = LocalStore(root, fsync=False)
+    versions = [store.write("f", bytes([i]) * 16).version for i in range(50)]
+    assert len(set(versions)) == len(versions)
+
+
+def test_a_colliding_mtime_is_moved_on(tmp_path):
+    # What the rewrite does when the clock did not tick: simulated with utime.
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.write_bytes(b"aaaa")
+    new.write_bytes(b"bbbb")
+    os.utime(old, ns=(0, 1_700_000_000_000_000_000))
+    os.utime(new, ns=(0, 1_700_000_000_000_000_000))
+    LocalStore._bump_mtime(str(old), str(new))
+    assert new.stat().st_mtime_ns == old.stat().st_mtime_ns + 1
+
+
+def test_delete_prunes_empty_directories(store, root):
+    store.write("a/b/c", b"x")
+    store.write("a/keep", b"x")
+    store.delete("a/b/c")
+    assert not (root / "a" / "b").exists()
+    assert (root / "a").exists()
+    store.delete("a/keep")
+    assert not (root / "a").exists()
+    assert root.exists()
+
+
+def test_directory_is_not_an_object(store, root):
+    (root / "d").mkdir()
+    with pytest.raises(IsADirectoryError):
+        store.read_into("d", 0, bytearray(4))
+    with pytest.raises(IsADirectoryError):
+        store.delete("d")
+
+
+def test_fifo_and_other_specials_are_not_listed(store, root):
+    os.mkfifo(root / "pipe")
+    store.write("f", b"x")
+    assert [o.path for o in store.list()] == ["f"]
+
+
+def test_options(root):
+    assert LocalStore(root, fsync=False).write("f", b"x").size == 1
+    with pytest.raises(TypeError, match="fsync"):
+        LocalStore(root, fsync="no")
+    with pytest.raises(ValueError, match="absolute"):
+        LocalStore("relative/dir")
+    with pytest.raises(TypeError):
+        open_store(str(root), unknown_option=1)
+    assert repr(LocalStore(root)) == f"LocalStore('file://{root}')"
