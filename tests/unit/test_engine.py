@@ -494,6 +494,29 @@ def test_checksum_covers_the_bytes_read_at_end_of_file(eng, files):
     ) == [500]
 
 
+@pytest.mark.parametrize("direct", [False, True])
+def test_checksum_on_reads_of_many_pieces(eng, data_dir, direct):
+    # Checked reads may be read and checksummed piece by piece; the crc covers them all.
+    size = 3 * 2**20 + 5000
+    data = np.random.default_rng(11).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = data_dir / "checked"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        dest = aligned_array(4 * 2**20)
+        reqs = [(fd, 0, 2**20, dest, 0), (fd, 2**20, 3 * 2**20, dest, 2**20)]
+        sums = [engine.crc32c(data[: 2**20]), engine.crc32c(data[2**20 :])]
+        got = engine.read_batch(reqs, direct=direct, checksums=sums, engine=eng)
+        assert got == [2**20, size - 2**20]
+        assert dest.tobytes()[:size] == data
+        with pytest.raises(PageCorruptedError) as info:
+            engine.read_batch(reqs, direct=direct, checksums=[sums[0], sums[1] ^ 4], engine=eng)
+        assert info.value.index == 1
+        assert f"{size - 2**20} bytes at offset {2**20}" in str(info.value)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize(
     ("checksums", "exc", "match"),
     [
@@ -631,8 +654,11 @@ _BLOB = np.random.default_rng(3).integers(0, 256, 200_064, dtype=np.uint8).tobyt
 
 @settings(max_examples=60, deadline=None)
 @given(
+    # Edges of the kernels' block sizes: 16, 64, 256 and 512 bytes, 3 x 256 and 3 x 8192.
     length=st.one_of(
-        st.integers(0, 100_000), st.sampled_from([767, 768, 769, 24575, 24576, 24577])
+        st.integers(0, 100_000),
+        st.integers(0, 1100),
+        st.sampled_from([767, 768, 769, 24575, 24576, 24577, 24576 + 768 + 520]),
     ),
     align=st.integers(0, 63),
     split=st.integers(0, 100_000),
@@ -642,7 +668,8 @@ def test_crc32c_matches_reference(length, align, split, start):
     view = memoryview(_BLOB)[align : align + length]
     want = crc32c_reference(view, start)
     assert engine.crc32c(view, start) == want
-    assert _crc.crc32c_portable(view, start) == want
+    for kernel in _crc.kernels():
+        assert _crc.crc32c_with(kernel, view, start) == want, kernel
     split = min(split, length)
     assert engine.crc32c(view[split:], value=engine.crc32c(view[:split], start)) == want
 
@@ -662,6 +689,14 @@ def test_crc32c_buffers_of_every_kind():
         assert engine.crc32c(buf) == want
     with pytest.raises(TypeError, match="not a buffer"):
         engine.crc32c("text")
+
+
+def test_crc32c_kernels():
+    names = _crc.kernels()
+    assert names[0] == "table"
+    assert _crc.hardware() == (len(names) > 1)
+    with pytest.raises(ValueError, match="'bogus' is not available"):
+        _crc.crc32c_with("bogus", b"")
 
 
 def test_crc32c_is_not_crc32():

@@ -1,12 +1,18 @@
 /* crc32c (Castagnoli).
  *
- * On x86-64 with SSE4.2 the crc32 instruction does the work. One crc32 has a latency of three
- * cycles but the CPU can start one per cycle, so a single serial stream leaves two thirds of
- * the unit idle. Long buffers are therefore cut into blocks of three lanes that are checksummed
- * as three independent streams, and the lane results are joined with a "shift" operator: the
- * effect of appending n zero bytes to a crc register, which is linear over GF(2) and so can be
- * applied with four 256-entry tables (one per byte of the register). Elsewhere a slicing-by-8
- * table kernel is used.
+ * Three kernels, best first, chosen once at run time:
+ *
+ * - carry-less multiplication folding (AVX-512 VPCLMULQDQ): the buffer is read as 128-bit
+ *   polynomial chunks; a running remainder is "folded" forward over the next chunks with
+ *   multiplications by x^n mod P, sixteen chunks per step in four independent registers, and
+ *   the last 16 bytes are reduced with the crc32 instruction;
+ * - three interleaved SSE4.2 crc32 streams: one crc32 has a latency of three cycles but can
+ *   start every cycle, so long buffers are cut into blocks of three lanes checksummed
+ *   independently and joined with a "shift" operator (the effect of appending n zero bytes,
+ *   linear over GF(2), applied with four 256-entry tables);
+ * - a portable slicing-by-8 table kernel.
+ *
+ * Every constant is derived at start-up from the polynomial.
  */
 #include "crc32c.h"
 
@@ -19,10 +25,16 @@
 #define LONG_LANE 8192
 #define SHORT_LANE 256
 
+#define POLY_NORMAL 0x1edc6f41u /* the same polynomial, x^31 in bit 31 (x^32 implicit) */
+
 static uint32_t table[8][256];       /* slicing-by-8 tables of the portable kernel */
 static uint32_t shift_long[4][256];  /* append LONG_LANE zero bytes */
 static uint32_t shift_short[4][256]; /* append SHORT_LANE zero bytes */
-static int hw_present;
+static int hw_present;   /* SSE4.2 crc32 */
+static int fold_present; /* AVX-512 with VPCLMULQDQ */
+/* Folding constants as (low, high) qword pairs: fold a 128-bit chunk forward by 16, 64 and
+ * 256 bytes; and the four lanes of a 512-bit register into one 128-bit chunk. */
+static uint64_t fold16[2], fold64[2], fold256[2], fold_lanes[8];
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 /* Raw register update (no pre/post inversion), one byte at a time. */
@@ -71,6 +83,31 @@ static inline uint32_t shift(const uint32_t op[4][256], uint32_t r) {
     return op[0][r & 0xff] ^ op[1][(r >> 8) & 0xff] ^ op[2][(r >> 16) & 0xff] ^ op[3][r >> 24];
 }
 
+/* x^e mod P, with x^d in bit d. */
+static uint32_t xpow_mod(unsigned e) {
+    uint64_t v = 1;
+    while (e--) {
+        v <<= 1;
+        if (v >> 32) v = (v ^ POLY_NORMAL) & 0xffffffffu;
+    }
+    return (uint32_t)v;
+}
+
+static uint32_t reflect32(uint32_t v) {
+    uint32_t r = 0;
+    for (int i = 0; i < 32; i++) r |= (v >> i & 1) << (31 - i);
+    return r;
+}
+
+/* A 128-bit chunk holds the polynomial H x^64 + L in reflected order: H in the low qword.
+ * Moving it forward by d bytes multiplies it by x^(8d); carry-less products of reflected
+ * operands come out one degree low, so the constants are x^(8d+63) for H and x^(8d-1) for L,
+ * reflected into the top half of a qword. */
+static void fold_constants(uint64_t out[2], unsigned bytes) {
+    out[0] = (uint64_t)reflect32(xpow_mod(8 * bytes + 63)) << 32;
+    out[1] = (uint64_t)reflect32(xpow_mod(8 * bytes - 1)) << 32;
+}
+
 static void init(void) {
     for (uint32_t n = 0; n < 256; n++) {
         uint32_t c = n;
@@ -81,8 +118,16 @@ static void init(void) {
         for (int s = 1; s < 8; s++) table[s][n] = table[0][table[s - 1][n] & 0xff] ^ (table[s - 1][n] >> 8);
     build_shift(shift_long, LONG_LANE);
     build_shift(shift_short, SHORT_LANE);
+    fold_constants(fold16, 16);
+    fold_constants(fold64, 64);
+    fold_constants(fold256, 256);
+    for (int lane = 0; lane < 3; lane++) fold_constants(&fold_lanes[2 * lane], 16 * (3 - lane));
+    fold_lanes[6] = fold_lanes[7] = 0;
 #if defined(__x86_64__)
     hw_present = __builtin_cpu_supports("sse4.2") ? 1 : 0;
+    fold_present = hw_present && __builtin_cpu_supports("pclmul") &&
+                   __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("vpclmulqdq");
 #endif
 }
 
@@ -120,8 +165,79 @@ __attribute__((target("sse4.2"))) static inline uint64_t crc_3way(uint64_t c0,
     return c0;
 }
 
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const unsigned char *p,
-                                                          size_t len) {
+#include <immintrin.h>
+
+#define FOLD_TARGET __attribute__((target("sse4.2,pclmul,avx512f,avx512vl,vpclmulqdq")))
+#define FOLD_MIN 512 /* shorter buffers go to the crc32 streams */
+
+/* acc * x^(8d) + next, for four 128-bit lanes at once. */
+FOLD_TARGET static inline __m512i fold512(__m512i acc, __m512i k, __m512i next) {
+    __m512i lo = _mm512_clmulepi64_epi128(acc, k, 0x00);
+    __m512i hi = _mm512_clmulepi64_epi128(acc, k, 0x11);
+    return _mm512_ternarylogic_epi64(lo, hi, next, 0x96); /* three-way xor */
+}
+
+FOLD_TARGET static inline __m128i fold128(__m128i acc, __m128i k, __m128i next) {
+    __m128i lo = _mm_clmulepi64_si128(acc, k, 0x00);
+    __m128i hi = _mm_clmulepi64_si128(acc, k, 0x11);
+    return _mm_xor_si128(_mm_xor_si128(lo, hi), next);
+}
+
+/* The raw register (no inversion) after len >= FOLD_MIN bytes, starting from crc. */
+FOLD_TARGET static uint32_t crc_fold(uint32_t crc, const unsigned char *p, size_t len) {
+    __m512i k256 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fold256));
+    __m512i k64 = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)fold64));
+    __m512i a0 = _mm512_loadu_si512(p), a1 = _mm512_loadu_si512(p + 64);
+    __m512i a2 = _mm512_loadu_si512(p + 128), a3 = _mm512_loadu_si512(p + 192);
+    /* The register stands for the next four message bytes. */
+    a0 = _mm512_xor_si512(a0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)crc)));
+    p += 256;
+    len -= 256;
+    while (len >= 256) {
+        a0 = fold512(a0, k256, _mm512_loadu_si512(p));
+        a1 = fold512(a1, k256, _mm512_loadu_si512(p + 64));
+        a2 = fold512(a2, k256, _mm512_loadu_si512(p + 128));
+        a3 = fold512(a3, k256, _mm512_loadu_si512(p + 192));
+        p += 256;
+        len -= 256;
+    }
+    a1 = fold512(a0, k64, a1);
+    a2 = fold512(a1, k64, a2);
+    a3 = fold512(a2, k64, a3);
+    while (len >= 64) {
+        a3 = fold512(a3, k64, _mm512_loadu_si512(p));
+        p += 64;
+        len -= 64;
+    }
+    /* Lanes 0-2 move forward by 48, 32 and 16 bytes onto lane 3 (its constants are zero). */
+    __m512i lanes = _mm512_loadu_si512(fold_lanes);
+    __m512i moved = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(a3, lanes, 0x00),
+                                              _mm512_clmulepi64_epi128(a3, lanes, 0x11),
+                                              _mm512_maskz_mov_epi64(0xc0, a3), 0x96);
+    __m128i acc = _mm_xor_si128(
+        _mm_xor_si128(_mm512_extracti32x4_epi32(moved, 0), _mm512_extracti32x4_epi32(moved, 1)),
+        _mm_xor_si128(_mm512_extracti32x4_epi32(moved, 2), _mm512_extracti32x4_epi32(moved, 3)));
+    __m128i k16 = _mm_loadu_si128((const __m128i *)fold16);
+    while (len >= 16) {
+        acc = fold128(acc, k16, _mm_loadu_si128((const __m128i *)p));
+        p += 16;
+        len -= 16;
+    }
+    /* The 16 folded bytes are an ordinary message prefix: let crc32 reduce them. */
+    uint64_t c = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(acc));
+    c = _mm_crc32_u64(c, (uint64_t)_mm_extract_epi64(acc, 1));
+    while (len >= 8) {
+        c = _mm_crc32_u64(c, load64(p));
+        p += 8;
+        len -= 8;
+    }
+    while (len--) c = _mm_crc32_u8((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_streams(uint32_t crc,
+                                                               const unsigned char *p,
+                                                               size_t len) {
     uint64_t c = crc;
     while (len && ((uintptr_t)p & 7)) {
         c = _mm_crc32_u8((uint32_t)c, *p++);
@@ -137,25 +253,48 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uns
     while (len--) c = _mm_crc32_u8((uint32_t)c, *p++);
     return (uint32_t)c;
 }
+
+static uint32_t crc_best(uint32_t crc, const unsigned char *p, size_t len) {
+    if (fold_present && len >= FOLD_MIN) return crc_fold(crc, p, len);
+    if (hw_present) return crc_streams(crc, p, len);
+    return crc_sw(crc, p, len);
+}
 #else
-static uint32_t crc_hw(uint32_t crc, const unsigned char *p, size_t len) {
+static uint32_t crc_best(uint32_t crc, const unsigned char *p, size_t len) {
     return crc_sw(crc, p, len);
 }
 #endif
 
 uint32_t shoal_crc32c(uint32_t crc, const void *buf, size_t len) {
     pthread_once(&init_once, init);
-    crc = ~crc;
-    crc = hw_present ? crc_hw(crc, buf, len) : crc_sw(crc, buf, len);
-    return ~crc;
+    return ~crc_best(~crc, buf, len);
 }
 
-uint32_t shoal_crc32c_portable(uint32_t crc, const void *buf, size_t len) {
+int shoal_crc32c_kernels(void) {
     pthread_once(&init_once, init);
-    return ~crc_sw(~crc, buf, len);
+    return SHOAL_CRC32C_TABLE | (hw_present ? SHOAL_CRC32C_STREAMS : 0) |
+           (fold_present ? SHOAL_CRC32C_FOLD : 0);
 }
 
-int shoal_crc32c_hw(void) {
-    pthread_once(&init_once, init);
-    return hw_present;
+int shoal_crc32c_with(int kernel, uint32_t *crc, const void *buf, size_t len) {
+    if (!(shoal_crc32c_kernels() & kernel)) return -1;
+    const unsigned char *p = buf;
+    uint32_t c = ~*crc;
+    switch (kernel) {
+    case SHOAL_CRC32C_TABLE:
+        c = crc_sw(c, p, len);
+        break;
+#if defined(__x86_64__)
+    case SHOAL_CRC32C_STREAMS:
+        c = crc_streams(c, p, len);
+        break;
+    case SHOAL_CRC32C_FOLD: /* short buffers are finished by the streams, as in crc_best */
+        c = len >= FOLD_MIN ? crc_fold(c, p, len) : crc_streams(c, p, len);
+        break;
+#endif
+    default:
+        return -1;
+    }
+    *crc = ~c;
+    return 0;
 }

@@ -1,17 +1,22 @@
-/* crc32c (Castagnoli), hardware-accelerated with SSE4.2 where the CPU has it. */
+/* crc32c (Castagnoli): the fastest kernel the CPU supports, chosen at run time. */
 #ifndef SHOAL_CRC32C_H
 #define SHOAL_CRC32C_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+/* Kernels, as bits of shoal_crc32c_kernels(). */
+#define SHOAL_CRC32C_TABLE 1   /* portable slicing-by-8 */
+#define SHOAL_CRC32C_STREAMS 2 /* three SSE4.2 crc32 streams */
+#define SHOAL_CRC32C_FOLD 4    /* AVX-512 VPCLMULQDQ folding */
+
 /* Continue a crc32c over buf (crc = 0 to start). Safe to call without the GIL. */
 uint32_t shoal_crc32c(uint32_t crc, const void *buf, size_t len);
 
-/* The same with the portable table kernel, whatever the CPU (for tests). */
-uint32_t shoal_crc32c_portable(uint32_t crc, const void *buf, size_t len);
+/* Bit set of the kernels this CPU can run. */
+int shoal_crc32c_kernels(void);
 
-/* 1 when the SSE4.2 kernel is in use, 0 for the portable table kernel. */
-int shoal_crc32c_hw(void);
+/* Continue *crc over buf with one given kernel (for tests); -1 if the CPU lacks it. */
+int shoal_crc32c_with(int kernel, uint32_t *crc, const void *buf, size_t len);
 
 #endif

@@ -18,6 +18,7 @@
 #define FILE_SLOTS 80          /* registered descriptors = most read_files chains in flight */
 #define ALIGN 4096u            /* O_DIRECT alignment of address, offset and length */
 #define CHUNK (1ull << 30)     /* most bytes per submitted read or write (kernel caps near 2 GiB) */
+#define VERIFY_CHUNK (128u << 10) /* checked reads go in pieces, checksummed while in L2 */
 #define MAX_RETRIES 1000       /* EINTR / EAGAIN completions tolerated per request */
 #define NOT_DONE INT64_MIN     /* result of a request that has not finished */
 
@@ -173,10 +174,7 @@ static void close_direct_fds(struct fd_pair *table, size_t cap) {
 
 static void finish_io(shoal_io *io, int64_t result, int write) {
     io->result = result;
-    if (!write && io->check && result >= 0) {
-        io->crc = shoal_crc32c(0, io->buf, (size_t)result);
-        io->corrupt = io->crc != io->expected;
-    }
+    if (!write && io->check && result >= 0) io->corrupt = io->crc != io->expected;
 }
 
 /* Account one completion; 1 when the request must be submitted again for the rest. */
@@ -194,6 +192,7 @@ static int io_complete(shoal_io *io, int res, int write, int *retries) {
         finish_io(io, write ? -EIO : (int64_t)io->done, write);
         return 0;
     }
+    if (io->check && !write) io->crc = shoal_crc32c(io->crc, io->buf + io->done, (size_t)res);
     io->done += (uint64_t)res;
     if (io->done < io->length) {
         /* The rest of a short O_DIRECT read may no longer be aligned. */
@@ -207,7 +206,8 @@ static int io_complete(shoal_io *io, int res, int write, int *retries) {
 
 static void prep_io(struct io_uring_sqe *sqe, shoal_io *io, size_t idx, int write) {
     uint64_t left = io->length - io->done;
-    unsigned len = (unsigned)(left < CHUNK ? left : CHUNK);
+    uint64_t most = io->check && !write ? VERIFY_CHUNK : CHUNK;
+    unsigned len = (unsigned)(left < most ? left : most);
     if (write)
         io_uring_prep_write(sqe, io->io_fd, io->buf + io->done, len, io->offset + io->done);
     else
@@ -219,6 +219,7 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
     struct io_uring *ring = &r->ring;
     for (size_t i = 0; i < n; i++) {
         ios[i].done = 0;
+        ios[i].crc = 0;
         ios[i].result = NOT_DONE;
         ios[i].corrupt = 0;
         ios[i].io_fd = ios[i].fd;
