@@ -88,7 +88,7 @@ class FsspecStore(UnderStore):
             raise ImportError(f"{uri}: {exc}") from exc
         self._fs = fs
         self._root = root.rstrip("/")
-        self._uri = uri.rstrip("/")
+        self._uri = uri if uri.endswith("://") else uri.rstrip("/")
         self._option_names = sorted(options)
         protocol = fs.protocol
         self.scheme = protocol if isinstance(protocol, str) else protocol[0]

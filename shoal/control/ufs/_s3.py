@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+from botocore.exceptions import ClientError
+
 from ..._units import parse_size
 from ._base import ObjectInfo, Source, UnderStore, read_chunk
 from ._errors import ObjectChangedError, StoreConnectionError, botocore_errors
@@ -321,11 +323,12 @@ class S3Store(UnderStore):
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         # docstring inherited
         if view.nbytes == 0:
-            self._check_version(key, version)
+            self._check_version(key, version)  # a missing object raises all the same
             return 0
         got = self.retry.call(self._get_range, key, offset, view, version)
-        if got is None:  # the range starts at or past the end
-            self._check_version(key, version)
+        if got is None:  # the range starts at or past the end; If-Match was not evaluated
+            if version is not None:
+                self._check_version(key, version)
             return 0
         return got
 
@@ -337,9 +340,10 @@ class S3Store(UnderStore):
                 self.uri_of(key),
             )
 
-    def _get_range(self, key: str, offset: int, view: memoryview, version: str | None):
-        from botocore.exceptions import ClientError
-
+    def _get_range(
+        self, key: str, offset: int, view: memoryview, version: str | None
+    ) -> int | None:
+        """One ranged GET into ``view``; ``None`` when the range is not satisfiable."""
         uri = self.uri_of(key)
         kwargs: dict[str, Any] = {
             "Bucket": self._bucket,
