@@ -1,0 +1,128 @@
+"""The worker's metadata cache: stat and list results per Shoal path, each kept for the TTL
+of its mount.
+
+A cached stat carries the object's version, and page keys are derived from it, so until an
+entry expires (or is refreshed) readers keep getting the version they have been getting,
+never a mix; once it is dropped, the next stat sees the new version and new page keys.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from .ufs import ObjectInfo
+
+__all__ = ["MetadataCache"]
+
+
+class MetadataCache:
+    """Stat results (:class:`ObjectInfo`) and listings per normalised Shoal path.
+
+    Parameters
+    ----------
+    max_entries
+        Entries kept at most (stat and list together); past it, expired entries go first,
+        then the oldest.
+    clock
+        Monotonic seconds (for tests).
+
+    Notes
+    -----
+    Thread-safe. Loading a missing entry happens outside the lock; two threads missing the
+    same path at once may both load it, and the last one wins (both results are current).
+    """
+
+    def __init__(
+        self, *, max_entries: int = 1_000_000, clock: Callable[[], float] = time.monotonic
+    ):
+        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+            raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        self._max = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._stats: dict[str, tuple[float, ObjectInfo]] = {}
+        self._lists: dict[str, tuple[float, list[ObjectInfo]]] = {}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._stats) + len(self._lists)
+
+    def _get(self, table: dict, path: str):
+        with self._lock:
+            entry = table.get(path)
+            if entry is None:
+                return None
+            if entry[0] <= self._clock():
+                del table[path]
+                return None
+            return entry[1]
+
+    def _put(self, table: dict, path: str, value, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        with self._lock:
+            table.pop(path, None)  # re-inserted last: insertion order is age order
+            table[path] = (self._clock() + ttl, value)
+            if len(self._stats) + len(self._lists) > self._max:
+                self._shrink()
+
+    def _shrink(self) -> None:
+        now = self._clock()
+        for table in (self._stats, self._lists):
+            for path in [p for p, (expiry, _) in table.items() if expiry <= now]:
+                del table[path]
+        excess = len(self._stats) + len(self._lists) - self._max
+        for table in (self._stats, self._lists):
+            while excess > 0 and table:
+                del table[next(iter(table))]
+                excess -= 1
+
+    def get_stat(self, path: str) -> ObjectInfo | None:
+        """The cached stat of ``path``, or None when missing or expired."""
+        return self._get(self._stats, path)
+
+    def put_stat(self, path: str, info: ObjectInfo, ttl: float) -> None:
+        """Cache the stat of ``path`` for ``ttl`` seconds (not at all if ``ttl <= 0``)."""
+        self._put(self._stats, path, info, ttl)
+
+    def stat(self, path: str, ttl: float, load: Callable[[], ObjectInfo]) -> ObjectInfo:
+        """The cached stat of ``path``, else ``load()``'s result, cached for ``ttl``."""
+        info = self.get_stat(path)
+        if info is None:
+            info = load()
+            self.put_stat(path, info, ttl)
+        return info
+
+    def get_list(self, path: str) -> list[ObjectInfo] | None:
+        """The cached listing under ``path``, or None when missing or expired."""
+        return self._get(self._lists, path)
+
+    def put_list(self, path: str, infos: list[ObjectInfo], ttl: float) -> None:
+        """Cache the listing under ``path`` for ``ttl`` seconds."""
+        self._put(self._lists, path, list(infos), ttl)
+
+    def refresh(self, path: str) -> int:
+        """Forget ``path`` and everything under it (every entry for ``/``).
+
+        Returns
+        -------
+        int
+            Entries dropped.
+        """
+        under = path.rstrip("/") + "/"
+        dropped = 0
+        with self._lock:
+            for table in (self._stats, self._lists):
+                doomed = [p for p in table if p == path or p.startswith(under)]
+                for p in doomed:
+                    del table[p]
+                dropped += len(doomed)
+        return dropped
+
+    def clear(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self._stats.clear()
+            self._lists.clear()

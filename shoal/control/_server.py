@@ -1,0 +1,209 @@
+"""The worker's socket: accepts connections on its Unix socket, reads request frames,
+dispatches them to the :class:`~shoal.control._worker.Worker` and writes the answers.
+
+One thread per connection: clients keep one connection per thread, so a node serves tens of
+them, and each waits mostly on the page store or an under-store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+
+from .proto import (
+    ProtocolError,
+    check_request,
+    encode_error,
+    recv_header,
+    recv_into,
+    send_frame,
+)
+
+__all__ = ["Server"]
+
+log = logging.getLogger("shoal.worker")
+
+_MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes
+
+
+class Server:
+    """Serves a worker on a Unix socket.
+
+    Parameters
+    ----------
+    worker
+        The :class:`~shoal.control._worker.Worker` whose methods answer the ops.
+    path
+        Socket path; created by :meth:`start` (mode 0600: only the worker's user may
+        connect), removed by the caller after :meth:`stop`.
+    on_stop
+        Called when a client sends ``stop``.
+
+    Notes
+    -----
+    Call order: :meth:`start`, then :meth:`stop` once. :meth:`stop` closes the listening
+    socket, shuts every connection down (requests in flight are aborted: their clients see
+    the connection close) and waits for the connection threads.
+    """
+
+    def __init__(self, worker, path: str, on_stop: Callable[[], None] | None = None):
+        self.worker = worker
+        self.path = path
+        self._on_stop = on_stop
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._stopping = threading.Event()
+        self._acceptor: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind, listen and start accepting."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old_mask = os.umask(0o177)
+            try:
+                listener.bind(self.path)
+            finally:
+                os.umask(old_mask)
+            listener.listen(128)
+            listener.settimeout(0.2)  # so that the accept loop notices stop()
+        except BaseException:
+            listener.close()
+            raise
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept_loop, name="shoal-accept")
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                log.exception("accept failed")
+                continue
+            conn.setblocking(True)
+            thread = threading.Thread(target=self._serve, args=(conn,), name="shoal-conn")
+            with self._lock:
+                if self._stopping.is_set():
+                    conn.close()
+                    return
+                self._conns[conn] = thread
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        from ._worker import ConnectionState
+
+        state = ConnectionState()
+        try:
+            while not self._stopping.is_set():
+                got = recv_header(conn)
+                if got is None:
+                    return
+                header, payload_len, fds = got
+                for fd in fds:  # clients pass no descriptors
+                    os.close(fd)
+                if payload_len > _MAX_REQUEST_PAYLOAD:
+                    raise ProtocolError(f"request payload of {payload_len} bytes is too large")
+                if payload_len:
+                    recv_into(conn, [bytearray(payload_len)])
+                if not self._answer(conn, state, header):
+                    return
+        except (ConnectionError, OSError) as exc:
+            if not self._stopping.is_set():
+                log.info("connection closed: %s", exc)
+        finally:
+            with self._lock:
+                self._conns.pop(conn, None)
+            conn.close()
+
+    def _answer(self, conn: socket.socket, state, header: dict) -> bool:
+        """Serve one request; False when the connection should close."""
+        op = None
+        try:
+            op = check_request(header)
+            self.worker.count_request()
+            if op == "load":
+                return self._load(conn, header)
+            reply = self._dispatch(op, state, header)
+        except ProtocolError as exc:
+            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            return False
+        except (OSError, ValueError, TypeError) as exc:
+            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            return True
+        except Exception as exc:
+            log.exception("op %s failed", op)
+            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            return True
+        send_frame(conn, {"ok": True, **reply.header}, reply.payload, reply.fds)
+        if op == "stop" and self._on_stop is not None:
+            self._on_stop()
+        return True
+
+    def _dispatch(self, op: str, state, h: dict):
+        from ._worker import Reply
+
+        w = self.worker
+        if op == "read":
+            return w.read(state, h)
+        if op == "hello":
+            return w.hello(state, h)
+        if op == "stat":
+            return Reply({"files": w.stat(h["paths"])})
+        if op == "mount":
+            return Reply({"mount": w.mount(h["path"], h["uri"], h["options"])})
+        if op == "unmount":
+            return Reply({"mount": w.unmount(h["path"])})
+        if op == "mounts":
+            return Reply({"mounts": w.mounts()})
+        if op == "ls":
+            return Reply({"entries": w.ls(h["path"])})
+        if op == "refresh":
+            return Reply({"dropped": w.refresh(h["path"])})
+        if op == "free":
+            return Reply(w.free(h["path"]))
+        if op == "report":
+            return Reply({"report": w.report()})
+        if op == "stop":
+            log.info("stop requested by client pid %s", state.pid)
+            return Reply({})
+        raise ProtocolError(f"op {op!r} has no handler")
+
+    def _load(self, conn: socket.socket, h: dict) -> bool:
+        def progress(state: dict) -> None:
+            send_frame(conn, {"ok": True, "done": False, "progress": state})
+
+        try:
+            final = self.worker.load(h["paths"], h["metadata_only"], progress)
+        except (ConnectionError, BrokenPipeError):
+            return False  # the client went away while we reported progress
+        except Exception as exc:
+            if not isinstance(exc, (OSError, ValueError, TypeError)):
+                log.exception("load failed")
+            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            return True
+        send_frame(conn, {"ok": True, "done": True, "progress": final})
+        return True
+
+    def stop(self) -> None:
+        """Stop accepting, abort every connection and wait for their threads."""
+        self._stopping.set()
+        if self._acceptor is not None:
+            self._acceptor.join()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            conns = dict(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in conns.values():
+            thread.join(10)
