@@ -1,0 +1,256 @@
+"""Page store benchmarks: reads, writes and index lookups, against the raw engine, in one run.
+
+    python perf/pagestore.py [--size-gib 1] [--rounds 3] [--batch-mib 64]
+
+Two stores are filled, one with 4 MiB pages and one with 64 KiB pages (``--size-gib`` of each),
+on the repository's disk. Reads go into pre-faulted, page-aligned buffers reused across
+batches, with the page cache hot. The raw engine baseline reads the very same (file, offset,
+length) ranges from the region files with ``read_batch``, once without and once with the
+crc32c check the page store always makes, so the ratios show what the store itself costs.
+Each measurement is repeated ``--rounds`` times, alternating contenders, best round kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+# numpy's BLAS threads spin after use and would steal a core from the measurement.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from shoal import engine  # noqa: E402
+from shoal.engine import PageStore, TierConfig  # noqa: E402
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+ALIGN = 4096
+
+
+def aligned(nbytes: int) -> np.ndarray:
+    """A page-aligned byte array, every page touched once (pre-faulted)."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    arr = raw[-raw.ctypes.data % ALIGN :][:nbytes]
+    arr.fill(1)
+    return arr
+
+
+def best_of(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Shortest wall time of each contender over ``rounds`` alternating rounds."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+class Report:
+    def __init__(self):
+        self.rows: list[tuple[str, str, str, str]] = []
+
+    def add(self, what: str, value: float, unit: str, note: str = "") -> None:
+        text = f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
+        self.rows.append((what, text, unit, note))
+
+    def ratio(self, what: str, value: float, target: float | None = None) -> None:
+        note = ""
+        if target is not None:
+            note = f"target >= {target:.1f}x: " + ("met" if value >= target else "MISSED")
+        self.add(what, value, "x", note)
+
+    def section(self, title: str) -> None:
+        self.rows.append((title, "", "", ""))
+
+    def print(self) -> None:
+        width = max(len(r[0]) for r in self.rows if r[1])
+        vwidth = max(len(r[1]) for r in self.rows)
+        for what, value, unit, note in self.rows:
+            if not value:
+                print(f"\n{what}")
+            else:
+                print(f"  {what:<{width}}  {value:>{vwidth}} {unit:<9} {note}")
+
+
+def raw_write(folder: Path, count: int, page: int, region: int, batches, sources) -> float:
+    """Seconds for write_batch to put the same pages at the same offsets of fresh region files."""
+    folder.mkdir()
+    per_region = region // page
+    fds = []
+    for r in range(-(-count // per_region)):
+        fd = os.open(folder / f"{r:06d}", os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(fd, region)
+        fds.append(fd)
+    os.sync()
+    start = time.perf_counter()
+    for b in batches:
+        engine.write_batch(
+            [
+                (fds[i // per_region], i % per_region * page, page, sources[i % len(sources)], 0)
+                for i in b
+            ]
+        )
+    elapsed = time.perf_counter() - start
+    for fd in fds:
+        os.close(fd)
+    shutil.rmtree(folder)
+    return elapsed
+
+
+def bench_pages(args, root: Path, page: int, report: Report) -> None:
+    count = int(args.size_gib * GiB) // page
+    per_batch = max(1, args.batch_mib * MiB // page)
+    region = args.region_mib * MiB
+    capacity = (count * page // region + 4) * region  # room for everything: no eviction here
+    rng = np.random.default_rng(page)
+    sources = [rng.integers(0, 256, page, dtype=np.uint8) for _ in range(8)]
+    keys = [f"bench/{page}/{i:08d}" for i in range(count)]
+    batches = [range(s, min(s + per_batch, count)) for s in range(0, count, per_batch)]
+    label = f"{page // MiB} MiB" if page >= MiB else f"{page // KiB} KiB"
+
+    # Writes: fresh files every round (a fresh store for put_many), raw and store alternating.
+    put_raw_time = put_time = float("inf")
+    store = None
+    for _ in range(args.write_rounds):
+        put_raw_time = min(
+            put_raw_time, raw_write(root / f"raw-{page}", count, page, region, batches, sources)
+        )
+        if store is not None:
+            store.close()
+            shutil.rmtree(root / f"store-{page}")
+        folder = root / f"store-{page}"
+        tier = TierConfig("SSD", folder / "ssd", capacity)
+        store = PageStore([tier], folder / "index", region_size=region)
+        os.sync()  # start from a clean page cache, as the raw write did
+        start = time.perf_counter()
+        for b in batches:
+            store.put_many([(keys[i], sources[i % len(sources)]) for i in b])
+        put_time = min(put_time, time.perf_counter() - start)
+    with store:
+        pool = aligned(per_batch * page)
+        bufs = [pool[j * page : (j + 1) * page] for j in range(per_batch)]
+        items = [[(keys[i], bufs[j]) for j, i in enumerate(b)] for b in batches]
+        locations = store.locate(keys)
+        fds = {loc.path: os.open(loc.path, os.O_RDONLY) for loc in locations}
+        raw = [
+            [
+                (fds[locations[i].path], locations[i].offset, page, bufs[j], 0)
+                for j, i in enumerate(b)
+            ]
+            for b in batches
+        ]
+        sums = [[locations[i].crc32c for i in b] for b in batches]
+
+        def store_read():
+            for batch in items:
+                store.get_many_into(batch)
+
+        def raw_read():
+            for reqs in raw:
+                engine.read_batch(reqs)
+
+        def raw_read_crc():
+            for reqs, expected in zip(raw, sums, strict=True):
+                engine.read_batch(reqs, checksums=expected)
+
+        store_read()  # warm the page cache and check every page is there
+        assert all(n == page for n in store.get_many_into(items[0]))
+        times = best_of(
+            args.rounds,
+            {"store": store_read, "raw": raw_read, "raw+crc": raw_read_crc},
+        )
+        for fd in fds.values():
+            os.close(fd)
+
+        lookups = keys[: min(count, 20000)]
+        chunks = [lookups[i : i + 1000] for i in range(0, len(lookups), 1000)]
+
+        def locate():
+            for chunk in chunks:
+                store.locate(chunk)
+
+        def contains():
+            for key in lookups:
+                store.contains(key)
+
+        lookup_times = best_of(args.rounds, {"locate": locate, "contains": contains})
+        usage = store.usage()["SSD"]
+
+    total = count * page
+    report.section(
+        f"{label} pages: {count:,} pages, {total / GiB:.2f} GiB, batches of {per_batch}, "
+        f"{args.region_mib} MiB regions ({usage.regions_used} used)"
+    )
+    gbs = {name: total / t / 1e9 for name, t in times.items()}
+    report.add("put_many", total / put_time / 1e9, "GB/s", f"{count / put_time:,.0f} pages/s")
+    report.add(
+        "raw engine write_batch", total / put_raw_time / 1e9, "GB/s", "same layout, fresh files"
+    )
+    report.ratio("put_many / raw engine", put_raw_time / put_time)
+    report.add(
+        "get_many_into", gbs["store"], "GB/s", f"{count / times['store']:,.0f} pages/s, crc32c"
+    )
+    report.add("raw engine read_batch", gbs["raw"], "GB/s", "same ranges, no check")
+    report.add("raw engine read_batch + crc32c", gbs["raw+crc"], "GB/s", "same ranges and check")
+    target = 0.8 if page >= MiB else None
+    report.ratio("get_many_into / raw engine", gbs["store"] / gbs["raw"], target)
+    report.ratio("get_many_into / raw engine + crc32c", gbs["store"] / gbs["raw+crc"], target)
+    report.add(
+        "locate, 1000 keys per call",
+        len(lookups) / lookup_times["locate"],
+        "lookups/s",
+    )
+    report.add("contains, one key per call", len(lookups) / lookup_times["contains"], "lookups/s")
+
+
+def data_root() -> Path:
+    """A directory on the repository's disk."""
+    tmp = Path(tempfile.gettempdir())
+    try:
+        if os.stat(tmp).st_dev == os.stat(REPO).st_dev:
+            return tmp
+    except OSError:
+        pass
+    return REPO
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size-gib", type=float, default=1.0, help="bytes stored per page size")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per read measurement")
+    p.add_argument("--write-rounds", type=int, default=3, help="rounds per write measurement")
+    p.add_argument("--batch-mib", type=int, default=64, help="bytes per put_many / get call")
+    p.add_argument("--region-mib", type=int, default=64, help="region size")
+    p.add_argument("--dir", type=Path, default=None, help="where to put the stores")
+    args = p.parse_args(argv)
+
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-pagestore-", dir=args.dir or data_root()))
+    print(f"data: {root}; engine backend: {engine.backend()}")
+    report = Report()
+    started = time.perf_counter()
+    try:
+        for page in (4 * MiB, 64 * KiB):
+            bench_pages(args, root, page, report)
+            shutil.rmtree(root / f"store-{page}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    report.print()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

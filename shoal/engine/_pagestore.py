@@ -1,0 +1,1152 @@
+"""The region page store: pages appended to fixed-size region files, indexed in RocksDB.
+
+Layout on disk (see ``_regions`` for the tier directory):
+
+- index (rocksdict, raw mode) at ``index_path``:
+  ``b"m"`` -> format and geometry; ``b"p" + key`` -> page record;
+  ``b"r" + tier code + region number`` -> region record (generation, state, kind, fill).
+- Data first, index second: page bytes are written with the engine, then one WriteBatch
+  commits the page records together with the records of the regions they touched.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import itertools
+import math
+import numbers
+import os
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import rocksdict
+
+from .._errors import PageCorruptedError, PageNotFoundError, TierFullError
+from ._engine import crc32c, read_batch, write_batch
+from ._regions import (
+    REGIONS_DIR,
+    TIER_NAMES,
+    GenerationTable,
+    PageLocation,
+    generations_path,
+    region_path,
+)
+from ._requests import host_view
+
+__all__ = ["PageStore", "TierConfig", "TierUsage"]
+
+MiB = 1 << 20
+
+_TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
+_PIN, _DIRTY = 1, 2
+_FREE, _OPEN, _SEALED = 0, 1, 2
+_NORMAL, _STICKY = 0, 1  # region kinds: ordinary pages, or pinned / dirty ones
+
+# tier code, flags, region, generation, offset, length, crc32c
+_PAGE = struct.Struct("<BBIQQQI")
+# generation, state, kind, fill (append offset)
+_REGION = struct.Struct("<QBBQ")
+# magic, format version, region size, page alignment
+_META = struct.Struct("<4sIQQ")
+_MAGIC, _VERSION = b"SHPS", 1
+_META_KEY, _PAGE_PREFIX, _REGION_PREFIX = b"m", b"p", b"r"
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """One tier of a page store: a directory and how many bytes it may hold.
+
+    Parameters
+    ----------
+    name
+        ``"MEM"`` (a directory on tmpfs such as /dev/shm), ``"SSD"`` or ``"HDD"``; any case,
+        stored upper-case.
+    path
+        The tier directory; created (with parents) when the store opens, so it must either
+        be a writable directory or not exist under a writable directory. Stored absolute.
+    capacity
+        Bytes the tier may hold; the store uses ``capacity // region_size`` regions, so it
+        must be at least one region.
+    """
+
+    name: str
+    path: str | os.PathLike
+    capacity: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"TierConfig.name must be a str, got {type(self.name).__name__}")
+        name = self.name.strip().upper()
+        if name not in TIER_NAMES:
+            raise ValueError(
+                f"TierConfig.name must be one of {', '.join(TIER_NAMES)}, got {self.name!r}"
+            )
+        object.__setattr__(self, "name", name)
+        if not isinstance(self.path, (str, os.PathLike)):
+            raise TypeError(
+                f"TierConfig.path must be a str or os.PathLike, got {type(self.path).__name__}"
+            )
+        path = os.fspath(self.path)
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"TierConfig.path must be a non-empty text path, got {self.path!r}")
+        path = os.path.abspath(path)
+        object.__setattr__(self, "path", path)
+        _check_creatable_dir(path, "TierConfig.path")
+        if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
+            raise TypeError(
+                f"TierConfig.capacity must be an int, got {type(self.capacity).__name__}"
+            )
+        if self.capacity <= 0:
+            raise ValueError(f"TierConfig.capacity must be > 0 bytes, got {self.capacity}")
+
+
+def _check_creatable_dir(path: str, field: str) -> None:
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = (
+            "is not a directory" if probe == path else f"is under {probe}, which is not a directory"
+        )
+        raise ValueError(f"{field}: {path} {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{field}: {path} cannot be created or written (no write access to {probe})"
+        )
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    """Space accounting of one tier, as returned by :meth:`PageStore.usage`.
+
+    Attributes
+    ----------
+    capacity
+        Configured capacity in bytes.
+    region_size
+        Bytes per region.
+    regions_total
+        Regions the tier may use (``capacity // region_size``).
+    regions_used
+        Regions holding pages or open for appends.
+    allocated_bytes
+        ``regions_used * region_size``: never more than ``capacity``.
+    live_bytes
+        Bytes of the pages currently indexed.
+    pages
+        Number of pages indexed.
+    pinned_bytes, dirty_bytes
+        Bytes of pinned pages, of dirty pages.
+    """
+
+    capacity: int
+    region_size: int
+    regions_total: int
+    regions_used: int
+    allocated_bytes: int
+    live_bytes: int
+    pages: int
+    pinned_bytes: int
+    dirty_bytes: int
+
+
+class _Entry(NamedTuple):
+    tier: int
+    region: int
+    generation: int
+    offset: int
+    length: int
+    crc: int
+    flags: int
+
+
+class _Region:
+    __slots__ = (
+        "number", "path", "generation", "state", "kind", "fill", "keys", "live_bytes",
+        "sticky", "inflight", "last_access", "fd",
+    )  # fmt: skip
+
+    def __init__(self, number: int, path: str):
+        self.number = number
+        self.path = path
+        self.generation = 0
+        self.state = _FREE
+        self.kind = _NORMAL
+        self.fill = 0  # append offset: end of the last reserved page
+        self.keys: set[bytes] = set()  # reverse map: keys whose current page is here
+        self.live_bytes = 0
+        self.sticky = 0  # pages here that are pinned or dirty
+        self.inflight = 0  # reserved pages whose write has not been committed yet
+        self.last_access = 0
+        self.fd = -1
+
+    def record(self) -> bytes:
+        return _REGION.pack(self.generation, self.state, self.kind, self.fill)
+
+
+class _Tier:
+    def __init__(self, config: TierConfig, region_size: int):
+        self.name = config.name
+        self.code = _TIER_CODES[config.name]
+        self.dir = config.path
+        self.capacity = config.capacity
+        count = config.capacity // region_size
+        self.regions = [_Region(i, region_path(self.dir, i)) for i in range(count)]
+        self.open: list[_Region | None] = [None, None]  # per kind
+        self.free: list[int] = []  # heap of free region numbers, lowest reused first
+        self.used = 0
+        self.table: GenerationTable | None = None
+        self.lock_fd = -1
+        self.pages = self.live_bytes = self.pinned_bytes = self.dirty_bytes = 0
+
+    def region_key(self, number: int) -> bytes:
+        return _REGION_PREFIX + bytes((self.code,)) + number.to_bytes(4, "big")
+
+
+def _encode_key(key: Any) -> bytes:
+    if isinstance(key, str):
+        k = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        k = bytes(key)
+    else:
+        raise TypeError(f"page key must be bytes or str, got {type(key).__name__}")
+    if not k:
+        raise ValueError("page key must not be empty")
+    return k
+
+
+def _source_view(data: Any, what: str) -> memoryview:
+    try:
+        return host_view(data, writable=False, what=what)
+    except TypeError:
+        if hasattr(data, "__cuda_array_interface__"):
+            raise TypeError(f"{what}: GPU buffers cannot be stored; copy to host first") from None
+        raise
+
+
+def _dest_view(buf: Any, what: str) -> memoryview:
+    try:
+        return host_view(buf, writable=True, what=what)
+    except TypeError:
+        if hasattr(buf, "__cuda_array_interface__"):
+            raise TypeError(
+                f"{what}: GPU destinations are not supported (the crc32c check needs host "
+                "memory); read into a host buffer"
+            ) from None
+        raise
+
+
+def _db_error(exc: Exception, path: str) -> OSError:
+    return OSError(errno.EIO, f"page index: {exc}", path)
+
+
+class PageStore:
+    """Pages (byte strings under a key) kept in region files on one or more tiers.
+
+    Each tier directory holds up to ``capacity // region_size`` region files. Pages are
+    appended to the tier's open region at ``page_align``-aligned offsets, so O_DIRECT and
+    GPUDirect Storage can read them; pinned and dirty pages go to a second open region of
+    their own, so they do not keep regions full of ordinary pages from being reclaimed. A
+    RocksDB index maps each key to its page (tier, region, region generation, offset,
+    length, crc32c, flags); writes go data first, index second. After a restart the index
+    is the truth.
+
+    When a tier needs a new region and its allocated bytes would go above
+    ``high_watermark * capacity``, whole regions are reclaimed, least recently used first
+    (regions without live pages before any other), until they are at or below
+    ``low_watermark * capacity``. Regions holding a pinned or dirty page, open regions and
+    regions with writes in progress are never reclaimed. Reclaiming bumps the region's
+    generation in the tier's shared ``generations`` file before any new data is written
+    there, so readers holding an old :class:`PageLocation` detect it.
+
+    Every read checks the page's crc32c; a mismatch drops the page.
+
+    Parameters
+    ----------
+    tiers
+        One :class:`TierConfig` per tier, distinct names and directories. The first tier is
+        the default for :meth:`put`.
+    index_path
+        Directory of the RocksDB index (created if missing).
+    region_size
+        Bytes per region file; a multiple of ``page_align``, at most every tier's capacity.
+        Fixed for the life of the index.
+    high_watermark, low_watermark
+        Fractions of capacity, ``0 < low_watermark < high_watermark <= 1``.
+    page_align
+        Alignment of page offsets: a power of two, at least 512. Fixed for the life of the
+        index.
+    sync
+        fdatasync page data (and flush generation tables) before each index commit, and
+        commit the index with sync, for durability across power loss. Off by default: a
+        killed process loses nothing that the kernel has, and crc32c catches torn pages.
+    direct
+        Read pages with O_DIRECT (where the destination buffer is aligned too).
+
+    Notes
+    -----
+    Call order: construct (opens the index, recovers the tiers and drops index entries whose
+    region generation no longer matches), then any mix of :meth:`put`, :meth:`put_many`,
+    :meth:`get_into`, :meth:`get_many_into`, :meth:`locate`, :meth:`contains`,
+    :meth:`delete`, :meth:`pin`, :meth:`unpin`, :meth:`mark_clean`, :meth:`usage`,
+    :meth:`evict`, then :meth:`close` (or use the store as a context manager). One process
+    owns a store at a time (the index and each tier directory are locked); other processes
+    read through :class:`RegionReader` with locations from :meth:`locate`.
+
+    All methods are thread-safe. One lock guards the index and the allocator; page I/O runs
+    outside it (writes reserve their space first and commit afterwards), so reads are not
+    held up by writes. :meth:`close` waits for I/O in progress.
+
+    ``put`` replaces a key's page with a new one, flags included. :meth:`pin` or marking an
+    existing ordinary page dirty leaves it where it is, so its region is kept as long as
+    the flag is set.
+    """
+
+    def __init__(
+        self,
+        tiers: Sequence[TierConfig],
+        index_path: str | os.PathLike,
+        *,
+        region_size: int = 64 * MiB,
+        high_watermark: float = 0.95,
+        low_watermark: float = 0.85,
+        page_align: int = 4096,
+        sync: bool = False,
+        direct: bool = False,
+    ):
+        self._check_args(tiers, index_path, region_size, high_watermark, low_watermark, page_align)
+        self.region_size = region_size
+        self.page_align = page_align
+        self.high_watermark = float(high_watermark)
+        self.low_watermark = float(low_watermark)
+        self.index_path = os.path.abspath(os.fspath(index_path))
+        self._sync = bool(sync)
+        self._direct = bool(direct)
+        self._tiers = {t.name: _Tier(t, region_size) for t in tiers}
+        self._default_tier = tiers[0].name
+        self._by_code = {t.code: t for t in self._tiers.values()}
+        self._entries: dict[bytes, _Entry] = {}
+        self._unsaved: set[tuple[int, int]] = set()  # (tier code, region) records to write
+        self._clock = itertools.count(1)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0  # I/O running outside the lock
+        self._closed = False
+        self._db: rocksdict.Rdict | None = None
+        self._write_opts = rocksdict.WriteOptions()
+        self._write_opts.sync = self._sync
+        try:
+            self._open_index()
+            for tier in self._tiers.values():
+                self._open_tier(tier)
+            self._recover()
+        except BaseException:
+            self._release()
+            raise
+
+    @staticmethod
+    def _check_args(tiers, index_path, region_size, high, low, page_align) -> None:
+        if isinstance(tiers, TierConfig) or not isinstance(tiers, Sequence):
+            raise TypeError("PageStore: tiers must be a sequence of TierConfig")
+        if not tiers:
+            raise ValueError("PageStore: tiers must not be empty")
+        for i, t in enumerate(tiers):
+            if not isinstance(t, TierConfig):
+                raise TypeError(f"PageStore: tiers[{i}] is a {type(t).__name__}, not a TierConfig")
+        names = [t.name for t in tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"PageStore: tier names must be distinct, got {names}")
+        paths = [os.path.realpath(t.path) for t in tiers]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"PageStore: tier paths must be distinct, got {paths}")
+        if not isinstance(index_path, (str, os.PathLike)):
+            raise TypeError(
+                "PageStore: index_path must be a str or os.PathLike, got "
+                f"{type(index_path).__name__}"
+            )
+        if not os.fspath(index_path):
+            raise ValueError("PageStore: index_path must not be empty")
+        _check_creatable_dir(os.path.abspath(os.fspath(index_path)), "PageStore: index_path")
+        for field, value in (("page_align", page_align), ("region_size", region_size)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"PageStore: {field} must be an int, got {type(value).__name__}")
+        if page_align < 512 or page_align & (page_align - 1):
+            raise ValueError(
+                f"PageStore: page_align must be a power of two >= 512, got {page_align}"
+            )
+        if region_size <= 0 or region_size % page_align:
+            raise ValueError(
+                f"PageStore: region_size must be a positive multiple of page_align={page_align}, "
+                f"got {region_size}"
+            )
+        for field, value in (("high_watermark", high), ("low_watermark", low)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"PageStore: {field} must be a number, got {type(value).__name__}")
+            if not 0 < value <= 1:
+                raise ValueError(f"PageStore: {field} must be in (0, 1], got {value}")
+        if not low < high:
+            raise ValueError(
+                f"PageStore: low_watermark ({low}) must be below high_watermark ({high})"
+            )
+        for t in tiers:
+            if t.capacity < region_size:
+                raise ValueError(
+                    f"PageStore: tier {t.name} capacity of {t.capacity} bytes is less than one "
+                    f"region (region_size={region_size})"
+                )
+
+    # ----------------------------------------------------------------- open and recovery
+
+    def _open_index(self) -> None:
+        os.makedirs(self.index_path, exist_ok=True)
+        opts = rocksdict.Options(raw_mode=True)
+        opts.create_if_missing(True)
+        try:
+            self._db = rocksdict.Rdict(self.index_path, opts)
+        except Exception as exc:
+            raise _db_error(exc, self.index_path) from exc
+        meta = self._db.get(_META_KEY)
+        if meta is None:
+            self._db.put(_META_KEY, _META.pack(_MAGIC, _VERSION, self.region_size, self.page_align))
+            return
+        try:
+            magic, version, region_size, page_align = _META.unpack(meta)
+        except struct.error:
+            magic = version = region_size = page_align = None
+        if magic != _MAGIC or version != _VERSION:
+            raise ValueError(f"PageStore: {self.index_path} is not a page store index (version 1)")
+        for field, have, want in (
+            ("region_size", region_size, self.region_size),
+            ("page_align", page_align, self.page_align),
+        ):
+            if have != want:
+                raise ValueError(
+                    f"PageStore: index {self.index_path} was created with {field}={have}, "
+                    f"got {field}={want}"
+                )
+
+    def _open_tier(self, tier: _Tier) -> None:
+        os.makedirs(os.path.join(tier.dir, REGIONS_DIR), exist_ok=True)
+        lock_path = os.path.join(tier.dir, "lock")
+        tier.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(tier.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OSError(
+                errno.EBUSY, f"tier {tier.name} is in use by another PageStore", tier.dir
+            ) from None
+        tier.table = GenerationTable(generations_path(tier.dir), len(tier.regions))
+
+    def _scan(self, prefix: bytes):
+        for key, value in self._db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield key, value
+
+    def _recover(self) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        stored: dict[tuple[int, int], bytes] = {}
+        # Region records: the generation is the larger of the index's and the shared
+        # table's; a table ahead of the index means a reclaim was cut short: the region is free.
+        for key, value in self._scan(_REGION_PREFIX):
+            tier = self._by_code.get(key[1]) if len(key) == 6 else None
+            number = int.from_bytes(key[2:6], "big")
+            if tier is None or number >= len(tier.regions) or len(value) != _REGION.size:
+                batch.delete(key)
+                continue
+            region = tier.regions[number]
+            stored[tier.code, number] = value
+            generation, state, kind, fill = _REGION.unpack(value)
+            region.generation = generation
+            if tier.table.get(number) > generation or state not in (_OPEN, _SEALED):
+                continue
+            region.state, region.kind, region.fill = state, kind & 1, fill
+        for tier in self._tiers.values():
+            for region in tier.regions:
+                region.generation = max(region.generation, tier.table.get(region.number))
+                if region.state != _FREE and not self._region_file_ok(region):
+                    region.state = _FREE
+                    region.generation += 1
+            self._drop_extra_region_files(tier)
+        for key, value in self._scan(_PAGE_PREFIX):
+            entry = self._parse_entry(value)
+            if entry is None:
+                batch.delete(key)
+                continue
+            region = self._by_code[entry.tier].regions[entry.region]
+            k = key[1:]
+            self._entries[k] = entry
+            self._link(k, entry, region)
+            region.fill = max(region.fill, entry.offset + entry.length)
+        for tier in self._tiers.values():
+            for region in tier.regions:
+                if region.state == _SEALED and not region.keys:
+                    region.state = _FREE  # nothing live: reclaim now
+                    region.generation += 1
+                if region.state == _OPEN:
+                    # One open region per kind: keep the emptiest, seal the others.
+                    current = tier.open[region.kind]
+                    if current is None or current.fill > region.fill:
+                        if current is not None:
+                            current.state = _SEALED
+                        tier.open[region.kind] = region
+                    else:
+                        region.state = _SEALED
+            for region in tier.regions:
+                if region.state == _FREE:
+                    region.fill = 0
+                    region.kind = _NORMAL
+                    heapq.heappush(tier.free, region.number)
+                else:
+                    tier.used += 1
+                    region.last_access = next(self._clock)
+                    self._open_region_file(region)
+                if tier.table.get(region.number) != region.generation:
+                    tier.table.set(region.number, region.generation)
+                old = stored.get((tier.code, region.number))
+                if old != region.record() and (old is not None or region.generation):
+                    self._unsaved.add((tier.code, region.number))
+        self._commit(batch)
+
+    def _parse_entry(self, value: bytes) -> _Entry | None:
+        if len(value) != _PAGE.size:
+            return None
+        entry = _Entry(*_PAGE.unpack(value))
+        tier = self._by_code.get(entry.tier)
+        if tier is None or entry.region >= len(tier.regions):
+            return None
+        region = tier.regions[entry.region]
+        if (
+            region.state == _FREE
+            or region.generation != entry.generation
+            or entry.offset % self.page_align
+            or entry.offset + entry.length > self.region_size
+        ):
+            return None
+        return entry
+
+    def _region_file_ok(self, region: _Region) -> bool:
+        try:
+            return os.stat(region.path).st_size == self.region_size
+        except FileNotFoundError:
+            return False
+
+    def _drop_extra_region_files(self, tier: _Tier) -> None:
+        """Remove region files past the tier's region count (its capacity shrank)."""
+        for name in os.listdir(os.path.join(tier.dir, REGIONS_DIR)):
+            if not name.isdigit() or int(name) < len(tier.regions):
+                continue
+            number = int(name)
+            generation = tier.table.get(number)
+            if generation is not None:
+                tier.table.set(number, generation + 1)  # readers of it see a stale location
+            os.unlink(os.path.join(tier.dir, REGIONS_DIR, name))
+
+    def _open_region_file(self, region: _Region) -> None:
+        if region.fd >= 0:
+            return
+        fd = os.open(region.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(fd).st_size != self.region_size:
+                os.ftruncate(fd, self.region_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        region.fd = fd
+
+    # ----------------------------------------------------------------- index bookkeeping
+
+    def _link(self, k: bytes, entry: _Entry, region: _Region) -> None:
+        tier = self._by_code[entry.tier]
+        region.keys.add(k)
+        region.live_bytes += entry.length
+        tier.pages += 1
+        tier.live_bytes += entry.length
+        self._count_flags(tier, region, entry, +1)
+
+    def _unlink(self, k: bytes, entry: _Entry) -> None:
+        tier = self._by_code[entry.tier]
+        region = tier.regions[entry.region]
+        region.keys.discard(k)
+        region.live_bytes -= entry.length
+        tier.pages -= 1
+        tier.live_bytes -= entry.length
+        self._count_flags(tier, region, entry, -1)
+
+    @staticmethod
+    def _count_flags(tier: _Tier, region: _Region, entry: _Entry, sign: int) -> None:
+        if entry.flags:
+            region.sticky += sign
+        if entry.flags & _PIN:
+            tier.pinned_bytes += sign * entry.length
+        if entry.flags & _DIRTY:
+            tier.dirty_bytes += sign * entry.length
+
+    def _commit(self, batch: rocksdict.WriteBatch) -> None:
+        """Write ``batch`` plus every changed region record, in one atomic index write."""
+        for code, number in self._unsaved:
+            tier = self._by_code[code]
+            batch.put(tier.region_key(number), tier.regions[number].record())
+        if batch.is_empty():
+            return
+        try:
+            self._db.write(batch, self._write_opts)
+        except Exception as exc:
+            raise _db_error(exc, self.index_path) from exc
+        self._unsaved.clear()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError("PageStore is closed")
+
+    def _tier(self, name: str | None) -> _Tier:
+        if name is None:
+            name = self._default_tier
+        tier = self._tiers.get(name) if isinstance(name, str) else None
+        if tier is None:
+            raise ValueError(f"unknown tier {name!r}; this store has {', '.join(self._tiers)}")
+        return tier
+
+    # ----------------------------------------------------------------- allocation
+
+    def _reserve(self, tier: _Tier, kind: int, length: int) -> tuple[_Region, int]:
+        """Space for a page in the tier's open region of ``kind``; called with the lock held."""
+        region = tier.open[kind]
+        if region is not None:
+            offset = -(-region.fill // self.page_align) * self.page_align
+            if offset + length > self.region_size:
+                region.state = _SEALED
+                tier.open[kind] = None
+                self._unsaved.add((tier.code, region.number))
+                region = None
+        if region is None:
+            region = self._allocate(tier, kind, length)
+            offset = 0
+        region.fill = offset + length
+        region.inflight += 1
+        region.last_access = next(self._clock)
+        self._unsaved.add((tier.code, region.number))
+        return region, offset
+
+    def _allocate(self, tier: _Tier, kind: int, length: int) -> _Region:
+        rs = self.region_size
+        if (tier.used + 1) * rs > self.high_watermark * tier.capacity:
+            # Down to the low watermark, counting the region about to be allocated.
+            self._reclaim_lru(tier, math.floor(self.low_watermark * tier.capacity / rs) - 1)
+        if not tier.free:
+            # Last resort before ENOSPC: the other kind's open region, if it may go.
+            other = tier.open[1 - kind]
+            if other is not None and not other.sticky and not other.inflight:
+                tier.open[1 - kind] = None
+                self._reclaim([other], tier)
+        if not tier.free:
+            raise TierFullError(
+                f"tier {tier.name} is full: no region free for a page of {length} bytes; all "
+                f"{len(tier.regions)} regions of {rs} bytes hold pinned or dirty pages or "
+                "writes in progress",
+                tier.dir,
+            )
+        region = tier.regions[heapq.heappop(tier.free)]
+        self._open_region_file(region)
+        region.state = _OPEN
+        region.kind = kind
+        region.fill = 0
+        tier.used += 1
+        tier.open[kind] = region
+        return region
+
+    def _reclaim_lru(self, tier: _Tier, max_used: int) -> int:
+        """Reclaim regions, empty ones first then least recently used, until at most
+        ``max_used`` are in use or none may go; returns how many were reclaimed."""
+        excess = tier.used - max_used
+        if excess <= 0:
+            return 0
+        candidates = sorted(
+            (r for r in tier.regions if r.state == _SEALED and not r.sticky and not r.inflight),
+            key=lambda r: (r.live_bytes > 0, r.last_access),
+        )[:excess]
+        self._reclaim(candidates, tier)
+        return len(candidates)
+
+    def _reclaim(self, regions: list[_Region], tier: _Tier) -> None:
+        if not regions:
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for region in regions:
+            # Published before anything else happens to the region: from here on readers
+            # holding its old generation fail their check.
+            region.generation += 1
+            tier.table.set(region.number, region.generation)
+        if self._sync:
+            tier.table.flush()
+        for region in regions:
+            for k in region.keys:
+                entry = self._entries.pop(k)
+                tier.pages -= 1
+                tier.live_bytes -= entry.length
+                batch.delete(_PAGE_PREFIX + k)
+            region.keys = set()
+            region.live_bytes = 0
+            region.state = _FREE
+            region.kind = _NORMAL
+            region.fill = 0
+            tier.used -= 1
+            heapq.heappush(tier.free, region.number)
+            self._unsaved.add((tier.code, region.number))
+        self._commit(batch)
+
+    # ----------------------------------------------------------------- writes
+
+    def put(self, key: bytes | str, data: Any, tier: str | None = None, pin: bool = False,
+            dirty: bool = False) -> None:  # fmt: skip
+        """Store one page; see :meth:`put_many`."""
+        self.put_many([(key, data)], tier=tier, pin=pin, dirty=dirty)
+
+    def put_many(
+        self,
+        items: Iterable[tuple[bytes | str, Any]],
+        tier: str | None = None,
+        pin: bool = False,
+        dirty: bool = False,
+    ) -> None:
+        """Store pages: write them all with one engine batch, then commit one index batch.
+
+        Parameters
+        ----------
+        items
+            ``(key, data)`` pairs. ``key`` is bytes or str (UTF-8), not empty; ``data`` is
+            any host buffer of at most ``region_size`` bytes and must not change until the
+            call returns. An existing key is replaced (flags included); if a key appears
+            twice, the last one wins.
+        tier
+            Tier name; None for the store's first tier.
+        pin
+            Never evict these pages (until :meth:`unpin`).
+        dirty
+            The pages are not persisted elsewhere yet: never evict them (until
+            :meth:`mark_clean`).
+
+        Raises
+        ------
+        TierFullError
+            The tier cannot take the pages even after eviction; nothing was stored.
+        ValueError
+            An empty key, a page larger than a region, an unknown tier.
+        TypeError
+            A key that is neither bytes nor str, data that is not a host buffer.
+        OSError
+            The write or the index commit failed; nothing was stored.
+        """
+        target = self._tier(tier)
+        flags = (_PIN if pin else 0) | (_DIRTY if dirty else 0)
+        kind = _STICKY if flags else _NORMAL
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                key, data = item
+            except (TypeError, ValueError):
+                raise ValueError(f"put_many item {i}: expected (key, data), got {item!r}") from None
+            k = _encode_key(key)
+            view = _source_view(data, f"page {key!r}")
+            if view.nbytes > self.region_size:
+                raise ValueError(
+                    f"page {key!r} of {view.nbytes} bytes is larger than a region "
+                    f"(region_size={self.region_size})"
+                )
+            prepared.append((k, view, crc32c(view)))
+        if not prepared:
+            return
+        reserved: list[tuple[_Region, int]] = []
+        with self._lock:
+            self._check_open()
+            try:
+                for _, view, _ in prepared:
+                    reserved.append(self._reserve(target, kind, view.nbytes))
+            except BaseException:
+                for region, _ in reserved:
+                    region.inflight -= 1
+                raise
+            self._active += 1
+        written = False
+        try:
+            write_batch(
+                [
+                    (region.fd, offset, view.nbytes, view, 0)
+                    for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True)
+                ]
+            )
+            if self._sync:
+                for fd in {region.fd for region, _ in reserved}:
+                    os.fdatasync(fd)
+            written = True
+        finally:
+            with self._lock:
+                for region, _ in reserved:
+                    region.inflight -= 1
+                self._active -= 1
+                self._idle.notify_all()
+                if written:
+                    self._commit_pages(target, flags, prepared, reserved)
+
+    def _commit_pages(self, tier: _Tier, flags: int, prepared, reserved) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        new = []
+        for (k, view, crc), (region, offset) in zip(prepared, reserved, strict=True):
+            entry = _Entry(
+                tier.code, region.number, region.generation, offset, view.nbytes, crc, flags
+            )
+            batch.put(_PAGE_PREFIX + k, _PAGE.pack(*entry))
+            new.append((k, entry, region))
+        self._commit(batch)
+        for k, entry, region in new:
+            old = self._entries.get(k)
+            if old is not None:
+                self._unlink(k, old)
+            self._entries[k] = entry
+            self._link(k, entry, region)
+
+    def delete(self, key: bytes | str) -> bool:
+        """Remove a page; True if it was there.
+
+        Its bytes stay in the region (and readers holding its location may still read them)
+        until the region is reclaimed.
+        """
+        k = _encode_key(key)
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(k)
+            if entry is None:
+                return False
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.delete(_PAGE_PREFIX + k)
+            self._commit(batch)
+            del self._entries[k]
+            self._unlink(k, entry)
+            return True
+
+    def _set_flags(self, key: bytes | str, set_bits: int, clear_bits: int) -> None:
+        k = _encode_key(key)
+        with self._lock:
+            self._check_open()
+            entry = self._entries.get(k)
+            if entry is None:
+                raise PageNotFoundError(f"no page under key {key!r}")
+            flags = (entry.flags | set_bits) & ~clear_bits
+            if flags == entry.flags:
+                return
+            new = entry._replace(flags=flags)
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(_PAGE_PREFIX + k, _PAGE.pack(*new))
+            self._commit(batch)
+            self._unlink(k, entry)
+            self._entries[k] = new
+            self._link(k, new, self._by_code[new.tier].regions[new.region])
+
+    def pin(self, key: bytes | str) -> None:
+        """Keep a page from eviction until :meth:`unpin`; raises PageNotFoundError on a miss."""
+        self._set_flags(key, _PIN, 0)
+
+    def unpin(self, key: bytes | str) -> None:
+        """Let a pinned page be evicted again; raises PageNotFoundError on a miss."""
+        self._set_flags(key, 0, _PIN)
+
+    def mark_clean(self, key: bytes | str) -> None:
+        """Record that a dirty page is persisted elsewhere (evictable again, unless pinned);
+        raises PageNotFoundError on a miss."""
+        self._set_flags(key, 0, _DIRTY)
+
+    # ----------------------------------------------------------------- reads
+
+    def _read(self, keys: list[bytes], views: list[memoryview], names: list) -> list[Any]:
+        """Read pages into views: per item its length, None (miss), or the exception.
+
+        A page whose region was reclaimed during the read is looked up again once; a crc32c
+        mismatch in an unchanged region drops the entry and yields PageCorruptedError.
+        """
+        results: list[Any] = [None] * len(keys)
+        todo = list(range(len(keys)))
+        for _attempt in range(2):
+            if not todo:
+                break
+            reads = []  # (slot, entry, region)
+            with self._lock:
+                self._check_open()
+                for i in todo:
+                    entry = self._entries.get(keys[i])
+                    if entry is None:
+                        results[i] = None
+                        continue
+                    if views[i].nbytes < entry.length:
+                        raise ValueError(
+                            f"buffer of {views[i].nbytes} bytes is smaller than page "
+                            f"{names[i]!r} of {entry.length} bytes"
+                        )
+                    region = self._by_code[entry.tier].regions[entry.region]
+                    region.last_access = next(self._clock)
+                    reads.append((i, entry, region))
+                if not reads:
+                    break
+                self._active += 1
+            try:
+                try:
+                    done: list[Any] = read_batch(
+                        [(r.fd, e.offset, e.length, views[i], 0) for i, e, r in reads],
+                        direct=self._direct,
+                        checksums=[e.crc for _, e, _ in reads],
+                    )
+                except OSError as exc:
+                    if not hasattr(exc, "results"):
+                        raise
+                    done = exc.results
+            finally:
+                with self._lock:
+                    self._active -= 1
+                    self._idle.notify_all()
+            todo = []
+            corrupt = []
+            for (i, entry, region), res in zip(reads, done, strict=True):
+                if region.generation != entry.generation:
+                    todo.append(i)  # reclaimed under us: the page may have moved
+                    results[i] = None
+                elif isinstance(res, PageCorruptedError):
+                    corrupt.append((i, entry))
+                    results[i] = res
+                else:
+                    results[i] = res
+            if corrupt:
+                self._drop(corrupt, keys)
+        return results
+
+    def _drop(self, corrupt: list[tuple[int, _Entry]], keys: list[bytes]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            gone = []
+            for i, entry in corrupt:
+                k = keys[i]
+                if self._entries.get(k) == entry:
+                    batch.delete(_PAGE_PREFIX + k)
+                    gone.append((k, entry))
+            self._commit(batch)
+            for k, entry in gone:
+                if self._entries.get(k) == entry:
+                    del self._entries[k]
+                    self._unlink(k, entry)
+
+    def get_into(self, key: bytes | str, buf: Any) -> int:
+        """Read a page into the start of ``buf``.
+
+        Parameters
+        ----------
+        key
+            The page's key.
+        buf
+            Writable host buffer (bytearray, numpy array, torch CPU tensor...) of at least
+            the page's length.
+
+        Returns
+        -------
+        int
+            The page length.
+
+        Raises
+        ------
+        PageNotFoundError
+            No page under ``key`` (or it was evicted while being read).
+        PageCorruptedError
+            The bytes read do not match the page's crc32c; the page has been dropped.
+        ValueError
+            ``buf`` is smaller than the page.
+        """
+        k = _encode_key(key)
+        result = self._read([k], [_dest_view(buf, "get_into buffer")], [key])[0]
+        if result is None:
+            raise PageNotFoundError(f"no page under key {key!r}")
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def get_many_into(self, items: Iterable[tuple[bytes | str, Any]]) -> list[int | None]:
+        """Read many pages with one engine batch.
+
+        Parameters
+        ----------
+        items
+            ``(key, buffer)`` pairs; each page goes to the start of its buffer.
+
+        Returns
+        -------
+        list of int or None
+            Per item the page length, or None for a miss or for a page dropped because its
+            crc32c did not match.
+
+        Raises
+        ------
+        ValueError
+            A buffer smaller than its page (before any read).
+        OSError
+            An I/O error other than a checksum mismatch.
+        """
+        keys, views, names = [], [], []
+        for i, item in enumerate(items):
+            try:
+                key, buf = item
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"get_many_into item {i}: expected (key, buffer), got {item!r}"
+                ) from None
+            keys.append(_encode_key(key))
+            views.append(_dest_view(buf, f"get_many_into item {i}"))
+            names.append(key)
+        results = self._read(keys, views, names)
+        for i, res in enumerate(results):
+            if isinstance(res, PageCorruptedError):
+                results[i] = None
+            elif isinstance(res, BaseException):
+                res.index = i
+                raise res
+        return results
+
+    def locate(self, keys: Iterable[bytes | str]) -> list[PageLocation | None]:
+        """Where pages are, for reading them elsewhere (see :class:`RegionReader`).
+
+        Returns one :class:`PageLocation` per key, None for a miss. A location stays valid
+        until its region is reclaimed; a reader detects that by the generation check.
+        """
+        encoded = [_encode_key(key) for key in keys]
+        out: list[PageLocation | None] = []
+        with self._lock:
+            self._check_open()
+            for k in encoded:
+                entry = self._entries.get(k)
+                if entry is None:
+                    out.append(None)
+                    continue
+                tier = self._by_code[entry.tier]
+                region = tier.regions[entry.region]
+                region.last_access = next(self._clock)
+                out.append(
+                    PageLocation(
+                        tier.name,
+                        entry.region,
+                        region.path,
+                        entry.offset,
+                        entry.length,
+                        entry.crc,
+                        entry.generation,
+                    )  # fmt: skip
+                )
+        return out
+
+    def contains(self, key: bytes | str) -> bool:
+        """True if a page is stored under ``key``."""
+        k = _encode_key(key)
+        with self._lock:
+            self._check_open()
+            return k in self._entries
+
+    def __contains__(self, key: bytes | str) -> bool:
+        return self.contains(key)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    # ----------------------------------------------------------------- space
+
+    @property
+    def tier_paths(self) -> dict[str, str]:
+        """Tier name -> directory, what a :class:`RegionReader` needs."""
+        return {name: tier.dir for name, tier in self._tiers.items()}
+
+    def usage(self) -> dict[str, TierUsage]:
+        """Space accounting per tier name."""
+        with self._lock:
+            self._check_open()
+            return {
+                name: TierUsage(
+                    capacity=t.capacity,
+                    region_size=self.region_size,
+                    regions_total=len(t.regions),
+                    regions_used=t.used,
+                    allocated_bytes=t.used * self.region_size,
+                    live_bytes=t.live_bytes,
+                    pages=t.pages,
+                    pinned_bytes=t.pinned_bytes,
+                    dirty_bytes=t.dirty_bytes,
+                )
+                for name, t in self._tiers.items()
+            }
+
+    def evict(self, tier: str, to_bytes: int) -> int:
+        """Reclaim regions of ``tier``, least recently used first, until its allocated bytes
+        are at most ``to_bytes`` or no region may go.
+
+        Regions with pinned or dirty pages, open regions and regions being written are kept.
+
+        Returns
+        -------
+        int
+            Allocated bytes freed (a multiple of ``region_size``).
+        """
+        if isinstance(to_bytes, bool) or not isinstance(to_bytes, int):
+            raise TypeError(f"evict: to_bytes must be an int, got {type(to_bytes).__name__}")
+        if to_bytes < 0:
+            raise ValueError(f"evict: to_bytes must be >= 0, got {to_bytes}")
+        with self._lock:
+            self._check_open()
+            t = self._tier(tier)
+            return self.region_size * self._reclaim_lru(t, to_bytes // self.region_size)
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Wait for I/O in progress, then close the index, region files and tables.
+
+        Idempotent. Committed pages survive; the store can be opened again.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            while self._active:
+                self._idle.wait()
+            if self._unsaved and self._db is not None:
+                self._commit(rocksdict.WriteBatch(raw_mode=True))
+        self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        for tier in self._tiers.values():
+            for region in tier.regions:
+                if region.fd >= 0:
+                    os.close(region.fd)
+                    region.fd = -1
+            if tier.table is not None:
+                tier.table.close()
+                tier.table = None
+            if tier.lock_fd >= 0:
+                os.close(tier.lock_fd)
+                tier.lock_fd = -1
+
+    def __enter__(self) -> PageStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._entries)} pages"
+        return f"<PageStore {self.index_path} tiers={list(self._tiers)} {state}>"

@@ -1,0 +1,321 @@
+"""Region files, the shared generation table, page locations and the out-of-process reader.
+
+A tier directory of the page store looks like this::
+
+    <tier>/generations      one little-endian u64 per region, shared through mmap
+    <tier>/regions/000017   fixed-size region files
+    <tier>/lock             held (flock) by the one PageStore that writes the tier
+
+The writer bumps a region's generation in ``generations`` before it writes new data into a
+reclaimed region, so a reader that checks the generation after its read can tell whether the
+bytes it read still belong to the page it asked for.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import StaleLocationError
+from ._engine import read_batch
+from ._requests import host_view
+
+__all__ = ["TIER_NAMES", "GenerationTable", "PageLocation", "RegionReader", "region_path"]
+
+TIER_NAMES = ("MEM", "SSD", "HDD")
+REGIONS_DIR = "regions"
+GENERATIONS_FILE = "generations"
+_U64 = struct.Struct("<Q")
+
+
+def region_path(tier_dir: str, number: int) -> str:
+    """Path of region ``number`` in a tier directory."""
+    return os.path.join(tier_dir, REGIONS_DIR, f"{number:06d}")
+
+
+def generations_path(tier_dir: str) -> str:
+    """Path of a tier's shared generation table."""
+    return os.path.join(tier_dir, GENERATIONS_FILE)
+
+
+class GenerationTable:
+    """The ``generations`` file of a tier: one little-endian u64 per region, via mmap.
+
+    The writer opens it with ``count`` (the tier's region count) and grows the file when it
+    is shorter; readers open it read-only and map it again when asked about a region past
+    the end of their mapping (the writer may have grown it since).
+    """
+
+    def __init__(self, path: str, count: int | None = None):
+        self.path = path
+        self.writable = count is not None
+        flags = (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY
+        self._fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        self._map: mmap.mmap | None = None
+        try:
+            if self.writable and os.fstat(self._fd).st_size < count * _U64.size:
+                os.ftruncate(self._fd, count * _U64.size)
+            self._remap()
+        except BaseException:
+            self.close()
+            raise
+
+    def _remap(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size < _U64.size:
+            raise OSError(0, "generation table is empty: not a page store tier", self.path)
+        access = mmap.ACCESS_WRITE if self.writable else mmap.ACCESS_READ
+        # The old mapping is left to the garbage collector: another thread may still use it.
+        self._map = mmap.mmap(self._fd, size - size % _U64.size, access=access)
+
+    def __len__(self) -> int:
+        return len(self._map) // _U64.size
+
+    def get(self, number: int) -> int | None:
+        """Generation of region ``number``, or None when the table has no such region."""
+        if number >= len(self) and not self.writable:
+            self._remap()
+        if number >= len(self):
+            return None
+        return _U64.unpack_from(self._map, number * _U64.size)[0]
+
+    def set(self, number: int, generation: int) -> None:
+        """Publish a region's generation (writer only)."""
+        _U64.pack_into(self._map, number * _U64.size, generation)
+
+    def flush(self) -> None:
+        """Write the table to stable storage (for ``sync=True`` stores)."""
+        self._map.flush()
+
+    def close(self) -> None:
+        """Unmap and close the file; idempotent."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@dataclass(frozen=True)
+class PageLocation:
+    """Where a page lives, with what a reader in another process needs to check it.
+
+    Attributes
+    ----------
+    tier
+        Tier name (``"MEM"``, ``"SSD"`` or ``"HDD"``).
+    region
+        Region number within the tier.
+    path
+        Path of the region file.
+    offset
+        Byte offset of the page in the region file (a multiple of the store's page_align).
+    length
+        Page length in bytes.
+    crc32c
+        crc32c of the page bytes.
+    generation
+        Generation of the region when the page was written; the location is valid only
+        while the tier's ``generations`` table still holds this value for the region.
+    """
+
+    tier: str
+    region: int
+    path: str
+    offset: int
+    length: int
+    crc32c: int
+    generation: int
+
+
+class RegionReader:
+    """Reads pages by :class:`PageLocation`, without access to the page store's index.
+
+    Meant for a process other than the store's owner (a short-circuit client): it gets
+    locations from the owner, reads the region files with the engine, checks each page's
+    crc32c, then checks that the region's generation has not changed during the read. A
+    read never returns bytes of another page: a location whose region was reclaimed raises
+    :class:`~shoal.engine.StaleLocationError` (ask the owner again), and bytes that do not
+    match their crc32c raise :class:`~shoal.engine.PageCorruptedError`.
+
+    Region files are opened from the tier directories given here, never from
+    ``PageLocation.path``, so a peer cannot make the reader open arbitrary files.
+
+    Parameters
+    ----------
+    tier_paths
+        Tier name -> tier directory, e.g. ``PageStore.tier_paths``.
+    direct
+        Read with O_DIRECT where buffer, offset and length are aligned.
+
+    Notes
+    -----
+    Thread-safe. Call :meth:`close` (or use it as a context manager) to release its file
+    descriptors and mappings.
+    """
+
+    def __init__(self, tier_paths: Mapping[str, str | os.PathLike], *, direct: bool = False):
+        if not isinstance(tier_paths, Mapping) or not tier_paths:
+            raise TypeError(
+                "RegionReader: tier_paths must be a non-empty mapping of tier name -> path"
+            )
+        self._dirs: dict[str, str] = {}
+        for name, path in tier_paths.items():
+            if name not in TIER_NAMES:
+                raise ValueError(
+                    f"RegionReader: tier name {name!r} is not one of {', '.join(TIER_NAMES)}"
+                )
+            self._dirs[name] = os.path.abspath(os.fspath(path))
+        self._direct = bool(direct)
+        self._lock = threading.Lock()
+        self._tables: dict[str, GenerationTable] = {}
+        self._fds: dict[tuple[str, int], int] = {}
+        self._closed = False
+
+    def _table(self, location: PageLocation) -> GenerationTable:
+        if not isinstance(location, PageLocation):
+            raise TypeError(f"expected a PageLocation, got {type(location).__name__}")
+        with self._lock:
+            if self._closed:
+                raise ValueError("RegionReader is closed")
+            tier_dir = self._dirs.get(location.tier)
+            if tier_dir is None:
+                raise ValueError(
+                    f"location names tier {location.tier!r}; this reader knows "
+                    f"{', '.join(self._dirs)}"
+                )
+            table = self._tables.get(location.tier)
+            if table is None:
+                table = self._tables[location.tier] = GenerationTable(generations_path(tier_dir))
+            return table
+
+    def _fd(self, location: PageLocation) -> int:
+        with self._lock:
+            if self._closed:
+                raise ValueError("RegionReader is closed")
+            fd = self._fds.get((location.tier, location.region))
+            if fd is None:
+                path = region_path(self._dirs[location.tier], location.region)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self._fds[location.tier, location.region] = fd
+            return fd
+
+    def read_into(self, location: PageLocation, buf: Any) -> int:
+        """Read one page into the start of ``buf``.
+
+        Parameters
+        ----------
+        location
+            Where the page is, as handed out by :meth:`PageStore.locate`.
+        buf
+            Writable host buffer of at least ``location.length`` bytes.
+
+        Returns
+        -------
+        int
+            The page length.
+
+        Raises
+        ------
+        StaleLocationError
+            The region was reclaimed since the location was handed out.
+        PageCorruptedError
+            The bytes read do not match the page's crc32c.
+        ValueError
+            ``buf`` is smaller than the page.
+        """
+        return self.read_many_into([(location, buf)])[0]
+
+    def read_many_into(self, items: Iterable[tuple[PageLocation, Any]]) -> list[int]:
+        """Read many pages in one engine batch.
+
+        Parameters
+        ----------
+        items
+            ``(location, buffer)`` pairs; each page goes to the start of its buffer.
+
+        Returns
+        -------
+        list of int
+            Each page's length.
+
+        Raises
+        ------
+        OSError
+            :class:`StaleLocationError` or :class:`PageCorruptedError` (or an I/O error) of
+            the first failing item, after every read completed; ``exc.index`` is that item's
+            position and ``exc.results`` holds each item's length or exception, as with
+            :func:`shoal.engine.read_batch`.
+        """
+        results: list[Any] = []
+        pending: list[tuple[int, PageLocation, GenerationTable]] = []
+        requests, checksums = [], []
+        for i, item in enumerate(items):
+            try:
+                location, buf = item
+            except (TypeError, ValueError):
+                raise ValueError(f"item {i}: expected (location, buffer), got {item!r}") from None
+            table = self._table(location)
+            view = host_view(buf, writable=True, what=f"item {i}")
+            if view.nbytes < location.length:
+                raise ValueError(
+                    f"item {i}: buffer of {view.nbytes} bytes is smaller than the page of "
+                    f"{location.length} bytes"
+                )
+            if table.get(location.region) != location.generation:
+                results.append(_stale(location))
+                continue
+            fd = self._fd(location)
+            results.append(None)
+            pending.append((i, location, table))
+            requests.append((fd, location.offset, location.length, view, 0))
+            checksums.append(location.crc32c)
+        if requests:
+            try:
+                done: list[Any] = read_batch(requests, direct=self._direct, checksums=checksums)
+            except OSError as exc:
+                if not hasattr(exc, "results"):
+                    raise
+                done = exc.results
+            for (i, location, table), res in zip(pending, done, strict=True):
+                # Checked after the read: the writer bumps it before overwriting the region.
+                if table.get(location.region) != location.generation:
+                    res = _stale(location)
+                results[i] = res
+        for i, res in enumerate(results):
+            if isinstance(res, BaseException):
+                res.index = i
+                res.results = results
+                raise res
+        return results
+
+    def close(self) -> None:
+        """Close region files and generation tables; idempotent."""
+        with self._lock:
+            self._closed = True
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+            for table in self._tables.values():
+                table.close()
+            self._tables.clear()
+
+    def __enter__(self) -> RegionReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _stale(location: PageLocation) -> StaleLocationError:
+    return StaleLocationError(
+        f"region {location.region} of tier {location.tier} was reclaimed since this location "
+        f"(generation {location.generation}) was handed out",
+        location.path,
+    )

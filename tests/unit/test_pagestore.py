@@ -1,0 +1,844 @@
+"""The region page store: a state machine against a dict model, and every error path."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import struct
+import tempfile
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from shoal.engine import (
+    PageCorruptedError,
+    PageLocation,
+    PageNotFoundError,
+    PageStore,
+    RegionReader,
+    StaleLocationError,
+    TierConfig,
+    TierFullError,
+)
+
+KiB = 1024
+RS = 64 * KiB  # region size used throughout: small, so a few pages fill a region
+
+
+def payload(key: bytes | str, size: int, seed: int = 0) -> bytes:
+    """Deterministic bytes for a key, so a checker knows what a page must hold."""
+    k = key.encode() if isinstance(key, str) else key
+    return random.Random(k + seed.to_bytes(4, "little")).randbytes(size)
+
+
+def make_store(tmp_path, regions=8, tiers=("SSD",), **kwargs) -> PageStore:
+    configs = [TierConfig(name, tmp_path / name.lower(), regions * RS) for name in tiers]
+    kwargs.setdefault("region_size", RS)
+    return PageStore(configs, tmp_path / "index", **kwargs)
+
+
+def read(store: PageStore, key) -> bytes:
+    loc = store.locate([key])[0]
+    buf = bytearray(loc.length if loc else RS)
+    n = store.get_into(key, buf)
+    return bytes(buf[:n])
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = make_store(tmp_path)
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------ basics
+
+
+def test_put_get_replace_delete(store):
+    store.put("a", b"hello")
+    assert store.contains("a") and store.contains(b"a") and "a" in store
+    assert read(store, b"a") == b"hello"
+    store.put(b"a", b"bye")  # str and bytes name the same page
+    assert read(store, "a") == b"bye"
+    assert len(store) == 1
+    assert store.delete("a") is True
+    assert store.delete("a") is False
+    assert not store.contains("a")
+    assert store.locate(["a"]) == [None]
+
+
+def test_buffers_of_every_kind(store):
+    data = np.arange(3000, dtype=np.uint16)
+    store.put("np", data)
+    out = np.zeros(4000, dtype=np.uint16)
+    assert store.get_into("np", out) == data.nbytes
+    assert np.array_equal(out[:3000], data)
+    store.put("mv", memoryview(b"xyz" * 100))
+    torch = pytest.importorskip("torch")
+    t = torch.zeros(300, dtype=torch.uint8)
+    assert store.get_into("mv", t) == 300
+    assert bytes(t.numpy()) == b"xyz" * 100
+
+
+def test_empty_page_and_full_region_page(store):
+    store.put("empty", b"")
+    assert store.get_into("empty", bytearray()) == 0
+    big = payload("big", RS)
+    store.put("big", big)
+    loc = store.locate(["big"])[0]
+    assert loc.offset == 0 and loc.length == RS
+    assert read(store, "big") == big
+
+
+def test_pages_are_aligned_and_packed(store):
+    store.put_many([(f"k{i}", payload(f"k{i}", 5000 + i)) for i in range(10)])
+    locs = store.locate([f"k{i}" for i in range(10)])
+    assert all(loc.offset % 4096 == 0 for loc in locs)
+    assert locs[0].region == locs[1].region  # appended to the same open region
+    assert locs[1].offset == 8192
+    for i, loc in enumerate(locs):
+        with open(loc.path, "rb") as f:
+            f.seek(loc.offset)
+            assert f.read(loc.length) == payload(f"k{i}", 5000 + i)
+
+
+def test_put_many_duplicate_key_last_wins(store):
+    store.put_many([("d", b"one"), ("d", b"two"), ("e", b"three")])
+    assert read(store, "d") == b"two"
+    assert store.usage()["SSD"].pages == 2
+
+
+def test_get_many_into_reports_misses(store):
+    store.put_many([("a", b"A" * 10), ("b", b"B" * 20)])
+    bufs = [bytearray(32) for _ in range(3)]
+    assert store.get_many_into(zip(["a", "zz", b"b"], bufs, strict=True)) == [10, None, 20]
+    assert bytes(bufs[0][:10]) == b"A" * 10 and bytes(bufs[2][:20]) == b"B" * 20
+    assert store.get_many_into([]) == []
+
+
+def test_reopen_keeps_pages_and_appends_after_them(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 3000)) for i in range(5)])
+        before = s.locate([f"k{i}" for i in range(5)])
+        s.delete("k4")  # the open region's tail: its bytes must not be reused
+    with make_store(tmp_path) as s:
+        assert len(s) == 4
+        assert s.locate([f"k{i}" for i in range(4)]) == before[:4]
+        s.put("new", b"n" * 100)
+        new = s.locate(["new"])[0]
+        assert new.region == before[0].region
+        assert new.offset > before[4].offset  # append offset survived the restart
+        for i in range(4):
+            assert read(s, f"k{i}") == payload(f"k{i}", 3000)
+        with RegionReader(s.tier_paths) as reader:
+            buf = bytearray(3000)
+            assert reader.read_into(before[4], buf) == 3000  # deleted, bytes untouched
+            assert bytes(buf) == payload("k4", 3000)
+
+
+def test_usage_accounting(tmp_path):
+    with make_store(tmp_path, tiers=("SSD", "MEM")) as s:
+        s.put("p", b"x" * 100, pin=True)
+        s.put("d", b"y" * 200, tier="MEM", dirty=True)
+        s.put("n", b"z" * 300)
+        u = s.usage()
+        assert u["SSD"].pinned_bytes == 100 and u["SSD"].dirty_bytes == 0
+        assert u["MEM"].dirty_bytes == 200 and u["MEM"].pages == 1
+        assert u["SSD"].live_bytes == 400 and u["SSD"].pages == 2
+        assert u["SSD"].regions_used == 2  # ordinary and pinned pages in their own regions
+        assert u["SSD"].allocated_bytes == 2 * RS <= u["SSD"].capacity
+        assert u["SSD"].regions_total == 8
+        s.unpin("p")
+        s.mark_clean("d")
+        u = s.usage()
+        assert u["SSD"].pinned_bytes == 0 and u["MEM"].dirty_bytes == 0
+        s.put("d", b"w" * 50)  # replacing moves the page to the default tier
+        assert s.usage()["MEM"].pages == 0
+        assert s.locate(["d"])[0].tier == "SSD"
+
+
+def test_sync_store_round_trip(tmp_path):
+    with make_store(tmp_path, sync=True) as s:
+        for i in range(20):
+            s.put(f"k{i}", payload(f"k{i}", 20000))
+    with make_store(tmp_path, sync=True) as s:
+        present = [i for i in range(20) if s.contains(f"k{i}")]
+        assert present
+        for i in present:
+            assert read(s, f"k{i}") == payload(f"k{i}", 20000)
+
+
+def test_direct_reads(tmp_path):
+    with make_store(tmp_path, direct=True) as s:
+        s.put("a", payload("a", 8192))
+        buf = np.zeros(8192 + 4096, dtype=np.uint8)
+        start = -buf.ctypes.data % 4096
+        aligned = buf[start : start + 8192]
+        assert s.get_into("a", aligned) == 8192
+        assert aligned.tobytes() == payload("a", 8192)
+
+
+# ------------------------------------------------------------------ eviction
+
+
+def test_eviction_keeps_usage_under_capacity_and_is_lru(tmp_path):
+    with make_store(tmp_path, regions=8, high_watermark=1.0, low_watermark=0.75) as s:
+        page = 16 * KiB  # four pages per region
+        for i in range(28):  # seven regions
+            s.put(f"k{i}", payload(f"k{i}", page))
+        assert s.usage()["SSD"].regions_used == 7
+        s.get_into("k0", bytearray(page))  # region 0 is now the most recently used
+        for i in range(28, 36):
+            s.put(f"k{i}", payload(f"k{i}", page))
+            assert s.usage()["SSD"].allocated_bytes <= 8 * RS
+        # Two regions were needed past the eighth: the least recently used went, not region 0.
+        assert s.contains("k0") and s.contains("k3")
+        assert not s.contains("k4") and not s.contains("k8")
+        assert s.usage()["SSD"].regions_used <= 8
+
+
+def test_regions_without_live_pages_go_first(tmp_path):
+    with make_store(tmp_path, regions=8, high_watermark=1.0, low_watermark=0.85) as s:
+        page = 32 * KiB  # two pages per region
+        for i in range(12):  # regions 0 to 5
+            s.put(f"k{i}", payload(f"k{i}", page))
+        s.delete("k10")
+        s.delete("k11")  # region 5: nothing live, though recently used
+        for i in range(12, 16):  # regions 6 and 7
+            s.put(f"k{i}", payload(f"k{i}", page))
+        s.get_into("k0", bytearray(page))  # region 0 becomes the most recently used
+        s.put("k16", payload("k16", page))  # all eight in use: three must go
+        present = [s.contains(f"k{i}") for i in range(17)]
+        # Region 5 first, then the least recently used: regions 1 and 2.
+        assert present == [True] * 2 + [False] * 4 + [True] * 4 + [False] * 2 + [True] * 5
+
+
+def test_evict_explicit(tmp_path):
+    with make_store(tmp_path, regions=8) as s:
+        for i in range(16):
+            s.put(f"k{i}", payload(f"k{i}", 30 * KiB))
+        s.put("pinned", b"p" * 100, pin=True)
+        s.put("dirty", b"d" * 100, dirty=True)  # same sticky region as the pinned page
+        before = s.usage()["SSD"].allocated_bytes
+        freed = s.evict("SSD", 0)
+        after = s.usage()["SSD"]
+        assert freed % RS == 0 and freed == before - after.allocated_bytes
+        assert after.regions_used == 2  # the open ordinary region and the sticky one
+        assert s.contains("pinned") and s.contains("dirty")
+        assert s.evict("SSD", 10 * RS) == 0
+        with pytest.raises(ValueError, match="to_bytes"):
+            s.evict("SSD", -1)
+        with pytest.raises(TypeError, match="to_bytes"):
+            s.evict("SSD", 1.5)
+        with pytest.raises(ValueError, match="unknown tier 'HDD'"):
+            s.evict("HDD", 0)
+
+
+def test_pinned_and_dirty_pages_are_never_evicted(tmp_path):
+    with make_store(tmp_path, regions=6) as s:
+        s.put("pinned", payload("pinned", 1000))
+        s.pin("pinned")  # pinned in place, in an ordinary region
+        s.put("dirty", payload("dirty", 1000), dirty=True)
+        for i in range(60):
+            s.put(f"k{i}", payload(f"k{i}", 30 * KiB))
+        assert read(s, "pinned") == payload("pinned", 1000)
+        assert read(s, "dirty") == payload("dirty", 1000)
+        s.unpin("pinned")
+        s.mark_clean("dirty")
+        for i in range(60, 120):
+            s.put(f"k{i}", payload(f"k{i}", 30 * KiB))
+        assert not s.contains("pinned")
+        # The dirty page sits in the open region for pinned and dirty pages, kept while open.
+        assert s.contains("dirty")
+
+
+def test_enospc_when_everything_is_pinned(tmp_path):
+    with make_store(tmp_path, regions=4) as s:
+        s.put("plain", b"x" * 10)  # the open ordinary region gives way as a last resort
+        for i in range(8):
+            s.put(f"p{i}", payload(f"p{i}", 32 * KiB), pin=True)
+        with pytest.raises(TierFullError) as info:
+            s.put("one-more", b"x", pin=True)
+        assert info.value.errno == errno.ENOSPC
+        assert isinstance(info.value, OSError)
+        assert "tier SSD" in str(info.value)
+        with pytest.raises(TierFullError):
+            s.put("plain-too", b"x")
+        assert not s.contains("one-more") and not s.contains("plain")
+        u = s.usage()["SSD"]
+        assert u.regions_used == 4 and u.pinned_bytes == 8 * 32 * KiB
+        for i in range(8):
+            assert read(s, f"p{i}") == payload(f"p{i}", 32 * KiB)
+        # A failed put_many stores nothing, even the items that had room.
+        s.unpin("p0")
+        s.unpin("p1")
+        with pytest.raises(TierFullError):
+            s.put_many([(f"q{i}", b"q" * (32 * KiB)) for i in range(4)], pin=True)
+        assert not any(s.contains(f"q{i}") for i in range(4))
+        s.put("fits-now", b"f" * 100, pin=True)
+        assert read(s, "fits-now") == b"f" * 100
+
+
+def test_replacing_a_key_keeps_the_old_page_on_enospc(tmp_path):
+    with make_store(tmp_path, regions=2) as s:
+        for i in range(4):
+            s.put(f"p{i}", payload(f"p{i}", 32 * KiB), pin=True)
+        with pytest.raises(TierFullError):
+            s.put("p0", b"new", pin=True)
+        assert read(s, "p0") == payload("p0", 32 * KiB)
+
+
+# ------------------------------------------------------------------ corruption and staleness
+
+
+def flip_byte(loc: PageLocation, at: int = 7) -> None:
+    fd = os.open(loc.path, os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, loc.offset + at)
+        os.pwrite(fd, bytes([old[0] ^ 0x40]), loc.offset + at)
+    finally:
+        os.close(fd)
+
+
+def test_flipped_byte_is_detected_and_dropped(store):
+    store.put_many([(f"k{i}", payload(f"k{i}", 9000)) for i in range(4)])
+    locs = store.locate(["k1", "k2"])
+    for loc in locs:
+        flip_byte(loc)
+    with RegionReader(store.tier_paths) as reader, pytest.raises(PageCorruptedError) as info:
+        reader.read_into(locs[0], bytearray(9000))
+    assert info.value.errno == errno.EIO
+    with pytest.raises(PageCorruptedError) as info:
+        store.get_into("k1", bytearray(9000))
+    assert "crc32c" in str(info.value)
+    assert not store.contains("k1")
+    with pytest.raises(PageNotFoundError):
+        store.get_into("k1", bytearray(9000))
+    bufs = [bytearray(9000) for _ in range(3)]
+    assert store.get_many_into(zip(["k0", "k2", "k3"], bufs, strict=True)) == [9000, None, 9000]
+    assert not store.contains("k2")
+    assert bytes(bufs[2]) == payload("k3", 9000)
+    assert store.usage()["SSD"].pages == 2
+
+
+def test_corrupt_page_stays_dropped_after_reopen(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put("a", payload("a", 5000))
+        flip_byte(s.locate(["a"])[0])
+        assert s.get_many_into([("a", bytearray(5000))]) == [None]
+    with make_store(tmp_path) as s:
+        assert not s.contains("a")
+
+
+def test_region_reader_detects_reclaim_and_reuse(tmp_path):
+    with make_store(tmp_path, regions=4) as s, RegionReader(s.tier_paths) as reader:
+        s.put_many([(f"k{i}", payload(f"k{i}", 20000)) for i in range(3)])
+        old = s.locate(["k0", "k1"])
+        s.put("next-region", payload("x", RS))  # seals the first region
+        assert s.evict("SSD", 0) == RS
+        with pytest.raises(StaleLocationError) as info:
+            reader.read_into(old[0], bytearray(20000))
+        assert info.value.errno == errno.ESTALE
+        s.put("n0", payload("n0", 20000))  # reuses the region: new bytes at the old offset
+        fresh = s.locate(["n0"])[0]
+        assert (fresh.region, fresh.offset) == (old[0].region, old[0].offset)
+        assert fresh.generation == old[0].generation + 1
+        bufs = [bytearray(20000), bytearray(20000)]
+        with pytest.raises(StaleLocationError) as info:
+            reader.read_many_into(zip(old, bufs, strict=True))
+        assert info.value.index == 0
+        assert isinstance(info.value.results[1], StaleLocationError)
+        buf = bytearray(20000)
+        assert reader.read_many_into([(fresh, buf)]) == [20000]
+        assert bytes(buf) == payload("n0", 20000)
+
+
+def test_region_reader_errors(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put("a", b"abc")
+        loc = s.locate(["a"])[0]
+        with pytest.raises(TypeError, match="mapping"):
+            RegionReader([])
+        with pytest.raises(ValueError, match="tier name 'FLASH'"):
+            RegionReader({"FLASH": tmp_path})
+        with (
+            RegionReader({"MEM": tmp_path / "mem"}) as reader,
+            pytest.raises(ValueError, match="tier 'SSD'"),
+        ):
+            reader.read_into(loc, bytearray(3))
+        with RegionReader(s.tier_paths) as reader:
+            with pytest.raises(TypeError, match="PageLocation"):
+                reader.read_into(("SSD", 0), bytearray(3))
+            with pytest.raises(ValueError, match="2 bytes is smaller than the page of 3"):
+                reader.read_into(loc, bytearray(2))
+            with pytest.raises(ValueError, match="expected \\(location, buffer\\)"):
+                reader.read_many_into([loc])
+        reader.close()
+        with pytest.raises(ValueError, match="closed"):
+            reader.read_into(loc, bytearray(3))
+        nowhere = RegionReader({"SSD": tmp_path / "nowhere"})
+        with nowhere, pytest.raises(FileNotFoundError):
+            nowhere.read_into(loc, bytearray(3))
+
+
+def test_reopen_drops_pages_of_regions_whose_generation_moved(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 30 * KiB)) for i in range(4)])  # two regions
+        locs = s.locate([f"k{i}" for i in range(4)])
+    assert {loc.region for loc in locs} == {0, 1}
+    # A reclaim cut short after publishing the new generation: region 0 must count as free.
+    with open(tmp_path / "ssd" / "generations", "r+b") as f:
+        f.write(struct.pack("<Q", locs[0].generation + 1))
+    with make_store(tmp_path) as s:
+        assert [s.contains(f"k{i}") for i in range(4)] == [False, False, True, True]
+        assert s.usage()["SSD"].regions_used == 1
+        with RegionReader(s.tier_paths) as reader, pytest.raises(StaleLocationError):
+            reader.read_into(locs[0], bytearray(30 * KiB))
+
+
+def test_reopen_drops_pages_of_missing_region_files(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 30 * KiB)) for i in range(4)])
+        locs = s.locate(["k0", "k3"])
+    os.unlink(locs[0].path)
+    with make_store(tmp_path) as s:
+        assert not s.contains("k0") and not s.contains("k1") and s.contains("k3")
+        s.put_many([(f"n{i}", payload(f"n{i}", 30 * KiB)) for i in range(4)])
+        for i in range(4):
+            assert read(s, f"n{i}") == payload(f"n{i}", 30 * KiB)
+
+
+def test_capacity_shrink_on_reopen(tmp_path):
+    with make_store(tmp_path, regions=8) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 30 * KiB)) for i in range(12)])  # six regions
+        last = s.locate(["k11"])[0]
+    with make_store(tmp_path, regions=3) as s:
+        assert s.usage()["SSD"].regions_total == 3
+        assert [s.contains(f"k{i}") for i in range(12)] == [True] * 6 + [False] * 6
+        assert not os.path.exists(last.path)
+        with RegionReader(s.tier_paths) as reader, pytest.raises(StaleLocationError):
+            reader.read_into(last, bytearray(30 * KiB))
+
+
+def test_region_reader_follows_a_growing_tier(tmp_path):
+    with make_store(tmp_path, regions=2) as s:
+        s.put("a", b"a" * 10)
+        reader = RegionReader(s.tier_paths)
+        reader.read_into(s.locate(["a"])[0], bytearray(10))  # maps a table of two regions
+    with reader, make_store(tmp_path, regions=6) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 40 * KiB)) for i in range(5)])
+        loc = s.locate(["k4"])[0]
+        assert loc.region >= 2
+        buf = bytearray(40 * KiB)
+        assert reader.read_into(loc, buf) == 40 * KiB
+        assert bytes(buf) == payload("k4", 40 * KiB)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"name": 3}, TypeError, "TierConfig.name must be a str"),
+        ({"name": "NVME"}, ValueError, "TierConfig.name must be one of MEM, SSD, HDD"),
+        ({"path": 5}, TypeError, "TierConfig.path"),
+        ({"path": ""}, ValueError, "TierConfig.path"),
+        ({"path": b"/tmp/x"}, TypeError, "TierConfig.path"),
+        ({"capacity": "1G"}, TypeError, "TierConfig.capacity must be an int"),
+        ({"capacity": True}, TypeError, "TierConfig.capacity must be an int"),
+        ({"capacity": 0}, ValueError, "TierConfig.capacity must be > 0"),
+    ],
+)
+def test_tier_config_rejects(tmp_path, kwargs, exc, message):
+    args = {"name": "SSD", "path": tmp_path / "t", "capacity": RS, **kwargs}
+    with pytest.raises(exc, match=message):
+        TierConfig(**args)
+
+
+def test_tier_config_paths(tmp_path):
+    cfg = TierConfig("ssd", tmp_path / "a" / "b", RS)
+    assert cfg.name == "SSD" and cfg.path == str(tmp_path / "a" / "b")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(ValueError, match="TierConfig.path: .* is not a directory"):
+        TierConfig("SSD", tmp_path / "file", RS)
+    with pytest.raises(
+        ValueError, match="TierConfig.path: .* is under .*file, which is not a directory"
+    ):
+        TierConfig("SSD", tmp_path / "file" / "sub", RS)
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="TierConfig.path: .*no write access"):
+            TierConfig("SSD", locked / "sub", RS)
+    with pytest.raises(dataclass_frozen_error()):
+        cfg.capacity = 1
+
+
+def dataclass_frozen_error():
+    from dataclasses import FrozenInstanceError
+
+    return FrozenInstanceError
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        ({"region_size": 1000}, ValueError, "region_size must be a positive multiple"),
+        ({"region_size": 0}, ValueError, "region_size must be a positive multiple"),
+        ({"region_size": 64.0 * KiB}, TypeError, "region_size must be an int"),
+        ({"page_align": 3000}, ValueError, "page_align must be a power of two"),
+        ({"page_align": 256}, ValueError, "page_align must be a power of two >= 512"),
+        ({"high_watermark": 1.5}, ValueError, "high_watermark must be in"),
+        ({"high_watermark": "0.9"}, TypeError, "high_watermark must be a number"),
+        ({"low_watermark": 0}, ValueError, "low_watermark must be in"),
+        ({"low_watermark": 0.97}, ValueError, "low_watermark \\(0.97\\) must be below"),
+        ({"region_size": 2 * RS}, ValueError, "tier SSD capacity of 65536 bytes is less than"),
+    ],
+)
+def test_page_store_rejects(tmp_path, kwargs, exc, message):
+    tiers = [TierConfig("SSD", tmp_path / "ssd", RS)]
+    kwargs = {"region_size": RS, **kwargs}
+    with pytest.raises(exc, match=message):
+        PageStore(tiers, tmp_path / "index", **kwargs)
+
+
+def test_page_store_rejects_tier_lists(tmp_path):
+    a = TierConfig("SSD", tmp_path / "a", RS)
+    with pytest.raises(ValueError, match="tiers must not be empty"):
+        PageStore([], tmp_path / "i", region_size=RS)
+    with pytest.raises(TypeError, match="tiers must be a sequence"):
+        PageStore(a, tmp_path / "i", region_size=RS)
+    with pytest.raises(TypeError, match="tiers\\[1\\] is a dict"):
+        PageStore([a, {}], tmp_path / "i", region_size=RS)
+    with pytest.raises(ValueError, match="tier names must be distinct"):
+        PageStore([a, TierConfig("SSD", tmp_path / "b", RS)], tmp_path / "i", region_size=RS)
+    with pytest.raises(ValueError, match="tier paths must be distinct"):
+        PageStore([a, TierConfig("HDD", tmp_path / "a", RS)], tmp_path / "i", region_size=RS)
+    with pytest.raises(TypeError, match="index_path"):
+        PageStore([a], None, region_size=RS)
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(ValueError, match="index_path"):
+        PageStore([a], tmp_path / "f", region_size=RS)
+
+
+def test_geometry_is_fixed_for_an_index(tmp_path):
+    make_store(tmp_path).close()
+    with pytest.raises(ValueError, match="created with region_size=65536, got region_size=131072"):
+        make_store(tmp_path, region_size=2 * RS)
+    with pytest.raises(ValueError, match="created with page_align=4096, got page_align=8192"):
+        make_store(tmp_path, page_align=8192)
+    make_store(tmp_path).close()  # nothing was left locked by the failed opens
+
+
+def test_one_owner_at_a_time(tmp_path):
+    with make_store(tmp_path):
+        with pytest.raises(OSError, match="page index"):
+            make_store(tmp_path)
+        other_index = [TierConfig("SSD", tmp_path / "ssd", 8 * RS)]
+        with pytest.raises(OSError, match="tier SSD is in use") as info:
+            PageStore(other_index, tmp_path / "index2", region_size=RS)
+        assert info.value.errno == errno.EBUSY
+
+
+def test_bad_keys_and_pages(store):
+    with pytest.raises(ValueError, match="page key must not be empty"):
+        store.put("", b"x")
+    with pytest.raises(ValueError, match="page key must not be empty"):
+        store.get_into(b"", bytearray(1))
+    with pytest.raises(TypeError, match="page key must be bytes or str, got int"):
+        store.put(5, b"x")
+    with pytest.raises(TypeError, match="page key must be bytes or str"):
+        store.contains(None)
+    with pytest.raises(ValueError, match=f"of {RS + 1} bytes is larger than a region"):
+        store.put("big", bytes(RS + 1))
+    with pytest.raises(TypeError, match="not a buffer"):
+        store.put("s", "text is not bytes")
+    with pytest.raises(ValueError, match="unknown tier 'MEM'; this store has SSD"):
+        store.put("a", b"x", tier="MEM")
+    with pytest.raises(ValueError, match="expected \\(key, data\\)"):
+        store.put_many([("a", b"x", 3)])
+    with pytest.raises(ValueError, match="expected \\(key, buffer\\)"):
+        store.get_many_into(["a"])
+    assert len(store) == 0
+
+
+def test_bad_reads(store):
+    store.put("a", b"x" * 100)
+    with pytest.raises(PageNotFoundError) as info:
+        store.get_into("missing", bytearray(10))
+    assert isinstance(info.value, FileNotFoundError) and info.value.errno == errno.ENOENT
+    with pytest.raises(ValueError, match="buffer of 99 bytes is smaller than page 'a' of 100"):
+        store.get_into("a", bytearray(99))
+    with pytest.raises(ValueError, match="smaller than page"):
+        store.get_many_into([("missing", bytearray(1)), ("a", bytearray(10))])
+    with pytest.raises(TypeError, match="read-only"):
+        store.get_into("a", b"x" * 100)
+    for method in (store.pin, store.unpin, store.mark_clean):
+        with pytest.raises(PageNotFoundError, match="missing"):
+            method("missing")
+
+
+def test_closed_store(tmp_path):
+    s = make_store(tmp_path)
+    s.put("a", b"x")
+    s.close()
+    s.close()
+    for call in (
+        lambda: s.put("b", b"x"),
+        lambda: s.get_into("a", bytearray(1)),
+        lambda: s.contains("a"),
+        lambda: s.locate(["a"]),
+        lambda: s.usage(),
+        lambda: s.delete("a"),
+        lambda: s.evict("SSD", 0),
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    assert "closed" in repr(s)
+
+
+# ------------------------------------------------------------------ threads
+
+
+def test_threads_never_see_wrong_bytes(tmp_path):
+    """Writers force reclaims while readers read: every read is exact or a miss."""
+    with make_store(tmp_path, regions=4) as s:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        hits = [0]
+
+        def writer(wid: int) -> None:
+            try:
+                for n in range(150):
+                    s.put_many(
+                        [(f"w{wid}-{n}-{j}", payload(f"w{wid}-{n}-{j}", 12000)) for j in range(2)]
+                    )
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def reader() -> None:
+            rng = random.Random(1)
+            buf = bytearray(12000)
+            try:
+                while not stop.is_set():
+                    key = f"w{rng.randrange(2)}-{rng.randrange(150)}-{rng.randrange(2)}"
+                    try:
+                        n = s.get_into(key, buf)
+                    except PageNotFoundError:
+                        continue
+                    assert bytes(buf[:n]) == payload(key, 12000), key
+                    hits[0] += 1
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        threads += [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads[:2]:
+            t.join()
+        stop.set()
+        for t in threads[2:]:
+            t.join()
+        assert not errors, errors
+        assert hits[0] > 0
+        assert s.usage()["SSD"].allocated_bytes <= 4 * RS
+
+
+# ------------------------------------------------------------------ state machine
+
+KEYS = [f"k{i}" for i in range(12)]
+MACHINE_TIERS = {"SSD": 4, "MEM": 3}  # regions per tier
+
+
+class PageStoreMachine(RuleBasedStateMachine):
+    """Random operations against a dict model of what the store must hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.dir = tempfile.mkdtemp(prefix="pagestore-")
+        # A capacity that is not a whole number of regions: the tail must go unused.
+        self.configs = [
+            TierConfig(name, os.path.join(self.dir, name), n * RS + 4096)
+            for name, n in MACHINE_TIERS.items()
+        ]
+        self.store = self._open()
+        self.reader = RegionReader(self.store.tier_paths)
+        self.model: dict[bytes, tuple[bytes, str, bool, bool]] = {}  # data, tier, pin, dirty
+        self.seen: list[tuple[PageLocation, bytes]] = []  # old locations and their bytes
+
+    def _open(self) -> PageStore:
+        return PageStore(self.configs, os.path.join(self.dir, "index"), region_size=RS)
+
+    def teardown(self):
+        self.reader.close()
+        self.store.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _sticky_regions(self, tier: str) -> set[int]:
+        keys = [k for k, (_, t, pin, dirty) in self.model.items() if t == tier and (pin or dirty)]
+        return {loc.region for loc in self.store.locate(keys) if loc is not None}
+
+    def _store(self, pages, tier, pin, dirty):
+        try:
+            if len(pages) == 1:
+                self.store.put(pages[0][0], pages[0][1], tier=tier, pin=pin, dirty=dirty)
+            else:
+                self.store.put_many(pages, tier=tier, pin=pin, dirty=dirty)
+        except TierFullError:
+            event("tier full")
+            self._sync_model()
+            u = self.store.usage()[tier]
+            assert u.regions_used == u.regions_total
+            # Only regions holding pinned or dirty pages (or reserved by this very call) remain.
+            assert len(self._sticky_regions(tier)) >= u.regions_total - (len(pages) - 1)
+            return
+        for k, data in pages:
+            self.model[k.encode() if isinstance(k, str) else k] = (data, tier, pin, dirty)
+
+    sizes = st.one_of(st.integers(0, 4096), st.integers(4097, RS))
+    key = st.sampled_from(KEYS).flatmap(lambda k: st.sampled_from([k, k.encode()]))
+    tier = st.sampled_from(list(MACHINE_TIERS))
+
+    seed = st.integers(0, 3)
+
+    @rule(key=key, size=sizes, seed=seed, tier=tier, pin=st.booleans(), dirty=st.booleans())
+    def put(self, key, size, seed, tier, pin, dirty):
+        small = size < RS // 2  # pinned pages are kept small, or ENOSPC would be all we see
+        self._store([(key, payload(key, size, seed))], tier, pin and small, dirty and small)
+
+    @rule(
+        items=st.lists(st.tuples(key, st.integers(0, RS // 2), seed), min_size=2, max_size=5),
+        tier=tier,
+        sticky=st.booleans(),
+    )
+    def put_many(self, items, tier, sticky):
+        self._store([(k, payload(k, size, seed)) for k, size, seed in items], tier, sticky, False)
+
+    @rule(key=key)
+    def delete(self, key):
+        k = key.encode() if isinstance(key, str) else key
+        assert self.store.delete(key) == (k in self.model)
+        self.model.pop(k, None)
+
+    @rule(key=key, flag=st.sampled_from(["pin", "unpin", "mark_clean", "dirty"]))
+    def set_flag(self, key, flag):
+        k = key.encode() if isinstance(key, str) else key
+        if k not in self.model:
+            with pytest.raises(PageNotFoundError):
+                getattr(self.store, "pin" if flag == "dirty" else flag)(key)
+            return
+        data, tier, pin, dirty = self.model[k]
+        if flag == "dirty":  # no public way to dirty a stored page: write it again, dirty
+            self._store([(key, data)], tier, pin, True)
+            return
+        getattr(self.store, flag)(key)
+        if flag == "pin":
+            pin = True
+        elif flag == "unpin":
+            pin = False
+        else:
+            dirty = False
+        self.model[k] = (data, tier, pin, dirty)
+
+    @rule(keys=st.lists(key, min_size=1, max_size=6))
+    def get_many(self, keys):
+        bufs = [bytearray(RS) for _ in keys]
+        results = self.store.get_many_into(zip(keys, bufs, strict=True))
+        for key, buf, n in zip(keys, bufs, results, strict=True):
+            k = key.encode() if isinstance(key, str) else key
+            if n is None:
+                assert k not in self.model or not (self.model[k][2] or self.model[k][3])
+            else:
+                assert bytes(buf[:n]) == self.model[k][0]
+
+    @rule()
+    def remember_locations(self):
+        keys = list(self.model)
+        for k, loc in zip(keys, self.store.locate(keys), strict=True):
+            self.seen.append((loc, self.model[k][0]))
+        self.seen = self.seen[-30:]
+
+    @precondition(lambda self: self.seen)
+    @rule()
+    def read_old_locations(self):
+        """A location read later yields exactly its bytes, or is reported stale."""
+        for loc, data in self.seen:
+            buf = bytearray(loc.length)
+            try:
+                self.reader.read_into(loc, buf)
+            except StaleLocationError:
+                event("stale location")
+                continue
+            assert bytes(buf) == data
+
+    @rule(tier=tier, regions=st.integers(0, 6))
+    def evict(self, tier, regions):
+        before = self.store.usage()[tier].allocated_bytes
+        freed = self.store.evict(tier, regions * RS)
+        after = self.store.usage()[tier]
+        assert freed % RS == 0 and after.allocated_bytes == before - freed
+        self._sync_model()
+        if after.allocated_bytes > regions * RS:  # stopped early: only kept regions remain
+            assert after.regions_used <= len(self._sticky_regions(tier)) + 2
+
+    @rule()
+    def reopen(self):
+        self.store.close()
+        self.store = self._open()
+        self._sync_model()
+        assert len(self.store) == len(self.model)  # every committed page is back
+
+    def _sync_model(self):
+        for k in list(self.model):
+            if not self.store.contains(k):
+                data, tier, pin, dirty = self.model.pop(k)
+                event("page evicted")
+                assert not (pin or dirty), f"sticky page {k!r} disappeared"
+
+    @invariant()
+    def store_matches_model(self):
+        self._sync_model()
+        assert len(self.store) == len(self.model)  # nothing deleted comes back
+        keys = list(self.model)
+        bufs = [bytearray(RS) for _ in keys]
+        results = self.store.get_many_into(zip(keys, bufs, strict=True))
+        for k, buf, n in zip(keys, bufs, results, strict=True):
+            assert n is not None and bytes(buf[:n]) == self.model[k][0]
+        usage = self.store.usage()
+        for name, u in usage.items():
+            mine = [(d, p, dd) for d, t, p, dd in self.model.values() if t == name]
+            assert u.allocated_bytes <= u.capacity
+            assert u.regions_used <= u.regions_total == MACHINE_TIERS[name]
+            assert u.pages == len(mine)
+            assert u.live_bytes == sum(len(d) for d, _, _ in mine)
+            assert u.pinned_bytes == sum(len(d) for d, p, _ in mine if p)
+            assert u.dirty_bytes == sum(len(d) for d, _, dd in mine if dd)
+
+    @invariant()
+    def pages_do_not_overlap(self):
+        self._sync_model()  # a put may have evicted ordinary pages
+        spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for loc in self.store.locate(list(self.model)):
+            assert loc.offset % 4096 == 0 and loc.offset + loc.length <= RS
+            spans.setdefault((loc.tier, loc.region), []).append((loc.offset, loc.length))
+        for pages in spans.values():
+            pages.sort()
+            for (a, alen), (b, _) in zip(pages, pages[1:], strict=False):
+                assert a + alen <= b
+
+
+PageStoreMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_page_store_state_machine = PageStoreMachine.TestCase
