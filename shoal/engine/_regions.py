@@ -51,11 +51,14 @@ class GenerationTable:
     the end of their mapping (the writer may have grown it since).
     """
 
-    def __init__(self, path: str, count: int | None = None):
+    def __init__(self, path: str, count: int | None = None, *, fd: int | None = None):
         self.path = path
         self.writable = count is not None
+        if fd is not None and self.writable:
+            raise ValueError("GenerationTable: an adopted descriptor is read-only (no count)")
         flags = (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY
-        self._fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        # ``fd``: a descriptor of the table opened by someone else; the table owns it.
+        self._fd = fd if fd is not None else os.open(path, flags | os.O_CLOEXEC, 0o644)
         self._map: mmap.mmap | None = None
         try:
             if self.writable and os.fstat(self._fd).st_size < count * _U64.size:
@@ -145,12 +148,15 @@ class RegionReader:
     match their crc32c raise :class:`~shoal.engine.PageCorruptedError`.
 
     Region files are opened from the tier directories given here, never from
-    ``PageLocation.path``, so a peer cannot make the reader open arbitrary files.
+    ``PageLocation.path``, so a peer cannot make the reader open arbitrary files. A reader
+    without access to the directories reads through descriptors the owner passed to it
+    instead (over a Unix socket), handed over with :meth:`adopt`.
 
     Parameters
     ----------
     tier_paths
-        Tier name -> tier directory, e.g. ``PageStore.tier_paths``.
+        Tier name -> tier directory, e.g. ``PageStore.tier_paths``; None or empty to read
+        only through adopted descriptors.
     direct
         Read with O_DIRECT where buffer, offset and length are aligned.
 
@@ -160,11 +166,13 @@ class RegionReader:
     descriptors and mappings.
     """
 
-    def __init__(self, tier_paths: Mapping[str, str | os.PathLike], *, direct: bool = False):
-        if not isinstance(tier_paths, Mapping) or not tier_paths:
-            raise TypeError(
-                "RegionReader: tier_paths must be a non-empty mapping of tier name -> path"
-            )
+    def __init__(
+        self, tier_paths: Mapping[str, str | os.PathLike] | None = None, *, direct: bool = False
+    ):
+        if tier_paths is None:
+            tier_paths = {}
+        if not isinstance(tier_paths, Mapping):
+            raise TypeError("RegionReader: tier_paths must be a mapping of tier name -> path")
         self._dirs: dict[str, str] = {}
         for name, path in tier_paths.items():
             if name not in TIER_NAMES:
@@ -184,13 +192,13 @@ class RegionReader:
         with self._lock:
             if self._closed:
                 raise ValueError("RegionReader is closed")
+            table = self._tables.get(location.tier)
             tier_dir = self._dirs.get(location.tier)
-            if tier_dir is None:
+            if table is None and tier_dir is None:
                 raise ValueError(
                     f"location names tier {location.tier!r}; this reader knows "
-                    f"{', '.join(self._dirs)}"
+                    f"{', '.join(sorted({*self._dirs, *self._tables})) or 'none'}"
                 )
-            table = self._tables.get(location.tier)
             if table is None:
                 table = self._tables[location.tier] = GenerationTable(generations_path(tier_dir))
             return table
@@ -201,6 +209,10 @@ class RegionReader:
                 raise ValueError("RegionReader is closed")
             fd = self._fds.get((location.tier, location.region))
             if fd is None:
+                if location.tier not in self._dirs:
+                    raise ValueError(
+                        f"no descriptor for region {location.region} of tier {location.tier}"
+                    )
                 path = region_path(self._dirs[location.tier], location.region)
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 self._fds[location.tier, location.region] = fd
@@ -294,6 +306,44 @@ class RegionReader:
                 res.results = results
                 raise res
         return results
+
+    def adopt(self, tier: str, region: int | None, fd: int) -> None:
+        """Read ``tier`` through ``fd``, a descriptor opened for reading by the store's
+        owner: region file ``region``, or the tier's ``generations`` table when ``region``
+        is None. The reader owns ``fd`` from here on (it closes it); one it held for the
+        same file before is closed."""
+        if tier not in TIER_NAMES:
+            os.close(fd)
+            raise ValueError(
+                f"RegionReader: tier name {tier!r} is not one of {', '.join(TIER_NAMES)}"
+            )
+        table = None
+        if region is None:  # on failure the table closes fd
+            table = GenerationTable(f"<{tier} generations, fd {fd}>", fd=fd)
+        with self._lock:
+            if self._closed:
+                if table is not None:
+                    table.close()
+                else:
+                    os.close(fd)
+                raise ValueError("RegionReader is closed")
+            if table is not None:
+                old = self._tables.pop(tier, None)
+                self._tables[tier] = table
+                if old is not None:
+                    old.close()
+            else:
+                old_fd = self._fds.pop((tier, region), None)
+                self._fds[tier, region] = fd
+                if old_fd is not None:
+                    os.close(old_fd)
+
+    def release(self, tier: str, region: int) -> None:
+        """Close the descriptor of a region file, if the reader holds one."""
+        with self._lock:
+            fd = self._fds.pop((tier, region), None)
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         """Close region files and generation tables; idempotent."""
