@@ -1,0 +1,212 @@
+"""``shoal mount add|rm|ls``: the mount table.
+
+Credentials are passed by reference only (names of environment variables), and the table
+is shown without secrets: an option whose name looks like one is masked, should a store
+ever accept it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..control.ufs._options import looks_secret
+from ._common import add_home_option, format_table, open_client, path_arg, print_json, seconds_arg
+
+__all__ = ["mount_options", "option_arg", "parse_option_value", "register", "render_mounts"]
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MASK = "<hidden>"
+
+
+def parse_option_value(text: str) -> Any:
+    """An ``-o`` value as the type it spells: int, float, ``true``/``false``, ``none``,
+    else the text itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def option_arg(text: str) -> tuple[str, Any]:
+    """argparse type of ``-o KEY=VALUE``."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.match(key):
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY made of letters, digits and _, got {text!r}"
+        )
+    return key, parse_option_value(value)
+
+
+def mount_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options of ``mount add`` from its flags and ``-o`` pairs.
+
+    Raises ``ValueError`` when a key is given twice (by a flag and ``-o``, or two ``-o``).
+    """
+    options: dict[str, Any] = {}
+    flags = {
+        "endpoint_url": args.endpoint_url,
+        "region": args.region,
+        "access_key_env": args.access_key_env,
+        "secret_key_env": args.secret_key_env,
+        "metadata_ttl": args.metadata_ttl,
+        "anonymous": True if args.anonymous else None,
+        "read_only": True if args.read_only else None,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            options[key] = value
+    for key, value in args.options:
+        if key in options:
+            raise ValueError(f"mount option {key!r} given twice")
+        options[key] = value
+    return options
+
+
+def _shown_value(key: str, value: Any) -> str:
+    if looks_secret(key):
+        return _MASK
+    if isinstance(value, Mapping):
+        inner = ",".join(f"{k}={_shown_value(str(k), v)}" for k, v in sorted(value.items()))
+        return "{" + inner + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def shown_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with any value that could be a secret replaced by a mask."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if looks_secret(str(key)):
+            out[key] = _MASK
+        elif isinstance(value, Mapping):
+            out[key] = shown_options(value)
+        else:
+            out[key] = value
+    return out
+
+
+def render_mounts(mounts) -> str:
+    """The mount table as text: path, URI and options (``key=value``, secrets masked)."""
+    if not mounts:
+        return "no mounts (add one with `shoal mount add PATH URI`)"
+    rows = []
+    for m in mounts:
+        opts = " ".join(f"{k}={_shown_value(str(k), v)}" for k, v in sorted(m.options.items()))
+        rows.append((m.path, m.uri, opts or "-"))
+    return format_table(rows, ("PATH", "URI", "OPTIONS"))
+
+
+def register(subparsers) -> None:
+    """Add ``mount`` with its sub-commands ``add``, ``rm`` and ``ls``."""
+    mount = subparsers.add_parser(
+        "mount",
+        help="add, remove and list mounts",
+        description="The mount table maps Shoal paths to under-store URIs. It is kept by "
+        "the worker and survives restarts.",
+    )
+    sub = mount.add_subparsers(dest="mount_command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "add",
+        help="mount an under-store at a path",
+        description="Mount URI (s3://bucket/prefix, file:///dir, or any fsspec URL) at "
+        "PATH. The worker connects and lists one object first, so a bad URI, endpoint or "
+        "credential fails here. Credentials are given by reference: the NAMES of "
+        "environment variables that the worker reads.",
+    )
+    p.add_argument("path", type=path_arg, metavar="PATH", help="Shoal path, e.g. /datasets/x")
+    p.add_argument("uri", metavar="URI", help="under-store URI, e.g. s3://bucket/prefix")
+    s3 = p.add_argument_group("S3 and S3-compatible stores")
+    s3.add_argument("--endpoint-url", metavar="URL", help="http(s)://host[:port] of the service")
+    s3.add_argument("--region", metavar="R", help="signing region")
+    creds = p.add_argument_group("credentials (by reference only)")
+    creds.add_argument(
+        "--access-key-env",
+        metavar="NAME",
+        help="name of the environment variable holding the access key id",
+    )
+    creds.add_argument(
+        "--secret-key-env",
+        metavar="NAME",
+        help="name of the environment variable holding the secret key",
+    )
+    creds.add_argument(
+        "--anonymous", action="store_true", help="send unsigned requests (public buckets)"
+    )
+    behaviour = p.add_argument_group("mount behaviour")
+    behaviour.add_argument(
+        "--read-only", action="store_true", help="refuse writes through this mount"
+    )
+    behaviour.add_argument(
+        "--metadata-ttl",
+        type=seconds_arg,
+        metavar="S",
+        help="seconds a stat or listing is cached (default 60)",
+    )
+    behaviour.add_argument(
+        "-o",
+        "--option",
+        dest="options",
+        type=option_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other option of the store or the mount, e.g. -o addressing_style=path "
+        "-o read_ahead=8 (repeatable)",
+    )
+    add_home_option(p)
+    p.set_defaults(func=_add)
+
+    p = sub.add_parser("rm", help="remove a mount", description="Remove the mount at PATH.")
+    p.add_argument("path", type=path_arg, metavar="PATH", help="the mount point")
+    add_home_option(p)
+    p.set_defaults(func=_rm)
+
+    p = sub.add_parser(
+        "ls",
+        help="list the mounts",
+        description="List the mounts: path, URI and options. Credentials appear only as "
+        "the names of the environment variables that hold them.",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_home_option(p)
+    p.set_defaults(func=_ls)
+
+
+def _add(args: argparse.Namespace) -> int:
+    options = mount_options(args)
+    with open_client(args) as client:
+        mount = client.mount(args.path, args.uri, **options)
+    print(f"mounted {mount.uri} at {mount.path}")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        mount = client.unmount(args.path)
+    print(f"unmounted {mount.path} ({mount.uri})")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        mounts = client.mounts()
+    if args.json:
+        print_json(
+            [{"path": m.path, "uri": m.uri, "options": shown_options(m.options)} for m in mounts]
+        )
+    else:
+        print(render_mounts(mounts))
+    return 0

@@ -1,0 +1,106 @@
+"""``shoal report``: the worker's capacity and use per tier, pages, hit ratio and traffic."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from .._units import format_size
+from ._common import add_home_option, format_duration, format_table, open_client, print_json
+
+__all__ = ["register", "render_report"]
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def render_report(report: Mapping[str, Any]) -> str:
+    """The worker's report (``Client.report()``) as text."""
+    w = report.get("worker", {})
+    lines = [
+        f"worker      pid {w.get('pid', '?')} on {w.get('host_id', '?')}, "
+        f"up {format_duration(w.get('uptime', 0.0))}, engine {w.get('engine', '?')}, "
+        f"page size {format_size(w.get('page_size', 0))}",
+        f"home        {w.get('home', '?')}",
+        "",
+    ]
+    tiers = report.get("tiers", {})
+    rows = []
+    totals = {"capacity": 0, "allocated_bytes": 0, "live_bytes": 0, "pages": 0}
+    for name, t in tiers.items():
+        rows.append(
+            (
+                name,
+                format_size(t.get("capacity", 0)),
+                format_size(t.get("allocated_bytes", 0)),
+                format_size(t.get("live_bytes", 0)),
+                _pct(t.get("allocated_bytes", 0), t.get("capacity", 0)),
+                t.get("pages", 0),
+                f"{t.get('regions_used', 0)}/{t.get('regions_total', 0)}",
+            )
+        )
+        for key in totals:
+            totals[key] += t.get(key, 0)
+    if len(rows) > 1:
+        rows.append(
+            (
+                "total",
+                format_size(totals["capacity"]),
+                format_size(totals["allocated_bytes"]),
+                format_size(totals["live_bytes"]),
+                _pct(totals["allocated_bytes"], totals["capacity"]),
+                totals["pages"],
+                "",
+            )
+        )
+    if rows:
+        lines.append(
+            format_table(
+                rows,
+                ("TIER", "CAPACITY", "ALLOCATED", "LIVE", "USE", "PAGES", "REGIONS"),
+                right=(1, 2, 3, 4, 5, 6),
+            )
+        )
+        lines.append("")
+    hits, misses = report.get("page_hits", 0), report.get("page_misses", 0)
+    ratio = report.get("hit_ratio")
+    shown_ratio = f"{100 * ratio:.1f}%" if (hits + misses) and ratio is not None else "-"
+    lines += [
+        f"pages       {report.get('pages', 0)} cached",
+        f"hit ratio   {shown_ratio} ({hits} hits, {misses} misses)",
+        f"under-store {format_size(report.get('ufs_bytes', 0))} read in "
+        f"{report.get('ufs_reads', 0)} requests",
+        f"served      {report.get('pages_located', 0)} pages short-circuit, "
+        f"{report.get('pages_sent', 0)} pages ({format_size(report.get('bytes_sent', 0))}) "
+        f"over the socket, {report.get('pages_prefetched', 0)} prefetched",
+        f"requests    {report.get('requests', 0)}",
+        f"mounts      {report.get('mounts', 0)}",
+    ]
+    if report.get("store_full"):
+        lines.append(f"not cached  {report['store_full']} pages (tier full)")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    """Add ``report``."""
+    p = subparsers.add_parser(
+        "report",
+        help="show the worker's capacity, use and hit ratio",
+        description="Show capacity and use per tier, cached pages, the hit ratio and the "
+        "bytes read from under-stores since the worker started.",
+    )
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_home_option(p)
+    p.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        report = client.report()
+    if args.json:
+        print_json(report)
+    else:
+        print(render_report(report))
+    return 0

@@ -1,0 +1,253 @@
+"""``shoal worker`` (in the foreground), ``shoal up`` and ``shoal down`` (the daemon)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+
+from ._common import format_duration, size_arg
+
+__all__ = ["register", "stop_worker"]
+
+# Flag -> Config field; every one is also a SHOAL_* variable or a key of config.yaml.
+_CONFIG_FLAGS = (
+    "home",
+    "cache_dir",
+    "capacity",
+    "mem_capacity",
+    "page_size",
+    "listen",
+    "host_id",
+    "etcd",
+)
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    files = parser.add_argument_group("files")
+    files.add_argument(
+        "--home",
+        metavar="DIR",
+        help="state directory: socket, index, mounts, log ($SHOAL_HOME, default ~/.shoal)",
+    )
+    files.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML settings file (default: HOME/config.yaml when it exists)",
+    )
+    cache = parser.add_argument_group("cache")
+    cache.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="directory of the SSD tier ($SHOAL_CACHE_DIR, default HOME/cache)",
+    )
+    cache.add_argument(
+        "--capacity",
+        type=size_arg,
+        metavar="SIZE",
+        help="bytes of the SSD tier, e.g. 200GiB ($SHOAL_CAPACITY, default 20%% of the free "
+        "disk, at most 100 GiB)",
+    )
+    cache.add_argument(
+        "--mem-capacity",
+        type=size_arg,
+        metavar="SIZE",
+        help="bytes of the MEM tier on /dev/shm, 0 to disable ($SHOAL_MEM_CAPACITY, "
+        "default 10%% of RAM)",
+    )
+    cache.add_argument(
+        "--page-size",
+        type=size_arg,
+        metavar="SIZE",
+        help="storage page size, a multiple of 4 KiB ($SHOAL_PAGE_SIZE, default 4MiB)",
+    )
+    node = parser.add_argument_group("cluster")
+    node.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="TCP endpoint for other nodes ($SHOAL_LISTEN; none on a single node)",
+    )
+    node.add_argument(
+        "--host-id",
+        metavar="ID",
+        help="this node's identity ($SHOAL_HOST_ID, default the hostname)",
+    )
+    node.add_argument(
+        "--etcd",
+        metavar="URL",
+        help="etcd endpoint for cluster membership ($SHOAL_ETCD; none on a single node)",
+    )
+
+
+def _config(args: argparse.Namespace):
+    from .._config import load_config
+
+    overrides = {name: getattr(args, name) for name in _CONFIG_FLAGS}
+    return load_config(args.config, **overrides)
+
+
+def register(subparsers) -> None:
+    """Add ``worker``, ``up`` and ``down``."""
+    p = subparsers.add_parser(
+        "worker",
+        help="run the worker in the foreground",
+        description="Run this node's worker in the foreground until SIGTERM or Ctrl-C. "
+        "Settings come from defaults, HOME/config.yaml (or --config), SHOAL_* variables "
+        "and these flags, later ones winning.",
+    )
+    _add_config_options(p)
+    p.set_defaults(func=_worker)
+
+    p = subparsers.add_parser(
+        "up",
+        help="start the worker daemon",
+        description="Start this node's worker as a daemon (logging to HOME/worker.log) and "
+        "wait until it accepts connections. Does nothing when one already runs.",
+    )
+    _add_config_options(p)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the daemon to answer (default 60)",
+    )
+    p.set_defaults(func=_up)
+
+    p = subparsers.add_parser(
+        "down",
+        help="stop the worker daemon",
+        description="Stop the worker of HOME (SIGTERM) and wait until it has exited. "
+        "The cache and the mounts stay for the next start.",
+    )
+    group = p.add_argument_group("worker")
+    group.add_argument(
+        "--home",
+        metavar="DIR",
+        help="Shoal home of the worker ($SHOAL_HOME, default ~/.shoal)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the worker to exit (default 30)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="kill the worker (SIGKILL) if it has not exited within the timeout",
+    )
+    p.set_defaults(func=_down)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from ..control._worker import run_worker
+
+    config = _config(args)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+            stream=sys.stderr,
+        )
+    run_worker(config, foreground=True)
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from ..control._worker import LOG_FILE, run_worker, running_pid
+
+    config = _config(args)
+    pid = running_pid(config.home)
+    if pid is not None:
+        shown = f"pid {pid}" if pid > 0 else "pid unknown"
+        print(f"worker already running ({shown}), home {config.home}")
+        return 0
+    start = time.monotonic()
+    pid = run_worker(config, foreground=False, timeout=args.timeout)
+    print(
+        f"worker started (pid {pid}) in {format_duration(time.monotonic() - start)}, "
+        f"home {config.home}, log {os.path.join(config.home, LOG_FILE)}"
+    )
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from .._config import default_home
+
+    home = os.path.abspath(os.path.expanduser(args.home)) if args.home else default_home()
+    pid = stop_worker(home, timeout=args.timeout, force=args.force)
+    if pid is None:
+        print(f"no worker running, home {home}")
+    else:
+        print(f"worker stopped (pid {pid}), home {home}")
+    return 0
+
+
+def stop_worker(home: str, timeout: float = 30.0, force: bool = False) -> int | None:
+    """Stop the worker serving ``home`` and wait until it has exited.
+
+    Parameters
+    ----------
+    home
+        The worker's Shoal home.
+    timeout
+        Seconds to wait after SIGTERM.
+    force
+        Send SIGKILL when the worker is still there after ``timeout``.
+
+    Returns
+    -------
+    int or None
+        The stopped worker's pid; None when no worker was running.
+
+    Raises
+    ------
+    TimeoutError
+        The worker is still running after ``timeout`` (and ``force`` is false).
+    ProcessLookupError
+        The pid file is locked but names no process (it cannot be signalled).
+    """
+    from ..control._worker import LOG_FILE, running_pid
+
+    pid = running_pid(home)
+    if pid is None:
+        return None
+    if pid <= 0:
+        raise ProcessLookupError(
+            errno.ESRCH, f"a worker holds the lock of {home} but its pid is not recorded"
+        )
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if _wait_gone(home, pid, timeout):
+        return pid
+    if not force:
+        raise TimeoutError(
+            errno.ETIMEDOUT,
+            f"worker (pid {pid}) did not exit within {timeout:g} s of SIGTERM; see "
+            f"{os.path.join(home, LOG_FILE)}, or use `shoal down --force`",
+        )
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if not _wait_gone(home, pid, 10.0):
+        raise TimeoutError(errno.ETIMEDOUT, f"worker (pid {pid}) survived SIGKILL")
+    return pid
+
+
+def _wait_gone(home: str, pid: int, timeout: float) -> bool:
+    from ..control._worker import process_alive, running_pid
+
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while process_alive(pid) or running_pid(home) == pid:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    return True

@@ -1,0 +1,280 @@
+"""Output of the ``shoal`` command: tables, listings, reports and the progress display."""
+
+from __future__ import annotations
+
+import io
+from typing import NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.cli._common import format_duration, format_table
+from shoal.cli._fs import render_listing, render_stat
+from shoal.cli._mount import render_mounts, shown_options
+from shoal.cli._progress import ProgressBar
+from shoal.cli._report import render_report
+from shoal.control._namespace import Mount
+
+
+class FileInfo(NamedTuple):
+    """What ``Client.stat`` and ``Client.ls`` describe a file with."""
+
+    path: str
+    size: int
+    mtime: float
+    version: str
+    is_dir: bool
+
+
+class Clock:
+    """A settable time source for the progress display."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_format_table_aligns_columns():
+    text = format_table([("a", 1, "x"), ("long-name", 12345, "y")], ("N", "SIZE", "Z"), right=(1,))
+    assert text.splitlines() == [
+        "N           SIZE  Z",
+        "a              1  x",
+        "long-name  12345  y",
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(st.text("abc xyz", max_size=8), st.integers(0, 10**12)), min_size=1, max_size=8
+    )
+)
+@settings(max_examples=50, deadline=None)
+def test_format_table_has_no_trailing_blanks_and_aligned_columns(rows):
+    lines = format_table(rows, ("NAME", "SIZE"), right=(1,)).splitlines()
+    assert len(lines) == len(rows) + 1
+    assert all(line == line.rstrip() for line in lines)
+    ends = {len(line) for line in lines}
+    assert len(ends) == 1  # the right-aligned last column ends every line at one place
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0123, "12ms"),
+        (-1, "0ms"),
+        (12.34, "12.3s"),
+        (245, "4m05s"),
+        (3 * 3600 + 120, "3h02m"),
+        (2 * 86400 + 4 * 3600, "2d04h"),
+    ],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_listing_short_and_long():
+    entries = [
+        FileInfo("/m/dir", 0, 0.0, "", True),
+        FileInfo("/m/file.bin", 123456, 1_700_000_000.0, "abc", False),
+    ]
+    assert render_listing(entries) == "dir/\nfile.bin"
+    lines = render_listing(entries, long=True).splitlines()
+    assert lines[0].split() == ["TYPE", "SIZE", "MODIFIED", "NAME"]
+    assert lines[1].split() == ["d", "0", "-", "dir/"]
+    assert lines[2].split()[0:2] == ["-", "123456"]
+    assert lines[2].endswith("file.bin")
+
+
+def test_stat_text():
+    text = render_stat(FileInfo("/m/f", 5 << 20, 0.0, '"etag-1"', False))
+    assert text.splitlines() == [
+        "path     /m/f",
+        "type     file",
+        "size     5.0 MiB (5242880 B)",
+        "modified -",
+        'version  "etag-1"',
+    ]
+    assert "size     0 B" in render_stat(FileInfo("/m", 0, 0.0, "", True))
+
+
+def test_mount_table_shows_env_names_and_masks_secrets():
+    mounts = [
+        Mount(
+            "/data",
+            "s3://bucket/p",
+            {
+                "endpoint_url": "http://127.0.0.1:9000",
+                "access_key_env": "MY_AK",
+                "secret_key_env": "MY_SK",
+                "anonymous": False,
+            },
+        ),
+        Mount("/odd", "memory://x", {"secret_key": "hunter2", "client_kwargs": {"token": "t0k"}}),
+        Mount("/plain", "file:///srv", {}),
+    ]
+    text = render_mounts(mounts)
+    assert "access_key_env=MY_AK" in text and "secret_key_env=MY_SK" in text
+    assert "anonymous=false" in text
+    assert "hunter2" not in text and "t0k" not in text
+    assert "secret_key=<hidden>" in text
+    assert "client_kwargs={token=<hidden>}" in text
+    assert text.splitlines()[0].split() == ["PATH", "URI", "OPTIONS"]
+    assert text.splitlines()[3].split() == ["/plain", "file:///srv", "-"]
+    shown = shown_options(mounts[1].options)
+    assert shown == {"secret_key": "<hidden>", "client_kwargs": {"token": "<hidden>"}}
+    assert render_mounts([]).startswith("no mounts")
+
+
+REPORT = {
+    "worker": {
+        "pid": 4242,
+        "host_id": "node-a",
+        "home": "/tmp/h",
+        "uptime": 75.0,
+        "engine": "io_uring",
+        "page_size": 4 << 20,
+    },
+    "tiers": {
+        "MEM": {
+            "capacity": 1 << 30,
+            "region_size": 64 << 20,
+            "regions_total": 16,
+            "regions_used": 4,
+            "allocated_bytes": 256 << 20,
+            "live_bytes": 200 << 20,
+            "pages": 50,
+        },
+        "SSD": {
+            "capacity": 4 << 30,
+            "region_size": 64 << 20,
+            "regions_total": 64,
+            "regions_used": 0,
+            "allocated_bytes": 0,
+            "live_bytes": 0,
+            "pages": 0,
+        },
+    },
+    "pages": 50,
+    "page_hits": 150,
+    "page_misses": 50,
+    "hit_ratio": 0.75,
+    "ufs_reads": 50,
+    "ufs_bytes": 200 << 20,
+    "pages_located": 140,
+    "pages_sent": 60,
+    "bytes_sent": 10 << 20,
+    "pages_prefetched": 3,
+    "requests": 99,
+    "mounts": 2,
+    "store_full": 0,
+}
+
+
+def test_report_text():
+    text = render_report(REPORT)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "worker      pid 4242 on node-a, up 1m15s, engine io_uring, page size 4.0 MiB"
+    )
+    table = [line.split() for line in lines if line.startswith(("TIER", "MEM", "SSD", "total"))]
+    assert table[0] == ["TIER", "CAPACITY", "ALLOCATED", "LIVE", "USE", "PAGES", "REGIONS"]
+    assert table[1] == ["MEM", "1.0", "GiB", "256.0", "MiB", "200.0", "MiB", "25.0%", "50", "4/16"]
+    assert table[3][0] == "total" and "5.0" in table[3]
+    assert "hit ratio   75.0% (150 hits, 50 misses)" in lines
+    assert "under-store 200.0 MiB read in 50 requests" in lines
+    assert "not cached" not in text
+
+
+def test_report_of_a_fresh_worker():
+    fresh = {**REPORT, "page_hits": 0, "page_misses": 0, "hit_ratio": 0.0, "store_full": 7}
+    text = render_report(fresh)
+    assert "hit ratio   - (0 hits, 0 misses)" in text
+    assert "not cached  7 pages (tier full)" in text
+
+
+# --------------------------------------------------------------------- progress
+
+
+def test_progress_plain_lines_are_periodic():
+    out, clock = io.StringIO(), Clock()
+    bar = ProgressBar(out, "load", tty=False, interval=5.0, clock=clock)
+    bar.update(1, 10, 1 << 20, 10 << 20)
+    assert out.getvalue() == ""  # not due yet
+    clock.now += 5
+    bar.update(5, 10, 5 << 20, 10 << 20)
+    assert out.getvalue() == (
+        "load:  50%, 5/10 files, 5.0 MiB of 10.0 MiB, 1.0 MiB/s, 5.0s elapsed, ETA 5.0s\n"
+    )
+    clock.now += 1
+    bar.update(6, 10, 6 << 20, 10 << 20)
+    assert out.getvalue().count("\n") == 1
+    clock.now += 4
+    bar.update(10, 10, 10 << 20, 10 << 20)
+    bar.finish()
+    bar.finish()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[-1] == "load: 100%, 10/10 files, 10.0 MiB of 10.0 MiB, 1.0 MiB/s, 10.0s elapsed"
+
+
+def test_progress_counts_files_when_there_are_no_bytes():
+    out, clock = io.StringIO(), Clock()
+    bar = ProgressBar(out, "metadata", tty=False, clock=clock)
+    bar.update(3, 4, 0, 0)
+    bar.finish()
+    assert out.getvalue().startswith("metadata:  75%, 3/4 files, 0 B of 0 B")
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    out, clock = io.StringIO(), Clock()
+    bar = ProgressBar(out, "load", tty=True, width=100, tty_interval=0.5, clock=clock)
+    bar.update(0, 4, 0, 4 << 20)
+    clock.now += 0.25
+    bar.update(1, 4, 1 << 20, 4 << 20)  # within the interval: not drawn
+    clock.now += 0.25
+    bar.update(2, 4, 2 << 20, 4 << 20)
+    clock.now += 0.5
+    bar.update(4, 4, 4 << 20, 4 << 20)
+    bar.finish()
+    text = out.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    frames = text.rstrip("\n").split("\r")[1:]
+    assert len(frames) == 4  # three updates drawn, then the final state
+    assert all(len(f.rstrip()) <= 99 for f in frames)
+    half = frames[1].split("[", 1)[1].split("]", 1)[0]
+    assert half.count("#") == len(half) // 2
+    assert " 50%  2/4 files  2.0 MiB/4.0 MiB" in frames[1]
+    assert "ETA" in frames[1]
+    assert frames[-1].rstrip().endswith("in 1.0s")
+    bar_cells = frames[-1].split("[", 1)[1].split("]", 1)[0]
+    assert len(bar_cells) >= 10 and set(bar_cells) == {"#"}
+
+
+def test_progress_fits_a_narrow_terminal():
+    out = io.StringIO()
+    bar = ProgressBar(out, "load", tty=True, width=30, clock=Clock())
+    bar.update(1, 2, 1, 2)
+    frame = out.getvalue().lstrip("\r")
+    assert len(frame) <= 29
+    assert "[" not in frame  # no room for a bar
+
+
+def test_progress_abort_ends_the_terminal_line():
+    out = io.StringIO()
+    bar = ProgressBar(out, "load", tty=True, width=80, clock=Clock())
+    bar.update(1, 2, 1, 2)
+    bar.abort()
+    bar.finish()
+    assert out.getvalue().endswith("\n") and out.getvalue().count("\n") == 1
+
+
+def test_progress_detects_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert ProgressBar(Tty()).tty
+    assert not ProgressBar(io.StringIO()).tty
