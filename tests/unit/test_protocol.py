@@ -322,3 +322,47 @@ def test_frame_struct_is_two_little_endian_u32():
     assert FRAME.format in ("<II", b"<II")
     assert FRAME.size == 8
     assert struct.unpack("<II", FRAME.pack(1, 2)) == (1, 2)
+
+
+def test_page_store_descriptors_read_by_another_reader(pair, tmp_path):
+    """What the worker does for a short-circuit client: locate a page, pass its region
+    file and the tier's generation table over the socket; the receiver reads and checks the
+    page with a RegionReader that has no access to the store's directories."""
+    from shoal.engine import PageLocation, PageStore, RegionReader, TierConfig
+    from shoal.engine._regions import generations_path
+
+    a, b = pair
+    tier = TierConfig("SSD", tmp_path / "tier", 1 << 20)
+    with PageStore([tier], tmp_path / "index", region_size=256 << 10) as store:
+        data = os.urandom(10_000)
+        store.put(b"key", data)
+        loc = store.locate([b"key"])[0]
+        mine = [
+            os.open(generations_path(store.tier_paths["SSD"]), os.O_RDONLY),
+            os.open(loc.path, os.O_RDONLY),
+        ]
+        try:
+            send_frame(a, {"loc": [loc.region, loc.offset, loc.length, loc.crc32c,
+                                   loc.generation]}, fds=mine)  # fmt: skip
+        finally:
+            for fd in mine:
+                os.close(fd)
+        header, _, fds = recv_frame(b)
+        region, offset, length, crc, generation = header["loc"]
+        with RegionReader() as reader:
+            reader.adopt("SSD", None, fds[0])
+            reader.adopt("SSD", region, fds[1])
+            got = PageLocation("SSD", region, "", offset, length, crc, generation)
+            buf = bytearray(length)
+            assert reader.read_into(got, buf) == len(data) and bytes(buf) == data
+            with pytest.raises(StaleLocationError):
+                reader.read_into(PageLocation("SSD", region, "", offset, length, crc,
+                                              generation + 1), buf)  # fmt: skip
+            with pytest.raises(PageCorruptedError):
+                reader.read_into(PageLocation("SSD", region, "", offset, length, crc ^ 1,
+                                              generation), buf)  # fmt: skip
+            reader.release("SSD", region)
+            with pytest.raises(ValueError, match="no descriptor"):
+                reader.read_into(got, buf)
+            with pytest.raises(ValueError, match="tier 'MEM'"):
+                reader.read_into(PageLocation("MEM", 0, "", 0, 1, 0, 0), buf)

@@ -1,0 +1,698 @@
+"""``shoal.Client``: reads through the node's worker, short-circuit where pages are cached,
+straight from the under-store when the worker is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .._config import Config, load_config
+from ..control._namespace import Mount, normalize_path
+from ..control._pages import chunk_of, page_slices, read_length
+from ..control._placement import Node, chunk_key, place
+from ..control.proto import DATA, LOCATE, decode_error
+from ..control.ufs import ObjectChangedError, UnderStore, open_store
+from ..engine import PageLocation
+from ..engine._requests import host_view
+from ._connection import Connection, WorkerLost, connect
+
+__all__ = ["Client", "FileInfo", "LoadProgress"]
+
+log = logging.getLogger("shoal.client")
+
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_MAX_ROUND = 256 << 20  # bytes asked of a worker in one request at most
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """Metadata of a file or directory under a mount.
+
+    Attributes
+    ----------
+    path
+        Shoal path.
+    size
+        Bytes (0 for a directory).
+    mtime
+        Last modification in seconds since the epoch (0 when the store does not say).
+    version
+        The under-store's version of the content (ETag, or mtime and size); empty for a
+        directory.
+    is_dir
+        True for a directory (or a prefix holding objects, or a mount point).
+    """
+
+    path: str
+    size: int
+    mtime: float
+    version: str
+    is_dir: bool
+
+
+class LoadProgress(NamedTuple):
+    """Progress of :meth:`Client.load`: files and bytes done, of the totals."""
+
+    files_done: int
+    files_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """A file as the worker described it, with what a direct read needs."""
+
+    path: str
+    size: int
+    version: str
+    mtime: float
+    is_dir: bool
+    fid: bytes
+    mount: str
+    uri: str
+    options: dict
+    rel: str
+
+    @classmethod
+    def from_record(cls, r: dict) -> _Meta:
+        return cls(
+            r["path"], r["size"], r["version"], r["mtime"], r["is_dir"], bytes(r["fid"]),
+            r["mount"], r["uri"], dict(r["options"]), r["rel"],
+        )  # fmt: skip
+
+    def info(self) -> FileInfo:
+        return FileInfo(self.path, self.size, self.mtime, self.version, self.is_dir)
+
+
+class Client:
+    """Reads files under Shoal mounts through the node's worker.
+
+    With no arguments it loads the configuration (``$SHOAL_HOME/config.yaml`` and
+    ``SHOAL_*`` variables), connects to the worker on ``$SHOAL_HOME/worker.sock`` and, when
+    none answers, starts one as a daemon (logging to ``$SHOAL_HOME/worker.log``).
+
+    Pages the worker has cached are read short-circuit: the worker says where they are and
+    passes the region files' descriptors, and the client reads them with the engine
+    straight into the destination, checking each page's crc32c and its region's
+    generation. Pages not cached are fetched by the worker and sent over the socket. When
+    the worker dies during a read, the rest is read straight from the under-store; the next
+    call starts a new worker.
+
+    Parameters
+    ----------
+    config
+        Settings; loaded with :func:`shoal._config.load_config` when None.
+    start_worker
+        Start the worker when none answers (else raise ``ConnectionRefusedError``).
+    timeout
+        Seconds to wait for any one answer of the worker before giving up on it (reads
+        then go to the under-store); None waits for ever.
+    start_timeout
+        Seconds to wait for a worker being started.
+    metadata_ttl
+        Seconds this client keeps file metadata before asking the worker again (the worker
+        has its own cache, per mount). A file's version is checked by the worker on every
+        read, so a stale entry costs one retry, never wrong bytes.
+
+    Notes
+    -----
+    Thread-safe: each thread gets its own connection. Fork-safe: a child process (a
+    DataLoader worker, say) never uses its parent's connections or descriptors; it closes
+    its inherited copies and connects anew. A client can be pickled (for spawn): the copy
+    connects on first use.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        start_worker: bool = True,
+        timeout: float | None = 300.0,
+        start_timeout: float = 60.0,
+        metadata_ttl: float = 10.0,
+    ):
+        self._config = config if config is not None else load_config()
+        if not isinstance(self._config, Config):
+            raise TypeError(f"config must be a shoal Config, got {type(self._config).__name__}")
+        for name, value in (("start_timeout", start_timeout), ("metadata_ttl", metadata_ttl)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+        self._start = bool(start_worker)
+        self._timeout = timeout
+        self._start_timeout = start_timeout
+        self._meta_ttl = metadata_ttl
+        self._closed = False
+        self._reset()
+        _clients.add(self)
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[Connection] = []
+        self._meta: dict[str, tuple[float, _Meta]] = {}
+        self._stores: dict[str, UnderStore] = {}
+
+    def __reduce__(self):
+        return (
+            _restore,
+            (self._config, self._start, self._timeout, self._start_timeout, self._meta_ttl),
+        )
+
+    @property
+    def config(self) -> Config:
+        """The settings this client uses."""
+        return self._config
+
+    # ----------------------------------------------------------------- connections
+
+    def _after_fork(self) -> None:
+        # The parent's connections and stores are shared with it: close our copies of the
+        # descriptors only, and start afresh.
+        for conn in self._conns:
+            conn.abandon()
+        self._reset()
+
+    def _conn(self) -> Connection:
+        if self._closed:
+            raise ValueError("I/O operation on a closed shoal Client")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and not conn.broken:
+            return conn
+        conn = connect(
+            self._config,
+            start=self._start,
+            timeout=self._timeout,
+            start_timeout=self._start_timeout,
+        )
+        with self._lock:
+            self._conns = [c for c in self._conns if not c.broken]
+            self._conns.append(conn)
+        self._local.conn = conn
+        return conn
+
+    def _call(self, header: dict) -> dict:
+        """One request; on a lost worker, reconnect (starting one) and try once more."""
+        try:
+            return self._conn().call(header)
+        except WorkerLost:
+            return self._conn().call(header)
+
+    # ----------------------------------------------------------------- metadata
+
+    def _metas(self, paths: Sequence[str]) -> list[_Meta]:
+        now = time.monotonic()
+        out: list[_Meta | None] = []
+        missing: dict[str, list[int]] = {}
+        for i, p in enumerate(paths):
+            entry = self._meta.get(p)
+            if entry is not None and entry[0] > now:
+                out.append(entry[1])
+            else:
+                out.append(None)
+                missing.setdefault(p, []).append(i)
+        if missing:
+            records = self._call({"op": "stat", "paths": list(missing)})["files"]
+            expiry = time.monotonic() + self._meta_ttl
+            for (p, slots), record in zip(missing.items(), records, strict=True):
+                if "error" in record:
+                    raise decode_error(record["error"])
+                meta = _Meta.from_record(record)
+                if self._meta_ttl > 0:
+                    self._meta[p] = (expiry, meta)
+                for i in slots:
+                    out[i] = meta
+            if len(self._meta) > 1_000_000:
+                self._meta = {p: e for p, e in self._meta.items() if e[0] > now}
+        return out
+
+    def _forget(self, path: str) -> None:
+        under = path.rstrip("/") + "/"
+        for p in [p for p in self._meta if p == path or p.startswith(under)]:
+            self._meta.pop(p, None)
+
+    def stat(self, path: str) -> FileInfo:
+        """Metadata of the file or directory at ``path``.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` is under no mount, or nothing exists there.
+        ValueError
+            ``path`` is not absolute, or holds ``..`` or a NUL byte.
+        """
+        return self._metas([normalize_path(path)])[0].info()
+
+    def exists(self, path: str) -> bool:
+        """True if a file or directory exists at ``path`` (False under no mount)."""
+        try:
+            self.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def ls(self, path: str) -> list[FileInfo]:
+        """The files and directories directly under ``path`` (mount points included),
+        sorted by name; for a file, the file itself."""
+        entries = self._call({"op": "ls", "path": normalize_path(path)})["entries"]
+        return [
+            FileInfo(e["path"], e["size"], e["mtime"], e["version"], e["is_dir"]) for e in entries
+        ]
+
+    def refresh(self, path: str) -> None:
+        """Forget cached metadata of ``path`` and everything under it, here and in the
+        worker: the next read sees the under-store's current version."""
+        path = normalize_path(path)
+        self._forget(path)
+        self._call({"op": "refresh", "path": path})
+
+    # ----------------------------------------------------------------- mounts
+
+    def mount(self, path: str, uri: str, **options: Any) -> Mount:
+        """Mount the under-store ``uri`` at ``path``.
+
+        Parameters
+        ----------
+        path
+            Shoal path of the mount point.
+        uri
+            ``s3://bucket/prefix``, ``file:///dir`` (or ``/dir``), or any fsspec URL.
+        **options
+            The store's options (``endpoint_url``, ``region``, ``access_key_env`` and
+            ``secret_key_env`` naming environment variables, ...: credentials by reference
+            only), and Shoal's: ``metadata_ttl`` (seconds, default 60), ``read_ahead``
+            (pages, default 4).
+
+        Raises
+        ------
+        ValueError, TypeError
+            A bad path, URI or option.
+        FileExistsError
+            ``path`` is already a mount point.
+        PermissionError, ConnectionError, FileNotFoundError
+            The store refused the credentials, cannot be reached, or its bucket does not
+            exist (the worker lists one object to check).
+        """
+        path = normalize_path(path)
+        if not isinstance(uri, str) or not uri:
+            raise ValueError(f"mount {path}: the under-store URI must be a non-empty str")
+        doc = self._call({"op": "mount", "path": path, "uri": uri, "options": options})["mount"]
+        self._forget(path)
+        return Mount(doc["path"], doc["uri"], doc["options"])
+
+    def unmount(self, path: str) -> Mount:
+        """Remove the mount at exactly ``path``; ``FileNotFoundError`` if it is none."""
+        path = normalize_path(path)
+        doc = self._call({"op": "unmount", "path": path})["mount"]
+        self._forget(path)
+        return Mount(doc["path"], doc["uri"], doc["options"])
+
+    def mounts(self) -> list[Mount]:
+        """Every mount, sorted by path."""
+        docs = self._call({"op": "mounts"})["mounts"]
+        return [Mount(d["path"], d["uri"], d["options"]) for d in docs]
+
+    # ----------------------------------------------------------------- reads
+
+    def read_into(self, buf: Any, path: str, offset: int = 0) -> int:
+        """Read the file at ``path`` from ``offset`` into ``buf``.
+
+        Parameters
+        ----------
+        buf
+            Any writable, C-contiguous host buffer: bytearray, memoryview, numpy array,
+            torch CPU tensor. Up to its size in bytes is filled.
+        path
+            Shoal path of a file.
+        offset
+            Byte offset in the file, >= 0.
+
+        Returns
+        -------
+        int
+            Bytes read: the buffer's size, fewer at the end of the file, 0 past it.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` is under no mount, or no such file exists.
+        IsADirectoryError
+            ``path`` is a directory.
+        ValueError
+            A bad path or a negative offset.
+        TypeError
+            ``buf`` is not a writable host buffer.
+        """
+        return self.read_many_into([(buf, path, offset)])[0]
+
+    def read_many_into(self, items: Iterable[Sequence[Any]]) -> list[int]:
+        """Read many files (or ranges of them) in one batch: the small-file case.
+
+        Parameters
+        ----------
+        items
+            ``(buf, path, offset)`` or ``(buf, path)`` tuples, as for :meth:`read_into`.
+
+        Returns
+        -------
+        list of int
+            Bytes read per item.
+
+        Raises
+        ------
+        The errors of :meth:`read_into`, for the first item that fails; nothing is read
+        then unless the items before it were valid.
+        """
+        checked = []
+        for i, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
+            buf, path = item[0], item[1]
+            offset = item[2] if len(item) == 3 else 0
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+            if offset < 0:
+                raise ValueError(f"offset must be >= 0, got {offset}")
+            if hasattr(buf, "__cuda_array_interface__"):
+                raise TypeError(
+                    f"{type(buf).__name__} is a GPU buffer; Client reads into host memory"
+                )
+            view = host_view(buf, writable=True, what="read_into")
+            checked.append((view, normalize_path(path), offset))
+        if not checked:
+            return []
+        for attempt in range(3):
+            metas = self._metas([p for _, p, _ in checked])
+            for meta in metas:
+                if meta.is_dir:
+                    raise IsADirectoryError(21, "is a directory", meta.path)
+            try:
+                return self._read([(v, m, o) for (v, _, o), m in zip(checked, metas, strict=True)])
+            except ObjectChangedError:
+                # Our metadata is older than the worker's: drop it and ask again.
+                for _, p, _ in checked:
+                    self._meta.pop(p, None)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read(self, items: list[tuple[memoryview, _Meta, int]]) -> list[int]:
+        results = [read_length(o, v.nbytes, m.size) for v, m, o in items]
+        if not any(results):
+            return results
+        try:
+            conn = self._conn()
+            self._read_pieces(conn, items)
+        except WorkerLost as exc:
+            log.warning("%s; reading from the under-stores directly", exc)
+            self._read_direct(items, results)
+        return results
+
+    def _members(self, conn: Connection) -> list[Node]:
+        """The workers pages are placed on: the local one (a cluster adds members)."""
+        return [Node(conn.hello["host_id"])]
+
+    def _read_pieces(self, conn: Connection, items: list[tuple[memoryview, _Meta, int]]) -> None:
+        page_size = conn.hello["page_size"]
+        chunk_size = conn.hello["chunk_size"]
+        members = self._members(conn)
+        groups: dict[str, list] = {}  # owner id -> (destination, page slice, file)
+        for view, meta, offset in items:
+            for s in page_slices(offset, view.nbytes, meta.size, page_size):
+                if len(members) == 1:
+                    owner = members[0]
+                else:
+                    key = chunk_key(meta.fid, chunk_of(s.index, page_size, chunk_size))
+                    owner = place(key, members)[0]
+                dest = view[s.buf_offset : s.buf_offset + s.length]
+                groups.setdefault(owner.id, []).append((dest, s, meta))
+        # In rounds well below the cache's size: the pages a round located are still there
+        # when the client reads them, and the worker never holds much in memory.
+        round_bytes = max(page_size, min(_MAX_ROUND, conn.hello["capacity"] // 4))
+        for owner, pieces in groups.items():
+            target = self._conn_to(owner, conn)
+            start = total = 0
+            for end, (dest, _, _) in enumerate(pieces, 1):
+                total += dest.nbytes
+                if total >= round_bytes or end == len(pieces):
+                    self._read_from(target, pieces[start:end])
+                    start, total = end, 0
+
+    @staticmethod
+    def _conn_to(owner: str, local: Connection) -> Connection:
+        if owner != local.hello["host_id"]:
+            raise ConnectionError(f"no connection to worker {owner!r}")
+        return local
+
+    def _read_from(self, conn: Connection, pieces: list) -> None:
+        """Read pieces placed on one worker: located ones short-circuit, the rest (and any
+        that fail their checks) over the socket."""
+        files: dict[tuple[str, str], int] = {}
+        requested = []
+        for dest, s, meta in pieces:
+            fi = files.setdefault((meta.path, meta.version), len(files))
+            requested.append((dest, [fi, s.index, s.start, s.length]))
+        file_list = [list(k) for k in files]
+        conn.send(
+            {
+                "op": "read",
+                "files": file_list,
+                "items": [item for _, item in requested],
+                "mode": LOCATE,
+                "forget": conn.take_forget(),
+            }
+        )
+        answer, payload_len, fds = conn.receive()
+        conn.adopt(answer["fds"], fds)
+        locs = answer["locs"]
+        if len(locs) != len(requested):
+            raise decode_error({"type": "ProtocolError", "message": "wrong number of locations"})
+        conn.recv_payload(
+            [d for (d, _), loc in zip(requested, locs, strict=True) if loc is None], payload_len
+        )
+        retry = self._read_located(conn, requested, locs)
+        if retry:
+            conn.send(
+                {
+                    "op": "read",
+                    "files": file_list,
+                    "items": [requested[k][1] for k in retry],
+                    "mode": DATA,
+                    "forget": conn.take_forget(),
+                }
+            )
+            _, payload_len, fds = conn.receive()
+            for fd in fds:
+                os.close(fd)
+            conn.recv_payload([requested[k][0] for k in retry], payload_len)
+
+    @staticmethod
+    def _read_located(conn: Connection, pieces: list, locs: list) -> list[int]:
+        """Short-circuit reads of the located pieces; the indexes of those to fetch again
+        (region reclaimed since, or bytes not matching their crc32c)."""
+        batch, slots, partial = [], [], []
+        for k, ((dest, (_, _, start, length)), loc) in enumerate(zip(pieces, locs, strict=True)):
+            if loc is None:
+                continue
+            tier, region, offset, plen, crc, generation = loc
+            conn.used(tier, region)
+            location = PageLocation(tier, region, "", offset, plen, crc, generation)
+            if start == 0 and length == plen:
+                batch.append((location, dest))  # a whole page: zero-copy into the caller's
+            else:
+                scratch = bytearray(plen)  # the crc32c covers the whole page
+                batch.append((location, scratch))
+                partial.append((len(batch) - 1, dest, scratch, start, length))
+            slots.append(k)
+        if not batch:
+            return []
+        try:
+            results: list = conn.reader.read_many_into(batch)
+        except OSError as exc:
+            if not hasattr(exc, "results"):
+                raise
+            results = exc.results
+        failed = {j for j, res in enumerate(results) if isinstance(res, BaseException)}
+        for j, dest, scratch, start, length in partial:
+            if j not in failed:
+                dest[:] = memoryview(scratch)[start : start + length]
+        return [slots[j] for j in sorted(failed)]
+
+    def _store(self, meta: _Meta) -> UnderStore:
+        key = meta.uri + "\0" + json.dumps(meta.options, sort_keys=True)
+        with self._lock:
+            store = self._stores.get(key)
+        if store is None:
+            store = open_store(meta.uri, **meta.options)
+            with self._lock:
+                current = self._stores.setdefault(key, store)
+            if current is not store:
+                store.close()
+                store = current
+        return store
+
+    def _read_direct(self, items, results: list[int]) -> None:
+        for (view, meta, offset), n in zip(items, results, strict=True):
+            if n:
+                got = self._store(meta).read_into(
+                    meta.rel, offset, view[:n], version=meta.version or None
+                )
+                if got != n:
+                    raise ObjectChangedError(
+                        f"read: {meta.path} is shorter than its metadata says; read it again",
+                        meta.path,
+                    )
+
+    def open(self, path: str, buffer_size: int | None = None) -> io.BufferedReader:
+        """A seekable binary file object reading ``path`` through this client.
+
+        Parameters
+        ----------
+        path
+            Shoal path of a file.
+        buffer_size
+            Read buffer size (default: the worker's page size).
+        """
+        from ._file import ShoalRawFile
+
+        raw = ShoalRawFile(self, normalize_path(path))
+        if buffer_size is None:
+            buffer_size = self._conn().hello["page_size"]
+        return io.BufferedReader(raw, buffer_size=buffer_size)
+
+    # ----------------------------------------------------------------- jobs
+
+    def load(
+        self,
+        paths: str | Iterable[str],
+        metadata_only: bool = False,
+        progress: Callable[[LoadProgress], None] | None = None,
+    ) -> LoadProgress:
+        """Have the worker cache the files under ``paths`` (a path or a list of paths;
+        directories are expanded), or only their metadata.
+
+        Parameters
+        ----------
+        paths
+            Files or directories.
+        metadata_only
+            Fill only the metadata cache (stat and listings), not the page store.
+        progress
+            Called with a :class:`LoadProgress` as files complete.
+
+        Returns
+        -------
+        LoadProgress
+            The final counts.
+        """
+        if isinstance(paths, str):
+            paths = [paths]
+        paths = [normalize_path(p) for p in paths]
+        conn = self._conn()
+        conn.send({"op": "load", "paths": paths, "metadata_only": bool(metadata_only)})
+        old = conn.sock.gettimeout()
+        conn.sock.settimeout(None)  # a load takes as long as it takes; progress shows life
+        try:
+            while True:
+                answer, payload_len, fds = conn.receive()
+                for fd in fds:
+                    os.close(fd)
+                state = LoadProgress(**answer["progress"])
+                if progress is not None:
+                    progress(state)
+                if answer.get("done"):
+                    return state
+        finally:
+            if not conn.broken:
+                conn.sock.settimeout(old)
+
+    def free(self, path: str) -> dict:
+        """Drop the cached pages of the files under ``path``.
+
+        Returns
+        -------
+        dict
+            ``pages`` and ``bytes`` freed.
+        """
+        answer = self._call({"op": "free", "path": normalize_path(path)})
+        return {"pages": answer["pages"], "bytes": answer["bytes"]}
+
+    def report(self) -> dict:
+        """The worker's report.
+
+        Returns
+        -------
+        dict
+            ``tiers`` (per tier: capacity, regions used, live bytes, pages ...), ``pages``,
+            ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads`` and ``ufs_bytes``
+            (from under-stores), ``pages_located`` (read short-circuit), ``pages_sent``
+            and ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests``,
+            ``mounts``, ``worker`` (pid, host id, home, uptime, engine, page size).
+        """
+        return self._call({"op": "report"})["report"]
+
+    def worker_pid(self) -> int:
+        """Pid of the worker this thread is connected to."""
+        return self._conn().hello["worker_pid"]
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Close every connection and descriptor of this client; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            conns, self._conns = self._conns, []
+            stores, self._stores = list(self._stores.values()), {}
+        forked = os.getpid() != self._pid
+        for conn in conns:
+            conn.abandon() if forked else conn.close()
+        if not forked:
+            for store in stores:
+                with contextlib.suppress(Exception):
+                    store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<shoal.Client home={self._config.home!r}{' closed' if self._closed else ''}>"
+
+
+def _restore(config, start, timeout, start_timeout, metadata_ttl) -> Client:
+    return Client(
+        config,
+        start_worker=start,
+        timeout=timeout,
+        start_timeout=start_timeout,
+        metadata_ttl=metadata_ttl,
+    )
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,212 @@
+"""A client's connection to its local worker: the socket, the region descriptors received
+over it, and finding (or starting) the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import time
+from collections import OrderedDict
+from typing import Any
+
+from .._config import Config
+from ..control._worker import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
+from ..control.proto import (
+    GENERATIONS,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode_error,
+    recv_header,
+    recv_into,
+    send_frame,
+)
+from ..engine import RegionReader
+
+__all__ = ["Connection", "WorkerLost", "connect"]
+
+#: Region descriptors a connection keeps open at most; older ones are closed (and the
+#: worker told so) past it, which keeps a process well inside its descriptor limit.
+MAX_REGION_FDS = 256
+
+
+class WorkerLost(Exception):
+    """The connection to the worker failed (closed, reset, timed out, garbled): the worker
+    is gone or unusable. Internal: the client falls back or reconnects."""
+
+
+class Connection:
+    """One connection to a worker, used by one thread at a time.
+
+    Holds the descriptors the worker passed (region files and generation tables) in a
+    :class:`~shoal.engine.RegionReader`, at most :data:`MAX_REGION_FDS` region files, least
+    recently used closed first.
+    """
+
+    def __init__(self, path: str, timeout: float | None):
+        self.pid = os.getpid()
+        self.broken = False
+        self.timeout = timeout
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.reader: RegionReader | None = None
+        self._regions: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._forget: list[list] = []
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(path)
+            self.reader = RegionReader()
+            self.hello = self.call({"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION})
+        except BaseException:
+            self.close()
+            raise
+
+    # ----------------------------------------------------------------- frames
+
+    def _lost(self, exc: BaseException) -> WorkerLost:
+        self.broken = True
+        self.close()
+        return WorkerLost(f"connection to the Shoal worker failed: {exc}")
+
+    def send(self, header: dict) -> None:
+        """Send a request; ``WorkerLost`` when the connection fails."""
+        if self.broken:
+            raise WorkerLost("connection to the Shoal worker is closed")
+        try:
+            send_frame(self.sock, header)
+        except OSError as exc:
+            raise self._lost(exc) from exc
+
+    def receive(self) -> tuple[dict, int, list[int]]:
+        """The next answer's header, payload length and descriptors; raises the worker's
+        error for a failed request (after consuming the frame)."""
+        try:
+            got = recv_header(self.sock)
+            if got is None:
+                raise ProtocolError("the worker closed the connection")
+        except OSError as exc:
+            raise self._lost(exc) from exc
+        header, payload_len, fds = got
+        if header.get("ok") is True:
+            return header, payload_len, fds
+        for fd in fds:
+            os.close(fd)
+        if payload_len:
+            self.recv_payload([bytearray(payload_len)], payload_len)
+        raise decode_error(header.get("error"))
+
+    def recv_payload(self, views: list[Any], expected: int) -> None:
+        """Receive a payload of ``expected`` bytes straight into ``views``."""
+        total = sum(memoryview(v).nbytes for v in views)
+        if total != expected:
+            self.broken = True
+            self.close()
+            raise WorkerLost(f"the worker sent {expected} payload bytes where {total} were due")
+        try:
+            recv_into(self.sock, views)
+        except OSError as exc:
+            raise self._lost(exc) from exc
+
+    def call(self, header: dict) -> dict:
+        """One request, one answer without payload or descriptors."""
+        self.send(header)
+        answer, payload_len, fds = self.receive()
+        for fd in fds:
+            os.close(fd)
+        if payload_len:
+            self.recv_payload([bytearray(payload_len)], payload_len)
+        return answer
+
+    # ----------------------------------------------------------------- descriptors
+
+    def adopt(self, tokens: list, fds: list[int]) -> None:
+        """Take the descriptors passed with an answer, named by its ``fds`` tokens."""
+        if len(tokens) != len(fds):
+            for fd in fds:
+                os.close(fd)
+            self.broken = True
+            self.close()
+            raise WorkerLost(f"the worker passed {len(fds)} descriptors for {len(tokens)} tokens")
+        for (tier, region), fd in zip(tokens, fds, strict=True):
+            if region == GENERATIONS:
+                self.reader.adopt(tier, None, fd)
+                continue
+            self.reader.adopt(tier, region, fd)
+            self._regions[tier, region] = None
+            self._regions.move_to_end((tier, region))
+        while len(self._regions) > MAX_REGION_FDS:
+            (tier, region), _ = self._regions.popitem(last=False)
+            self.reader.release(tier, region)
+            self._forget.append([tier, region])
+
+    def used(self, tier: str, region: int) -> None:
+        """Note a region as recently used."""
+        if (tier, region) in self._regions:
+            self._regions.move_to_end((tier, region))
+
+    def take_forget(self) -> list[list]:
+        """Descriptors closed since the last request, for the worker to forget."""
+        out, self._forget = self._forget, []
+        return out
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Close the socket and every descriptor; idempotent."""
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.reader is not None:
+            self.reader.close()
+
+    def abandon(self) -> None:
+        """In a forked child: close this process's copies without touching the parent's
+        connection (no shutdown, no message)."""
+        self.close()
+
+
+def _lock(path: str, timeout: float) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(
+                    errno.ETIMEDOUT, f"timed out waiting for the worker start-up lock {path}"
+                ) from None
+            time.sleep(0.02)
+
+
+def connect(config: Config, *, start: bool, timeout: float | None, start_timeout: float):
+    """A :class:`Connection` to the worker of ``config.home``; when none answers and
+    ``start`` is true, start one as a daemon first (under a file lock, so that many
+    processes starting at once get one worker)."""
+    path = socket_path(config.home)
+    try:
+        return Connection(path, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not start:
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED,
+                f"no Shoal worker answers on {path}; start one with `shoal up` "
+                "(or create the Client with start_worker=True)",
+            ) from None
+    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    fd = _lock(os.path.join(config.home, LOCK_FILE), start_timeout)
+    try:
+        with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
+            return Connection(path, timeout)  # another process started it meanwhile
+        pid = running_pid(config.home)
+        if pid is None:
+            run_worker(config, foreground=False, timeout=start_timeout)
+        else:
+            wait_ready(config.home, pid if pid > 0 else None, start_timeout)
+        return Connection(path, timeout)
+    finally:
+        os.close(fd)
