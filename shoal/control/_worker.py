@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from ._metadata import MetadataCache
 from ._metastore import LocalMetaStore
 from ._namespace import Mount, MountTable, normalize_path
 from ._pages import file_id, page_count, page_key, page_length
-from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, ProtocolError
+from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, ProtocolError, encode_error
 from .ufs import ObjectChangedError, ObjectInfo, UnderStore, open_store
 
 __all__ = [
@@ -215,6 +215,7 @@ class Worker:
             self._meta_store.close()
             raise
         self._fetch_pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
+        self._stat_pool = ThreadPoolExecutor(fetch_threads, "shoal-stat")
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
 
     # ----------------------------------------------------------------- namespace
@@ -234,6 +235,7 @@ class Worker:
                 "page_size": self.config.page_size,
                 "chunk_size": self.config.chunk_size,
                 "home": self.config.home,
+                "capacity": sum(t.capacity for t in self.config.tiers()),
             }
         )
 
@@ -301,16 +303,18 @@ class Worker:
         return _File(path, mount, rel, info, fid, store, own)
 
     def stat(self, paths: list[str]) -> list[dict]:
-        """File records, or ``{"error": ...}`` per path that fails."""
-        from .proto import encode_error
+        """File records, or ``{"error": ...}`` per path that fails; the stores are asked
+        about several paths at once."""
 
-        out = []
-        for p in paths:
+        def one(p: str) -> dict:
             try:
-                out.append(self.file(p).record())
+                return self.file(p).record()
             except (OSError, ValueError, TypeError) as exc:
-                out.append({"error": encode_error(exc)})
-        return out
+                return {"error": encode_error(exc)}
+
+        if len(paths) == 1:
+            return [one(paths[0])]
+        return list(self._stat_pool.map(one, paths))
 
     def _listing(self, f: _File) -> list[ObjectInfo]:
         prefix = f.rel + "/" if f.rel else ""
@@ -338,7 +342,7 @@ class Worker:
         try:
             f = self.file(path)
         except FileNotFoundError:
-            if entries:
+            if entries or path == "/":
                 return [entries[n] for n in sorted(entries)]
             raise
         if not f.info.is_dir:
@@ -467,14 +471,27 @@ class Worker:
                 else:
                     out[p.key] = loc
         self._counters.add(page_hits=len(pages) - len(missing), page_misses=len(missing))
-        if missing:
-            fetched = self._results(self._start_fetches(missing, self._fetch_pool))
-            if need_bytes:
-                out.update(fetched)
-            else:
-                locs = self._store.locate([p.key for p in missing])
-                for p, loc in zip(missing, locs, strict=True):
-                    out[p.key] = loc if loc is not None else fetched[p.key]
+        if not missing:
+            return out
+        futures = self._start_fetches(missing, self._fetch_pool)
+        if need_bytes:
+            out.update(self._results(futures))
+            return out
+        # Located as each fetch completes, so that only the bytes of pages the store could
+        # not keep stay in memory, not those of the whole request.
+        keys = {fut: key for key, fut in futures.items()}
+        error = None
+        for fut in as_completed(keys):
+            key = keys[fut]
+            try:
+                buf = fut.result()
+            except Exception as exc:
+                error = error or exc
+                continue
+            loc = self._store.locate([key])[0]
+            out[key] = loc if loc is not None else buf
+        if error is not None:
+            raise error
         return out
 
     def _read_ahead(self, conn: ConnectionState, f: _File, first: int, last: int) -> None:
@@ -688,6 +705,7 @@ class Worker:
                 return
             self._closed = True
         self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+        self._stat_pool.shutdown(wait=True, cancel_futures=True)
         self._fetch_pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             # Fetches cancelled before they ran leave their futures unresolved.
