@@ -186,15 +186,19 @@ def read_files(
         raise TypeError(f"read_files: dir_fd must be an int or None, got {type(dir_fd).__name__}")
     if dir_fd is not None and not 0 <= dir_fd <= FD_MAX:
         raise ValueError(f"read_files: dir_fd {dir_fd} is out of range")
-    encoded = []
-    for i, p in enumerate(paths):
-        p = os.fsencode(p)
+    encoded = [os.fsencode(p) for p in paths]
+    for i, p in enumerate(encoded):
         if b"\0" in p:
             raise ValueError(f"read_files: path {i} contains a NUL byte: {p!r}")
-        encoded.append(p)
-    views = [
-        host_view(b, writable=True, what=f"read_files buffer {i}") for i, b in enumerate(buffers)
-    ]
+    views: list[memoryview] = []
+    try:
+        for b in buffers:
+            views.append(host_view(b, writable=True, what="read_files buffer"))
+    except (TypeError, ValueError):
+        # Again for a message with the buffer's index (kept off the fast path).
+        i = len(views)
+        host_view(buffers[i], writable=True, what=f"read_files buffer {i}")
+        raise
     return _finish((engine or get_backend()).read_files(encoded, views, dir_fd), "read_files")
 
 

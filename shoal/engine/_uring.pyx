@@ -188,7 +188,8 @@ cdef list _read_files(list paths, list views, object dir_fd):
         results = []
         for i in range(n):
             f = &files[i]
-            name = os.fsdecode(paths[i])
+            if f.too_big or f.result < 0:
+                name = os.fsdecode(paths[i])
             if f.too_big:
                 # The size is unknown only if the file shrank or vanished since the read.
                 size = f"{f.size}" if f.size > <int64_t>f.capacity else f"more than {f.capacity}"

@@ -18,7 +18,10 @@
 #define FILE_SLOTS 80          /* registered descriptors = most read_files chains in flight */
 #define ALIGN 4096u            /* O_DIRECT alignment of address, offset and length */
 #define CHUNK (1ull << 30)     /* most bytes per submitted read or write (kernel caps near 2 GiB) */
-#define VERIFY_CHUNK (128u << 10) /* checked reads go in pieces, checksummed while in L2 */
+/* Checked reads go in pieces of at most VERIFY_CHUNK, at most VERIFY_WINDOW bytes of them in
+ * flight, so each piece is checksummed right after its copy while still in L2. */
+#define VERIFY_CHUNK (256u << 10)
+#define VERIFY_WINDOW (2u << 20)
 #define MAX_RETRIES 1000       /* EINTR / EAGAIN completions tolerated per request */
 #define NOT_DONE INT64_MIN     /* result of a request that has not finished */
 
@@ -33,10 +36,9 @@ struct shoal_ring {
 };
 
 static int ring_setup(struct io_uring *ring, unsigned entries) {
-    /* Newer flags first: one thread submits and reaps, so the kernel may defer its task work. */
+    /* Newer flags first. Deferring task work to the reaping thread (DEFER_TASKRUN) measured
+     * slower here: each link of an open-read-close chain is a task-work hop. */
     static const unsigned flag_sets[] = {
-        IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER |
-            IORING_SETUP_DEFER_TASKRUN,
         IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN,
         0,
     };
@@ -172,9 +174,11 @@ static void close_direct_fds(struct fd_pair *table, size_t cap) {
     free(table);
 }
 
+static int verified(const shoal_io *io, int write) { return io->check && !write; }
+
 static void finish_io(shoal_io *io, int64_t result, int write) {
     io->result = result;
-    if (!write && io->check && result >= 0) io->corrupt = io->crc != io->expected;
+    if (verified(io, write) && result >= 0) io->corrupt = io->crc != io->expected;
 }
 
 /* Account one completion; 1 when the request must be submitted again for the rest. */
@@ -192,7 +196,7 @@ static int io_complete(shoal_io *io, int res, int write, int *retries) {
         finish_io(io, write ? -EIO : (int64_t)io->done, write);
         return 0;
     }
-    if (io->check && !write) io->crc = shoal_crc32c(io->crc, io->buf + io->done, (size_t)res);
+    if (verified(io, write)) io->crc = shoal_crc32c(io->crc, io->buf + io->done, (size_t)res);
     io->done += (uint64_t)res;
     if (io->done < io->length) {
         /* The rest of a short O_DIRECT read may no longer be aligned. */
@@ -204,15 +208,20 @@ static int io_complete(shoal_io *io, int res, int write, int *retries) {
     return 0;
 }
 
-static void prep_io(struct io_uring_sqe *sqe, shoal_io *io, size_t idx, int write) {
+/* Bytes the next submission of a request covers. */
+static unsigned piece(const shoal_io *io, int write) {
     uint64_t left = io->length - io->done;
-    uint64_t most = io->check && !write ? VERIFY_CHUNK : CHUNK;
-    unsigned len = (unsigned)(left < most ? left : most);
+    uint64_t most = verified(io, write) ? VERIFY_CHUNK : CHUNK;
+    return (unsigned)(left < most ? left : most);
+}
+
+static void prep_io(struct io_uring_sqe *sqe, shoal_io *io, size_t idx, int write, unsigned len) {
     if (write)
         io_uring_prep_write(sqe, io->io_fd, io->buf + io->done, len, io->offset + io->done);
     else
         io_uring_prep_read(sqe, io->io_fd, io->buf + io->done, len, io->offset + io->done);
     io_uring_sqe_set_data64(sqe, idx);
+    io->inflight = len;
 }
 
 int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct) {
@@ -233,24 +242,27 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
     int fatal = 0;
     if (!retries) fatal = -ENOMEM;
 
+    uint64_t verifying = 0; /* bytes of checked reads in flight */
     while (!fatal) {
+        /* Continuations first, then new requests, in order. */
         while (inflight < DEPTH && (nredo || next < n)) {
-            size_t idx;
-            if (nredo) {
-                idx = redo[--nredo];
-            } else {
-                idx = next++;
-                if (ios[idx].length == 0) { /* nothing to do, as pread with no bytes */
-                    finish_io(&ios[idx], 0, write);
-                    continue;
-                }
+            size_t idx = nredo ? redo[nredo - 1] : next;
+            shoal_io *io = &ios[idx];
+            if (!nredo && io->length == 0) { /* nothing to do, as pread with no bytes */
+                next++;
+                finish_io(io, 0, write);
+                continue;
             }
+            unsigned len = piece(io, write);
+            if (verified(io, write) && verifying && verifying + len > VERIFY_WINDOW) break;
             struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-            if (!sqe) { /* cannot happen while inflight < DEPTH; keep the request for later */
-                redo[nredo++] = idx;
-                break;
-            }
-            prep_io(sqe, &ios[idx], idx, write);
+            if (!sqe) break; /* cannot happen while inflight < DEPTH */
+            if (nredo)
+                nredo--;
+            else
+                next++;
+            prep_io(sqe, io, idx, write, len);
+            if (verified(io, write)) verifying += len;
             inflight++;
         }
         if (!inflight) break;
@@ -262,6 +274,7 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
             size_t idx = (size_t)io_uring_cqe_get_data64(cqe);
             seen++;
             inflight--;
+            if (verified(&ios[idx], write)) verifying -= ios[idx].inflight;
             if (io_complete(&ios[idx], cqe->res, write, &retries[idx])) redo[nredo++] = idx;
         }
         io_uring_cq_advance(ring, seen);

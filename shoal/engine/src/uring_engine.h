@@ -34,6 +34,7 @@ typedef struct {
     int corrupt;    /* crc32c differs from `expected` */
     /* engine state */
     uint64_t done;
+    unsigned inflight; /* bytes of the submission in flight */
     int io_fd;
 } shoal_io;
 
