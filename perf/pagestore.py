@@ -47,10 +47,12 @@ def aligned(nbytes: int) -> np.ndarray:
 
 
 def best_of(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Shortest wall time of each contender over ``rounds`` alternating rounds."""
+    """Shortest wall time of each contender over ``rounds`` rounds, the order rotating."""
     best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = contenders[name]
             start = time.perf_counter()
             fn()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -120,24 +122,28 @@ def bench_pages(args, root: Path, page: int, report: Report) -> None:
     batches = [range(s, min(s + per_batch, count)) for s in range(0, count, per_batch)]
     label = f"{page // MiB} MiB" if page >= MiB else f"{page // KiB} KiB"
 
-    # Writes: fresh files every round (a fresh store for put_many), raw and store alternating.
+    # Writes go to fresh files every round (a fresh store for put_many); the two contenders
+    # take turns going first, each after a sync and with the other's files deleted.
     put_raw_time = put_time = float("inf")
     store = None
-    for _ in range(args.write_rounds):
-        put_raw_time = min(
-            put_raw_time, raw_write(root / f"raw-{page}", count, page, region, batches, sources)
-        )
-        if store is not None:
-            store.close()
-            shutil.rmtree(root / f"store-{page}")
-        folder = root / f"store-{page}"
-        tier = TierConfig("SSD", folder / "ssd", capacity)
-        store = PageStore([tier], folder / "index", region_size=region)
-        os.sync()  # start from a clean page cache, as the raw write did
-        start = time.perf_counter()
-        for b in batches:
-            store.put_many([(keys[i], sources[i % len(sources)]) for i in b])
-        put_time = min(put_time, time.perf_counter() - start)
+    for r in range(args.write_rounds):
+        for contender in ("raw", "store") if r % 2 == 0 else ("store", "raw"):
+            if contender == "raw":
+                elapsed = raw_write(root / f"raw-{page}", count, page, region, batches, sources)
+                put_raw_time = min(put_raw_time, elapsed)
+                continue
+            if store is not None:
+                store.close()
+                shutil.rmtree(root / f"store-{page}")
+            folder = root / f"store-{page}"
+            store = PageStore(
+                [TierConfig("SSD", folder / "ssd", capacity)], folder / "index", region_size=region
+            )
+            os.sync()
+            start = time.perf_counter()
+            for b in batches:
+                store.put_many([(keys[i], sources[i % len(sources)]) for i in b])
+            put_time = min(put_time, time.perf_counter() - start)
     with store:
         pool = aligned(per_batch * page)
         bufs = [pool[j * page : (j + 1) * page] for j in range(per_batch)]
@@ -229,7 +235,7 @@ def data_root() -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-gib", type=float, default=1.0, help="bytes stored per page size")
-    p.add_argument("--rounds", type=int, default=5, help="rounds per read measurement")
+    p.add_argument("--rounds", type=int, default=9, help="rounds per read measurement")
     p.add_argument("--write-rounds", type=int, default=3, help="rounds per write measurement")
     p.add_argument("--batch-mib", type=int, default=64, help="bytes per put_many / get call")
     p.add_argument("--region-mib", type=int, default=64, help="region size")
