@@ -13,6 +13,7 @@ import functools
 import importlib
 import math
 import os
+import stat
 from typing import Any
 
 from .._errors import ShoalError
@@ -114,10 +115,19 @@ def read_batch(requests: list[tuple]) -> list[int | BaseException]:
     try:
         for i, (fd, offset, length, _, _, obj) in enumerate(requests):
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
             except OSError as exc:
                 results[i] = OSError(exc.errno, exc.strerror, fd_name(fd))
                 continue
+            if not stat.S_ISREG(st.st_mode):  # as pread, no offsets on pipes; no size elsewhere
+                code = (
+                    errno.ESPIPE
+                    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)
+                    else errno.EINVAL
+                )
+                results[i] = OSError(code, "GPU reads need a regular file", fd_name(fd))
+                continue
+            size = st.st_size
             count = max(0, min(length, size - offset))  # stop at end of file, as host reads do
             if count == 0:
                 results[i] = 0

@@ -421,6 +421,26 @@ def test_bad_fd_is_named(eng):
     assert info.value.filename == "<fd 987654>"
 
 
+def test_pipes_have_no_offsets(eng, files):
+    # pread on a pipe fails with ESPIPE; the engine must not read the stream instead.
+    r, w = os.pipe()
+    try:
+        os.write(w, b"stream")
+        buf = bytearray(6)
+        with pytest.raises(OSError) as info:
+            engine.read_batch([(files[2][0], 0, 1, bytearray(1), 0), (r, 0, 6, buf, 0)], engine=eng)
+        assert info.value.errno == errno.ESPIPE and info.value.index == 1
+        assert info.value.results[0] == 1
+        assert bytes(buf) == b"\0" * 6
+        with pytest.raises(OSError) as info:
+            engine.write_batch([(w, 0, 3, b"abc", 0)], engine=eng)
+        assert info.value.errno == errno.ESPIPE
+        assert os.read(r, 100) == b"stream"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_failure_reports_index_and_every_result(eng, files):
     fd, data, _ = files[FILE_SIZES.index(5000)]
     bufs = [bytearray(10) for _ in range(3)]

@@ -170,6 +170,17 @@ def test_device_bad_fd_is_named(fake_kvikio):
     assert not [c for c in fake_kvikio if c[0] == "open"]
 
 
+def test_device_read_from_a_pipe(fake_kvikio):
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError) as info:
+            engine.read_batch([(r, 0, 4, FakeDeviceArray(4), 0)])
+        assert info.value.errno == errno.ESPIPE
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_kvikio_failure_becomes_oserror(monkeypatch, fresh_probe, data_file):
     fd, data, path = data_file
     calls: list = []

@@ -123,9 +123,11 @@ static int submit_wait(struct io_uring *ring) {
 
 /* ---- reads and writes ------------------------------------------------------------------- */
 
-struct fd_pair {
+/* What a batch needs to know of each distinct descriptor it uses. */
+struct fd_info {
     int fd;  /* the caller's descriptor, -1 for an empty entry */
-    int dfd; /* the same file opened with O_DIRECT, or -1 when that failed */
+    int err; /* -ESPIPE for pipes, sockets and the like: positional I/O makes no sense there */
+    int dfd; /* the same file opened with O_DIRECT, or -1 */
 };
 
 static int aligned(const shoal_io *io) {
@@ -142,33 +144,41 @@ static int open_direct(int fd) {
     return open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 }
 
-/* Open one O_DIRECT descriptor per distinct fd among the aligned requests. */
-static struct fd_pair *direct_fds(shoal_io *ios, size_t n, size_t *cap_out) {
-    size_t want = 0;
-    for (size_t i = 0; i < n; i++) want += aligned(&ios[i]);
-    *cap_out = 0;
-    if (!want) return NULL;
+/* Look at each distinct descriptor once: io_uring reads and writes a pipe or socket at its
+ * stream position whatever the offset, where pread and pwrite fail with ESPIPE, so those
+ * requests fail here the same way. With `direct`, aligned requests get an O_DIRECT descriptor,
+ * opened once per file. Returns the table (free with close_fd_table), or NULL without memory. */
+static struct fd_info *fd_table(shoal_io *ios, size_t n, int direct, size_t *cap_out) {
     size_t cap = 16;
-    while (cap < 2 * want) cap <<= 1;
-    struct fd_pair *table = malloc(cap * sizeof *table);
-    if (!table) return NULL; /* everything goes through the page cache */
+    while (cap < 2 * n) cap <<= 1;
+    struct fd_info *table = malloc(cap * sizeof *table);
+    *cap_out = cap;
+    if (!table) return NULL;
     for (size_t i = 0; i < cap; i++) table[i].fd = -1;
     for (size_t i = 0; i < n; i++) {
         shoal_io *io = &ios[i];
-        if (!aligned(io)) continue;
+        if (!io->length) continue;
         size_t h = ((size_t)io->fd * 0x9e3779b97f4a7c15ull) & (cap - 1);
         while (table[h].fd != -1 && table[h].fd != io->fd) h = (h + 1) & (cap - 1);
-        if (table[h].fd == -1) {
-            table[h].fd = io->fd;
-            table[h].dfd = open_direct(io->fd);
+        struct fd_info *e = &table[h];
+        if (e->fd == -1) {
+            e->fd = io->fd;
+            e->err = lseek(io->fd, 0, SEEK_CUR) < 0 && errno == ESPIPE ? -ESPIPE : 0;
+            e->dfd = -2; /* not opened yet */
         }
-        if (table[h].dfd >= 0) io->io_fd = table[h].dfd;
+        if (e->err) {
+            io->result = e->err;
+            continue;
+        }
+        if (direct && aligned(io)) {
+            if (e->dfd == -2) e->dfd = open_direct(io->fd);
+            if (e->dfd >= 0) io->io_fd = e->dfd;
+        }
     }
-    *cap_out = cap;
     return table;
 }
 
-static void close_direct_fds(struct fd_pair *table, size_t cap) {
+static void close_fd_table(struct fd_info *table, size_t cap) {
     for (size_t i = 0; i < cap; i++)
         if (table[i].fd != -1 && table[i].dfd >= 0) close(table[i].dfd);
     free(table);
@@ -233,14 +243,17 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
         ios[i].corrupt = 0;
         ios[i].io_fd = ios[i].fd;
     }
-    size_t dcap = 0;
-    struct fd_pair *dtable = direct && !write ? direct_fds(ios, n, &dcap) : NULL;
+    size_t fcap = 0;
+    struct fd_info *fds = fd_table(ios, n, direct && !write, &fcap);
     int *retries = calloc(n ? n : 1, sizeof *retries);
     size_t redo[DEPTH];
     size_t nredo = 0, next = 0;
     unsigned inflight = 0;
     int fatal = 0;
-    if (!retries) fatal = -ENOMEM;
+    if (!retries || !fds) {
+        for (size_t i = 0; i < n; i++) ios[i].result = -ENOMEM;
+        n = 0;
+    }
 
     uint64_t verifying = 0; /* bytes of checked reads in flight */
     while (!fatal) {
@@ -248,9 +261,9 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
         while (inflight < DEPTH && (nredo || next < n)) {
             size_t idx = nredo ? redo[nredo - 1] : next;
             shoal_io *io = &ios[idx];
-            if (!nredo && io->length == 0) { /* nothing to do, as pread with no bytes */
-                next++;
-                finish_io(io, 0, write);
+            if (!nredo && (io->length == 0 || io->result != NOT_DONE)) {
+                next++; /* nothing to do (as pread with no bytes), or failed already */
+                if (io->result == NOT_DONE) finish_io(io, 0, write);
                 continue;
             }
             unsigned len = piece(io, write);
@@ -287,7 +300,7 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
         if (!inflight) fatal = 0;
     }
     free(retries);
-    if (dtable) close_direct_fds(dtable, dcap);
+    if (fds) close_fd_table(fds, fcap);
     return fatal;
 }
 
