@@ -93,7 +93,7 @@ cdef _Ring _thread_ring():
     return ring
 
 
-cdef _ring_failed(_Ring ring, int rc):
+cdef _ring_failed(_Ring ring):
     ring.abandon()
     _local.ring = None
 
@@ -125,6 +125,8 @@ cdef list _rw(list requests, bint write, bint direct, object checksums):
             io.length = length
             PyObject_GetBuffer(view, &bufs[i], flags)
             pinned += 1
+            if buf_offset + length > bufs[i].len:  # checked by the caller; kept as a guard
+                raise ValueError(f"request {i}: buffer of {bufs[i].len} bytes is too small")
             io.buf = <unsigned char *>bufs[i].buf + <Py_ssize_t>buf_offset
             if checksums is not None and checksums[i] is not None:
                 io.check = 1
@@ -133,7 +135,7 @@ cdef list _rw(list requests, bint write, bint direct, object checksums):
         with nogil:
             rc = shoal_uring_rw(ring.ptr, ios, <size_t>n, write, direct)
         if rc < 0:
-            _ring_failed(ring, rc)
+            _ring_failed(ring)
         results = []
         for i in range(n):
             io = &ios[i]
@@ -184,7 +186,7 @@ cdef list _read_files(list paths, list views, object dir_fd):
         with nogil:
             rc = shoal_uring_read_files(ring.ptr, files, <size_t>n, dfd)
         if rc < 0:
-            _ring_failed(ring, rc)
+            _ring_failed(ring)
         results = []
         for i in range(n):
             f = &files[i]
