@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from .._config import Config, load_config
 from ..control._namespace import Mount, normalize_path
-from ..control._pages import chunk_of, page_slices, read_length
+from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import Node, chunk_key, place
 from ..control.proto import DATA, LOCATE, decode_error
 from ..control.ufs import ObjectChangedError, UnderStore, open_store
@@ -380,6 +380,7 @@ class Client:
         then unless the items before it were valid.
         """
         checked = []
+        cache, now = self._meta, time.monotonic()
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
@@ -394,26 +395,35 @@ class Client:
                     f"{type(buf).__name__} is a GPU buffer; Client reads into host memory"
                 )
             view = host_view(buf, writable=True, what="read_into")
-            checked.append((view, normalize_path(path), offset))
+            # A path found in the cache was normalised when it was put there.
+            entry = cache.get(path) if type(path) is str else None
+            if entry is not None and entry[0] > now:
+                checked.append([view, path, offset, entry[1]])
+            else:
+                checked.append([view, normalize_path(path), offset, None])
         if not checked:
             return []
         for attempt in range(3):
-            metas = self._metas([p for _, p, _ in checked])
-            for meta in metas:
+            missing = [item for item in checked if item[3] is None]
+            if missing:
+                for item, meta in zip(missing, self._metas([m[1] for m in missing]), strict=True):
+                    item[3] = meta
+            for _, _, _, meta in checked:
                 if meta.is_dir:
                     raise IsADirectoryError(21, "is a directory", meta.path)
             try:
-                return self._read([(v, m, o) for (v, _, o), m in zip(checked, metas, strict=True)])
+                return self._read([(v, m, o) for v, _, o, m in checked])
             except ObjectChangedError:
                 # Our metadata is older than the worker's: drop it and ask again.
-                for _, p, _ in checked:
-                    self._meta.pop(p, None)
+                for item in checked:
+                    self._meta.pop(item[1], None)
+                    item[3] = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def _read(self, items: list[tuple[memoryview, _Meta, int]]) -> list[int]:
-        results = [read_length(o, v.nbytes, m.size) for v, m, o in items]
+        results = [max(0, min(v.nbytes, m.size - o)) for v, m, o in items]
         if not any(results):
             return results
         try:
@@ -434,7 +444,15 @@ class Client:
         members = self._members(conn)
         groups: dict[str, list] = {}  # owner id -> (destination, page slice, file)
         for view, meta, offset in items:
-            for s in page_slices(offset, view.nbytes, meta.size, page_size):
+            end = min(offset + view.nbytes, meta.size)
+            if end <= offset:
+                continue
+            index, start = divmod(offset, page_size)
+            if start + end - offset <= page_size:
+                slices = [PageSlice(index, start, end - offset, 0)]  # within one page
+            else:
+                slices = page_slices(offset, view.nbytes, meta.size, page_size)
+            for s in slices:
                 if len(members) == 1:
                     owner = members[0]
                 else:
@@ -507,11 +525,12 @@ class Client:
         """Short-circuit reads of the located pieces; the indexes of those to fetch again
         (region reclaimed since, or bytes not matching their crc32c)."""
         batch, slots, partial = [], [], []
+        regions = set()
         for k, ((dest, (_, _, start, length)), loc) in enumerate(zip(pieces, locs, strict=True)):
             if loc is None:
                 continue
             tier, region, offset, plen, crc, generation = loc
-            conn.used(tier, region)
+            regions.add((tier, region))
             location = PageLocation(tier, region, "", offset, plen, crc, generation)
             if start == 0 and length == plen:
                 batch.append((location, dest))  # a whole page: zero-copy into the caller's
@@ -522,6 +541,8 @@ class Client:
             slots.append(k)
         if not batch:
             return []
+        for tier, region in regions:
+            conn.used(tier, region)
         try:
             results: list = conn.reader.read_many_into(batch)
         except OSError as exc:

@@ -59,6 +59,7 @@ LOG_FILE = "worker.log"
 DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
 DEFAULT_METADATA_TTL = 60.0
 _SUN_PATH_MAX = 107  # bytes of a Unix socket path, without the NUL
+_MAX_FILES = 1 << 20  # files remembered for fast lookup
 
 # Mount options that Shoal itself reads; every other option goes to the under-store.
 _MOUNT_OPTIONS = ("metadata_ttl", "read_ahead")
@@ -102,6 +103,7 @@ class _File:
     fid: bytes
     store: UnderStore | None
     own: Mapping[str, Any]
+    epoch: int = 0  # of the mount table it was resolved in
 
     def record(self) -> dict[str, Any]:
         """The file record of the ``stat`` op."""
@@ -200,6 +202,8 @@ class Worker:
         self._client_fds: dict[tuple[str, int], int] = {}
         self._counters = _Counters()
         self._metadata = MetadataCache()
+        self._files: dict[str, _File] = {}  # path as asked -> file, while current
+        self._mount_epoch = 0
         self._closed = False
         self._meta_store = LocalMetaStore(os.path.join(config.home, "meta"))
         try:
@@ -257,6 +261,7 @@ class Worker:
         with self._lock:
             old = self._stores.pop(mount.path, None)
             self._stores[mount.path] = store
+            self._mount_epoch += 1
         if old is not None:
             old.close()
         self._metadata.refresh(mount.path)
@@ -267,6 +272,7 @@ class Worker:
         mount = self._mounts.unmount(path)
         with self._lock:
             store = self._stores.pop(mount.path, None)
+            self._mount_epoch += 1
         if store is not None:
             store.close()
         self._metadata.refresh(mount.path)
@@ -291,16 +297,30 @@ class Worker:
 
     def file(self, path: str) -> _File:
         """The file (or directory) at ``path``, from the metadata cache or the store."""
+        f = self._files.get(path)
+        # Still current while the metadata cache holds the same stat and no mount changed.
+        if (
+            f is not None
+            and f.epoch == self._mount_epoch
+            and self._metadata.get_stat(f.path) is f.info
+        ):
+            return f
+        raw = path
         path = normalize_path(path)
+        epoch = self._mount_epoch
         mount, rel = self._mounts.resolve(path)
         own, _ = split_mount_options(mount.options)
         if not rel:
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
-            return _File(path, mount, rel, info, b"", None, own)
+            return _File(path, mount, rel, info, b"", None, own, epoch)
         store = self._store_of(mount)
         info = self._metadata.stat(path, own["metadata_ttl"], lambda: store.stat(rel))
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
-        return _File(path, mount, rel, info, fid, store, own)
+        f = _File(path, mount, rel, info, fid, store, own, epoch)
+        if len(self._files) >= _MAX_FILES:
+            self._files.clear()
+        self._files[raw] = f
+        return f
 
     def stat(self, paths: list[str]) -> list[dict]:
         """File records, or ``{"error": ...}`` per path that fails; the stores are asked
@@ -378,7 +398,7 @@ class Worker:
             for info in self._listing(f):
                 child = f"{base}/{info.path}"
                 fid = file_id(f.mount.child_uri(info.path), info.version)
-                out[child] = _File(child, f.mount, info.path, info, fid, store, f.own)
+                out[child] = _File(child, f.mount, info.path, info, fid, store, f.own, f.epoch)
         return list(out.values())
 
     # ----------------------------------------------------------------- pages
@@ -496,13 +516,14 @@ class Worker:
 
     def _read_ahead(self, conn: ConnectionState, f: _File, first: int, last: int) -> None:
         ahead = f.own["read_ahead"]
+        if not ahead or (last + 1) * self.page_size >= f.info.size:
+            return  # nothing to read ahead (a small file, or its end)
         previous = conn.last_page.pop(f.fid, None)
         conn.last_page[f.fid] = last
         if len(conn.last_page) > 1024:
             conn.last_page.popitem(last=False)
-        sequential = first == 0 or previous in (first - 1, first)
-        if not ahead or not sequential:
-            return
+        if first != 0 and previous not in (first - 1, first):
+            return  # not a sequential reader
         count = page_count(f.info.size, self.page_size)
         wanted = [
             _Page(page_key(f.fid, i), f, i, page_length(i, f.info.size, self.page_size))
@@ -534,15 +555,16 @@ class Worker:
         pages: dict[bytes, _Page] = {}
         items = []
         spans: dict[int, list[int]] = {}
+        ps = self.page_size
         for fi, index, start, length in header["items"]:
             f = files[fi]
-            plen = page_length(index, f.info.size, self.page_size)
+            plen = min(ps, f.info.size - index * ps)
             if start + length > plen:
                 raise ValueError(
                     f"read: piece [{start}, {start + length}) is outside page {index} of "
-                    f"{f.path} ({plen} bytes)"
+                    f"{f.path} ({f.info.size} bytes)"
                 )
-            key = page_key(f.fid, index)
+            key = f.fid + index.to_bytes(4, "big")  # page_key(); index checked < 2**32
             pages.setdefault(key, _Page(key, f, index, plen))
             items.append((key, start, length))
             span = spans.setdefault(fi, [index, index])
@@ -587,8 +609,10 @@ class Worker:
     def _pass_fds(self, conn: ConnectionState, loc: PageLocation, fds: list, tokens: list) -> bool:
         """Add the descriptors a client needs to read ``loc`` that it does not hold yet;
         False when they would not fit in this answer."""
-        needed = [(loc.tier, GENERATIONS), (loc.tier, loc.region)]
-        new = [t for t in needed if t not in conn.sent]
+        sent = conn.sent
+        if (loc.tier, loc.region) in sent and (loc.tier, GENERATIONS) in sent:
+            return True
+        new = [t for t in ((loc.tier, GENERATIONS), (loc.tier, loc.region)) if t not in sent]
         if len(fds) + len(new) > MAX_FDS:
             return False
         for tier, region in new:
