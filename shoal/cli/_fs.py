@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import posixpath
 import sys
 from collections.abc import Sequence
@@ -126,8 +127,17 @@ def _stat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_all(fd: int, data: memoryview) -> None:
+    # os.write straight to the descriptor: a reader that went away fails the next write
+    # with EPIPE (the buffered stdout may not report it).
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
 def _cat(args: argparse.Namespace) -> int:
-    out = sys.stdout.buffer
+    sys.stdout.flush()
+    fd = sys.stdout.fileno()
     with open_client(args) as client:
         info = client.stat(args.path)
         if info.is_dir:
@@ -141,7 +151,6 @@ def _cat(args: argparse.Namespace) -> int:
                 raise OSError(
                     errno.EIO, f"file ended at byte {pos}, its size was {info.size}", args.path
                 )
-            out.write(buf[:n])
+            _write_all(fd, buf[:n])
             pos += n
-    out.flush()
     return 0

@@ -1,0 +1,73 @@
+"""``python -m shoal.demo`` at a tiny size: it runs, prints its table, checks the bytes and
+leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from shoal.control._worker import process_alive
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_tiny_demo(tmp_path):
+    out_json = tmp_path / "demo.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.run(
+        [sys.executable, "-m", "shoal.demo", "--objects", "40", "--total-mib", "16",
+         "--batch", "8", "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "dataset: 40 objects, 16.0 MiB" in out
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("reader "))
+    table = [line.split() for line in lines[head : lines.index("", head)]]
+    assert table[0] == [
+        "reader",
+        "epoch",
+        "time",
+        "MB/s",
+        "read",
+        "MB/s",
+        "hit",
+        "ratio",
+        "data",
+        "wait",
+    ]
+    assert [row[:3] for row in table[1:]] == [
+        ["boto3", "1", table[1][2]],
+        ["shoal", "1", "cold"],
+        ["shoal", "2", "warm"],
+    ]
+    assert "verified: 120 object reads" in out
+
+    results = json.loads(out_json.read_text())
+    epochs = results["epochs"]
+    assert [(e["reader"], e["epoch"], e["label"]) for e in epochs] == [
+        ("boto3", 1, ""),
+        ("shoal", 1, "cold"),
+        ("shoal", 2, "warm"),
+    ]
+    for e in epochs:
+        assert e["files"] == 40 and e["nbytes"] == 16 << 20
+        assert 0 <= e["wait_fraction"] <= 1 and e["mb_per_s"] > 0
+    assert epochs[0]["hit_ratio"] is None
+    assert epochs[1]["hit_ratio"] < 0.5  # cold: fetched from S3
+    assert epochs[2]["hit_ratio"] == 1.0  # warm: all from the cache
+    assert results["ufs_bytes"] == 16 << 20  # each byte fetched from S3 once
+
+    # Everything it started is stopped, its temporary home removed.
+    assert not process_alive(results["worker_pid"])
+    assert not os.path.exists(results["home"])
+    for line in ("stopped the Shoal worker", "stopped the S3 server (moto)", "removed "):
+        assert line in out
