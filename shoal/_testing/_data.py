@@ -45,7 +45,7 @@ def dataset_sizes(
     def sizes(k: float) -> np.ndarray:
         return np.floor(low * np.exp(span * u**k)).astype(np.int64).clip(low, high)
 
-    lo, hi = -12.0, 12.0  # log2 of k: the sum falls as k grows
+    lo, hi = -40.0, 40.0  # log2 of k: the sum falls as k grows
     for _ in range(100):
         mid = (lo + hi) / 2
         if sizes(2.0**mid).sum() > total:
