@@ -693,6 +693,13 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
+    def __del__(self) -> None:
+        # Not contextlib.suppress: at interpreter exit, modules may be torn down already.
+        try:  # noqa: SIM105
+            self.close()
+        except Exception:
+            pass
+
     def __exit__(self, *exc_info) -> None:
         self.close()
 

@@ -53,6 +53,7 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.reader: RegionReader | None = None
         self._regions: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._adopted: dict[tuple[str, int], int] = {}  # every descriptor the reader holds
         self._forget: list[list] = []
         try:
             self.sock.settimeout(timeout)
@@ -130,6 +131,7 @@ class Connection:
             self.close()
             raise WorkerLost(f"the worker passed {len(fds)} descriptors for {len(tokens)} tokens")
         for (tier, region), fd in zip(tokens, fds, strict=True):
+            self._adopted[tier, region] = fd
             if region == GENERATIONS:
                 self.reader.adopt(tier, None, fd)
                 continue
@@ -139,6 +141,7 @@ class Connection:
         while len(self._regions) > MAX_REGION_FDS:
             (tier, region), _ = self._regions.popitem(last=False)
             self.reader.release(tier, region)
+            del self._adopted[tier, region]
             self._forget.append([tier, region])
 
     def used(self, tier: str, region: int) -> None:
@@ -160,11 +163,20 @@ class Connection:
             self.sock.close()
         if self.reader is not None:
             self.reader.close()
+        self._adopted.clear()
 
     def abandon(self) -> None:
-        """In a forked child: close this process's copies without touching the parent's
-        connection (no shutdown, no message)."""
-        self.close()
+        """In a forked child: close this process's copies of the socket and descriptors
+        without touching the parent's connection (no shutdown, no message), and without
+        taking any lock (a thread of the parent may have held one when it forked)."""
+        self.broken = True
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        for fd in self._adopted.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._adopted.clear()
+        self.reader = None  # its descriptors are closed; its mappings go with it
 
 
 def _lock(path: str, timeout: float) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from .proto import (
@@ -90,7 +91,10 @@ class Server:
                 log.exception("accept failed")
                 continue
             conn.setblocking(True)
-            thread = threading.Thread(target=self._serve, args=(conn,), name="shoal-conn")
+            # Daemon threads: one stuck on a slow store must not keep the process alive.
+            thread = threading.Thread(
+                target=self._serve, args=(conn,), name="shoal-conn", daemon=True
+            )
             with self._lock:
                 if self._stopping.is_set():
                     conn.close()
@@ -205,5 +209,6 @@ class Server:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + 10
         for thread in conns.values():
-            thread.join(10)
+            thread.join(max(0.0, deadline - time.monotonic()))

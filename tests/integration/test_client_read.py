@@ -366,3 +366,70 @@ def test_spawned_processes_read(shared, s3_files):
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         results = pool.map(_spawned_reader, [(client, s3_files)] * 2)
     assert all(bad == [] for _, bad in results)
+
+
+def test_concurrent_misses_fetch_each_page_once(client, bucket):
+    client.mount("/m", f"s3://{bucket.name}", **bucket.options(read_ahead=0))
+    data = random_bytes(12 * PAGE + 1, 11)
+    bucket.put("hot", data)
+    client.stat("/m/hot")
+    before = client.report()["ufs_reads"]
+    start = threading.Barrier(4)
+    errors = []
+
+    def reader():
+        try:
+            start.wait(10)
+            assert read_all(client, "/m/hot", len(data)) == data
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert client.report()["ufs_reads"] - before == 13  # one ranged read per page
+
+
+def test_mem_tier_first(daemons, tmp_path):
+    """With a MEM tier (tmpfs), pages go there first and are read short-circuit from it."""
+    (tmp_path / "f").write_bytes(data := random_bytes(3 * PAGE, 12))
+    with daemons.environment(mem_capacity=1 << 20) as home:
+        client = Client()
+        mem_dir = client.config.mem_dir
+        try:
+            client.mount("/d", str(tmp_path))
+            for _ in range(2):
+                assert read_all(client, "/d/f", len(data)) == data
+            report = client.report()
+            assert report["tiers"]["MEM"]["pages"] == 3
+            assert report["tiers"]["SSD"]["pages"] == 0
+            assert report["pages_located"] == 6
+        finally:
+            client.close()
+            daemons.stop(home)
+            import shutil
+
+            shutil.rmtree(mem_dir, ignore_errors=True)
+
+
+def test_reads_larger_than_a_round(daemons, tmp_path):
+    """4 KiB pages in 4 KiB regions, a 255-region cache: a read of 230 pages goes in
+    rounds of a quarter of the cache, each located and read before the next."""
+    data = random_bytes(230 * 4096 - 100, 13)
+    (tmp_path / "f").write_bytes(data)
+    tiny = {"page_size": 4096, "region_size": 4096, "chunk_size": 16384, "capacity": 255 * 4096}
+    with daemons.environment(**tiny):
+        client = Client()
+        try:
+            client.mount("/d", str(tmp_path))
+            for _ in range(2):
+                assert read_all(client, "/d/f", len(data)) == data
+                assert read_all(client, "/d/f", 5000, 4090) == data[4090:9090]
+            report = client.report()
+            assert report["requests"] > 4  # rounds
+            assert report["pages_located"] == 2 * (230 + 3)  # 5000 bytes at 4090: 3 pages
+        finally:
+            client.close()
