@@ -17,10 +17,8 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -378,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
-    from ._testing import S3Server, make_dataset
+    from ._testing import S3Server, TemporaryHome, make_dataset
 
     compute = args.compute_ms / 1000
     with contextlib.ExitStack() as stack:
@@ -427,18 +425,20 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
             )
         record(EpochResult("boto3", 1, "", len(data), data.total, secs, wait, read, None))
 
-        home = tempfile.mkdtemp(prefix="shoal-demo-", dir="/tmp")
-        stack.callback(_remove_home, home)
-        env = {"SHOAL_HOME": home, **server.credentials_env()}
-        for var in list(os.environ):
-            if var.startswith("SHOAL_") and var not in ("SHOAL_DEBUG", "SHOAL_ENGINE"):
-                env.setdefault(var, None)
-        stack.enter_context(_environment(env))
+        def stopped(what: str, value: object) -> None:
+            _say(
+                f"stopped the Shoal worker (pid {value})"
+                if what == "worker"
+                else f"removed {value}"
+            )
 
+        home = stack.enter_context(
+            TemporaryHome("shoal-demo-", server.credentials_env(), on_stop=stopped)
+        )
         import shoal
 
         client = shoal.Client()
-        stack.callback(_stop_worker, home, client)
+        stack.callback(client.close)
         ak, sk = server.credentials_env()
         client.mount(
             MOUNT,
@@ -512,46 +512,9 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
         }
 
 
-@contextlib.contextmanager
-def _environment(values: dict[str, str | None]):
-    """Set (or, for None, remove) environment variables; restore them on exit."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _stopped(what: str, stop: Callable[[], object]) -> None:
     stop()
     _say(f"stopped the {what}")
-
-
-def _stop_worker(home: str, client) -> None:
-    from .cli._worker import stop_worker
-
-    client.close()
-    pid = stop_worker(home, timeout=30.0, force=True)
-    if pid is not None:
-        _say(f"stopped the Shoal worker (pid {pid})")
-
-
-def _remove_home(home: str) -> None:
-    from ._config import Config
-
-    with contextlib.suppress(ValueError):
-        shutil.rmtree(Config(home=home, capacity=1 << 30, mem_capacity=0).mem_dir, True)
-    shutil.rmtree(home, ignore_errors=True)
-    _say(f"removed {home}")
 
 
 if __name__ == "__main__":

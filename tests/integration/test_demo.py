@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from shoal.control._worker import process_alive
 
@@ -71,3 +75,41 @@ def test_tiny_demo(tmp_path):
     assert not os.path.exists(results["home"])
     for line in ("stopped the Shoal worker", "stopped the S3 server (moto)", "removed "):
         assert line in out
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_demo_stops_everything(signum):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "shoal.demo", "--objects", "20", "--total-mib", "4",
+         "--batch", "4", "--compute-ms", "400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        lines = []
+        while True:
+            line = proc.stdout.readline()
+            assert line, "".join(lines) + proc.stderr.read()
+            lines.append(line)
+            if line.startswith("shoal: worker pid"):
+                break
+        moto_pid = int(re.search(r"pid (\d+)", lines[0]).group(1))
+        worker_pid = int(re.search(r"worker pid (\d+)", line).group(1))
+        home = re.search(r"home (\S+),", line).group(1)
+        assert process_alive(worker_pid) and process_alive(moto_pid) and os.path.isdir(home)
+        proc.send_signal(signum)  # during the first Shoal epoch (5 batches of 0.4 s)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signum, err
+    assert f"stopped the Shoal worker (pid {worker_pid})" in out
+    assert "stopped the S3 server (moto)" in out
+    assert not process_alive(worker_pid)
+    assert not process_alive(moto_pid)
+    assert not os.path.exists(home)
