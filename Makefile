@@ -47,6 +47,7 @@ demo: build
 
 bench: build
 	$(PY) perf/engine.py
+	$(PY) perf/read_path.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf

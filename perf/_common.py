@@ -1,0 +1,107 @@
+"""Helpers of the read-path benchmarks: the results table, pre-faulted buffers, timing and
+a data directory on the repository's disk."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+MiB = 1 << 20
+ALIGN = 4096
+
+
+class Table:
+    """Measurements and ratios, grouped by section, printed at the end."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+        self.missed: list[str] = []
+
+    def add(self, section: str, what: str, value: float | None, unit: str, note: str = "") -> None:
+        if value is None:
+            text = "-"
+        elif value >= 1000:
+            text = f"{value:,.0f}"
+        else:
+            text = f"{value:.2f}"
+        self.rows.append((section, what, text, unit, note))
+
+    def ratio(
+        self,
+        section: str,
+        what: str,
+        num: float | None,
+        den: float | None,
+        target: float | None = None,
+    ) -> float | None:
+        """Add ``num / den`` (with its target, met or missed); the ratio."""
+        if num is None or not den:
+            self.add(section, what, None, "x", "not measured")
+            return None
+        value = num / den
+        note = ""
+        if target is not None:
+            met = value >= target
+            note = f"target >= {target:.1f}x: " + ("met" if met else "MISSED")
+            if not met:
+                self.missed.append(what)
+        self.add(section, what, value, "x", note)
+        return value
+
+    def render(self) -> str:
+        widths = [max(len(r[i]) for r in self.rows) for i in range(5)]
+        lines, last = [], None
+        for section, what, value, unit, note in self.rows:
+            if section != last:
+                lines.append(f"\n{section}")
+                last = section
+            lines.append(
+                f"  {what:<{widths[1]}}  {value:>{widths[2]}} {unit:<{widths[3]}}  {note}".rstrip()
+            )
+        return "\n".join(lines)
+
+
+def aligned(nbytes: int) -> np.ndarray:
+    """A page-aligned, pre-faulted byte array."""
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    arr = raw[-raw.ctypes.data % ALIGN :][:nbytes]
+    arr.fill(1)
+    return arr
+
+
+def best_of(rounds: int, contenders: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Shortest wall time of each contender over ``rounds`` alternating rounds."""
+    best = dict.fromkeys(contenders, float("inf"))
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def data_root() -> Path:
+    """A directory on the repository's disk: /tmp when it is that disk (not a tmpfs)."""
+    tmp = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        if os.stat(tmp).st_dev == os.stat(REPO).st_dev:
+            return tmp
+    return REPO

@@ -1,0 +1,369 @@
+"""Read-path benchmarks: Shoal against local files, direct boto3 and fsspec's caches over
+the same S3 data, printed as one table of results and ratios.
+
+    python perf/read_path.py [--big-mib 1024] [--small 20000] [--mixed-objects 500]
+                             [--mixed-mib 256] [--rounds 3] [--no-fsspec]
+
+(a) a warm read of one large object with ``Client.read_into`` into a pre-faulted numpy
+buffer, against ``readinto`` of the same bytes from a local file in the page cache;
+(b) many small objects (16 to 64 KiB) warm with ``Client.read_many_into``, against the
+best Python loop over local files (``os.open(dir_fd=)`` + ``os.preadv`` + ``os.close``);
+(c) a cold epoch over mixed sizes (16 KiB to 8 MiB) through Shoal, against ``get_object``
+with the same concurrency; (d) fsspec's ``filecache`` and ``blockcache`` over s3fs, epochs
+1 and 2 of the same data, against Shoal's warm epoch.
+
+The S3 server is moto, in a child process on 127.0.0.1; Shoal runs on the single-node
+default in a temporary home. Every number comes from this one run: warm measurements are
+the best of ``--rounds`` alternating rounds, epochs are single passes. Every byte read is
+checked against its crc32c once per contender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+# numpy's BLAS threads spin after use and would steal a core from the measurement.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+from _common import MiB, Table, aligned, best_of, data_root, timed  # noqa: E402
+
+import shoal  # noqa: E402
+from shoal import engine  # noqa: E402
+from shoal._testing import (  # noqa: E402
+    S3Server,
+    TemporaryHome,
+    dataset_sizes,
+    make_dataset,
+    object_bytes,
+)
+from shoal._testing._s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY  # noqa: E402
+from shoal.demo import (  # noqa: E402
+    _layout,
+    batch_bytes,
+    boto3_fetcher,
+    epoch_order,
+    run_epoch,
+    shoal_fetcher,
+    verify,
+)
+
+BUCKET = "shoal-bench"
+MOUNT = "/bench"
+KiB = 1 << 10
+
+
+def mb_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+# --------------------------------------------------------------------- (a) one large object
+
+
+def bench_big(args, ctx, table: Table) -> None:
+    size = int(args.big_mib * MiB)
+    section = f"(a) warm read of one {size / MiB:,.0f} MiB object into a pre-faulted buffer"
+    local = ctx.root / "big.bin"
+    data = aligned(size)
+    data[:] = np.frombuffer(np.random.default_rng(1).bytes(size), dtype=np.uint8)
+    crc = engine.crc32c(data)
+    with open(local, "wb") as f:
+        f.write(data.data)
+    del data
+    from boto3.s3.transfer import TransferConfig
+
+    transfer = TransferConfig(
+        multipart_chunksize=64 * MiB, max_concurrency=args.threads, use_threads=True
+    )
+    up = timed(lambda: ctx.s3.upload_file(str(local), BUCKET, "big.bin", Config=transfer))
+    table.add(section, "upload to S3 (boto3 upload_file)", mb_s(size, up), "MB/s", "setup")
+    path = f"{MOUNT}/big.bin"
+    load = timed(lambda: ctx.client.load(path))
+    table.add(section, "cold: shoal load (worker fetches from S3)", mb_s(size, load), "MB/s")
+
+    buf = aligned(size)
+    view = memoryview(buf)
+
+    def shoal_read() -> None:
+        n = ctx.client.read_into(buf, path)
+        assert n == size, (n, size)
+
+    def local_read() -> None:
+        got = 0
+        with open(local, "rb", buffering=0) as f:
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        assert got == size
+
+    local_read()  # the page cache holds it now
+    shoal_read()
+    assert engine.crc32c(buf) == crc, "Shoal returned wrong bytes"
+    times = best_of(args.rounds, {"shoal": shoal_read, "local": local_read})
+    table.add(section, "warm: shoal Client.read_into", mb_s(size, times["shoal"]), "MB/s")
+    table.add(section, "warm: local file readinto (page cache)", mb_s(size, times["local"]), "MB/s")
+    table.ratio(section, "shoal / local file", 1 / times["shoal"], 1 / times["local"], 0.8)
+    local.unlink()
+
+
+# --------------------------------------------------------------------- (c), (d) epochs
+
+
+def _fsspec_fetcher(fs, keys):
+    def get(item) -> int:
+        i, view = item
+        with fs.open(f"{BUCKET}/{keys[i]}", "rb") as f:
+            got = 0
+            while got < view.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        return got
+
+    def fetch(items):
+        # One at a time: the cached filesystems' metadata is not safe to share between
+        # threads (a concurrent download can make another thread's open fail).
+        return [get(item) for item in items]
+
+    return fetch
+
+
+def bench_epochs(args, ctx, table: Table) -> None:
+    sizes = dataset_sizes(args.mixed_objects, int(args.mixed_mib * MiB), seed=2)
+    up = timed(
+        lambda: ctx.datasets.setdefault(
+            "mixed",
+            make_dataset(ctx.s3, BUCKET, sizes, prefix="mixed/", seed=2, threads=args.threads),
+        )
+    )
+    data = ctx.datasets["mixed"]
+    total = data.total
+    section = (
+        f"(c), (d) epochs over {len(data):,} objects, {total / MiB:,.0f} MiB, 16 KiB to 8 MiB "
+        f"(median {int(np.median(sizes)) // KiB} KiB), batches of {args.epoch_batch}, "
+        f"{args.threads} concurrent requests"
+    )
+    table.add(section, "upload to S3 (boto3 put_object)", mb_s(total, up), "MB/s", "setup")
+    batches = epoch_order(len(data), 2, 1, args.epoch_batch)
+    arenas = [aligned(max(batch_bytes(b, sizes) for b in batches))]
+
+    def epoch(fetch) -> float:
+        # Seconds spent reading; each batch is then checked against the crc32c (untimed).
+        _, _, read = run_epoch(fetch, batches, arenas, sizes, data.crcs, data.keys, 0.0)
+        return mb_s(total, read)
+
+    with ThreadPoolExecutor(args.threads) as pool:
+        boto = epoch(boto3_fetcher(ctx.s3, BUCKET, data.keys, pool))
+        table.add(section, "cold: boto3 get_object", boto, "MB/s")
+        paths = [f"{MOUNT}/{k}" for k in data.keys]
+        cold = epoch(shoal_fetcher(ctx.client, paths))
+        table.add(section, "cold: shoal read_many_into (epoch 1)", cold, "MB/s")
+        warm = epoch(shoal_fetcher(ctx.client, paths))
+        table.add(section, "warm: shoal read_many_into (epoch 2)", warm, "MB/s")
+        table.ratio(section, "(c) cold shoal / boto3", cold, boto, 0.9)
+
+        if args.no_fsspec:
+            table.add(section, "fsspec: skipped (--no-fsspec)", None, "")
+            return
+        try:
+            import fsspec
+            import s3fs  # noqa: F401 (fsspec's s3 protocol)
+        except ImportError:
+            table.add(section, "fsspec: skipped, s3fs is not installed", None, "")
+            return
+        warm_fsspec = {}
+        for kind in ("filecache", "blockcache"):
+            fs = fsspec.filesystem(
+                kind,
+                target_protocol="s3",
+                target_options={
+                    "key": FAKE_ACCESS_KEY,
+                    "secret": FAKE_SECRET_KEY,
+                    "client_kwargs": {
+                        "endpoint_url": ctx.server.endpoint_url,
+                        "region_name": "us-east-1",
+                    },
+                    "max_concurrency": args.threads,
+                },
+                cache_storage=str(ctx.root / kind),
+                skip_instance_cache=True,
+            )
+            fetch = _fsspec_fetcher(fs, data.keys)
+            first = epoch(fetch)
+            second = epoch(fetch)
+            table.add(section, f"fsspec {kind} epoch 1 (one thread)", first, "MB/s")
+            table.add(section, f"fsspec {kind} epoch 2 (one thread)", second, "MB/s")
+            warm_fsspec[kind] = second
+        table.ratio(
+            section, "(d) warm shoal / warm fsspec filecache", warm, warm_fsspec["filecache"], 1.0
+        )
+        table.ratio(section, "warm shoal / warm fsspec blockcache", warm, warm_fsspec["blockcache"])
+
+
+# --------------------------------------------------------------------- (b) small objects
+
+
+def bench_small(args, ctx, table: Table) -> None:
+    rng = np.random.default_rng(3)
+    sizes = [
+        int(s)
+        for s in rng.integers(args.small_min_kib * KiB, args.small_max_kib * KiB + 1, args.small)
+    ]
+    total = sum(sizes)
+    section = (
+        f"(b) {len(sizes):,} small objects, {args.small_min_kib}-{args.small_max_kib} KiB "
+        f"({total / MiB:,.0f} MiB), warm, batches of {args.small_batch}"
+    )
+    up = timed(
+        lambda: ctx.datasets.setdefault(
+            "small",
+            make_dataset(ctx.s3, BUCKET, sizes, prefix="small/", seed=3, threads=args.threads),
+        )
+    )
+    data = ctx.datasets["small"]
+    table.add(section, "upload to S3 (boto3 put_object)", len(sizes) / up, "files/s", "setup")
+
+    folder = ctx.root / "small"
+    folder.mkdir()
+    names = [k.rsplit("/", 1)[1] for k in data.keys]
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i, name in enumerate(names):
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dfd)
+            os.write(fd, object_bytes(3, i, sizes[i]))
+            os.close(fd)
+
+        load = timed(lambda: ctx.client.load(f"{MOUNT}/small"))
+        table.add(
+            section, "cold: shoal load (worker fetches from S3)", len(sizes) / load, "files/s"
+        )
+
+        batch = args.small_batch
+        order = [list(range(i, min(i + batch, len(sizes)))) for i in range(0, len(sizes), batch)]
+        arena = aligned(max(batch_bytes(b, sizes) for b in order))
+        layouts = [_layout(arena, b, sizes) for b in order]
+        shoal_items = [
+            [(v, f"{MOUNT}/{data.keys[i]}", 0) for i, v in zip(b, views, strict=True)]
+            for b, views in zip(order, layouts, strict=True)
+        ]
+        local_items = [
+            [(names[i].encode(), [v]) for i, v in zip(b, views, strict=True)]
+            for b, views in zip(order, layouts, strict=True)
+        ]
+
+        def shoal_read() -> None:
+            for items in shoal_items:
+                ctx.client.read_many_into(items)
+
+        def local_read() -> None:
+            for items in local_items:
+                for name, bufs in items:
+                    fd = os.open(name, os.O_RDONLY, dir_fd=dfd)
+                    os.preadv(fd, bufs, 0)
+                    os.close(fd)
+
+        for b, views, items in zip(order, layouts, shoal_items, strict=True):
+            got = ctx.client.read_many_into(items)
+            verify(b, views, got, sizes, data.crcs, data.keys)
+        local_read()
+        times = best_of(args.rounds, {"shoal": shoal_read, "local": local_read})
+    finally:
+        os.close(dfd)
+    n = len(sizes)
+    table.add(section, "warm: shoal read_many_into", n / times["shoal"], "files/s")
+    table.add(section, "warm: python loop, os.open + os.preadv", n / times["local"], "files/s")
+    table.ratio(section, "shoal / python loop", 1 / times["shoal"], 1 / times["local"], 0.8)
+    shutil.rmtree(folder)
+
+
+# --------------------------------------------------------------------- main
+
+
+class Context:
+    """What every part shares: the S3 server and client, Shoal's client, a directory."""
+
+    def __init__(self, server, s3, client, root: Path):
+        self.server, self.s3, self.client, self.root = server, s3, client, root
+        self.datasets: dict = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    a = p.add_argument_group("(a) one large object")
+    a.add_argument("--big-mib", type=float, default=1024, help="object size (default 1024)")
+    b = p.add_argument_group("(b) small objects")
+    b.add_argument("--small", type=int, default=20_000, help="objects (default 20000)")
+    b.add_argument("--small-min-kib", type=int, default=16, help="smallest (default 16)")
+    b.add_argument("--small-max-kib", type=int, default=64, help="largest (default 64)")
+    b.add_argument("--small-batch", type=int, default=256, help="files per read_many_into")
+    c = p.add_argument_group("(c), (d) epochs")
+    c.add_argument("--mixed-objects", type=int, default=500, help="objects (default 500)")
+    c.add_argument("--mixed-mib", type=float, default=256, help="total MiB (default 256)")
+    c.add_argument("--epoch-batch", type=int, default=32, help="files per batch (default 32)")
+    c.add_argument("--no-fsspec", action="store_true", help="skip the fsspec baselines")
+    g = p.add_argument_group("all")
+    g.add_argument("--threads", type=int, default=16, help="boto3/fsspec concurrency (16)")
+    g.add_argument("--rounds", type=int, default=3, help="rounds per warm measurement (3)")
+    g.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these")
+    args = p.parse_args(argv)
+    parts = set(args.only or ("a", "b", "c"))
+
+    print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
+    started = time.perf_counter()
+    table = Table()
+    root = Path(tempfile.mkdtemp(prefix="shoal-bench-", dir=data_root()))
+    try:
+        with S3Server() as server, TemporaryHome("shoal-bench-", server.credentials_env()):
+            s3 = server.client(max_pool_connections=max(args.threads, 10))
+            s3.create_bucket(Bucket=BUCKET)
+            with shoal.Client() as client:
+                ak, sk = server.credentials_env()
+                client.mount(
+                    MOUNT,
+                    f"s3://{BUCKET}",
+                    endpoint_url=server.endpoint_url,
+                    region="us-east-1",
+                    addressing_style="path",
+                    access_key_env=ak,
+                    secret_key_env=sk,
+                )
+                report = client.report()
+                tiers = ", ".join(
+                    f"{name} {t['capacity'] / 2**30:.1f} GiB" for name, t in report["tiers"].items()
+                )
+                print(
+                    f"S3: moto at {server.endpoint_url}; Shoal: worker pid "
+                    f"{report['worker']['pid']}, engine {report['worker']['engine']}, "
+                    f"tiers {tiers}, page {report['worker']['page_size'] // MiB} MiB; "
+                    f"local data: {root}",
+                    flush=True,
+                )
+                ctx = Context(server, s3, client, root)
+                if "a" in parts:
+                    bench_big(args, ctx, table)
+                if "c" in parts:
+                    bench_epochs(args, ctx, table)
+                if "b" in parts:
+                    bench_small(args, ctx, table)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(table.render())
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if table.missed:
+        print(f"targets missed: {', '.join(table.missed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
