@@ -47,6 +47,7 @@ demo: build
 
 bench: build
 	$(PY) perf/engine.py
+	$(PY) perf/pagestore.py
 	$(PY) perf/read_path.py
 
 lint: build
