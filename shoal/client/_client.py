@@ -625,13 +625,14 @@ class Client:
         if isinstance(paths, str):
             paths = [paths]
         paths = [normalize_path(p) for p in paths]
-        conn = self._conn()
-        conn.send({"op": "load", "paths": paths, "metadata_only": bool(metadata_only)})
-        old = conn.sock.gettimeout()
-        conn.sock.settimeout(None)  # a load takes as long as it takes; progress shows life
+        self._conn()  # checks the client, starts the worker if need be
+        # A connection of its own: the progress callback may use this client meanwhile, and
+        # a load takes as long as it takes (no timeout; progress shows it is alive).
+        conn = connect(self._config, start=self._start, timeout=None, start_timeout=1.0)
         try:
+            conn.send({"op": "load", "paths": paths, "metadata_only": bool(metadata_only)})
             while True:
-                answer, payload_len, fds = conn.receive()
+                answer, _, fds = conn.receive()
                 for fd in fds:
                     os.close(fd)
                 state = LoadProgress(**answer["progress"])
@@ -640,8 +641,7 @@ class Client:
                 if answer.get("done"):
                     return state
         finally:
-            if not conn.broken:
-                conn.sock.settimeout(old)
+            conn.close()
 
     def free(self, path: str) -> dict:
         """Drop the cached pages of the files under ``path``.

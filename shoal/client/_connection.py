@@ -14,6 +14,7 @@ from collections import OrderedDict
 from typing import Any
 
 from .._config import Config
+from .._errors import ShoalError
 from ..control._worker import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
 from ..control.proto import (
     GENERATIONS,
@@ -33,9 +34,13 @@ __all__ = ["Connection", "WorkerLost", "connect"]
 MAX_REGION_FDS = 256
 
 
-class WorkerLost(Exception):
+class WorkerLost(ShoalError, ConnectionError):
     """The connection to the worker failed (closed, reset, timed out, garbled): the worker
-    is gone or unusable. Internal: the client falls back or reconnects."""
+    is gone or unusable (ECONNRESET). Reads fall back to the under-store and other calls
+    reconnect once; the caller sees it only when that fails too."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.ECONNRESET, message)
 
 
 class Connection:

@@ -232,7 +232,12 @@ def test_load_and_free(client, bucket):
     assert done == LoadProgress(len(files), len(files), total, total)
     assert client.report()["pages"] == 0
     seen = []
-    done = client.load(["/m/ds"], progress=seen.append)
+
+    def progress(p):
+        seen.append(p)
+        client.report()  # the client stays usable while it loads
+
+    done = client.load(["/m/ds"], progress=progress)
     assert done == LoadProgress(len(files), len(files), total, total)
     assert seen and seen[-1] == done
     assert all(isinstance(p, LoadProgress) and p.files_total == len(files) for p in seen)
