@@ -60,6 +60,7 @@ DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
 DEFAULT_METADATA_TTL = 60.0
 _SUN_PATH_MAX = 107  # bytes of a Unix socket path, without the NUL
 _MAX_FILES = 1 << 20  # files remembered for fast lookup
+_PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
 
 # Mount options that Shoal itself reads; every other option goes to the under-store.
 _MOUNT_OPTIONS = ("metadata_ttl", "read_ahead")
@@ -158,6 +159,8 @@ class _Counters:
         "pages_prefetched",
         "ufs_reads",
         "ufs_bytes",
+        "ufs_stats",
+        "ufs_lists",
         "store_full",
     )
 
@@ -314,13 +317,17 @@ class Worker:
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
             return _File(path, mount, rel, info, b"", None, own, epoch)
         store = self._store_of(mount)
-        info = self._metadata.stat(path, own["metadata_ttl"], lambda: store.stat(rel))
+        info = self._metadata.stat(path, own["metadata_ttl"], lambda: self._stat_one(store, rel))
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
         f = _File(path, mount, rel, info, fid, store, own, epoch)
         if len(self._files) >= _MAX_FILES:
             self._files.clear()
         self._files[raw] = f
         return f
+
+    def _stat_one(self, store: UnderStore, rel: str) -> ObjectInfo:
+        self._counters.add(ufs_stats=1)
+        return store.stat(rel)
 
     def stat(self, paths: list[str]) -> list[dict]:
         """File records, or ``{"error": ...}`` per path that fails; the stores are asked
@@ -334,7 +341,43 @@ class Worker:
 
         if len(paths) == 1:
             return [one(paths[0])]
+        self._prime(paths)
         return list(self._stat_pool.map(one, paths))
+
+    def _prime(self, paths: list[str]) -> None:
+        """Fill the metadata cache for many uncached files of one directory with a listing
+        (one request per thousand objects) rather than a stat each (the cold epoch of a
+        dataset of small files)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        mounts: dict[str, Mount] = {}
+        for p in paths:
+            try:
+                path = normalize_path(p)
+                mount, rel = self._mounts.resolve(path)
+            except (ValueError, FileNotFoundError):
+                continue  # reported by the stat of that path
+            if rel and self._metadata.get_stat(path) is None:
+                groups.setdefault((mount.path, rel.rpartition("/")[0]), []).append(rel)
+                mounts[mount.path] = mount
+        for (where, parent), rels in groups.items():
+            ttl = split_mount_options(mounts[where].options)[0]["metadata_ttl"]
+            if len(rels) < _PRIME_MIN or ttl <= 0:
+                continue
+            rels.sort()
+            base = where.rstrip("/")
+            budget = 4 * len(rels) + 1000  # objects listed at most: others may sit between
+            try:
+                store = self._store_of(mounts[where])
+                self._counters.add(ufs_lists=1)
+                # Start just before the first wanted object, stop after the last.
+                listing = store.list(parent + "/" if parent else "", start_after=rels[0][:-1])
+                for info in listing:
+                    self._metadata.put_stat(f"{base}/{info.path}", info, ttl)
+                    budget -= 1
+                    if info.path >= rels[-1] or budget <= 0:
+                        break
+            except (OSError, ValueError):
+                continue  # the stat of each path reports what is wrong
 
     def _listing(self, f: _File) -> list[ObjectInfo]:
         prefix = f.rel + "/" if f.rel else ""
@@ -342,6 +385,7 @@ class Worker:
         if cached is not None:
             return cached
         store = self._store_of(f.mount)
+        self._counters.add(ufs_lists=1)
         infos = list(store.list(prefix))
         ttl = f.own["metadata_ttl"]
         self._metadata.put_list(f.path, infos, ttl)

@@ -438,3 +438,23 @@ def test_reads_larger_than_a_round(daemons, tmp_path):
             assert report["pages_located"] == 2 * (230 + 3)  # 5000 bytes at 4090: 3 pages
         finally:
             client.close()
+
+
+def test_batch_of_cold_small_files_lists_instead_of_stat(client, bucket):
+    client.mount("/m", f"s3://{bucket.name}", **bucket.options())
+    files = {f"set/{i:03d}": random_bytes(100 + i, 400 + i) for i in range(40)}
+    bucket.put("set/000-other", b"not asked for")
+    bucket.put("zzz", b"elsewhere")
+    for key, data in files.items():
+        bucket.put(key, data)
+    items = [(bytearray(200), f"/m/{key}", 0) for key in list(files)[5:35]]
+    items.append((bytearray(10), "/m/zzz", 0))
+    counts = client.read_many_into(items)
+    for (buf, path, _), n in zip(items, counts, strict=True):
+        expected = b"elsewhere" if path == "/m/zzz" else files[path[3:]]
+        assert bytes(buf[:n]) == expected
+    report = client.report()
+    assert report["ufs_lists"] == 1  # one listing for the 30 files
+    assert report["ufs_stats"] == 1  # zzz, alone in its directory
+    with pytest.raises(FileNotFoundError):
+        client.read_many_into([(bytearray(1), f"/m/set/{i:03d}x", 0) for i in range(10)])
