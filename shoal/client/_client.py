@@ -31,6 +31,7 @@ log = logging.getLogger("shoal.client")
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _MAX_ROUND = 256 << 20  # bytes asked of a worker in one request at most
+_WORKER_RETRY_DELAY = 5.0  # seconds reads go straight to the stores after a failed start
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,7 @@ class Client:
         self._conns: list[Connection] = []
         self._meta: dict[str, tuple[float, _Meta]] = {}
         self._stores: dict[str, UnderStore] = {}
+        self._direct_until = 0.0  # monotonic time before which reads skip the worker
 
     def __reduce__(self):
         return (
@@ -426,12 +428,20 @@ class Client:
         results = [max(0, min(v.nbytes, m.size - o)) for v, m, o in items]
         if not any(results):
             return results
-        try:
-            conn = self._conn()
-            self._read_pieces(conn, items)
-        except WorkerLost as exc:
-            log.warning("%s; reading from the under-stores directly", exc)
-            self._read_direct(items, results)
+        if time.monotonic() >= self._direct_until:
+            try:
+                conn = self._conn()
+            except (ConnectionError, TimeoutError) as exc:
+                # No worker, and none could be started: the data is still in its store.
+                log.warning("no Shoal worker (%s); reading from the under-stores directly", exc)
+                self._direct_until = time.monotonic() + _WORKER_RETRY_DELAY
+            else:
+                try:
+                    self._read_pieces(conn, items)
+                    return results
+                except WorkerLost as exc:
+                    log.warning("%s; reading from the under-stores directly", exc)
+        self._read_direct(items, results)
         return results
 
     def _members(self, conn: Connection) -> list[Node]:

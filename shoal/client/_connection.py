@@ -32,6 +32,7 @@ __all__ = ["Connection", "WorkerLost", "connect"]
 #: Region descriptors a connection keeps open at most; older ones are closed (and the
 #: worker told so) past it, which keeps a process well inside its descriptor limit.
 MAX_REGION_FDS = 256
+_HELLO_TIMEOUT = 30.0
 
 
 class WorkerLost(ShoalError, ConnectionError):
@@ -61,10 +62,12 @@ class Connection:
         self._adopted: dict[tuple[str, int], int] = {}  # every descriptor the reader holds
         self._forget: list[list] = []
         try:
-            self.sock.settimeout(timeout)
+            # A worker that accepts but does not answer is given up on soon.
+            self.sock.settimeout(min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT))
             self.sock.connect(path)
             self.reader = RegionReader()
             self.hello = self.call({"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION})
+            self.sock.settimeout(timeout)
         except BaseException:
             self.close()
             raise

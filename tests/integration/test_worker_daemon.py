@@ -180,3 +180,21 @@ def test_closed_client(client):
     client.close()
     with pytest.raises(ValueError, match="closed"):
         client.mounts()
+
+
+def test_reads_go_direct_when_no_worker_can_start(client, shoal_home, daemons, bucket):
+    client.mount("/m", f"s3://{bucket.name}", **bucket.options())
+    data = random_bytes(3 * PAGE, 6)
+    bucket.put("obj", data)
+    buf = bytearray(len(data))
+    assert client.read_into(buf, "/m/obj") == len(data)
+    daemons.stop(shoal_home)
+    cache = os.path.join(shoal_home, "cache")
+    os.rename(cache, cache + ".moved")
+    with open(cache, "w") as f:
+        f.write("a file where the cache directory should be: the worker cannot start")
+    buf = bytearray(len(data))
+    assert client.read_into(buf, "/m/obj") == len(data) and bytes(buf) == data
+    assert daemons.pid(shoal_home) is None
+    with pytest.raises(ConnectionError, match="exited during start-up; see .*worker.log"):
+        client.stat("/m/other")
