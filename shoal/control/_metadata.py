@@ -104,7 +104,8 @@ class MetadataCache:
         self._put(self._lists, path, list(infos), ttl)
 
     def refresh(self, path: str) -> int:
-        """Forget ``path`` and everything under it (every entry for ``/``).
+        """Forget ``path`` and everything under it (every entry for ``/``), and the
+        listings of the directories above it, which hold its old stat too.
 
         Returns
         -------
@@ -112,10 +113,17 @@ class MetadataCache:
             Entries dropped.
         """
         under = path.rstrip("/") + "/"
+        above = set()
+        probe = path
+        while probe not in ("/", ""):
+            probe = probe.rsplit("/", 1)[0] or "/"
+            above.add(probe)
         dropped = 0
         with self._lock:
             for table in (self._stats, self._lists):
                 doomed = [p for p in table if p == path or p.startswith(under)]
+                if table is self._lists:
+                    doomed += [p for p in above if p in table]
                 for p in doomed:
                     del table[p]
                 dropped += len(doomed)

@@ -1,0 +1,85 @@
+"""The worker's metadata cache: TTLs, refresh of a path, a prefix and the listings above."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.control._metadata import MetadataCache
+from shoal.control.ufs import ObjectInfo
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def info(path: str, version: str = "v1") -> ObjectInfo:
+    return ObjectInfo(path, 10, version, 0.0)
+
+
+def test_entries_expire_after_their_ttl():
+    clock = Clock()
+    cache = MetadataCache(clock=clock)
+    cache.put_stat("/m/a", info("a"), ttl=5)
+    cache.put_list("/m", [info("a")], ttl=1)
+    assert cache.get_stat("/m/a") == info("a")
+    assert cache.get_list("/m") == [info("a")]
+    clock.now += 2
+    assert cache.get_list("/m") is None
+    assert cache.get_stat("/m/a") is not None
+    clock.now += 3
+    assert cache.get_stat("/m/a") is None
+    assert len(cache) == 0
+
+
+def test_zero_ttl_caches_nothing():
+    cache = MetadataCache()
+    cache.put_stat("/m/a", info("a"), ttl=0)
+    assert cache.get_stat("/m/a") is None
+    loads = []
+    for _ in range(2):
+        cache.stat("/m/a", 0, lambda: loads.append(1) or info("a"))
+    assert len(loads) == 2
+
+
+def test_stat_loads_once_within_ttl():
+    cache = MetadataCache()
+    loads = []
+    for _ in range(3):
+        assert cache.stat("/m/a", 60, lambda: loads.append(1) or info("a")) == info("a")
+    assert len(loads) == 1
+
+
+def test_refresh_drops_path_prefix_and_listings_above():
+    cache = MetadataCache()
+    for p in ("/m/d/a", "/m/d/b", "/m/d2/a", "/m/e"):
+        cache.put_stat(p, info(p), 60)
+    for p in ("/m", "/m/d", "/m/d2"):
+        cache.put_list(p, [], 60)
+    assert cache.refresh("/m/d") == 2 + 2  # two stats, its own listing and /m's
+    assert cache.get_stat("/m/d2/a") is not None  # a sibling sharing a name prefix stays
+    assert cache.get_list("/m/d2") == []
+    assert cache.get_list("/m") is None
+    assert cache.refresh("/m/d2/a") == 2  # the file and its directory's listing
+    assert cache.refresh("/") == 1  # /m/e
+    assert len(cache) == 0
+
+
+def test_oldest_entries_go_past_the_limit():
+    clock = Clock()
+    cache = MetadataCache(max_entries=3, clock=clock)
+    cache.put_stat("/a", info("a"), 1)
+    for p in ("/b", "/c", "/d"):
+        cache.put_stat(p, info(p), 60)
+    assert cache.get_stat("/a") is None and len(cache) == 3  # the oldest went
+    clock.now += 30
+    cache.put_stat("/e", info("e"), 60)
+    assert cache.get_stat("/b") is None and cache.get_stat("/e") is not None
+
+
+def test_bad_limit():
+    with pytest.raises(ValueError, match="max_entries"):
+        MetadataCache(max_entries=0)
