@@ -32,3 +32,31 @@ def s3_server(moto_server):
     """The session's moto server, emptied before the test."""
     moto_server.reset()
     return moto_server
+
+
+@pytest.fixture(scope="session")
+def etcd_server():
+    """One etcd (Debian's etcd-server) for the session, on free loopback ports in a
+    temporary data directory; tests keep apart by key prefix."""
+    from etcdserver import EtcdServer
+
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_etcd():
+    """An etcd of the test's own, for outages: ``stop()`` kills it, ``start()`` brings it
+    back on the same ports with the same data."""
+    from etcdserver import EtcdServer
+
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
