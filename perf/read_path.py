@@ -61,6 +61,17 @@ MOUNT = "/bench"
 KiB = 1 << 10
 
 
+def step(text: str) -> None:
+    """Progress on stderr; the results come as one table at the end."""
+    print(f"  ... {text}", file=sys.stderr, flush=True)
+
+
+def cache_only(before: dict, after: dict) -> None:
+    """Check that nothing was read from an under-store between two reports."""
+    fetched = after["ufs_bytes"] - before["ufs_bytes"]
+    assert fetched == 0, f"a warm measurement fetched {fetched} bytes from the under-store"
+
+
 def mb_s(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 
@@ -83,11 +94,14 @@ def bench_big(args, ctx, table: Table) -> None:
     transfer = TransferConfig(
         multipart_chunksize=64 * MiB, max_concurrency=args.threads, use_threads=True
     )
+    step(f"(a) uploading a {size / MiB:,.0f} MiB object")
     up = timed(lambda: ctx.s3.upload_file(str(local), BUCKET, "big.bin", Config=transfer))
     table.add(section, "upload to S3 (boto3 upload_file)", mb_s(size, up), "MB/s", "setup")
     path = f"{MOUNT}/big.bin"
+    step("(a) loading it into Shoal")
     load = timed(lambda: ctx.client.load(path))
     table.add(section, "cold: shoal load (worker fetches from S3)", mb_s(size, load), "MB/s")
+    step("(a) warm reads")
 
     buf = aligned(size)
     view = memoryview(buf)
@@ -109,7 +123,9 @@ def bench_big(args, ctx, table: Table) -> None:
     local_read()  # the page cache holds it now
     shoal_read()
     assert engine.crc32c(buf) == crc, "Shoal returned wrong bytes"
+    before = ctx.client.report()
     times = best_of(args.rounds, {"shoal": shoal_read, "local": local_read})
+    cache_only(before, ctx.client.report())
     table.add(section, "warm: shoal Client.read_into", mb_s(size, times["shoal"]), "MB/s")
     table.add(section, "warm: local file readinto (page cache)", mb_s(size, times["local"]), "MB/s")
     table.ratio(section, "shoal / local file", 1 / times["shoal"], 1 / times["local"], 0.8)
@@ -141,6 +157,7 @@ def _fsspec_fetcher(fs, keys):
 
 def bench_epochs(args, ctx, table: Table) -> None:
     sizes = dataset_sizes(args.mixed_objects, int(args.mixed_mib * MiB), seed=2)
+    step(f"(c) uploading {len(sizes):,} objects of mixed sizes")
     up = timed(
         lambda: ctx.datasets.setdefault(
             "mixed",
@@ -163,13 +180,16 @@ def bench_epochs(args, ctx, table: Table) -> None:
         _, _, read = run_epoch(fetch, batches, arenas, sizes, data.crcs, data.keys, 0.0)
         return mb_s(total, read)
 
+    step("(c) epochs: boto3, shoal cold, shoal warm")
     with ThreadPoolExecutor(args.threads) as pool:
         boto = epoch(boto3_fetcher(ctx.s3, BUCKET, data.keys, pool))
         table.add(section, "cold: boto3 get_object", boto, "MB/s")
         paths = [f"{MOUNT}/{k}" for k in data.keys]
         cold = epoch(shoal_fetcher(ctx.client, paths))
         table.add(section, "cold: shoal read_many_into (epoch 1)", cold, "MB/s")
+        before = ctx.client.report()
         warm = epoch(shoal_fetcher(ctx.client, paths))
+        cache_only(before, ctx.client.report())
         table.add(section, "warm: shoal read_many_into (epoch 2)", warm, "MB/s")
         table.ratio(section, "(c) cold shoal / boto3", cold, boto, 0.9)
 
@@ -184,6 +204,7 @@ def bench_epochs(args, ctx, table: Table) -> None:
             return
         warm_fsspec = {}
         for kind in ("filecache", "blockcache"):
+            step(f"(d) fsspec {kind}, epochs 1 and 2")
             fs = fsspec.filesystem(
                 kind,
                 target_protocol="s3",
@@ -216,37 +237,49 @@ def bench_epochs(args, ctx, table: Table) -> None:
 
 def bench_small(args, ctx, table: Table) -> None:
     rng = np.random.default_rng(3)
-    sizes = [
-        int(s)
-        for s in rng.integers(args.small_min_kib * KiB, args.small_max_kib * KiB + 1, args.small)
-    ]
+    low, high = args.small_min_kib * KiB, args.small_max_kib * KiB
+    sizes = [int(s) for s in rng.integers(low, high + 1, args.small)]
+    crcs = [0] * len(sizes)
     total = sum(sizes)
     section = (
         f"(b) {len(sizes):,} small objects, {args.small_min_kib}-{args.small_max_kib} KiB "
         f"({total / MiB:,.0f} MiB), warm, batches of {args.small_batch}"
     )
-    up = timed(
-        lambda: ctx.datasets.setdefault(
-            "small",
-            make_dataset(ctx.s3, BUCKET, sizes, prefix="small/", seed=3, threads=args.threads),
-        )
-    )
-    data = ctx.datasets["small"]
-    table.add(section, "upload to S3 (boto3 put_object)", len(sizes) / up, "files/s", "setup")
-
     folder = ctx.root / "small"
     folder.mkdir()
-    names = [k.rsplit("/", 1)[1] for k in data.keys]
+    names = [f"part-{i:06d}.bin" for i in range(len(sizes))]
+    step(f"(b) writing {len(sizes):,} small files")
     dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for i, name in enumerate(names):
+            blob = object_bytes(3, i, sizes[i])
+            crcs[i] = engine.crc32c(blob)
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dfd)
-            os.write(fd, object_bytes(3, i, sizes[i]))
+            os.write(fd, blob)
             os.close(fd)
+        if args.small_source == "s3":
+            step(f"(b) uploading {len(sizes):,} small objects")
+            up = timed(
+                lambda: make_dataset(
+                    ctx.s3, BUCKET, sizes, prefix="small/", seed=3, threads=args.threads
+                )
+            )
+            table.add(section, "upload to S3 (boto3 put_object)", len(sizes) / up, "files/s")
+            mount = f"{MOUNT}/small"
+        else:
+            # The warm path does not depend on the under-store: a directory mount saves
+            # the 40,000 requests to moto that uploading and fetching would cost.
+            mount = "/bench-small"
+            ctx.client.mount(mount, folder.as_uri())
+        keys = [f"{mount}/{name}" for name in names]
 
-        load = timed(lambda: ctx.client.load(f"{MOUNT}/small"))
+        step("(b) loading them into Shoal")
+        load = timed(lambda: ctx.client.load(mount))
         table.add(
-            section, "cold: shoal load (worker fetches from S3)", len(sizes) / load, "files/s"
+            section,
+            f"cold: shoal load from {'S3' if args.small_source == 's3' else 'a file:// mount'}",
+            len(sizes) / load,
+            "files/s",
         )
 
         batch = args.small_batch
@@ -254,7 +287,7 @@ def bench_small(args, ctx, table: Table) -> None:
         arena = aligned(max(batch_bytes(b, sizes) for b in order))
         layouts = [_layout(arena, b, sizes) for b in order]
         shoal_items = [
-            [(v, f"{MOUNT}/{data.keys[i]}", 0) for i, v in zip(b, views, strict=True)]
+            [(v, keys[i], 0) for i, v in zip(b, views, strict=True)]
             for b, views in zip(order, layouts, strict=True)
         ]
         local_items = [
@@ -273,17 +306,22 @@ def bench_small(args, ctx, table: Table) -> None:
                     os.preadv(fd, bufs, 0)
                     os.close(fd)
 
+        step("(b) warm reads")
         for b, views, items in zip(order, layouts, shoal_items, strict=True):
             got = ctx.client.read_many_into(items)
-            verify(b, views, got, sizes, data.crcs, data.keys)
+            verify(b, views, got, sizes, crcs, keys)
         local_read()
+        before = ctx.client.report()
         times = best_of(args.rounds, {"shoal": shoal_read, "local": local_read})
+        cache_only(before, ctx.client.report())
     finally:
         os.close(dfd)
     n = len(sizes)
     table.add(section, "warm: shoal read_many_into", n / times["shoal"], "files/s")
     table.add(section, "warm: python loop, os.open + os.preadv", n / times["local"], "files/s")
     table.ratio(section, "shoal / python loop", 1 / times["shoal"], 1 / times["local"], 0.8)
+    if args.small_source != "s3":
+        ctx.client.unmount(mount)
     shutil.rmtree(folder)
 
 
@@ -307,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--small-min-kib", type=int, default=16, help="smallest (default 16)")
     b.add_argument("--small-max-kib", type=int, default=64, help="largest (default 64)")
     b.add_argument("--small-batch", type=int, default=256, help="files per read_many_into")
+    b.add_argument(
+        "--small-source",
+        choices=("local", "s3"),
+        default="local",
+        help="under-store of the small objects: a directory mount (default) or S3 (slow: "
+        "moto serves a few hundred requests a second)",
+    )
     c = p.add_argument_group("(c), (d) epochs")
     c.add_argument("--mixed-objects", type=int, default=500, help="objects (default 500)")
     c.add_argument("--mixed-mib", type=float, default=256, help="total MiB (default 256)")

@@ -18,6 +18,15 @@ from ._common import format_duration
 __all__ = ["ProgressBar"]
 
 
+def _pair(done: int, total: int) -> str:
+    """``done`` of ``total`` bytes, the unit written once when both share it."""
+    a, b = format_size(done), format_size(total)
+    unit = b.rsplit(" ", 1)[1]
+    if a.endswith(" " + unit):
+        return f"{a.rsplit(' ', 1)[0]}/{b}"
+    return f"{a}/{b}"
+
+
 class ProgressBar:
     """Progress of a job counted in files and bytes.
 
@@ -69,6 +78,7 @@ class ProgressBar:
         self._last_line = ""
         self._state = (0, 0, 0, 0)
         self._finished = False
+        self._cells: int | None = None
 
     # ----------------------------------------------------------------- text
 
@@ -111,16 +121,23 @@ class ProgressBar:
         width = self.width or shutil.get_terminal_size((80, 24)).columns
         tail = (
             f" {fraction * 100:3.0f}%  {files_done}/{files_total} files  "
-            f"{format_size(bytes_done)}/{format_size(bytes_total)}  {format_size(int(rate))}/s"
+            f"{_pair(bytes_done, bytes_total)}  {format_size(int(rate))}/s"
         )
         if left is not None and not self._finished:
             tail += f"  ETA {format_duration(left)}"
         elif self._finished:
             tail += f"  in {format_duration(self._clock() - self._start)}"
         head = f"{self.label} "
-        room = width - 1 - len(head) - len(tail) - 2
-        if room >= 10:
-            cells = min(room, 30)
+        if self._cells is None:
+            # Sized once, with room for the counts to grow, so the bar does not jump.
+            widest = (
+                f" 100%  {files_total}/{files_total} files  {_pair(bytes_total, bytes_total)}"
+                "  1023.9 MiB/s  ETA 59m59s"
+            )
+            room = width - 1 - len(head) - 2 - len(widest)
+            self._cells = min(room, 30) if room >= 10 else 0
+        cells = self._cells
+        if cells:
             full = int(fraction * cells)
             bar = "[" + "#" * full + "-" * (cells - full) + "]"
             line = head + bar + tail

@@ -246,11 +246,24 @@ def test_progress_on_a_terminal_redraws_one_line():
     assert all(len(f.rstrip()) <= 99 for f in frames)
     half = frames[1].split("[", 1)[1].split("]", 1)[0]
     assert half.count("#") == len(half) // 2
-    assert " 50%  2/4 files  2.0 MiB/4.0 MiB" in frames[1]
+    assert " 50%  2/4 files  2.0/4.0 MiB" in frames[1]
     assert "ETA" in frames[1]
     assert frames[-1].rstrip().endswith("in 1.0s")
     bar_cells = frames[-1].split("[", 1)[1].split("]", 1)[0]
     assert len(bar_cells) >= 10 and set(bar_cells) == {"#"}
+
+
+def test_progress_bar_keeps_its_width():
+    out, clock = io.StringIO(), Clock()
+    bar = ProgressBar(out, "load", tty=True, width=80, tty_interval=0, clock=clock)
+    for i in range(11):
+        clock.now += 0.5
+        bar.update(i * 100, 1000, i * (300 << 20), 3000 << 20)
+    bar.finish()
+    frames = out.getvalue().rstrip("\n").split("\r")[1:]
+    assert len({len(f.split("[", 1)[1].split("]", 1)[0]) for f in frames}) == 1
+    assert all(len(f.rstrip()) <= 79 for f in frames)
+    assert "  40%  400/1000 files  1.2/2.9 GiB  480.0 MiB/s  ETA 3.8s" in frames[4]
 
 
 def test_progress_fits_a_narrow_terminal():
