@@ -221,6 +221,7 @@ class Worker:
         except BaseException:
             self._meta_store.close()
             raise
+        self._tier_order = [t.name for t in config.tiers()]
         self._fetch_pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
         self._stat_pool = ThreadPoolExecutor(fetch_threads, "shoal-stat")
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
@@ -466,11 +467,7 @@ class Worker:
                     f"{f.info.size}: it changed; read it again",
                     f.path,
                 )
-            try:
-                self._store.put(page.key, buf)
-            except TierFullError as exc:
-                self._counters.add(store_full=1)
-                log.warning("page of %s not cached: %s", f.path, exc)
+            self._cache(page, buf)
             fut.set_result(buf)
         except BaseException as exc:
             if isinstance(exc, ObjectChangedError):
@@ -480,6 +477,17 @@ class Worker:
             with self._lock:
                 if self._inflight.get(page.key) is fut:
                     del self._inflight[page.key]
+
+    def _cache(self, page: _Page, buf: bytearray) -> None:
+        """Put a fetched page in the first tier that takes it (fastest first)."""
+        for tier in self._tier_order:
+            try:
+                self._store.put(page.key, buf, tier=tier)
+                return
+            except TierFullError as exc:
+                error = exc
+        self._counters.add(store_full=1)
+        log.warning("page of %s not cached: %s", page.file.path, error)
 
     def _start_fetches(self, pages: Iterable[_Page], pool: ThreadPoolExecutor) -> dict:
         """Futures of the pages' bytes: one fetch per page however many ask (single-flight)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -91,3 +92,33 @@ def test_bad_reads(worker):
         w.read(conn, {"files": [["/x/f", "v"]], "items": [], "mode": LOCATE, "forget": []})
     with pytest.raises(IsADirectoryError):
         w.read(conn, {"files": [["/d", ""]], "items": [], "mode": LOCATE, "forget": []})
+
+
+def test_pages_spill_to_the_next_tier_when_the_first_is_full(tmp_path):
+    config = load_config(
+        home=str(tmp_path / "home"),
+        page_size=PAGE,
+        region_size=4 * PAGE,
+        chunk_size=4 * PAGE,
+        capacity=16 * PAGE,
+        mem_capacity=4 * PAGE,
+    )
+    w = Worker(config)
+    try:
+        assert [t.name for t in config.tiers()] == ["MEM", "SSD"]
+        # Pinned pages fill the MEM tier's only region: it can take no more.
+        for i in range(4):
+            w._store.put(b"pinned%d" % i, bytes(PAGE), tier="MEM", pin=True)
+        data = os.urandom(3 * PAGE)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "f").write_bytes(data)
+        w.mount("/d", str(tmp_path / "src"), {})
+        version = w.file("/d/f").info.version
+        items = [[0, i, 0, PAGE] for i in range(3)]
+        reply = read(w, ConnectionState(), version, items)
+        assert [loc[0] for loc in reply.header["locs"]] == ["SSD"] * 3
+        assert w.report()["tiers"]["SSD"]["pages"] == 3
+        assert w.report()["store_full"] == 0
+    finally:
+        w.close()
+        shutil.rmtree(config.mem_dir, ignore_errors=True)
