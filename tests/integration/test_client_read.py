@@ -7,6 +7,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import shutil
 import threading
 
 import numpy as np
@@ -415,8 +416,6 @@ def test_mem_tier_first(daemons, tmp_path):
         finally:
             client.close()
             daemons.stop(home)
-            import shutil
-
             shutil.rmtree(mem_dir, ignore_errors=True)
 
 
