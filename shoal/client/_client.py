@@ -515,6 +515,7 @@ class Client:
             [d for (d, _), loc in zip(requested, locs, strict=True) if loc is None], payload_len
         )
         retry = self._read_located(conn, requested, locs)
+        conn.trim()
         if retry:
             conn.send(
                 {
@@ -533,13 +534,19 @@ class Client:
     @staticmethod
     def _read_located(conn: Connection, pieces: list, locs: list) -> list[int]:
         """Short-circuit reads of the located pieces; the indexes of those to fetch again
-        (region reclaimed since, or bytes not matching their crc32c)."""
-        batch, slots, partial = [], [], []
+        (region reclaimed since, bytes not matching their crc32c, descriptor missing)."""
+        batch, slots, partial, retry = [], [], [], []
         regions = set()
         for k, ((dest, (_, _, start, length)), loc) in enumerate(zip(pieces, locs, strict=True)):
             if loc is None:
                 continue
             tier, region, offset, plen, crc, generation = loc
+            if not conn.holds(tier, region):
+                # The worker believes we hold this descriptor: have it sent again next time,
+                # and get these bytes over the socket.
+                conn.forget(tier, region)
+                retry.append(k)
+                continue
             regions.add((tier, region))
             location = PageLocation(tier, region, "", offset, plen, crc, generation)
             if start == 0 and length == plen:
@@ -550,7 +557,7 @@ class Client:
                 partial.append((len(batch) - 1, dest, scratch, start, length))
             slots.append(k)
         if not batch:
-            return []
+            return retry
         for tier, region in regions:
             conn.used(tier, region)
         try:
@@ -563,7 +570,7 @@ class Client:
         for j, dest, scratch, start, length in partial:
             if j not in failed:
                 dest[:] = memoryview(scratch)[start : start + length]
-        return [slots[j] for j in sorted(failed)]
+        return sorted(retry + [slots[j] for j in failed])
 
     def _store(self, meta: _Meta) -> UnderStore:
         key = meta.uri + "\0" + json.dumps(meta.options, sort_keys=True)

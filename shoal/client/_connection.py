@@ -146,16 +146,32 @@ class Connection:
             self.reader.adopt(tier, region, fd)
             self._regions[tier, region] = None
             self._regions.move_to_end((tier, region))
+
+    def trim(self) -> None:
+        """Close the least recently used region files past :data:`MAX_REGION_FDS` (after a
+        read, so that none its locations need goes before it is read)."""
         while len(self._regions) > MAX_REGION_FDS:
             (tier, region), _ = self._regions.popitem(last=False)
             self.reader.release(tier, region)
             del self._adopted[tier, region]
             self._forget.append([tier, region])
 
+    def holds(self, tier: str, region: int) -> bool:
+        """True if this connection can read ``region`` of ``tier`` short-circuit."""
+        return (tier, region) in self._adopted and (tier, GENERATIONS) in self._adopted
+
+    def region_fds(self) -> int:
+        """Region files held open."""
+        return len(self._regions)
+
     def used(self, tier: str, region: int) -> None:
         """Note a region as recently used."""
         if (tier, region) in self._regions:
             self._regions.move_to_end((tier, region))
+
+    def forget(self, tier: str, region: int) -> None:
+        """Have the worker forget that this connection holds a descriptor."""
+        self._forget.append([tier, region])
 
     def take_forget(self) -> list[list]:
         """Descriptors closed since the last request, for the worker to forget."""

@@ -457,3 +457,28 @@ def test_batch_of_cold_small_files_lists_instead_of_stat(client, bucket):
     assert report["ufs_stats"] == 1  # zzz, alone in its directory
     with pytest.raises(FileNotFoundError):
         client.read_many_into([(bytearray(1), f"/m/set/{i:03d}x", 0) for i in range(10)])
+
+
+def test_region_descriptors_past_the_limit_are_closed(daemons, tmp_path, monkeypatch):
+    """A connection keeps few region files open (8 here): older ones are closed after each
+    read and the worker told, so it passes them again when they are needed."""
+    from shoal.client import _connection
+
+    monkeypatch.setattr(_connection, "MAX_REGION_FDS", 8)
+    data = random_bytes(100 * 4096 - 7, 14)
+    (tmp_path / "f").write_bytes(data)
+    tiny = {"page_size": 4096, "region_size": 4096, "chunk_size": 16384, "capacity": 200 * 4096}
+    with daemons.environment(**tiny):
+        client = Client()
+        try:
+            client.mount("/d", str(tmp_path))
+            for _ in range(3):
+                assert read_all(client, "/d/f", len(data)) == data
+                assert read_all(client, "/d/f", 100, 50 * 4096 - 50) == data[50 * 4096 - 50 :][:100]
+            conn = client._local.conn
+            assert conn.region_fds() <= 8
+            report = client.report()
+            assert report["pages_sent"] == 0  # every page read short-circuit
+            assert report["pages_located"] == 3 * (100 + 2)
+        finally:
+            client.close()
