@@ -458,6 +458,11 @@ class Worker:
         f = page.file
         try:
             buf = bytearray(page.length)
+            # Another fetch may have stored the page between our caller's lookup and our
+            # start (it leaves the in-flight table once stored): read it from the store.
+            if self._store.get_many_into([(page.key, buf)])[0] == page.length:
+                fut.set_result(buf)
+                return
             offset = page.index * self.page_size
             n = f.store.read_into(f.rel, offset, buf, version=f.info.version)
             self._counters.add(ufs_reads=1, ufs_bytes=n)
