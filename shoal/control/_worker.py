@@ -833,14 +833,19 @@ def socket_path(home: str) -> str:
 
 def _lock_pid_file(home: str) -> int:
     fd = os.open(os.path.join(home, PID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise WorkerBusyError(
-            errno.EBUSY, f"another worker (pid {other}) already serves {home}"
-        ) from None
+    # running_pid() holds a shared lock for a moment: only a lock held for a while is a worker.
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 19:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise WorkerBusyError(
+                    errno.EBUSY, f"another worker (pid {other}) already serves {home}"
+                ) from None
+            time.sleep(0.01)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
