@@ -99,6 +99,7 @@ class EtcdServer:
         raise RuntimeError(f"etcd was not healthy within {timeout} s:\n{self.log_tail()}")
 
     def healthy(self) -> bool:
+        """etcd answers its health check."""
         try:
             with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as resp:
                 return b'"true"' in resp.read()

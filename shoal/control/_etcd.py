@@ -140,6 +140,7 @@ class KeyValue:
 
     @classmethod
     def from_wire(cls, kv: dict) -> KeyValue:
+        """From the gateway's JSON form (base64 bytes, int64 as text, zeros left out)."""
         return cls(
             key=_unb64(kv["key"]),
             value=_unb64(kv.get("value", "")),
@@ -189,6 +190,13 @@ class EtcdClient:
         ``http://HOST:PORT`` of an etcd member (3.4 or later).
     timeout
         Seconds a call may take (connecting takes at most 2 of them).
+
+    Attributes
+    ----------
+    endpoint
+        The endpoint, normalised to ``http(s)://HOST:PORT``.
+    version
+        The etcd server's version, e.g. ``"3.4.23"``.
 
     Raises
     ------
@@ -550,6 +558,7 @@ class EtcdMetaStore(MetaStore):
 
     @property
     def endpoint(self) -> str:
+        """The etcd endpoint, normalised."""
         return self._client.endpoint
 
     def _key(self, key: Any) -> bytes:

@@ -198,6 +198,7 @@ class WorkerInfo:
         return cls(**{k: v for k, v in record.items() if k in names})
 
     def to_json(self) -> str:
+        """The record as a JSON text (keys sorted)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
@@ -210,6 +211,7 @@ class WorkerInfo:
         return cls.from_dict(record, strict=False)
 
     def with_state(self, state: WorkerState) -> WorkerInfo:
+        """A copy in ``state``."""
         return dataclasses.replace(self, state=state)
 
 
@@ -508,7 +510,7 @@ class StaticMembership(Membership):
             raise ValueError(f"poll must be a number of seconds in (0, 3600), got {poll!r}")
         self._poll = float(poll)
         self._stamp: tuple | None = None
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.RLock()  # callbacks run under it and may read the view
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         stamp = self._file_stamp()
@@ -525,12 +527,16 @@ class StaticMembership(Membership):
         with self._load_lock:
             try:
                 stamp = self._file_stamp()
-                members = load_static_members(self.path)
-            except (OSError, ValueError) as exc:
-                self._stamp = None  # try again on the next read
+            except OSError as exc:
+                self._stamp = None
                 self._set_health(exc, self.path)
                 raise
-            self._stamp = stamp
+            self._stamp = stamp  # a broken file is read again only once it changes
+            try:
+                members = load_static_members(self.path)
+            except (OSError, ValueError) as exc:
+                self._set_health(exc, self.path)
+                raise
             self._set_health(None, self.path)
             return self._publish(members)
 
