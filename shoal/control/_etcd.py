@@ -34,6 +34,7 @@ __all__ = [
     "EtcdMetaStore",
     "EtcdUnavailableError",
     "KeyValue",
+    "WatchBatch",
     "WatchEvent",
     "check_prefix",
     "cmp_exists",
@@ -155,6 +156,15 @@ class WatchEvent:
 
     kind: str
     kv: KeyValue
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One message of a watch: the store's ``revision`` when it was sent, and the changes
+    it carries (none in the first one, which says that the watch is in place)."""
+
+    revision: int
+    events: list[WatchEvent]
 
 
 _ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] ([^'\"()]+)")
@@ -393,12 +403,14 @@ class EtcdClient:
 
     def watch(
         self, prefix: bytes, start_revision: int, *, idle: float = 10.0
-    ) -> Iterator[list[WatchEvent]]:
+    ) -> Iterator[WatchBatch]:
         """Changes to keys under ``prefix`` from ``start_revision`` on, a batch at a time.
 
-        The first batch is empty: the watch is in place. The iterator ends when ``idle``
-        seconds pass without a message (reopen from the next revision) or when the client
-        closes. Raises :class:`EtcdUnavailableError` when the stream cannot open or breaks,
+        The first batch has no events: the watch is in place. The iterator ends when
+        ``idle`` seconds pass without a message (every change up to the first batch's
+        revision has then been sent: reopen after it) or when the client closes.
+
+        Raises :class:`EtcdUnavailableError` when the stream cannot open or breaks,
         :class:`EtcdCompactedError` when ``start_revision`` is compacted.
         """
         import requests
@@ -440,7 +452,7 @@ class EtcdClient:
                 resp.close()
             session.close()
 
-    def _read_stream(self, resp, start_revision: int) -> Iterator[list[WatchEvent]]:
+    def _read_stream(self, resp, start_revision: int) -> Iterator[WatchBatch]:
         import requests
         from urllib3.exceptions import ReadTimeoutError
 
@@ -470,7 +482,7 @@ class EtcdClient:
             f"the watch stream from etcd at {self.endpoint} broke: {_reason(exc)}"
         )
 
-    def _message(self, line: bytes, start_revision: int) -> list[WatchEvent]:
+    def _message(self, line: bytes, start_revision: int) -> WatchBatch:
         try:
             message = json.loads(line)
         except ValueError:
@@ -491,10 +503,11 @@ class EtcdClient:
                 )
             reason = result.get("cancel_reason", "no reason given")
             raise EtcdError(f"etcd at {self.endpoint} cancelled the watch: {reason}")
-        return [
+        events = [
             WatchEvent(event.get("type", "PUT"), KeyValue.from_wire(event["kv"]))
             for event in result.get("events", ())
         ]
+        return WatchBatch(int(result.get("header", {}).get("revision", 0)), events)
 
     def close(self) -> None:
         """Close the connections; open watches end."""

@@ -695,11 +695,16 @@ class EtcdMembership(Membership):
                 if reload:
                     start = self._load() + 1
                     reload = False
-                for events in self._client.watch(self._keys.workers, start, idle=self._idle):
+                synced = 0
+                for batch in self._client.watch(self._keys.workers, start, idle=self._idle):
                     self._set_health(None, self.endpoint)
                     delay = _BACKOFF_MIN
-                    if events:
-                        start = self._apply(events) + 1
+                    synced = synced or batch.revision
+                    if batch.events:
+                        start = self._apply(batch.events) + 1
+                # idle: all changes up to the watch's first revision arrived, so the next
+                # watch starts after it (etcd need not replay a long quiet history)
+                start = max(start, synced + 1)
             except EtcdCompactedError:
                 reload = True
             except (EtcdUnavailableError, EtcdError) as exc:

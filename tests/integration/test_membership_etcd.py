@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from shoal.control._etcd import EtcdClient, EtcdUnavailableError
+from shoal.control._etcd import EtcdClient, EtcdCompactedError, EtcdUnavailableError
 from shoal.control._membership import (
     EtcdMembership,
     WorkerInfo,
@@ -296,3 +296,27 @@ def test_close_while_etcd_is_down_does_not_hang(private_etcd):
     assert time.monotonic() - start < 5
     with pytest.raises(EtcdUnavailableError):
         EtcdMembership(private_etcd.endpoint, prefix)
+
+
+def test_quiet_watch_reopens_and_compaction_reloads(etcd_server, prefix):
+    with EtcdClient(etcd_server.endpoint) as client:
+        m = EtcdMembership(etcd_server.endpoint, prefix, idle=0.2)
+        try:
+            start = client.put(f"{prefix}unrelated".encode(), b"x")
+            time.sleep(0.7)  # a few quiet watches ended and reopened
+            assert m.healthy
+            reg = WorkerRegistration(etcd_server.endpoint, record("w-a"), prefix=prefix)
+            wait_until(lambda: ids(m) == ["w-a"], 2.0, "seen after quiet reopenings")
+            reg.close()
+            wait_until(lambda: ids(m) == [], 2.0, "gone")
+            # history before a compaction cannot be watched: the caller must read again
+            revision = client.put(f"{prefix}unrelated".encode(), b"y")
+            client.call("/kv/compaction", {"revision": revision, "physical": True})
+            with pytest.raises(EtcdCompactedError, match="compacted"):
+                for _ in client.watch(f"{prefix}workers/".encode(), start, idle=2):
+                    pass
+            reg = WorkerRegistration(etcd_server.endpoint, record("w-b"), prefix=prefix)
+            wait_until(lambda: ids(m) == ["w-b"], 2.0, "seen after a compaction")
+            reg.close()
+        finally:
+            m.close()
