@@ -10,7 +10,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 all: build
 
-$(VENV)/.apt:
+# Re-checked whenever the Makefile (and so the package list) changes.
+$(VENV)/.apt: Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -20,7 +21,7 @@ $(VENV)/.apt:
 	fi
 	@mkdir -p $(VENV) && touch $@
 
-$(VENV)/.installed: $(VENV)/.apt pyproject.toml
+$(VENV)/.installed: pyproject.toml | $(VENV)/.apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel "Cython>=3.0"
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
