@@ -170,3 +170,13 @@ def test_credentials_variable_not_set(s3):
     options = bucket.options(access_key_env="SHOAL_TEST_UNSET_VARIABLE")
     with pytest.raises(ValueError, match="SHOAL_TEST_UNSET_VARIABLE is not set"):
         client.mount("/unset", f"s3://{bucket.name}", **options)
+
+
+def test_gpu_destination_is_refused(s3):
+    client, _ = s3
+
+    class FakeDeviceArray:  # stands in for a CUDA array: no GPU here
+        __cuda_array_interface__ = {"shape": (10,), "typestr": "|u1", "data": (0, False)}
+
+    with pytest.raises(TypeError, match="GPU buffer; Client reads into host memory"):
+        client.read_into(FakeDeviceArray(), "/s3/dir/file")
