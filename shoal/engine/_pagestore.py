@@ -47,8 +47,8 @@ _PIN, _DIRTY = 1, 2
 _FREE, _OPEN, _SEALED = 0, 1, 2
 _NORMAL, _STICKY = 0, 1  # region kinds: ordinary pages, or pinned / dirty ones
 
-# tier code, flags, region, generation, offset, length, crc32c
-_PAGE = struct.Struct("<BBIQQQI")
+# the fields of _Entry, in its order: tier code, region, generation, offset, length, crc, flags
+_PAGE = struct.Struct("<BIQQQIB")
 # generation, state, kind, fill (append offset)
 _REGION = struct.Struct("<QBBQ")
 # magic, format version, region size, page alignment

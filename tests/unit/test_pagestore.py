@@ -142,6 +142,19 @@ def test_reopen_keeps_pages_and_appends_after_them(tmp_path):
             assert bytes(buf) == payload("k4", 3000)
 
 
+def test_many_regions_and_large_fields_round_trip_through_the_index(tmp_path):
+    # 300 one-page regions: region numbers past one byte must survive the index encoding
+    configs = [TierConfig("SSD", tmp_path / "ssd", 300 * 4 * KiB)]
+    with PageStore(configs, tmp_path / "index", region_size=4 * KiB) as s:
+        s.put_many([(f"p{i}", payload(f"p{i}", 4 * KiB)) for i in range(290)])
+        far = s.locate(["p289"])[0]
+        assert far.region >= 256
+    with PageStore(configs, tmp_path / "index", region_size=4 * KiB) as s:
+        assert s.locate(["p289"])[0] == far
+        for i in (0, 255, 256, 289):
+            assert read(s, f"p{i}") == payload(f"p{i}", 4 * KiB)
+
+
 def test_usage_accounting(tmp_path):
     with make_store(tmp_path, tiers=("SSD", "MEM")) as s:
         s.put("p", b"x" * 100, pin=True)
