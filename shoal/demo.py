@@ -412,7 +412,7 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
             results.append(r)
             hit = "-" if r.hit_ratio is None else f"{100 * r.hit_ratio:.1f}%"
             _say(
-                f"  {r.reader} epoch {r.epoch} {r.label}: {r.seconds:.2f}s, "
+                f"  {r.reader} epoch {f'{r.epoch} {r.label}'.strip()}: {r.seconds:.2f}s, "
                 f"{r.mb_per_s:.0f} MB/s, hit ratio {hit}, data wait {100 * r.wait_fraction:.1f}%"
             )
 
