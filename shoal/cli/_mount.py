@@ -61,7 +61,6 @@ def mount_options(args: argparse.Namespace) -> dict[str, Any]:
         "secret_key_env": args.secret_key_env,
         "metadata_ttl": args.metadata_ttl,
         "anonymous": True if args.anonymous else None,
-        "read_only": True if args.read_only else None,
     }
     for key, value in flags.items():
         if value is not None:
@@ -146,9 +145,6 @@ def register(subparsers) -> None:
         "--anonymous", action="store_true", help="send unsigned requests (public buckets)"
     )
     behaviour = p.add_argument_group("mount behaviour")
-    behaviour.add_argument(
-        "--read-only", action="store_true", help="refuse writes through this mount"
-    )
     behaviour.add_argument(
         "--metadata-ttl",
         type=seconds_arg,
