@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-MiB = 1 << 20
-ALIGN = 4096
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+ALIGN = 4096  # buffers are page aligned: a destination off a 64-byte line halves copy speed
 
 
 class Table:
@@ -81,12 +81,18 @@ def aligned(nbytes: int) -> np.ndarray:
 
 
 def best_of(rounds: int, contenders: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Shortest wall time of each contender over ``rounds`` alternating rounds."""
+    """Shortest wall time of each contender over ``rounds`` rounds.
+
+    Every round runs each contender once, the order rotating by one each round, so that no
+    contender always goes first.
+    """
     best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for r in range(rounds if names else 0):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
             start = time.perf_counter()
-            fn()
+            contenders[name]()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 

@@ -3,15 +3,14 @@
     python perf/engine.py [--size-gib 1] [--files 20000] [--rounds 5]
 
 Every number in the table comes from this one run. Each measurement is repeated ``--rounds``
-times, alternating the contenders so that they share whatever else the machine is doing, and
-the best round is kept. Data lives in a temporary directory on the repository's disk and is
-removed afterwards.
+times, alternating the contenders (the order rotating each round) so that they share whatever
+else the machine is doing, and the best round is kept. Data lives in a temporary directory on
+the repository's disk and is removed afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shlex
@@ -20,83 +19,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 # numpy's BLAS threads spin after use and would steal a core from the measurement.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import GiB, MiB, Table, aligned, best_of, data_root  # noqa: E402
 
 from shoal import engine  # noqa: E402
 from shoal.engine import _crc, _engine  # noqa: E402
 
-MiB = 1 << 20
-GiB = 1 << 30
-ALIGN = 4096  # buffers are page aligned: a destination off a 64-byte line halves copy speed
 DROP_CACHES = "/proc/sys/vm/drop_caches"
-
-
-class Table:
-    """Rows of (section, what, value, unit, note), printed at the end."""
-
-    def __init__(self):
-        self.rows: list[tuple[str, str, str, str, str]] = []
-
-    def add(self, section: str, what: str, value: float | None, unit: str, note: str = ""):
-        text = "-" if value is None else (f"{value:,.0f}" if value >= 1000 else f"{value:.2f}")
-        self.rows.append((section, what, text, unit, note))
-
-    def ratio(self, section: str, what: str, num: float | None, den: float | None, target=None):
-        if num is None or den is None or den == 0:
-            self.add(section, what, None, "x", "not measured")
-            return
-        value = num / den
-        note = ""
-        if target is not None:
-            note = f"target >= {target:.1f}x: " + ("met" if value >= target else "MISSED")
-        self.add(section, what, value, "x", note)
-
-    def print(self):
-        widths = [max(len(r[i]) for r in self.rows) for i in range(5)]
-        last = None
-        for section, what, value, unit, note in self.rows:
-            if section != last:
-                print(f"\n{section}")
-                last = section
-            print(f"  {what:<{widths[1]}}  {value:>{widths[2]}} {unit:<{widths[3]}}  {note}")
-
-
-def aligned(nbytes: int) -> np.ndarray:
-    """A page-aligned, pre-faulted byte array."""
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    arr = raw[-raw.ctypes.data % ALIGN :][:nbytes]
-    arr.fill(1)
-    return arr
-
-
-def best_of(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Shortest wall time of each contender over `rounds` alternating rounds."""
-    best = dict.fromkeys(contenders, float("inf"))
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-def data_root() -> Path:
-    """A directory on the repository's disk: /tmp when it is that disk (not a tmpfs)."""
-    tmp = Path(tempfile.gettempdir())
-    with contextlib.suppress(OSError):
-        if os.stat(tmp).st_dev == os.stat(REPO).st_dev:
-            return tmp
-    return REPO
 
 
 def can_drop_caches() -> bool:
@@ -382,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_crc(args, table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    table.print()
+    print(table.render())
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -19,71 +19,16 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 # numpy's BLAS threads spin after use and would steal a core from the measurement.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import GiB, KiB, MiB, Table, aligned, best_of, data_root  # noqa: E402
 
 from shoal import engine  # noqa: E402
 from shoal.engine import PageStore, TierConfig  # noqa: E402
-
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-ALIGN = 4096
-
-
-def aligned(nbytes: int) -> np.ndarray:
-    """A page-aligned byte array, every page touched once (pre-faulted)."""
-    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
-    arr = raw[-raw.ctypes.data % ALIGN :][:nbytes]
-    arr.fill(1)
-    return arr
-
-
-def best_of(rounds: int, contenders: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Shortest wall time of each contender over ``rounds`` rounds, the order rotating."""
-    best = dict.fromkeys(contenders, float("inf"))
-    names = list(contenders)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn = contenders[name]
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
-class Report:
-    def __init__(self):
-        self.rows: list[tuple[str, str, str, str]] = []
-
-    def add(self, what: str, value: float, unit: str, note: str = "") -> None:
-        text = f"{value:,.0f}" if value >= 1000 else f"{value:.2f}"
-        self.rows.append((what, text, unit, note))
-
-    def ratio(self, what: str, value: float, target: float | None = None) -> None:
-        note = ""
-        if target is not None:
-            note = f"target >= {target:.1f}x: " + ("met" if value >= target else "MISSED")
-        self.add(what, value, "x", note)
-
-    def section(self, title: str) -> None:
-        self.rows.append((title, "", "", ""))
-
-    def print(self) -> None:
-        width = max(len(r[0]) for r in self.rows if r[1])
-        vwidth = max(len(r[1]) for r in self.rows)
-        for what, value, unit, note in self.rows:
-            if not value:
-                print(f"\n{what}")
-            else:
-                print(f"  {what:<{width}}  {value:>{vwidth}} {unit:<9} {note}")
 
 
 def raw_write(folder: Path, count: int, page: int, region: int, batches, sources) -> float:
@@ -111,7 +56,7 @@ def raw_write(folder: Path, count: int, page: int, region: int, batches, sources
     return elapsed
 
 
-def bench_pages(args, root: Path, page: int, report: Report) -> None:
+def bench_pages(args, root: Path, page: int, table: Table) -> None:
     count = int(args.size_gib * GiB) // page
     per_batch = max(1, args.batch_mib * MiB // page)
     region = args.region_mib * MiB
@@ -195,41 +140,47 @@ def bench_pages(args, root: Path, page: int, report: Report) -> None:
         usage = store.usage()["SSD"]
 
     total = count * page
-    report.section(
+    section = (
         f"{label} pages: {count:,} pages, {total / GiB:.2f} GiB, batches of {per_batch}, "
         f"{args.region_mib} MiB regions ({usage.regions_used} used)"
     )
     gbs = {name: total / t / 1e9 for name, t in times.items()}
-    report.add("put_many", total / put_time / 1e9, "GB/s", f"{count / put_time:,.0f} pages/s")
-    report.add(
-        "raw engine write_batch", total / put_raw_time / 1e9, "GB/s", "same layout, fresh files"
+    table.add(
+        section, "put_many", total / put_time / 1e9, "GB/s", f"{count / put_time:,.0f} pages/s"
     )
-    report.ratio("put_many / raw engine", put_raw_time / put_time)
-    report.add(
-        "get_many_into", gbs["store"], "GB/s", f"{count / times['store']:,.0f} pages/s, crc32c"
+    table.add(
+        section,
+        "raw engine write_batch",
+        total / put_raw_time / 1e9,
+        "GB/s",
+        "same layout, fresh files",
     )
-    report.add("raw engine read_batch", gbs["raw"], "GB/s", "same ranges, no check")
-    report.add("raw engine read_batch + crc32c", gbs["raw+crc"], "GB/s", "same ranges and check")
+    table.ratio(section, "put_many / raw engine", put_raw_time, put_time)
+    table.add(
+        section,
+        "get_many_into",
+        gbs["store"],
+        "GB/s",
+        f"{count / times['store']:,.0f} pages/s, crc32c",
+    )
+    table.add(section, "raw engine read_batch", gbs["raw"], "GB/s", "same ranges, no check")
+    table.add(
+        section, "raw engine read_batch + crc32c", gbs["raw+crc"], "GB/s", "same ranges and check"
+    )
     target = 0.8 if page >= MiB else None
-    report.ratio("get_many_into / raw engine", gbs["store"] / gbs["raw"], target)
-    report.ratio("get_many_into / raw engine + crc32c", gbs["store"] / gbs["raw+crc"], target)
-    report.add(
-        "locate, 1000 keys per call",
-        len(lookups) / lookup_times["locate"],
+    table.ratio(section, "get_many_into / raw engine", gbs["store"], gbs["raw"], target)
+    table.ratio(
+        section, "get_many_into / raw engine + crc32c", gbs["store"], gbs["raw+crc"], target
+    )
+    table.add(
+        section, "locate, 1000 keys per call", len(lookups) / lookup_times["locate"], "lookups/s"
+    )
+    table.add(
+        section,
+        "contains, one key per call",
+        len(lookups) / lookup_times["contains"],
         "lookups/s",
     )
-    report.add("contains, one key per call", len(lookups) / lookup_times["contains"], "lookups/s")
-
-
-def data_root() -> Path:
-    """A directory on the repository's disk."""
-    tmp = Path(tempfile.gettempdir())
-    try:
-        if os.stat(tmp).st_dev == os.stat(REPO).st_dev:
-            return tmp
-    except OSError:
-        pass
-    return REPO
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,15 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     print("command:", shlex.join([sys.executable, *sys.argv]))
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-pagestore-", dir=args.dir or data_root()))
     print(f"data: {root}; engine backend: {engine.backend()}")
-    report = Report()
+    table = Table()
     started = time.perf_counter()
     try:
         for page in (4 * MiB, 64 * KiB):
-            bench_pages(args, root, page, report)
+            bench_pages(args, root, page, table)
             shutil.rmtree(root / f"store-{page}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report.print()
+    print(table.render())
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     return 0
 
