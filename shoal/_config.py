@@ -34,6 +34,7 @@ _ENV_FIELDS = {
     "SHOAL_HOST_ID": "host_id",
     "SHOAL_LISTEN": "listen",
     "SHOAL_ETCD": "etcd",
+    "SHOAL_MEMBERSHIP_FILE": "membership_file",
     "SHOAL_CACHE_DIR": "cache_dir",
     "SHOAL_CAPACITY": "capacity",
     "SHOAL_MEM_CAPACITY": "mem_capacity",
@@ -83,6 +84,9 @@ class Config:
         ``HOST:PORT`` for the worker's TCP endpoint (cluster mode), or None.
     etcd
         etcd endpoint URL (cluster mode), or None for the single-node default.
+    membership_file
+        A YAML or JSON file listing the cluster's workers, for clusters without etcd
+        (see :func:`shoal.control._membership.load_static_members`); None by default.
     """
 
     home: str = field(default_factory=default_home)
@@ -97,6 +101,7 @@ class Config:
     host_id: str = field(default_factory=socket.gethostname)
     listen: str | None = None
     etcd: str | None = None
+    membership_file: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -133,6 +138,11 @@ class Config:
             ("http://", "https://")
         ):
             raise ValueError(f"etcd must be an http:// or https:// URL, got {self.etcd!r}")
+        if self.membership_file is not None:
+            path = _text(self.membership_file, "membership_file")
+            set_(self, "membership_file", os.path.abspath(os.path.expanduser(path)))
+            if self.etcd is not None:
+                raise ValueError("etcd and membership_file are exclusive: set one of them")
         if self.capacity is None:
             default = min(_free_bytes(self.cache_dir) // 5, 100 * GiB)
             set_(self, "capacity", default // self.region_size * self.region_size)

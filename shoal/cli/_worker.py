@@ -25,6 +25,7 @@ _CONFIG_FLAGS = (
     "listen",
     "host_id",
     "etcd",
+    "membership_file",
 )
 
 
@@ -81,6 +82,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "--etcd",
         metavar="URL",
         help="etcd endpoint for cluster membership ($SHOAL_ETCD; none on a single node)",
+    )
+    node.add_argument(
+        "--membership-file",
+        metavar="FILE",
+        help="YAML/JSON list of the cluster's workers, for a cluster without etcd "
+        "($SHOAL_MEMBERSHIP_FILE)",
     )
 
 

@@ -4,6 +4,8 @@ straight from the under-store when the worker is gone."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import io
 import json
 import logging
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._config import Config, load_config
+from ..control._membership import Membership, WorkerInfo, members_to_nodes
 from ..control._namespace import Mount, normalize_path
 from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import Node, chunk_key, place
@@ -32,6 +35,7 @@ log = logging.getLogger("shoal.client")
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _MAX_ROUND = 256 << 20  # bytes asked of a worker in one request at most
 _WORKER_RETRY_DELAY = 5.0  # seconds reads go straight to the stores after a failed start
+_DOWN_DELAY = 3.0  # seconds a cluster worker that failed is skipped (about its lease TTL)
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,13 @@ class _Meta:
     uri: str
     options: dict
     rel: str
+    replicas: int | str = 1  # workers holding each chunk in a cluster, or "all"
 
     @classmethod
     def from_record(cls, r: dict) -> _Meta:
         return cls(
             r["path"], r["size"], r["version"], r["mtime"], r["is_dir"], bytes(r["fid"]),
-            r["mount"], r["uri"], dict(r["options"]), r["rel"],
+            r["mount"], r["uri"], dict(r["options"]), r["rel"], r.get("replicas", 1),
         )  # fmt: skip
 
     def info(self) -> FileInfo:
@@ -124,6 +129,14 @@ class Client:
         Seconds this client keeps file metadata before asking the worker again (the worker
         has its own cache, per mount). A file's version is checked by the worker on every
         read, so a stale entry costs one retry, never wrong bytes.
+    etcd
+        ``http://HOST:PORT`` of the cluster's etcd (default ``config.etcd``,
+        ``$SHOAL_ETCD``): cluster mode. The client then follows the workers registered
+        there (``config.membership_file`` does the same from a file), reads each page from
+        the worker that placement gives it, short-circuit when that worker runs on this
+        client's host (``config.host_id``, ``$SHOAL_HOST_ID``) and over TCP otherwise,
+        and never starts a worker. When a worker fails it moves to the page's next
+        replica, then to the under-store.
 
     Notes
     -----
@@ -141,10 +154,14 @@ class Client:
         timeout: float | None = 300.0,
         start_timeout: float = 60.0,
         metadata_ttl: float = 10.0,
+        etcd: str | None = None,
     ):
         self._config = config if config is not None else load_config()
         if not isinstance(self._config, Config):
             raise TypeError(f"config must be a shoal Config, got {type(self._config).__name__}")
+        if etcd is not None:
+            self._config = dataclasses.replace(self._config, etcd=etcd, membership_file=None)
+        self._cluster = self._config.etcd is not None or self._config.membership_file is not None
         for name, value in (("start_timeout", start_timeout), ("metadata_ttl", metadata_ttl)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -168,6 +185,9 @@ class Client:
         self._meta: dict[str, tuple[float, _Meta]] = {}
         self._stores: dict[str, UnderStore] = {}
         self._direct_until = 0.0  # monotonic time before which reads skip the worker
+        self._membership: Membership | None = None  # cluster mode, made on first use
+        self._down: dict[tuple[str, str | None], float] = {}  # failed workers, until when
+        self._seed = chunk_key(f"{self._config.host_id}/{self._pid}", 0)
 
     def __reduce__(self):
         return (
@@ -196,6 +216,10 @@ class Client:
             self._after_fork()
         conn = getattr(self._local, "conn", None)
         if conn is not None and not conn.broken:
+            return conn
+        if self._cluster:
+            conn = self._home_conn()
+            self._local.conn = conn
             return conn
         conn = connect(
             self._config,
@@ -431,6 +455,9 @@ class Client:
         if time.monotonic() >= self._direct_until:
             try:
                 conn = self._conn()
+                if self._cluster:
+                    self._read_cluster(conn, items)
+                    return results
             except (ConnectionError, TimeoutError) as exc:
                 # No worker, and none could be started: the data is still in its store.
                 log.warning("no Shoal worker (%s); reading from the under-stores directly", exc)
@@ -447,6 +474,223 @@ class Client:
     def _members(self, conn: Connection) -> list[Node]:
         """The workers pages are placed on: the local one (a cluster adds members)."""
         return [Node(conn.hello["host_id"])]
+
+    # ----------------------------------------------------------------- cluster
+
+    def membership(self) -> Membership:
+        """The cluster's membership as this process follows it (cluster mode only); made
+        on first use, anew in a forked child.
+
+        Raises
+        ------
+        ValueError
+            The client is not in cluster mode, or the membership file is malformed.
+        ConnectionError
+            etcd does not answer.
+        """
+        if not self._cluster:
+            raise ValueError("this client is not in cluster mode (no etcd, no membership file)")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        m = self._membership
+        if m is None:
+            with self._lock:
+                if self._membership is None:
+                    if self._config.etcd is not None:
+                        from ..control._membership import EtcdMembership
+
+                        self._membership = EtcdMembership(self._config.etcd)
+                    else:
+                        from ..control._membership import StaticMembership
+
+                        self._membership = StaticMembership(self._config.membership_file)
+                m = self._membership
+        return m
+
+    def _is_down(self, member: WorkerInfo) -> bool:
+        until = self._down.get((member.id, member.address))
+        return until is not None and until > time.monotonic()
+
+    def _mark_down(self, member: WorkerInfo, exc: BaseException) -> None:
+        if not self._is_down(member):
+            log.warning("Shoal worker %s (%s) failed: %s", member.id, member.address, exc)
+        self._down[member.id, member.address] = time.monotonic() + _DOWN_DELAY
+        pool = getattr(self._local, "pool", None)
+        conn = pool.pop(member.id, None) if pool else None
+        if conn is not None:
+            conn.close()
+
+    def _open(self, member: WorkerInfo, timeout: float | None) -> Connection:
+        """A new connection to ``member``: its Unix socket when it runs on this host (reads
+        short-circuit), TCP otherwise."""
+        if member.host_id == self._config.host_id and member.socket_path:
+            return Connection(member.socket_path, timeout)
+        if member.address is None:
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"worker {member.id} on another host has no TCP address"
+            )
+        return Connection(None, timeout, address=member.address)
+
+    def _track(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns = [c for c in self._conns if not c.broken]
+            self._conns.append(conn)
+
+    def _home_conn(self) -> Connection:
+        """A connection for metadata and control: a worker on this host if there is one,
+        else one picked by this client's hash, the next on failure."""
+        members = [m for m in self.membership().members() if not self._is_down(m)]
+        members.sort(
+            key=lambda m: (m.host_id != self._config.host_id, chunk_key(m.id, 0) ^ self._seed)
+        )
+        error: BaseException | None = None
+        for member in members:
+            try:
+                conn = self._open(member, self._timeout)
+            except (ConnectionError, TimeoutError) as exc:
+                self._mark_down(member, exc)
+                error = exc
+                continue
+            conn.member = member
+            self._track(conn)
+            return conn
+        where = self._config.etcd or self._config.membership_file
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            f"no worker of the Shoal cluster ({where}) answers"
+            + (f"; last error: {error}" if error else ": none is registered"),
+        )
+
+    def _conn_of(self, member: WorkerInfo, home: Connection) -> Connection:
+        """This thread's pooled connection to ``member``."""
+        mine = getattr(home, "member", None)
+        if (
+            mine is not None
+            and not home.broken
+            and (mine.id, mine.address) == (member.id, member.address)
+        ):
+            return home
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        conn = pool.get(member.id)
+        if conn is not None and not conn.broken and conn.member.address == member.address:
+            return conn
+        conn = self._open(member, self._timeout)
+        conn.member = member
+        pool[member.id] = conn
+        self._track(conn)
+        return conn
+
+    def _replicas(self, meta: _Meta, count: int) -> int:
+        wanted = meta.replicas
+        return count if wanted == "all" else min(int(wanted), count)
+
+    def _read_cluster(self, home: Connection, items: list[tuple[memoryview, _Meta, int]]) -> None:
+        """Read pieces from the workers placement gives them: each piece from one of its
+        replicas (picked by this client's hash), the next replica when a worker fails, the
+        under-store when none is left."""
+        page_size = home.hello["page_size"]
+        chunk_size = home.hello["chunk_size"]
+        members = {m.id: m for m in self.membership().members()}
+        nodes = [n for n in members_to_nodes(members.values()) if not self._is_down(members[n.id])]
+        # per piece: (destination, page slice, file, candidate worker ids best first)
+        pending: list[tuple[memoryview, PageSlice, _Meta, list[str]]] = []
+        placed: dict[tuple[bytes, int], list[str]] = {}
+        for view, meta, offset in items:
+            end = min(offset + view.nbytes, meta.size)
+            if end <= offset:
+                continue
+            for s in page_slices(offset, view.nbytes, meta.size, page_size):
+                dest = view[s.buf_offset : s.buf_offset + s.length]
+                chunk = chunk_of(s.index, page_size, chunk_size)
+                order = placed.get((meta.fid, chunk))
+                if order is None:
+                    key = chunk_key(meta.fid, chunk)
+                    order = []
+                    if nodes:
+                        owners = [n.id for n in place(key, nodes, self._replicas(meta, len(nodes)))]
+                        turn = (key ^ self._seed) % len(owners)
+                        order = owners[turn:] + owners[:turn]
+                    placed[meta.fid, chunk] = order
+                pending.append((dest, s, meta, list(order)))
+        round_bytes = max(page_size, min(_MAX_ROUND, home.hello["capacity"] // 4))
+        while pending:
+            groups: dict[str, list] = {}
+            direct = []
+            for piece in pending:
+                candidates = piece[3]
+                while candidates and (
+                    candidates[0] not in members or self._is_down(members[candidates[0]])
+                ):
+                    candidates.pop(0)
+                if candidates:
+                    groups.setdefault(candidates[0], []).append(piece)
+                else:
+                    direct.append(piece)
+            for dest, s, meta, _ in direct:
+                self._read_piece_direct(dest, s, meta, page_size)
+            pending = []
+            # One request in flight per worker, sent to every worker before any answer is
+            # read: the workers serve a batch at the same time.
+            rounds = {w: _rounds(pieces, round_bytes) for w, pieces in groups.items()}
+            while rounds:
+                sent = []
+                for wid in list(rounds):
+                    batch = rounds[wid].pop(0)
+                    if not rounds[wid]:
+                        del rounds[wid]
+                    member = members[wid]
+                    try:
+                        conn = self._conn_of(member, home)
+                        if conn.remote:
+                            self._send_data_read(conn, batch)
+                        sent.append((member, conn, batch))
+                    except (ConnectionError, TimeoutError) as exc:
+                        self._mark_down(member, exc)
+                        pending.extend(batch)
+                        pending.extend(p for b in rounds.pop(wid, []) for p in b)
+                for k, (member, conn, batch) in enumerate(sent):
+                    try:
+                        if conn.remote:
+                            self._recv_data_read(conn, batch)
+                        else:
+                            self._read_from(conn, [(d, s, m) for d, s, m, _ in batch])
+                    except (ConnectionError, TimeoutError) as exc:
+                        self._mark_down(member, exc)
+                        pending.extend(batch)
+                        pending.extend(p for b in rounds.pop(member.id, []) for p in b)
+                    except BaseException:
+                        for _, other, _ in sent[k + 1 :]:
+                            other.close()  # its answer is still on the way: start afresh
+                        raise
+
+    @staticmethod
+    def _send_data_read(conn: Connection, batch: list) -> None:
+        files: dict[tuple[str, str], int] = {}
+        wanted = []
+        for _, s, meta, _ in batch:
+            fi = files.setdefault((meta.path, meta.version), len(files))
+            wanted.append([fi, s.index, s.start, s.length])
+        conn.send(
+            {"op": "read", "files": [list(k) for k in files], "items": wanted, "mode": DATA,
+             "forget": []}
+        )  # fmt: skip
+
+    @staticmethod
+    def _recv_data_read(conn: Connection, batch: list) -> None:
+        _, payload_len, fds = conn.receive()
+        for fd in fds:
+            os.close(fd)
+        conn.recv_payload([dest for dest, _, _, _ in batch], payload_len)
+
+    def _read_piece_direct(self, dest: memoryview, s: PageSlice, meta: _Meta, page_size: int):
+        offset = s.index * page_size + s.start
+        got = self._store(meta).read_into(meta.rel, offset, dest, version=meta.version or None)
+        if got != dest.nbytes:
+            raise ObjectChangedError(
+                f"read: {meta.path} is shorter than its metadata says; read it again", meta.path
+            )
 
     def _read_pieces(self, conn: Connection, items: list[tuple[memoryview, _Meta, int]]) -> None:
         page_size = conn.hello["page_size"]
@@ -700,6 +944,9 @@ class Client:
             conns, self._conns = self._conns, []
             stores, self._stores = list(self._stores.values()), {}
         forked = os.getpid() != self._pid
+        membership, self._membership = self._membership, None
+        if membership is not None and not forked:
+            membership.close()
         for conn in conns:
             conn.abandon() if forked else conn.close()
         if not forked:
@@ -722,6 +969,20 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<shoal.Client home={self._config.home!r}{' closed' if self._closed else ''}>"
+
+
+def _rounds(pieces: list, round_bytes: int) -> list[list]:
+    """``pieces`` cut into batches of about ``round_bytes`` at most (one piece at least)."""
+    out, batch, total = [], [], 0
+    for piece in pieces:
+        if batch and total + piece[0].nbytes > round_bytes:
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(piece)
+        total += piece[0].nbytes
+    if batch:
+        out.append(batch)
+    return out
 
 
 def _restore(config, start, timeout, start_timeout, metadata_ttl) -> Client:

@@ -50,13 +50,21 @@ class Connection:
     Holds the descriptors the worker passed (region files and generation tables) in a
     :class:`~shoal.engine.RegionReader`, at most :data:`MAX_REGION_FDS` region files, least
     recently used closed first.
+
+    With ``address`` (``HOST:PORT``) it connects over TCP to a worker on another host
+    instead of ``path``: :attr:`remote` is then true and no descriptor is ever passed.
     """
 
-    def __init__(self, path: str, timeout: float | None):
+    def __init__(self, path: str | None, timeout: float | None, address: str | None = None):
         self.pid = os.getpid()
         self.broken = False
         self.timeout = timeout
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.remote = address is not None
+        self.where = address if address is not None else path
+        if address is not None:
+            self.sock = _tcp_socket(address, min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT))
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.reader: RegionReader | None = None
         self._regions: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._adopted: dict[tuple[str, int], int] = {}  # every descriptor the reader holds
@@ -64,7 +72,8 @@ class Connection:
         try:
             # A worker that accepts but does not answer is given up on soon.
             self.sock.settimeout(min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT))
-            self.sock.connect(path)
+            if address is None:
+                self.sock.connect(path)
             self.reader = RegionReader()
             self.hello = self.call({"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION})
             self.sock.settimeout(timeout)
@@ -77,7 +86,7 @@ class Connection:
     def _lost(self, exc: BaseException) -> WorkerLost:
         self.broken = True
         self.close()
-        return WorkerLost(f"connection to the Shoal worker failed: {exc}")
+        return WorkerLost(f"connection to the Shoal worker at {self.where} failed: {exc}")
 
     def send(self, header: dict) -> None:
         """Send a request; ``WorkerLost`` when the connection fails."""
@@ -201,6 +210,32 @@ class Connection:
                 os.close(fd)
         self._adopted.clear()
         self.reader = None  # its descriptors are closed; its mappings go with it
+
+
+def _tcp_socket(address: str, timeout: float) -> socket.socket:
+    """A TCP socket connected to ``HOST:PORT``; ``ConnectionError`` naming it otherwise."""
+    host, _, port = address.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except socket.gaierror as exc:
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED, f"cannot resolve the worker address {address}: {exc}"
+        ) from None
+    except ConnectionError as exc:
+        raise type(exc)(
+            exc.errno, f"no Shoal worker answers at {address}: {exc.strerror}"
+        ) from None
+    except TimeoutError:
+        raise TimeoutError(
+            errno.ETIMEDOUT, f"no Shoal worker answers at {address} within {timeout:.0f} s"
+        ) from None
+    except OSError as exc:  # no route, network down ...
+        raise ConnectionRefusedError(
+            exc.errno or errno.ECONNREFUSED, f"cannot reach the worker at {address}: {exc}"
+        ) from None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _lock(path: str, timeout: float) -> int:

@@ -8,6 +8,7 @@ them, and each waits mostly on the page store or an under-store.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from .proto import (
+    DATA,
     ProtocolError,
     check_request,
     encode_error,
@@ -32,7 +34,7 @@ _MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes
 
 
 class Server:
-    """Serves a worker on a Unix socket.
+    """Serves a worker on a Unix socket, and on TCP in a cluster.
 
     Parameters
     ----------
@@ -43,6 +45,11 @@ class Server:
         connect), removed by the caller after :meth:`stop`.
     on_stop
         Called when a client sends ``stop``.
+    listen
+        ``HOST:PORT`` of a TCP endpoint for clients on other hosts (port 0: any free port,
+        see :attr:`address`), or None. The protocol is the same, but no descriptor crosses
+        a TCP connection: every ``read`` is served in ``data`` mode, and ``stop`` is
+        refused there.
 
     Notes
     -----
@@ -51,11 +58,20 @@ class Server:
     the connection close) and waits for the connection threads.
     """
 
-    def __init__(self, worker, path: str, on_stop: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        worker,
+        path: str,
+        on_stop: Callable[[], None] | None = None,
+        listen: str | None = None,
+    ):
         self.worker = worker
         self.path = path
+        self.listen = listen
         self._on_stop = on_stop
         self._listener: socket.socket | None = None
+        self._tcp: socket.socket | None = None
+        self._tcp_acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, threading.Thread] = {}
         self._stopping = threading.Event()
@@ -75,14 +91,35 @@ class Server:
         except BaseException:
             listener.close()
             raise
+        if self.listen is not None:
+            try:
+                self._tcp = _tcp_listener(self.listen)
+            except BaseException:
+                listener.close()
+                raise
         self._listener = listener
-        self._acceptor = threading.Thread(target=self._accept_loop, name="shoal-accept")
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, args=(listener, False), name="shoal-accept"
+        )
         self._acceptor.start()
+        if self._tcp is not None:
+            self._tcp_acceptor = threading.Thread(
+                target=self._accept_loop, args=(self._tcp, True), name="shoal-accept-tcp"
+            )
+            self._tcp_acceptor.start()
 
-    def _accept_loop(self) -> None:
+    @property
+    def address(self) -> str | None:
+        """``HOST:PORT`` the TCP endpoint is bound to (the real port when asked for 0)."""
+        if self._tcp is None:
+            return None
+        host, port = self._tcp.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _accept_loop(self, listener: socket.socket, remote: bool) -> None:
         while not self._stopping.is_set():
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -91,9 +128,12 @@ class Server:
                 log.exception("accept failed")
                 continue
             conn.setblocking(True)
+            if remote:
+                # Requests are small frames answered at once: do not let Nagle hold them.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # Daemon threads: one stuck on a slow store must not keep the process alive.
             thread = threading.Thread(
-                target=self._serve, args=(conn,), name="shoal-conn", daemon=True
+                target=self._serve, args=(conn, remote), name="shoal-conn", daemon=True
             )
             with self._lock:
                 if self._stopping.is_set():
@@ -102,10 +142,11 @@ class Server:
                 self._conns[conn] = thread
             thread.start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket, remote: bool = False) -> None:
         from ._worker import ConnectionState
 
         state = ConnectionState()
+        state.remote = remote
         try:
             while not self._stopping.is_set():
                 got = recv_header(conn)
@@ -133,6 +174,13 @@ class Server:
         op = None
         try:
             op = check_request(header)
+            if state.remote:
+                if op == "stop":
+                    raise PermissionError(
+                        errno.EPERM, "stop is refused over TCP: stop a worker on its own host"
+                    )
+                if op == "read":
+                    header["mode"] = DATA  # descriptors cannot cross a TCP connection
             self.worker.count_request()
             if op == "load":
                 return self._load(conn, header)
@@ -202,8 +250,11 @@ class Server:
         self._stopping.set()
         if self._acceptor is not None:
             self._acceptor.join()
-        if self._listener is not None:
-            self._listener.close()
+        if self._tcp_acceptor is not None:
+            self._tcp_acceptor.join()
+        for listener in (self._listener, self._tcp):
+            if listener is not None:
+                listener.close()
         with self._lock:
             conns = dict(self._conns)
         for conn in conns:
@@ -212,3 +263,25 @@ class Server:
         deadline = time.monotonic() + 10
         for thread in conns.values():
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _tcp_listener(listen: str) -> socket.socket:
+    """A listening TCP socket on ``HOST:PORT``; ``OSError`` naming the address."""
+    host, _, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise OSError(errno.EADDRNOTAVAIL, f"cannot listen on {listen}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+        sock.settimeout(0.2)  # so that the accept loop notices stop()
+    except OSError as exc:
+        sock.close()
+        raise type(exc)(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+    return sock

@@ -32,7 +32,7 @@ from .._errors import ShoalError, TierFullError
 from ..engine import PageLocation, PageStore
 from ..engine._regions import generations_path
 from ._metadata import MetadataCache
-from ._metastore import LocalMetaStore
+from ._metastore import LocalMetaStore, MetaStore
 from ._namespace import Mount, MountTable, normalize_path
 from ._pages import file_id, page_count, page_key, page_length
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, ProtocolError, encode_error
@@ -63,7 +63,7 @@ _MAX_FILES = 1 << 20  # files remembered for fast lookup
 _PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
 
 # Mount options that Shoal itself reads; every other option goes to the under-store.
-_MOUNT_OPTIONS = ("metadata_ttl", "read_ahead")
+_MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas")
 
 
 class WorkerBusyError(ShoalError, OSError):
@@ -74,9 +74,11 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
     """Split a mount's options into Shoal's own (checked, with defaults) and the store's.
 
     Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
-    60) and ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4).
+    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4)
+    and ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
+    default 1).
     """
-    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD}
+    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD, "replicas": 1}
     store = {}
     for key, value in options.items():
         if key not in _MOUNT_OPTIONS:
@@ -87,6 +89,11 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
                 raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
             if not 0 <= value < math.inf:
                 raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
+        elif key == "replicas":
+            if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
+            if value != "all" and value < 1:
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"read_ahead must be an int >= 0 (pages), got {value!r}")
         own[key] = value
@@ -119,6 +126,7 @@ class _File:
             "uri": self.mount.uri,
             "options": split_mount_options(self.mount.options)[1],
             "rel": self.rel,
+            "replicas": self.own["replicas"],
         }
 
 
@@ -137,6 +145,7 @@ class ConnectionState:
     sent: set[tuple[str, int]] = field(default_factory=set)  # descriptors the client holds
     last_page: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
     pid: int | None = None
+    remote: bool = False  # a TCP connection: no descriptors, bytes only
 
 
 @dataclass
@@ -193,9 +202,19 @@ class Worker:
         Concurrent ranged reads from under-stores for misses and loads.
     read_ahead_threads
         Concurrent reads for read-ahead, apart so that prefetching never delays a miss.
+    meta_store
+        Where the mount table lives (the cluster's ``EtcdMetaStore``); the worker closes
+        it. Default: a RocksDB store under ``$SHOAL_HOME/meta``.
     """
 
-    def __init__(self, config: Config, *, fetch_threads: int = 16, read_ahead_threads: int = 4):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        fetch_threads: int = 16,
+        read_ahead_threads: int = 4,
+        meta_store: MetaStore | None = None,
+    ):
         self.config = config
         self.page_size = config.page_size
         self.started = time.time()
@@ -208,7 +227,11 @@ class Worker:
         self._files: dict[str, _File] = {}  # path as asked -> file, while current
         self._mount_epoch = 0
         self._closed = False
-        self._meta_store = LocalMetaStore(os.path.join(config.home, "meta"))
+        # Another worker may change a shared mount table: look again for an unknown path.
+        self._shared_mounts = meta_store is not None
+        self._meta_store = meta_store or LocalMetaStore(os.path.join(config.home, "meta"))
+        self.worker_id: str | None = None
+        self.cluster_health: Callable[[], dict] | None = None
         try:
             self._mounts = MountTable(self._meta_store)
             self._store = PageStore(
@@ -244,6 +267,7 @@ class Worker:
                 "chunk_size": self.config.chunk_size,
                 "home": self.config.home,
                 "capacity": sum(t.capacity for t in self.config.tiers()),
+                "worker_id": self.worker_id,
             }
         )
 
@@ -284,7 +308,19 @@ class Worker:
         return mount.to_json()
 
     def mounts(self) -> list[dict]:
+        if self._shared_mounts:
+            self._reload_mounts()
         return [m.to_json() for m in self._mounts.mounts()]
+
+    def _reload_mounts(self) -> None:
+        """Read a shared mount table again (kept as it was while its store is down)."""
+        try:
+            self._mounts.reload()
+        except OSError as exc:
+            log.warning("mount table not reloaded: %s", exc)
+            return
+        with self._lock:
+            self._mount_epoch += 1
 
     def _store_of(self, mount: Mount) -> UnderStore:
         with self._lock:
@@ -312,7 +348,14 @@ class Worker:
         raw = path
         path = normalize_path(path)
         epoch = self._mount_epoch
-        mount, rel = self._mounts.resolve(path)
+        try:
+            mount, rel = self._mounts.resolve(path)
+        except FileNotFoundError:
+            if not self._shared_mounts:
+                raise
+            self._reload_mounts()
+            epoch = self._mount_epoch
+            mount, rel = self._mounts.resolve(path)
         own, _ = split_mount_options(mount.options)
         if not rel:
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
@@ -771,8 +814,20 @@ class Worker:
             "hit_ratio": counters["page_hits"] / asked if asked else 0.0,
             "mounts": len(self._mounts.mounts()),
             "metadata_entries": len(self._metadata),
+            **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
+
+    def used_bytes(self) -> int:
+        """Bytes of cached pages, over every tier."""
+        return sum(u.live_bytes for u in self._store.usage().values())
+
+    def touch(self, regions: list[list]) -> None:
+        """Count pages a client read through locations it remembered (``[tier, region,
+        pages]`` each): hits, read short-circuit, and their regions recently used."""
+        pages = sum(n for _, _, n in regions)
+        self._counters.add(page_hits=pages, pages_located=pages)
+        self._store.touch([(tier, region) for tier, region, _ in regions])
 
     def count_request(self) -> None:
         self._counters.add(requests=1)
@@ -877,12 +932,17 @@ def _serve(config: Config, stop: threading.Event) -> None:
     sock_path = socket_path(config.home)
     lock_fd = _lock_pid_file(config.home)
     try:
-        worker = Worker(config)
+        worker = Worker(config, meta_store=_cluster_meta_store(config))
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(sock_path)  # left by a worker that died: we hold the lock now
-            server = Server(worker, sock_path, on_stop=stop.set)
+            server = Server(worker, sock_path, on_stop=stop.set, listen=config.listen)
             server.start()
+            try:
+                registration = _join_cluster(config, worker, server.address, sock_path)
+            except BaseException:
+                server.stop()
+                raise
             log.info(
                 "worker %d serving %s (engine %s, tiers %s)",
                 os.getpid(),
@@ -890,11 +950,15 @@ def _serve(config: Config, stop: threading.Event) -> None:
                 engine.backend(),
                 ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
             )
+            if server.address is not None:
+                log.info("worker %s listening on %s", worker.worker_id, server.address)
             try:
                 while not stop.wait(0.5):
                     pass
             finally:
                 log.info("worker %d stopping", os.getpid())
+                if registration is not None:
+                    registration.close()  # leave placement before refusing requests
                 server.stop()
         finally:
             worker.close()
@@ -903,6 +967,67 @@ def _serve(config: Config, stop: threading.Event) -> None:
     finally:
         os.close(lock_fd)
     log.info("worker %d stopped", os.getpid())
+
+
+def _cluster_meta_store(config: Config) -> MetaStore | None:
+    """The cluster's shared MetaStore (in etcd), or None for the node's own."""
+    if config.etcd is None:
+        return None
+    from ._etcd import EtcdMetaStore
+
+    return EtcdMetaStore(config.etcd)
+
+
+def _advertised(address: str | None) -> str | None:
+    """The address other hosts reach a TCP endpoint at (a wildcard bind names this host)."""
+    if address is None:
+        return None
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
+
+
+def _join_cluster(config: Config, worker: Worker, address: str | None, sock_path: str):
+    """Give the worker its stable id and, with etcd, register it (the registration is
+    returned, to be closed before the server stops); a static membership file is checked
+    to list it."""
+    from ._membership import WorkerRegistration, load_static_members, load_worker_id
+
+    worker.worker_id = load_worker_id(config.home)
+    if config.membership_file is not None:
+        members = load_static_members(config.membership_file)
+        mine = [m for m in members if m.address == address or m.address == config.listen]
+        if not mine:
+            mine = [m for m in members if m.host_id == config.host_id]
+        if len(mine) != 1:
+            raise ValueError(
+                f"membership file {config.membership_file}: no single worker with address "
+                f"{config.listen} or host id {config.host_id!r}"
+            )
+        worker.worker_id = mine[0].id
+        return None
+    if config.etcd is None:
+        return None
+    if address is None:
+        raise ValueError("a worker in an etcd cluster needs listen (HOST:PORT) set")
+    from ._membership import local_worker_info
+
+    info = local_worker_info(config, address=_advertised(address), socket_path=sock_path)
+    registration = WorkerRegistration(config.etcd, info, used_bytes=worker.used_bytes)
+
+    def health() -> dict:
+        return {
+            "worker_id": registration.info.id,
+            "etcd": registration.endpoint,
+            "state": registration.info.state.value,
+            "registered": registration.healthy,
+            "last_error": registration.last_error,
+        }
+
+    worker.cluster_health = health
+    log.info("worker %s registered in etcd at %s", info.id, registration.endpoint)
+    return registration
 
 
 def run_worker(config: Config | None = None, foreground: bool = True, timeout: float = 60.0):

@@ -1,0 +1,161 @@
+"""A Shoal cluster on loopback for the tests: workers as separate processes (``shoal
+worker``), each with its own home, cache directory, host id and TCP port, registered in a
+real etcd; clients with yet another host id, so that every read takes the remote path."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+from shoal._config import Config
+from shoal.client import Client
+from shoal.client._connection import Connection
+from shoal.control._membership import EtcdMembership, load_worker_id
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PAGE = 64 << 10
+SMALL = {
+    "page_size": PAGE,
+    "chunk_size": 4 * PAGE,
+    "region_size": 4 * PAGE,
+    "capacity": 16 << 20,
+    "mem_capacity": 0,
+}
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class WorkerProcess:
+    """``shoal worker --etcd ... --listen 127.0.0.1:0`` in a home of its own."""
+
+    def __init__(self, etcd: str, host_id: str):
+        self.etcd = etcd
+        self.host_id = host_id
+        self.home = tempfile.mkdtemp(prefix="shoal-cl-", dir="/tmp")
+        with open(os.path.join(self.home, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(SMALL, f)
+        self.id = load_worker_id(self.home)
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("SHOAL_") or k.startswith("SHOAL_TEST_")
+        }
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+        command = [
+            sys.executable, "-m", "shoal", "worker", "--home", self.home, "--etcd", self.etcd,
+            "--listen", "127.0.0.1:0", "--cache-dir", os.path.join(self.home, "cache"),
+            "--capacity", "16MiB", "--host-id", self.host_id,
+        ]  # fmt: skip
+        with open(os.path.join(self.home, "worker.log"), "ab") as log:
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+
+    def kill(self) -> None:
+        """``kill -9``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise
+
+    def log(self) -> str:
+        with open(os.path.join(self.home, "worker.log"), encoding="utf-8", errors="replace") as f:
+            return f.read()[-3000:]
+
+
+class Cluster:
+    """Workers registered in one etcd, and a way to see them."""
+
+    def __init__(self, etcd: str, count: int):
+        self.etcd = etcd
+        self.workers: list[WorkerProcess] = []
+        self.membership = EtcdMembership(etcd)
+        self.homes: list[str] = []
+        try:
+            for n in range(count):
+                self.workers.append(WorkerProcess(etcd, f"host-{n}"))
+            self.wait_members({w.id for w in self.workers})
+        except BaseException:
+            self.close()
+            raise
+
+    def wait_members(self, ids: set[str], timeout: float = 60.0) -> None:
+        def ready():
+            live = {m.id: m for m in self.membership.members()}
+            dead = [w for w in self.workers if w.proc.poll() is not None and w.id in ids]
+            assert not dead, f"worker exited:\n{dead[0].log()}"
+            return set(live) >= ids
+
+        wait_until(ready, timeout, f"workers {sorted(ids)} to register")
+
+    def address(self, worker: WorkerProcess) -> str:
+        member = self.membership.member(worker.id)
+        assert member is not None, f"worker {worker.id} is not registered"
+        return member.address
+
+    def report(self, worker: WorkerProcess) -> dict:
+        conn = Connection(None, 30.0, address=self.address(worker))
+        try:
+            return conn.call({"op": "report"})["report"]
+        finally:
+            conn.close()
+
+    def client(self, **kwargs) -> Client:
+        home = tempfile.mkdtemp(prefix="shoal-clc-", dir="/tmp")
+        self.homes.append(home)
+        config = Config(home=home, host_id="client-host", etcd=self.etcd, **SMALL)
+        return Client(config, start_worker=False, **kwargs)
+
+    def close(self) -> None:
+        errors = []
+        for w in self.workers:
+            try:
+                w.stop()
+            except Exception as exc:  # every worker is stopped whatever happens
+                errors.append(exc)
+        self.membership.close()
+        for w in self.workers:
+            shutil.rmtree(w.home, ignore_errors=True)
+        for home in self.homes:
+            shutil.rmtree(home, ignore_errors=True)
+        if errors:
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def running_cluster(etcd: str, count: int = 3):
+    cluster = Cluster(etcd, count)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

@@ -1,0 +1,106 @@
+"""Cluster reads: three workers as separate processes on loopback, each on a host id of
+its own, and a client on yet another host, so that every page comes over TCP from the
+worker that placement gives it; a worker killed mid-epoch; restarted, it serves its cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from etcdserver import EtcdServer
+from shoal_cluster import PAGE, running_cluster, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(etcd, moto_server):
+    with running_cluster(etcd.endpoint, 3) as c:
+        yield c
+
+
+def dataset(bucket, prefix: str, count: int, seed: int) -> dict[str, bytes]:
+    """Files of 0 to 5 pages (some not page-aligned), put in ``bucket``."""
+    files = {}
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        size = int(rng.integers(1, 5 * PAGE))
+        data = random_bytes(size, seed * 1000 + i)
+        bucket.put(f"{prefix}/f{i:03d}", data)
+        files[f"f{i:03d}"] = data
+    return files
+
+
+def read_all(client, mount: str, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        buf = bytearray(len(data))
+        assert client.read_into(buf, f"{mount}/{name}") == len(data)
+        assert buf == data, name
+
+
+def test_dataset_read_across_three_workers(cluster, bucket):
+    files = dataset(bucket, "ds", 24, seed=1)
+    client = cluster.client()
+    try:
+        client.mount("/ds", f"s3://{bucket.name}/ds", **bucket.options())
+        read_all(client, "/ds", files)
+        # a batch of small reads, and a range across pages
+        bufs = [bytearray(100) for _ in files]
+        got = client.read_many_into([(b, f"/ds/{n}", 7) for b, n in zip(bufs, files, strict=True)])
+        for b, n, (name, data) in zip(bufs, got, files.items(), strict=True):
+            assert bytes(b[:n]) == data[7 : 7 + 100], name
+        reports = [cluster.report(w) for w in cluster.workers]
+        # every worker served pages over TCP, none was read short-circuit
+        assert all(r["bytes_sent"] > 0 for r in reports), [r["bytes_sent"] for r in reports]
+        assert sum(r["pages_located"] for r in reports) == 0
+        assert all(r["cluster"]["registered"] for r in reports)
+        # a second epoch comes from the workers' caches, not from S3
+        before = sum(r["ufs_reads"] for r in reports)
+        read_all(client, "/ds", files)
+        after = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        assert after == before
+    finally:
+        client.close()
+
+
+def test_kill_9_during_an_epoch_then_its_cache_serves_again(cluster, bucket):
+    files = dataset(bucket, "kill", 30, seed=2)
+    client = cluster.client()
+    try:
+        client.mount("/kill", f"s3://{bucket.name}/kill", **bucket.options())
+        read_all(client, "/kill", files)  # every page cached by its owner
+        victim = cluster.workers[1]
+        names = list(files)
+        for k, name in enumerate(names):
+            if k == len(names) // 3:
+                victim.kill()
+            buf = bytearray(len(files[name]))
+            assert client.read_into(buf, f"/kill/{name}") == len(buf)
+            assert buf == files[name], name
+        # its lease expires: the others serve its chunks (read-through) meanwhile
+        wait_until(lambda: cluster.membership.member(victim.id) is None, 15, "the lease to expire")
+        read_all(client, "/kill", files)
+        victim.start()
+        cluster.wait_members({victim.id})
+        before = cluster.report(victim)
+        assert before["ufs_reads"] == 0
+        wait_until(lambda: client.membership().member(victim.id), 10, "the client to see it")
+        read_all(client, "/kill", files)
+        after = cluster.report(victim)
+        assert after["page_hits"] > 0, "the restarted worker served nothing from its cache"
+        assert after["ufs_reads"] == 0, "the restarted worker lost its cache"
+    finally:
+        client.close()
