@@ -48,6 +48,19 @@ def option_arg(text: str) -> tuple[str, Any]:
     return key, parse_option_value(value)
 
 
+def replicas_arg(text: str) -> int | str:
+    """``--replicas``: an int >= 1, or ``all``."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1 or 'all', got {text!r}")
+    return value
+
+
 def mount_options(args: argparse.Namespace) -> dict[str, Any]:
     """The options of ``mount add`` from its flags and ``-o`` pairs.
 
@@ -60,6 +73,7 @@ def mount_options(args: argparse.Namespace) -> dict[str, Any]:
         "access_key_env": args.access_key_env,
         "secret_key_env": args.secret_key_env,
         "metadata_ttl": args.metadata_ttl,
+        "replicas": args.replicas,
         "anonymous": True if args.anonymous else None,
     }
     for key, value in flags.items():
@@ -150,6 +164,12 @@ def register(subparsers) -> None:
         type=seconds_arg,
         metavar="S",
         help="seconds a stat or listing is cached (default 60)",
+    )
+    behaviour.add_argument(
+        "--replicas",
+        type=replicas_arg,
+        metavar="K|all",
+        help="in a cluster, workers that hold each chunk: K, or all of them (default 1)",
     )
     behaviour.add_argument(
         "-o",

@@ -102,11 +102,16 @@ def register(subparsers) -> None:
     """Add ``worker``, ``up`` and ``down``."""
     p = subparsers.add_parser(
         "worker",
-        help="run the worker in the foreground",
+        help="run the worker in the foreground; drain or undrain a cluster's worker",
         description="Run this node's worker in the foreground until SIGTERM or Ctrl-C. "
         "Settings come from defaults, HOME/config.yaml (or --config), SHOAL_* variables "
-        "and these flags, later ones winning.",
+        "and these flags, later ones winning. `shoal worker drain ID` takes worker ID of "
+        "the cluster (see `shoal workers`) out of placement, `undrain ID` puts it back.",
     )
+    p.add_argument(
+        "action", nargs="?", choices=("drain", "undrain"), help="act on a cluster's worker"
+    )
+    p.add_argument("worker_id", nargs="?", metavar="ID", help="the worker to drain or undrain")
     _add_config_options(p)
     p.set_defaults(func=_worker)
 
@@ -156,6 +161,14 @@ def register(subparsers) -> None:
 def _worker(args: argparse.Namespace) -> int:
     from ..control._worker import run_worker
 
+    if args.action is not None:
+        from ._workers import drain
+
+        if args.worker_id is None:
+            raise ValueError(f"shoal worker {args.action}: give the worker's ID")
+        return drain(args)
+    if args.worker_id is not None:
+        raise ValueError(f"unexpected argument {args.worker_id!r}; did you mean `drain ID`?")
     config = _config(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(
