@@ -27,6 +27,7 @@ from ..control.ufs import ObjectChangedError, UnderStore, open_store
 from ..engine import PageLocation
 from ..engine._requests import host_view
 from ._connection import Connection, WorkerLost, connect
+from ._locations import LocationCache
 
 __all__ = ["Client", "FileInfo", "LoadProgress"]
 
@@ -35,6 +36,7 @@ log = logging.getLogger("shoal.client")
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _MAX_ROUND = 256 << 20  # bytes asked of a worker in one request at most
 _WORKER_RETRY_DELAY = 5.0  # seconds reads go straight to the stores after a failed start
+_TOUCH_DELAY = 1.0  # seconds pages read through remembered locations wait to be reported
 _DOWN_DELAY = 3.0  # seconds a cluster worker that failed is skipped (about its lease TTL)
 
 
@@ -88,12 +90,14 @@ class _Meta:
     options: dict
     rel: str
     replicas: int | str = 1  # workers holding each chunk in a cluster, or "all"
+    fresh_until: float = 0.0  # monotonic time until which the worker's metadata holds
 
     @classmethod
     def from_record(cls, r: dict) -> _Meta:
         return cls(
             r["path"], r["size"], r["version"], r["mtime"], r["is_dir"], bytes(r["fid"]),
             r["mount"], r["uri"], dict(r["options"]), r["rel"], r.get("replicas", 1),
+            fresh_until=time.monotonic() + r.get("metadata_ttl", 0.0),
         )  # fmt: skip
 
     def info(self) -> FileInfo:
@@ -128,7 +132,9 @@ class Client:
     metadata_ttl
         Seconds this client keeps file metadata before asking the worker again (the worker
         has its own cache, per mount). A file's version is checked by the worker on every
-        read, so a stale entry costs one retry, never wrong bytes.
+        read it serves, so a stale entry costs one retry, never wrong bytes. Pages read
+        before are read again without asking the worker (the client remembers where they
+        are) only while the mount's ``metadata_ttl`` holds for the metadata.
     etcd
         ``http://HOST:PORT`` of the cluster's etcd (default ``config.etcd``,
         ``$SHOAL_ETCD``): cluster mode. The client then follows the workers registered
@@ -185,6 +191,7 @@ class Client:
         self._meta: dict[str, tuple[float, _Meta]] = {}
         self._stores: dict[str, UnderStore] = {}
         self._direct_until = 0.0  # monotonic time before which reads skip the worker
+        self._locs = LocationCache()  # where the local worker keeps pages read before
         self._membership: Membership | None = None  # cluster mode, made on first use
         self._down: dict[tuple[str, str | None], float] = {}  # failed workers, until when
         self._seed = chunk_key(f"{self._config.host_id}/{self._pid}", 0)
@@ -269,6 +276,7 @@ class Client:
         return out
 
     def _forget(self, path: str) -> None:
+        self._locs.drop_path(path)
         under = path.rstrip("/") + "/"
         for p in [p for p in self._meta if p == path or p.startswith(under)]:
             self._meta.pop(p, None)
@@ -464,12 +472,101 @@ class Client:
                 self._direct_until = time.monotonic() + _WORKER_RETRY_DELAY
             else:
                 try:
-                    self._read_pieces(conn, items)
+                    rest = self._read_cached(conn, items)
+                    if rest:
+                        self._read_pieces(conn, rest)
                     return results
                 except WorkerLost as exc:
                     log.warning("%s; reading from the under-stores directly", exc)
         self._read_direct(items, results)
         return results
+
+    def _read_cached(
+        self, conn: Connection, items: list[tuple[memoryview, _Meta, int]]
+    ) -> list[tuple[memoryview, _Meta, int]]:
+        """Read short-circuit, with no round trip to the worker, the items within one page
+        whose location this client remembers; the items left for the worker (those whose
+        location is unknown, or failed the crc32c or generation check: forgotten then)."""
+        locs = self._locs
+        if not locs or locs.owner != (conn.hello["host_id"], conn.hello["home"]):
+            return items
+        page_size = conn.hello["page_size"]
+        rest, wanted, keys = [], [], []
+        now = time.monotonic()
+        for item in items:
+            view, meta, offset = item
+            n = min(view.nbytes, meta.size - offset)
+            if n <= 0:
+                continue
+            if meta.fresh_until <= now:
+                rest.append(item)  # the worker checks the file's version again
+                continue
+            index, start = divmod(offset, page_size)
+            if start + n > page_size:
+                rest.append(item)  # several pages: the worker's path
+                continue
+            wanted.append((item, start, n))
+            keys.append((meta.fid, index))
+        batch, partial, served = [], [], []
+        for (item, start, n), key, loc in zip(wanted, keys, locs.get_many(keys), strict=True):
+            if loc is None or start + n > loc[3]:
+                rest.append(item)
+                continue
+            tier, region, offset, plen, crc, generation, _ = loc
+            dest = item[0]
+            if start or n != plen:
+                dest = bytearray(plen)  # the crc32c covers the whole page
+                partial.append((len(batch), item[0], dest, start, n))
+            batch.append((tier, region, offset, plen, crc, generation, dest))
+            served.append((item, key))
+        if not batch:
+            return rest
+        results = conn.reader.read_located(batch)
+        failed, counts = [], {}
+        for (item, key), loc, res in zip(served, batch, results, strict=True):
+            if isinstance(res, BaseException):
+                failed.append(key)
+                rest.append(item)
+            else:
+                region = (loc[0], loc[1])
+                counts[region] = counts.get(region, 0) + 1
+        for j, view, scratch, start, n in partial:
+            if not isinstance(results[j], BaseException):
+                view[:n] = memoryview(scratch)[start : start + n]
+        if failed:
+            locs.drop_many(failed)
+        if counts:
+            for tier, region in counts:
+                conn.used(tier, region)
+            locs.touch(counts, now)
+            if now - locs.touched_since >= _TOUCH_DELAY:
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    self._report_touched(conn)
+        return rest
+
+    def _report_touched(self, conn: Connection) -> None:
+        """Tell the worker about the pages read through remembered locations since the last
+        time: they count as hits, and their regions as recently used."""
+        touched = self._locs.take_touched()
+        if touched and self._locs.owner == (conn.hello["host_id"], conn.hello["home"]):
+            conn.call({"op": "touch", "regions": touched})
+
+    def _remember(self, conn: Connection, pieces: list, locs: list, retry: list[int]) -> None:
+        """Keep the locations a worker handed out and that read well, for later reads."""
+        failed = set(retry)
+        keep, drop = [], []
+        for k, ((_, s, meta), loc) in enumerate(zip(pieces, locs, strict=True)):
+            if loc is None:
+                continue
+            key = (meta.fid, s.index)
+            if k in failed:
+                drop.append(key)
+            else:
+                keep.append((key, (*loc, meta.path)))
+        if drop:
+            self._locs.drop_many(drop)
+        if keep:
+            self._locs.put_many((conn.hello["host_id"], conn.hello["home"]), keep)
 
     def _members(self, conn: Connection) -> list[Node]:
         """The workers pages are placed on: the local one (a cluster adds members)."""
@@ -759,6 +856,7 @@ class Client:
             [d for (d, _), loc in zip(requested, locs, strict=True) if loc is None], payload_len
         )
         retry = self._read_located(conn, requested, locs)
+        self._remember(conn, pieces, locs, retry)
         conn.trim()
         if retry:
             conn.send(
@@ -912,7 +1010,9 @@ class Client:
         dict
             ``pages`` and ``bytes`` freed.
         """
-        answer = self._call({"op": "free", "path": normalize_path(path)})
+        path = normalize_path(path)
+        self._locs.drop_path(path)
+        answer = self._call({"op": "free", "path": path})
         return {"pages": answer["pages"], "bytes": answer["bytes"]}
 
     def report(self) -> dict:
@@ -927,6 +1027,10 @@ class Client:
             and ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests``,
             ``mounts``, ``worker`` (pid, host id, home, uptime, engine, page size).
         """
+        if self._locs.touched_since:
+            # Pages read with no round trip: the counters include them.
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                self._report_touched(self._conn())
         return self._call({"op": "report"})["report"]
 
     def worker_pid(self) -> int:

@@ -224,6 +224,9 @@ class Server:
             return Reply(w.free(h["path"]))
         if op == "report":
             return Reply({"report": w.report()})
+        if op == "touch":
+            w.touch(h["regions"])
+            return Reply({})
         if op == "stop":
             log.info("stop requested by client pid %s", state.pid)
             return Reply({})

@@ -126,6 +126,7 @@ class _File:
             "uri": self.mount.uri,
             "options": split_mount_options(self.mount.options)[1],
             "rel": self.rel,
+            "metadata_ttl": self.own["metadata_ttl"],
             "replicas": self.own["replicas"],
         }
 

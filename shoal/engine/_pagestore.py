@@ -1047,6 +1047,16 @@ class PageStore:
                 )
         return out
 
+    def touch(self, regions: Iterable[tuple[str, int]]) -> None:
+        """Mark regions as used now, for the eviction order: their pages were read through
+        locations handed out earlier (see :meth:`locate`). Unknown regions are ignored."""
+        with self._lock:
+            self._check_open()
+            for name, number in regions:
+                tier = self._tiers.get(name)
+                if tier is not None and 0 <= number < len(tier.regions):
+                    tier.regions[number].last_access = next(self._clock)
+
     def contains(self, key: bytes | str) -> bool:
         """True if a page is stored under ``key``."""
         k = _encode_key(key)

@@ -307,6 +307,72 @@ class RegionReader:
                 raise res
         return results
 
+    def read_located(self, items: list[tuple]) -> list[Any]:
+        """Read many pages in one engine batch, for callers that hold locations as plain
+        tuples (the short-circuit client): no :class:`PageLocation` objects, generations
+        checked once per distinct region instead of once per page.
+
+        Parameters
+        ----------
+        items
+            ``(tier, region, offset, length, crc32c, generation, buffer)`` tuples; each
+            page goes to the start of its buffer.
+
+        Returns
+        -------
+        list
+            Per item, the page length or the exception that item failed with
+            (:class:`StaleLocationError` when its region was reclaimed or this reader has
+            no descriptor of it, :class:`PageCorruptedError`, an I/O error). Nothing is
+            raised for a failing item.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A malformed item or buffer (as :func:`~shoal.engine.read_batch` reports them).
+        """
+        results: list[Any] = [None] * len(items)
+        requests, checksums, slots = [], [], []
+        regions: dict[tuple[str, int], GenerationTable] = {}
+        current: dict[tuple[str, int], int | None] = {}  # generation before the read
+        with self._lock:
+            if self._closed:
+                raise ValueError("RegionReader is closed")
+            fds, tables = self._fds, self._tables
+            for i, (tier, region, offset, length, crc, generation, buf) in enumerate(items):
+                key = (tier, region)
+                fd = fds.get(key)
+                table = tables.get(tier)
+                if fd is None or table is None:
+                    results[i] = StaleLocationError(
+                        f"no descriptor for region {region} of tier {tier}"
+                    )
+                    continue
+                if key not in regions:
+                    regions[key] = table
+                    current[key] = table.get(region)
+                if current[key] != generation:
+                    results[i] = _stale_region(tier, region, generation)
+                    continue
+                requests.append((fd, offset, length, buf, 0))
+                checksums.append(crc)
+                slots.append(i)
+        if requests:
+            try:
+                done: list[Any] = read_batch(requests, direct=self._direct, checksums=checksums)
+            except OSError as exc:
+                if not hasattr(exc, "results"):
+                    raise
+                done = exc.results
+            # The writer bumps a region's generation before it overwrites the region.
+            after = {key: table.get(key[1]) for key, table in regions.items()}
+            for i, res in zip(slots, done, strict=True):
+                tier, region, _, _, _, generation, _ = items[i]
+                if after[tier, region] != generation:
+                    res = _stale_region(tier, region, generation)
+                results[i] = res
+        return results
+
     def adopt(self, tier: str, region: int | None, fd: int) -> None:
         """Read ``tier`` through ``fd``, a descriptor opened for reading by the store's
         owner: region file ``region``, or the tier's ``generations`` table when ``region``
@@ -364,8 +430,12 @@ class RegionReader:
 
 
 def _stale(location: PageLocation) -> StaleLocationError:
+    return _stale_region(location.tier, location.region, location.generation, location.path)
+
+
+def _stale_region(tier: str, region: int, generation: int, path: str = "") -> StaleLocationError:
     return StaleLocationError(
-        f"region {location.region} of tier {location.tier} was reclaimed since this location "
-        f"(generation {location.generation}) was handed out",
-        location.path,
+        f"region {region} of tier {tier} was reclaimed since this location "
+        f"(generation {generation}) was handed out",
+        path or None,
     )

@@ -252,6 +252,7 @@ def test_check_request_accepts_every_op():
         "load": {"paths": ["/m"], "metadata_only": False},
         "free": {"path": "/m"},
         "report": {},
+        "touch": {"regions": [["SSD", 3, 2], ["MEM", 0, 1]]},
         "stop": {},
     }
     assert set(samples) == set(OPS)
@@ -269,6 +270,10 @@ def test_check_request_accepts_every_op():
         ({"op": "ls", "path": 5}, "'path' must be str"),
         ({"op": "load", "paths": ["/a"], "metadata_only": 1}, "metadata_only"),
         ({"op": "stat", "paths": ["/a", 3]}, "strings"),
+        ({"op": "touch", "regions": [["SSD", 3]]}, "tier, region, pages"),
+        ({"op": "touch", "regions": [[3, 3, 1]]}, "tier, region, pages"),
+        ({"op": "touch", "regions": [["SSD", -1, 1]]}, "touch: region"),
+        ({"op": "touch", "regions": [["SSD", 1, 0]]}, "touch: pages"),
         (
             {"op": "read", "files": [], "items": [], "mode": "other", "forget": []},
             "mode must be",

@@ -24,6 +24,7 @@ read         ``files`` ([path, version] pairs), ``items``        ``locs``, ``fds
 load         ``paths`` (list), ``metadata_only``                ``progress`` ... then ``done``
 free         ``path``                                           ``pages``, ``bytes``
 report       (none)                                             ``report`` (dict)
+touch        ``regions`` ([tier, region, pages] triples)        (none)
 stop         (none)                                             (none); the worker exits
 ===========  =================================================  ===============================
 
@@ -39,6 +40,10 @@ as ``[tier, region]`` (region ``-1`` for the tier's generation table); each is s
 connection, and ``forget`` (``[tier, region]`` pairs) tells the worker which ones the client
 has closed since. In ``data`` mode every item's bytes are in the payload. The payload holds
 exactly the requested piece (``start``, ``length``) of each page, in item order.
+
+A client remembers the locations it was given and reads those pages again without asking;
+``touch`` reports such reads now and then (pages per region), so that the worker counts
+them as hits and keeps their regions as recently used.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "load": {"paths": list, "metadata_only": bool},
     "free": {"path": str},
     "report": {},
+    "touch": {"regions": list},
     "stop": {},
 }
 
@@ -105,6 +111,14 @@ def check_request(header: dict) -> str:
         _check_read(header)
     elif op in ("stat", "load") and not all(isinstance(p, str) for p in header["paths"]):
         raise ProtocolError(f"{op}: paths must be strings")
+    elif op == "touch":
+        for entry in header["regions"]:
+            if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str):
+                raise ProtocolError(
+                    f"touch: each entry must be [tier, region, pages], got {entry!r}"
+                )
+            _int(entry[1], "touch: region", 0, 1 << 32)
+            _int(entry[2], "touch: pages", 1)
     return op
 
 

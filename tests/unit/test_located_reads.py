@@ -1,0 +1,265 @@
+"""Reads through remembered locations: ``RegionReader.read_located``, ``PageStore.touch``
+and the client's bounded ``LocationCache``."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shoal.client._locations import LocationCache
+from shoal.engine import (
+    PageCorruptedError,
+    PageStore,
+    RegionReader,
+    StaleLocationError,
+    TierConfig,
+)
+
+KiB = 1024
+RS = 64 * KiB
+
+
+def payload(key: str, size: int) -> bytes:
+    return random.Random(key).randbytes(size)
+
+
+def make_store(tmp_path, regions=8, **kwargs) -> PageStore:
+    return PageStore(
+        [TierConfig("SSD", tmp_path / "ssd", regions * RS)],
+        tmp_path / "index",
+        region_size=RS,
+        **kwargs,
+    )
+
+
+def as_tuple(loc, buf) -> tuple:
+    return (loc.tier, loc.region, loc.offset, loc.length, loc.crc32c, loc.generation, buf)
+
+
+def adopted_reader(store: PageStore) -> RegionReader:
+    """A reader holding descriptors only, as a short-circuit client does."""
+    reader = RegionReader()
+    for tier, path in store.tier_paths.items():
+        reader.adopt(tier, None, os.open(os.path.join(path, "generations"), os.O_RDONLY))
+        for name in os.listdir(os.path.join(path, "regions")):
+            fd = os.open(os.path.join(path, "regions", name), os.O_RDONLY)
+            reader.adopt(tier, int(name), fd)
+    return reader
+
+
+# ------------------------------------------------------------------ read_located
+
+
+def test_read_located_reads_pages_and_reports_failures_per_item(tmp_path):
+    with make_store(tmp_path, regions=4) as s:
+        sizes = {f"k{i}": 5000 + 3000 * i for i in range(5)}
+        s.put_many([(k, payload(k, n)) for k, n in sizes.items()])
+        locs = s.locate(list(sizes))
+        with adopted_reader(s) as reader:
+            bufs = [bytearray(n + 7) for n in sizes.values()]
+            got = reader.read_located([as_tuple(x, b) for x, b in zip(locs, bufs, strict=True)])
+            assert got == list(sizes.values())
+            for (k, n), b in zip(sizes.items(), bufs, strict=True):
+                assert bytes(b[:n]) == payload(k, n)
+            # A wrong crc, an unknown region and an old generation fail their item only.
+            bad_crc = (*as_tuple(locs[0], bytearray(5000))[:4], locs[0].crc32c ^ 1,
+                       locs[0].generation, bytearray(5000))  # fmt: skip
+            no_fd = ("SSD", 3, 0, 10, 0, 1, bytearray(10))
+            old_gen = (*as_tuple(locs[1], None)[:5], locs[1].generation - 1, bytearray(8000))
+            ok = as_tuple(locs[2], bytearray(11000))
+            got = reader.read_located([bad_crc, no_fd, old_gen, ok])
+            assert isinstance(got[0], PageCorruptedError) and got[0].errno == errno.EIO
+            assert isinstance(got[1], StaleLocationError) and got[1].errno == errno.ESTALE
+            assert "no descriptor for region 3" in str(got[1])
+            assert isinstance(got[2], StaleLocationError)
+            assert got[3] == 11000 and bytes(ok[6]) == payload("k2", 11000)
+            assert reader.read_located([]) == []
+
+
+def test_read_located_detects_reclaim_and_reuse(tmp_path):
+    with make_store(tmp_path, regions=4) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 20000)) for i in range(3)])
+        old = s.locate(["k0", "k1"])
+        s.put("next-region", payload("x", RS))  # seals the first region
+        with adopted_reader(s) as reader:
+            assert s.evict("SSD", 0) == RS
+            s.put("n0", payload("n0", 20000))  # new bytes at the old offset
+            fresh = s.locate(["n0"])[0]
+            assert (fresh.region, fresh.offset) == (old[0].region, old[0].offset)
+            bufs = [bytearray(20000) for _ in range(3)]
+            got = reader.read_located(
+                [as_tuple(old[0], bufs[0]), as_tuple(old[1], bufs[1]), as_tuple(fresh, bufs[2])]
+            )
+            assert isinstance(got[0], StaleLocationError)
+            assert isinstance(got[1], StaleLocationError)
+            assert got[2] == 20000 and bytes(bufs[2]) == payload("n0", 20000)
+
+
+def test_read_located_bad_items(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put("k", payload("k", 4000))
+        loc = s.locate(["k"])[0]
+        reader = adopted_reader(s)
+        with pytest.raises(TypeError, match="read-only"):
+            reader.read_located([as_tuple(loc, b"x" * 4000)])
+        with pytest.raises(ValueError, match="too small"):
+            reader.read_located([as_tuple(loc, bytearray(100))])
+        with pytest.raises(TypeError, match="not a buffer"):
+            reader.read_located([as_tuple(loc, 42)])
+        with pytest.raises(ValueError):
+            reader.read_located([("SSD", loc.region)])
+        reader.close()
+        with pytest.raises(ValueError, match="closed"):
+            reader.read_located([as_tuple(loc, bytearray(4000))])
+
+
+def test_read_located_while_regions_are_reclaimed(tmp_path):
+    """A writer reclaims and refills regions while a reader reads old locations: every
+    item either holds its page's bytes or fails as stale or corrupt, never other bytes."""
+    with make_store(tmp_path, regions=4, high_watermark=1.0, low_watermark=0.5) as s:
+        size = 16 * KiB
+        s.put_many([(f"a{i}", payload(f"a{i}", size)) for i in range(12)])
+        locs = s.locate([f"a{i}" for i in range(12)])
+        stop = threading.Event()
+
+        def write() -> None:
+            i = 0
+            while not stop.is_set() and i < 400:
+                s.put(f"b{i}", payload(f"b{i}", size))
+                i += 1
+
+        with adopted_reader(s) as reader:
+            writer = threading.Thread(target=write)
+            writer.start()
+            try:
+                for _ in range(40):
+                    bufs = [bytearray(size) for _ in locs]
+                    got = reader.read_located(
+                        [as_tuple(x, b) for x, b in zip(locs, bufs, strict=True)]
+                    )
+                    for i, (res, buf) in enumerate(zip(got, bufs, strict=True)):
+                        if isinstance(res, BaseException):
+                            assert isinstance(res, (StaleLocationError, PageCorruptedError))
+                        else:
+                            assert bytes(buf) == payload(f"a{i}", size)
+            finally:
+                stop.set()
+                writer.join()
+
+
+# ------------------------------------------------------------------ PageStore.touch
+
+
+def test_touched_regions_are_evicted_last(tmp_path):
+    with make_store(tmp_path, regions=8, high_watermark=1.0, low_watermark=0.75) as s:
+        page = 16 * KiB  # four pages per region
+        for i in range(28):  # seven regions
+            s.put(f"k{i}", payload(f"k{i}", page))
+        region0 = s.locate(["k0"])[0].region
+        s.touch([("SSD", region0), ("SSD", 10_000), ("HDD", 0)])  # unknown ones ignored
+        for i in range(28, 36):
+            s.put(f"k{i}", payload(f"k{i}", page))
+        assert s.contains("k0") and s.contains("k3")
+        assert not s.contains("k4") and not s.contains("k8")
+    with pytest.raises(ValueError, match="closed"):
+        s.touch([("SSD", 0)])
+
+
+# ------------------------------------------------------------------ LocationCache
+
+OWNER = ("host", "/home")
+
+
+def loc(i: int, path: str = "/m/f") -> tuple:
+    return ("SSD", i, 4096 * i, 100 + i, i, 1, path)
+
+
+def test_location_cache_is_bounded_lru():
+    cache = LocationCache(3)
+    assert not cache and cache.owner is None
+    cache.put_many(OWNER, [((b"f", i), loc(i)) for i in range(3)])
+    assert len(cache) == 3 and cache.owner == OWNER
+    assert cache.get_many([(b"f", 0), (b"g", 0)]) == [loc(0), None]  # 0 used last now
+    cache.put_many(OWNER, [((b"f", 3), loc(3))])
+    assert cache.get_many([(b"f", i) for i in range(4)]) == [loc(0), None, loc(2), loc(3)]
+    cache.drop_many([(b"f", 0), (b"nothing", 1)])
+    assert len(cache) == 2
+
+
+def test_location_cache_drops_by_path_and_on_a_new_owner():
+    cache = LocationCache()
+    cache.put_many(
+        OWNER,
+        [
+            ((b"a", 0), loc(0, "/m/a")),
+            ((b"b", 0), loc(1, "/m/ab")),
+            ((b"c", 0), loc(2, "/m/a/c")),
+            ((b"d", 0), loc(3, "/n/a")),
+        ],
+    )
+    assert cache.drop_path("/m/a") == 2
+    assert cache.get_many([(b"a", 0), (b"b", 0), (b"c", 0)]) == [None, loc(1, "/m/ab"), None]
+    assert cache.drop_path("/") == 2 and not cache
+    cache.put_many(OWNER, [((b"a", 0), loc(0))])
+    cache.touch({("SSD", 0): 2}, 5.0)
+    cache.put_many(("other", "/home"), [((b"b", 0), loc(1))])  # another worker's
+    assert cache.get_many([(b"a", 0), (b"b", 0)]) == [None, loc(1)]
+    assert cache.take_touched() == []
+
+
+def test_location_cache_counts_touches():
+    cache = LocationCache()
+    assert cache.touched_since == 0.0
+    cache.touch({("SSD", 1): 2, ("MEM", 0): 1}, 10.0)
+    cache.touch({("SSD", 1): 3}, 11.0)
+    assert cache.touched_since == 10.0  # the oldest unreported read
+    assert sorted(cache.take_touched()) == [["MEM", 0, 1], ["SSD", 1, 5]]
+    assert cache.touched_since == 0.0 and cache.take_touched() == []
+    cache.touch({("SSD", 1): 1}, 12.0)
+    cache.clear()
+    assert cache.take_touched() == [] and cache.touched_since == 0.0
+
+
+def test_location_cache_of_no_entries_and_bad_bounds():
+    cache = LocationCache(0)
+    cache.put_many(OWNER, [((b"f", 0), loc(0))])
+    assert not cache and cache.get_many([(b"f", 0)]) == [None]
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="max_entries"):
+            LocationCache(bad)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bound=st.integers(1, 6),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "get", "drop"]), st.integers(0, 9)), max_size=60
+    ),
+)
+def test_location_cache_matches_an_lru_model(bound, ops):
+    cache = LocationCache(bound)
+    model: list[int] = []  # keys, least recently used first
+    for op, i in ops:
+        key = (b"f", i)
+        if op == "put":
+            cache.put_many(OWNER, [(key, loc(i))])
+            if i in model:
+                model.remove(i)
+            model.append(i)
+            del model[: max(0, len(model) - bound)]
+        elif op == "get":
+            assert cache.get_many([key]) == [loc(i) if i in model else None]
+            if i in model:
+                model.remove(i)
+                model.append(i)
+        else:
+            cache.drop_many([key])
+            if i in model:
+                model.remove(i)
+        assert len(cache) == len(model)
