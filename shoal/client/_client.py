@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._config import Config, load_config
-from ..control._membership import Membership, WorkerInfo, members_to_nodes
+from ..control._membership import Membership, WorkerInfo, WorkerState, members_to_nodes
 from ..control._namespace import Mount, normalize_path
 from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import Node, chunk_key, place
@@ -985,6 +985,8 @@ class Client:
             paths = [paths]
         paths = [normalize_path(p) for p in paths]
         self._conn()  # checks the client, starts the worker if need be
+        if self._cluster:
+            return self._load_cluster(paths, bool(metadata_only), progress)
         # A connection of its own: the progress callback may use this client meanwhile, and
         # a load takes as long as it takes (no timeout; progress shows it is alive).
         conn = connect(self._config, start=self._start, timeout=None, start_timeout=1.0)
@@ -1001,6 +1003,70 @@ class Client:
                     return state
         finally:
             conn.close()
+
+    def _load_cluster(
+        self,
+        paths: list[str],
+        metadata_only: bool,
+        progress: Callable[[LoadProgress], None] | None,
+    ) -> LoadProgress:
+        """A load split by placement: every ONLINE worker fetches the pages placed on it,
+        all at once; progress sums their bytes (files: those every worker is done with)."""
+        members = [m for m in self.membership().members() if m.state is WorkerState.ONLINE]
+        if not members:
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, "no worker of the Shoal cluster is ONLINE: nothing to load on"
+            )
+        placement = {"nodes": [[n.id, n.weight] for n in members_to_nodes(members)]}
+        states: dict[str, dict] = {}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def total() -> LoadProgress:
+            done = [s["files_done"] for s in states.values()]
+            return LoadProgress(
+                min(done) if len(done) == len(members) else 0,
+                max((s["files_total"] for s in states.values()), default=0),
+                sum(s["bytes_done"] for s in states.values()),
+                sum(s["bytes_total"] for s in states.values()),
+            )
+
+        def run(member: WorkerInfo) -> None:
+            try:
+                conn = self._open(member, None)
+            except (ConnectionError, TimeoutError) as exc:
+                errors.append(exc)
+                return
+            try:
+                conn.send(
+                    {"op": "load", "paths": paths, "metadata_only": metadata_only,
+                     "placement": placement}
+                )  # fmt: skip
+                while True:
+                    answer, _, fds = conn.receive()
+                    for fd in fds:
+                        os.close(fd)
+                    with lock:
+                        states[member.id] = answer["progress"]
+                        if progress is not None:
+                            progress(total())
+                    if answer.get("done"):
+                        return
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                conn.close()
+
+        threads = [
+            threading.Thread(target=run, args=(m,), name=f"shoal-load-{m.id}") for m in members
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return total()
 
     def free(self, path: str) -> dict:
         """Drop the cached pages of the files under ``path``.

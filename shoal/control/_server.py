@@ -237,7 +237,9 @@ class Server:
             send_frame(conn, {"ok": True, "done": False, "progress": state})
 
         try:
-            final = self.worker.load(h["paths"], h["metadata_only"], progress)
+            final = self.worker.load(
+                h["paths"], h["metadata_only"], progress, placement=h.get("placement")
+            )
         except (ConnectionError, BrokenPipeError):
             return False  # the client went away while we reported progress
         except Exception as exc:

@@ -31,6 +31,7 @@ from .._config import Config, load_config
 from .._errors import ShoalError, TierFullError
 from ..engine import PageLocation, PageStore
 from ..engine._regions import generations_path
+from ._membership import load_worker_id
 from ._metadata import MetadataCache
 from ._metastore import LocalMetaStore, MetaStore
 from ._namespace import Mount, MountTable, normalize_path
@@ -232,6 +233,7 @@ class Worker:
         self._shared_mounts = meta_store is not None
         self._meta_store = meta_store or LocalMetaStore(os.path.join(config.home, "meta"))
         self.worker_id: str | None = None
+        self.in_cluster = False  # pages are placed on several workers
         self.cluster_health: Callable[[], dict] | None = None
         try:
             self._mounts = MountTable(self._meta_store)
@@ -626,6 +628,9 @@ class Worker:
         if first != 0 and previous not in (first - 1, first):
             return  # not a sequential reader
         count = page_count(f.info.size, self.page_size)
+        if self.in_cluster:  # the next chunk may be placed on another worker
+            per_chunk = self.config.chunk_size // self.page_size
+            count = min(count, (last // per_chunk + 1) * per_chunk)
         wanted = [
             _Page(page_key(f.fid, i), f, i, page_length(i, f.info.size, self.page_size))
             for i in range(last + 1, min(count, last + 1 + ahead))
@@ -744,15 +749,22 @@ class Worker:
         metadata_only: bool,
         progress: Callable[[dict], None],
         window: int = 64,
+        placement: dict | None = None,
     ) -> dict:
         """Fill the metadata cache (and, unless ``metadata_only``, the page store) with
-        the files under ``paths``; ``progress`` gets the counters after each file."""
+        the files under ``paths``; ``progress`` gets the counters after each file.
+
+        In a cluster, ``placement`` (``{"nodes": [[id, weight], ...]}``, the live workers
+        as the client sees them) limits the job to the pages placed on this worker, a
+        file's ``replicas`` mount option honoured; bytes count those pages."""
         files = self._files_under(paths)
+        mine = _placement_filter(placement, self.worker_id, self.page_size, self.config.chunk_size)
+        sizes = {f.path: sum(p.length for p in mine(f, self._pages_of(f))) for f in files}
         state = {
             "files_done": 0,
             "files_total": len(files),
             "bytes_done": 0,
-            "bytes_total": sum(f.info.size for f in files),
+            "bytes_total": sum(sizes.values()),
         }
         if metadata_only:
             state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
@@ -766,14 +778,14 @@ class Worker:
             f, futures = pending.pop(0)
             self._results(futures)
             state["files_done"] += 1
-            state["bytes_done"] += f.info.size
+            state["bytes_done"] += sizes[f.path]
             now = time.monotonic()
             if now - last > 0.1 or state["files_done"] == state["files_total"]:
                 last = now
                 progress(dict(state))
 
         for f in files:
-            pages = [p for p in self._pages_of(f) if not self._store.contains(p.key)]
+            pages = [p for p in mine(f, self._pages_of(f)) if not self._store.contains(p.key)]
             self._counters.add(page_misses=len(pages))
             pending.append((f, self._start_fetches(pages, self._fetch_pool)))
             while sum(len(futures) for _, futures in pending) > window:
@@ -863,6 +875,36 @@ class Worker:
         self._meta_store.close()
 
 
+def _placement_filter(placement: dict | None, me: str | None, page_size: int, chunk_size: int):
+    """``mine(file, pages)``: the pages of a file that ``placement`` (see
+    :meth:`Worker.load`) gives to worker ``me``; every page without one."""
+    if placement is None:
+        return lambda f, pages: pages
+    from ._pages import chunk_of
+    from ._placement import Node, chunk_key, place
+
+    try:
+        nodes = [Node(str(i), float(w)) for i, w in placement["nodes"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"load: malformed placement {placement!r}: {exc}") from None
+    if not nodes or me not in {n.id for n in nodes}:
+        raise ValueError(f"load: this worker ({me!r}) is not among the placement's workers")
+
+    def mine(f: _File, pages: list[_Page]) -> list[_Page]:
+        wanted = f.own["replicas"]
+        k = len(nodes) if wanted == "all" else min(wanted, len(nodes))
+        out, owners = [], {}
+        for p in pages:
+            chunk = chunk_of(p.index, page_size, chunk_size)
+            if chunk not in owners:
+                owners[chunk] = {n.id for n in place(chunk_key(f.fid, chunk), nodes, k)}
+            if me in owners[chunk]:
+                out.append(p)
+        return out
+
+    return mine
+
+
 def _entry(path: str, info: ObjectInfo) -> dict:
     return {
         "path": path,
@@ -937,13 +979,9 @@ def _serve(config: Config, stop: threading.Event) -> None:
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(sock_path)  # left by a worker that died: we hold the lock now
+            worker.worker_id = load_worker_id(config.home)  # in hello from the first client
             server = Server(worker, sock_path, on_stop=stop.set, listen=config.listen)
             server.start()
-            try:
-                registration = _join_cluster(config, worker, server.address, sock_path)
-            except BaseException:
-                server.stop()
-                raise
             log.info(
                 "worker %d serving %s (engine %s, tiers %s)",
                 os.getpid(),
@@ -951,6 +989,11 @@ def _serve(config: Config, stop: threading.Event) -> None:
                 engine.backend(),
                 ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
             )
+            try:
+                registration = _join_cluster(config, worker, server.address, sock_path)
+            except BaseException:
+                server.stop()
+                raise
             if server.address is not None:
                 log.info("worker %s listening on %s", worker.worker_id, server.address)
             try:
@@ -993,9 +1036,9 @@ def _join_cluster(config: Config, worker: Worker, address: str | None, sock_path
     """Give the worker its stable id and, with etcd, register it (the registration is
     returned, to be closed before the server stops); a static membership file is checked
     to list it."""
-    from ._membership import WorkerRegistration, load_static_members, load_worker_id
+    from ._membership import WorkerRegistration, load_static_members
 
-    worker.worker_id = load_worker_id(config.home)
+    worker.in_cluster = config.etcd is not None or config.membership_file is not None
     if config.membership_file is not None:
         members = load_static_members(config.membership_file)
         mine = [m for m in members if m.address == address or m.address == config.listen]

@@ -104,3 +104,45 @@ def test_kill_9_during_an_epoch_then_its_cache_serves_again(cluster, bucket):
         assert after["ufs_reads"] == 0, "the restarted worker lost its cache"
     finally:
         client.close()
+
+
+def pages_of(files: dict[str, bytes]) -> int:
+    return sum(-(-len(d) // PAGE) for d in files.values())
+
+
+def test_distributed_load_splits_by_placement_and_replicas_spread_reads(cluster, bucket):
+    one = dataset(bucket, "one", 12, seed=3)
+    every = dataset(bucket, "all", 6, seed=4)
+    client = cluster.client()
+    try:
+        client.mount("/one", f"s3://{bucket.name}/one", **bucket.options())
+        client.mount("/all", f"s3://{bucket.name}/all", **bucket.options(replicas="all"))
+        before = [cluster.report(w) for w in cluster.workers]
+        seen = []
+        done = client.load("/one", progress=seen.append)
+        assert done.files_done == done.files_total == len(one)
+        assert done.bytes_done == done.bytes_total == sum(len(d) for d in one.values())
+        assert seen and seen[-1] == done
+        after = [cluster.report(w) for w in cluster.workers]
+        fetched = [a["ufs_reads"] - b["ufs_reads"] for a, b in zip(after, before, strict=True)]
+        # each page fetched once, by its owner; every worker had some
+        assert sum(fetched) == pages_of(one) and all(fetched), fetched
+        again = client.load("/one")  # pages present are skipped
+        assert again.bytes_done == done.bytes_done
+        assert sum(cluster.report(w)["ufs_reads"] for w in cluster.workers) == sum(
+            a["ufs_reads"] for a in after
+        )
+
+        done = client.load("/all")
+        assert done.bytes_total == 3 * sum(len(d) for d in every.values())
+        loaded = [cluster.report(w) for w in cluster.workers]
+        got = [a["ufs_reads"] - b["ufs_reads"] for a, b in zip(loaded, after, strict=True)]
+        assert got == [pages_of(every)] * 3, got  # every worker holds every page
+        read_all(client, "/all", every)
+        read_all(client, "/one", one)
+        final = [cluster.report(w) for w in cluster.workers]
+        assert [f["ufs_reads"] for f in final] == [x["ufs_reads"] for x in loaded]
+        sent = [f["bytes_sent"] - x["bytes_sent"] for f, x in zip(final, loaded, strict=True)]
+        assert all(sent), sent  # the replicas of /all share the reads
+    finally:
+        client.close()
