@@ -50,6 +50,7 @@ bench: build
 	$(PY) perf/engine.py
 	$(PY) perf/pagestore.py
 	$(PY) perf/read_path.py
+	$(PY) perf/cluster.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf
