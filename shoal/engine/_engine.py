@@ -87,7 +87,7 @@ def _checksums(checksums: Sequence[int | None], count: int) -> list[int | None]:
     if len(checksums) != count:
         raise ValueError(f"{len(checksums)} checksums given for {count} requests")
     for i, c in enumerate(checksums):
-        if c is None:
+        if c is None or (type(c) is int and 0 <= c <= 0xFFFFFFFF):
             continue
         if isinstance(c, bool) or not isinstance(c, int):
             raise TypeError(f"checksum {i} must be an int or None, got {type(c).__name__}")

@@ -47,40 +47,67 @@ def _int(value: Any, what: str, field: str) -> int:
     return value
 
 
+def _check_ints(fd: Any, offset: Any, length: Any, buf_offset: Any, what: str) -> None:
+    _int(fd, what, "fd")
+    _int(offset, what, "file_offset")
+    _int(length, what, "length")
+    _int(buf_offset, what, "buffer_offset")
+    if fd > FD_MAX:
+        raise ValueError(f"{what}: fd {fd} is out of range")
+    if offset + length > OFFSET_MAX:
+        raise ValueError(
+            f"{what}: file_offset {offset} + length {length} is beyond the largest file offset"
+        )
+
+
 def io_requests(requests: Sequence[Any], *, writable: bool, op: str) -> list[tuple]:
     """Check ``(fd, file_offset, length, buffer, buffer_offset)`` requests.
 
     Returns ``(fd, file_offset, length, view, buffer_offset, original_buffer)`` tuples.
     """
     out = []
+    append = out.append
     for i, req in enumerate(requests):
-        what = f"{op} request {i}"
         try:
             fd, offset, length, buf, buf_offset = req
         except (TypeError, ValueError):
             raise ValueError(
-                f"{what}: expected (fd, file_offset, length, buffer, buffer_offset), got {req!r}"
+                f"{op} request {i}: expected (fd, file_offset, length, buffer, buffer_offset), "
+                f"got {req!r}"
             ) from None
-        _int(fd, what, "fd")
-        _int(offset, what, "file_offset")
-        _int(length, what, "length")
-        _int(buf_offset, what, "buffer_offset")
-        if fd > FD_MAX:
-            raise ValueError(f"{what}: fd {fd} is out of range")
-        if offset + length > OFFSET_MAX:
-            raise ValueError(
-                f"{what}: file_offset {offset} + length {length} is beyond the largest file offset"
-            )
-        if hasattr(buf, "__cuda_array_interface__"):
-            out.append((fd, offset, length, None, buf_offset, buf))
+        # The common case in one expression (bool is an int subclass: not an exact int);
+        # anything else gets the checks one by one, for a message naming the field.
+        if not (
+            type(fd) is int
+            and type(offset) is int
+            and type(length) is int
+            and type(buf_offset) is int
+            and 0 <= fd <= FD_MAX
+            and offset >= 0
+            and length >= 0
+            and buf_offset >= 0
+            and offset + length <= OFFSET_MAX
+        ):
+            _check_ints(fd, offset, length, buf_offset, f"{op} request {i}")
+        if (
+            type(buf) is memoryview
+            and buf.ndim == 1
+            and buf.format == "B"
+            and buf.c_contiguous
+            and not (writable and buf.readonly)
+        ):
+            view = buf  # already a flat byte view: no new memoryview
+        elif hasattr(buf, "__cuda_array_interface__"):
+            append((fd, offset, length, None, buf_offset, buf))
             continue
-        view = host_view(buf, writable=writable, what=what)
+        else:
+            view = host_view(buf, writable=writable, what=f"{op} request {i}")
         if buf_offset + length > view.nbytes:
             raise ValueError(
-                f"{what}: buffer of {view.nbytes} bytes is too small for {length} bytes "
-                f"at buffer offset {buf_offset}"
+                f"{op} request {i}: buffer of {view.nbytes} bytes is too small for {length} "
+                f"bytes at buffer offset {buf_offset}"
             )
-        out.append((fd, offset, length, view, buf_offset, buf))
+        append((fd, offset, length, view, buf_offset, buf))
     return out
 
 

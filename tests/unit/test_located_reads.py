@@ -263,3 +263,95 @@ def test_location_cache_matches_an_lru_model(bound, ops):
             if i in model:
                 model.remove(i)
         assert len(cache) == len(model)
+
+
+# ------------------------------------------------------------------ engine requests
+
+
+@pytest.mark.parametrize("backend", ["io_uring", "threads"])
+def test_memoryview_destinations_get_every_check(tmp_path, backend):
+    """Flat byte memoryviews skip re-wrapping in the engine's validation; others do not
+    skip any check."""
+    from shoal import engine
+
+    if backend == "io_uring" and not engine._engine.io_uring_available():
+        pytest.skip("io_uring is not available here")
+    eng = engine.get_backend(backend)
+    data = payload("file", 10_000)
+    (tmp_path / "f").write_bytes(data)
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        arena = memoryview(bytearray(20_000))
+        assert engine.read_batch([(fd, 5, 100, arena[1000:1100], 0)], engine=eng) == [100]
+        assert bytes(arena[1000:1100]) == data[5:105]
+        ints = memoryview(bytearray(400)).cast("i", (10, 10))  # 2-D, 4-byte items
+        assert engine.read_batch([(fd, 0, 400, ints, 0)], engine=eng) == [400]
+        assert ints.tobytes() == data[:400]
+        cases = [
+            (memoryview(bytes(10)), TypeError, "read-only"),
+            (arena[::2], ValueError, "not C-contiguous"),
+            (arena[:50], ValueError, "too small for 100 bytes"),
+        ]
+        for view, exc, match in cases:
+            with pytest.raises(exc, match=match):
+                engine.read_batch([(fd, 0, 100, view, 0)], engine=eng)
+        with pytest.raises(TypeError, match="checksum 0 must be an int or None, got bool"):
+            engine.read_batch([(fd, 0, 10, arena, 0)], checksums=[True], engine=eng)
+        with pytest.raises(ValueError, match="not a 32-bit crc32c"):
+            engine.read_batch([(fd, 0, 10, arena, 0)], checksums=[1 << 32], engine=eng)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def shm_file():
+    """A file on tmpfs, which the io_uring backend reads with pread in the calling thread."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    import tempfile
+
+    data = payload("shm", 3 * (256 * KiB) + 12345)
+    fd, path = tempfile.mkstemp(dir="/dev/shm", prefix="shoal-test-")
+    try:
+        os.write(fd, data)
+        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        yield fd, data
+        os.close(fd)
+    finally:
+        os.unlink(path)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ranges=st.lists(
+        st.tuples(st.integers(0, 800 * KiB), st.integers(0, 600 * KiB), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    backend=st.sampled_from(["io_uring", "threads"]),
+)
+def test_reads_of_a_file_in_memory(shm_file, ranges, backend):
+    from shoal import engine
+
+    if backend == "io_uring" and not engine._engine.io_uring_available():
+        backend = "threads"
+    eng = engine.get_backend(backend)
+    fd, data = shm_file
+    bufs = [bytearray(length + 3) for _, length, _ in ranges]
+    reqs = [(fd, off, length, buf, 3) for (off, length, _), buf in zip(ranges, bufs, strict=True)]
+    sums = [
+        engine.crc32c(data[off : off + length]) ^ (0 if good else 1) for off, length, good in ranges
+    ]
+    try:
+        got = engine.read_batch(reqs, checksums=sums, engine=eng)
+    except PageCorruptedError as exc:
+        got = exc.results
+    for (off, length, good), buf, res in zip(ranges, bufs, got, strict=True):
+        want = data[off : off + length]
+        if good:
+            assert res == len(want) and bytes(buf[3 : 3 + res]) == want
+        else:  # even an empty read has a crc32c (0), which does not match
+            assert isinstance(res, PageCorruptedError) and res.errno == errno.EIO

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -24,6 +25,11 @@
 #define VERIFY_WINDOW (2u << 20)
 #define MAX_RETRIES 1000       /* EINTR / EAGAIN completions tolerated per request */
 #define NOT_DONE INT64_MIN     /* result of a request that has not finished */
+#define TMPFS_MAGIC_ 0x01021994 /* statfs f_type of tmpfs (linux/magic.h) */
+#define RAMFS_MAGIC_ 0x858458f6 /* and of ramfs */
+/* Reads of files in memory up to this size are done in the calling thread (see memory_backed);
+ * larger ones go through the ring, whose kernel workers then copy several at once. */
+#define MEMORY_READ_MAX (512u << 10)
 
 struct shoal_ring {
     struct io_uring ring;
@@ -125,9 +131,10 @@ static int submit_wait(struct io_uring *ring) {
 
 /* What a batch needs to know of each distinct descriptor it uses. */
 struct fd_info {
-    int fd;  /* the caller's descriptor, -1 for an empty entry */
-    int err; /* -ESPIPE for pipes, sockets and the like: positional I/O makes no sense there */
-    int dfd; /* the same file opened with O_DIRECT, or -1 */
+    int fd;     /* the caller's descriptor, -1 for an empty entry */
+    int err;    /* -ESPIPE for pipes, sockets and the like: positional I/O makes no sense there */
+    int dfd;    /* the same file opened with O_DIRECT, or -1 */
+    int memory; /* a file in memory (tmpfs, ramfs): read here, not through the ring */
 };
 
 static int aligned(const shoal_io *io) {
@@ -144,11 +151,34 @@ static int open_direct(int fd) {
     return open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
 }
 
+/* tmpfs and ramfs cannot serve a ring read inline (they do not support IOCB_NOWAIT): the ring
+ * hands each one to a kernel worker thread and back, which costs more than the copy of a small
+ * page. Their data is in memory, so a plain pread in the calling thread never waits on I/O. */
+static int memory_backed(int fd) {
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0) return 0;
+    return (unsigned long)sfs.f_type == TMPFS_MAGIC_ || (unsigned long)sfs.f_type == RAMFS_MAGIC_;
+}
+
+static int io_complete(shoal_io *io, int res, int write, int *retries);
+static unsigned piece(const shoal_io *io, int write);
+
+/* A read done at once with pread, in the same pieces (and checks) as through the ring. */
+static void read_now(shoal_io *io) {
+    int retries = 0;
+    for (;;) {
+        unsigned len = piece(io, 0);
+        ssize_t got = pread(io->io_fd, io->buf + io->done, len, (off_t)(io->offset + io->done));
+        if (!io_complete(io, got < 0 ? -errno : (int)got, 0, &retries)) return;
+    }
+}
+
 /* Look at each distinct descriptor once: io_uring reads and writes a pipe or socket at its
  * stream position whatever the offset, where pread and pwrite fail with ESPIPE, so those
- * requests fail here the same way. With `direct`, aligned requests get an O_DIRECT descriptor,
- * opened once per file. Returns the table (free with close_fd_table), or NULL without memory. */
-static struct fd_info *fd_table(shoal_io *ios, size_t n, int direct, size_t *cap_out) {
+ * requests fail here the same way. Reads of files in memory are done here (see memory_backed).
+ * With `direct`, aligned requests get an O_DIRECT descriptor, opened once per file. Returns the
+ * table (free with close_fd_table), or NULL without memory. */
+static struct fd_info *fd_table(shoal_io *ios, size_t n, int direct, int write, size_t *cap_out) {
     size_t cap = 16;
     while (cap < 2 * n) cap <<= 1;
     struct fd_info *table = malloc(cap * sizeof *table);
@@ -165,9 +195,14 @@ static struct fd_info *fd_table(shoal_io *ios, size_t n, int direct, size_t *cap
             e->fd = io->fd;
             e->err = lseek(io->fd, 0, SEEK_CUR) < 0 && errno == ESPIPE ? -ESPIPE : 0;
             e->dfd = -2; /* not opened yet */
+            e->memory = !e->err && !write && memory_backed(io->fd);
         }
         if (e->err) {
             io->result = e->err;
+            continue;
+        }
+        if (e->memory && io->length <= MEMORY_READ_MAX) {
+            read_now(io);
             continue;
         }
         if (direct && aligned(io)) {
@@ -244,7 +279,7 @@ int shoal_uring_rw(shoal_ring *r, shoal_io *ios, size_t n, int write, int direct
         ios[i].io_fd = ios[i].fd;
     }
     size_t fcap = 0;
-    struct fd_info *fds = fd_table(ios, n, direct && !write, &fcap);
+    struct fd_info *fds = fd_table(ios, n, direct && !write, write, &fcap);
     int *retries = calloc(n ? n : 1, sizeof *retries);
     size_t redo[DEPTH];
     size_t nredo = 0, next = 0;
