@@ -424,7 +424,7 @@ class Client:
                 raise TypeError(f"offset must be an int, got {type(offset).__name__}")
             if offset < 0:
                 raise ValueError(f"offset must be >= 0, got {offset}")
-            if hasattr(buf, "__cuda_array_interface__"):
+            if type(buf) is not memoryview and hasattr(buf, "__cuda_array_interface__"):
                 raise TypeError(
                     f"{type(buf).__name__} is a GPU buffer; Client reads into host memory"
                 )

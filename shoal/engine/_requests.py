@@ -21,6 +21,14 @@ def fd_name(fd: int) -> str:
 
 def host_view(obj: Any, *, writable: bool, what: str) -> memoryview:
     """A flat byte view of a host buffer: buffer protocol first, then DLPack (torch CPU)."""
+    if (
+        type(obj) is memoryview
+        and obj.ndim == 1
+        and obj.format == "B"
+        and obj.c_contiguous
+        and not (writable and obj.readonly)
+    ):
+        return obj  # already one: no new view
     try:
         view = memoryview(obj)
     except TypeError:
