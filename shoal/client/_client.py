@@ -24,7 +24,7 @@ from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import Node, chunk_key, place
 from ..control.proto import DATA, LOCATE, decode_error
 from ..control.ufs import ObjectChangedError, UnderStore, open_store
-from ..engine import PageLocation
+from ..engine import PageLocation, crc32c
 from ..engine._requests import host_view
 from ._connection import Connection, WorkerLost, connect
 from ._locations import LocationCache
@@ -763,7 +763,9 @@ class Client:
                         raise
 
     @staticmethod
-    def _send_data_read(conn: Connection, batch: list) -> None:
+    def _send_data_read(conn: Connection, batch: list, segments: bool = True) -> None:
+        """Ask a remote worker for the bytes of ``batch``; with ``segments``, whole pages
+        come straight from its region files, with their crc32c for us to check."""
         files: dict[tuple[str, str], int] = {}
         wanted = []
         for _, s, meta, _ in batch:
@@ -771,15 +773,28 @@ class Client:
             wanted.append([fi, s.index, s.start, s.length])
         conn.send(
             {"op": "read", "files": [list(k) for k in files], "items": wanted, "mode": DATA,
-             "forget": []}
+             "forget": [], "segments": segments}
         )  # fmt: skip
 
-    @staticmethod
-    def _recv_data_read(conn: Connection, batch: list) -> None:
-        _, payload_len, fds = conn.receive()
+    def _recv_data_read(self, conn: Connection, batch: list) -> None:
+        answer, payload_len, fds = conn.receive()
         for fd in fds:
             os.close(fd)
         conn.recv_payload([dest for dest, _, _, _ in batch], payload_len)
+        crcs = answer.get("crcs")
+        if crcs is None:
+            return
+        if not isinstance(crcs, list) or len(crcs) != len(batch):
+            conn.close()
+            raise WorkerLost(f"the worker at {conn.where} sent a malformed crcs list")
+        # A page whose region was reclaimed while it was sent: read it again, checked
+        # by the worker this time.
+        bad = [
+            p for p, crc in zip(batch, crcs, strict=True) if crc is not None and crc32c(p[0]) != crc
+        ]
+        if bad:
+            self._send_data_read(conn, bad, segments=False)
+            self._recv_data_read(conn, bad)
 
     def _read_piece_direct(self, dest: memoryview, s: PageSlice, meta: _Meta, page_size: int):
         offset = s.index * page_size + s.start

@@ -16,8 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._worker import FileSegment
 from .proto import (
     DATA,
+    FRAME,
+    LOCATE,
     ProtocolError,
     check_request,
     encode_error,
@@ -180,7 +183,9 @@ class Server:
                         errno.EPERM, "stop is refused over TCP: stop a worker on its own host"
                     )
                 if op == "read":
-                    header["mode"] = DATA  # descriptors cannot cross a TCP connection
+                    # Descriptors cannot cross a TCP connection: bytes, from the region
+                    # files as they are when the client checks them itself.
+                    header["mode"] = LOCATE if header.get("segments") is True else DATA
             self.worker.count_request()
             if op == "load":
                 return self._load(conn, header)
@@ -195,7 +200,10 @@ class Server:
             log.exception("op %s failed", op)
             send_frame(conn, {"ok": False, "error": encode_error(exc)})
             return True
-        send_frame(conn, {"ok": True, **reply.header}, reply.payload, reply.fds)
+        if any(isinstance(p, FileSegment) for p in reply.payload):
+            _send_segments(conn, {"ok": True, **reply.header}, reply.payload)
+        else:
+            send_frame(conn, {"ok": True, **reply.header}, reply.payload, reply.fds)
         if op == "stop" and self._on_stop is not None:
             self._on_stop()
         return True
@@ -290,3 +298,26 @@ def _tcp_listener(listen: str) -> socket.socket:
         sock.close()
         raise type(exc)(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
     return sock
+
+
+def _send_segments(sock: socket.socket, header: dict, payload: list) -> None:
+    """One frame whose payload mixes buffers and :class:`FileSegment` pieces, the latter
+    sent from their files by the kernel (``sendfile``), never copied through Python."""
+    import msgpack
+
+    total = sum(p.length if isinstance(p, FileSegment) else memoryview(p).nbytes for p in payload)
+    raw = msgpack.packb(header, use_bin_type=True)
+    sock.sendall(FRAME.pack(len(raw), total) + raw)
+    out = sock.fileno()
+    for part in payload:
+        if not isinstance(part, FileSegment):
+            sock.sendall(part)
+            continue
+        offset, left = part.offset, part.length
+        while left:
+            n = os.sendfile(out, part.fd, offset, left)
+            if n == 0:
+                # The peer cannot be told in the middle of a payload: drop the connection.
+                raise ProtocolError(f"region file ended {left} bytes short of a page")
+            offset += n
+            left -= n

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import engine
 from .._config import Config, load_config
@@ -148,6 +148,14 @@ class ConnectionState:
     last_page: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
     pid: int | None = None
     remote: bool = False  # a TCP connection: no descriptors, bytes only
+
+
+class FileSegment(NamedTuple):
+    """Payload bytes sent straight from a file (``sendfile``): descriptor, offset, length."""
+
+    fd: int
+    offset: int
+    length: int
 
 
 @dataclass
@@ -676,6 +684,8 @@ class Worker:
             span = spans.setdefault(fi, [index, index])
             span[0], span[1] = min(span[0], index), max(span[1], index)
         got = self._obtain(list(pages.values()), need_bytes=header["mode"] == DATA)
+        if conn.remote and header["mode"] != DATA:
+            return self._segments(conn, files, pages, items, got, spans)
         locs: list[Any] = []
         fds: list[int] = []
         tokens: list[list] = []
@@ -711,6 +721,36 @@ class Worker:
         for fi, (first, last) in spans.items():
             self._read_ahead(conn, files[fi], first, last)
         return Reply({"locs": locs, "fds": tokens}, payload, fds)
+
+    def _segments(self, conn, files, pages, items, got, spans) -> Reply:
+        """A remote ``read`` answered with the region files' bytes sent as they are
+        (``sendfile``), each whole page with its crc32c in ``crcs`` for the client to
+        check (the region may be reclaimed meanwhile); pieces of pages, and pages the
+        store could not keep, are read and checked here."""
+        payload: list[Any] = []
+        crcs: list[int | None] = []
+        partial = {}
+        for key, start, length in items:
+            value = got[key]
+            if isinstance(value, PageLocation) and start == 0 and length == value.length:
+                fd = self._client_fd(value.tier, value.region, value)
+                payload.append(FileSegment(fd, value.offset, value.length))
+                crcs.append(value.crc32c)
+                continue
+            if isinstance(value, PageLocation):
+                partial[key] = pages[key]
+            payload.append((key, start, length))
+            crcs.append(None)
+        if partial:
+            got.update(self._obtain(list(partial.values()), need_bytes=True))
+        for i, part in enumerate(payload):
+            if type(part) is tuple:  # (key, start, length); a FileSegment is sent as is
+                key, start, length = part
+                payload[i] = memoryview(got[key])[start : start + length]
+        self._counters.add(pages_sent=len(items), bytes_sent=sum(i[2] for i in items))
+        for fi, (first, last) in spans.items():
+            self._read_ahead(conn, files[fi], first, last)
+        return Reply({"crcs": crcs}, payload)
 
     def _pass_fds(self, conn: ConnectionState, loc: PageLocation, fds: list, tokens: list) -> bool:
         """Add the descriptors a client needs to read ``loc`` that it does not hold yet;

@@ -4,6 +4,8 @@ worker that placement gives it; a worker killed mid-epoch; restarted, it serves 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from etcdserver import EtcdServer
@@ -144,5 +146,34 @@ def test_distributed_load_splits_by_placement_and_replicas_spread_reads(cluster,
         assert [f["ufs_reads"] for f in final] == [x["ufs_reads"] for x in loaded]
         sent = [f["bytes_sent"] - x["bytes_sent"] for f, x in zip(final, loaded, strict=True)]
         assert all(sent), sent  # the replicas of /all share the reads
+    finally:
+        client.close()
+
+
+def test_corrupted_pages_of_a_remote_worker_are_never_served(cluster, bucket):
+    """Whole pages leave a worker straight from its region files: the client checks their
+    crc32c and has a mismatch read again, checked by the worker, which drops the page
+    and fetches it anew."""
+    files = dataset(bucket, "rot", 8, seed=5)
+    client = cluster.client()
+    try:
+        client.mount("/rot", f"s3://{bucket.name}/rot", **bucket.options())
+        read_all(client, "/rot", files)
+        damaged = 0
+        for w in cluster.workers:
+            regions = os.path.join(w.home, "cache", "regions")
+            for name in os.listdir(regions):
+                path = os.path.join(regions, name)
+                size = os.path.getsize(path)
+                with open(path, "r+b") as f:
+                    for offset in range(0, size, PAGE):
+                        f.seek(offset + 100)
+                        f.write(b"\xff" * 64)
+                        damaged += 1
+        assert damaged
+        before = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        read_all(client, "/rot", files)
+        # the damaged pages were dropped and fetched again from S3
+        assert sum(cluster.report(w)["ufs_reads"] for w in cluster.workers) > before
     finally:
         client.close()

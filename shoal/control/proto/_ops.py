@@ -41,6 +41,14 @@ connection, and ``forget`` (``[tier, region]`` pairs) tells the worker which one
 has closed since. In ``data`` mode every item's bytes are in the payload. The payload holds
 exactly the requested piece (``start``, ``length``) of each page, in item order.
 
+On TCP (a cluster's remote clients) no descriptor crosses: ``read`` is served in ``data``
+mode, and ``stop`` is refused. A remote ``read`` with ``segments`` true has whole cached
+pages sent straight from their region files, unchecked, and answers ``crcs``: per item
+the page's crc32c (checked by the client, which asks again without ``segments`` on a
+mismatch) or ``None`` for a piece the worker read and checked itself. ``load`` takes an
+optional ``placement`` (``{"nodes": [[id, weight], ...]}``): the worker then loads only
+the pages placed on itself.
+
 A client remembers the locations it was given and reads those pages again without asking;
 ``touch`` reports such reads now and then (pages per region), so that the worker counts
 them as hits and keeps their regions as recently used.
