@@ -80,7 +80,29 @@ def render_report(report: Mapping[str, Any]) -> str:
     ]
     if report.get("store_full"):
         lines.append(f"not cached  {report['store_full']} pages (tier full)")
+    lines += _cluster_lines(report)
     return "\n".join(lines)
+
+
+def _cluster_lines(report: Mapping[str, Any]) -> list[str]:
+    """The worker's registration and the client's membership, in a cluster."""
+    lines = []
+    c = report.get("cluster")
+    if c:
+        where = f"etcd at {c.get('etcd')}"
+        if c.get("registered"):
+            state = f"registered in {where}"
+        else:
+            state = f"NOT registered: {where} unreachable ({c.get('last_error')})"
+        lines.append(f"cluster     worker {c.get('worker_id')} {c.get('state')}, {state}")
+    m = report.get("membership")
+    if m:
+        if m.get("healthy"):
+            state = f"from {m.get('source')}"
+        else:
+            state = f"{m.get('source')} unreachable ({m.get('last_error')}): last view kept"
+        lines.append(f"membership  {m.get('workers')} worker(s) seen, {state}")
+    return lines
 
 
 def register(subparsers) -> None:

@@ -261,7 +261,7 @@ class Client:
                 out.append(None)
                 missing.setdefault(p, []).append(i)
         if missing:
-            records = self._call({"op": "stat", "paths": list(missing)})["files"]
+            records = self._stat_records(list(missing))
             expiry = time.monotonic() + self._meta_ttl
             for (p, slots), record in zip(missing.items(), records, strict=True):
                 if "error" in record:
@@ -274,6 +274,47 @@ class Client:
             if len(self._meta) > 1_000_000:
                 self._meta = {p: e for p, e in self._meta.items() if e[0] > now}
         return out
+
+    def _stat_records(self, paths: list[str]) -> list[dict]:
+        """File records from a worker; in an etcd cluster where no worker answers, from
+        the mount table in etcd and the under-stores themselves."""
+        try:
+            return self._call({"op": "stat", "paths": paths})["files"]
+        except (ConnectionError, TimeoutError) as exc:
+            if not self._cluster or self._config.etcd is None:
+                raise
+            log.warning("no Shoal worker answers (%s); asking the under-stores directly", exc)
+        from ..control._etcd import EtcdMetaStore
+        from ..control._namespace import MountTable
+        from ..control._pages import file_id
+        from ..control._worker import split_mount_options
+        from ..control.proto import encode_error
+
+        meta_store = EtcdMetaStore(self._config.etcd)
+        try:
+            table = MountTable(meta_store)
+        finally:
+            meta_store.close()
+        records = []
+        for path in paths:
+            try:
+                mount, rel = table.resolve(path)
+                own, options = split_mount_options(mount.options)
+                opened = _Meta(path, 0, "", 0.0, True, b"", mount.path, mount.uri, options, rel)
+                info = self._store(opened).stat(rel) if rel else None
+            except (OSError, ValueError, TypeError) as exc:
+                records.append({"error": encode_error(exc)})
+                continue
+            is_dir = info is None or info.is_dir
+            records.append(
+                {"path": path, "size": 0 if info is None else info.size,
+                 "version": "" if info is None else info.version,
+                 "mtime": 0.0 if info is None else info.mtime, "is_dir": is_dir,
+                 "fid": b"" if is_dir else file_id(mount.child_uri(rel), info.version),
+                 "mount": mount.path, "uri": mount.uri, "options": options, "rel": rel,
+                 "replicas": own["replicas"], "metadata_ttl": own["metadata_ttl"]}
+            )  # fmt: skip
+        return records
 
     def _forget(self, path: str) -> None:
         self._locs.drop_path(path)
@@ -1107,12 +1148,24 @@ class Client:
             (from under-stores), ``pages_located`` (read short-circuit), ``pages_sent``
             and ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests``,
             ``mounts``, ``worker`` (pid, host id, home, uptime, engine, page size).
+            In a cluster, also ``cluster`` (the worker's registration: id, state,
+            whether etcd renews it) and ``membership`` (this client's view: workers
+            seen, whether its source answers, the last error).
         """
         if self._locs.touched_since:
             # Pages read with no round trip: the counters include them.
             with contextlib.suppress(ConnectionError, TimeoutError):
                 self._report_touched(self._conn())
-        return self._call({"op": "report"})["report"]
+        report = self._call({"op": "report"})["report"]
+        if self._cluster:
+            m = self.membership()
+            report["membership"] = {
+                "source": self._config.etcd or self._config.membership_file,
+                "workers": len(m.members()),
+                "healthy": m.healthy,
+                "last_error": m.last_error,
+            }
+        return report
 
     def worker_pid(self) -> int:
         """Pid of the worker this thread is connected to."""

@@ -18,6 +18,7 @@ from shoal_cluster import PAGE, REPO, SMALL, running_cluster, wait_until
 from shoal import Client
 from shoal._config import Config
 from shoal.cli._main import main
+from shoal.cli._report import render_report
 
 pytestmark = pytest.mark.slow
 
@@ -104,6 +105,8 @@ def test_reads_go_on_while_etcd_is_down(cluster, etcd, files):
             assert report["cluster"]["registered"] is False
             assert "etcd" in report["cluster"]["last_error"]
             assert client.membership().healthy is False
+            text = render_report(client.report())  # what `shoal report` shows
+            assert "NOT registered" in text and "last view kept" in text, text
         finally:
             etcd.start()
         for w in cluster.workers:
@@ -173,3 +176,24 @@ def test_malformed_membership_file_is_a_clear_error(tmp_path, capsys):
     assert "missing field(s) address" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exclusive"):
         Config(home=str(tmp_path), etcd="http://127.0.0.1:2379", membership_file=str(path))
+
+
+def test_every_worker_gone_reads_from_the_under_store(cluster, files):
+    """Runs last in this module: it stops the workers."""
+    warm = cluster.client()
+    try:
+        read_all(warm, files)  # metadata cached in this client
+        for w in cluster.workers:
+            w.stop()
+        wait_until(lambda: not cluster.membership.members(), 10, "the workers to leave")
+        read_all(warm, files)
+        cold = cluster.client()  # knows nothing: the mount table comes from etcd
+        try:
+            read_all(cold, files)
+            assert cold.stat("/adm/f3").size == len(files["/adm/f3"])
+            with pytest.raises(FileNotFoundError):
+                cold.stat("/adm/nothing-here")
+        finally:
+            cold.close()
+    finally:
+        warm.close()
