@@ -1134,8 +1134,24 @@ class Client:
         """
         path = normalize_path(path)
         self._locs.drop_path(path)
+        if self._cluster:
+            return self._free_cluster(path)
         answer = self._call({"op": "free", "path": path})
         return {"pages": answer["pages"], "bytes": answer["bytes"]}
+
+    def _free_cluster(self, path: str) -> dict:
+        """``free`` on every live worker (a worker that does not answer is skipped)."""
+        home = self._conn()
+        total = {"pages": 0, "bytes": 0}
+        for member in self.membership().members():
+            try:
+                answer = self._conn_of(member, home).call({"op": "free", "path": path})
+            except (ConnectionError, TimeoutError) as exc:
+                self._mark_down(member, exc)
+                continue
+            total["pages"] += answer["pages"]
+            total["bytes"] += answer["bytes"]
+        return total
 
     def report(self) -> dict:
         """The worker's report.

@@ -19,6 +19,7 @@ from shoal import Client
 from shoal._config import Config
 from shoal.cli._main import main
 from shoal.cli._report import render_report
+from shoal.client._connection import Connection
 
 pytestmark = pytest.mark.slow
 
@@ -176,6 +177,27 @@ def test_malformed_membership_file_is_a_clear_error(tmp_path, capsys):
     assert "missing field(s) address" in capsys.readouterr().err
     with pytest.raises(ValueError, match="exclusive"):
         Config(home=str(tmp_path), etcd="http://127.0.0.1:2379", membership_file=str(path))
+
+
+def test_stop_is_refused_over_tcp_and_free_reaches_every_worker(cluster, files):
+    conn = Connection(None, 10.0, address=cluster.address(cluster.workers[0]))
+    try:
+        with pytest.raises(PermissionError, match="refused over TCP"):
+            conn.call({"op": "stop"})
+        assert conn.call({"op": "mounts"})["mounts"]  # the connection still serves
+    finally:
+        conn.close()
+    client = cluster.client()
+    try:
+        read_all(client, files)
+        cached = sum(cluster.report(w)["pages"] for w in cluster.workers)
+        assert cached >= len(files)
+        freed = client.free("/adm")
+        assert freed["pages"] == cached
+        assert sum(cluster.report(w)["pages"] for w in cluster.workers) == 0
+        read_all(client, files)
+    finally:
+        client.close()
 
 
 def test_every_worker_gone_reads_from_the_under_store(cluster, files):
