@@ -525,55 +525,70 @@ class Client:
     def _read_cached(
         self, conn: Connection, items: list[tuple[memoryview, _Meta, int]]
     ) -> list[tuple[memoryview, _Meta, int]]:
-        """Read short-circuit, with no round trip to the worker, the items within one page
-        whose location this client remembers; the items left for the worker (those whose
-        location is unknown, or failed the crc32c or generation check: forgotten then)."""
+        """Read short-circuit, with no round trip to the worker, the items whose every page
+        this client remembers the location of; the items left for the worker (those with a
+        page not remembered, or failing the crc32c or generation check: forgotten then)."""
         locs = self._locs
         if not locs or locs.owner != (conn.hello["host_id"], conn.hello["home"]):
             return items
         page_size = conn.hello["page_size"]
-        rest, wanted, keys = [], [], []
         now = time.monotonic()
+        rest, wanted, keys = [], [], []
         for item in items:
             view, meta, offset = item
-            n = min(view.nbytes, meta.size - offset)
+            n = meta.size - offset
+            if n > view.nbytes:
+                n = view.nbytes
             if n <= 0:
                 continue
             if meta.fresh_until <= now:
                 rest.append(item)  # the worker checks the file's version again
                 continue
             index, start = divmod(offset, page_size)
-            if start + n > page_size:
-                rest.append(item)  # several pages: the worker's path
-                continue
-            wanted.append((item, start, n))
-            keys.append((meta.fid, index))
+            if start + n <= page_size:
+                slices: Sequence = ((index, start, n, 0),)  # within one page
+            else:
+                slices = page_slices(offset, view.nbytes, meta.size, page_size)
+            wanted.append((item, len(keys), slices))
+            fid = meta.fid
+            keys.extend([(fid, s[0]) for s in slices])
+        found = locs.get_many(keys)
         batch, partial, served = [], [], []
-        for (item, start, n), key, loc in zip(wanted, keys, locs.get_many(keys), strict=True):
-            if loc is None or start + n > loc[3]:
-                rest.append(item)
-                continue
-            tier, region, offset, plen, crc, generation, _ = loc
-            dest = item[0]
-            if start or n != plen:
-                dest = bytearray(plen)  # the crc32c covers the whole page
-                partial.append((len(batch), item[0], dest, start, n))
-            batch.append((tier, region, offset, plen, crc, generation, dest))
-            served.append((item, key))
+        for item, k, slices in wanted:
+            view = item[0]
+            first = len(batch)
+            item_locs = found[k : k + len(slices)]
+            for (_, start, n, buf_offset), loc in zip(slices, item_locs, strict=True):
+                if loc is None or start + n > loc[3]:
+                    del batch[first:]  # a page not remembered: the whole item to the worker
+                    partial = [x for x in partial if x[0] < first]
+                    rest.append(item)
+                    break
+                tier, region, offset, plen, crc, generation, _ = loc
+                if start == 0 and n == plen:  # a whole page: straight into the caller's
+                    dest = view[buf_offset : buf_offset + n] if buf_offset else view
+                else:
+                    dest = bytearray(plen)  # the crc32c covers the whole page
+                    partial.append((len(batch), view, buf_offset, dest, start, n))
+                batch.append((tier, region, offset, plen, crc, generation, dest))
+            else:
+                served.append((item, first, len(batch), k))
         if not batch:
             return rest
         results = conn.reader.read_located(batch)
+        good = [type(res) is int for res in results]
         failed, counts = [], {}
-        for (item, key), loc, res in zip(served, batch, results, strict=True):
-            if isinstance(res, BaseException):
-                failed.append(key)
-                rest.append(item)
+        for item, first, end, k in served:
+            if all(good[first:end]):
+                for loc in batch[first:end]:
+                    region = (loc[0], loc[1])
+                    counts[region] = counts.get(region, 0) + 1
             else:
-                region = (loc[0], loc[1])
-                counts[region] = counts.get(region, 0) + 1
-        for j, view, scratch, start, n in partial:
-            if not isinstance(results[j], BaseException):
-                view[:n] = memoryview(scratch)[start : start + n]
+                failed.extend(keys[k : k + end - first])
+                rest.append(item)
+        for j, view, buf_offset, scratch, start, n in partial:
+            if good[j]:
+                view[buf_offset : buf_offset + n] = memoryview(scratch)[start : start + n]
         if failed:
             locs.drop_many(failed)
         if counts:

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 __all__ = ["DEFAULT_MAX_LOCATIONS", "LocationCache"]
 
-#: Page locations a client remembers at most (about 200 bytes each).
-DEFAULT_MAX_LOCATIONS = 1 << 18
+#: Page locations a client remembers at most (about 400 bytes each: some 25 MiB).
+DEFAULT_MAX_LOCATIONS = 1 << 16
 
 #: A remembered location: ``(tier, region, offset, length, crc32c, generation, path)``,
 #: ``path`` being the Shoal path of the file the page belongs to.
