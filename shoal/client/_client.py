@@ -387,7 +387,9 @@ class Client:
         path = normalize_path(path)
         if not isinstance(uri, str) or not uri:
             raise ValueError(f"mount {path}: the under-store URI must be a non-empty str")
-        doc = self._call({"op": "mount", "path": path, "uri": uri, "options": options})["mount"]
+        header = {"op": "mount", "path": path, "uri": uri, "options": options}
+        doc = self._call(header)["mount"]
+        self._on_other_workers(header, FileExistsError)
         self._forget(path)
         return Mount(doc["path"], doc["uri"], doc["options"])
 
@@ -395,8 +397,28 @@ class Client:
         """Remove the mount at exactly ``path``; ``FileNotFoundError`` if it is none."""
         path = normalize_path(path)
         doc = self._call({"op": "unmount", "path": path})["mount"]
+        self._on_other_workers({"op": "unmount", "path": path}, FileNotFoundError)
         self._forget(path)
         return Mount(doc["path"], doc["uri"], doc["options"])
+
+    def _on_other_workers(self, header: dict, done: type[OSError]) -> None:
+        """With a membership file every worker keeps its own mount table: make the same
+        change on the workers other than this thread's (``done``: it was made already)."""
+        if not self._cluster or self._config.etcd is not None:
+            return  # one node, or a mount table shared in etcd
+        home = self._conn()
+        for member in self.membership().members():
+            if member.id == getattr(getattr(home, "member", None), "id", None):
+                continue
+            try:
+                self._conn_of(member, home).call(header)
+            except done:
+                pass
+            except (ConnectionError, TimeoutError) as exc:
+                log.warning(
+                    "worker %s missed %s %s: %s", member.id, header["op"], header["path"], exc
+                )
+                self._mark_down(member, exc)
 
     def mounts(self) -> list[Mount]:
         """Every mount, sorted by path."""

@@ -43,11 +43,20 @@ def wait_until(predicate, timeout: float, what: str):
 
 
 class WorkerProcess:
-    """``shoal worker --etcd ... --listen 127.0.0.1:0`` in a home of its own."""
+    """``shoal worker --etcd ... --listen 127.0.0.1:0`` in a home of its own (or, with
+    ``membership_file``, on the port ``listen`` names, listed in that file)."""
 
-    def __init__(self, etcd: str, host_id: str):
+    def __init__(
+        self,
+        etcd: str | None,
+        host_id: str,
+        listen: str = "127.0.0.1:0",
+        membership_file: str | None = None,
+    ):
         self.etcd = etcd
         self.host_id = host_id
+        self.listen = listen
+        self.cluster = ["--etcd", etcd] if etcd else ["--membership-file", membership_file]
         self.home = tempfile.mkdtemp(prefix="shoal-cl-", dir="/tmp")
         with open(os.path.join(self.home, "config.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(SMALL, f)
@@ -63,8 +72,8 @@ class WorkerProcess:
         }
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
         command = [
-            sys.executable, "-m", "shoal", "worker", "--home", self.home, "--etcd", self.etcd,
-            "--listen", "127.0.0.1:0", "--cache-dir", os.path.join(self.home, "cache"),
+            sys.executable, "-m", "shoal", "worker", "--home", self.home, *self.cluster,
+            "--listen", self.listen, "--cache-dir", os.path.join(self.home, "cache"),
             "--capacity", "16MiB", "--host-id", self.host_id,
         ]  # fmt: skip
         with open(os.path.join(self.home, "worker.log"), "ab") as log:
