@@ -5,6 +5,7 @@ worker that placement gives it; a worker killed mid-epoch; restarted, it serves 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -85,13 +86,37 @@ def test_kill_9_during_an_epoch_then_its_cache_serves_again(cluster, bucket):
         client.mount("/kill", f"s3://{bucket.name}/kill", **bucket.options())
         read_all(client, "/kill", files)  # every page cached by its owner
         victim = cluster.workers[1]
-        names = list(files)
-        for k, name in enumerate(names):
-            if k == len(names) // 3:
-                victim.kill()
-            buf = bytearray(len(files[name]))
-            assert client.read_into(buf, f"/kill/{name}") == len(buf)
-            assert buf == files[name], name
+        # Epochs in other threads (each with its connections) while the victim dies: the
+        # whole dataset in one batch, so that reads are in flight when it goes.
+        stop, errors, epochs = threading.Event(), [], [0]
+
+        def reader() -> None:
+            names = list(files)
+            bufs = [bytearray(len(files[n])) for n in names]
+            try:
+                while not stop.is_set():
+                    got = client.read_many_into(
+                        [(b, f"/kill/{n}") for b, n in zip(bufs, names, strict=True)]
+                    )
+                    for b, n, count in zip(bufs, names, got, strict=True):
+                        assert count == len(files[n]) and b == files[n], n
+                    epochs[0] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            wait_until(lambda: epochs[0] >= 2 or errors, 30, "epochs before the kill")
+            victim.kill()
+            done = epochs[0]
+            wait_until(lambda: epochs[0] >= done + 4 or errors, 60, "epochs after the kill")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not errors, errors[0]
         # its lease expires: the others serve its chunks (read-through) meanwhile
         wait_until(lambda: cluster.membership.member(victim.id) is None, 15, "the lease to expire")
         read_all(client, "/kill", files)

@@ -4,9 +4,12 @@ shoal worker drain arguments, membership_file, the TCP listener, load placement.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal._config import Config
 from shoal.cli import build_parser, main
+from shoal.client._client import _rounds
 from shoal.control._server import _tcp_listener
 from shoal.control._worker import _placement_filter, split_mount_options
 
@@ -116,3 +119,18 @@ def test_placement_filter_splits_pages_and_honours_replicas():
 def test_bad_placement(placement, match):
     with pytest.raises(ValueError, match=match):
         _placement_filter(placement, "z", 4096, 4096)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 5000), max_size=40),
+    round_bytes=st.integers(1, 20000),
+)
+def test_rounds_keep_order_and_stay_within_the_round_size(sizes, round_bytes):
+    pieces = [(memoryview(bytearray(n)), i) for i, n in enumerate(sizes)]
+    batches = _rounds(pieces, round_bytes)
+    assert [p for b in batches for p in b] == pieces
+    for batch in batches:
+        assert batch
+        total = sum(p[0].nbytes for p in batch)
+        assert total <= round_bytes or len(batch) == 1
