@@ -567,18 +567,32 @@ class Client:
                 rest.append(item)  # the worker checks the file's version again
                 continue
             index, start = divmod(offset, page_size)
-            if start + n <= page_size:
-                slices: Sequence = ((index, start, n, 0),)  # within one page
-            else:
-                slices = page_slices(offset, view.nbytes, meta.size, page_size)
-            wanted.append((item, len(keys), slices))
+            if start + n <= page_size:  # within one page, the common case
+                wanted.append((item, len(keys), start, n, None))
+                keys.append((meta.fid, index))
+                continue
+            slices = page_slices(offset, view.nbytes, meta.size, page_size)
+            wanted.append((item, len(keys), 0, 0, slices))
             fid = meta.fid
-            keys.extend([(fid, s[0]) for s in slices])
+            keys.extend([(fid, s.index) for s in slices])
         found = locs.get_many(keys)
         batch, partial, served = [], [], []
-        for item, k, slices in wanted:
+        for item, k, start, n, slices in wanted:
             view = item[0]
             first = len(batch)
+            if slices is None:
+                loc = found[k]
+                if loc is None or start + n > loc[3]:
+                    rest.append(item)
+                    continue
+                tier, region, offset, plen, crc, generation, _ = loc
+                if start or n != plen:
+                    dest = bytearray(plen)  # the crc32c covers the whole page
+                    partial.append((first, view, 0, dest, start, n))
+                    view = dest
+                batch.append((tier, region, offset, plen, crc, generation, view))
+                served.append((item, first, first + 1, k))
+                continue
             item_locs = found[k : k + len(slices)]
             for (_, start, n, buf_offset), loc in zip(slices, item_locs, strict=True):
                 if loc is None or start + n > loc[3]:
@@ -601,7 +615,7 @@ class Client:
         good = [type(res) is int for res in results]
         failed, counts = [], {}
         for item, first, end, k in served:
-            if all(good[first:end]):
+            if good[first] if end == first + 1 else all(good[first:end]):
                 for loc in batch[first:end]:
                     region = (loc[0], loc[1])
                     counts[region] = counts.get(region, 0) + 1
