@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 from .._units import format_size
 from ._common import add_home_option, format_duration, open_client, path_arg
+from ._mount import replicas_arg
 from ._progress import ProgressBar
 
 __all__ = ["read_file_list", "register"]
@@ -50,6 +51,12 @@ def register(subparsers) -> None:
         "--metadata-only",
         action="store_true",
         help="cache only the metadata (stat and listings), not the bytes",
+    )
+    what.add_argument(
+        "--replicas",
+        type=replicas_arg,
+        metavar="K|all",
+        help="in a cluster: workers to load each chunk on (default: the mount's replicas)",
     )
     out = p.add_argument_group("output")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress display")
@@ -109,7 +116,9 @@ def _load(args: argparse.Namespace) -> int:
     start = time.monotonic()
     with open_client(args) as client:
         try:
-            final = client.load(paths, metadata_only=args.metadata_only, progress=progress)
+            final = client.load(
+                paths, metadata_only=args.metadata_only, progress=progress, replicas=args.replicas
+            )
         except BaseException:
             if bar is not None:
                 bar.abort()

@@ -1070,6 +1070,7 @@ class Client:
         paths: str | Iterable[str],
         metadata_only: bool = False,
         progress: Callable[[LoadProgress], None] | None = None,
+        replicas: int | str | None = None,
     ) -> LoadProgress:
         """Have the worker cache the files under ``paths`` (a path or a list of paths;
         directories are expanded), or only their metadata.
@@ -1082,18 +1083,27 @@ class Client:
             Fill only the metadata cache (stat and listings), not the page store.
         progress
             Called with a :class:`LoadProgress` as files complete.
+        replicas
+            In a cluster: workers to load each chunk on (an int >= 1 or ``"all"``),
+            instead of the mount's ``replicas`` option. A single node holds one copy.
 
         Returns
         -------
         LoadProgress
-            The final counts.
+            The final counts; in a cluster, bytes count every copy.
         """
+        if (
+            replicas is not None
+            and replicas != "all"
+            and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1)
+        ):
+            raise ValueError(f"replicas must be an int >= 1 or 'all', got {replicas!r}")
         if isinstance(paths, str):
             paths = [paths]
         paths = [normalize_path(p) for p in paths]
         self._conn()  # checks the client, starts the worker if need be
         if self._cluster:
-            return self._load_cluster(paths, bool(metadata_only), progress)
+            return self._load_cluster(paths, bool(metadata_only), progress, replicas)
         # A connection of its own: the progress callback may use this client meanwhile, and
         # a load takes as long as it takes (no timeout; progress shows it is alive).
         conn = connect(self._config, start=self._start, timeout=None, start_timeout=1.0)
@@ -1116,6 +1126,7 @@ class Client:
         paths: list[str],
         metadata_only: bool,
         progress: Callable[[LoadProgress], None] | None,
+        replicas: int | str | None = None,
     ) -> LoadProgress:
         """A load split by placement: every ONLINE worker fetches the pages placed on it,
         all at once; progress sums their bytes (files: those every worker is done with)."""
@@ -1124,7 +1135,9 @@ class Client:
             raise ConnectionRefusedError(
                 errno.ECONNREFUSED, "no worker of the Shoal cluster is ONLINE: nothing to load on"
             )
-        placement = {"nodes": [[n.id, n.weight] for n in members_to_nodes(members)]}
+        placement: dict[str, Any] = {"nodes": [[n.id, n.weight] for n in members_to_nodes(members)]}
+        if replicas is not None:
+            placement["replicas"] = replicas
         states: dict[str, dict] = {}
         errors: list[BaseException] = []
         lock = threading.Lock()

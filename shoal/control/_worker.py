@@ -925,13 +925,14 @@ def _placement_filter(placement: dict | None, me: str | None, page_size: int, ch
 
     try:
         nodes = [Node(str(i), float(w)) for i, w in placement["nodes"]]
+        forced = split_mount_options({"replicas": placement.get("replicas", 1)})[0]
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"load: malformed placement {placement!r}: {exc}") from None
     if not nodes or me not in {n.id for n in nodes}:
         raise ValueError(f"load: this worker ({me!r}) is not among the placement's workers")
 
     def mine(f: _File, pages: list[_Page]) -> list[_Page]:
-        wanted = f.own["replicas"]
+        wanted = forced["replicas"] if "replicas" in placement else f.own["replicas"]
         k = len(nodes) if wanted == "all" else min(wanted, len(nodes))
         out, owners = [], {}
         for p in pages:

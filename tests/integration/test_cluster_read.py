@@ -171,6 +171,12 @@ def test_distributed_load_splits_by_placement_and_replicas_spread_reads(cluster,
         assert [f["ufs_reads"] for f in final] == [x["ufs_reads"] for x in loaded]
         sent = [f["bytes_sent"] - x["bytes_sent"] for f, x in zip(final, loaded, strict=True)]
         assert all(sent), sent  # the replicas of /all share the reads
+        # a second copy of /one, asked for by the load (`shoal load --replicas 2`)
+        before = sum(f["ufs_reads"] for f in final)
+        done = client.load("/one", replicas=2)
+        assert done.bytes_total == 2 * sum(len(d) for d in one.values())
+        now = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        assert now - before == pages_of(one)
     finally:
         client.close()
 

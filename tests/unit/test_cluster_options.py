@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal import Client
 from shoal._config import Config
 from shoal.cli import build_parser, main
 from shoal.client._client import _rounds
@@ -134,3 +135,25 @@ def test_rounds_keep_order_and_stay_within_the_round_size(sizes, round_bytes):
         assert batch
         total = sum(p[0].nbytes for p in batch)
         assert total <= round_bytes or len(batch) == 1
+
+
+def test_load_replicas_override_and_flag(tmp_path):
+    nodes = [["a", 1.0], ["b", 1.0], ["c", 1.0]]
+    pages = [_Page(i) for i in range(32)]
+    f = _File(b"g" * 16, 1)
+    for forced, copies in ((2, 2), ("all", 3)):
+        held = {}
+        for me in "abc":
+            mine = _placement_filter({"nodes": nodes, "replicas": forced}, me, 4096, 4096)
+            for p in mine(f, pages):
+                held[p.index] = held.get(p.index, 0) + 1
+        assert held == dict.fromkeys(range(32), copies)
+    with pytest.raises(ValueError, match="malformed placement"):
+        _placement_filter({"nodes": nodes, "replicas": 0}, "a", 4096, 4096)
+    assert build_parser().parse_args(["load", "/x", "--replicas", "all"]).replicas == "all"
+    client = Client(Config(home=str(tmp_path), capacity="64MiB"), start_worker=False)
+    try:
+        with pytest.raises(ValueError, match="replicas must be an int >= 1 or 'all'"):
+            client.load("/x", replicas=0)
+    finally:
+        client.close()
