@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import weakref
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .._config import Config, load_config
+from ..control import _jobs
 from ..control._membership import Membership, WorkerInfo, WorkerState, members_to_nodes
 from ..control._namespace import Mount, normalize_path
 from ..control._pages import PageSlice, chunk_of, page_slices
@@ -67,12 +69,20 @@ class FileInfo:
 
 
 class LoadProgress(NamedTuple):
-    """Progress of :meth:`Client.load`: files and bytes done, of the totals."""
+    """Progress of :meth:`Client.load`: files and bytes done, of the totals, and the pages
+    and bytes among those done that were cached already (skipped)."""
 
     files_done: int
     files_total: int
     bytes_done: int
     bytes_total: int
+    pages_skipped: int = 0
+    bytes_skipped: int = 0
+
+    @classmethod
+    def of(cls, counts: dict) -> LoadProgress:
+        """From a worker's progress counters (missing ones are 0)."""
+        return cls(*(int(counts.get(f, 0)) for f in cls._fields))
 
 
 @dataclass(frozen=True)
@@ -1101,23 +1111,99 @@ class Client:
         if isinstance(paths, str):
             paths = [paths]
         paths = [normalize_path(p) for p in paths]
+        metadata_only = bool(metadata_only)
         self._conn()  # checks the client, starts the worker if need be
-        if self._cluster:
-            return self._load_cluster(paths, bool(metadata_only), progress, replicas)
+        started = time.time()
+        record = _jobs.load_record(
+            _jobs.new_job_id(started), paths, metadata_only, replicas, started
+        )
+        self._put_job(record)
+        counts: dict[str, int] = {}
+        caller_stopped = False
+
+        def seen(state: dict) -> None:
+            nonlocal caller_stopped
+            counts.update(state)
+            if progress is not None:
+                try:
+                    progress(LoadProgress.of(state))
+                except BaseException:
+                    caller_stopped = True
+                    raise
+
+        try:
+            if self._cluster:
+                final = self._load_cluster(paths, metadata_only, seen, replicas)
+            else:
+                final = self._load_one(paths, metadata_only, seen)
+        except BaseException as exc:
+            # Interrupted by the caller (Ctrl-C, its progress callback): STOPPED; the load
+            # or the connection failed: FAILED. Running it again resumes it.
+            stopped = caller_stopped or not isinstance(exc, Exception)
+            state = _jobs.STOPPED if stopped else _jobs.FAILED
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            self._put_job(_jobs.finish_record(record, state, counts, error))
+            raise
+        self._put_job(_jobs.finish_record(record, _jobs.DONE, final))
+        return LoadProgress.of(final)
+
+    def _put_job(self, record: dict) -> None:
+        """Write a job record through the worker (every worker of a membership file, each
+        keeping its own); a failure is logged, never raised: the load matters more."""
+        header = {"op": "job_put", "key": _jobs.LOAD_PREFIX + record["id"], "record": record}
+        try:
+            self._call(header)
+            self._on_other_workers(header, FileExistsError)
+        except (OSError, ValueError) as exc:
+            log.warning("load %s: its job record was not written: %s", record["id"], exc)
+
+    def load_history(self, limit: int | None = 20) -> list[dict]:
+        """The records of past and running loads, newest first.
+
+        Parameters
+        ----------
+        limit
+            At most this many (an int >= 0), or every record (None).
+
+        Returns
+        -------
+        list of dict
+            Per load: ``id`` (sorts by start time), ``state`` (``RUNNING``, ``DONE``,
+            ``FAILED`` or ``STOPPED``), ``started`` and ``finished`` (Unix times;
+            ``finished`` None while running), ``paths`` (``count`` and the ``first``
+            few), ``metadata_only``, ``replicas``, ``error`` (None unless it failed or
+            was stopped), and the counters ``files_done``, ``files_total``,
+            ``bytes_done``, ``bytes_total``, ``pages_done``, ``pages_total``,
+            ``pages_skipped`` and ``bytes_skipped`` (cached already, not fetched).
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        answer = self._call(
+            {
+                "op": "jobs",
+                "prefix": _jobs.LOAD_PREFIX,
+                "limit": (1 << 31) - 1 if limit is None else limit,
+            }
+        )
+        return answer["jobs"]
+
+    def _load_one(
+        self, paths: list[str], metadata_only: bool, progress: Callable[[dict], None]
+    ) -> dict:
         # A connection of its own: the progress callback may use this client meanwhile, and
         # a load takes as long as it takes (no timeout; progress shows it is alive).
         conn = connect(self._config, start=self._start, timeout=None, start_timeout=1.0)
         try:
-            conn.send({"op": "load", "paths": paths, "metadata_only": bool(metadata_only)})
+            conn.send({"op": "load", "paths": paths, "metadata_only": metadata_only})
             while True:
                 answer, _, fds = conn.receive()
                 for fd in fds:
                     os.close(fd)
-                state = LoadProgress(**answer["progress"])
-                if progress is not None:
-                    progress(state)
+                progress(answer["progress"])
                 if answer.get("done"):
-                    return state
+                    return answer["progress"]
         finally:
             conn.close()
 
@@ -1125,38 +1211,96 @@ class Client:
         self,
         paths: list[str],
         metadata_only: bool,
-        progress: Callable[[LoadProgress], None] | None,
+        progress: Callable[[dict], None],
         replicas: int | str | None = None,
-    ) -> LoadProgress:
+    ) -> dict:
         """A load split by placement: every ONLINE worker fetches the pages placed on it,
-        all at once; progress sums their bytes (files: those every worker is done with)."""
-        members = [m for m in self.membership().members() if m.state is WorkerState.ONLINE]
-        if not members:
-            raise ConnectionRefusedError(
-                errno.ECONNREFUSED, "no worker of the Shoal cluster is ONLINE: nothing to load on"
+        all at once. A worker lost on the way (its connection fails) hands its share to
+        the others: they load again, placed over themselves alone, and skip the pages
+        they hold already. Any other error fails the load."""
+        members = [
+            m
+            for m in self.membership().members()
+            if m.state is WorkerState.ONLINE and not self._is_down(m)
+        ]
+        fetched: dict[str, list[int]] = {}  # worker id -> [pages, bytes] of earlier rounds
+        last_loss: BaseException | None = None
+        while members:
+            earlier = [0, 0]
+            for m in members:
+                got = fetched.get(m.id, [0, 0])
+                earlier = [earlier[0] + got[0], earlier[1] + got[1]]
+            states, lost, final = self._load_round(
+                paths, metadata_only, progress, replicas, members, earlier
             )
+            if not lost:
+                return final
+            for member, exc in lost:
+                self._mark_down(member, exc)
+                last_loss = exc
+            gone = {member.id for member, _ in lost}
+            log.warning("load: workers %s lost; the others take their share", sorted(gone))
+            for mid, s in states.items():
+                got = fetched.setdefault(mid, [0, 0])
+                got[0] += s.get("pages_done", 0) - s.get("pages_skipped", 0)
+                got[1] += s.get("bytes_done", 0) - s.get("bytes_skipped", 0)
+            members = [m for m in members if m.id not in gone]
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            "no worker of the Shoal cluster is ONLINE: nothing to load on"
+            + (f" (last lost: {last_loss})" if last_loss is not None else ""),
+        )
+
+    def _load_round(
+        self,
+        paths: list[str],
+        metadata_only: bool,
+        progress: Callable[[dict], None],
+        replicas: int | str | None,
+        members: list[WorkerInfo],
+        earlier: list[int],
+    ) -> tuple[dict[str, dict], list[tuple[WorkerInfo, BaseException]], dict]:
+        """One load on ``members`` at once, placed over them: their last counters, the
+        workers lost (connection failed) and the summed counters. Progress sums their
+        counters (files: those every worker is done with); pages and bytes skipped leave
+        out ``earlier`` (what these workers fetched in earlier rounds of the same load)."""
         placement: dict[str, Any] = {"nodes": [[n.id, n.weight] for n in members_to_nodes(members)]}
         if replicas is not None:
             placement["replicas"] = replicas
         states: dict[str, dict] = {}
+        lost: list[tuple[WorkerInfo, BaseException]] = []
         errors: list[BaseException] = []
+        conns: list[Connection] = []
         lock = threading.Lock()
+        stop = threading.Event()
 
-        def total() -> LoadProgress:
+        def total() -> dict:
+            out = {k: sum(s.get(k, 0) for s in states.values()) for k in _jobs.COUNTS}
             done = [s["files_done"] for s in states.values()]
-            return LoadProgress(
-                min(done) if len(done) == len(members) else 0,
-                max((s["files_total"] for s in states.values()), default=0),
-                sum(s["bytes_done"] for s in states.values()),
-                sum(s["bytes_total"] for s in states.values()),
-            )
+            out["files_done"] = min(done) if len(done) == len(members) else 0
+            out["files_total"] = max((s["files_total"] for s in states.values()), default=0)
+            out["pages_skipped"] = max(0, out["pages_skipped"] - earlier[0])
+            out["bytes_skipped"] = max(0, out["bytes_skipped"] - earlier[1])
+            return out
+
+        def abort() -> None:  # with the lock held
+            stop.set()
+            for c in conns:
+                with contextlib.suppress(OSError):
+                    c.sock.shutdown(socket.SHUT_RDWR)
 
         def run(member: WorkerInfo) -> None:
             try:
                 conn = self._open(member, None)
             except (ConnectionError, TimeoutError) as exc:
-                errors.append(exc)
+                with lock:
+                    lost.append((member, exc))
                 return
+            with lock:
+                if stop.is_set():
+                    conn.close()
+                    return
+                conns.append(conn)
             try:
                 conn.send(
                     {"op": "load", "paths": paths, "metadata_only": metadata_only,
@@ -1168,12 +1312,20 @@ class Client:
                         os.close(fd)
                     with lock:
                         states[member.id] = answer["progress"]
-                        if progress is not None:
-                            progress(total())
+                        progress(total())
                     if answer.get("done"):
                         return
-            except Exception as exc:
-                errors.append(exc)
+            except BaseException as exc:
+                with lock:
+                    if (
+                        conn.broken
+                        and not stop.is_set()
+                        and isinstance(exc, (ConnectionError, TimeoutError))
+                    ):
+                        lost.append((member, exc))
+                    else:
+                        errors.append(exc)
+                        abort()
             finally:
                 conn.close()
 
@@ -1182,11 +1334,18 @@ class Client:
         ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            with lock:
+                abort()
+            for t in threads:
+                t.join()
+            raise
         if errors:
             raise errors[0]
-        return total()
+        return states, lost, total()
 
     def free(self, path: str) -> dict:
         """Drop the cached pages of the files under ``path``.

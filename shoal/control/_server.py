@@ -235,6 +235,11 @@ class Server:
         if op == "touch":
             w.touch(h["regions"])
             return Reply({})
+        if op == "job_put":
+            w.put_job(h["key"], h["record"])
+            return Reply({})
+        if op == "jobs":
+            return Reply({"jobs": w.jobs(h["prefix"], h["limit"])})
         if op == "stop":
             log.info("stop requested by client pid %s", state.pid)
             return Reply({})

@@ -31,6 +31,7 @@ from .._config import Config, load_config
 from .._errors import ShoalError, TierFullError
 from ..engine import PageLocation, PageStore
 from ..engine._regions import generations_path
+from ._jobs import check_job_key, mark_abandoned, newest_first
 from ._membership import load_worker_id
 from ._metadata import MetadataCache
 from ._metastore import LocalMetaStore, MetaStore
@@ -245,6 +246,10 @@ class Worker:
         self.cluster_health: Callable[[], dict] | None = None
         try:
             self._mounts = MountTable(self._meta_store)
+            if not self._shared_mounts:
+                # The node's own records: a load still RUNNING went through a worker of
+                # this home that is gone, and its client lost it.
+                mark_abandoned(self._meta_store, "the worker stopped during the load")
             self._store = PageStore(
                 config.tiers(),
                 os.path.join(config.home, "index"),
@@ -792,33 +797,45 @@ class Worker:
         placement: dict | None = None,
     ) -> dict:
         """Fill the metadata cache (and, unless ``metadata_only``, the page store) with
-        the files under ``paths``; ``progress`` gets the counters after each file.
+        the files under ``paths``; ``progress`` gets the counters after each file: files,
+        bytes and pages done of their totals, and the pages and bytes among those done
+        that were cached already (``pages_skipped``, ``bytes_skipped``).
 
         In a cluster, ``placement`` (``{"nodes": [[id, weight], ...]}``, the live workers
         as the client sees them) limits the job to the pages placed on this worker, a
         file's ``replicas`` mount option honoured; bytes count those pages."""
         files = self._files_under(paths)
         mine = _placement_filter(placement, self.worker_id, self.page_size, self.config.chunk_size)
-        sizes = {f.path: sum(p.length for p in mine(f, self._pages_of(f))) for f in files}
+        sizes, counts = {}, {}
+        for f in files:
+            placed = mine(f, self._pages_of(f))
+            sizes[f.path], counts[f.path] = sum(p.length for p in placed), len(placed)
         state = {
             "files_done": 0,
             "files_total": len(files),
             "bytes_done": 0,
             "bytes_total": sum(sizes.values()),
+            "pages_done": 0,
+            "pages_total": 0 if metadata_only else sum(counts.values()),
+            "pages_skipped": 0,  # present already
+            "bytes_skipped": 0,
         }
         if metadata_only:
             state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
             progress(dict(state))
             return state
-        pending: list[tuple[_File, dict]] = []
+        pending: list[tuple[_File, dict, int]] = []
         last = 0.0
 
         def finish_first() -> None:
             nonlocal last
-            f, futures = pending.pop(0)
+            f, futures, fetched_bytes = pending.pop(0)
             self._results(futures)
             state["files_done"] += 1
             state["bytes_done"] += sizes[f.path]
+            state["pages_done"] += counts[f.path]
+            state["pages_skipped"] += counts[f.path] - len(futures)
+            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
             now = time.monotonic()
             if now - last > 0.1 or state["files_done"] == state["files_total"]:
                 last = now
@@ -827,8 +844,9 @@ class Worker:
         for f in files:
             pages = [p for p in mine(f, self._pages_of(f)) if not self._store.contains(p.key)]
             self._counters.add(page_misses=len(pages))
-            pending.append((f, self._start_fetches(pages, self._fetch_pool)))
-            while sum(len(futures) for _, futures in pending) > window:
+            fetched_bytes = sum(p.length for p in pages)
+            pending.append((f, self._start_fetches(pages, self._fetch_pool), fetched_bytes))
+            while sum(len(futures) for _, futures, _ in pending) > window:
                 finish_first()
             while pending and all(fut.done() for fut in pending[0][1].values()):
                 finish_first()
@@ -837,6 +855,14 @@ class Worker:
         if not files:
             progress(dict(state))
         return state
+
+    def put_job(self, key: str, record: dict) -> None:
+        """Store a job record (``jobs/<kind>/<id>``) in the MetaStore."""
+        self._meta_store.put(check_job_key(key), record)
+
+    def jobs(self, prefix: str, limit: int) -> list[dict]:
+        """The job records under ``prefix``, newest first, at most ``limit``."""
+        return newest_first(self._meta_store.scan(prefix), limit)
 
     def free(self, path: str) -> dict:
         """Drop the cached pages of every file under ``path`` (their current versions)."""

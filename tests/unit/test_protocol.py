@@ -253,6 +253,8 @@ def test_check_request_accepts_every_op():
         "free": {"path": "/m"},
         "report": {},
         "touch": {"regions": [["SSD", 3, 2], ["MEM", 0, 1]]},
+        "job_put": {"key": "jobs/load/1", "record": {"state": "DONE"}},
+        "jobs": {"prefix": "jobs/load/", "limit": 10},
         "stop": {},
     }
     assert set(samples) == set(OPS)
@@ -274,6 +276,9 @@ def test_check_request_accepts_every_op():
         ({"op": "touch", "regions": [[3, 3, 1]]}, "tier, region, pages"),
         ({"op": "touch", "regions": [["SSD", -1, 1]]}, "touch: region"),
         ({"op": "touch", "regions": [["SSD", 1, 0]]}, "touch: pages"),
+        ({"op": "jobs", "prefix": "mounts/", "limit": 1}, "prefix must start with 'jobs/'"),
+        ({"op": "jobs", "prefix": "jobs/", "limit": -1}, "jobs: limit"),
+        ({"op": "job_put", "key": "jobs/load/1", "record": []}, "'record' must be dict"),
         (
             {"op": "read", "files": [], "items": [], "mode": "other", "forget": []},
             "mode must be",

@@ -25,6 +25,8 @@ load         ``paths`` (list), ``metadata_only``                ``progress`` ...
 free         ``path``                                           ``pages``, ``bytes``
 report       (none)                                             ``report`` (dict)
 touch        ``regions`` ([tier, region, pages] triples)        (none)
+job_put      ``key`` (``jobs/<kind>/<id>``), ``record`` (dict)  (none)
+jobs         ``prefix`` (``jobs/...``), ``limit`` (int)         ``jobs``: records, newest first
 stop         (none)                                             (none); the worker exits
 ===========  =================================================  ===============================
 
@@ -89,6 +91,8 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "free": {"path": str},
     "report": {},
     "touch": {"regions": list},
+    "job_put": {"key": str, "record": dict},
+    "jobs": {"prefix": str, "limit": int},
     "stop": {},
 }
 
@@ -127,6 +131,10 @@ def check_request(header: dict) -> str:
                 )
             _int(entry[1], "touch: region", 0, 1 << 32)
             _int(entry[2], "touch: pages", 1)
+    elif op == "jobs":
+        _int(header["limit"], "jobs: limit", 0, 1 << 31)
+        if not header["prefix"].startswith("jobs/"):
+            raise ProtocolError(f"jobs: prefix must start with 'jobs/', got {header['prefix']!r}")
     return op
 
 
