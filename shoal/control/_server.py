@@ -80,8 +80,13 @@ class Server:
         self._stopping = threading.Event()
         self._acceptor: threading.Thread | None = None
 
-    def start(self) -> None:
-        """Bind, listen and start accepting."""
+    def start(self, before_accepting: Callable[[], None] | None = None) -> None:
+        """Bind, listen and start accepting.
+
+        ``before_accepting`` runs once the sockets listen and before any connection is
+        served: whatever it does (e.g. log that the worker serves) happens before a
+        client's first answer.
+        """
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_mask = os.umask(0o177)
@@ -101,6 +106,8 @@ class Server:
                 listener.close()
                 raise
         self._listener = listener
+        if before_accepting is not None:
+            before_accepting()
         self._acceptor = threading.Thread(
             target=self._accept_loop, args=(listener, False), name="shoal-accept"
         )

@@ -1048,13 +1048,14 @@ def _serve(config: Config, stop: threading.Event) -> None:
                 os.unlink(sock_path)  # left by a worker that died: we hold the lock now
             worker.worker_id = load_worker_id(config.home)  # in hello from the first client
             server = Server(worker, sock_path, on_stop=stop.set, listen=config.listen)
-            server.start()
-            log.info(
-                "worker %d serving %s (engine %s, tiers %s)",
-                os.getpid(),
-                sock_path,
-                engine.backend(),
-                ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
+            server.start(
+                before_accepting=lambda: log.info(
+                    "worker %d serving %s (engine %s, tiers %s)",
+                    os.getpid(),
+                    sock_path,
+                    engine.backend(),
+                    ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
+                )
             )
             try:
                 registration = _join_cluster(config, worker, server.address, sock_path)
