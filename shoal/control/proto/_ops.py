@@ -49,7 +49,12 @@ pages sent straight from their region files, unchecked, and answers ``crcs``: pe
 the page's crc32c (checked by the client, which asks again without ``segments`` on a
 mismatch) or ``None`` for a piece the worker read and checked itself. ``load`` takes an
 optional ``placement`` (``{"nodes": [[id, weight], ...]}``): the worker then loads only
-the pages placed on itself.
+the pages placed on itself. A ``progress`` holds ``files_done``, ``files_total``,
+``bytes_done``, ``bytes_total``, ``pages_done``, ``pages_total`` and, among the pages done,
+those cached already: ``pages_skipped``, ``bytes_skipped``.
+
+``job_put`` stores a job record (a JSON document) in the worker's MetaStore (etcd in a
+cluster); ``jobs`` lists the records under a prefix, newest (greatest key) first.
 
 A client remembers the locations it was given and reads those pages again without asking;
 ``touch`` reports such reads now and then (pages per region), so that the worker counts
