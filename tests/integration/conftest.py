@@ -172,3 +172,17 @@ class Daemons:
 @pytest.fixture
 def daemons() -> type[Daemons]:
     return Daemons
+
+
+@pytest.fixture(scope="module")
+def etcd():
+    """An etcd of the test module's own: a cluster module's workers, leases and mount table
+    start from nothing and never meet another module's."""
+    from etcdserver import EtcdServer
+
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import yaml
-from etcdserver import EtcdServer
 from shoal_cluster import PAGE, REPO, SMALL, running_cluster, wait_until
 
 from shoal import Client
@@ -22,16 +21,6 @@ from shoal.cli._report import render_report
 from shoal.client._connection import Connection
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = EtcdServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")

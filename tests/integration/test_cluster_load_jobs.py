@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from etcdserver import EtcdServer
 from shoal_cluster import PAGE, running_cluster
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster(moto_server):
-    server = EtcdServer()
-    try:
-        server.start()
-        with running_cluster(server.endpoint, 3) as c:
-            yield c
-    finally:
-        server.close()
+def cluster(etcd, moto_server):
+    with running_cluster(etcd.endpoint, 3) as c:
+        yield c
 
 
 def dataset(bucket, count: int = 36) -> tuple[dict[str, bytes], int, int]:

@@ -9,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-from etcdserver import EtcdServer
 from shoal_cluster import PAGE, running_cluster, wait_until
 
 pytestmark = pytest.mark.slow
@@ -17,16 +16,6 @@ pytestmark = pytest.mark.slow
 
 def random_bytes(size: int, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = EtcdServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
