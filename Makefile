@@ -23,7 +23,7 @@ $(VENV)/.apt: Makefile
 
 $(VENV)/.installed: pyproject.toml | $(VENV)/.apt
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip "setuptools>=69" wheel "Cython>=3.0"
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0"
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
 	@touch $@
 

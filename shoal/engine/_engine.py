@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _crc
@@ -18,6 +20,13 @@ from ._requests import FD_MAX, host_view, io_requests
 __all__ = ["backend", "crc32c", "get_backend", "read_batch", "read_files", "write_batch"]
 
 BACKENDS = ("io_uring", "threads")
+
+# A read batch of at least PARALLEL_BYTES is split over up to PARALLEL_WAYS threads, each
+# with its own ring and at least SPLIT_BYTES: one core copies out of the page cache (and
+# checksums) at about half the speed two do.
+PARALLEL_BYTES = 32 << 20
+SPLIT_BYTES = 8 << 20
+PARALLEL_WAYS = min(4, os.cpu_count() or 1)
 
 
 @functools.cache
@@ -59,6 +68,47 @@ def get_backend(name: str | None = None):
             "seccomp); set SHOAL_ENGINE=threads"
         )
     return _make(name)
+
+
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """The threads that take parts of large batches; made anew in a forked child, whose
+    copy of the parent's pool has no threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            pool = ThreadPoolExecutor(PARALLEL_WAYS - 1, thread_name_prefix="shoal-read")
+            _pool = (os.getpid(), pool)
+        return _pool[1]
+
+
+def submit_reads(eng, checked: list[tuple], direct: bool, checksums) -> list:
+    """``eng.read_batch`` of validated host requests; a large batch on io_uring is split in
+    contiguous parts of about equal bytes, read at once by the caller and pool threads."""
+    total = sum(req[2] for req in checked)
+    ways = min(PARALLEL_WAYS, len(checked), total // SPLIT_BYTES)
+    if eng.name != "io_uring" or total < PARALLEL_BYTES or ways < 2:
+        return eng.read_batch(checked, direct, checksums)
+    bounds, start, acc = [], 0, 0
+    for i, req in enumerate(checked):
+        acc += req[2]
+        if acc * ways >= total * (len(bounds) + 1) and len(bounds) < ways - 1:
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, len(checked)))
+    pool = _read_pool()
+    parts = [
+        pool.submit(eng.read_batch, checked[a:b], direct, checksums[a:b] if checksums else None)
+        for a, b in bounds[1:]
+    ]
+    a, b = bounds[0]
+    results = eng.read_batch(checked[a:b], direct, checksums[a:b] if checksums else None)
+    for part in parts:
+        results.extend(part.result())
+    return results
 
 
 def backend() -> str:
@@ -136,7 +186,7 @@ def read_batch(
     eng = engine or get_backend()
     host, device = _split_device(checked)
     if not device:
-        return _finish(eng.read_batch(checked, direct, checksums), "read")
+        return _finish(submit_reads(eng, checked, direct, checksums), "read")
     if checksums is not None and any(checksums[i] is not None for i in device):
         raise ValueError("read_batch: checksums cannot be verified for GPU destinations")
     from . import gpu
@@ -148,7 +198,7 @@ def read_batch(
     if host:
         sub = [checked[i] for i in host]
         sums = [checksums[i] for i in host] if checksums is not None else None
-        for i, r in zip(host, eng.read_batch(sub, direct, sums), strict=True):
+        for i, r in zip(host, submit_reads(eng, sub, direct, sums), strict=True):
             results[i] = r
     return _finish(results, "read")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import StaleLocationError
-from ._engine import get_backend, read_batch
+from ._engine import get_backend, read_batch, submit_reads
 from ._requests import OFFSET_MAX, host_view
 
 __all__ = ["TIER_NAMES", "GenerationTable", "PageLocation", "RegionReader", "region_path"]
@@ -389,7 +389,7 @@ class RegionReader:
         if requests:
             done: list[Any]
             if checked is not None:
-                done = get_backend().read_batch(checked, self._direct, checksums)
+                done = submit_reads(get_backend(), checked, self._direct, checksums)
             else:
                 try:
                     done = read_batch(requests, direct=self._direct, checksums=checksums)

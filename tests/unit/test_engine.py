@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 import warnings
 import zlib
@@ -721,3 +722,78 @@ def test_crc32c_kernels():
 
 def test_crc32c_is_not_crc32():
     assert engine.crc32c(b"abc") != zlib.crc32(b"abc")
+
+
+# ------------------------------------------------------------ large batches over threads
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    lengths=st.lists(st.integers(0, 6 << 20), min_size=2, max_size=12),
+    bad=st.one_of(st.none(), st.integers(0, 11)),
+)
+def test_large_batches_split_over_threads_keep_order_and_errors(
+    eng, data_dir, monkeypatch, lengths, bad
+):
+    # small thresholds, so that hypothesis' batches take the parallel path
+    monkeypatch.setattr(_engine, "PARALLEL_BYTES", 1 << 20)
+    monkeypatch.setattr(_engine, "SPLIT_BYTES", 256 << 10)
+    monkeypatch.setattr(_engine, "PARALLEL_WAYS", 3)
+    path = data_dir / "parallel"
+    if not path.exists():
+        path.write_bytes(np.random.default_rng(5).bytes(8 << 20))
+    data = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        dest = bytearray(sum(lengths))
+        reqs, sums, pos = [], [], 0
+        for i, n in enumerate(lengths):
+            offset = (i * 1_000_003) % (len(data) - n + 1)
+            reqs.append((fd, offset, n, dest, pos))
+            crc = engine.crc32c(data[offset : offset + n])
+            sums.append(crc ^ 1 if i == bad else crc)
+            pos += n
+        if bad is not None and bad < len(lengths):
+            with pytest.raises(PageCorruptedError) as info:
+                engine.read_batch(reqs, checksums=sums, engine=eng)
+            assert info.value.index == bad
+            assert [r for i, r in enumerate(info.value.results) if i != bad] == [
+                n for i, n in enumerate(lengths) if i != bad
+            ]
+        else:
+            assert engine.read_batch(reqs, checksums=sums, engine=eng) == lengths
+        pos = 0
+        for _fd, offset, n, _, _ in reqs:
+            assert dest[pos : pos + n] == data[offset : offset + n]
+            pos += n
+    finally:
+        os.close(fd)
+
+
+def test_parallel_pool_is_made_anew_in_a_forked_child(data_dir, monkeypatch):
+    monkeypatch.setattr(_engine, "PARALLEL_BYTES", 1 << 20)
+    monkeypatch.setattr(_engine, "SPLIT_BYTES", 256 << 10)
+    monkeypatch.setattr(_engine, "PARALLEL_WAYS", 2)
+    path = data_dir / "fork-parallel"
+    path.write_bytes(b"x" * (4 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(4 << 20)
+        reqs = [(fd, i << 20, 1 << 20, buf, i << 20) for i in range(4)]
+        assert engine.read_batch(reqs) == [1 << 20] * 4  # the parent's pool exists now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads running
+            pid = os.fork()
+        if pid == 0:
+            ok = False
+            try:
+                signal.alarm(30)  # a pool inherited without its threads would wait forever
+                ok = engine.read_batch(reqs) == [1 << 20] * 4 and buf == b"x" * (4 << 20)
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
