@@ -197,3 +197,42 @@ def test_corrupted_pages_of_a_remote_worker_are_never_served(cluster, bucket):
         assert sum(cluster.report(w)["ufs_reads"] for w in cluster.workers) > before
     finally:
         client.close()
+
+
+def test_training_reads_run_while_a_distributed_load_runs(cluster, bucket):
+    files = dataset(bucket, "busy", 30, seed=6)
+    loader, reader = cluster.client(), cluster.client()
+    try:
+        loader.mount("/busy", f"s3://{bucket.name}/busy", **bucket.options())
+        before = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        outcome: dict = {}
+
+        def load():
+            try:
+                outcome["done"] = loader.load("/busy")
+            except BaseException as exc:  # reported by the assertion below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        # an epoch in batches while the workers fetch their shares of the same files
+        names = list(files)
+        for start in range(0, len(names), 8):
+            batch = names[start : start + 8]
+            bufs = [bytearray(len(files[n])) for n in batch]
+            got = reader.read_many_into(
+                [(b, f"/busy/{n}", 0) for b, n in zip(bufs, batch, strict=True)]
+            )
+            for b, n, name in zip(bufs, got, batch, strict=True):
+                assert n == len(files[name]) and b == files[name], name
+        thread.join(timeout=120)
+        assert not thread.is_alive() and "error" not in outcome, outcome
+        done = outcome["done"]
+        assert done.files_done == done.files_total == len(files)
+        # each page came from S3 once, whether the load or a read asked for it first
+        after = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        assert after - before == pages_of(files)
+        read_all(reader, "/busy", files)
+    finally:
+        loader.close()
+        reader.close()
