@@ -420,16 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             s3 = server.client(max_pool_connections=max(args.threads, 10))
             s3.create_bucket(Bucket=BUCKET)
             with shoal.Client() as client:
-                ak, sk = server.credentials_env()
-                client.mount(
-                    MOUNT,
-                    f"s3://{BUCKET}",
-                    endpoint_url=server.endpoint_url,
-                    region="us-east-1",
-                    addressing_style="path",
-                    access_key_env=ak,
-                    secret_key_env=sk,
-                )
+                client.mount(MOUNT, f"s3://{BUCKET}", **server.mount_options())
                 report = client.report()
                 tiers = ", ".join(
                     f"{name} {t['capacity'] / 2**30:.1f} GiB" for name, t in report["tiers"].items()

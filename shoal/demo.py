@@ -439,16 +439,7 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
 
         client = shoal.Client()
         stack.callback(client.close)
-        ak, sk = server.credentials_env()
-        client.mount(
-            MOUNT,
-            f"s3://{BUCKET}/{data.prefix}",
-            endpoint_url=server.endpoint_url,
-            region="us-east-1",
-            addressing_style="path",
-            access_key_env=ak,
-            secret_key_env=sk,
-        )
+        client.mount(MOUNT, f"s3://{BUCKET}/{data.prefix}", **server.mount_options())
         report = client.report()
         worker = report["worker"]
         tiers = ", ".join(

@@ -111,6 +111,18 @@ class S3Server:
         ``{NAME: value}`` with names ``PREFIX_ACCESS_KEY`` and ``PREFIX_SECRET_KEY``."""
         return {f"{prefix}_ACCESS_KEY": FAKE_ACCESS_KEY, f"{prefix}_SECRET_KEY": FAKE_SECRET_KEY}
 
+    def mount_options(self, prefix: str = "SHOAL_DEMO_S3") -> dict[str, str]:
+        """Options of a Shoal mount of this server, naming the variables of
+        :meth:`credentials_env` (which must be in the worker's environment)."""
+        access, secret = self.credentials_env(prefix)
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region": "us-east-1",
+            "addressing_style": "path",
+            "access_key_env": access,
+            "secret_key_env": secret,
+        }
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server and wait for its process; idempotent."""
         proc, self._proc = self._proc, None
