@@ -102,6 +102,7 @@ class FaultyProxy:
 
         self.faults = list(faults)
         self.seen: list[str] = []
+        self.ranges: list[str | None] = []  # the Range header of each request in seen
         target_netloc = urllib.parse.urlsplit(target).netloc
         proxy = self
 
@@ -116,6 +117,7 @@ class FaultyProxy:
 
                 line = f"{self.command} {self.path}"
                 proxy.seen.append(line)
+                proxy.ranges.append(self.headers.get("Range"))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 for i, (match, status, code) in enumerate(proxy.faults):
                     if match in line:

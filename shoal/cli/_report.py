@@ -71,7 +71,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"pages       {report.get('pages', 0)} cached",
         f"hit ratio   {shown_ratio} ({hits} hits, {misses} misses)",
         f"under-store {format_size(report.get('ufs_bytes', 0))} read in "
-        f"{report.get('ufs_reads', 0)} requests",
+        f"{report.get('ufs_reads', 0)} requests ({report.get('ufs_pages', 0)} pages)",
         f"served      {report.get('pages_located', 0)} pages short-circuit, "
         f"{report.get('pages_sent', 0)} pages ({format_size(report.get('bytes_sent', 0))}) "
         f"over the socket, {report.get('pages_prefetched', 0)} prefetched",

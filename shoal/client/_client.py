@@ -1383,9 +1383,10 @@ class Client:
         -------
         dict
             ``tiers`` (per tier: capacity, regions used, live bytes, pages ...), ``pages``,
-            ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads`` and ``ufs_bytes``
-            (from under-stores), ``pages_located`` (read short-circuit), ``pages_sent``
-            and ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests``,
+            ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads``, ``ufs_pages``
+            and ``ufs_bytes`` (requests, pages and bytes from under-stores),
+            ``pages_located`` (read short-circuit), ``pages_sent`` and ``bytes_sent``
+            (over the socket), ``pages_prefetched``, ``requests``,
             ``mounts``, ``worker`` (pid, host id, home, uptime, engine, page size).
             In a cluster, also ``cluster`` (the worker's registration: id, state,
             whether etcd renews it) and ``membership`` (this client's view: workers

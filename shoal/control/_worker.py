@@ -178,6 +178,7 @@ class _Counters:
         "bytes_sent",
         "pages_prefetched",
         "ufs_reads",
+        "ufs_pages",
         "ufs_bytes",
         "ufs_stats",
         "ufs_lists",
@@ -213,6 +214,9 @@ class Worker:
         Concurrent ranged reads from under-stores for misses and loads.
     read_ahead_threads
         Concurrent reads for read-ahead, apart so that prefetching never delays a miss.
+    whole_file_bytes
+        A file of at most this size whose pages are all missing is fetched with one
+        request; larger files with one request per page, several at once.
     meta_store
         Where the mount table lives (the cluster's ``EtcdMetaStore``); the worker closes
         it. Default: a RocksDB store under ``$SHOAL_HOME/meta``.
@@ -224,10 +228,12 @@ class Worker:
         *,
         fetch_threads: int = 16,
         read_ahead_threads: int = 4,
+        whole_file_bytes: int = 16 << 20,
         meta_store: MetaStore | None = None,
     ):
         self.config = config
         self.page_size = config.page_size
+        self.whole_file_bytes = whole_file_bytes
         self.started = time.time()
         self._lock = threading.Lock()
         self._stores: dict[str, UnderStore] = {}
@@ -264,6 +270,7 @@ class Worker:
         self._fetch_pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
         self._stat_pool = ThreadPoolExecutor(fetch_threads, "shoal-stat")
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
+        self._fetch_buffers = threading.local()
 
     # ----------------------------------------------------------------- namespace
 
@@ -513,68 +520,140 @@ class Worker:
             for i in range(page_count(f.info.size, self.page_size))
         ]
 
-    def _fetch_one(self, page: _Page, fut: Future) -> None:
-        f = page.file
+    def _scratch(self, nbytes: int) -> memoryview:
+        """A buffer of ``nbytes`` for one fetch: the thread's own, reused, when at most two
+        pages (fresh memory costs more to touch than to fill), else a new one."""
+        if nbytes > 2 * self.page_size:
+            return memoryview(bytearray(nbytes))
+        buf = getattr(self._fetch_buffers, "buf", None)
+        if buf is None:
+            buf = self._fetch_buffers.buf = bytearray(2 * self.page_size)
+        return memoryview(buf)[:nbytes]
+
+    def _fetch_run(self, run: list[tuple[_Page, Future]]) -> None:
+        """Fetch consecutive pages of one file with one read from its under-store and
+        cache them. A page's future resolves to None once the store holds it, or to its
+        bytes when no tier could keep it."""
+        f = run[0][0].file
+        pending = {p.key for p, _ in run}
         try:
-            buf = bytearray(page.length)
-            # Another fetch may have stored the page between our caller's lookup and our
-            # start (it leaves the in-flight table once stored): read it from the store.
-            if self._store.get_many_into([(page.key, buf)])[0] == page.length:
-                fut.set_result(buf)
+            # Another fetch may have stored the pages between our caller's lookup and our
+            # start (it leaves the in-flight table once stored).
+            if all(self._store.contains(p.key) for p, _ in run):
+                for _, fut in run:
+                    fut.set_result(None)
                 return
-            offset = page.index * self.page_size
-            n = f.store.read_into(f.rel, offset, buf, version=f.info.version)
-            self._counters.add(ufs_reads=1, ufs_bytes=n)
-            if n != page.length:
+            total = sum(p.length for p, _ in run)
+            buf = self._scratch(total)
+            offset = run[0][0].index * self.page_size
+            # A whole file is asked for without a range (the size comes with the version).
+            n = f.store.read_into(f.rel, offset, buf, version=f.info.version, size=f.info.size)
+            self._counters.add(ufs_reads=1, ufs_pages=len(run), ufs_bytes=n)
+            if n != total:
                 raise ObjectChangedError(
                     f"read: {f.path} ended at {offset + n} bytes, its metadata says "
                     f"{f.info.size}: it changed; read it again",
                     f.path,
                 )
-            self._cache(page, buf)
-            fut.set_result(buf)
+            views, at = [], 0
+            for p, _ in run:
+                views.append(buf[at : at + p.length])
+                at += p.length
+            kept = self._cache([(p, v) for (p, _), v in zip(run, views, strict=True)])
+            for (p, fut), v in zip(run, views, strict=True):
+                fut.set_result(None if p.key in kept else bytearray(v))
+                pending.discard(p.key)
         except BaseException as exc:
             if isinstance(exc, ObjectChangedError):
                 self._metadata.refresh(f.path)
-            fut.set_exception(exc)
+            for p, fut in run:
+                if p.key in pending:
+                    fut.set_exception(exc)
         finally:
             with self._lock:
-                if self._inflight.get(page.key) is fut:
-                    del self._inflight[page.key]
+                for p, fut in run:
+                    if self._inflight.get(p.key) is fut:
+                        del self._inflight[p.key]
 
-    def _cache(self, page: _Page, buf: bytearray) -> None:
-        """Put a fetched page in the first tier that takes it (fastest first)."""
+    def _cache(self, pages: list[tuple[_Page, memoryview]]) -> set[bytes]:
+        """Put fetched pages in the first tier that takes them (fastest first); returns
+        the keys of the pages stored."""
+        items = [(p.key, v) for p, v in pages]
         for tier in self._tier_order:
             try:
-                self._store.put(page.key, buf, tier=tier)
-                return
+                self._store.put_many(items, tier=tier)
+                return {key for key, _ in items}
             except TierFullError as exc:
                 error = exc
+        if len(items) > 1:  # no tier takes them all at once: one page at a time
+            return set().union(*(self._cache([item]) for item in pages))
         self._counters.add(store_full=1)
-        log.warning("page of %s not cached: %s", page.file.path, error)
+        log.warning("page of %s not cached: %s", pages[0][0].file.path, error)
+        return set()
+
+    def _read_back(self, pages: list[_Page]) -> dict[bytes, bytearray]:
+        """The bytes of pages just fetched: from the store, or straight from the under-store
+        for any evicted meanwhile."""
+        bufs = [bytearray(p.length) for p in pages]
+        found = self._store.get_many_into([(p.key, b) for p, b in zip(pages, bufs, strict=True)])
+        out = {}
+        for p, b, n in zip(pages, bufs, found, strict=True):
+            if n is None:
+                f = p.file
+                n = f.store.read_into(
+                    f.rel, p.index * self.page_size, b, version=f.info.version, size=f.info.size
+                )
+                self._counters.add(ufs_reads=1, ufs_pages=1, ufs_bytes=n)
+                if n != p.length:
+                    raise ObjectChangedError(
+                        f"read: {f.path} is shorter than its metadata says: it changed; "
+                        "read it again",
+                        f.path,
+                    )
+            out[p.key] = b
+        return out
 
     def _start_fetches(self, pages: Iterable[_Page], pool: ThreadPoolExecutor) -> dict:
-        """Futures of the pages' bytes: one fetch per page however many ask (single-flight)."""
+        """Futures of the pages' bytes: one fetch per page however many ask (single-flight).
+
+        The pages of a file of at most ``whole_file_bytes`` that are all fetched at once
+        are read with one request; other pages with one each, so that a large file is
+        read with many requests at once."""
         futures: dict[bytes, Future] = {}
-        start = []
+        start: dict[bytes, list[tuple[_Page, Future]]] = {}
         with self._lock:
             for p in pages:
                 fut = self._inflight.get(p.key)
                 if fut is None:
                     fut = self._inflight[p.key] = Future()
-                    start.append((p, fut))
+                    start.setdefault(p.file.fid, []).append((p, fut))
                 futures[p.key] = fut
-        for p, fut in start:
+        runs = []
+        for group in start.values():
+            f = group[0][0].file
+            whole = (
+                len(group) > 1
+                and f.info.size <= self.whole_file_bytes
+                and len(group) == page_count(f.info.size, self.page_size)
+            )
+            if whole:
+                group.sort(key=lambda item: item[0].index)
+                runs.append(group)
+            else:
+                runs.extend([item] for item in group)
+        for run in runs:
             try:
-                pool.submit(self._fetch_one, p, fut)
+                pool.submit(self._fetch_run, run)
             except RuntimeError:  # the pool is shut down: the worker is stopping
                 with self._lock:
-                    self._inflight.pop(p.key, None)
-                fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
+                    for p, _ in run:
+                        self._inflight.pop(p.key, None)
+                for _, fut in run:
+                    fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
         return futures
 
     @staticmethod
-    def _results(futures: Mapping[bytes, Future]) -> dict[bytes, bytearray]:
+    def _results(futures: Mapping[bytes, Future]) -> dict[bytes, Any]:
         out, error = {}, None
         for key, fut in futures.items():
             try:
@@ -610,24 +689,36 @@ class Worker:
         if not missing:
             return out
         futures = self._start_fetches(missing, self._fetch_pool)
+        back = []  # pages fetched into the store whose bytes are wanted
         if need_bytes:
-            out.update(self._results(futures))
-            return out
-        # Located as each fetch completes, so that only the bytes of pages the store could
-        # not keep stay in memory, not those of the whole request.
-        keys = {fut: key for key, fut in futures.items()}
-        error = None
-        for fut in as_completed(keys):
-            key = keys[fut]
-            try:
-                buf = fut.result()
-            except Exception as exc:
-                error = error or exc
-                continue
-            loc = self._store.locate([key])[0]
-            out[key] = loc if loc is not None else buf
-        if error is not None:
-            raise error
+            for key, value in self._results(futures).items():
+                if value is None:
+                    back.append(key)
+                else:
+                    out[key] = value
+        else:
+            # Located as each fetch completes.
+            keys = {fut: key for key, fut in futures.items()}
+            error = None
+            for fut in as_completed(keys):
+                key = keys[fut]
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    error = error or exc
+                    continue
+                loc = self._store.locate([key])[0] if value is None else None
+                if loc is not None:
+                    out[key] = loc
+                elif value is not None:
+                    out[key] = value  # the store could not keep it
+                else:
+                    back.append(key)  # evicted already
+            if error is not None:
+                raise error
+        if back:
+            by_key = {p.key: p for p in missing}
+            out.update(self._read_back([by_key[k] for k in back]))
         return out
 
     def _read_ahead(self, conn: ConnectionState, f: _File, first: int, last: int) -> None:

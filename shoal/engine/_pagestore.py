@@ -168,6 +168,22 @@ class _Entry(NamedTuple):
     flags: int
 
 
+# Up to this many pages are written with pwrite in the calling thread: io_uring hands a
+# buffered write to a file on tmpfs (the MEM tier) to one of its worker threads, which
+# costs two context switches per page; a batch pays that once for all its pages.
+_INLINE_WRITES = 2
+
+
+def _pwrite_all(region: _Region, offset: int, view: memoryview) -> None:
+    """Write ``view`` at ``offset`` of the region's file, finishing short writes."""
+    done = 0
+    try:
+        while done < view.nbytes:
+            done += os.pwrite(region.fd, view[done:], offset + done)
+    except OSError as exc:
+        raise OSError(exc.errno, f"write: {exc.strerror}", region.path) from None
+
+
 class _Region:
     __slots__ = (
         "number", "path", "generation", "state", "kind", "fill", "keys", "live_bytes",
@@ -572,7 +588,7 @@ class PageStore:
         tier.live_bytes += entry.length
         self._count_flags(tier, region, entry, +1)
 
-    def _unlink(self, k: bytes, entry: _Entry) -> None:
+    def _unlink(self, k: bytes, entry: _Entry) -> tuple[_Tier, _Region]:
         tier = self._by_code[entry.tier]
         region = tier.regions[entry.region]
         region.keys.discard(k)
@@ -580,6 +596,20 @@ class PageStore:
         tier.pages -= 1
         tier.live_bytes -= entry.length
         self._count_flags(tier, region, entry, -1)
+        return tier, region
+
+    def _reclaim_emptied(self, unlinked: Iterable[tuple[_Tier, _Region]]) -> None:
+        """Reclaim the sealed regions among ``unlinked`` left without a page (deleted or
+        replaced), so that their space is reused before a region never written; called
+        with the lock held."""
+        empty: dict[int, tuple[_Tier, list[_Region]]] = {}
+        for tier, region in unlinked:
+            if region.state == _SEALED and not region.keys and not region.inflight:
+                regions = empty.setdefault(tier.code, (tier, []))[1]
+                if region not in regions:
+                    regions.append(region)
+        for tier, regions in empty.values():
+            self._reclaim(regions, tier)
 
     @staticmethod
     def _count_flags(tier: _Tier, region: _Region, entry: _Entry, sign: int) -> None:
@@ -777,12 +807,16 @@ class PageStore:
             self._active += 1
         written = False
         try:
-            write_batch(
-                [
-                    (region.fd, offset, view.nbytes, view, 0)
-                    for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True)
-                ]
-            )
+            if len(prepared) <= _INLINE_WRITES:
+                for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True):
+                    _pwrite_all(region, offset, view)
+            else:
+                write_batch(
+                    [
+                        (region.fd, offset, view.nbytes, view, 0)
+                        for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True)
+                    ]
+                )
             if self._sync:
                 for fd in {region.fd for region, _ in reserved}:
                     os.fdatasync(fd)
@@ -806,18 +840,21 @@ class PageStore:
             batch.put(_PAGE_PREFIX + k, _PAGE.pack(*entry))
             new.append((k, entry, region))
         self._commit(batch)
+        unlinked = []
         for k, entry, region in new:
             old = self._entries.get(k)
             if old is not None:
-                self._unlink(k, old)
+                unlinked.append(self._unlink(k, old))
             self._entries[k] = entry
             self._link(k, entry, region)
+        self._reclaim_emptied(unlinked)
 
     def delete(self, key: bytes | str) -> bool:
         """Remove a page; True if it was there.
 
         Its bytes stay in the region (and readers holding its location may still read them)
-        until the region is reclaimed.
+        until the region is reclaimed: at once when it was the last page of a sealed region
+        (the space is reused before any region never written), else by the watermarks.
         """
         k = _encode_key(key)
         with self._lock:
@@ -829,7 +866,7 @@ class PageStore:
             batch.delete(_PAGE_PREFIX + k)
             self._commit(batch)
             del self._entries[k]
-            self._unlink(k, entry)
+            self._reclaim_emptied([self._unlink(k, entry)])
             return True
 
     def _set_flags(self, key: bytes | str, set_bits: int, clear_bits: int) -> None:
@@ -937,10 +974,12 @@ class PageStore:
                     batch.delete(_PAGE_PREFIX + k)
                     gone.append((k, entry))
             self._commit(batch)
+            unlinked = []
             for k, entry in gone:
                 if self._entries.get(k) == entry:
                     del self._entries[k]
-                    self._unlink(k, entry)
+                    unlinked.append(self._unlink(k, entry))
+            self._reclaim_emptied(unlinked)
 
     def get_into(self, key: bytes | str, buf: Any) -> int:
         """Read a page into the start of ``buf``.

@@ -60,9 +60,9 @@ def test_dataset_read_across_three_workers(cluster, bucket):
         assert sum(r["pages_located"] for r in reports) == 0
         assert all(r["cluster"]["registered"] for r in reports)
         # a second epoch comes from the workers' caches, not from S3
-        before = sum(r["ufs_reads"] for r in reports)
+        before = sum(r["ufs_pages"] for r in reports)
         read_all(client, "/ds", files)
-        after = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        after = sum(cluster.report(w)["ufs_pages"] for w in cluster.workers)
         assert after == before
     finally:
         client.close()
@@ -112,12 +112,12 @@ def test_kill_9_during_an_epoch_then_its_cache_serves_again(cluster, bucket):
         victim.start()
         cluster.wait_members({victim.id})
         before = cluster.report(victim)
-        assert before["ufs_reads"] == 0
+        assert before["ufs_pages"] == 0
         wait_until(lambda: client.membership().member(victim.id), 10, "the client to see it")
         read_all(client, "/kill", files)
         after = cluster.report(victim)
         assert after["page_hits"] > 0, "the restarted worker served nothing from its cache"
-        assert after["ufs_reads"] == 0, "the restarted worker lost its cache"
+        assert after["ufs_pages"] == 0, "the restarted worker lost its cache"
     finally:
         client.close()
 
@@ -140,31 +140,31 @@ def test_distributed_load_splits_by_placement_and_replicas_spread_reads(cluster,
         assert done.bytes_done == done.bytes_total == sum(len(d) for d in one.values())
         assert seen and seen[-1] == done
         after = [cluster.report(w) for w in cluster.workers]
-        fetched = [a["ufs_reads"] - b["ufs_reads"] for a, b in zip(after, before, strict=True)]
+        fetched = [a["ufs_pages"] - b["ufs_pages"] for a, b in zip(after, before, strict=True)]
         # each page fetched once, by its owner; every worker had some
         assert sum(fetched) == pages_of(one) and all(fetched), fetched
         again = client.load("/one")  # pages present are skipped
         assert again.bytes_done == done.bytes_done
-        assert sum(cluster.report(w)["ufs_reads"] for w in cluster.workers) == sum(
-            a["ufs_reads"] for a in after
+        assert sum(cluster.report(w)["ufs_pages"] for w in cluster.workers) == sum(
+            a["ufs_pages"] for a in after
         )
 
         done = client.load("/all")
         assert done.bytes_total == 3 * sum(len(d) for d in every.values())
         loaded = [cluster.report(w) for w in cluster.workers]
-        got = [a["ufs_reads"] - b["ufs_reads"] for a, b in zip(loaded, after, strict=True)]
+        got = [a["ufs_pages"] - b["ufs_pages"] for a, b in zip(loaded, after, strict=True)]
         assert got == [pages_of(every)] * 3, got  # every worker holds every page
         read_all(client, "/all", every)
         read_all(client, "/one", one)
         final = [cluster.report(w) for w in cluster.workers]
-        assert [f["ufs_reads"] for f in final] == [x["ufs_reads"] for x in loaded]
+        assert [f["ufs_pages"] for f in final] == [x["ufs_pages"] for x in loaded]
         sent = [f["bytes_sent"] - x["bytes_sent"] for f, x in zip(final, loaded, strict=True)]
         assert all(sent), sent  # the replicas of /all share the reads
         # a second copy of /one, asked for by the load (`shoal load --replicas 2`)
-        before = sum(f["ufs_reads"] for f in final)
+        before = sum(f["ufs_pages"] for f in final)
         done = client.load("/one", replicas=2)
         assert done.bytes_total == 2 * sum(len(d) for d in one.values())
-        now = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        now = sum(cluster.report(w)["ufs_pages"] for w in cluster.workers)
         assert now - before == pages_of(one)
     finally:
         client.close()
@@ -191,10 +191,10 @@ def test_corrupted_pages_of_a_remote_worker_are_never_served(cluster, bucket):
                         f.write(b"\xff" * 64)
                         damaged += 1
         assert damaged
-        before = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        before = sum(cluster.report(w)["ufs_pages"] for w in cluster.workers)
         read_all(client, "/rot", files)
         # the damaged pages were dropped and fetched again from S3
-        assert sum(cluster.report(w)["ufs_reads"] for w in cluster.workers) > before
+        assert sum(cluster.report(w)["ufs_pages"] for w in cluster.workers) > before
     finally:
         client.close()
 
@@ -204,7 +204,7 @@ def test_training_reads_run_while_a_distributed_load_runs(cluster, bucket):
     loader, reader = cluster.client(), cluster.client()
     try:
         loader.mount("/busy", f"s3://{bucket.name}/busy", **bucket.options())
-        before = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        before = sum(cluster.report(w)["ufs_pages"] for w in cluster.workers)
         outcome: dict = {}
 
         def load():
@@ -230,7 +230,7 @@ def test_training_reads_run_while_a_distributed_load_runs(cluster, bucket):
         done = outcome["done"]
         assert done.files_done == done.files_total == len(files)
         # each page came from S3 once, whether the load or a read asked for it first
-        after = sum(cluster.report(w)["ufs_reads"] for w in cluster.workers)
+        after = sum(cluster.report(w)["ufs_pages"] for w in cluster.workers)
         assert after - before == pages_of(files)
         read_all(reader, "/busy", files)
     finally:

@@ -304,6 +304,34 @@ def test_read_into_checks_version(store):
         store.read_into("v", 1000, buf, version=old.version)  # past the end as well
 
 
+@per_example
+@given(spare=st.integers(0, 64), offset=st.sampled_from([0, 1, 4096]))
+def test_read_into_with_the_size_reads_the_whole_object(with_reference, spare, offset):
+    info = with_reference.stat("ref.bin")
+    buf = bytearray(info.size + spare)
+    n = with_reference.read_into("ref.bin", offset, buf, version=info.version, size=info.size)
+    assert n == info.size - offset
+    assert bytes(buf[:n]) == REFERENCE[offset:]
+    assert not any(buf[n:])
+
+
+def test_read_into_with_the_size_checks_version(store):
+    old = store.write("w", b"first version")
+    new = store.write("w", b"other version")
+    with pytest.raises(ObjectChangedError):
+        store.read_into("w", 0, bytearray(13), version=old.version, size=old.size)
+    buf = bytearray(13)
+    assert store.read_into("w", 0, buf, version=new.version, size=new.size) == 13
+    assert buf == b"other version"
+
+
+@per_example
+@given(size=st.one_of(st.integers(max_value=-1), st.booleans(), st.floats(), st.text()))
+def test_read_into_bad_size(with_reference, size):
+    with pytest.raises(ValueError, match="size"):
+        with_reference.read_into("ref.bin", 0, bytearray(8), size=size)
+
+
 # -- write --------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from s3server import (
 )
 
 from shoal.control.ufs import (
+    ObjectChangedError,
     S3Store,
     StoreConnectionError,
     StoreServerError,
@@ -414,3 +415,19 @@ def test_a_throttled_part_is_sent_again(bucket, proxied):
     assert sum("partNumber=2" in line for line in proxy.seen) == 2
     out = bytearray(len(data))
     assert store.read_into("multi", 0, out) == len(data) and out == data
+
+
+def test_whole_object_read_asks_for_no_range(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([])
+    info = store.stat("obj")
+    buf = bytearray(10)
+    assert store.read_into("obj", 0, buf, version=info.version, size=10) == 10
+    assert buf == b"0123456789"
+    assert store.read_into("obj", 2, buf, version=info.version, size=10) == 8
+    assert store.read_into("obj", 0, bytearray(4), version=info.version, size=10) == 4
+    gets = [r for line, r in zip(proxy.seen, proxy.ranges, strict=True) if line.startswith("GET")]
+    assert gets == [None, "bytes=2-11", "bytes=0-3"]
+    # a size that is not the object's: the object changed under the caller
+    with pytest.raises(ObjectChangedError, match="10 bytes, expected 6"):
+        store.read_into("obj", 0, bytearray(6), size=6)

@@ -162,6 +162,7 @@ REPORT = {
     "page_misses": 50,
     "hit_ratio": 0.75,
     "ufs_reads": 50,
+    "ufs_pages": 50,
     "ufs_bytes": 200 << 20,
     "pages_located": 140,
     "pages_sent": 60,
@@ -184,7 +185,7 @@ def test_report_text():
     assert table[1] == ["MEM", "1.0", "GiB", "256.0", "MiB", "200.0", "MiB", "25.0%", "50", "4/16"]
     assert table[3][0] == "total" and "5.0" in table[3]
     assert "hit ratio   75.0% (150 hits, 50 misses)" in lines
-    assert "under-store 200.0 MiB read in 50 requests" in lines
+    assert "under-store 200.0 MiB read in 50 requests (50 pages)" in lines
     assert "not cached" not in text
 
 

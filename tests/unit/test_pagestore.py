@@ -232,6 +232,33 @@ def test_regions_without_live_pages_go_first(tmp_path):
         assert present == [True] * 2 + [False] * 4 + [True] * 4 + [False] * 2 + [True] * 5
 
 
+def test_a_sealed_region_emptied_is_reused_first(tmp_path):
+    with make_store(tmp_path, regions=8) as s, RegionReader(s.tier_paths) as reader:
+        page = 32 * KiB  # two pages per region
+        for i in range(8):  # regions 0 to 3, the last one still open
+            s.put(f"k{i}", payload(f"k{i}", page))
+        old = s.locate(["k2"])[0]
+        assert old.region == 1
+        s.delete("k2")
+        assert s.usage()["SSD"].regions_used == 4  # region 1 still holds k3
+        s.put("k3", payload("k3-new", page))  # the replacement empties region 1
+        assert s.locate(["k3"])[0].region == 4  # region 3 was full
+        assert s.usage()["SSD"].regions_used == 4  # 0, 2, 3 and 4: region 1 is free
+        for i in range(8, 11):  # k8 fills region 4; then region 1, not a new one
+            s.put(f"k{i}", payload(f"k{i}", page))
+        fresh = s.locate(["k8", "k9", "k10"])
+        assert [loc.region for loc in fresh] == [4, 1, 1]
+        fresh = fresh[1:]
+        assert fresh[0].generation == old.generation + 1
+        assert s.usage()["SSD"].regions_used == 5  # regions 0 to 4: none beyond
+        with pytest.raises(StaleLocationError):
+            reader.read_into(old, bytearray(page))  # the old location never reads new bytes
+        assert read(s, "k10") == payload("k10", page)
+        s.pin("k0")
+        s.put("k1", payload("k1-new", page))  # a region with a page left is not freed
+        assert s.locate(["k0"])[0].region == 0 and read(s, "k0") == payload("k0", page)
+
+
 def test_evict_explicit(tmp_path):
     with make_store(tmp_path, regions=8) as s:
         for i in range(16):

@@ -140,7 +140,15 @@ class UnderStore(abc.ABC):
             self._check_open()
             yield info
 
-    def read_into(self, path: str, offset: int, buf: Any, *, version: str | None = None) -> int:
+    def read_into(
+        self,
+        path: str,
+        offset: int,
+        buf: Any,
+        *,
+        version: str | None = None,
+        size: int | None = None,
+    ) -> int:
         """Read the object at ``path`` from ``offset`` straight into ``buf``.
 
         Parameters
@@ -157,6 +165,12 @@ class UnderStore(abc.ABC):
             The version the caller expects (from :meth:`stat` or :meth:`list`). If the
             object has another one, :class:`ObjectChangedError` is raised rather than
             bytes of two versions mixed.
+        size
+            The object's size as the caller knows it (from the same :meth:`stat` or
+            :meth:`list` as ``version``). When ``offset`` is 0 and ``buf`` holds ``size``
+            bytes, the whole object is asked for in one request without a range where the
+            store allows (S3); an object found to have another size there raises
+            :class:`ObjectChangedError`.
 
         Returns
         -------
@@ -177,8 +191,12 @@ class UnderStore(abc.ABC):
             raise ValueError(f"offset must be >= 0, got {offset}")
         if version is not None and not isinstance(version, str):
             raise TypeError(f"version must be a str, got {type(version).__name__}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError(f"size must be an int >= 0, got {size!r}")
         view = _writable_view(buf)
         self._check_open()
+        if size and offset == 0 and size <= view.nbytes:
+            return self._read_whole_into(key, view[:size], version)
         return self._read_into(key, offset, view, version)
 
     def write(self, path: str, data: Any) -> ObjectInfo:
@@ -244,6 +262,12 @@ class UnderStore(abc.ABC):
 
     @abc.abstractmethod
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int: ...
+
+    def _read_whole_into(self, key: str, view: memoryview, version: str | None) -> int:
+        """Read an object the caller says is ``view.nbytes`` long, whole; by default a
+        read from offset 0 (a store that can ask for a whole object more cheaply than for
+        a range overrides it)."""
+        return self._read_into(key, 0, view, version)
 
     @abc.abstractmethod
     def _write(self, key: str, source: Source) -> ObjectInfo:

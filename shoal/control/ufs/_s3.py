@@ -340,16 +340,21 @@ class S3Store(UnderStore):
                 self.uri_of(key),
             )
 
+    def _read_whole_into(self, key: str, view: memoryview, version: str | None) -> int:
+        # docstring inherited; a GET without a range costs some servers less
+        got = self.retry.call(self._get_range, key, 0, view, version, True)
+        assert got is not None  # only a ranged GET can be unsatisfiable
+        return got
+
     def _get_range(
-        self, key: str, offset: int, view: memoryview, version: str | None
+        self, key: str, offset: int, view: memoryview, version: str | None, whole: bool = False
     ) -> int | None:
-        """One ranged GET into ``view``; ``None`` when the range is not satisfiable."""
+        """One ranged GET into ``view``; ``None`` when the range is not satisfiable. With
+        ``whole``, a GET of the whole object, which must be ``view.nbytes`` long."""
         uri = self.uri_of(key)
-        kwargs: dict[str, Any] = {
-            "Bucket": self._bucket,
-            "Key": self._prefix + key,
-            "Range": f"bytes={offset}-{offset + view.nbytes - 1}",
-        }
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._prefix + key}
+        if not whole:
+            kwargs["Range"] = f"bytes={offset}-{offset + view.nbytes - 1}"
         if version is not None:
             kwargs["IfMatch"] = f'"{version}"'
         with botocore_errors("read", uri):
@@ -361,6 +366,12 @@ class S3Store(UnderStore):
                 raise
             with contextlib.closing(resp["Body"]) as body:
                 length = resp["ContentLength"]
+                if whole and length != view.nbytes:
+                    raise ObjectChangedError(
+                        f"read: the object is {length} bytes, expected {view.nbytes}: it "
+                        "changed; read it again",
+                        uri,
+                    )
                 content_range = resp.get("ContentRange", "")
                 ranged = content_range.startswith(f"bytes {offset}-")
                 if length > view.nbytes or not (ranged or (offset == 0 and not content_range)):
