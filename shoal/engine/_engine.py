@@ -24,8 +24,8 @@ BACKENDS = ("io_uring", "threads")
 # A read batch of at least PARALLEL_BYTES is split over up to PARALLEL_WAYS threads, each
 # with its own ring and at least SPLIT_BYTES: one core copies out of the page cache (and
 # checksums) at about half the speed two do.
-PARALLEL_BYTES = 32 << 20
-SPLIT_BYTES = 8 << 20
+PARALLEL_BYTES = 8 << 20
+SPLIT_BYTES = 4 << 20
 PARALLEL_WAYS = min(4, os.cpu_count() or 1)
 
 
