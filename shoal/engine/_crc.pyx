@@ -1,7 +1,8 @@
 # cython: language_level=3
 """crc32c over any buffer, computed without the GIL."""
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdlib cimport calloc, free
 from libc.stdint cimport uint32_t
 
 
@@ -60,3 +61,88 @@ def crc32c_with(kernel, data, unsigned int value=0):
 def hardware():
     """True when a hardware kernel (SSE4.2 or VPCLMULQDQ) is in use."""
     return shoal_crc32c_kernels() != SHOAL_CRC32C_TABLE
+
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t shoal_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len)
+
+
+cdef extern from "<sys/vfs.h>" nogil:
+    struct statfs:
+        long f_type
+    int fstatfs(int fd, statfs *buf)
+
+
+cdef unsigned long TMPFS_MAGIC = 0x01021994
+cdef unsigned long RAMFS_MAGIC = 0x858458f6
+
+
+def memory_backed(int fd):
+    """True when ``fd`` is a file in memory (tmpfs or ramfs): mapping it never waits on a
+    disk."""
+    cdef statfs sfs
+    if fstatfs(fd, &sfs) < 0:
+        return False
+    return <unsigned long>sfs.f_type == TMPFS_MAGIC or <unsigned long>sfs.f_type == RAMFS_MAGIC
+
+
+def copy_verify_many(list items):
+    """Copy pages out of buffers (mapped region files) and check each one's crc32c as it
+    is copied, without the GIL.
+
+    ``items`` are ``(src, offset, length, dst, crc)``: ``length`` bytes of ``src`` from
+    ``offset`` go to the start of the writable buffer ``dst``. Returns, per item, ``length``
+    when the bytes match ``crc``, else -1. A range outside ``src`` or a ``dst`` smaller
+    than ``length`` raises ValueError before anything is copied.
+    """
+    cdef Py_ssize_t n = len(items)
+    cdef Py_ssize_t i, held = 0
+    cdef Py_buffer *srcs = <Py_buffer *>calloc(n if n else 1, sizeof(Py_buffer))
+    cdef Py_buffer *dsts = <Py_buffer *>calloc(n if n else 1, sizeof(Py_buffer))
+    cdef Py_ssize_t *offs = <Py_ssize_t *>calloc(n if n else 1, sizeof(Py_ssize_t))
+    cdef Py_ssize_t *lens = <Py_ssize_t *>calloc(n if n else 1, sizeof(Py_ssize_t))
+    cdef uint32_t *crcs = <uint32_t *>calloc(n if n else 1, sizeof(uint32_t))
+    cdef char *ok = <char *>calloc(n if n else 1, 1)
+    cdef Py_ssize_t offset, length
+    try:
+        if not (srcs and dsts and offs and lens and crcs and ok):
+            raise MemoryError()
+        for i in range(n):
+            src, offset, length, dst, crc = items[i]
+            if offset < 0 or length < 0:
+                raise ValueError(f"item {i}: negative offset or length")
+            PyObject_GetBuffer(src, &srcs[i], PyBUF_SIMPLE)
+            try:
+                PyObject_GetBuffer(dst, &dsts[i], PyBUF_SIMPLE | PyBUF_WRITABLE)
+            except BaseException:
+                PyBuffer_Release(&srcs[i])
+                raise
+            held += 1
+            if offset + length > srcs[i].len:
+                raise ValueError(
+                    f"item {i}: bytes [{offset}, {offset + length}) are outside the source "
+                    f"of {srcs[i].len} bytes"
+                )
+            if length > dsts[i].len:
+                raise ValueError(
+                    f"item {i}: buffer of {dsts[i].len} bytes is smaller than {length} bytes"
+                )
+            offs[i] = offset
+            lens[i] = length
+            crcs[i] = crc
+        with nogil:
+            for i in range(n):
+                ok[i] = shoal_copy_crc32c(
+                    0, dsts[i].buf, <const char *>srcs[i].buf + offs[i], <size_t>lens[i]
+                ) == crcs[i]
+        return [lens[i] if ok[i] else -1 for i in range(n)]
+    finally:
+        for i in range(held):
+            PyBuffer_Release(&srcs[i])
+            PyBuffer_Release(&dsts[i])
+        free(srcs)
+        free(dsts)
+        free(offs)
+        free(lens)
+        free(crcs)
+        free(ok)

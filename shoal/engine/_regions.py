@@ -13,6 +13,7 @@ bytes it read still belong to the page it asked for.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -21,7 +22,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import StaleLocationError
+from .._errors import PageCorruptedError, StaleLocationError
+from . import _engine
+from ._crc import copy_verify_many, memory_backed
 from ._engine import get_backend, read_batch, submit_reads
 from ._requests import OFFSET_MAX, host_view
 
@@ -159,6 +162,11 @@ class RegionReader:
         only through adopted descriptors.
     direct
         Read with O_DIRECT where buffer, offset and length are aligned.
+    map_memory
+        :meth:`read_located` copies pages of region files that live in memory (tmpfs,
+        ramfs: the MEM tier) out of a read-only mapping of the file, checking the crc32c
+        of each piece right after its copy, instead of reading them through the kernel
+        and checking them in a second pass.
 
     Notes
     -----
@@ -167,7 +175,11 @@ class RegionReader:
     """
 
     def __init__(
-        self, tier_paths: Mapping[str, str | os.PathLike] | None = None, *, direct: bool = False
+        self,
+        tier_paths: Mapping[str, str | os.PathLike] | None = None,
+        *,
+        direct: bool = False,
+        map_memory: bool = True,
     ):
         if tier_paths is None:
             tier_paths = {}
@@ -184,6 +196,9 @@ class RegionReader:
         self._lock = threading.Lock()
         self._tables: dict[str, GenerationTable] = {}
         self._fds: dict[tuple[str, int], int] = {}
+        # Region -> read-only mapping of its file, or None where it is not in memory.
+        self._maps: dict[tuple[str, int], mmap.mmap | None] = {}
+        self._map_memory = bool(map_memory)
         self._closed = False
 
     def _table(self, location: PageLocation) -> GenerationTable:
@@ -333,6 +348,8 @@ class RegionReader:
         """
         results: list[Any] = [None] * len(items)
         requests, checksums, slots = [], [], []
+        copies: list[tuple] = []  # out of mapped region files
+        copied: list[int] = []
         # The requests as the backend takes them, while each passes read_batch's checks here
         # (the usual case: one pass over the batch instead of three); None once one does not.
         checked: list[tuple] | None = []
@@ -356,6 +373,18 @@ class RegionReader:
                     current[key] = table.get(region)
                 if current[key] != generation:
                     results[i] = _stale_region(tier, region, generation)
+                    continue
+                mapped = self._maps.get(key, False)
+                if mapped is False:
+                    mapped = self._map(key, fd)
+                if (
+                    mapped is not None
+                    and type(offset) is int
+                    and type(length) is int
+                    and 0 <= offset <= len(mapped) - length
+                ):
+                    copies.append((mapped, offset, length, buf, crc))
+                    copied.append(i)
                     continue
                 requests.append((fd, offset, length, buf, 0))
                 checksums.append(crc)
@@ -386,6 +415,17 @@ class RegionReader:
                     checked.append((fd, offset, length, view, 0, buf))
                 else:
                     checked = None
+        if copies:
+            for i, n in zip(copied, _copy_out(copies), strict=True):
+                tier, region, offset, length, crc, _, _ = items[i]
+                results[i] = (
+                    n
+                    if n >= 0
+                    else PageCorruptedError(
+                        f"crc32c mismatch: {length} bytes at offset {offset} of region "
+                        f"{region} of tier {tier} do not match {crc:#010x}"
+                    )
+                )
         if requests:
             done: list[Any]
             if checked is not None:
@@ -397,14 +437,39 @@ class RegionReader:
                     if not hasattr(exc, "results"):
                         raise
                     done = exc.results
+            for i, res in zip(slots, done, strict=True):
+                results[i] = res
+        if requests or copies:
             # The writer bumps a region's generation before it overwrites the region.
             after = {key: table.get(key[1]) for key, table in regions.items()}
-            for i, res in zip(slots, done, strict=True):
+            for i in (*copied, *slots):
                 tier, region, _, _, _, generation, _ = items[i]
                 if after[tier, region] != generation:
-                    res = _stale_region(tier, region, generation)
-                results[i] = res
+                    results[i] = _stale_region(tier, region, generation)
         return results
+
+    def _map(self, key: tuple[str, int], fd: int) -> mmap.mmap | None:
+        """A read-only mapping of a region file in memory, made once (lock held); None
+        for a file on a disk, whose pages a mapping would fault in one at a time."""
+        mapped = None
+        if self._map_memory and memory_backed(fd):
+            try:
+                size = os.fstat(fd).st_size
+                if size:
+                    mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+            except (OSError, ValueError):
+                mapped = None
+        self._maps[key] = mapped
+        return mapped
+
+    def _unmap(self, key: tuple[str, int]) -> None:
+        """Forget a region's mapping (lock held); a read still copying out of it keeps
+        it until that read ends."""
+        mapped = self._maps.pop(key, None)
+        if mapped is not None:
+            # Exported to a read in progress: unmapped when that read lets it go.
+            with contextlib.suppress(BufferError):
+                mapped.close()
 
     def adopt(self, tier: str, region: int | None, fd: int) -> None:
         """Read ``tier`` through ``fd``, a descriptor opened for reading by the store's
@@ -434,6 +499,7 @@ class RegionReader:
             else:
                 old_fd = self._fds.pop((tier, region), None)
                 self._fds[tier, region] = fd
+                self._unmap((tier, region))
                 if old_fd is not None:
                     os.close(old_fd)
 
@@ -441,6 +507,7 @@ class RegionReader:
         """Close the descriptor of a region file, if the reader holds one."""
         with self._lock:
             fd = self._fds.pop((tier, region), None)
+            self._unmap((tier, region))
         if fd is not None:
             os.close(fd)
 
@@ -448,6 +515,8 @@ class RegionReader:
         """Close region files and generation tables; idempotent."""
         with self._lock:
             self._closed = True
+            for key in list(self._maps):
+                self._unmap(key)
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
@@ -460,6 +529,29 @@ class RegionReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _copy_out(copies: list[tuple]) -> list[int]:
+    """``copy_verify_many`` of ``copies``; a large batch is split in parts of about equal
+    bytes, copied at once by the caller and the engine's pool threads."""
+    total = sum(c[2] for c in copies)
+    ways = min(_engine.PARALLEL_WAYS, len(copies), total // _engine.SPLIT_BYTES)
+    if total < _engine.PARALLEL_BYTES or ways < 2:
+        return copy_verify_many(copies)
+    bounds, start, acc = [], 0, 0
+    for i, c in enumerate(copies):
+        acc += c[2]
+        if acc * ways >= total * (len(bounds) + 1) and len(bounds) < ways - 1:
+            bounds.append((start, i + 1))
+            start = i + 1
+    bounds.append((start, len(copies)))
+    pool = _engine._read_pool()
+    parts = [pool.submit(copy_verify_many, copies[a:b]) for a, b in bounds[1:]]
+    a, b = bounds[0]
+    results = copy_verify_many(copies[a:b])
+    for part in parts:
+        results.extend(part.result())
+    return results
 
 
 def _stale(location: PageLocation) -> StaleLocationError:

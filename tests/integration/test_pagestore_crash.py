@@ -8,9 +8,11 @@ import json
 import os
 import pickle
 import random
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -30,8 +32,12 @@ def payload(key: str) -> bytes:
     return rng.randbytes(rng.randrange(0, RS * 3 // 4))
 
 
-def open_store(root: Path) -> PageStore:
-    tiers = [TierConfig(name, root / name, n * RS) for name, n in TIERS.items()]
+def open_store(root: Path, mem: Path | None = None) -> PageStore:
+    """The store under ``root``; its MEM tier under ``mem`` when given (in memory)."""
+    tiers = [
+        TierConfig(name, (mem if name == "MEM" and mem else root) / name, n * RS)
+        for name, n in TIERS.items()
+    ]
     return PageStore(tiers, root / "index", region_size=RS)
 
 
@@ -144,16 +150,31 @@ def receive():
     done.set()
 
 threading.Thread(target=receive, daemon=True).start()
-counts = dict(ok=0, stale=0, corrupt=0, wrong=0)
+counts = dict(ok=0, stale=0, corrupt=0, wrong=0, mapped=0)
 rng = random.Random(1)
 buf = bytearray(RS)
-with RegionReader(pickle.loads(bytes.fromhex(sys.argv[1]))) as reader:
+tier_paths = pickle.loads(bytes.fromhex(sys.argv[1]))
+located = sys.argv[2] == "located"  # as a short-circuit client reads: adopted descriptors
+with RegionReader(tier_paths) as reader:
+    if located:
+        for tier, path in tier_paths.items():
+            reader.adopt(tier, None, os.open(os.path.join(path, "generations"), os.O_RDONLY))
     while not done.is_set():
         if not locations:
             continue
         key, loc = locations[max(0, len(locations) - 1 - rng.randrange(64))]
         try:
-            n = reader.read_into(loc, buf)
+            if located:
+                if (loc.tier, loc.region) not in reader._fds:
+                    reader.adopt(loc.tier, loc.region, os.open(loc.path, os.O_RDONLY))
+                item = (loc.tier, loc.region, loc.offset, loc.length, loc.crc32c, loc.generation)
+                res = reader.read_located([(*item, buf)])[0]
+                if isinstance(res, BaseException):
+                    raise res
+                n = res
+                counts["mapped"] += reader._maps.get((loc.tier, loc.region)) is not None
+            else:
+                n = reader.read_into(loc, buf)
         except StaleLocationError:
             counts["stale"] += 1
             continue
@@ -165,12 +186,25 @@ print(json.dumps(counts), flush=True)
 """
 
 
+@pytest.fixture
+def shm_dir():
+    """A directory in memory (tmpfs), removed afterwards."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    path = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="shoal-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.mark.timeout(120)
-def test_reader_in_another_process_never_gets_wrong_bytes(tmp_path):
-    with open_store(tmp_path) as store:
+@pytest.mark.parametrize("how", ["read_into", "located"])
+def test_reader_in_another_process_never_gets_wrong_bytes(tmp_path, shm_dir, how):
+    # The MEM tier in memory: read_located copies its pages out of a mapping of the file.
+    with open_store(tmp_path, shm_dir) as store:
         reader = spawn(
             READER,
             pickle.dumps(store.tier_paths).hex(),
+            how,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -208,3 +242,5 @@ def test_reader_in_another_process_never_gets_wrong_bytes(tmp_path):
     assert counts["corrupt"] == 0, counts
     assert counts["ok"] > 100 and counts["stale"] > 0, counts
     assert reclaims > 50, reclaims
+    if how == "located":  # about half the reads were of MEM pages, through the mapping
+        assert counts["mapped"] > 50, counts

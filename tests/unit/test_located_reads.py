@@ -355,3 +355,148 @@ def test_reads_of_a_file_in_memory(shm_file, ranges, backend):
             assert res == len(want) and bytes(buf[3 : 3 + res]) == want
         else:  # even an empty read has a crc32c (0), which does not match
             assert isinstance(res, PageCorruptedError) and res.errno == errno.EIO
+
+
+# ------------------------------------------------------------------ copies out of a mapping
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(st.integers(0, 70_000), st.integers(0, 70_000), st.booleans()),
+        min_size=0,
+        max_size=8,
+    )
+)
+def test_copy_verify_many_matches_a_reference(items):
+    from shoal.engine import _crc
+
+    src = payload("src", 140_000)
+    dsts = [bytearray(length + 5) for _, length, _ in items]
+    batch = [
+        (src, off, length, dst, _crc.crc32c(src[off : off + length]) ^ (0 if good else 1))
+        for (off, length, good), dst in zip(items, dsts, strict=True)
+    ]
+    got = _crc.copy_verify_many(batch)
+    for (off, length, good), dst, res in zip(items, dsts, got, strict=True):
+        assert bytes(dst[:length]) == src[off : off + length]  # copied either way
+        assert res == (length if good else -1)
+        assert dst[length:] == bytearray(5)
+
+
+def test_copy_verify_many_rejects_bad_items():
+    from shoal.engine import _crc
+
+    src = bytes(100)
+    with pytest.raises(ValueError, match="outside the source"):
+        _crc.copy_verify_many([(src, 90, 20, bytearray(20), 0)])
+    with pytest.raises(ValueError, match="smaller than 20 bytes"):
+        _crc.copy_verify_many([(src, 0, 20, bytearray(10), 0)])
+    with pytest.raises(ValueError, match="negative"):
+        _crc.copy_verify_many([(src, -1, 20, bytearray(20), 0)])
+    with pytest.raises(BufferError):  # a read-only destination
+        _crc.copy_verify_many([(src, 0, 20, bytes(20), 0)])
+    with pytest.raises(ValueError):  # not a 5-tuple
+        _crc.copy_verify_many([(src, 0, 20)])
+    assert _crc.copy_verify_many([]) == []
+
+
+@pytest.fixture
+def mem_store(tmp_path):
+    """A store whose MEM tier lives in memory (tmpfs) and SSD tier on disk."""
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm")
+    import shutil
+    import tempfile
+
+    shm = tempfile.mkdtemp(dir="/dev/shm", prefix="shoal-test-")
+    store = PageStore(
+        [TierConfig("MEM", os.path.join(shm, "mem"), 4 * RS), TierConfig("SSD", tmp_path, 4 * RS)],
+        tmp_path / "index",
+        region_size=RS,
+    )
+    yield store
+    store.close()
+    shutil.rmtree(shm, ignore_errors=True)
+
+
+def test_read_located_copies_pages_in_memory_out_of_a_mapping(mem_store):
+    s = mem_store
+    s.put_many([(f"m{i}", payload(f"m{i}", 20_000 + i)) for i in range(3)], tier="MEM")
+    s.put("d", payload("d", 5000), tier="SSD")
+    keys = ["m0", "m1", "m2", "d"]
+    locs = s.locate(keys)
+    with adopted_reader(s) as reader:
+        bufs = [bytearray(loc.length) for loc in locs]
+        got = reader.read_located([as_tuple(loc, b) for loc, b in zip(locs, bufs, strict=True)])
+        assert got == [loc.length for loc in locs]
+        assert [bytes(b) for b in bufs] == [
+            payload(k, loc.length) for k, loc in zip(keys, locs, strict=True)
+        ]
+        mem_region = ("MEM", locs[0].region)
+        assert reader._maps[mem_region] is not None  # the MEM region file is mapped
+        assert reader._maps[("SSD", locs[3].region)] is None  # a file on disk is not
+        # A flipped byte in the mapped file fails the page's crc32c.
+        path = os.path.join(s.tier_paths["MEM"], "regions", f"{locs[1].region:06d}")
+        with open(path, "r+b") as f:
+            f.seek(locs[1].offset + 7)
+            byte = f.read(1)
+            f.seek(locs[1].offset + 7)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        res = reader.read_located([as_tuple(locs[1], bytearray(locs[1].length))])[0]
+        assert isinstance(res, PageCorruptedError) and res.errno == errno.EIO
+        # Reclaimed and reused: the old location is stale, never the new bytes.
+        s.put("full", payload("full", RS), tier="MEM")  # seals the first region
+        s.evict("MEM", 0)
+        s.put("n0", payload("n0", 20_000), tier="MEM")
+        res = reader.read_located([as_tuple(locs[0], bytearray(locs[0].length))])[0]
+        assert isinstance(res, StaleLocationError)
+        # A new descriptor for the region replaces its mapping.
+        reader.adopt("MEM", locs[0].region, os.open(path, os.O_RDONLY))
+        assert mem_region not in reader._maps
+        fresh = s.locate(["n0"])[0]
+        assert (fresh.tier, fresh.region, fresh.offset) == ("MEM", locs[0].region, 0)
+        buf = bytearray(fresh.length)
+        assert reader.read_located([as_tuple(fresh, buf)]) == [fresh.length]
+        assert bytes(buf) == payload("n0", 20_000)
+    assert reader._maps == {}
+
+
+def test_read_located_without_mappings_reads_the_same(mem_store):
+    s = mem_store
+    s.put_many([(f"m{i}", payload(f"m{i}", 30_000)) for i in range(4)], tier="MEM")
+    locs = s.locate([f"m{i}" for i in range(4)])
+    reader = adopted_reader(s)
+    plain = RegionReader(map_memory=False)
+    for tier, path in s.tier_paths.items():
+        plain.adopt(tier, None, os.open(os.path.join(path, "generations"), os.O_RDONLY))
+        for loc in locs:
+            if loc.tier == tier:
+                plain.adopt(tier, loc.region, os.open(loc.path, os.O_RDONLY))
+    with reader, plain:
+        a = [bytearray(30_000) for _ in locs]
+        b = [bytearray(30_000) for _ in locs]
+        assert reader.read_located([as_tuple(loc, x) for loc, x in zip(locs, a, strict=True)])
+        assert plain.read_located([as_tuple(loc, x) for loc, x in zip(locs, b, strict=True)])
+        assert a == b == [bytearray(payload(f"m{i}", 30_000)) for i in range(4)]
+        assert all(m is None for m in plain._maps.values())
+
+
+def test_large_batches_out_of_a_mapping_are_split(mem_store, monkeypatch):
+    from shoal.engine import _engine
+
+    monkeypatch.setattr(_engine, "PARALLEL_BYTES", 1 << 16)
+    monkeypatch.setattr(_engine, "SPLIT_BYTES", 1 << 14)
+    s = mem_store
+    s.put_many([(f"m{i}", payload(f"m{i}", 30_000)) for i in range(8)], tier="MEM")
+    locs = s.locate([f"m{i}" for i in range(8)])
+    with adopted_reader(s) as reader:
+        bufs = [bytearray(30_000) for _ in locs]
+        items = [as_tuple(loc, b) for loc, b in zip(locs, bufs, strict=True)]
+        items[5] = (*items[5][:4], items[5][4] ^ 1, *items[5][5:])  # one wrong crc
+        got = reader.read_located(items)
+        assert isinstance(got[5], PageCorruptedError)
+        assert [g for i, g in enumerate(got) if i != 5] == [30_000] * 7
+        assert [bytes(b) for i, b in enumerate(bufs) if i != 5] == [
+            payload(f"m{i}", 30_000) for i in range(8) if i != 5
+        ]

@@ -19,4 +19,8 @@ int shoal_crc32c_kernels(void);
 /* Continue *crc over buf with one given kernel (for tests); -1 if the CPU lacks it. */
 int shoal_crc32c_with(int kernel, uint32_t *crc, const void *buf, size_t len);
 
+/* Copy len bytes from src to dst and return their crc32c, continued from crc: each piece
+ * is folded in right after its copy, while it is still in the cache. */
+uint32_t shoal_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len);
+
 #endif
