@@ -163,10 +163,10 @@ class RegionReader:
     direct
         Read with O_DIRECT where buffer, offset and length are aligned.
     map_memory
-        :meth:`read_located` copies pages of region files that live in memory (tmpfs,
-        ramfs: the MEM tier) out of a read-only mapping of the file, checking the crc32c
-        of each piece right after its copy, instead of reading them through the kernel
-        and checking them in a second pass.
+        Copy pages of region files that live in memory (tmpfs, ramfs: the MEM tier) out
+        of a read-only mapping of the file, checking the crc32c of each piece right after
+        its copy, instead of reading them through the kernel and checking them in a
+        second pass.
 
     Notes
     -----
@@ -282,7 +282,8 @@ class RegionReader:
         """
         results: list[Any] = []
         pending: list[tuple[int, PageLocation, GenerationTable]] = []
-        requests, checksums = [], []
+        copied: list[tuple[int, PageLocation, GenerationTable]] = []  # out of mappings
+        requests, checksums, copies = [], [], []
         for i, item in enumerate(items):
             try:
                 location, buf = item
@@ -300,9 +301,23 @@ class RegionReader:
                 continue
             fd = self._fd(location)
             results.append(None)
+            key = (location.tier, location.region)
+            with self._lock:
+                mapped = self._maps.get(key, False)
+                if mapped is False:
+                    mapped = self._map(key, fd)
+            if mapped is not None and 0 <= location.offset <= len(mapped) - location.length:
+                copies.append((mapped, location.offset, location.length, view, location.crc32c))
+                copied.append((i, location, table))
+                continue
             pending.append((i, location, table))
             requests.append((fd, location.offset, location.length, view, 0))
             checksums.append(location.crc32c)
+        if copies:
+            for (i, loc, _), n in zip(copied, _copy_out(copies), strict=True):
+                if n < 0:
+                    n = _corrupt(loc.tier, loc.region, loc.offset, loc.length, loc.crc32c)
+                results[i] = n
         if requests:
             try:
                 done: list[Any] = read_batch(requests, direct=self._direct, checksums=checksums)
@@ -310,11 +325,12 @@ class RegionReader:
                 if not hasattr(exc, "results"):
                     raise
                 done = exc.results
-            for (i, location, table), res in zip(pending, done, strict=True):
-                # Checked after the read: the writer bumps it before overwriting the region.
-                if table.get(location.region) != location.generation:
-                    res = _stale(location)
+            for (i, _, _), res in zip(pending, done, strict=True):
                 results[i] = res
+        for i, location, table in (*copied, *pending):
+            # Checked after the read: the writer bumps it before overwriting the region.
+            if table.get(location.region) != location.generation:
+                results[i] = _stale(location)
         for i, res in enumerate(results):
             if isinstance(res, BaseException):
                 res.index = i
@@ -417,15 +433,7 @@ class RegionReader:
                     checked = None
         if copies:
             for i, n in zip(copied, _copy_out(copies), strict=True):
-                tier, region, offset, length, crc, _, _ = items[i]
-                results[i] = (
-                    n
-                    if n >= 0
-                    else PageCorruptedError(
-                        f"crc32c mismatch: {length} bytes at offset {offset} of region "
-                        f"{region} of tier {tier} do not match {crc:#010x}"
-                    )
-                )
+                results[i] = n if n >= 0 else _corrupt(*items[i][:5])
         if requests:
             done: list[Any]
             if checked is not None:
@@ -552,6 +560,14 @@ def _copy_out(copies: list[tuple]) -> list[int]:
     for part in parts:
         results.extend(part.result())
     return results
+
+
+def _corrupt(tier: str, region: int, offset: int, length: int, crc: int) -> PageCorruptedError:
+    """The error of a page copied out of a mapping that does not match its crc32c."""
+    return PageCorruptedError(
+        f"crc32c mismatch: {length} bytes at offset {offset} of region {region} of tier "
+        f"{tier} do not match {crc:#010x}"
+    )
 
 
 def _stale(location: PageLocation) -> StaleLocationError:

@@ -436,6 +436,9 @@ def test_read_located_copies_pages_in_memory_out_of_a_mapping(mem_store):
         mem_region = ("MEM", locs[0].region)
         assert reader._maps[mem_region] is not None  # the MEM region file is mapped
         assert reader._maps[("SSD", locs[3].region)] is None  # a file on disk is not
+        again = [bytearray(loc.length) for loc in locs]  # by PageLocation: the same
+        assert reader.read_many_into(list(zip(locs, again, strict=True))) == got
+        assert again == bufs
         # A flipped byte in the mapped file fails the page's crc32c.
         path = os.path.join(s.tier_paths["MEM"], "regions", f"{locs[1].region:06d}")
         with open(path, "r+b") as f:
@@ -445,6 +448,9 @@ def test_read_located_copies_pages_in_memory_out_of_a_mapping(mem_store):
             f.write(bytes([byte[0] ^ 0xFF]))
         res = reader.read_located([as_tuple(locs[1], bytearray(locs[1].length))])[0]
         assert isinstance(res, PageCorruptedError) and res.errno == errno.EIO
+        with pytest.raises(PageCorruptedError) as info:
+            reader.read_many_into([(locs[0], bytearray(RS)), (locs[1], bytearray(RS))])
+        assert info.value.index == 1 and info.value.results[0] == locs[0].length
         # Reclaimed and reused: the old location is stale, never the new bytes.
         s.put("full", payload("full", RS), tier="MEM")  # seals the first region
         s.evict("MEM", 0)
