@@ -91,11 +91,12 @@ class FaultyProxy:
     """An HTTP proxy in front of the S3 server that answers chosen requests with an S3
     error instead of forwarding them: throttling and server failures on demand.
 
-    ``faults`` is a list of ``(match, status, code)``: the next request whose
-    ``"METHOD /path?query"`` contains ``match`` gets that error, once per entry.
+    ``faults`` is a list of ``(match, status, code)`` or ``(match, status, code, message)``:
+    the next request whose ``"METHOD /path?query"`` contains ``match`` gets that error,
+    once per entry.
     """
 
-    def __init__(self, target: str, faults: list[tuple[str, int, str]]):
+    def __init__(self, target: str, faults: list[tuple]):
         import http.server
         import threading
         import urllib.parse
@@ -119,12 +120,13 @@ class FaultyProxy:
                 proxy.seen.append(line)
                 proxy.ranges.append(self.headers.get("Range"))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                for i, (match, status, code) in enumerate(proxy.faults):
+                for i, (match, status, code, *message) in enumerate(proxy.faults):
                     if match in line:
                         del proxy.faults[i]
+                        text = message[0] if message else "injected by the test proxy"
                         xml = (
                             f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
-                            f"<Message>injected by the test proxy</Message></Error>"
+                            f"<Message>{text}</Message></Error>"
                         ).encode()
                         self.send_response(status)
                         self.send_header("Content-Type", "application/xml")

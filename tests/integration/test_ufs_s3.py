@@ -431,3 +431,77 @@ def test_whole_object_read_asks_for_no_range(bucket, proxied):
     # a size that is not the object's: the object changed under the caller
     with pytest.raises(ObjectChangedError, match="10 bytes, expected 6"):
         store.read_into("obj", 0, bytearray(6), size=6)
+
+
+def test_reads_go_out_as_presigned_gets(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([])
+    buf = bytearray(4)
+    assert store.read_into("obj", 2, buf) == 4 and buf == b"2345"
+    assert store.read_into("obj", 8, buf) == 2 and buf[:2] == b"89"
+    gets = [line for line in proxy.seen if line.startswith("GET /shoal-s3/obj")]
+    assert len(gets) == 2 and all("X-Amz-Signature=" in line for line in gets), gets
+    store.close()
+
+
+def test_with_a_proxy_in_the_environment_reads_go_through_the_client(bucket, proxied, monkeypatch):
+    # botocore honours proxy settings, urllib3 alone would not: the client reads then.
+    monkeypatch.setenv("HTTP_PROXY", "http://192.0.2.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([])
+    assert store._gets is None
+    buf = bytearray(10)
+    assert store.read_into("obj", 0, buf) == 10 and buf == b"0123456789"
+    gets = [line for line in proxy.seen if line.startswith("GET /shoal-s3/obj")]
+    assert len(gets) == 1 and "X-Amz-Signature=" not in gets[0], gets
+    store.close()
+
+
+def test_an_expired_url_is_signed_again(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    fault = ("GET /shoal-s3/obj", 403, "AccessDenied", "Request has expired")
+    proxy, store = proxied([fault])
+    buf = bytearray(10)
+    assert store.read_into("obj", 0, buf) == 10 and buf == b"0123456789"
+    assert sum(line.startswith("GET /shoal-s3/obj") for line in proxy.seen) == 2
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc", "match"),
+    [
+        (403, "AccessDenied", PermissionError, "AccessDenied"),
+        (404, "NoSuchKey", FileNotFoundError, "NoSuchKey"),
+        (404, "NoSuchBucket", FileNotFoundError, "bucket 'shoal-s3' does not exist"),
+        (412, "PreconditionFailed", ObjectChangedError, "changed"),
+        (500, "InternalError", StoreServerError, "InternalError"),
+        (400, "InvalidArgument", OSError, "InvalidArgument"),
+    ],
+)
+def test_read_errors_are_mapped_as_the_client_maps_them(bucket, proxied, status, code, exc, match):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj", status, code)] * 4)
+    with pytest.raises(exc, match=match) as info:
+        store.read_into("obj", 0, bytearray(4))
+    assert "s3://shoal-s3/obj" in str(info.value)
+    store.close()
+
+
+def test_read_from_an_unreachable_endpoint_is_refused_fast():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
+            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
+            store = S3Store(
+                "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
+                secret_key_env=SECRET_KEY_ENV, retry={"max_attempts": 2, "base_delay": 0.01},
+            )  # fmt: skip
+        start = time.monotonic()
+        with pytest.raises(StoreConnectionError) as info:
+            store.read_into("x", 0, bytearray(8))
+        assert time.monotonic() - start < 5
+    assert info.value.errno == errno.ECONNREFUSED
+    store.close()

@@ -26,6 +26,7 @@ from ._errors import ObjectChangedError, StoreConnectionError, botocore_errors
 from ._options import check_env_name, env_value, reject_literal_secrets
 from ._paths import is_normal_key, normalize_prefix
 from ._retry import RetryPolicy
+from ._s3get import LeanGets, lean_gets_allowed
 
 __all__ = ["S3Config", "S3Store"]
 
@@ -226,6 +227,15 @@ class S3Store(UnderStore):
         self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.config = config
         self._client = _make_client(config)
+        self._gets: LeanGets | None = None
+        if lean_gets_allowed():
+            self._gets = LeanGets(
+                self._client,
+                bucket,
+                max_connections=config.max_pool_connections,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+            )
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> S3Store:
@@ -352,6 +362,8 @@ class S3Store(UnderStore):
         """One ranged GET into ``view``; ``None`` when the range is not satisfiable. With
         ``whole``, a GET of the whole object, which must be ``view.nbytes`` long."""
         uri = self.uri_of(key)
+        if self._gets is not None:
+            return self._gets.get(self._prefix + key, uri, offset, view, version, whole)
         kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._prefix + key}
         if not whole:
             kwargs["Range"] = f"bytes={offset}-{offset + view.nbytes - 1}"
@@ -481,6 +493,8 @@ class S3Store(UnderStore):
 
     def _close(self) -> None:
         # docstring inherited
+        if self._gets is not None:
+            self._gets.close()
         self._client.close()
 
 
@@ -556,7 +570,9 @@ def _make_client(config: S3Config):
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=config.max_pool_connections,
         s3={"addressing_style": config.addressing_style},
-        signature_version=UNSIGNED if config.anonymous else None,
+        # SigV4 named: presigned URLs (object reads, see _s3get) would otherwise be SigV2,
+        # which newer AWS regions refuse.
+        signature_version=UNSIGNED if config.anonymous else "s3v4",
         # Many S3-compatible services reject the newer default checksum trailers.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
