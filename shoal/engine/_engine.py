@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -85,30 +85,38 @@ def _read_pool() -> ThreadPoolExecutor:
         return _pool[1]
 
 
-def submit_reads(eng, checked: list[tuple], direct: bool, checksums) -> list:
-    """``eng.read_batch`` of validated host requests; a large batch on io_uring is split in
-    contiguous parts of about equal bytes, read at once by the caller and pool threads."""
-    total = sum(req[2] for req in checked)
-    ways = min(PARALLEL_WAYS, len(checked), total // SPLIT_BYTES)
-    if eng.name != "io_uring" or total < PARALLEL_BYTES or ways < 2:
-        return eng.read_batch(checked, direct, checksums)
+def in_parts(read: Callable[[int, int], list], lengths: Sequence[int]) -> list:
+    """``read(0, n)`` of a batch of ``n`` requests of ``lengths`` bytes; a large batch is
+    split in contiguous parts of about equal bytes, ``read(a, b)`` of each run at once by
+    the caller and pool threads, and the results joined in order."""
+    total = sum(lengths)
+    ways = min(PARALLEL_WAYS, len(lengths), total // SPLIT_BYTES)
+    if total < PARALLEL_BYTES or ways < 2:
+        return read(0, len(lengths))
     bounds, start, acc = [], 0, 0
-    for i, req in enumerate(checked):
-        acc += req[2]
+    for i, length in enumerate(lengths):
+        acc += length
         if acc * ways >= total * (len(bounds) + 1) and len(bounds) < ways - 1:
             bounds.append((start, i + 1))
             start = i + 1
-    bounds.append((start, len(checked)))
+    bounds.append((start, len(lengths)))
     pool = _read_pool()
-    parts = [
-        pool.submit(eng.read_batch, checked[a:b], direct, checksums[a:b] if checksums else None)
-        for a, b in bounds[1:]
-    ]
-    a, b = bounds[0]
-    results = eng.read_batch(checked[a:b], direct, checksums[a:b] if checksums else None)
+    parts = [pool.submit(read, a, b) for a, b in bounds[1:]]
+    results = read(*bounds[0])
     for part in parts:
         results.extend(part.result())
     return results
+
+
+def submit_reads(eng, checked: list[tuple], direct: bool, checksums) -> list:
+    """``eng.read_batch`` of validated host requests; a large batch on io_uring is split
+    over the cores (:func:`in_parts`), each part on its own ring."""
+    if eng.name != "io_uring":
+        return eng.read_batch(checked, direct, checksums)
+    return in_parts(
+        lambda a, b: eng.read_batch(checked[a:b], direct, checksums[a:b] if checksums else None),
+        [req[2] for req in checked],
+    )
 
 
 def backend() -> str:

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import PageCorruptedError, StaleLocationError
-from . import _engine
 from ._crc import copy_verify_many, memory_backed
-from ._engine import get_backend, read_batch, submit_reads
+from ._engine import get_backend, in_parts, read_batch, submit_reads
 from ._requests import OFFSET_MAX, host_view
 
 __all__ = ["TIER_NAMES", "GenerationTable", "PageLocation", "RegionReader", "region_path"]
@@ -540,26 +539,8 @@ class RegionReader:
 
 
 def _copy_out(copies: list[tuple]) -> list[int]:
-    """``copy_verify_many`` of ``copies``; a large batch is split in parts of about equal
-    bytes, copied at once by the caller and the engine's pool threads."""
-    total = sum(c[2] for c in copies)
-    ways = min(_engine.PARALLEL_WAYS, len(copies), total // _engine.SPLIT_BYTES)
-    if total < _engine.PARALLEL_BYTES or ways < 2:
-        return copy_verify_many(copies)
-    bounds, start, acc = [], 0, 0
-    for i, c in enumerate(copies):
-        acc += c[2]
-        if acc * ways >= total * (len(bounds) + 1) and len(bounds) < ways - 1:
-            bounds.append((start, i + 1))
-            start = i + 1
-    bounds.append((start, len(copies)))
-    pool = _engine._read_pool()
-    parts = [pool.submit(copy_verify_many, copies[a:b]) for a, b in bounds[1:]]
-    a, b = bounds[0]
-    results = copy_verify_many(copies[a:b])
-    for part in parts:
-        results.extend(part.result())
-    return results
+    """``copy_verify_many`` of ``copies``, a large batch split over the cores."""
+    return in_parts(lambda a, b: copy_verify_many(copies[a:b]), [c[2] for c in copies])
 
 
 def _corrupt(tier: str, region: int, offset: int, length: int, crc: int) -> PageCorruptedError:
