@@ -22,11 +22,11 @@ from botocore.exceptions import ClientError
 
 from ..._units import parse_size
 from ._base import ObjectInfo, Source, UnderStore, read_chunk
-from ._errors import ObjectChangedError, StoreConnectionError, botocore_errors
+from ._errors import ObjectChangedError, botocore_errors
 from ._options import check_env_name, env_value, reject_literal_secrets
 from ._paths import is_normal_key, normalize_prefix
 from ._retry import RetryPolicy
-from ._s3get import LeanGets, lean_gets_allowed
+from ._s3get import LeanGets, lean_gets_allowed, read_answer
 
 __all__ = ["S3Config", "S3Store"]
 
@@ -34,7 +34,6 @@ MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
-_READ_CHUNK = 1 * MiB  # bytes copied per readinto from the response stream
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REGION = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -377,28 +376,8 @@ class S3Store(UnderStore):
                     return None
                 raise
             with contextlib.closing(resp["Body"]) as body:
-                length = resp["ContentLength"]
-                if whole and length != view.nbytes:
-                    raise ObjectChangedError(
-                        f"read: the object is {length} bytes, expected {view.nbytes}: it "
-                        "changed; read it again",
-                        uri,
-                    )
-                content_range = resp.get("ContentRange", "")
-                ranged = content_range.startswith(f"bytes {offset}-")
-                if length > view.nbytes or not (ranged or (offset == 0 and not content_range)):
-                    raise OSError(errno.EIO, "read: the server ignored the requested range", uri)
-                got = 0
-                while got < length:
-                    n = body.readinto(view[got : min(length, got + _READ_CHUNK)])
-                    if n == 0:
-                        break
-                    got += n
-        if got < length:
-            raise StoreConnectionError(
-                errno.ECONNRESET, f"read: stream ended after {got} of {length} bytes", uri
-            )
-        return got
+                length, content_range = resp["ContentLength"], resp.get("ContentRange", "")
+                return read_answer(body, length, content_range, offset, view, whole, uri)
 
     def _write(self, key: str, source: Source) -> ObjectInfo:
         # docstring inherited

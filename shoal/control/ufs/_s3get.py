@@ -33,7 +33,7 @@ from ._errors import (
     _client_error,
 )
 
-__all__ = ["LeanGets", "lean_gets_allowed"]
+__all__ = ["LeanGets", "lean_gets_allowed", "read_answer"]
 
 _URL_LIFE = 300.0  # seconds a presigned URL is used; it is signed for twice as long
 _MAX_URLS = 4096  # cached URLs; the cache starts over when full
@@ -126,26 +126,8 @@ class LeanGets:
         try:
             length = int(resp.headers.get("Content-Length", -1))
             content_range = resp.headers.get("Content-Range", "")
-            if whole:
-                if length != view.nbytes:
-                    raise ObjectChangedError(
-                        f"read: the object is {length} bytes, expected {view.nbytes}: it "
-                        "changed; read it again",
-                        uri,
-                    )
-            else:
-                ranged = content_range.startswith(f"bytes {offset}-")
-                if not 0 <= length <= view.nbytes or not (
-                    ranged or (offset == 0 and not content_range)
-                ):
-                    raise OSError(errno.EIO, "read: the server ignored the requested range", uri)
-            got = 0
-            while got < length:
-                n = resp.readinto(view[got : min(length, got + _READ_CHUNK)])
-                if not n:
-                    break
-                got += n
-            clean = got == length
+            got = read_answer(resp, length, content_range, offset, view, whole, uri)
+            clean = True
         except ux.HTTPError as exc:
             raise _urllib3_error(exc, uri) from exc
         finally:
@@ -153,10 +135,6 @@ class LeanGets:
                 resp.release_conn()
             else:
                 resp.close()  # bytes left in the stream: the connection cannot be reused
-        if got < length:
-            raise StoreConnectionError(
-                errno.ECONNRESET, f"read: stream ended after {got} of {length} bytes", uri
-            )
         return got
 
     def _send(self, key: str, uri: str, headers: dict, fresh: bool = False):
@@ -175,6 +153,41 @@ class LeanGets:
 
     def close(self) -> None:
         self._http.clear()
+
+
+def read_answer(
+    stream: Any,
+    length: int,
+    content_range: str,
+    offset: int,
+    view: memoryview,
+    whole: bool,
+    uri: str,
+) -> int:
+    """Check a GET's answer (``Content-Length``, ``Content-Range``) against what was
+    asked, then read its ``length`` bytes from ``stream`` (``readinto``) into ``view``."""
+    if whole:
+        if length != view.nbytes:
+            raise ObjectChangedError(
+                f"read: the object is {length} bytes, expected {view.nbytes}: it changed; "
+                "read it again",
+                uri,
+            )
+    elif not 0 <= length <= view.nbytes or not (
+        content_range.startswith(f"bytes {offset}-") or (offset == 0 and not content_range)
+    ):
+        raise OSError(errno.EIO, "read: the server ignored the requested range", uri)
+    got = 0
+    while got < length:
+        n = stream.readinto(view[got : min(length, got + _READ_CHUNK)])
+        if not n:
+            break
+        got += n
+    if got < length:
+        raise StoreConnectionError(
+            errno.ECONNRESET, f"read: stream ended after {got} of {length} bytes", uri
+        )
+    return got
 
 
 def _status_error(status: int, body: bytes, uri: str) -> OSError:
