@@ -302,9 +302,7 @@ class RegionReader:
             results.append(None)
             key = (location.tier, location.region)
             with self._lock:
-                mapped = self._maps.get(key, False)
-                if mapped is False:
-                    mapped = self._map(key, fd)
+                mapped = self._map(key, fd)
             if mapped is not None and 0 <= location.offset <= len(mapped) - location.length:
                 copies.append((mapped, location.offset, location.length, view, location.crc32c))
                 copied.append((i, location, table))
@@ -389,9 +387,7 @@ class RegionReader:
                 if current[key] != generation:
                     results[i] = _stale_region(tier, region, generation)
                     continue
-                mapped = self._maps.get(key, False)
-                if mapped is False:
-                    mapped = self._map(key, fd)
+                mapped = self._map(key, fd)
                 if (
                     mapped is not None
                     and type(offset) is int
@@ -456,8 +452,11 @@ class RegionReader:
         return results
 
     def _map(self, key: tuple[str, int], fd: int) -> mmap.mmap | None:
-        """A read-only mapping of a region file in memory, made once (lock held); None
-        for a file on a disk, whose pages a mapping would fault in one at a time."""
+        """A read-only mapping of a region file in memory, made on first use (lock held);
+        None for a file on a disk, whose pages a mapping would fault in one at a time."""
+        mapped = self._maps.get(key, False)
+        if mapped is not False:
+            return mapped
         mapped = None
         if self._map_memory and memory_backed(fd):
             try:
