@@ -159,7 +159,7 @@ def register(subparsers) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..control._worker import run_worker
+    from ..control._daemon import run_worker
 
     if args.action is not None:
         from ._workers import drain
@@ -181,7 +181,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from ..control._worker import LOG_FILE, run_worker, running_pid
+    from ..control._daemon import LOG_FILE, run_worker, running_pid
 
     config = _config(args)
     pid = running_pid(config.home)
@@ -234,7 +234,7 @@ def stop_worker(home: str, timeout: float = 30.0, force: bool = False) -> int | 
     ProcessLookupError
         The pid file is locked but names no process (it cannot be signalled).
     """
-    from ..control._worker import LOG_FILE, running_pid
+    from ..control._daemon import LOG_FILE, running_pid
 
     pid = running_pid(home)
     if pid is None:
@@ -261,7 +261,7 @@ def stop_worker(home: str, timeout: float = 30.0, force: bool = False) -> int | 
 
 
 def _wait_gone(home: str, pid: int, timeout: float) -> bool:
-    from ..control._worker import process_alive, running_pid
+    from ..control._daemon import process_alive, running_pid
 
     deadline = time.monotonic() + timeout
     delay = 0.01

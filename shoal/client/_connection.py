@@ -15,7 +15,7 @@ from typing import Any
 
 from .._config import Config
 from .._errors import ShoalError
-from ..control._worker import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
+from ..control._daemon import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
 from ..control.proto import (
     GENERATIONS,
     PROTOCOL_VERSION,

@@ -34,24 +34,14 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ShoalError
 from .._units import parse_size
-from ._etcd import (
-    DEFAULT_PREFIX,
-    EtcdClient,
-    EtcdCompactedError,
-    EtcdError,
-    EtcdUnavailableError,
-    KeyValue,
-    check_prefix,
-    cmp_exists,
-    cmp_mod_revision,
-    op_delete,
-    op_put,
-)
 from ._placement import Node
+
+if TYPE_CHECKING:
+    from ._etcd import KeyValue
 
 __all__ = [
     "DEFAULT_TTL",
@@ -578,8 +568,11 @@ class StaticMembership(Membership):
 class _Keys:
     """Key names of one cluster in etcd."""
 
-    def __init__(self, prefix: str):
-        self.prefix = check_prefix(prefix)
+    def __init__(self, prefix: str | None):
+        from ._etcd import DEFAULT_PREFIX, check_prefix
+
+        prefix = check_prefix(DEFAULT_PREFIX if prefix is None else prefix)
+        self.prefix = prefix
         self.workers = (prefix + "workers/").encode()
         self.drains = (prefix + "drain/").encode()
         self.roster = (prefix + "roster/").encode()
@@ -620,7 +613,7 @@ class EtcdMembership(Membership):
     endpoint
         ``http://HOST:PORT`` of an etcd member.
     prefix
-        The cluster's namespace in etcd.
+        The cluster's namespace in etcd (default ``/shoal/``).
     timeout
         Seconds a call to etcd may take.
     idle
@@ -638,14 +631,16 @@ class EtcdMembership(Membership):
     def __init__(
         self,
         endpoint: str,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         *,
         timeout: float = 3.0,
         idle: float = 10.0,
     ):
+        from ._etcd import EtcdClient
+
         super().__init__()
         self._keys = _Keys(prefix)
-        self.prefix = prefix
+        self.prefix = self._keys.prefix
         if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 3600:
             raise ValueError(f"idle must be a number of seconds in (0, 3600), got {idle!r}")
         self._idle = float(idle)
@@ -688,6 +683,8 @@ class EtcdMembership(Membership):
         return last
 
     def _run(self, start: int) -> None:
+        from ._etcd import EtcdCompactedError, EtcdError, EtcdUnavailableError
+
         delay = _BACKOFF_MIN
         reload = False
         while not self._stop.is_set():
@@ -745,6 +742,8 @@ class EtcdMembership(Membership):
         return self._set_drain(worker_id, False)
 
     def _set_drain(self, worker_id: str, draining: bool) -> WorkerInfo:
+        from ._etcd import EtcdError, cmp_mod_revision, op_delete, op_put
+
         _check_id(worker_id)
         client, keys = self._client, self._keys
         state = WorkerState.DRAINING if draining else WorkerState.ONLINE
@@ -811,7 +810,7 @@ class WorkerRegistration:
     ttl
         Lease TTL in seconds: a worker that stops renewing is dropped after it.
     prefix
-        The cluster's namespace in etcd.
+        The cluster's namespace in etcd (default ``/shoal/``).
     used_bytes
         Returns the bytes of cache in use; called from the keep-alive thread.
     update_interval
@@ -829,10 +828,12 @@ class WorkerRegistration:
         info: WorkerInfo,
         *,
         ttl: int = DEFAULT_TTL,
-        prefix: str = DEFAULT_PREFIX,
+        prefix: str | None = None,
         used_bytes: Callable[[], int] | None = None,
         update_interval: float = 5.0,
     ):
+        from ._etcd import EtcdClient
+
         if not isinstance(info, WorkerInfo):
             raise TypeError(f"info must be a WorkerInfo, got {type(info).__name__}")
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= 3600:
@@ -895,6 +896,8 @@ class WorkerRegistration:
     def update(self, *, used: int) -> bool:
         """Publish ``used`` bytes now; False when etcd does not answer (the keep-alive
         thread publishes it once etcd is back)."""
+        from ._etcd import EtcdError, EtcdUnavailableError
+
         _check_count(used, "used", 0)
         with self._lock:
             self._info = dataclasses.replace(self._info, used=used)
@@ -924,6 +927,8 @@ class WorkerRegistration:
     def _put(self) -> None:
         """Publish the record under the lease; DRAINING when drained here or by an operator
         (decided by etcd in the same transaction)."""
+        from ._etcd import cmp_exists, op_put
+
         keys, worker_id = self._keys, self._info.id
         drained = self._info.with_state(WorkerState.DRAINING)
         mine = drained if self._draining else self._info.with_state(WorkerState.ONLINE)
@@ -964,6 +969,8 @@ class WorkerRegistration:
                 self._dirty = True
 
     def _run(self) -> None:
+        from ._etcd import EtcdError, EtcdUnavailableError
+
         period = self.ttl / 3
         next_update = time.monotonic() + self._update_interval
         while not self._stop.wait(period):
@@ -1010,6 +1017,8 @@ class WorkerRegistration:
     def close(self) -> None:
         """Stop renewing and revoke the lease, so the worker leaves the membership now
         (when etcd does not answer, the lease expires by itself)."""
+        from ._etcd import EtcdError, EtcdUnavailableError
+
         if self._stop.is_set():
             return
         self._stop.set()

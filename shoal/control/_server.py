@@ -1,5 +1,6 @@
-"""The worker's socket: accepts connections on its Unix socket, reads request frames,
-dispatches them to the :class:`~shoal.control._worker.Worker` and writes the answers.
+"""The worker's sockets: accepts connections on its Unix socket (and on TCP in a cluster),
+reads request frames, dispatches each through an op -> handler table and writes the
+answers.
 
 One thread per connection: clients keep one connection per thread, so a node serves tens of
 them, and each waits mostly on the page store or an under-store.
@@ -14,9 +15,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from ._worker import FileSegment
 from .proto import (
     DATA,
     FRAME,
@@ -29,11 +32,49 @@ from .proto import (
     send_frame,
 )
 
-__all__ = ["Server"]
+__all__ = ["ConnectionState", "FileSegment", "Handler", "Reply", "Server"]
 
 log = logging.getLogger("shoal.worker")
 
 _MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes
+
+
+class FileSegment(NamedTuple):
+    """Payload bytes sent straight from a file (``sendfile``): descriptor, offset, length."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+@dataclass
+class Reply:
+    """An answer: header fields (``ok`` is added), payload buffers and
+    :class:`FileSegment` pieces, descriptors to pass."""
+
+    header: dict[str, Any]
+    payload: list[Any] = field(default_factory=list)
+    fds: list[int] = field(default_factory=list)
+
+
+def _no_progress(state: dict) -> None:
+    raise ProtocolError("progress frames are only sent while a load runs")
+
+
+@dataclass
+class ConnectionState:
+    """What the server and the handlers remember about one client connection."""
+
+    sent: set[tuple[str, int]] = field(default_factory=set)  # descriptors the client holds
+    last_page: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
+    pid: int | None = None
+    remote: bool = False  # a TCP connection: no descriptors, bytes only
+    #: Sends a progress frame ahead of the answer (ops that take long, such as ``load``).
+    progress: Callable[[dict], None] = _no_progress
+
+
+#: A handler serves one op: (connection state, request header) -> answer.
+Handler = Callable[[ConnectionState, dict], Reply]
 
 
 class Server:
@@ -41,8 +82,8 @@ class Server:
 
     Parameters
     ----------
-    worker
-        The :class:`~shoal.control._worker.Worker` whose methods answer the ops.
+    handlers
+        The op -> handler table (see :meth:`~shoal.control._worker.Worker.handlers`).
     path
         Socket path; created by :meth:`start` (mode 0600: only the worker's user may
         connect), removed by the caller after :meth:`stop`.
@@ -63,15 +104,17 @@ class Server:
 
     def __init__(
         self,
-        worker,
+        handlers: Mapping[str, Handler],
         path: str,
         on_stop: Callable[[], None] | None = None,
         listen: str | None = None,
+        on_request: Callable[[], None] | None = None,
     ):
-        self.worker = worker
+        self.handlers = dict(handlers)
         self.path = path
         self.listen = listen
         self._on_stop = on_stop
+        self._on_request = on_request
         self._listener: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._tcp_acceptor: threading.Thread | None = None
@@ -153,10 +196,10 @@ class Server:
             thread.start()
 
     def _serve(self, conn: socket.socket, remote: bool = False) -> None:
-        from ._worker import ConnectionState
-
-        state = ConnectionState()
-        state.remote = remote
+        state = ConnectionState(remote=remote)
+        state.progress = lambda counts: send_frame(
+            conn, {"ok": True, "done": False, "progress": counts}
+        )
         try:
             while not self._stopping.is_set():
                 got = recv_header(conn)
@@ -193,10 +236,12 @@ class Server:
                     # Descriptors cannot cross a TCP connection: bytes, from the region
                     # files as they are when the client checks them itself.
                     header["mode"] = LOCATE if header.get("segments") is True else DATA
-            self.worker.count_request()
-            if op == "load":
-                return self._load(conn, header)
-            reply = self._dispatch(op, state, header)
+            if self._on_request is not None:
+                self._on_request()
+            handler = self.handlers.get(op)
+            if handler is None:
+                raise ProtocolError(f"op {op!r} has no handler")
+            reply = handler(state, header)
         except ProtocolError as exc:
             send_frame(conn, {"ok": False, "error": encode_error(exc)})
             return False
@@ -213,61 +258,6 @@ class Server:
             send_frame(conn, {"ok": True, **reply.header}, reply.payload, reply.fds)
         if op == "stop" and self._on_stop is not None:
             self._on_stop()
-        return True
-
-    def _dispatch(self, op: str, state, h: dict):
-        from ._worker import Reply
-
-        w = self.worker
-        if op == "read":
-            return w.read(state, h)
-        if op == "hello":
-            return w.hello(state, h)
-        if op == "stat":
-            return Reply({"files": w.stat(h["paths"])})
-        if op == "mount":
-            return Reply({"mount": w.mount(h["path"], h["uri"], h["options"])})
-        if op == "unmount":
-            return Reply({"mount": w.unmount(h["path"])})
-        if op == "mounts":
-            return Reply({"mounts": w.mounts()})
-        if op == "ls":
-            return Reply({"entries": w.ls(h["path"])})
-        if op == "refresh":
-            return Reply({"dropped": w.refresh(h["path"])})
-        if op == "free":
-            return Reply(w.free(h["path"]))
-        if op == "report":
-            return Reply({"report": w.report()})
-        if op == "touch":
-            w.touch(h["regions"])
-            return Reply({})
-        if op == "job_put":
-            w.put_job(h["key"], h["record"])
-            return Reply({})
-        if op == "jobs":
-            return Reply({"jobs": w.jobs(h["prefix"], h["limit"])})
-        if op == "stop":
-            log.info("stop requested by client pid %s", state.pid)
-            return Reply({})
-        raise ProtocolError(f"op {op!r} has no handler")
-
-    def _load(self, conn: socket.socket, h: dict) -> bool:
-        def progress(state: dict) -> None:
-            send_frame(conn, {"ok": True, "done": False, "progress": state})
-
-        try:
-            final = self.worker.load(
-                h["paths"], h["metadata_only"], progress, placement=h.get("placement")
-            )
-        except (ConnectionError, BrokenPipeError):
-            return False  # the client went away while we reported progress
-        except Exception as exc:
-            if not isinstance(exc, (OSError, ValueError, TypeError)):
-                log.exception("load failed")
-            send_frame(conn, {"ok": False, "error": encode_error(exc)})
-            return True
-        send_frame(conn, {"ok": True, "done": True, "progress": final})
         return True
 
     def stop(self) -> None:

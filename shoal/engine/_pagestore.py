@@ -20,7 +20,7 @@ import numbers
 import os
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -902,11 +902,21 @@ class PageStore:
 
     # ----------------------------------------------------------------- reads
 
-    def _read(self, keys: list[bytes], views: list[memoryview], names: list) -> list[Any]:
-        """Read pages into views: per item its length, None (miss), or the exception.
+    def _read(
+        self,
+        keys: list[bytes],
+        views: list[memoryview],
+        names: list,
+        skip: frozenset[str] = frozenset(),
+        drop_failed: bool = False,
+    ) -> list[Any]:
+        """Read pages into views: per item its length, None (miss), or the exception,
+        which carries the page's tier name as ``tier``.
 
         A page whose region was reclaimed during the read is looked up again once; a crc32c
-        mismatch in an unchanged region drops the entry and yields PageCorruptedError.
+        mismatch in an unchanged region drops the entry and yields PageCorruptedError, and
+        so does any I/O error with ``drop_failed``. Pages in the tiers named in ``skip``
+        are not read: misses.
         """
         results: list[Any] = [None] * len(keys)
         todo = list(range(len(keys)))
@@ -918,7 +928,7 @@ class PageStore:
                 self._check_open()
                 for i in todo:
                     entry = self._entries.get(keys[i])
-                    if entry is None:
+                    if entry is None or (skip and self._by_code[entry.tier].name in skip):
                         results[i] = None
                         continue
                     if views[i].nbytes < entry.length:
@@ -953,11 +963,14 @@ class PageStore:
                 if region.generation != entry.generation:
                     todo.append(i)  # reclaimed under us: the page may have moved
                     results[i] = None
-                elif isinstance(res, PageCorruptedError):
-                    corrupt.append((i, entry))
-                    results[i] = res
-                else:
-                    results[i] = res
+                    continue
+                if isinstance(res, BaseException):
+                    res.tier = self._by_code[entry.tier].name
+                    if isinstance(res, PageCorruptedError) or (
+                        drop_failed and isinstance(res, OSError)
+                    ):
+                        corrupt.append((i, entry))
+                results[i] = res
             if corrupt:
                 self._drop(corrupt, keys)
         return results
@@ -1014,13 +1027,25 @@ class PageStore:
             raise result
         return result
 
-    def get_many_into(self, items: Iterable[tuple[bytes | str, Any]]) -> list[int | None]:
+    def get_many_into(
+        self,
+        items: Iterable[tuple[bytes | str, Any]],
+        *,
+        on_error: Callable[[int, str, OSError], None] | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> list[int | None]:
         """Read many pages with one engine batch.
 
         Parameters
         ----------
         items
             ``(key, buffer)`` pairs; each page goes to the start of its buffer.
+        on_error
+            With it, a page whose read fails with an I/O error is dropped from the store
+            and counts as a miss, and ``on_error(item index, tier name, error)`` is
+            called for it; without it, the first such error is raised.
+        skip
+            Names of tiers not to read (failing ones): their pages count as misses.
 
         Returns
         -------
@@ -1033,7 +1058,7 @@ class PageStore:
         ValueError
             A buffer smaller than its page (before any read).
         OSError
-            An I/O error other than a checksum mismatch.
+            An I/O error other than a checksum mismatch, without ``on_error``.
         """
         keys, views, names = [], [], []
         for i, item in enumerate(items):
@@ -1046,13 +1071,16 @@ class PageStore:
             keys.append(_encode_key(key))
             views.append(_dest_view(buf, f"get_many_into item {i}"))
             names.append(key)
-        results = self._read(keys, views, names)
+        results = self._read(keys, views, names, skip, drop_failed=on_error is not None)
         for i, res in enumerate(results):
             if isinstance(res, PageCorruptedError):
                 results[i] = None
             elif isinstance(res, BaseException):
                 res.index = i
-                raise res
+                if on_error is None or not isinstance(res, OSError):
+                    raise res
+                results[i] = None
+                on_error(i, res.tier, res)
         return results
 
     def locate(self, keys: Iterable[bytes | str]) -> list[PageLocation | None]:

@@ -19,7 +19,7 @@ from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 from shoal._config import load_config
 from shoal.client import Client
-from shoal.control._worker import process_alive, running_pid
+from shoal.control._daemon import process_alive, running_pid
 
 PAGE = 64 << 10
 #: Small pages, chunks and regions keep the tests fast and make files span many pages.

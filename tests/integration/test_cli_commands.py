@@ -20,7 +20,7 @@ import yaml
 from s3server import ACCESS_KEY_ENV, FAKE_ACCESS_KEY, FAKE_SECRET_KEY, SECRET_KEY_ENV
 
 from shoal.cli._worker import stop_worker
-from shoal.control._worker import process_alive, running_pid
+from shoal.control._daemon import process_alive, running_pid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PAGE = 64 << 10

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal import Client
-from shoal.client import _client
+from shoal.client import _shortcircuit
 
 PAGE = 64 << 10  # the page size of the tests' configuration (conftest.SMALL_CONFIG)
 
@@ -61,7 +61,7 @@ def test_warm_reads_need_no_round_trip(client, local_files):
 
 
 def test_reads_are_reported_to_the_worker_now_and_then(client, local_files, monkeypatch):
-    monkeypatch.setattr(_client, "_TOUCH_DELAY", 0.0)
+    monkeypatch.setattr(_shortcircuit, "_TOUCH_DELAY", 0.0)
     read_batch(client, "/d", local_files)
     other = Client(client.config)  # its report does not carry the first client's reads
     try:

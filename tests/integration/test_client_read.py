@@ -477,7 +477,7 @@ def test_region_descriptors_past_the_limit_are_closed(daemons, tmp_path, monkeyp
             for _ in range(3):
                 assert read_all(client, "/d/f", len(data)) == data
                 assert read_all(client, "/d/f", 100, 50 * 4096 - 50) == data[50 * 4096 - 50 :][:100]
-            conn = client._local.conn
+            conn = client._router.home()
             assert conn.region_fds() <= 8
             report = client.report()
             assert report["pages_sent"] == 0  # every page read short-circuit

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from shoal.control._worker import process_alive
+from shoal.control._daemon import process_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

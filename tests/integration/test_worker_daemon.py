@@ -17,7 +17,7 @@ import pytest
 
 from shoal import Client
 from shoal._config import load_config
-from shoal.control._worker import LOG_FILE, SOCKET_FILE, run_worker
+from shoal.control._daemon import LOG_FILE, SOCKET_FILE, run_worker
 
 PAGE = 64 << 10
 
@@ -56,7 +56,7 @@ def test_many_clients_starting_at_once_get_one_worker(shoal_home, daemons):
 
 def test_second_worker_on_the_same_home_exits(client, shoal_home):
     pid = client.worker_pid()
-    code = "from shoal.control._worker import _daemon_main; _daemon_main()"
+    code = "from shoal.control._daemon import _daemon_main; _daemon_main()"
     cfg = __import__("json").dumps(__import__("dataclasses").asdict(client.config))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 
 import pytest
 
 from shoal._config import load_config
-from shoal.control._worker import ConnectionState, Worker
+from shoal.control._server import ConnectionState
+from shoal.control._worker import Worker
 from shoal.control.proto import DATA, GENERATIONS, LOCATE, MAX_FDS
 from shoal.control.ufs import ObjectChangedError
 
@@ -103,8 +105,10 @@ def test_pages_spill_to_the_next_tier_when_the_first_is_full(tmp_path):
         capacity=16 * PAGE,
         mem_capacity=4 * PAGE,
     )
-    w = Worker(config)
-    try:
+    with contextlib.ExitStack() as cleanup:  # the MEM tier goes even if the worker fails
+        cleanup.callback(shutil.rmtree, config.mem_dir, ignore_errors=True)
+        w = Worker(config)
+        cleanup.callback(w.close)
         assert [t.name for t in config.tiers()] == ["MEM", "SSD"]
         # Pinned pages fill the MEM tier's only region: it can take no more.
         for i in range(4):
@@ -119,6 +123,3 @@ def test_pages_spill_to_the_next_tier_when_the_first_is_full(tmp_path):
         assert [loc[0] for loc in reply.header["locs"]] == ["SSD"] * 3
         assert w.report()["tiers"]["SSD"]["pages"] == 3
         assert w.report()["store_full"] == 0
-    finally:
-        w.close()
-        shutil.rmtree(config.mem_dir, ignore_errors=True)

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from shoal import Client
 from shoal._config import Config
 from shoal.cli import build_parser, main
-from shoal.client._client import _rounds
+from shoal.client._router import _rounds
 from shoal.control._server import _tcp_listener
-from shoal.control._worker import _placement_filter, split_mount_options
+from shoal.control._files import split_mount_options
+from shoal.control._worker import placement_filter
 
 
 @pytest.mark.parametrize("value", [1, 3, "all"])
@@ -94,17 +95,17 @@ def test_placement_filter_splits_pages_and_honours_replicas():
         f = _File(b"f" * 16, replicas)
         held = {}
         for me in "abc":
-            mine = _placement_filter({"nodes": nodes}, me, 4096, 4 * 4096)
+            mine = placement_filter({"nodes": nodes}, me, 4096, 4 * 4096)
             for p in mine(f, pages):
                 held[p.index] = held.get(p.index, 0) + 1
         assert held == dict.fromkeys(range(64), copies)
         # whole chunks go together
-        mine = _placement_filter({"nodes": nodes}, "a", 4096, 4 * 4096)
+        mine = placement_filter({"nodes": nodes}, "a", 4096, 4 * 4096)
         per_chunk = {}
         for p in mine(f, pages):
             per_chunk[p.index // 4] = per_chunk.get(p.index // 4, 0) + 1
         assert set(per_chunk.values()) <= {4}
-    assert _placement_filter(None, None, 4096, 4096)(f, pages) is pages
+    assert placement_filter(None, None, 4096, 4096)(f, pages) is pages
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def test_placement_filter_splits_pages_and_honours_replicas():
 )
 def test_bad_placement(placement, match):
     with pytest.raises(ValueError, match=match):
-        _placement_filter(placement, "z", 4096, 4096)
+        placement_filter(placement, "z", 4096, 4096)
 
 
 @settings(max_examples=200, deadline=None)
@@ -144,12 +145,12 @@ def test_load_replicas_override_and_flag(tmp_path):
     for forced, copies in ((2, 2), ("all", 3)):
         held = {}
         for me in "abc":
-            mine = _placement_filter({"nodes": nodes, "replicas": forced}, me, 4096, 4096)
+            mine = placement_filter({"nodes": nodes, "replicas": forced}, me, 4096, 4096)
             for p in mine(f, pages):
                 held[p.index] = held.get(p.index, 0) + 1
         assert held == dict.fromkeys(range(32), copies)
     with pytest.raises(ValueError, match="malformed placement"):
-        _placement_filter({"nodes": nodes, "replicas": 0}, "a", 4096, 4096)
+        placement_filter({"nodes": nodes, "replicas": 0}, "a", 4096, 4096)
     assert build_parser().parse_args(["load", "/x", "--replicas", "all"]).replicas == "all"
     client = Client(Config(home=str(tmp_path), capacity="64MiB"), start_worker=False)
     try:

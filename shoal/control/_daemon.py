@@ -1,0 +1,376 @@
+"""The worker as a process: its pid lock and socket path under ``$SHOAL_HOME``,
+:func:`run_worker` (in the foreground, or as a daemon started through a short-lived
+launcher), :func:`wait_ready` and the helpers that tell whether a worker runs.
+
+Nothing here imports the worker's services at module level: a client that starts a worker
+loads only this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from .._config import Config, load_config
+from .._errors import ShoalError
+
+__all__ = [
+    "LOCK_FILE",
+    "LOG_FILE",
+    "PID_FILE",
+    "SOCKET_FILE",
+    "WorkerBusyError",
+    "log_tail",
+    "process_alive",
+    "run_worker",
+    "running_pid",
+    "socket_path",
+    "wait_ready",
+]
+
+log = logging.getLogger("shoal.worker")
+
+SOCKET_FILE = "worker.sock"
+PID_FILE = "worker.pid"  # locked by the running worker for its lifetime; holds its pid
+LOCK_FILE = "worker.lock"  # taken by whoever starts a worker, so that only one does
+LOG_FILE = "worker.log"
+_SUN_PATH_MAX = 107  # bytes of a Unix socket path, without the NUL
+
+
+class WorkerBusyError(ShoalError, OSError):
+    """Another worker already serves this ``$SHOAL_HOME`` (EBUSY)."""
+
+
+def socket_path(home: str) -> str:
+    """The worker's Unix socket under ``home``; ``ValueError`` when too long for one."""
+    path = os.path.join(home, SOCKET_FILE)
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        raise ValueError(
+            f"socket path {path} is longer than {_SUN_PATH_MAX} bytes, the limit of a Unix "
+            "socket; set SHOAL_HOME to a shorter directory"
+        )
+    return path
+
+
+def _lock_pid_file(home: str) -> int:
+    fd = os.open(os.path.join(home, PID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # running_pid() holds a shared lock for a moment: only a lock held for a while is a worker.
+    for attempt in range(20):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt == 19:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise WorkerBusyError(
+                    errno.EBUSY, f"another worker (pid {other}) already serves {home}"
+                ) from None
+            time.sleep(0.01)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def running_pid(home: str) -> int | None:
+    """The pid of the worker serving ``home``, or None when no worker holds its lock."""
+    path = os.path.join(home, PID_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _serve(config: Config, stop: threading.Event) -> None:
+    from .. import engine
+    from ._membership import load_worker_id
+    from ._server import Server
+    from ._worker import Worker
+
+    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    sock_path = socket_path(config.home)
+    lock_fd = _lock_pid_file(config.home)
+    try:
+        worker = Worker(config, meta_store=_cluster_meta_store(config))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_path)  # left by a worker that died: we hold the lock now
+            worker.worker_id = load_worker_id(config.home)  # in hello from the first client
+            server = Server(
+                worker.handlers(),
+                sock_path,
+                on_stop=stop.set,
+                listen=config.listen,
+                on_request=worker.count_request,
+            )
+            server.start(
+                before_accepting=lambda: log.info(
+                    "worker %d serving %s (engine %s, tiers %s)",
+                    os.getpid(),
+                    sock_path,
+                    engine.backend(),
+                    ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
+                )
+            )
+            try:
+                registration = _join_cluster(config, worker, server.address, sock_path)
+            except BaseException:
+                server.stop()
+                raise
+            if server.address is not None:
+                log.info("worker %s listening on %s", worker.worker_id, server.address)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                log.info("worker %d stopping", os.getpid())
+                if registration is not None:
+                    registration.close()  # leave placement before refusing requests
+                server.stop()
+        finally:
+            worker.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock_path)
+    finally:
+        os.close(lock_fd)
+    log.info("worker %d stopped", os.getpid())
+
+
+def _cluster_meta_store(config: Config):
+    """The cluster's shared MetaStore (in etcd), or None for the node's own."""
+    if config.etcd is None:
+        return None
+    from ._etcd import EtcdMetaStore
+
+    return EtcdMetaStore(config.etcd)
+
+
+def _advertised(address: str | None) -> str | None:
+    """The address other hosts reach a TCP endpoint at (a wildcard bind names this host)."""
+    if address is None:
+        return None
+    host, _, port = address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
+
+
+def _join_cluster(config: Config, worker, address: str | None, sock_path: str):
+    """Give the worker its stable id and, with etcd, register it (the registration is
+    returned, to be closed before the server stops); a static membership file is checked
+    to list it."""
+    from ._membership import WorkerRegistration, load_static_members
+
+    worker.in_cluster = config.etcd is not None or config.membership_file is not None
+    if config.membership_file is not None:
+        members = load_static_members(config.membership_file)
+        mine = [m for m in members if m.address == address or m.address == config.listen]
+        if not mine:
+            mine = [m for m in members if m.host_id == config.host_id]
+        if len(mine) != 1:
+            raise ValueError(
+                f"membership file {config.membership_file}: no single worker with address "
+                f"{config.listen} or host id {config.host_id!r}"
+            )
+        worker.worker_id = mine[0].id
+        return None
+    if config.etcd is None:
+        return None
+    if address is None:
+        raise ValueError("a worker in an etcd cluster needs listen (HOST:PORT) set")
+    from ._membership import local_worker_info
+
+    info = local_worker_info(config, address=_advertised(address), socket_path=sock_path)
+    registration = WorkerRegistration(config.etcd, info, used_bytes=worker.used_bytes)
+
+    def health() -> dict:
+        return {
+            "worker_id": registration.info.id,
+            "etcd": registration.endpoint,
+            "state": registration.info.state.value,
+            "registered": registration.healthy,
+            "last_error": registration.last_error,
+        }
+
+    worker.cluster_health = health
+    log.info("worker %s registered in etcd at %s", info.id, registration.endpoint)
+    return registration
+
+
+def run_worker(config: Config | None = None, foreground: bool = True, timeout: float = 60.0):
+    """Run the worker of ``config.home`` (the loaded configuration by default).
+
+    Parameters
+    ----------
+    config
+        Settings; :func:`~shoal._config.load_config` when None.
+    foreground
+        True: serve in this process until SIGTERM or SIGINT (or a ``stop`` request), then
+        shut down cleanly (stop accepting, abort requests in flight, close the page store
+        and the mount table, remove the socket) and return None. False: start a detached
+        daemon (a session of its own, output appended to ``$SHOAL_HOME/worker.log``), wait
+        until it accepts connections and return its pid.
+    timeout
+        Seconds to wait for a daemon to accept connections.
+
+    Raises
+    ------
+    WorkerBusyError
+        Another worker already serves this home (foreground).
+    ConnectionError
+        The daemon exited or did not answer in time; the message points at the log.
+    """
+    config = config if config is not None else load_config()
+    if not foreground:
+        return _start_daemon(config, timeout)
+    stop = threading.Event()
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            old[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        _serve(config, stop)
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+    return None
+
+
+# The daemon: a short-lived launcher starts it in a session of its own and exits, so the
+# daemon is nobody's child (no zombie in the process that asked for it).
+_LAUNCHER = """
+import os, subprocess, sys
+home, log, code, cfg = sys.argv[1:5]
+with open(log, "ab") as out:
+    p = subprocess.Popen([sys.executable, "-c", code, cfg], stdin=subprocess.DEVNULL,
+                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                         close_fds=True, cwd="/")
+print(p.pid, flush=True)
+"""
+_DAEMON = "from shoal.control._daemon import _daemon_main; _daemon_main()"
+
+
+def _daemon_main() -> None:
+    """Entry point of the daemon process: the configuration comes as JSON in argv[1]."""
+    os.umask(0o077)  # whatever the worker creates is its own user's alone
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    config = Config(**json.loads(sys.argv[1]))
+    try:
+        run_worker(config, foreground=True)
+    except WorkerBusyError as exc:
+        log.error("%s", exc.strerror)
+        sys.exit(1)
+    except BaseException:
+        log.exception("worker failed")
+        sys.exit(1)
+
+
+def _start_daemon(config: Config, timeout: float) -> int:
+    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    socket_path(config.home)  # fail early on a home too long for a socket
+    log_path = os.path.join(config.home, LOG_FILE)
+    env = dict(os.environ)
+    # The daemon must import this same shoal, installed or not.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    cfg = json.dumps(dataclasses.asdict(config))
+    out = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, config.home, log_path, _DAEMON, cfg],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if out.returncode != 0 or not out.stdout.strip().isdigit():
+        raise ConnectionError(
+            errno.ECHILD,
+            f"could not launch the worker daemon: {out.stderr.decode(errors='replace')[-2000:]}",
+        )
+    pid = int(out.stdout)
+    wait_ready(config.home, pid, timeout)
+    return pid
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
+
+
+def log_tail(home: str, lines: int = 20) -> str:
+    """The last lines of the worker's log, for error messages."""
+    try:
+        with open(os.path.join(home, LOG_FILE), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(home: str, pid: int | None, timeout: float) -> None:
+    """Wait until the worker of ``home`` accepts connections.
+
+    Raises ``ConnectionError`` naming the log when process ``pid`` exits first or the
+    timeout passes.
+    """
+    path = socket_path(home)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+        logfile = os.path.join(home, LOG_FILE)
+        if pid is not None and not process_alive(pid):
+            raise ConnectionError(
+                errno.ECONNREFUSED,
+                f"the Shoal worker (pid {pid}) exited during start-up; see {logfile}:\n"
+                + log_tail(home),
+            )
+        if time.monotonic() > deadline:
+            raise ConnectionError(
+                errno.ETIMEDOUT,
+                f"the Shoal worker did not answer on {path} within {timeout:.0f} s; see {logfile}",
+            )
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)

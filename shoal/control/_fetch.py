@@ -1,0 +1,532 @@
+"""Getting pages into the worker's page store: single-flight fetches from the under-stores
+(a small file in one request), read-back, sequential read-ahead, and the health of each
+cache tier, so that a failing disk never fails a read whose bytes exist elsewhere."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import TierFullError
+from ..engine import PageStore
+from ._files import File
+from ._metrics import Counters
+from ._pages import page_count, page_key, page_length
+from .ufs import ObjectChangedError
+
+__all__ = ["Fetcher", "Page", "TierHealth", "TierState"]
+
+log = logging.getLogger("shoal.worker")
+
+_PROBE_KEY = b"\0shoal-tier-probe"
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a file: its store key, index and length."""
+
+    key: bytes
+    file: File
+    index: int
+    length: int
+
+
+class TierState(str, enum.Enum):
+    """Health of a cache tier."""
+
+    NORMAL = "normal"  # no I/O error lately
+    UNSTABLE = "unstable"  # errors lately, still used
+    DOWN = "down"  # too many errors: takes no pages, its pages read elsewhere, probed
+
+
+class TierHealth:
+    """I/O errors counted per tier, each tier moving normal -> unstable -> down.
+
+    A tier with an I/O error in the last ``window`` seconds is unstable; with
+    ``down_after`` of them it is down: it takes no new pages and its pages count as
+    missing (read from the under-store and cached elsewhere). A down tier is probed (a
+    page written, read back and deleted) at most every ``probe_interval`` seconds; a probe
+    that works makes it normal again. An unstable tier with no error for ``window``
+    seconds is normal again.
+
+    Parameters
+    ----------
+    tiers
+        Tier names.
+    down_after, window, probe_interval
+        As above.
+    clock
+        Monotonic seconds (for tests).
+
+    Notes
+    -----
+    Thread-safe; :meth:`usable` is cheap (a dict lookup while every tier is normal).
+    """
+
+    def __init__(
+        self,
+        tiers: Iterable[str],
+        *,
+        down_after: int = 3,
+        window: float = 60.0,
+        probe_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if isinstance(down_after, bool) or not isinstance(down_after, int) or down_after < 1:
+            raise ValueError(f"down_after must be an int >= 1, got {down_after!r}")
+        for name, value in (("window", window), ("probe_interval", probe_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        self.down_after = down_after
+        self.window = float(window)
+        self.probe_interval = float(probe_interval)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._errors: dict[str, deque[float]] = {t: deque() for t in tiers}
+        self._total: dict[str, int] = dict.fromkeys(self._errors, 0)
+        self._state: dict[str, TierState] = dict.fromkeys(self._errors, TierState.NORMAL)
+        self._next_probe: dict[str, float] = {}
+        self._last_error: dict[str, str] = {}
+
+    def state(self, tier: str) -> TierState:
+        """The tier's state now."""
+        state = self._state[tier]
+        if state is TierState.UNSTABLE:
+            with self._lock:
+                self._expire(tier, self._clock())
+                state = self._state[tier]
+        return state
+
+    def _expire(self, tier: str, now: float) -> None:
+        errors = self._errors[tier]
+        while errors and errors[0] <= now - self.window:
+            errors.popleft()
+        if not errors and self._state[tier] is TierState.UNSTABLE:
+            self._state[tier] = TierState.NORMAL
+
+    def usable(self, tier: str) -> bool:
+        """False while the tier is down: it takes no pages and its pages are not read."""
+        return self._state[tier] is not TierState.DOWN
+
+    def failed(self, tier: str, exc: BaseException) -> None:
+        """Count an I/O error of ``tier``."""
+        now = self._clock()
+        with self._lock:
+            self._expire(tier, now)
+            self._errors[tier].append(now)
+            self._total[tier] += 1
+            self._last_error[tier] = f"{type(exc).__name__}: {exc}"
+            before = self._state[tier]
+            if before is TierState.DOWN:
+                return
+            if len(self._errors[tier]) >= self.down_after:
+                self._state[tier] = TierState.DOWN
+                self._next_probe[tier] = now + self.probe_interval
+            else:
+                self._state[tier] = TierState.UNSTABLE
+            after = self._state[tier]
+        if after is not before:
+            log.warning("cache tier %s is %s: %s", tier, after.value, self._last_error[tier])
+
+    def probe_due(self, tier: str) -> bool:
+        """True, for one caller at a time, when a down tier should be probed now."""
+        if self._state[tier] is not TierState.DOWN:
+            return False
+        now = self._clock()
+        with self._lock:
+            if now < self._next_probe.get(tier, 0.0):
+                return False
+            self._next_probe[tier] = now + self.probe_interval
+            return True
+
+    def probed(self, tier: str, exc: BaseException | None) -> None:
+        """The outcome of a probe: None when it worked (the tier is normal again)."""
+        if exc is not None:
+            with self._lock:
+                self._last_error[tier] = f"{type(exc).__name__}: {exc}"
+            return
+        with self._lock:
+            self._errors[tier].clear()
+            was = self._state[tier]
+            self._state[tier] = TierState.NORMAL
+        if was is not TierState.NORMAL:
+            log.warning("cache tier %s works again", tier)
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """Per tier: ``state``, ``io_errors`` (since start), ``last_error``."""
+        out = {}
+        for tier in self._errors:
+            state = self.state(tier)
+            out[tier] = {
+                "state": state.value,
+                "io_errors": self._total[tier],
+                "last_error": self._last_error.get(tier),
+            }
+        return out
+
+
+class Fetcher:
+    """Brings pages into the page store and hands out their locations or bytes.
+
+    Parameters
+    ----------
+    store
+        The node's page store.
+    tiers
+        Tier names, fastest first: a new page goes to the first usable tier with room.
+    counters
+        Where pages hit, missed and fetched are counted.
+    page_size, chunk_size
+        The node's page and placement chunk sizes.
+    on_changed
+        Called with a Shoal path whose object changed under a fetch (its metadata should
+        be dropped).
+    fetch_threads
+        Concurrent reads from under-stores for misses and loads.
+    read_ahead_threads
+        Concurrent reads for read-ahead, apart so that prefetching never delays a miss.
+    whole_file_bytes
+        A file of at most this size whose pages are all missing is fetched with one
+        request; larger files with one request per page, several at once.
+    """
+
+    def __init__(
+        self,
+        store: PageStore,
+        tiers: list[str],
+        counters: Counters,
+        *,
+        page_size: int,
+        chunk_size: int,
+        on_changed: Callable[[str], None],
+        fetch_threads: int = 16,
+        read_ahead_threads: int = 4,
+        whole_file_bytes: int = 16 << 20,
+    ):
+        self._store = store
+        self._tiers = list(tiers)
+        self._counters = counters
+        self.page_size = page_size
+        self.chunk_size = chunk_size
+        self.whole_file_bytes = whole_file_bytes
+        self._on_changed = on_changed
+        self.health = TierHealth(self._tiers)
+        self.in_cluster = False  # pages are placed on several workers
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, Future] = {}
+        self._pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
+        self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
+        self._buffers = threading.local()
+
+    def pages_of(self, f: File) -> list[Page]:
+        """Every page of the file ``f``."""
+        return [
+            Page(page_key(f.fid, i), f, i, page_length(i, f.info.size, self.page_size))
+            for i in range(page_count(f.info.size, self.page_size))
+        ]
+
+    def _scratch(self, nbytes: int) -> memoryview:
+        """A buffer of ``nbytes`` for one fetch: the thread's own, reused, when at most two
+        pages (fresh memory costs more to touch than to fill), else a new one."""
+        if nbytes > 2 * self.page_size:
+            return memoryview(bytearray(nbytes))
+        buf = getattr(self._buffers, "buf", None)
+        if buf is None:
+            buf = self._buffers.buf = bytearray(2 * self.page_size)
+        return memoryview(buf)[:nbytes]
+
+    def _fetch_run(self, run: list[tuple[Page, Future]]) -> None:
+        """Fetch consecutive pages of one file with one read from its under-store and
+        cache them. A page's future resolves to None once the store holds it, or to its
+        bytes when no tier could keep it."""
+        f = run[0][0].file
+        pending = {p.key for p, _ in run}
+        try:
+            # Another fetch may have stored the pages between our caller's lookup and our
+            # start (it leaves the in-flight table once stored).
+            if all(self._store.contains(p.key) for p, _ in run):
+                for _, fut in run:
+                    fut.set_result(None)
+                return
+            total = sum(p.length for p, _ in run)
+            buf = self._scratch(total)
+            offset = run[0][0].index * self.page_size
+            # A whole file is asked for without a range (the size comes with the version).
+            n = f.store.read_into(f.rel, offset, buf, version=f.info.version, size=f.info.size)
+            self._counters.add(ufs_reads=1, ufs_pages=len(run), ufs_bytes=n)
+            if n != total:
+                raise ObjectChangedError(
+                    f"read: {f.path} ended at {offset + n} bytes, its metadata says "
+                    f"{f.info.size}: it changed; read it again",
+                    f.path,
+                )
+            views, at = [], 0
+            for p, _ in run:
+                views.append(buf[at : at + p.length])
+                at += p.length
+            kept = self.cache([(p.key, v) for (p, _), v in zip(run, views, strict=True)], f.path)
+            for (p, fut), v in zip(run, views, strict=True):
+                fut.set_result(None if p.key in kept else bytearray(v))
+                pending.discard(p.key)
+        except BaseException as exc:
+            if isinstance(exc, ObjectChangedError):
+                self._on_changed(f.path)
+            for p, fut in run:
+                if p.key in pending:
+                    fut.set_exception(exc)
+        finally:
+            with self._lock:
+                for p, fut in run:
+                    if self._inflight.get(p.key) is fut:
+                        del self._inflight[p.key]
+
+    def cache(self, items: list[tuple[bytes, memoryview]], path: str) -> set[bytes]:
+        """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
+        that takes them, fastest first; the keys of the pages stored. A tier that fails
+        with an I/O error is counted as failing and the next one tried; pages no tier
+        takes are left out (their caller serves them from memory)."""
+        error: BaseException | None = None
+        for tier in self._tiers:
+            if not self.health.usable(tier):
+                if not self.health.probe_due(tier):
+                    continue
+                self._probe(tier)
+                if not self.health.usable(tier):
+                    continue
+            try:
+                self._store.put_many(items, tier=tier)
+                return {key for key, _ in items}
+            except TierFullError as exc:
+                error = exc
+            except OSError as exc:
+                self.health.failed(tier, exc)
+                error = exc
+        if len(items) > 1 and isinstance(error, TierFullError):
+            # No tier takes them all at once: one page at a time.
+            return set().union(*(self.cache([item], path) for item in items))
+        self._counters.add(store_full=1)
+        log.warning("page of %s not cached: %s", path, error or "no usable tier")
+        return set()
+
+    def _probe(self, tier: str) -> None:
+        """Write a page into a down tier, read it back and delete it."""
+        data = os.urandom(4096)
+        back = bytearray(len(data))
+        try:
+            self._store.put_many([(_PROBE_KEY, data)], tier=tier)
+            try:
+                got = self._store.get_many_into([(_PROBE_KEY, back)])[0]
+            finally:
+                self._store.delete(_PROBE_KEY)
+            if got != len(data) or back != data:
+                raise OSError(errno.EIO, f"tier {tier}: a probe page read back wrong")
+        except OSError as exc:
+            self.health.probed(tier, exc)
+            return
+        self.health.probed(tier, None)
+
+    def read_pages(self, pages: list[Page], bufs: list[bytearray]) -> list[int | None]:
+        """Read cached pages into ``bufs``: per page its length, or None for a miss (also
+        for a page in a down tier, or whose read failed: its tier is counted as failing)."""
+
+        def failed(_index: int, tier: str, exc: OSError) -> None:
+            self.health.failed(tier, exc)
+
+        return self._store.get_many_into(
+            [(p.key, b) for p, b in zip(pages, bufs, strict=True)],
+            on_error=failed,
+            skip=self._down_tiers(),
+        )
+
+    def _down_tiers(self) -> frozenset[str]:
+        return frozenset(t for t in self._tiers if not self.health.usable(t))
+
+    def _read_back(self, pages: list[Page]) -> dict[bytes, bytearray]:
+        """The bytes of pages just fetched: from the store, or straight from the under-store
+        for any evicted (or unreadable) meanwhile."""
+        bufs = [bytearray(p.length) for p in pages]
+        found = self.read_pages(pages, bufs)
+        out = {}
+        for p, b, n in zip(pages, bufs, found, strict=True):
+            if n is None:
+                f = p.file
+                n = f.store.read_into(
+                    f.rel, p.index * self.page_size, b, version=f.info.version, size=f.info.size
+                )
+                self._counters.add(ufs_reads=1, ufs_pages=1, ufs_bytes=n)
+                if n != p.length:
+                    raise ObjectChangedError(
+                        f"read: {f.path} is shorter than its metadata says: it changed; "
+                        "read it again",
+                        f.path,
+                    )
+            out[p.key] = b
+        return out
+
+    def start(self, pages: Iterable[Page], *, ahead: bool = False) -> dict[bytes, Future]:
+        """Futures of the pages' fetches: one fetch per page however many ask
+        (single-flight); each resolves to None once the page is stored, or to its bytes
+        when no tier kept it.
+
+        The pages of a file of at most ``whole_file_bytes`` that are all fetched at once
+        are read with one request; other pages with one each, so that a large file is
+        read with many requests at once. ``ahead``: on the read-ahead threads."""
+        futures: dict[bytes, Future] = {}
+        start: dict[bytes, list[tuple[Page, Future]]] = {}
+        with self._lock:
+            for p in pages:
+                fut = self._inflight.get(p.key)
+                if fut is None:
+                    fut = self._inflight[p.key] = Future()
+                    start.setdefault(p.file.fid, []).append((p, fut))
+                futures[p.key] = fut
+        runs = []
+        for group in start.values():
+            f = group[0][0].file
+            whole = (
+                len(group) > 1
+                and f.info.size <= self.whole_file_bytes
+                and len(group) == page_count(f.info.size, self.page_size)
+            )
+            if whole:
+                group.sort(key=lambda item: item[0].index)
+                runs.append(group)
+            else:
+                runs.extend([item] for item in group)
+        pool = self._ahead_pool if ahead else self._pool
+        for run in runs:
+            try:
+                pool.submit(self._fetch_run, run)
+            except RuntimeError:  # the pool is shut down: the worker is stopping
+                with self._lock:
+                    for p, _ in run:
+                        self._inflight.pop(p.key, None)
+                for _, fut in run:
+                    fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
+        return futures
+
+    @staticmethod
+    def results(futures: Mapping[bytes, Future]) -> dict[bytes, Any]:
+        """Every future's result; the first error raised once all are done."""
+        out, error = {}, None
+        for key, fut in futures.items():
+            try:
+                out[key] = fut.result()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return out
+
+    def contains(self, page: Page) -> bool:
+        """True if the page is cached in a usable tier."""
+        if not self._store.contains(page.key):
+            return False
+        if all(self.health.usable(t) for t in self._tiers):
+            return True
+        loc = self._store.locate([page.key])[0]
+        return loc is not None and self.health.usable(loc.tier)
+
+    def obtain(self, pages: list[Page], need_bytes: bool) -> dict[bytes, Any]:
+        """Every page's location in the store, or its bytes (``need_bytes``, or when the
+        store could not keep it); misses are fetched from the under-store first. Pages in
+        a down tier, or whose read fails, count as misses."""
+        out: dict[bytes, Any] = {}
+        missing = []
+        if need_bytes:
+            bufs = [bytearray(p.length) for p in pages]
+            for p, b, n in zip(pages, bufs, self.read_pages(pages, bufs), strict=True):
+                if n is None:
+                    missing.append(p)
+                else:
+                    out[p.key] = b
+        else:
+            down = self._down_tiers()
+            for p, loc in zip(pages, self._store.locate([p.key for p in pages]), strict=True):
+                if loc is None or (down and loc.tier in down):
+                    missing.append(p)
+                else:
+                    out[p.key] = loc
+        self._counters.add(page_hits=len(pages) - len(missing), page_misses=len(missing))
+        if not missing:
+            return out
+        futures = self.start(missing)
+        back = []  # pages fetched into the store whose bytes are wanted
+        if need_bytes:
+            for key, value in self.results(futures).items():
+                if value is None:
+                    back.append(key)
+                else:
+                    out[key] = value
+        else:
+            # Located as each fetch completes.
+            keys = {fut: key for key, fut in futures.items()}
+            error = None
+            for fut in as_completed(keys):
+                key = keys[fut]
+                try:
+                    value = fut.result()
+                except Exception as exc:
+                    error = error or exc
+                    continue
+                loc = self._store.locate([key])[0] if value is None else None
+                if loc is not None and self.health.usable(loc.tier):
+                    out[key] = loc
+                elif value is not None:
+                    out[key] = value  # the store could not keep it
+                else:
+                    back.append(key)  # evicted already, or in a tier gone down
+            if error is not None:
+                raise error
+        if back:
+            by_key = {p.key: p for p in missing}
+            out.update(self._read_back([by_key[k] for k in back]))
+        return out
+
+    def read_ahead(self, last_page: OrderedDict, f: File, first: int, last: int) -> None:
+        """After a read of pages ``first`` to ``last`` of ``f`` by a reader whose last pages
+        are in ``last_page`` (file id -> page index): fetch the next pages when it reads
+        sequentially."""
+        ahead = f.own["read_ahead"]
+        if not ahead or (last + 1) * self.page_size >= f.info.size:
+            return  # nothing to read ahead (a small file, or its end)
+        previous = last_page.pop(f.fid, None)
+        last_page[f.fid] = last
+        if len(last_page) > 1024:
+            last_page.popitem(last=False)
+        if first != 0 and previous not in (first - 1, first):
+            return  # not a sequential reader
+        count = page_count(f.info.size, self.page_size)
+        if self.in_cluster:  # the next chunk may be placed on another worker
+            per_chunk = self.chunk_size // self.page_size
+            count = min(count, (last // per_chunk + 1) * per_chunk)
+        wanted = [
+            Page(page_key(f.fid, i), f, i, page_length(i, f.info.size, self.page_size))
+            for i in range(last + 1, min(count, last + 1 + ahead))
+        ]
+        with self._lock:
+            wanted = [p for p in wanted if p.key not in self._inflight]
+        wanted = [p for p in wanted if not self.contains(p)]
+        if wanted:
+            self._counters.add(pages_prefetched=len(wanted))
+            self.start(wanted, ahead=True)
+
+    def close(self) -> None:
+        """Stop fetching: queued fetches are cancelled, their futures failed."""
+        self._ahead_pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            # Fetches cancelled before they ran leave their futures unresolved.
+            for fut in self._inflight.values():
+                if not fut.done():
+                    fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
+            self._inflight.clear()

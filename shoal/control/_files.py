@@ -1,0 +1,384 @@
+"""The worker's view of files: Shoal paths resolved through the mount table to objects of
+the under-stores, their metadata cached per mount, directory listings, and the stores
+themselves (one per mount, opened once)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from ._metadata import MetadataCache
+from ._metrics import Counters
+from ._namespace import Mount, MountTable, normalize_path
+from ._pages import file_id
+from .proto import encode_error
+from .ufs import ObjectInfo, UnderStore, open_store
+
+__all__ = [
+    "DEFAULT_METADATA_TTL",
+    "DEFAULT_READ_AHEAD",
+    "File",
+    "FileResolver",
+    "split_mount_options",
+]
+
+log = logging.getLogger("shoal.worker")
+
+DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
+DEFAULT_METADATA_TTL = 60.0
+_MAX_FILES = 1 << 20  # files remembered for fast lookup
+_PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
+
+# Mount options that Shoal itself reads; every other option goes to the under-store.
+_MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas")
+
+
+def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a mount's options into Shoal's own (checked, with defaults) and the store's.
+
+    Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
+    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4)
+    and ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
+    default 1).
+    """
+    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD, "replicas": 1}
+    store = {}
+    for key, value in options.items():
+        if key not in _MOUNT_OPTIONS:
+            store[key] = value
+            continue
+        if key == "metadata_ttl":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
+            if not 0 <= value < math.inf:
+                raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
+        elif key == "replicas":
+            if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
+            if value != "all" and value < 1:
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"read_ahead must be an int >= 0 (pages), got {value!r}")
+        own[key] = value
+    return own, store
+
+
+@dataclass(frozen=True)
+class File:
+    """One version of a file (or a directory), as the worker serves it."""
+
+    path: str
+    mount: Mount
+    rel: str
+    info: ObjectInfo
+    fid: bytes
+    store: UnderStore | None
+    own: Mapping[str, Any]
+    epoch: int = 0  # of the mount table it was resolved in
+
+    def record(self) -> dict[str, Any]:
+        """The file record of the ``stat`` op."""
+        return {
+            "path": self.path,
+            "size": self.info.size,
+            "version": self.info.version,
+            "mtime": self.info.mtime,
+            "is_dir": self.info.is_dir,
+            "fid": self.fid,
+            "mount": self.mount.path,
+            "uri": self.mount.uri,
+            "options": split_mount_options(self.mount.options)[1],
+            "rel": self.rel,
+            "metadata_ttl": self.own["metadata_ttl"],
+            "replicas": self.own["replicas"],
+        }
+
+
+def entry(path: str, info: ObjectInfo) -> dict:
+    """An entry of the ``ls`` op."""
+    return {
+        "path": path,
+        "size": info.size,
+        "version": info.version,
+        "mtime": info.mtime,
+        "is_dir": info.is_dir,
+    }
+
+
+class FileResolver:
+    """Resolves Shoal paths to :class:`File` records, through the mount table and a
+    metadata cache kept per mount for its ``metadata_ttl``.
+
+    Parameters
+    ----------
+    mounts
+        The mount table.
+    shared
+        The table is shared with other workers (etcd): an unknown path makes it read again.
+    counters
+        Where requests to under-stores are counted.
+    stat_threads
+        Stores asked about several paths at once.
+
+    Notes
+    -----
+    Thread-safe. Call :meth:`close` once at the end: it closes every store.
+    """
+
+    def __init__(
+        self, mounts: MountTable, *, shared: bool, counters: Counters, stat_threads: int = 16
+    ):
+        self._mounts = mounts
+        self._shared = shared
+        self._counters = counters
+        self.metadata = MetadataCache()
+        self._lock = threading.Lock()
+        self._stores: dict[str, UnderStore] = {}
+        self._files: dict[str, File] = {}  # path as asked -> file, while current
+        self._epoch = 0
+        self._pool = ThreadPoolExecutor(stat_threads, "shoal-stat")
+
+    # ----------------------------------------------------------------- mounts
+
+    def mount(self, path: str, uri: str, options: Mapping[str, Any]) -> Mount:
+        """Mount ``uri`` at ``path`` after opening the store and listing one object, so a
+        bad URI, option, endpoint or credential fails here with a clear error."""
+        path = normalize_path(path)
+        _, store_options = split_mount_options(options)
+        try:
+            store = open_store(uri, **store_options)
+        except ImportError as exc:
+            raise ValueError(f"mount {path}: {exc}") from exc
+        try:
+            next(iter(store.list("", page_size=1)), None)
+            mount = self._mounts.mount(path, uri, **options)
+        except BaseException:
+            store.close()
+            raise
+        with self._lock:
+            old = self._stores.pop(mount.path, None)
+            self._stores[mount.path] = store
+            self._epoch += 1
+        if old is not None:
+            old.close()
+        self.metadata.refresh(mount.path)
+        log.info("mounted %s at %s", uri, mount.path)
+        return mount
+
+    def unmount(self, path: str) -> Mount:
+        """Remove the mount at exactly ``path`` and close its store."""
+        mount = self._mounts.unmount(path)
+        with self._lock:
+            store = self._stores.pop(mount.path, None)
+            self._epoch += 1
+        if store is not None:
+            store.close()
+        self.metadata.refresh(mount.path)
+        log.info("unmounted %s", mount.path)
+        return mount
+
+    def mounts(self) -> list[Mount]:
+        """Every mount, sorted by path (a shared table read again first)."""
+        if self._shared:
+            self._reload_mounts()
+        return self._mounts.mounts()
+
+    def mount_count(self) -> int:
+        """Mounts in the table as last read."""
+        return len(self._mounts.mounts())
+
+    def _reload_mounts(self) -> None:
+        """Read a shared mount table again (kept as it was while its store is down)."""
+        try:
+            self._mounts.reload()
+        except OSError as exc:
+            log.warning("mount table not reloaded: %s", exc)
+            return
+        with self._lock:
+            self._epoch += 1
+
+    def store_of(self, mount: Mount) -> UnderStore:
+        """The open store of ``mount`` (opened on first use)."""
+        with self._lock:
+            store = self._stores.get(mount.path)
+        if store is not None:
+            return store
+        _, store_options = split_mount_options(mount.options)
+        store = open_store(mount.uri, **store_options)
+        with self._lock:
+            current = self._stores.setdefault(mount.path, store)
+        if current is not store:
+            store.close()
+        return current
+
+    # ----------------------------------------------------------------- files
+
+    def file(self, path: str) -> File:
+        """The file (or directory) at ``path``, from the metadata cache or the store."""
+        f = self._files.get(path)
+        # Still current while the metadata cache holds the same stat and no mount changed.
+        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+            return f
+        raw = path
+        path = normalize_path(path)
+        epoch = self._epoch
+        try:
+            mount, rel = self._mounts.resolve(path)
+        except FileNotFoundError:
+            if not self._shared:
+                raise
+            self._reload_mounts()
+            epoch = self._epoch
+            mount, rel = self._mounts.resolve(path)
+        own, _ = split_mount_options(mount.options)
+        if not rel:
+            info = ObjectInfo("", 0, "", 0.0, is_dir=True)
+            return File(path, mount, rel, info, b"", None, own, epoch)
+        store = self.store_of(mount)
+        info = self.metadata.stat(path, own["metadata_ttl"], lambda: self._stat_one(store, rel))
+        fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
+        f = File(path, mount, rel, info, fid, store, own, epoch)
+        if len(self._files) >= _MAX_FILES:
+            self._files.clear()
+        self._files[raw] = f
+        return f
+
+    def _stat_one(self, store: UnderStore, rel: str) -> ObjectInfo:
+        self._counters.add(ufs_stats=1)
+        return store.stat(rel)
+
+    def stat(self, paths: list[str]) -> list[dict]:
+        """File records, or ``{"error": ...}`` per path that fails; the stores are asked
+        about several paths at once."""
+
+        def one(p: str) -> dict:
+            try:
+                return self.file(p).record()
+            except (OSError, ValueError, TypeError) as exc:
+                return {"error": encode_error(exc)}
+
+        if len(paths) == 1:
+            return [one(paths[0])]
+        self._prime(paths)
+        return list(self._pool.map(one, paths))
+
+    def _prime(self, paths: list[str]) -> None:
+        """Fill the metadata cache for many uncached files of one directory with a listing
+        (one request per thousand objects) rather than a stat each (the cold epoch of a
+        dataset of small files)."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        mounts: dict[str, Mount] = {}
+        for p in paths:
+            try:
+                path = normalize_path(p)
+                mount, rel = self._mounts.resolve(path)
+            except (ValueError, FileNotFoundError):
+                continue  # reported by the stat of that path
+            if rel and self.metadata.get_stat(path) is None:
+                groups.setdefault((mount.path, rel.rpartition("/")[0]), []).append(rel)
+                mounts[mount.path] = mount
+        for (where, parent), rels in groups.items():
+            ttl = split_mount_options(mounts[where].options)[0]["metadata_ttl"]
+            if len(rels) < _PRIME_MIN or ttl <= 0:
+                continue
+            rels.sort()
+            base = where.rstrip("/")
+            budget = 4 * len(rels) + 1000  # objects listed at most: others may sit between
+            try:
+                store = self.store_of(mounts[where])
+                self._counters.add(ufs_lists=1)
+                # Start just before the first wanted object, stop after the last.
+                listing = store.list(parent + "/" if parent else "", start_after=rels[0][:-1])
+                for info in listing:
+                    self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
+                    budget -= 1
+                    if info.path >= rels[-1] or budget <= 0:
+                        break
+            except (OSError, ValueError):
+                continue  # the stat of each path reports what is wrong
+
+    def listing(self, f: File) -> list[ObjectInfo]:
+        """Every object under the directory ``f`` (cached for the mount's TTL)."""
+        prefix = f.rel + "/" if f.rel else ""
+        cached = self.metadata.get_list(f.path)
+        if cached is not None:
+            return cached
+        store = self.store_of(f.mount)
+        self._counters.add(ufs_lists=1)
+        infos = list(store.list(prefix))
+        ttl = f.own["metadata_ttl"]
+        self.metadata.put_list(f.path, infos, ttl)
+        base = f.mount.path.rstrip("/")
+        for info in infos:
+            self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
+        return infos
+
+    def ls(self, path: str) -> list[dict]:
+        """Entries directly under ``path``: files, directories, and mount points."""
+        path = normalize_path(path)
+        entries: dict[str, dict] = {}
+        under = path.rstrip("/") + "/"
+        for m in self._mounts.mounts():
+            if m.path.startswith(under) and m.path != path:
+                name = m.path[len(under) :].split("/")[0]
+                entries[name] = entry(under + name, ObjectInfo(name, 0, "", 0.0, True))
+        try:
+            f = self.file(path)
+        except FileNotFoundError:
+            if entries or path == "/":
+                return [entries[n] for n in sorted(entries)]
+            raise
+        if not f.info.is_dir:
+            return [entry(path, f.info)]
+        prefix = f.rel + "/" if f.rel else ""
+        base = f.mount.path.rstrip("/")
+        for info in self.listing(f):
+            rest = info.path[len(prefix) :]
+            name, sep, _ = rest.partition("/")
+            if sep:
+                entries.setdefault(name, entry(under + name, ObjectInfo(name, 0, "", 0.0, True)))
+            else:
+                entries[name] = entry(f"{base}/{info.path}", info)
+        if not entries and f.rel:
+            # A directory on an object store exists only through its objects.
+            raise FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)
+        return [entries[n] for n in sorted(entries)]
+
+    def refresh(self, path: str) -> int:
+        """Forget the metadata of ``path`` and everything under it; entries dropped."""
+        return self.metadata.refresh(normalize_path(path))
+
+    def files_under(self, paths: Iterable[str]) -> list[File]:
+        """The files named by ``paths``, directories expanded to every file below them."""
+        out: dict[str, File] = {}
+        for p in paths:
+            f = self.file(p)
+            if not f.info.is_dir:
+                out[f.path] = f
+                continue
+            base = f.mount.path.rstrip("/")
+            store = self.store_of(f.mount)
+            for info in self.listing(f):
+                child = f"{base}/{info.path}"
+                fid = file_id(f.mount.child_uri(info.path), info.version)
+                out[child] = File(child, f.mount, info.path, info, fid, store, f.own, f.epoch)
+        return list(out.values())
+
+    # ----------------------------------------------------------------- lifetime
+
+    def close(self) -> None:
+        """Stop the stat threads and close every store."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            stores = list(self._stores.values())
+            self._stores.clear()
+        for store in stores:
+            with contextlib.suppress(Exception):
+                store.close()
