@@ -15,6 +15,11 @@ extensions = [
         **COMMON,
     ),
     Extension(
+        "shoal.engine._fs",
+        sources=["shoal/engine/_fs.pyx", "shoal/engine/src/beneath.c"],
+        **COMMON,
+    ),
+    Extension(
         "shoal.engine._uring",
         sources=[
             "shoal/engine/_uring.pyx",

@@ -7,10 +7,12 @@ import errno
 import os
 import stat as stat_mod
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ...engine import _fs
 from ._base import ObjectInfo, Source, UnderStore, read_chunk
 from ._errors import ObjectChangedError, os_errors
 from ._paths import normalize_key
@@ -19,6 +21,10 @@ __all__ = ["LocalStore"]
 
 _TMP_PREFIX = ".shoal-tmp-"
 _COPY_CHUNK = 1 << 20
+_DIR = os.O_RDONLY | os.O_DIRECTORY
+# O_NONBLOCK keeps an open of a FIFO from waiting for a writer; regular files ignore it.
+_READ = os.O_RDONLY | os.O_NONBLOCK
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _version(st: os.stat_result) -> str:
@@ -28,12 +34,20 @@ def _version(st: os.stat_result) -> str:
 class LocalStore(UnderStore):
     """Files under a directory: a local disk, or a NAS mounted on every node.
 
-    Nothing outside the root is ever read or written: besides the path checks of every
-    store, a path whose symbolic links lead outside the root raises ``PermissionError``.
-    Listing does not descend into symbolically linked directories (they could loop).
-    Writes are atomic: the content goes to a temporary file in the target's directory,
-    is flushed (``fsync``, unless disabled) and renamed over the target, so a reader
-    sees the old or the new object, never a mix.
+    Nothing outside the root is ever read or written. The root is opened once, when the
+    store is made (a symbolic link in the root's own path is followed then), and every
+    open, stat, listing, write and delete goes beneath that descriptor with no symbolic
+    link followed, the kernel resolving each component (``openat2`` with
+    ``RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS``, or one ``O_NOFOLLOW`` open per component:
+    see :func:`shoal.engine._fs.open_beneath`). A path with a symbolic link in any
+    component raises ``PermissionError``, whether the link points inside the root or out
+    of it: a link swapped in for a file between two calls can then never lead outside.
+    Listings skip symbolic links, to files and to directories alike, so they list only
+    what reads serve. Reads fill the buffer from the descriptor they opened and take the
+    version from that descriptor, so bytes and version are of the same file. Only regular
+    files are objects. Writes are atomic: the content goes to a temporary file in the
+    target's directory, is flushed (``fsync``, unless disabled) and renamed over the
+    target, so a reader sees the old or the new object, never a mix.
 
     Parameters
     ----------
@@ -55,14 +69,21 @@ class LocalStore(UnderStore):
             raise ValueError(f"LocalStore root must be an absolute path, got {root!r}")
         if not isinstance(fsync, bool):
             raise TypeError(f"fsync must be a bool, got {type(fsync).__name__}")
+        self._method = _fs.method()
         self._root = os.path.abspath(root)
         self._real = os.path.realpath(self._root)
-        if not os.path.isdir(self._real):
-            if os.path.exists(self._real):
-                raise NotADirectoryError(
-                    errno.ENOTDIR, "LocalStore root is not a directory", self._root
-                )
-            raise FileNotFoundError(errno.ENOENT, "LocalStore root does not exist", self._root)
+        try:
+            fd = os.open(self._root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise NotADirectoryError(
+                errno.ENOTDIR, "LocalStore root is not a directory", self._root
+            ) from None
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                errno.ENOENT, "LocalStore root does not exist", self._root
+            ) from None
+        self._root_fd = fd
+        self._release = weakref.finalize(self, os.close, fd)
         self._fsync = fsync
 
     @classmethod
@@ -102,25 +123,33 @@ class LocalStore(UnderStore):
             raise ValueError(f"path {path!r} lies outside the store root {self._root}")
         return normalize_key(path)
 
-    def _inside(self, real: str) -> bool:
-        return real == self._real or real.startswith(self._real.rstrip("/") + "/")
-
-    def _path(self, key: str, *, follow: bool = True) -> str:
-        """The file for ``key``, after checking that its symlinks stay under the root.
-
-        With ``follow`` false, the last component itself may be a link (to delete it).
-        """
-        full = os.path.join(self._real, key)
-        real = (
-            os.path.realpath(full)
-            if follow
-            else os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
+    def _open(self, key: str, flags: int, dir_fd: int | None = None) -> int:
+        """A descriptor of ``key`` beneath the root (or ``dir_fd``), no link followed."""
+        return _fs.open_beneath(
+            self._root_fd if dir_fd is None else dir_fd, key, flags, using=self._method
         )
-        if not self._inside(real):
-            raise PermissionError(
-                errno.EACCES, "a symbolic link leads outside the store root", self.uri_of(key)
-            )
-        return full
+
+    def _parent(self, key: str, *, create: bool = False) -> tuple[int, str]:
+        """A readable descriptor of the directory holding ``key``, and ``key``'s last name;
+        with ``create``, the missing directories are made on the way."""
+        parent, _, name = key.rpartition("/")
+        try:
+            return self._open(parent or ".", _DIR), name
+        except FileNotFoundError:
+            if not create:
+                raise
+        fd = self._open(".", _DIR)
+        try:
+            for part in parent.split("/"):
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o777, dir_fd=fd)
+                inner = self._open(part, _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = inner
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, name
 
     # -- operations -----------------------------------------------------------------
 
@@ -132,62 +161,59 @@ class LocalStore(UnderStore):
     def _stat(self, key: str) -> ObjectInfo:
         # docstring inherited
         with os_errors("stat", self.uri_of(key)):
-            return self.retry.call(lambda: self._info(key, os.stat(self._path(key))))
+            return self.retry.call(self._stat_once, key)
+
+    def _stat_once(self, key: str) -> ObjectInfo:
+        fd = self._open(key, os.O_PATH)
+        try:
+            return self._info(key, os.fstat(fd))
+        finally:
+            os.close(fd)
 
     def _list(self, prefix: str, page_size: int, start_after: str | None) -> Iterator[ObjectInfo]:
         # docstring inherited
         with os_errors("list", self.uri_of(prefix)):
-            yield from self._walk("", prefix, start_after)
+            yield from self._walk(self._open(".", _DIR), "", prefix, start_after)
 
-    def _walk(self, rel: str, prefix: str, start_after: str | None) -> Iterator[ObjectInfo]:
-        """Objects under directory ``rel`` (``""`` or ending in ``/``), in path order.
+    def _walk(
+        self, fd: int, rel: str, prefix: str, start_after: str | None
+    ) -> Iterator[ObjectInfo]:
+        """Objects under directory ``rel`` (``""`` or ending in ``/``), open as ``fd``
+        (closed here), in path order.
 
         Sorting a directory's entries with ``/`` appended to subdirectory names puts every
         path of the tree in plain lexicographic order (``a-b`` before ``a/c``).
         """
-        directory = os.path.join(self._real, rel) if rel else self._real
         try:
-            with os.scandir(directory) as it:
+            with os.scandir(fd) as it:
                 entries = [
                     (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it
                 ]
-        except FileNotFoundError:
-            return
-        entries.sort(key=lambda pair: pair[0])
-        for name, entry in entries:
-            path = rel + name
-            if name.endswith("/"):
-                wanted = path.startswith(prefix) or prefix.startswith(path)
-                # Every path below sorts after start_after, or none does.
-                skipped = (
-                    start_after is not None
-                    and start_after >= path
-                    and not start_after.startswith(path)
-                )
-                if wanted and not skipped:
-                    yield from self._walk(path, prefix, start_after)
-                continue
-            if not path.startswith(prefix) or (start_after is not None and path <= start_after):
-                continue
-            if name.startswith(_TMP_PREFIX):
-                continue
-            info = self._entry_info(path, entry)
-            if info is not None:
-                yield info
-
-    def _entry_info(self, path: str, entry: os.DirEntry) -> ObjectInfo | None:
-        try:
-            if entry.is_symlink():
-                if not self._inside(os.path.realpath(entry.path)):
-                    return None
-                st = os.stat(entry.path)
-            else:
-                st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return None  # removed while listing, or a dangling link
-        if not stat_mod.S_ISREG(st.st_mode):
-            return None
-        return ObjectInfo(path, st.st_size, _version(st), st.st_mtime)
+            entries.sort(key=lambda pair: pair[0])
+            for name, entry in entries:
+                path = rel + name
+                if name.endswith("/"):
+                    wanted = path.startswith(prefix) or prefix.startswith(path)
+                    # Every path below sorts after start_after, or none does.
+                    skipped = (
+                        start_after is not None
+                        and start_after >= path
+                        and not start_after.startswith(path)
+                    )
+                    if wanted and not skipped:
+                        inner = _open_entry(fd, entry.name, _DIR)
+                        if inner is not None:
+                            yield from self._walk(inner, path, prefix, start_after)
+                    continue
+                if not path.startswith(prefix) or (start_after is not None and path <= start_after):
+                    continue
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                info = _entry_info(path, entry)
+                if info is not None:
+                    yield info
+        finally:
+            os.close(fd)
 
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         # docstring inherited
@@ -195,11 +221,13 @@ class LocalStore(UnderStore):
             return self.retry.call(self._read_once, key, offset, view, version)
 
     def _read_once(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
-        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open(key, _READ)
         try:
             st = os.fstat(fd)
             if stat_mod.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.uri_of(key))
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", self.uri_of(key))
             self._check_version(key, st, version)
             done = 0
             while done < view.nbytes:
@@ -224,23 +252,26 @@ class LocalStore(UnderStore):
     def _write(self, key: str, source: Source) -> ObjectInfo:
         # docstring inherited
         with os_errors("write", self.uri_of(key)):
-            full = self._path(key)
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(full), f"{_TMP_PREFIX}{uuid.uuid4().hex}")
+            dir_fd, name = self._parent(key, create=True)
             try:
-                self._write_file(tmp, source)
-                self._bump_mtime(full, tmp)
-                os.replace(tmp, full)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            if self._fsync:
-                _fsync_dir(os.path.dirname(full))
-            return self._info(key, os.stat(full))
+                tmp = f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+                try:
+                    self._write_file(dir_fd, tmp, source)
+                    self._bump_mtime(name, tmp, dir_fd=dir_fd)
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+                    raise
+                if self._fsync:
+                    os.fsync(dir_fd)
+                return self._info(key, os.stat(name, dir_fd=dir_fd, follow_symlinks=False))
+            finally:
+                os.close(dir_fd)
 
-    def _write_file(self, tmp: str, source: Source) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    def _write_file(self, dir_fd: int, tmp: str, source: Source) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
         try:
             if isinstance(source, memoryview):
                 done = 0
@@ -258,47 +289,79 @@ class LocalStore(UnderStore):
             os.close(fd)
 
     @staticmethod
-    def _bump_mtime(target: str, tmp: str) -> None:
+    def _bump_mtime(target: str, tmp: str, *, dir_fd: int | None = None) -> None:
         """Make sure the new file's version differs from the one it replaces.
 
         File systems stamp mtimes from a coarse clock (a few milliseconds), so a rewrite
-        of the same size right after the last one could keep its version.
+        of the same size right after the last one could keep its version. Names resolve
+        against ``dir_fd`` when given; links are not followed.
         """
         try:
-            old = os.stat(target)
+            old = os.stat(target, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return
-        new = os.stat(tmp)
+        new = os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False)
         if _version(new) == _version(old):
-            os.utime(tmp, ns=(new.st_atime_ns, old.st_mtime_ns + 1))
+            os.utime(
+                tmp,
+                ns=(new.st_atime_ns, old.st_mtime_ns + 1),
+                dir_fd=dir_fd,
+                follow_symlinks=False,
+            )
 
     def _delete(self, key: str, missing_ok: bool) -> None:
         # docstring inherited
         with os_errors("delete", self.uri_of(key)):
-            full = self._path(key, follow=False)
             try:
-                os.unlink(full)
+                dir_fd, name = self._parent(key)
+                try:
+                    # unlinkat removes a link itself, never its target.
+                    os.unlink(name, dir_fd=dir_fd)
+                finally:
+                    os.close(dir_fd)
             except FileNotFoundError:
                 if not missing_ok:
                     raise
                 return
             # Object stores have no directories: drop the ones the object leaves empty.
-            parent = os.path.dirname(full)
-            while parent != self._real and parent.startswith(self._real):
+            parts = key.split("/")[:-1]
+            while parts:
+                name = parts.pop()
                 try:
-                    os.rmdir(parent)
+                    up = self._open("/".join(parts) or ".", os.O_PATH | os.O_DIRECTORY)
+                    try:
+                        os.rmdir(name, dir_fd=up)
+                    finally:
+                        os.close(up)
                 except OSError:
                     break
-                parent = os.path.dirname(parent)
 
     def _close(self) -> None:
         # docstring inherited
-        return None  # no handle stays open between calls
+        self._release()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _open_entry(dir_fd: int, name: str, flags: int) -> int | None:
+    """A descriptor of the entry ``name`` of a directory being listed, or None when it is
+    gone or was replaced by a link since it was read."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return os.open(name, flags | _NOFOLLOW, dir_fd=dir_fd)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+
+
+def _entry_info(path: str, entry: os.DirEntry) -> ObjectInfo | None:
+    """An object for a listed entry: regular files only, links skipped."""
+    try:
+        if entry.is_symlink():
+            return None
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # removed while listing
+    if not stat_mod.S_ISREG(st.st_mode):
+        return None
+    return ObjectInfo(path, st.st_size, _version(st), st.st_mtime)
