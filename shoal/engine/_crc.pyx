@@ -2,6 +2,7 @@
 """crc32c over any buffer, computed without the GIL."""
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdlib cimport calloc, free
 from libc.stdint cimport uint32_t
 
@@ -64,7 +65,19 @@ def hardware():
 
 
 cdef extern from "crc32c.h" nogil:
-    uint32_t shoal_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len)
+    int shoal_copy_guard()
+    int shoal_copy_crc32c_guarded(uint32_t *crc, void *dst, const void *src, size_t len)
+
+
+cdef enum:
+    COPY_MISMATCH = -1
+    COPY_FAULTED = -2
+
+MISMATCH = COPY_MISMATCH
+"""Result of a :func:`copy_verify_many` item whose bytes do not match their crc32c."""
+FAULTED = COPY_FAULTED
+"""Result of a :func:`copy_verify_many` item whose source faulted (SIGBUS) while read: a
+mapped file truncated under the mapping, or a failing filesystem."""
 
 
 cdef extern from "<sys/vfs.h>" nogil:
@@ -92,8 +105,14 @@ def copy_verify_many(list items):
 
     ``items`` are ``(src, offset, length, dst, crc)``: ``length`` bytes of ``src`` from
     ``offset`` go to the start of the writable buffer ``dst``. Returns, per item, ``length``
-    when the bytes match ``crc``, else -1. A range outside ``src`` or a ``dst`` smaller
-    than ``length`` raises ValueError before anything is copied.
+    when the bytes match ``crc``, :data:`MISMATCH` when they do not, and :data:`FAULTED`
+    when reading ``src`` raised SIGBUS (a mapped file that got shorter than the mapping):
+    that item fails, the process goes on. A range outside ``src`` or a ``dst`` smaller than
+    ``length`` raises ValueError before anything is copied.
+
+    The first call installs a process-wide SIGBUS handler; a SIGBUS outside these copies
+    still reaches the handler installed before it (or the default action), and each call
+    puts it back in front of a handler installed since.
     """
     cdef Py_ssize_t n = len(items)
     cdef Py_ssize_t i, held = 0
@@ -102,8 +121,9 @@ def copy_verify_many(list items):
     cdef Py_ssize_t *offs = <Py_ssize_t *>calloc(n if n else 1, sizeof(Py_ssize_t))
     cdef Py_ssize_t *lens = <Py_ssize_t *>calloc(n if n else 1, sizeof(Py_ssize_t))
     cdef uint32_t *crcs = <uint32_t *>calloc(n if n else 1, sizeof(uint32_t))
-    cdef char *ok = <char *>calloc(n if n else 1, 1)
+    cdef signed char *ok = <signed char *>calloc(n if n else 1, 1)
     cdef Py_ssize_t offset, length
+    cdef uint32_t got
     try:
         if not (srcs and dsts and offs and lens and crcs and ok):
             raise MemoryError()
@@ -130,12 +150,18 @@ def copy_verify_many(list items):
             offs[i] = offset
             lens[i] = length
             crcs[i] = crc
+        if shoal_copy_guard() < 0:
+            PyErr_SetFromErrno(OSError)
         with nogil:
             for i in range(n):
-                ok[i] = shoal_copy_crc32c(
-                    0, dsts[i].buf, <const char *>srcs[i].buf + offs[i], <size_t>lens[i]
-                ) == crcs[i]
-        return [lens[i] if ok[i] else -1 for i in range(n)]
+                got = 0
+                if shoal_copy_crc32c_guarded(
+                    &got, dsts[i].buf, <const char *>srcs[i].buf + offs[i], <size_t>lens[i]
+                ) < 0:
+                    ok[i] = COPY_FAULTED
+                else:
+                    ok[i] = 1 if got == crcs[i] else COPY_MISMATCH
+        return [lens[i] if ok[i] == 1 else ok[i] for i in range(n)]
     finally:
         for i in range(held):
             PyBuffer_Release(&srcs[i])

@@ -14,6 +14,7 @@ bytes it read still belong to the page it asked for.
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import struct
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import PageCorruptedError, StaleLocationError
-from ._crc import copy_verify_many, memory_backed
+from ._crc import FAULTED, copy_verify_many, memory_backed
 from ._engine import get_backend, in_parts, read_batch, submit_reads
 from ._requests import OFFSET_MAX, host_view
 
@@ -60,7 +61,7 @@ class GenerationTable:
             raise ValueError("GenerationTable: an adopted descriptor is read-only (no count)")
         flags = (os.O_RDWR | os.O_CREAT) if self.writable else os.O_RDONLY
         # ``fd``: a descriptor of the table opened by someone else; the table owns it.
-        self._fd = fd if fd is not None else os.open(path, flags | os.O_CLOEXEC, 0o644)
+        self._fd = fd if fd is not None else os.open(path, flags | os.O_CLOEXEC, 0o600)
         self._map: mmap.mmap | None = None
         try:
             if self.writable and os.fstat(self._fd).st_size < count * _U64.size:
@@ -165,7 +166,9 @@ class RegionReader:
         Copy pages of region files that live in memory (tmpfs, ramfs: the MEM tier) out
         of a read-only mapping of the file, checking the crc32c of each piece right after
         its copy, instead of reading them through the kernel and checking them in a
-        second pass.
+        second pass. A mapped file truncated under the reader fails the pages past its new
+        end (:class:`~shoal.engine.StaleLocationError`) instead of killing the process
+        with SIGBUS, and is mapped again at its new size.
 
     Notes
     -----
@@ -302,7 +305,7 @@ class RegionReader:
             results.append(None)
             key = (location.tier, location.region)
             with self._lock:
-                mapped = self._map(key, fd)
+                mapped = self._map(key, fd, location.offset + location.length)
             if mapped is not None and 0 <= location.offset <= len(mapped) - location.length:
                 copies.append((mapped, location.offset, location.length, view, location.crc32c))
                 copied.append((i, location, table))
@@ -311,8 +314,10 @@ class RegionReader:
             requests.append((fd, location.offset, location.length, view, 0))
             checksums.append(location.crc32c)
         if copies:
-            for (i, loc, _), n in zip(copied, _copy_out(copies), strict=True):
-                if n < 0:
+            for (i, loc, _), copy, n in zip(copied, copies, _copy_out(copies), strict=True):
+                if n == FAULTED:
+                    n = self._faulted(loc.tier, loc.region, copy[0], loc.offset, loc.length)
+                elif n < 0:
                     n = _corrupt(loc.tier, loc.region, loc.offset, loc.length, loc.crc32c)
                 results[i] = n
         if requests:
@@ -350,9 +355,10 @@ class RegionReader:
         -------
         list
             Per item, the page length or the exception that item failed with
-            (:class:`StaleLocationError` when its region was reclaimed or this reader has
-            no descriptor of it, :class:`PageCorruptedError`, an I/O error). Nothing is
-            raised for a failing item.
+            (:class:`StaleLocationError` when its region was reclaimed, its file truncated
+            under the reader, or this reader has no descriptor of it,
+            :class:`PageCorruptedError`, an I/O error). Nothing is raised for a failing
+            item.
 
         Raises
         ------
@@ -387,13 +393,10 @@ class RegionReader:
                 if current[key] != generation:
                     results[i] = _stale_region(tier, region, generation)
                     continue
-                mapped = self._map(key, fd)
-                if (
-                    mapped is not None
-                    and type(offset) is int
-                    and type(length) is int
-                    and 0 <= offset <= len(mapped) - length
-                ):
+                mapped = None
+                if type(offset) is int and type(length) is int:
+                    mapped = self._map(key, fd, offset + length)
+                if mapped is not None and 0 <= offset <= len(mapped) - length:
                     copies.append((mapped, offset, length, buf, crc))
                     copied.append(i)
                     continue
@@ -427,8 +430,11 @@ class RegionReader:
                 else:
                     checked = None
         if copies:
-            for i, n in zip(copied, _copy_out(copies), strict=True):
-                results[i] = n if n >= 0 else _corrupt(*items[i][:5])
+            for i, copy, n in zip(copied, copies, _copy_out(copies), strict=True):
+                if n == FAULTED:
+                    results[i] = self._faulted(*items[i][:2], copy[0], copy[1], copy[2])
+                else:
+                    results[i] = n if n >= 0 else _corrupt(*items[i][:5])
         if requests:
             done: list[Any]
             if checked is not None:
@@ -451,22 +457,57 @@ class RegionReader:
                     results[i] = _stale_region(tier, region, generation)
         return results
 
-    def _map(self, key: tuple[str, int], fd: int) -> mmap.mmap | None:
-        """A read-only mapping of a region file in memory, made on first use (lock held);
-        None for a file on a disk, whose pages a mapping would fault in one at a time."""
+    def _map(self, key: tuple[str, int], fd: int, end: int) -> mmap.mmap | None:
+        """A read-only mapping of a region file in memory (lock held), made on first use and
+        again for a page past its ``end`` when the file has changed size since; None for a
+        file on a disk, whose pages a mapping would fault in one at a time, or an empty one."""
         mapped = self._maps.get(key, False)
-        if mapped is not False:
+        if mapped is None or (mapped is not False and end <= len(mapped)):
             return mapped
-        mapped = None
-        if self._map_memory and memory_backed(fd):
+        if mapped is False and not (self._map_memory and memory_backed(fd)):
+            self._maps[key] = None
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if mapped is not False and size == len(mapped):
+                return mapped  # the page is past the end of the file, not of the mapping
+            fresh = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else False
+        except (OSError, ValueError):
+            fresh = None
+        if fresh is False:  # empty for now: mapped once it holds pages
+            self._maps.pop(key, None)
+            return None
+        # A mapping replaced here is left to the garbage collector: a read in another thread
+        # may be about to copy out of it.
+        self._maps[key] = fresh
+        return fresh
+
+    def _faulted(
+        self, tier: str, region: int, mapped: mmap.mmap, offset: int, length: int
+    ) -> OSError:
+        """The error of a page whose copy out of ``mapped`` raised SIGBUS. A file shorter
+        than the mapping now loses it, so the next read maps the file at its new size instead
+        of faulting again."""
+        key = (tier, region)
+        with self._lock:
+            fd = self._fds.get(key)
             try:
-                size = os.fstat(fd).st_size
-                if size:
-                    mapped = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-            except (OSError, ValueError):
-                mapped = None
-        self._maps[key] = mapped
-        return mapped
+                size = os.fstat(fd).st_size if fd is not None else None
+            except OSError:
+                size = None
+            if self._maps.get(key) is mapped and (size is None or size < len(mapped)):
+                del self._maps[key]  # not closed: another read may still copy out of it
+        if size is None or size < offset + length:
+            now = "no longer open" if size is None else f"now {size} bytes"
+            return StaleLocationError(
+                f"{length} bytes at offset {offset} of region {region} of tier {tier} are "
+                f"past the end of its file ({now}): truncated under the reader"
+            )
+        return OSError(
+            errno.EIO,
+            f"reading {length} bytes at offset {offset} of region {region} of tier {tier} "
+            "out of its mapped file raised SIGBUS",
+        )
 
     def _unmap(self, key: tuple[str, int]) -> None:
         """Forget a region's mapping (lock held); a read still copying out of it keeps

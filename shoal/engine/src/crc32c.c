@@ -13,10 +13,15 @@
  * - a portable slicing-by-8 table kernel.
  *
  * Every constant is derived at start-up from the polynomial.
+ *
+ * Copies out of mapped files survive the file shrinking under them: see "Guarded copies".
  */
 #include "crc32c.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <string.h>
 
 #define POLY 0x82f63b78u /* Castagnoli, reflected */
@@ -287,6 +292,129 @@ uint32_t shoal_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len)
         len -= n;
     }
     return ~c;
+}
+
+/* ------------------------------------------------------------------------ Guarded copies
+ *
+ * Reading a mapped file past its end raises SIGBUS: a region file truncated under a reader's
+ * mapping (or a failing filesystem) would kill the reading process. One process-wide handler
+ * turns a SIGBUS inside a guarded copy into the failure of that copy: the copy sigsetjmp()s
+ * and marks its thread as guarded, the handler siglongjmp()s back to it. Any other SIGBUS
+ * goes on to the handler that was installed before ours (Python's faulthandler, say), or
+ * gets the default action, as if ours were not there.
+ *
+ * Install order: shoal_copy_guard() runs before each batch of guarded copies. It looks at
+ * the installed handler (one sigaction call) and, when it is not ours, remembers it as the
+ * one to pass other faults on to and installs ours in front of it. A handler installed
+ * before ours so keeps its behaviour; one installed after ours (faulthandler.enable() after
+ * the first read, signal.signal()) would otherwise see our faults first (faulthandler would
+ * report a fatal error for a fault we recover from, then remove itself) or leave a copy
+ * unguarded, and goes behind ours at the next batch. Checking at each batch, rather than
+ * installing once, is what makes a later handler safe; it costs one system call a batch.
+ */
+
+/* Per thread. Initial-exec TLS is a fixed offset from the thread pointer: the handler reads
+ * it on any thread without the lazy allocation (malloc) that a shared library's default
+ * TLS model may do on a thread's first access. */
+struct guard_state {
+    sigjmp_buf *volatile resume; /* where this thread's guarded copy resumes; NULL outside */
+    volatile int chaining;       /* inside the handler we passed a fault on to */
+    void *volatile passed_addr;  /* address of the last fault passed on */
+};
+static __thread struct guard_state guard __attribute__((tls_model("initial-exec")));
+
+static struct sigaction chained[2]; /* the handler to pass faults on to, double-buffered */
+static int chained_slot;            /* which one is current; written under install_lock */
+static pthread_mutex_t install_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* What SIGBUS does with no handler: the process ends. Async-signal-safe. */
+static void default_action(int sig, const siginfo_t *info) {
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    /* A fault recurs when its instruction runs again, on return; a sent signal is resent. */
+    if (info == NULL || info->si_code <= 0) raise(sig);
+}
+
+static void pass_on(int sig, siginfo_t *info, void *context) {
+    const struct sigaction *prev = &chained[__atomic_load_n(&chained_slot, __ATOMIC_ACQUIRE)];
+    int fault = info != NULL && info->si_code > 0; /* raised by the kernel, not sent */
+    int with_info = (prev->sa_flags & SA_SIGINFO) != 0;
+    if (!with_info && prev->sa_handler == SIG_IGN) {
+        if (fault) default_action(sig, info); /* the kernel does not let a fault be ignored */
+        return;
+    }
+    /* Back in ours from inside the handler we passed the fault to (it put ours back and
+     * raised the signal again, as faulthandler does when enabled after us), or the same fault
+     * again after it returned (it declined it: a disabled faulthandler returns at once):
+     * without the default action the two would pass the fault back and forth forever. */
+    if ((!with_info && prev->sa_handler == SIG_DFL) || guard.chaining ||
+        (fault && info->si_addr == guard.passed_addr)) {
+        default_action(sig, info);
+        return;
+    }
+    sigset_t mask, old;
+    mask = prev->sa_mask;
+    if (!(prev->sa_flags & SA_NODEFER)) sigaddset(&mask, sig);
+    pthread_sigmask(SIG_BLOCK, &mask, &old);
+    guard.chaining = 1;
+    if (fault) guard.passed_addr = info->si_addr;
+    if (with_info)
+        prev->sa_sigaction(sig, info, context);
+    else
+        prev->sa_handler(sig);
+    pthread_sigmask(SIG_SETMASK, &old, NULL); /* what it raised while blocked arrives here */
+    guard.chaining = 0;
+}
+
+/* Only checks a flag and jumps, or passes the signal on. */
+static void on_sigbus(int sig, siginfo_t *info, void *context) {
+    sigjmp_buf *resume = guard.resume;
+    if (resume != NULL && info != NULL && info->si_code > 0) { /* not one sent by kill() */
+        guard.resume = NULL;
+        siglongjmp(*resume, 1);
+    }
+    int saved_errno = errno;
+    pass_on(sig, info, context);
+    errno = saved_errno;
+}
+
+int shoal_copy_guard(void) {
+    struct sigaction current;
+    int rc = 0;
+    pthread_once(&init_once, init); /* never inside a guarded copy */
+    pthread_mutex_lock(&install_lock);
+    if (sigaction(SIGBUS, NULL, &current) < 0) {
+        rc = -1;
+    } else if (!(current.sa_flags & SA_SIGINFO) || current.sa_sigaction != on_sigbus) {
+        int slot = !__atomic_load_n(&chained_slot, __ATOMIC_RELAXED);
+        chained[slot] = current;
+        __atomic_store_n(&chained_slot, slot, __ATOMIC_RELEASE);
+        struct sigaction ours;
+        memset(&ours, 0, sizeof ours);
+        ours.sa_sigaction = on_sigbus;
+        sigemptyset(&ours.sa_mask);
+        /* SA_NODEFER: SIGBUS stays unblocked in the handler, so a siglongjmp that does not
+         * restore the signal mask (no system call per copy) leaves it as it was. SA_ONSTACK:
+         * a thread's alternate stack, where it has one, as faulthandler's handler expects. */
+        ours.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        if (sigaction(SIGBUS, &ours, NULL) < 0) rc = -1;
+    }
+    pthread_mutex_unlock(&install_lock);
+    return rc;
+}
+
+int shoal_copy_crc32c_guarded(uint32_t *crc, void *dst, const void *src, size_t len) {
+    sigjmp_buf resume;
+    if (sigsetjmp(resume, 0)) return -1; /* reading src faulted; the handler cleared the flag */
+    guard.resume = &resume;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    *crc = shoal_copy_crc32c(*crc, dst, src, len);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    guard.resume = NULL;
+    return 0;
 }
 
 int shoal_crc32c_kernels(void) {

@@ -23,4 +23,11 @@ int shoal_crc32c_with(int kernel, uint32_t *crc, const void *buf, size_t len);
  * is folded in right after its copy, while it is still in the cache. */
 uint32_t shoal_copy_crc32c(uint32_t crc, void *dst, const void *src, size_t len);
 
+/* Guarded copies out of memory that may fault (a mapped file truncated under the mapping).
+ * shoal_copy_guard(): install the process's SIGBUS handler, or check that it still is, before
+ * each batch; 0, or -1 with errno set. shoal_copy_crc32c_guarded(): shoal_copy_crc32c() into
+ * *crc and 0, or -1 when reading src raised SIGBUS (*crc unchanged, dst partly written). */
+int shoal_copy_guard(void);
+int shoal_copy_crc32c_guarded(uint32_t *crc, void *dst, const void *src, size_t len);
+
 #endif
