@@ -3,6 +3,7 @@ the same S3 data, printed as one table of results and ratios.
 
     python perf/read_path.py [--big-mib 1024] [--small 20000] [--mixed-objects 500]
                              [--mixed-mib 256] [--rounds 3] [--no-fsspec]
+                             [--objects 360] [--s3-delay-ms 20] [--only a|b|c|mlperf]
 
 (a) a warm read of one large object with ``Client.read_into`` into a pre-faulted numpy
 buffer, against ``readinto`` of the same bytes from a local file in the page cache;
@@ -10,7 +11,12 @@ buffer, against ``readinto`` of the same bytes from a local file in the page cac
 best Python loop over local files (``os.open(dir_fd=)`` + ``os.preadv`` + ``os.close``);
 (c) a cold epoch over mixed sizes (16 KiB to 8 MiB) through Shoal, against ``get_object``
 with the same concurrency; (d) fsspec's ``filecache`` and ``blockcache`` over s3fs, epochs
-1 and 2 of the same data, against Shoal's warm epoch.
+1 and 2 of the same data, against Shoal's warm epoch; (e) an MLPerf-style training epoch
+from S3, cold: 360 objects of 48 KiB to 3 MiB read in batches of 12 with
+``read_many_into``, one batch read ahead, 15 ms of compute per batch, against the same loop
+with ``get_object`` from 4 threads, each side's S3 requests counted by kind by a proxy
+(perf/_s3delay.py) that both sides go through, once as it is and once with a delay before
+each answer (``--s3-delay-ms``, default 20) standing for a real object store's latency.
 
 The S3 server is moto, in a child process on 127.0.0.1; Shoal runs on the single-node
 default in a temporary home. (a) and (b) measure warm reads, which do not touch the
@@ -27,6 +33,7 @@ crc32c (outside the timed reads).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import shutil
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 # numpy's BLAS threads spin after use and would steal a core from the measurement.
@@ -41,6 +49,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 from _common import MiB, Table, aligned, best_of, data_root, timed  # noqa: E402
+from _s3delay import KINDS, ProxyProcess, difference  # noqa: E402
 
 import shoal  # noqa: E402
 from shoal import engine  # noqa: E402
@@ -362,6 +371,174 @@ def bench_small(args, ctx, table: Table) -> None:
     shutil.rmtree(folder)
 
 
+# --------------------------------------------------------------------- (e) MLPerf-style epoch
+
+
+def log_uniform_sizes(count: int, low: int, high: int, seed: int) -> list[int]:
+    """``count`` sizes spread log-uniformly over ``[low, high]``, the same for a seed."""
+    u = np.random.default_rng(seed).random(count)
+    return [int(s) for s in np.floor(low * (high / low) ** u).clip(low, high)]
+
+
+def _s3_client(endpoint_url: str, connections: int):
+    """A boto3 S3 client of the benchmark's server reached at ``endpoint_url``."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_ACCESS_KEY,
+        aws_secret_access_key=FAKE_SECRET_KEY,
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=connections),
+    )
+
+
+def _requests(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {counts[k]}" for k in KINDS)
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """One epoch of one side: wall and data-wait seconds, the S3 requests it sent by kind."""
+
+    nbytes: int
+    seconds: float
+    wait: float
+    counts: dict[str, int]
+    note: str = ""
+
+    @property
+    def mb_s(self) -> float:
+        return mb_s(self.nbytes, self.seconds)
+
+    def describe(self) -> str:
+        note = f", {self.note}" if self.note else ""
+        return (
+            f"{self.seconds:.2f} s, {self.mb_s:.0f} MB/s, data wait "
+            f"{100 * self.wait / self.seconds:.1f}%{note}; S3 requests {_requests(self.counts)}"
+        )
+
+
+def bench_mlperf(args, ctx, table: Table) -> None:
+    seed = 5
+    sizes = log_uniform_sizes(args.mlperf_objects, 48 * KiB, 3 * MiB, seed)
+    step(f"(e) uploading {len(sizes):,} objects of 48 KiB to 3 MiB")
+    # Straight to the server, not through the proxy: only the epochs are counted.
+    data = make_dataset(ctx.s3, BUCKET, sizes, prefix="mlperf/", seed=seed, threads=args.threads)
+    total = data.total
+    # The loader knows every size from the dataset's index, as from a manifest: the loop
+    # itself calls no stat or ls.
+    batches = epoch_order(len(data), seed, 1, args.mlperf_batch)
+    # Two buffers, touched once here (first touch of fresh memory is slow in a VM) and
+    # shared by both sides: one is read into while the other's batch computes.
+    arenas = [aligned(max(batch_bytes(b, sizes) for b in batches)) for _ in range(2)]
+    compute = args.compute_ms / 1000
+    threads = args.mlperf_threads
+
+    def epoch(fetch) -> tuple[float, float]:
+        seconds, wait, _ = run_epoch(fetch, batches, arenas, sizes, data.crcs, data.keys, compute)
+        return seconds, wait
+
+    with ProxyProcess(ctx.server.endpoint_url) as proxy:
+
+        def boto3_epoch() -> _Epoch:
+            s3 = _s3_client(proxy.endpoint_url, max(threads, 10))
+            with ThreadPoolExecutor(threads, "bench-boto3") as pool:
+                fetch = boto3_fetcher(s3, BUCKET, data.keys, pool)
+                before = proxy.settled_counts()
+                seconds, wait = epoch(fetch)
+                counts = difference(proxy.settled_counts(), before)
+            s3.close()
+            return _Epoch(total, seconds, wait, counts)
+
+        def shoal_epoch(k: int) -> _Epoch:
+            # A mount point never used before: neither the client nor the worker holds
+            # metadata under it. Pages are keyed by object, not by Shoal path, so free
+            # drops those of an earlier epoch, and refresh the listing free made.
+            path = f"/bench-mlperf-{k}"
+            options = dict(ctx.server.mount_options(), endpoint_url=proxy.endpoint_url)
+            ctx.client.mount(path, f"s3://{BUCKET}/{data.prefix}", **options)
+            try:
+                ctx.client.free(path)
+                ctx.client.refresh(path)
+                paths = [f"{path}/{key[len(data.prefix) :]}" for key in data.keys]
+                fetch = shoal_fetcher(ctx.client, paths)
+                report = ctx.client.report()
+                before = proxy.settled_counts()
+                seconds, wait = epoch(fetch)
+                counts = difference(proxy.settled_counts(), before)
+                after = ctx.client.report()
+            finally:
+                ctx.client.free(path)
+                ctx.client.unmount(path)
+            hits = after["page_hits"] - report["page_hits"]
+            fetched = after["ufs_bytes"] - report["ufs_bytes"]
+            assert hits == 0, f"a cold epoch found {hits} pages in the cache"
+            assert fetched >= total, f"a cold epoch fetched {fetched} of {total} bytes"
+            # The worker's own count of what it asked of S3, beside the proxy's.
+            own = ", ".join(
+                f"{key} {after[key] - report[key]}"
+                for key in ("ufs_reads", "ufs_stats", "ufs_lists")
+                if key in after and key in report
+            )
+            note = f"hit ratio 0.0%, {fetched / total:.2f}x the dataset fetched; worker: {own}"
+            return _Epoch(total, seconds, wait, counts, note)
+
+        mounts = itertools.count(1)
+        delays = [0.0] + ([args.s3_delay_ms / 1000] if args.s3_delay_ms > 0 else [])
+        for delay in delays:
+            proxy.set_delay(delay)
+            latency = f"{delay * 1000:g} ms added per request" if delay else "no added latency"
+            runs: dict[str, list[_Epoch]] = {"boto3": [], "shoal": []}
+            for r in range(args.mlperf_rounds):
+                step(f"(e) cold epochs, {latency}, round {r + 1}: boto3, then shoal")
+                for name in ("boto3", "shoal"):
+                    run = boto3_epoch() if name == "boto3" else shoal_epoch(next(mounts))
+                    runs[name].append(run)
+                    step(f"(e)   {name}: {run.describe()}")
+            _mlperf_rows(args, table, data, sizes, latency, delay, runs)
+
+
+def _mlperf_rows(args, table: Table, data, sizes, latency: str, delay: float, runs) -> None:
+    section = (
+        f"(e) MLPerf-style cold epoch, {latency}: {len(data):,} objects from S3, "
+        f"{data.total / MiB:,.0f} MiB, 48 KiB to 3 MiB (median {int(np.median(sizes)) // KiB} "
+        f"KiB), batches of {args.mlperf_batch}, one read ahead, {args.compute_ms:g} ms compute "
+        f"per batch; every S3 request through the counting proxy"
+    )
+    rounds = f"best of {args.mlperf_rounds}" if args.mlperf_rounds > 1 else "one epoch"
+    labels = {
+        "boto3": f"boto3 get_object, {args.mlperf_threads} threads",
+        "shoal": "shoal read_many_into, cold",
+    }
+    best = {}
+    for name, epochs in runs.items():
+        run = best[name] = min(epochs, key=lambda e: e.seconds)
+        note = f"{run.mb_s:.0f} MB/s, data wait {100 * run.wait / run.seconds:.1f}%"
+        table.add(section, f"{labels[name]}: epoch ({rounds})", run.seconds, "s", note)
+        seen = [_requests(e.counts) for e in epochs]
+        if len(set(seen)) == 1:
+            counts = f"{seen[0]} ({sum(epochs[0].counts[k] for k in KINDS):,} in all)"
+        else:
+            counts = " | ".join(seen)
+        unparsed = sum(e.counts.get("unparsed", 0) for e in epochs)
+        if unparsed:
+            counts += f"; {unparsed} connections not parsed, their later requests uncounted"
+        table.add(section, f"  {name}: S3 requests per epoch", None, "", counts)
+    # Targets: 0.9x without added latency, 1.5x with 20 ms (none set for other delays).
+    targets = {0: 0.9, 20: 1.5}
+    target = targets.get(round(delay * 1000))
+    table.ratio(
+        section,
+        f"(e) cold shoal / boto3, {latency}",
+        1 / best["shoal"].seconds,
+        1 / best["boto3"].seconds,
+        target,
+    )
+
+
 # --------------------------------------------------------------------- main
 
 
@@ -404,12 +581,44 @@ def main(argv: list[str] | None = None) -> int:
         "--cold-rounds", type=int, default=2, help="cold epochs per contender, best kept (2)"
     )
     c.add_argument("--no-fsspec", action="store_true", help="skip the fsspec baselines")
+    e = p.add_argument_group("(e) MLPerf-style cold epoch")
+    e.add_argument(
+        "--objects", "--mlperf-objects", dest="mlperf_objects", type=int, default=360,
+        help="objects of 48 KiB to 3 MiB (default 360)",
+    )  # fmt: skip
+    e.add_argument("--mlperf-batch", type=int, default=12, help="files per batch (default 12)")
+    e.add_argument(
+        "--compute-ms", type=float, default=15, help="simulated compute per batch (default 15)"
+    )
+    e.add_argument(
+        "--mlperf-threads", type=int, default=4, help="boto3 requests at once (default 4)"
+    )
+    e.add_argument(
+        "--s3-delay-ms",
+        type=float,
+        default=20,
+        help="latency the proxy adds to each S3 request for the second pair of epochs "
+        "(default 20; 0: only the epochs without it)",
+    )
+    e.add_argument(
+        "--mlperf-rounds",
+        type=int,
+        default=2,
+        help="epochs per side and latency, alternating boto3 and shoal; best kept (2)",
+    )
     g = p.add_argument_group("all")
     g.add_argument("--threads", type=int, default=16, help="boto3/fsspec concurrency (16)")
     g.add_argument("--rounds", type=int, default=3, help="rounds per warm measurement (3)")
-    g.add_argument("--only", choices=("a", "b", "c"), action="append", help="run only these")
+    g.add_argument(
+        "--only", choices=("a", "b", "c", "mlperf"), action="append", help="run only these"
+    )
     args = p.parse_args(argv)
-    parts = set(args.only or ("a", "b", "c"))
+    for name in ("mlperf_objects", "mlperf_batch", "mlperf_threads", "mlperf_rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.compute_ms < 0 or args.s3_delay_ms < 0:
+        p.error("--compute-ms and --s3-delay-ms must be >= 0")
+    parts = set(args.only or ("a", "b", "c", "mlperf"))
 
     print("command:", shlex.join([sys.executable, *sys.argv]), flush=True)
     started = time.perf_counter()
@@ -437,6 +646,8 @@ def main(argv: list[str] | None = None) -> int:
                     bench_big(args, ctx, table)
                 if "c" in parts:
                     bench_epochs(args, ctx, table)
+                if "mlperf" in parts:
+                    bench_mlperf(args, ctx, table)
                 if "b" in parts:
                     bench_small(args, ctx, table)
     finally:
