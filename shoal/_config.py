@@ -38,7 +38,29 @@ _ENV_FIELDS = {
     "SHOAL_CACHE_DIR": "cache_dir",
     "SHOAL_CAPACITY": "capacity",
     "SHOAL_MEM_CAPACITY": "mem_capacity",
+    "SHOAL_CLUSTER_SECRET_FILE": "cluster_secret_file",
+    "SHOAL_ADMIN_SECRET_FILE": "admin_secret_file",
+    "SHOAL_TLS_CERT": "tls_cert",
+    "SHOAL_TLS_KEY": "tls_key",
+    "SHOAL_TLS_CA": "tls_ca",
+    "SHOAL_ALLOWED_MOUNTS": "allowed_mounts",
+    "SHOAL_CREDENTIAL_ENV": "credential_env",
+    "SHOAL_CREDENTIAL_DIR": "credential_dir",
 }
+# Settings that are lists: a comma-separated value in a variable.
+_LIST_FIELDS = ("allowed_mounts", "credential_env")
+_PATH_FIELDS = (
+    "cluster_secret_file",
+    "admin_secret_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "credential_dir",
+)
+#: What a worker mounts by default: object stores, no local directory, no web server.
+DEFAULT_ALLOWED_MOUNTS = ("s3://", "gs://", "gcs://", "abfs://", "az://")
+#: Environment variables a mount may name as its credentials by default.
+DEFAULT_CREDENTIAL_ENV = ("AWS_*",)
 _SIZE_FIELDS = ("page_size", "chunk_size", "region_size", "capacity", "mem_capacity")
 
 
@@ -87,6 +109,24 @@ class Config:
     membership_file
         A YAML or JSON file listing the cluster's workers, for clusters without etcd
         (see :func:`shoal.control._membership.load_static_members`); None by default.
+    cluster_secret_file
+        A file holding the cluster's secret: every TCP peer (worker or client) proves it
+        knows it before any op. Required by a worker listening beyond loopback.
+    admin_secret_file
+        A file holding the admin secret: a client over TCP that proves it may mount,
+        unmount, free, write job records and stop (the worker's own user may on the
+        Unix socket without it).
+    tls_cert, tls_key, tls_ca
+        TLS on the worker's TCP port: its certificate and key (worker), the CA that signed
+        the workers' certificates (clients and workers); None: no TLS.
+    allowed_mounts
+        URI prefixes a worker mounts (``s3://``, ``file:///data/``, ``gs://bucket/``):
+        object stores by default, no ``file://`` or ``http(s)://``.
+    credential_env
+        Names or ``fnmatch`` patterns of the environment variables a mount may name as its
+        credentials (``AWS_*`` by default).
+    credential_dir
+        The directory under which a mount may name credential files; None: none may.
     """
 
     home: str = field(default_factory=default_home)
@@ -102,6 +142,14 @@ class Config:
     listen: str | None = None
     etcd: str | None = None
     membership_file: str | None = None
+    cluster_secret_file: str | None = None
+    admin_secret_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    allowed_mounts: tuple[str, ...] = DEFAULT_ALLOWED_MOUNTS
+    credential_env: tuple[str, ...] = DEFAULT_CREDENTIAL_ENV
+    credential_dir: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -143,6 +191,20 @@ class Config:
             set_(self, "membership_file", os.path.abspath(os.path.expanduser(path)))
             if self.etcd is not None:
                 raise ValueError("etcd and membership_file are exclusive: set one of them")
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                set_(self, name, os.path.abspath(os.path.expanduser(_text(value, name))))
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        for name in _LIST_FIELDS:
+            set_(self, name, _texts(getattr(self, name), name))
+        for prefix in self.allowed_mounts:
+            if "://" not in prefix:
+                raise ValueError(
+                    f"allowed_mounts: {prefix!r} is not a URI prefix (such as s3:// or "
+                    "file:///data/)"
+                )
         if self.capacity is None:
             default = min(_free_bytes(self.cache_dir) // 5, 100 * GiB)
             set_(self, "capacity", default // self.region_size * self.region_size)
@@ -181,6 +243,15 @@ def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _texts(value: Any, name: str) -> tuple[str, ...]:
+    """A tuple of non-empty strings from a list, or from a comma-separated string."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list of strings, got {type(value).__name__}")
+    return tuple(_text(v, name) for v in value)
 
 
 def _fraction(value: Any, name: str) -> float:
