@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 
-__all__ = ["TemporaryHome"]
+__all__ = ["TemporaryHome", "remove_home", "remove_mem_tier"]
 
 # Variables kept from the caller's environment: they choose behaviour, not where data goes.
 _KEPT = ("SHOAL_DEBUG", "SHOAL_ENGINE")
@@ -22,8 +22,9 @@ class TemporaryHome:
     ``SHOAL_ENGINE`` is removed (a ``SHOAL_CACHE_DIR`` would point into the user's cache),
     and ``environ`` is added. A :class:`shoal.Client` made inside starts its own worker.
 
-    On exit: the worker (if one was started) is stopped and waited for, the environment
-    restored, and the home and its MEM tier directory removed.
+    On exit: the worker (if one was started) is stopped and waited for (killed after 30 s),
+    the environment restored, and the home and its MEM tier directory on /dev/shm removed,
+    also when stopping the worker failed.
 
     Parameters
     ----------
@@ -56,8 +57,12 @@ class TemporaryHome:
         if self.config:
             import yaml
 
-            with open(os.path.join(self.home, "config.yaml"), "w", encoding="utf-8") as f:
-                yaml.safe_dump(self.config, f)
+            try:
+                with open(os.path.join(self.home, "config.yaml"), "w", encoding="utf-8") as f:
+                    yaml.safe_dump(self.config, f)
+            except BaseException:
+                shutil.rmtree(self.home, ignore_errors=True)
+                raise
         changes: dict[str, str | None] = {
             var: None for var in os.environ if var.startswith("SHOAL_") and var not in _KEPT
         }
@@ -72,27 +77,40 @@ class TemporaryHome:
         return self.home
 
     def __exit__(self, *exc_info) -> None:
-        from ..cli._worker import stop_worker
-
         try:
-            pid = stop_worker(self.home, timeout=30.0, force=True)
-            if pid is not None and self.on_stop is not None:
-                self.on_stop("worker", pid)
+            remove_home(self.home, self.on_stop)
         finally:
             for k, v in self._saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-            self._remove()
 
-    def _remove(self) -> None:
-        from .._config import Config
 
-        # The MEM tier lives on /dev/shm under a name derived from the home.
-        with contextlib.suppress(ValueError, OSError):
-            mem_dir = Config(home=self.home, capacity=1 << 30, mem_capacity=0).mem_dir
-            shutil.rmtree(mem_dir, ignore_errors=True)
-        shutil.rmtree(self.home, ignore_errors=True)
-        if self.on_stop is not None:
-            self.on_stop("home", self.home)
+def remove_home(home: str, on_stop: Callable[[str, object], None] | None = None) -> None:
+    """Stop the worker of ``home`` (killed after 30 s), then remove the home and its MEM
+    tier directory, also when stopping the worker failed.
+
+    ``on_stop`` is called as in :class:`TemporaryHome`.
+    """
+    try:
+        from ..cli._worker import stop_worker
+
+        pid = stop_worker(home, timeout=30.0, force=True)
+        if pid is not None and on_stop is not None:
+            on_stop("worker", pid)
+    finally:
+        remove_mem_tier(home)
+        shutil.rmtree(home, ignore_errors=True)
+        if on_stop is not None:
+            on_stop("home", home)
+
+
+def remove_mem_tier(home: str) -> None:
+    """Remove the MEM tier directory of the worker of ``home``, if there is one: it lives
+    on /dev/shm, under a name derived from the home, and holds memory until removed."""
+    from .._config import Config
+
+    with contextlib.suppress(ValueError):  # not a home a worker could have had
+        mem_dir = Config(home=home, capacity=1 << 30, mem_capacity=0).mem_dir
+        shutil.rmtree(mem_dir, ignore_errors=True)

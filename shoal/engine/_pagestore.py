@@ -18,6 +18,8 @@ import itertools
 import math
 import numbers
 import os
+import pwd
+import stat
 import struct
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +31,7 @@ import rocksdict
 from .._errors import PageCorruptedError, PageNotFoundError, TierFullError
 from ._engine import crc32c, read_batch, write_batch
 from ._regions import (
+    GENERATIONS_FILE,
     REGIONS_DIR,
     TIER_NAMES,
     GenerationTable,
@@ -67,8 +70,9 @@ class TierConfig:
         ``"MEM"`` (a directory on tmpfs such as /dev/shm), ``"SSD"`` or ``"HDD"``; any case,
         stored upper-case.
     path
-        The tier directory; created (with parents) when the store opens, so it must either
-        be a writable directory or not exist under a writable directory. Stored absolute.
+        The tier directory; created (0700, as are missing parents) when the store opens, so
+        it must either be a writable directory or not exist under a writable directory.
+        Stored absolute. An existing one must pass the checks of :class:`PageStore`.
     capacity
         Bytes the tier may hold; the store uses ``capacity // region_size`` regions, so it
         must be at least one region.
@@ -121,6 +125,156 @@ def _check_creatable_dir(path: str, field: str) -> None:
         raise ValueError(
             f"{field}: {path} cannot be created or written (no write access to {probe})"
         )
+
+
+# ----------------------------------------------------------------- private directories
+
+# Everything the store creates is its owner's alone: pages may hold any data it caches.
+_DIR_MODE, _FILE_MODE = 0o700, 0o600
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITERS = ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _refuse(path: str, what: str, why: str, fix: str) -> PermissionError:
+    return PermissionError(errno.EPERM, f"{what} {why}: {fix}", path)
+
+
+def _check_private(fd: int, path: str, what: str, directory: bool) -> None:
+    """Check that ``fd`` is a directory (or a regular file) of this process's effective
+    user that no one else may write, then narrow its mode to 0700 (0600) if it is wider:
+    stores of earlier versions were 0755 with 0644 files."""
+    st = os.fstat(fd)
+    mode = _DIR_MODE if directory else _FILE_MODE
+    if not (stat.S_ISDIR if directory else stat.S_ISREG)(st.st_mode):
+        kind = "a directory" if directory else "a regular file"
+        raise _refuse(path, what, f"is not {kind}", "remove it")
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise _refuse(
+            path,
+            what,
+            f"is owned by {_user(st.st_uid)}, not by {_user(euid)} that runs the page store",
+            f"remove it (the page store then creates it afresh), or chown it to uid {euid} "
+            "if its contents can be trusted",
+        )
+    writers = [who for bit, who in _WRITERS if st.st_mode & bit]
+    if writers:
+        raise _refuse(
+            path,
+            what,
+            f"is writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "who could have changed cached pages",
+            f"remove it (the page store then creates it afresh), or chmod it to {mode:04o} "
+            "if its contents can be trusted",
+        )
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _open_failed(exc: OSError, dir_fd: int, name: str, path: str, what: str) -> OSError:
+    """The error to raise for ``name`` under ``dir_fd`` that could not be opened: a
+    PermissionError for a symbolic link or a non-directory where a directory belongs,
+    else ``exc`` with the full path."""
+    try:
+        is_link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        is_link = False
+    if is_link:
+        return _refuse(
+            path,
+            what,
+            "is a symbolic link, which the page store does not follow",
+            "remove the link (and configure the path it points to, if that is meant)",
+        )
+    if exc.errno == errno.ENOTDIR:
+        return _refuse(path, what, "is not a directory", "remove it")
+    if exc.errno == errno.EISDIR:
+        return _refuse(path, what, "is not a regular file", "remove it")
+    return OSError(exc.errno, f"{what}: {exc.strerror}", path)
+
+
+def _open_private_dir(dir_fd: int, name: str, path: str, what: str) -> int:
+    """Create (0700) or open the directory ``name`` under ``dir_fd``, without following a
+    link, and return a descriptor of it once :func:`_check_private` passed."""
+    try:
+        os.mkdir(name, _DIR_MODE, dir_fd=dir_fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"{what}: {exc.strerror}", path) from None
+    try:
+        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _open_failed(exc, dir_fd, name, path, what) from None
+    try:
+        _check_private(fd, path, what, directory=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_private_file(dir_fd: int, name: str, path: str, what: str, flags: int) -> int:
+    """Open (creating it 0600 when ``flags`` has O_CREAT) the file ``name`` under
+    ``dir_fd`` without following a link, and return its descriptor once
+    :func:`_check_private` passed."""
+    try:
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _open_failed(exc, dir_fd, name, path, what) from None
+    try:
+        _check_private(fd, path, what, directory=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_parent(path: str) -> int:
+    """A descriptor of the directory ``path``, links followed (the operator's own path),
+    its missing levels created 0700 one by one (``os.makedirs`` would give them the
+    umask's mode)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        parent, name = os.path.split(path)
+        if parent == path:
+            raise
+    parent_fd = _open_parent(parent)
+    try:
+        try:
+            os.mkdir(name, _DIR_MODE, dir_fd=parent_fd)
+        except FileExistsError:  # made by someone else meanwhile: not ours to change
+            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent_fd)
+        fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+    finally:
+        os.close(parent_fd)
+    try:
+        os.fchmod(fd, _DIR_MODE)  # the umask may have narrowed it
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_store_dir(path: str, what: str) -> int:
+    """Create or open a directory of the store (a tier or the index), missing parents
+    made 0700, and return a descriptor of it once :func:`_check_private` passed."""
+    parent, name = os.path.split(path)
+    parent_fd = _open_parent(parent)
+    try:
+        return _open_private_dir(parent_fd, name, path, what)
+    finally:
+        os.close(parent_fd)
 
 
 @dataclass(frozen=True)
@@ -221,6 +375,7 @@ class _Tier:
         self.used = 0
         self.table: GenerationTable | None = None
         self.lock_fd = -1
+        self.dir_fd = self.regions_fd = -1  # the tier directory and its regions/, checked
         self.pages = self.live_bytes = self.pinned_bytes = self.dirty_bytes = 0
 
     def region_key(self, number: int) -> bytes:
@@ -291,7 +446,9 @@ class PageStore:
         One :class:`TierConfig` per tier, distinct names and directories. The first tier is
         the default for :meth:`put`.
     index_path
-        Directory of the RocksDB index (created if missing).
+        Directory of the RocksDB index (created 0700 if missing, as are missing parents;
+        an existing one must pass the checks below). RocksDB creates its own files with
+        the process umask: this directory being 0700 is what keeps them from other users.
     region_size
         Bytes per region file; a multiple of ``page_align``, at most every tier's capacity.
         Fixed for the life of the index.
@@ -307,8 +464,30 @@ class PageStore:
     direct
         Read pages with O_DIRECT (where the destination buffer is aligned too).
 
+    Raises
+    ------
+    PermissionError
+        A directory or file of the store fails the checks below; the message names it,
+        says why and what to do.
+
     Notes
     -----
+    The store's files are private: every directory it creates (tier directories, their
+    ``regions/``, the index directory, missing parents of these) is 0700 and every file
+    (region files, ``generations``, ``lock``) 0600, whatever the umask. A tier or index
+    directory that exists already, a tier's ``regions/`` and every region file, ``lock``
+    and ``generations`` in it are opened without following symbolic links and used only
+    if they are a real directory (regular file), owned by the effective uid of the
+    process and writable by neither group nor others; anything else (a directory
+    created beforehand by another user, a mode 0777, a symbolic link) makes the store
+    refuse to open with a ``PermissionError``. One owned by us that others may only read
+    (0755 and 0644, as earlier versions made them) is narrowed to 0700 (0600) instead.
+    The checks are made on the descriptors the store then uses (directories, region files,
+    ``lock``), so those cannot be swapped between check and use; RocksDB and the
+    generation table open their files by path, in directories no other user can change.
+    Readers in other processes get descriptors from the owner (see :class:`RegionReader`):
+    they need no access to the directories.
+
     Call order: construct (opens the index, recovers the tiers and drops index entries whose
     region generation no longer matches), then any mix of :meth:`put`, :meth:`put_many`,
     :meth:`get_into`, :meth:`get_many_into`, :meth:`locate`, :meth:`contains`,
@@ -422,7 +601,9 @@ class PageStore:
     # ----------------------------------------------------------------- open and recovery
 
     def _open_index(self) -> None:
-        os.makedirs(self.index_path, exist_ok=True)
+        # RocksDB creates its files with the process umask: the private directory is what
+        # keeps them from other users.
+        os.close(_open_store_dir(self.index_path, "page index directory"))
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         try:
@@ -450,16 +631,44 @@ class PageStore:
                 )
 
     def _open_tier(self, tier: _Tier) -> None:
-        os.makedirs(os.path.join(tier.dir, REGIONS_DIR), exist_ok=True)
-        lock_path = os.path.join(tier.dir, "lock")
-        tier.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        what = f"tier {tier.name}"
+        tier.dir_fd = _open_store_dir(tier.dir, f"{what} directory")
+        tier.regions_fd = _open_private_dir(
+            tier.dir_fd,
+            REGIONS_DIR,
+            os.path.join(tier.dir, REGIONS_DIR),
+            f"{what} regions directory",
+        )
+        tier.lock_fd = _open_private_file(
+            tier.dir_fd, "lock", os.path.join(tier.dir, "lock"), f"{what} lock file",
+            os.O_RDWR | os.O_CREAT,
+        )  # fmt: skip
         try:
             fcntl.flock(tier.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OSError(
                 errno.EBUSY, f"tier {tier.name} is in use by another PageStore", tier.dir
             ) from None
-        tier.table = GenerationTable(generations_path(tier.dir), len(tier.regions))
+        for name in os.listdir(tier.regions_fd):
+            if name.isdigit():
+                path = os.path.join(tier.dir, REGIONS_DIR, name)
+                flags = os.O_RDONLY | os.O_NONBLOCK  # no wait on a FIFO: it is refused
+                os.close(
+                    _open_private_file(tier.regions_fd, name, path, f"{what} region file", flags)
+                )
+        # Created and checked through the directory's descriptor; the table opens it again
+        # by path, which no other user can change now that the directory is private.
+        table = generations_path(tier.dir)
+        os.close(
+            _open_private_file(
+                tier.dir_fd,
+                GENERATIONS_FILE,
+                table,
+                f"{what} generation table",
+                os.O_RDWR | os.O_CREAT,
+            )  # fmt: skip
+        )
+        tier.table = GenerationTable(table, len(tier.regions))
 
     def _scan(self, prefix: bytes):
         for key, value in self._db.items(from_key=prefix):
@@ -488,7 +697,7 @@ class PageStore:
         for tier in self._tiers.values():
             for region in tier.regions:
                 region.generation = max(region.generation, tier.table.get(region.number))
-                if region.state != _FREE and not self._region_file_ok(region):
+                if region.state != _FREE and not self._region_file_ok(tier, region):
                     region.state = _FREE
                     region.generation += 1
             self._drop_extra_region_files(tier)
@@ -524,7 +733,7 @@ class PageStore:
                 else:
                     tier.used += 1
                     region.last_access = next(self._clock)
-                    self._open_region_file(region)
+                    self._open_region_file(tier, region)
                 if tier.table.get(region.number) != region.generation:
                     tier.table.set(region.number, region.generation)
                 old = stored.get((tier.code, region.number))
@@ -549,27 +758,32 @@ class PageStore:
             return None
         return entry
 
-    def _region_file_ok(self, region: _Region) -> bool:
+    def _region_file_ok(self, tier: _Tier, region: _Region) -> bool:
+        name = os.path.basename(region.path)
         try:
-            return os.stat(region.path).st_size == self.region_size
+            st = os.stat(name, dir_fd=tier.regions_fd, follow_symlinks=False)
         except FileNotFoundError:
             return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == self.region_size
 
     def _drop_extra_region_files(self, tier: _Tier) -> None:
         """Remove region files past the tier's region count (its capacity shrank)."""
-        for name in os.listdir(os.path.join(tier.dir, REGIONS_DIR)):
+        for name in os.listdir(tier.regions_fd):
             if not name.isdigit() or int(name) < len(tier.regions):
                 continue
             number = int(name)
             generation = tier.table.get(number)
             if generation is not None:
                 tier.table.set(number, generation + 1)  # readers of it see a stale location
-            os.unlink(os.path.join(tier.dir, REGIONS_DIR, name))
+            os.unlink(name, dir_fd=tier.regions_fd)
 
-    def _open_region_file(self, region: _Region) -> None:
+    def _open_region_file(self, tier: _Tier, region: _Region) -> None:
         if region.fd >= 0:
             return
-        fd = os.open(region.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_private_file(
+            tier.regions_fd, os.path.basename(region.path), region.path,
+            f"tier {tier.name} region file", os.O_RDWR | os.O_CREAT,
+        )  # fmt: skip
         try:
             if os.fstat(fd).st_size != self.region_size:
                 os.ftruncate(fd, self.region_size)
@@ -685,7 +899,7 @@ class PageStore:
                 tier.dir,
             )
         region = tier.regions[heapq.heappop(tier.free)]
-        self._open_region_file(region)
+        self._open_region_file(tier, region)
         region.state = _OPEN
         region.kind = kind
         region.fill = 0
@@ -1217,6 +1431,10 @@ class PageStore:
             if tier.lock_fd >= 0:
                 os.close(tier.lock_fd)
                 tier.lock_fd = -1
+            for fd in (tier.regions_fd, tier.dir_fd):
+                if fd >= 0:
+                    os.close(fd)
+            tier.regions_fd = tier.dir_fd = -1
 
     def __enter__(self) -> PageStore:
         return self

@@ -18,6 +18,7 @@ import pytest
 from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 from shoal._config import load_config
+from shoal._testing._home import remove_mem_tier
 from shoal.client import Client
 from shoal.control._daemon import process_alive, running_pid
 
@@ -75,7 +76,8 @@ def kill_worker(home: str) -> int:
 @contextlib.contextmanager
 def shoal_environment(**settings) -> Iterator[str]:
     """A fresh home (short path: it holds a Unix socket) with the small configuration,
-    as ``$SHOAL_HOME``; the worker it gets is stopped on exit."""
+    as ``$SHOAL_HOME``; on exit the worker it got is stopped, then the home and the MEM
+    tier on /dev/shm that ``settings`` may give it are removed."""
     home = tempfile.mkdtemp(prefix="shoal-it-", dir="/tmp")
     with pytest.MonkeyPatch.context() as mp:
         for var in list(os.environ):
@@ -91,6 +93,7 @@ def shoal_environment(**settings) -> Iterator[str]:
             try:
                 stop_worker(home)
             finally:
+                remove_mem_tier(home)
                 shutil.rmtree(home, ignore_errors=True)
 
 

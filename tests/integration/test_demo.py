@@ -12,24 +12,44 @@ import sys
 
 import pytest
 
+from shoal._testing._home import remove_home
 from shoal.control._daemon import process_alive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def home_of(out: str | bytes | None) -> str | None:
+    """The demo's home, from its output."""
+    if isinstance(out, bytes):
+        out = out.decode(errors="replace")
+    match = re.search(r"home (\S+),", out or "")
+    return match.group(1) if match else None
+
+
+def clean_up_after_killed_demo(home: str | None) -> None:
+    """What a demo killed before its own clean-up leaves: its worker, its home, its MEM
+    tier (10% of RAM on /dev/shm)."""
+    if home is not None and os.path.isdir(home):
+        remove_home(home)
 
 
 def test_tiny_demo(tmp_path):
     out_json = tmp_path / "demo.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
     env["PYTHONPATH"] = ROOT
-    proc = subprocess.run(
-        [sys.executable, "-m", "shoal.demo", "--objects", "40", "--total-mib", "16",
-         "--batch", "8", "--json", str(out_json)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "shoal.demo", "--objects", "40", "--total-mib", "16",
+             "--batch", "8", "--json", str(out_json)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        clean_up_after_killed_demo(home_of(exc.stdout))
+        raise
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "dataset: 40 objects, 16.0 MiB" in out
@@ -89,6 +109,7 @@ def test_interrupted_demo_stops_everything(signum):
         text=True,
         env=env,
     )  # fmt: skip
+    home = None
     try:
         lines = []
         while True:
@@ -107,6 +128,7 @@ def test_interrupted_demo_stops_everything(signum):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+            clean_up_after_killed_demo(home)
     assert proc.returncode == 128 + signum, err
     assert f"stopped the Shoal worker (pid {worker_pid})" in out
     assert "stopped the S3 server (moto)" in out

@@ -410,14 +410,15 @@ def mem_store(tmp_path):
     import tempfile
 
     shm = tempfile.mkdtemp(dir="/dev/shm", prefix="shoal-test-")
-    store = PageStore(
-        [TierConfig("MEM", os.path.join(shm, "mem"), 4 * RS), TierConfig("SSD", tmp_path, 4 * RS)],
-        tmp_path / "index",
-        region_size=RS,
-    )
-    yield store
-    store.close()
-    shutil.rmtree(shm, ignore_errors=True)
+    try:
+        tiers = [
+            TierConfig("MEM", os.path.join(shm, "mem"), 4 * RS),
+            TierConfig("SSD", tmp_path, 4 * RS),
+        ]
+        with PageStore(tiers, tmp_path / "index", region_size=RS) as store:
+            yield store
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)
 
 
 def test_read_located_copies_pages_in_memory_out_of_a_mapping(mem_store):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import pwd
 import random
 import shutil
+import stat
 import struct
 import tempfile
 import threading
@@ -585,6 +588,237 @@ def test_one_owner_at_a_time(tmp_path):
         with pytest.raises(OSError, match="tier SSD is in use") as info:
             PageStore(other_index, tmp_path / "index2", region_size=RS)
         assert info.value.errno == errno.EBUSY
+
+
+# ------------------------------------------------------------------ private files
+
+
+def modes(root) -> dict[str, int]:
+    """Path relative to ``root`` -> permission bits, of everything beneath it."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, root)] = stat.S_IMODE(os.lstat(path).st_mode)
+    return out
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        0,
+        0o022,
+        0o077,
+        pytest.param(
+            0o777,
+            marks=pytest.mark.skipif(
+                os.geteuid() != 0, reason="RocksDB cannot reopen its own mode 0000 files"
+            ),
+        ),
+    ],
+)
+def test_everything_created_is_private_whatever_the_umask(tmp_path, mask):
+    # Missing parents too: os.makedirs would give them the umask's mode. A umask of 0777
+    # narrows what the store creates: it is widened back to 0700 and 0600.
+    tiers = [
+        TierConfig("MEM", tmp_path / "a" / "b" / "mem", 4 * RS),
+        TierConfig("SSD", tmp_path / "ssd", 4 * RS),
+    ]
+    with umask(mask), PageStore(tiers, tmp_path / "c" / "index", region_size=RS) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 40 * KiB)) for i in range(4)], tier="MEM")
+        s.put("s", b"ssd page", tier="SSD")
+    found = modes(tmp_path)
+    rocksdb = {p: m for p, m in found.items() if p.startswith("c/index/")}
+    ours = {p: m for p, m in found.items() if p not in rocksdb}
+    assert ours == {
+        "a": 0o700, "a/b": 0o700, "a/b/mem": 0o700, "a/b/mem/regions": 0o700,
+        "a/b/mem/lock": 0o600, "a/b/mem/generations": 0o600,
+        **{f"a/b/mem/regions/{n:06d}": 0o600 for n in range(4)},  # a page per region
+        "ssd": 0o700, "ssd/regions": 0o700, "ssd/lock": 0o600, "ssd/generations": 0o600,
+        "ssd/regions/000000": 0o600,
+        "c": 0o700, "c/index": 0o700,
+    }  # fmt: skip
+    assert rocksdb  # RocksDB's own files: the umask's, behind the 0700 index directory
+    with PageStore(tiers, tmp_path / "c" / "index", region_size=RS) as s:
+        assert read(s, "k3") == payload("k3", 40 * KiB) and read(s, "s") == b"ssd page"
+
+
+def test_a_store_of_an_earlier_version_is_narrowed(tmp_path):
+    with make_store(tmp_path, tiers=("SSD", "MEM")) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 30 * KiB)) for i in range(6)], tier="MEM")
+    for path, mode in modes(tmp_path).items():  # what earlier versions left: 0755 and 0644
+        if not path.startswith("index/"):
+            os.chmod(tmp_path / path, 0o755 if mode == 0o700 else 0o644)
+    os.chmod(tmp_path / "index", 0o755)
+    with make_store(tmp_path, tiers=("SSD", "MEM")) as s:
+        assert [read(s, f"k{i}") for i in range(6)] == [
+            payload(f"k{i}", 30 * KiB) for i in range(6)
+        ]
+    for path, mode in modes(tmp_path).items():
+        if not path.startswith("index/"):
+            assert mode == (0o700 if (tmp_path / path).is_dir() else 0o600), path
+    assert stat.S_IMODE(os.stat(tmp_path / "index").st_mode) == 0o700
+
+
+def refusal(info: pytest.ExceptionInfo, path) -> str:
+    """The message of a refusal, checked to be a PermissionError naming ``path``."""
+    assert isinstance(info.value, PermissionError) and info.value.errno == errno.EPERM
+    assert info.value.filename == str(path)
+    return info.value.strerror
+
+
+@pytest.mark.parametrize(
+    "where, mode, message",
+    [
+        ("ssd", 0o777, "tier SSD directory is writable by its group and others (mode 0777)"),
+        ("ssd", 0o720, "tier SSD directory is writable by its group (mode 0720)"),
+        ("ssd/regions", 0o702, "tier SSD regions directory is writable by others (mode 0702)"),
+        ("ssd/regions/000000", 0o666, "tier SSD region file is writable by its group and "),
+        ("ssd/regions/000005", 0o646, "tier SSD region file is writable by others (mode 0646)"),
+        ("ssd/lock", 0o660, "tier SSD lock file is writable by its group (mode 0660)"),
+        ("ssd/generations", 0o606, "tier SSD generation table is writable by others"),
+        ("index", 0o777, "page index directory is writable by its group and others"),
+    ],
+)
+def test_anything_others_may_write_is_refused(tmp_path, where, mode, message):
+    with make_store(tmp_path) as s:
+        s.put("k", b"page")
+    path = tmp_path / where
+    if not path.exists():  # a region file not written yet: left by a larger store
+        path.write_bytes(b"")
+    os.chmod(path, mode)
+    with pytest.raises(PermissionError) as info:
+        make_store(tmp_path)
+    text = refusal(info, path)
+    assert text.startswith(message)
+    assert "who could have changed cached pages: remove it" in text
+    expected = "0700" if path.is_dir() else "0600"
+    assert text.endswith(f"or chmod it to {expected} if its contents can be trusted")
+    os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    with make_store(tmp_path) as s:  # nothing was left open or half-done
+        assert read(s, "k") == b"page"
+
+
+def test_a_directory_made_beforehand_with_mode_0777_is_refused(tmp_path):
+    os.mkdir(tmp_path / "ssd")
+    os.chmod(tmp_path / "ssd", 0o777)
+    with pytest.raises(PermissionError) as info:
+        make_store(tmp_path)
+    assert "writable by its group and others (mode 0777)" in refusal(info, tmp_path / "ssd")
+    assert os.listdir(tmp_path / "ssd") == []  # nothing created in it
+
+
+@pytest.mark.parametrize(
+    "where, what",
+    [
+        ("ssd", "tier SSD directory"),
+        ("ssd/regions", "tier SSD regions directory"),
+        ("ssd/regions/000000", "tier SSD region file"),
+        ("ssd/lock", "tier SSD lock file"),
+        ("ssd/generations", "tier SSD generation table"),
+        ("index", "page index directory"),
+    ],
+)
+def test_a_symbolic_link_is_refused(tmp_path, where, what):
+    with make_store(tmp_path) as s:
+        s.put("k", b"page")
+    path = tmp_path / where
+    real = tmp_path / "moved"
+    os.rename(path, real)  # the link points to the store's own, private, item
+    os.symlink(real, path)
+    with pytest.raises(PermissionError) as info:
+        make_store(tmp_path)
+    assert refusal(info, path) == (
+        f"{what} is a symbolic link, which the page store does not follow: remove the link "
+        "(and configure the path it points to, if that is meant)"
+    )
+
+
+def test_links_above_the_store_are_followed(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    tiers = [TierConfig("SSD", tmp_path / "link" / "ssd", 4 * RS)]
+    with PageStore(tiers, tmp_path / "link" / "index", region_size=RS) as s:
+        s.put("k", b"page")
+    assert sorted(os.listdir(tmp_path / "real")) == ["index", "ssd"]
+
+
+def test_a_file_in_place_of_the_tier_directory_is_refused(tmp_path):
+    tier = TierConfig("SSD", tmp_path / "ssd", 4 * RS)  # checked while the path was free
+    (tmp_path / "ssd").write_bytes(b"")
+    with pytest.raises(PermissionError) as info:
+        PageStore([tier], tmp_path / "index", region_size=RS)
+    assert refusal(info, tmp_path / "ssd") == "tier SSD directory is not a directory: remove it"
+
+
+@pytest.mark.parametrize(
+    "where, kind, message",
+    [
+        ("ssd/regions", "file", "tier SSD regions directory is not a directory: remove it"),
+        ("ssd/regions/000001", "fifo", "tier SSD region file is not a regular file: remove it"),
+        ("ssd/lock", "directory", "tier SSD lock file is not a regular file: remove it"),
+    ],
+)
+def test_the_wrong_kind_of_file_is_refused(tmp_path, where, kind, message):
+    with make_store(tmp_path) as s:
+        s.put("k", b"page")
+    path = tmp_path / where
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    if kind == "file":
+        path.write_bytes(b"")
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.mkdir(mode=0o700)
+    with pytest.raises(PermissionError) as info:
+        make_store(tmp_path)
+    assert refusal(info, path) == message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize(
+    "where, what",
+    [
+        ("ssd", "tier SSD directory"),
+        ("ssd/regions", "tier SSD regions directory"),
+        ("ssd/regions/000000", "tier SSD region file"),
+        ("ssd/generations", "tier SSD generation table"),
+        ("index", "page index directory"),
+    ],
+)
+def test_anything_owned_by_another_user_is_refused(tmp_path, where, what):
+    with make_store(tmp_path) as s:
+        s.put("k", b"page")
+    path = tmp_path / where
+    os.chown(path, 65534, 65534)
+    with pytest.raises(PermissionError) as info:
+        make_store(tmp_path)
+    other = f"uid 65534 ({pwd.getpwuid(65534).pw_name})" if has_user(65534) else "uid 65534"
+    assert refusal(info, path) == (
+        f"{what} is owned by {other}, not by uid 0 (root) that runs the page store: remove it "
+        "(the page store then creates it afresh), or chown it to uid 0 if its contents can "
+        "be trusted"
+    )
+
+
+def has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def test_bad_keys_and_pages(store):
