@@ -478,10 +478,10 @@ def bench_mlperf(args, ctx, table: Table) -> None:
             assert hits == 0, f"a cold epoch found {hits} pages in the cache"
             assert fetched >= total, f"a cold epoch fetched {fetched} of {total} bytes"
             # The worker's own count of what it asked of S3, beside the proxy's.
+            sent, before_sent = after["ufs_requests"], report["ufs_requests"]
             own = ", ".join(
-                f"{key} {after[key] - report[key]}"
-                for key in ("ufs_reads", "ufs_stats", "ufs_lists")
-                if key in after and key in report
+                f"{kind} {sent.get(kind, 0) - before_sent.get(kind, 0)}"
+                for kind in ("GET", "HEAD", "LIST")
             )
             note = f"hit ratio 0.0%, {fetched / total:.2f}x the dataset fetched; worker: {own}"
             return _Epoch(total, seconds, wait, counts, note)

@@ -147,7 +147,10 @@ class Client:
 
     # ----------------------------------------------------------------- metadata
 
-    def _metas(self, paths: Sequence[str]) -> list[FileMeta]:
+    def _metas(self, paths: Sequence[str], reads: Sequence | None = None) -> list[FileMeta]:
+        """The metadata of ``paths``, from this client's cache or the worker; ``reads``
+        (per path the ``[start, end)`` about to be read) lets the worker learn a cold
+        file's metadata from the read itself."""
         now = time.monotonic()
         out: list[FileMeta | None] = []
         missing: dict[str, list[int]] = {}
@@ -159,7 +162,8 @@ class Client:
                 out.append(None)
                 missing.setdefault(p, []).append(i)
         if missing:
-            records = self._stat_records(list(missing))
+            fetch = None if reads is None else [reads[slots[0]] for slots in missing.values()]
+            records = self._stat_records(list(missing), fetch)
             expiry = time.monotonic() + self._meta_ttl
             for (p, slots), record in zip(missing.items(), records, strict=True):
                 if "error" in record:
@@ -173,12 +177,15 @@ class Client:
                 self._meta = {p: e for p, e in self._meta.items() if e[0] > now}
         return out
 
-    def _stat_records(self, paths: list[str]) -> list[dict]:
+    def _stat_records(self, paths: list[str], fetch: list | None = None) -> list[dict]:
         """File records from a worker; in an etcd cluster where no worker answers, from
         the mount table in etcd and the under-stores themselves."""
         router = self._live()
+        header: dict[str, Any] = {"op": "stat", "paths": paths}
+        if fetch is not None:
+            header["fetch"] = fetch
         try:
-            return router.call({"op": "stat", "paths": paths})["files"]
+            return router.call(header)["files"]
         except (ConnectionError, TimeoutError) as exc:
             if self._config.etcd is None:
                 raise
@@ -355,7 +362,11 @@ class Client:
         for attempt in range(3):
             missing = [item for item in checked if item[3] is None]
             if missing:
-                for item, meta in zip(missing, self._metas([m[1] for m in missing]), strict=True):
+                # On one node the worker may learn a cold file from the read itself; in a
+                # cluster the file's worker depends on its version, so it is stat'd first.
+                reads = None if router.cluster else [[m[2], m[2] + m[0].nbytes] for m in missing]
+                metas = self._metas([m[1] for m in missing], reads)
+                for item, meta in zip(missing, metas, strict=True):
                     item[3] = meta
             results = []
             wanted = []

@@ -20,14 +20,16 @@ from .._errors import TierFullError
 from ..engine import PageStore
 from ._files import File
 from ._metrics import Counters
-from ._pages import page_count, page_key, page_length
-from .ufs import ObjectChangedError
+from ._namespace import Mount
+from ._pages import file_id, page_count, page_key, page_length
+from .ufs import ObjectChangedError, ObjectInfo, UnderStore
 
 __all__ = ["Fetcher", "Page", "TierHealth", "TierState"]
 
 log = logging.getLogger("shoal.worker")
 
 _PROBE_KEY = b"\0shoal-tier-probe"
+_MAX_FRESH = 1 << 16  # pages fetched ahead of the read that asked for them, remembered
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ class Fetcher:
         self._pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
         self._buffers = threading.local()
+        # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
+        self._fresh: OrderedDict[bytes, None] = OrderedDict()
 
     def pages_of(self, f: File) -> list[Page]:
         """Every page of the file ``f``."""
@@ -289,6 +293,53 @@ class Fetcher:
                     if self._inflight.get(p.key) is fut:
                         del self._inflight[p.key]
 
+    def fetch_first(
+        self, mount: Mount, rel: str, store: UnderStore, path: str, start: int, end: int
+    ) -> ObjectInfo:
+        """Read the pages of an object that hold bytes ``[start, end)`` (at most
+        ``whole_file_bytes``) with one request that also tells its metadata, cache the
+        complete ones, and return the metadata: a cold read that needs no stat."""
+        ps = self.page_size
+        lo = start // ps * ps
+        hi = min(max(-(-end // ps) * ps, lo + ps), lo + self.whole_file_bytes)
+        buf = self._scratch(hi - lo)
+        n, info = store.fetch_into(rel, lo, buf)
+        self._counters.add(ufs_reads=1, ufs_bytes=n)
+        if info.is_dir or n == 0:
+            return info
+        fid = file_id(mount.child_uri(rel), info.version)
+        items = []
+        index, count = lo // ps, page_count(info.size, ps)
+        while index < count:
+            length = page_length(index, info.size, ps)
+            at = index * ps - lo
+            if at + length > n:
+                break
+            key = page_key(fid, index)
+            if not self._store.contains(key):
+                items.append((key, buf[at : at + length]))
+            index += 1
+        if items:
+            kept = self.cache(items, path)
+            self._counters.add(ufs_pages=len(items))
+            with self._lock:
+                for key in kept:
+                    self._fresh[key] = None
+                while len(self._fresh) > _MAX_FRESH:
+                    self._fresh.popitem(last=False)
+        return info
+
+    def _count(self, pages: list[Page], missing: int) -> None:
+        """Count the hits and misses of a read; pages a stat fetched for it are misses."""
+        fresh = 0
+        if self._fresh:
+            with self._lock:
+                for p in pages:
+                    if self._fresh.pop(p.key, 0) is None:
+                        fresh += 1
+        hits = len(pages) - missing - fresh
+        self._counters.add(page_hits=hits, page_misses=missing + fresh)
+
     def cache(self, items: list[tuple[bytes, memoryview]], path: str) -> set[bytes]:
         """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
         that takes them, fastest first; the keys of the pages stored. A tier that fails
@@ -314,7 +365,8 @@ class Fetcher:
             # No tier takes them all at once: one page at a time.
             return set().union(*(self.cache([item], path) for item in items))
         self._counters.add(store_full=1)
-        log.warning("page of %s not cached: %s", path, error or "no usable tier")
+        if error is not None:  # with every tier down, their state changes said it all
+            log.warning("page of %s not cached: %s", path, error)
         return set()
 
     def _probe(self, tier: str) -> None:
@@ -456,7 +508,7 @@ class Fetcher:
                     missing.append(p)
                 else:
                     out[p.key] = loc
-        self._counters.add(page_hits=len(pages) - len(missing), page_misses=len(missing))
+        self._count(pages, len(missing))
         if not missing:
             return out
         futures = self.start(missing)

@@ -9,7 +9,7 @@ import errno
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -101,6 +101,11 @@ class File:
         }
 
 
+def _dir_path(mount: Mount, parent: str) -> str:
+    """The Shoal path of the directory ``parent`` (relative to ``mount``)."""
+    return f"{mount.path.rstrip('/')}/{parent}" if parent else mount.path
+
+
 def entry(path: str, info: ObjectInfo) -> dict:
     """An entry of the ``ls`` op."""
     return {
@@ -141,9 +146,14 @@ class FileResolver:
         self.metadata = MetadataCache()
         self._lock = threading.Lock()
         self._stores: dict[str, UnderStore] = {}
+        self._retired: dict[str, dict[str, int]] = {}  # requests of stores closed, per mount
         self._files: dict[str, File] = {}  # path as asked -> file, while current
         self._epoch = 0
         self._pool = ThreadPoolExecutor(stat_threads, "shoal-stat")
+        self._opening: dict[str, threading.Event] = {}  # paths read for their metadata now
+        #: ``(mount, rel, store, path, start, end) -> ObjectInfo``: reads the first pages
+        #: of a file whose metadata nothing tells, caches them, and says what it is.
+        self.fetch_first: Callable[..., ObjectInfo] | None = None
 
     # ----------------------------------------------------------------- mounts
 
@@ -167,7 +177,7 @@ class FileResolver:
             self._stores[mount.path] = store
             self._epoch += 1
         if old is not None:
-            old.close()
+            self._retire(mount.path, old)
         self.metadata.refresh(mount.path)
         log.info("mounted %s at %s", uri, mount.path)
         return mount
@@ -179,7 +189,7 @@ class FileResolver:
             store = self._stores.pop(mount.path, None)
             self._epoch += 1
         if store is not None:
-            store.close()
+            self._retire(mount.path, store)
         self.metadata.refresh(mount.path)
         log.info("unmounted %s", mount.path)
         return mount
@@ -204,6 +214,28 @@ class FileResolver:
         with self._lock:
             self._epoch += 1
 
+    def _retire(self, where: str, store: UnderStore) -> None:
+        """Close a mount's store, keeping its request counts."""
+        counts = store.requests()
+        with contextlib.suppress(Exception):
+            store.close()
+        with self._lock:
+            into = self._retired.setdefault(where, {})
+            for kind, n in counts.items():
+                into[kind] = into.get(kind, 0) + n
+
+    def requests(self) -> dict[str, dict[str, int]]:
+        """Requests sent to each mount's under-store since the worker started, by kind
+        (``GET``, ``HEAD``, ``LIST`` ...), per mount point (unmounted ones included)."""
+        with self._lock:
+            stores = dict(self._stores)
+            out = {where: dict(counts) for where, counts in self._retired.items()}
+        for where, store in stores.items():
+            into = out.setdefault(where, {})
+            for kind, n in store.requests().items():
+                into[kind] = into.get(kind, 0) + n
+        return out
+
     def store_of(self, mount: Mount) -> UnderStore:
         """The open store of ``mount`` (opened on first use)."""
         with self._lock:
@@ -220,13 +252,8 @@ class FileResolver:
 
     # ----------------------------------------------------------------- files
 
-    def file(self, path: str) -> File:
-        """The file (or directory) at ``path``, from the metadata cache or the store."""
-        f = self._files.get(path)
-        # Still current while the metadata cache holds the same stat and no mount changed.
-        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
-            return f
-        raw = path
+    def _resolve(self, path: str) -> tuple[str, Mount, str, int]:
+        """``path`` normalised, its mount, the path relative to it, the table's epoch."""
         path = normalize_path(path)
         epoch = self._epoch
         try:
@@ -237,12 +264,26 @@ class FileResolver:
             self._reload_mounts()
             epoch = self._epoch
             mount, rel = self._mounts.resolve(path)
+        return path, mount, rel, epoch
+
+    def file(self, path: str) -> File:
+        """The file (or directory) at ``path``: from the metadata cache, from the cached
+        listing of its directory (which also tells that it does not exist), or from the
+        store (a stat)."""
+        f = self._files.get(path)
+        # Still current while the metadata cache holds the same stat and no mount changed.
+        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+            return f
+        raw = path
+        path, mount, rel, epoch = self._resolve(path)
         own, _ = split_mount_options(mount.options)
         if not rel:
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)
-        info = self.metadata.stat(path, own["metadata_ttl"], lambda: self._stat_one(store, rel))
+        info = self.metadata.stat(
+            path, own["metadata_ttl"], lambda: self._stat_one(mount, store, rel, path)
+        )
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
         f = File(path, mount, rel, info, fid, store, own, epoch)
         if len(self._files) >= _MAX_FILES:
@@ -250,30 +291,76 @@ class FileResolver:
         self._files[raw] = f
         return f
 
-    def _stat_one(self, store: UnderStore, rel: str) -> ObjectInfo:
-        self._counters.add(ufs_stats=1)
+    def _stat_one(self, mount: Mount, store: UnderStore, rel: str, path: str) -> ObjectInfo:
+        parent, _, name = rel.rpartition("/")
+        listed = self.metadata.get_dir(_dir_path(mount, parent))
+        if listed is not None:
+            info = listed.get(name)
+            if info is None:
+                raise FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)
+            return info
         return store.stat(rel)
 
-    def stat(self, paths: list[str]) -> list[dict]:
-        """File records, or ``{"error": ...}`` per path that fails; the stores are asked
-        about several paths at once."""
+    def _file_to_read(self, path: str, start: int, end: int) -> File:
+        """:meth:`file`, for a caller about to read bytes ``[start, end)`` of it: when
+        nothing tells its metadata yet, one read of its first pages (cached on the way)
+        tells it instead of a stat: a cold read costs one request."""
+        fetch_first = self.fetch_first
+        f = self._files.get(path)
+        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+            return f
+        norm, mount, rel, _ = self._resolve(path)
+        own, _ = split_mount_options(mount.options)
+        if (
+            not rel
+            or fetch_first is None
+            or own["metadata_ttl"] <= 0
+            or self.metadata.get_stat(norm) is not None
+            or self.metadata.get_dir(_dir_path(mount, rel.rpartition("/")[0])) is not None
+        ):
+            return self.file(path)
+        with self._lock:
+            waiting = self._opening.get(norm)
+            if waiting is None:
+                self._opening[norm] = threading.Event()
+        if waiting is not None:  # another thread reads it first: its answer serves us
+            waiting.wait()
+            return self.file(path)
+        try:
+            info = fetch_first(mount, rel, self.store_of(mount), norm, start, end)
+            self.metadata.put_stat(norm, info, own["metadata_ttl"])
+        except (FileNotFoundError, IsADirectoryError):
+            pass  # a directory (on an object store, a prefix), or nothing: a stat tells
+        finally:
+            with self._lock:
+                self._opening.pop(norm).set()
+        return self.file(path)
 
-        def one(p: str) -> dict:
+    def stat(self, paths: list[str], fetch: list | None = None) -> list[dict]:
+        """File records, or ``{"error": ...}`` per path that fails; the stores are asked
+        about several paths at once, and the directories of many uncached files listed.
+
+        ``fetch``: per path, None or the ``[start, end)`` the caller is about to read (see
+        :meth:`_file_to_read`)."""
+
+        def one(i: int) -> dict:
             try:
-                return self.file(p).record()
+                want = fetch[i] if fetch is not None else None
+                f = self.file(paths[i]) if want is None else self._file_to_read(paths[i], *want)
+                return f.record()
             except (OSError, ValueError, TypeError) as exc:
                 return {"error": encode_error(exc)}
 
         if len(paths) == 1:
-            return [one(paths[0])]
+            return [one(0)]
         self._prime(paths)
-        return list(self._pool.map(one, paths))
+        return list(self._pool.map(one, range(len(paths))))
 
     def _prime(self, paths: list[str]) -> None:
-        """Fill the metadata cache for many uncached files of one directory with a listing
-        (one request per thousand objects) rather than a stat each (the cold epoch of a
-        dataset of small files)."""
-        groups: dict[tuple[str, str], list[str]] = {}
+        """List the directories of many uncached files (whole, cached for the mount's
+        TTL) rather than stat each: the cold epoch of a dataset of small files costs one
+        listing per directory."""
+        groups: dict[tuple[str, str], int] = {}
         mounts: dict[str, Mount] = {}
         for p in paths:
             try:
@@ -282,27 +369,36 @@ class FileResolver:
             except (ValueError, FileNotFoundError):
                 continue  # reported by the stat of that path
             if rel and self.metadata.get_stat(path) is None:
-                groups.setdefault((mount.path, rel.rpartition("/")[0]), []).append(rel)
+                key = (mount.path, rel.rpartition("/")[0])
+                groups[key] = groups.get(key, 0) + 1
                 mounts[mount.path] = mount
-        for (where, parent), rels in groups.items():
-            ttl = split_mount_options(mounts[where].options)[0]["metadata_ttl"]
-            if len(rels) < _PRIME_MIN or ttl <= 0:
+        for (where, parent), count in groups.items():
+            mount = mounts[where]
+            own = split_mount_options(mount.options)[0]
+            if count < _PRIME_MIN or own["metadata_ttl"] <= 0:
                 continue
-            rels.sort()
-            base = where.rstrip("/")
-            budget = 4 * len(rels) + 1000  # objects listed at most: others may sit between
-            try:
-                store = self.store_of(mounts[where])
-                self._counters.add(ufs_lists=1)
-                # Start just before the first wanted object, stop after the last.
-                listing = store.list(parent + "/" if parent else "", start_after=rels[0][:-1])
-                for info in listing:
-                    self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
-                    budget -= 1
-                    if info.path >= rels[-1] or budget <= 0:
-                        break
-            except (OSError, ValueError):
-                continue  # the stat of each path reports what is wrong
+            with contextlib.suppress(OSError, ValueError):  # each stat reports what is wrong
+                self.directory(mount, parent, own)
+
+    def directory(self, mount: Mount, parent: str, own: Mapping[str, Any]) -> dict[str, ObjectInfo]:
+        """The entries directly in the directory ``parent`` (relative to ``mount``), by
+        name: one whole listing per directory per metadata TTL."""
+        path = _dir_path(mount, parent)
+        cached = self.metadata.get_dir(path)
+        if cached is not None:
+            return cached
+        infos = self.store_of(mount).list_dir(parent)
+        entries: dict[str, ObjectInfo] = {}
+        ttl = own["metadata_ttl"]
+        base = mount.path.rstrip("/")
+        for info in infos:
+            name = info.path.rpartition("/")[2]
+            if name not in entries:  # an object and a directory of one name: the object
+                entries[name] = info
+            if not info.is_dir:
+                self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
+        self.metadata.put_dir(path, entries, ttl)
+        return entries
 
     def listing(self, f: File) -> list[ObjectInfo]:
         """Every object under the directory ``f`` (cached for the mount's TTL)."""
@@ -310,9 +406,7 @@ class FileResolver:
         cached = self.metadata.get_list(f.path)
         if cached is not None:
             return cached
-        store = self.store_of(f.mount)
-        self._counters.add(ufs_lists=1)
-        infos = list(store.list(prefix))
+        infos = list(self.store_of(f.mount).list(prefix))
         ttl = f.own["metadata_ttl"]
         self.metadata.put_list(f.path, infos, ttl)
         base = f.mount.path.rstrip("/")
@@ -337,12 +431,9 @@ class FileResolver:
             raise
         if not f.info.is_dir:
             return [entry(path, f.info)]
-        prefix = f.rel + "/" if f.rel else ""
         base = f.mount.path.rstrip("/")
-        for info in self.listing(f):
-            rest = info.path[len(prefix) :]
-            name, sep, _ = rest.partition("/")
-            if sep:
+        for name, info in self.directory(f.mount, f.rel, f.own).items():
+            if info.is_dir:
                 entries.setdefault(name, entry(under + name, ObjectInfo(name, 0, "", 0.0, True)))
             else:
                 entries[name] = entry(f"{base}/{info.path}", info)

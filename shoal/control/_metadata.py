@@ -1,5 +1,5 @@
-"""The worker's metadata cache: stat and list results per Shoal path, each kept for the TTL
-of its mount.
+"""The worker's metadata cache: stat results, directory listings (one level, whole) and
+recursive listings per Shoal path, each kept for the TTL of its mount.
 
 A cached stat carries the object's version, and page keys are derived from it, so until an
 entry expires (or is refreshed) readers keep getting the version they have been getting,
@@ -18,7 +18,8 @@ __all__ = ["MetadataCache"]
 
 
 class MetadataCache:
-    """Stat results (:class:`ObjectInfo`) and listings per normalised Shoal path.
+    """Stat results (:class:`ObjectInfo`), directory listings and recursive listings per
+    normalised Shoal path.
 
     Parameters
     ----------
@@ -44,10 +45,12 @@ class MetadataCache:
         self._lock = threading.Lock()
         self._stats: dict[str, tuple[float, ObjectInfo]] = {}
         self._lists: dict[str, tuple[float, list[ObjectInfo]]] = {}
+        self._dirs: dict[str, tuple[float, dict[str, ObjectInfo]]] = {}
+        self._tables = (self._stats, self._lists, self._dirs)
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._stats) + len(self._lists)
+            return sum(len(t) for t in self._tables)
 
     def _get(self, table: dict, path: str):
         with self._lock:
@@ -65,16 +68,16 @@ class MetadataCache:
         with self._lock:
             table.pop(path, None)  # re-inserted last: insertion order is age order
             table[path] = (self._clock() + ttl, value)
-            if len(self._stats) + len(self._lists) > self._max:
+            if sum(len(t) for t in self._tables) > self._max:
                 self._shrink()
 
     def _shrink(self) -> None:
         now = self._clock()
-        for table in (self._stats, self._lists):
+        for table in self._tables:
             for path in [p for p, (expiry, _) in table.items() if expiry <= now]:
                 del table[path]
-        excess = len(self._stats) + len(self._lists) - self._max
-        for table in (self._stats, self._lists):
+        excess = sum(len(t) for t in self._tables) - self._max
+        for table in self._tables:
             while excess > 0 and table:
                 del table[next(iter(table))]
                 excess -= 1
@@ -103,6 +106,14 @@ class MetadataCache:
         """Cache the listing under ``path`` for ``ttl`` seconds."""
         self._put(self._lists, path, list(infos), ttl)
 
+    def get_dir(self, path: str) -> dict[str, ObjectInfo] | None:
+        """The cached listing of the directory ``path`` (name -> entry), or None."""
+        return self._get(self._dirs, path)
+
+    def put_dir(self, path: str, entries: dict[str, ObjectInfo], ttl: float) -> None:
+        """Cache the whole listing of the directory ``path`` for ``ttl`` seconds."""
+        self._put(self._dirs, path, entries, ttl)
+
     def refresh(self, path: str) -> int:
         """Forget ``path`` and everything under it (every entry for ``/``), and the
         listings of the directories above it, which hold its old stat too.
@@ -120,9 +131,9 @@ class MetadataCache:
             above.add(probe)
         dropped = 0
         with self._lock:
-            for table in (self._stats, self._lists):
+            for table in self._tables:
                 doomed = [p for p in table if p == path or p.startswith(under)]
-                if table is self._lists:
+                if table is not self._stats:
                     doomed += [p for p in above if p in table]
                 for p in doomed:
                     del table[p]
@@ -132,5 +143,5 @@ class MetadataCache:
     def clear(self) -> None:
         """Forget everything."""
         with self._lock:
-            self._stats.clear()
-            self._lists.clear()
+            for table in self._tables:
+                table.clear()

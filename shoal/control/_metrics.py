@@ -22,8 +22,6 @@ class Counters:
         "ufs_reads",
         "ufs_pages",
         "ufs_bytes",
-        "ufs_stats",
-        "ufs_lists",
         "store_full",
     )
 

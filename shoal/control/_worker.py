@@ -108,6 +108,7 @@ class Worker:
             read_ahead_threads=read_ahead_threads,
             whole_file_bytes=whole_file_bytes,
         )
+        self.files.fetch_first = self.fetcher.fetch_first
 
     @property
     def in_cluster(self) -> bool:
@@ -123,7 +124,7 @@ class Worker:
         return {
             "hello": self.hello,
             "read": self.read,
-            "stat": lambda _, h: Reply({"files": self.stat(h["paths"])}),
+            "stat": lambda _, h: Reply({"files": self.stat(h["paths"], h.get("fetch"))}),
             "mount": lambda _, h: Reply({"mount": self.mount(h["path"], h["uri"], h["options"])}),
             "unmount": lambda _, h: Reply({"mount": self.unmount(h["path"])}),
             "mounts": lambda _, h: Reply({"mounts": self.mounts()}),
@@ -181,9 +182,24 @@ class Worker:
         """The file (or directory) at ``path``."""
         return self.files.file(path)
 
-    def stat(self, paths: list[str]) -> list[dict]:
-        """File records, or ``{"error": ...}`` per path that fails."""
-        return self.files.stat(paths)
+    def stat(self, paths: list[str], fetch: list | None = None) -> list[dict]:
+        """File records, or ``{"error": ...}`` per path that fails.
+
+        ``fetch``: per path None, or the ``[start, end)`` its caller reads next: a path
+        whose metadata nothing tells yet is then learnt from a read of those bytes (one
+        request to the store, the pages cached) instead of a stat."""
+        if fetch is not None:
+            if not isinstance(fetch, list) or len(fetch) != len(paths):
+                raise ValueError("stat: fetch must be a list with one entry per path")
+            for want in fetch:
+                if want is not None and not (
+                    isinstance(want, list)
+                    and len(want) == 2
+                    and all(type(v) is int for v in want)
+                    and 0 <= want[0] <= want[1] < 1 << 63
+                ):
+                    raise ValueError(f"stat: a fetch range must be [start, end], got {want!r}")
+        return self.files.stat(paths, fetch)
 
     def ls(self, path: str) -> list[dict]:
         """Entries directly under ``path``: files, directories, and mount points."""
@@ -444,6 +460,7 @@ class Worker:
         tiers = {name: dataclasses.asdict(u) for name, u in self._store.usage().items()}
         for name, health in self.fetcher.health.report().items():
             tiers[name].update(health)
+        requests = self.files.requests()
         return {
             "worker": {
                 "pid": os.getpid(),
@@ -457,6 +474,8 @@ class Worker:
             "pages": sum(t["pages"] for t in tiers.values()),
             "hit_ratio": counters["page_hits"] / asked if asked else 0.0,
             "mounts": self.files.mount_count(),
+            "ufs_requests": _summed(requests),
+            "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
@@ -483,6 +502,14 @@ class Worker:
             os.close(fd)
         self._store.close()
         self._meta_store.close()
+
+
+def _summed(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for counts in per_mount.values():
+        for kind, n in counts.items():
+            out[kind] = out.get(kind, 0) + n
+    return out
 
 
 def placement_filter(placement: dict | None, me: str | None, page_size: int, chunk_size: int):

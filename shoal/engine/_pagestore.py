@@ -382,6 +382,16 @@ class _Tier:
         return _REGION_PREFIX + bytes((self.code,)) + number.to_bytes(4, "big")
 
 
+def _cut_short(region: _Region, entry: _Entry) -> bool:
+    """True if the region file ends before ``entry``'s page: a page that read wrong there
+    was lost to a fault of the tier (a file truncated under the store), not to a bad
+    sector."""
+    try:
+        return os.fstat(region.fd).st_size < entry.offset + entry.length
+    except OSError:
+        return True
+
+
 def _encode_key(key: Any) -> bytes:
     if isinstance(key, str):
         k = key.encode("utf-8")
@@ -1178,6 +1188,8 @@ class PageStore:
                     todo.append(i)  # reclaimed under us: the page may have moved
                     results[i] = None
                     continue
+                if isinstance(res, PageCorruptedError) and _cut_short(region, entry):
+                    res = OSError(errno.EIO, "region file cut short under its pages", region.path)
                 if isinstance(res, BaseException):
                     res.tier = self._by_code[entry.tier].name
                     if isinstance(res, PageCorruptedError) or (
@@ -1257,7 +1269,8 @@ class PageStore:
         on_error
             With it, a page whose read fails with an I/O error is dropped from the store
             and counts as a miss, and ``on_error(item index, tier name, error)`` is
-            called for it; without it, the first such error is raised.
+            called for it (a region file found shorter than its pages is such an error,
+            EIO); without it, the first such error is raised.
         skip
             Names of tiers not to read (failing ones): their pages count as misses.
 

@@ -65,7 +65,9 @@ class GenerationTable:
         self._map: mmap.mmap | None = None
         try:
             if self.writable and os.fstat(self._fd).st_size < count * _U64.size:
-                os.ftruncate(self._fd, count * _U64.size)
+                # Allocated, not sparse: a store through the mapping into a hole of a full
+                # filesystem would kill the writer with SIGBUS; this fails here instead.
+                os.posix_fallocate(self._fd, 0, count * _U64.size)
             self._remap()
         except BaseException:
             self.close()

@@ -454,11 +454,14 @@ def test_batch_of_cold_small_files_lists_instead_of_stat(client, bucket):
     for (buf, path, _), n in zip(items, counts, strict=True):
         expected = b"elsewhere" if path == "/m/zzz" else files[path[3:]]
         assert bytes(buf[:n]) == expected
-    report = client.report()
-    assert report["ufs_lists"] == 1  # one listing for the 30 files
-    assert report["ufs_stats"] == 1  # zzz, alone in its directory
+    sent = client.report()["ufs_requests"]
+    # One listing for the 30 files of set/ (the mount's check listed one object before);
+    # zzz, alone in its directory, is learnt from its GET: no HEAD at all.
+    assert (sent["LIST"], sent["HEAD"], sent["GET"]) == (2, 0, 31)
+    # The listing says what is not there either: no request at all.
     with pytest.raises(FileNotFoundError):
         client.read_many_into([(bytearray(1), f"/m/set/{i:03d}x", 0) for i in range(10)])
+    assert client.report()["ufs_requests"] == sent
 
 
 def test_region_descriptors_past_the_limit_are_closed(daemons, tmp_path, monkeypatch):

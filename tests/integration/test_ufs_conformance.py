@@ -332,6 +332,298 @@ def test_read_into_bad_size(with_reference, size):
         with_reference.read_into("ref.bin", 0, bytearray(8), size=size)
 
 
+# -- fetch_into ---------------------------------------------------------------------
+
+
+def spent(store: UnderStore, before: dict[str, int]) -> dict[str, int]:
+    """Requests of each kind sent since ``before`` (a :meth:`requests` snapshot), the
+    kinds with none left out."""
+    return {k: n - before[k] for k, n in store.requests().items() if n != before[k]}
+
+
+@per_example
+@given(
+    size=st.integers(0, 3000),
+    offset=st.integers(0, 3100),
+    length=st.integers(0, 3100),
+    with_version=st.booleans(),
+)
+def test_fetch_into_matches_reference(store, size, offset, length, with_version):
+    data = payload(size, seed=size)
+    written = store.write("fetched", data)
+    buf = bytearray(length)
+    version = written.version if with_version else None
+    n, info = store.fetch_into("fetched", offset, buf, version=version)
+    expected = data[offset : offset + length]
+    assert n == len(expected)
+    assert bytes(buf[:n]) == expected
+    assert not any(buf[n:])
+    assert info == written
+
+
+def test_fetch_into_whole_object_tells_what_stat_says(with_reference):
+    buf = np.zeros(len(REFERENCE) + 100, dtype=np.uint8)
+    n, info = with_reference.fetch_into("ref.bin", 0, buf)
+    assert n == len(REFERENCE)
+    assert buf[:n].tobytes() == REFERENCE
+    assert info == with_reference.stat("ref.bin")
+    assert (info.path, info.size, info.is_dir) == ("ref.bin", len(REFERENCE), False)
+
+
+def test_fetch_into_ranges(with_reference):
+    info = with_reference.stat("ref.bin")
+    for offset, length in [(0, 1), (1, 4096), (50_000, 50_003), (100_000, 3), (99_999, 100)]:
+        buf = bytearray(length)
+        n, got = with_reference.fetch_into("ref.bin", offset, buf)
+        assert bytes(buf[:n]) == REFERENCE[offset : offset + length]
+        assert got == info
+
+
+def test_fetch_into_at_and_past_end(store):
+    written = store.write("f", b"0123456789")
+    buf = bytearray(4)
+    assert store.fetch_into("f", 8, buf) == (2, written) and buf[:2] == b"89"
+    for offset in (10, 11, 1000):
+        assert store.fetch_into("f", offset, bytearray(4)) == (0, written)
+        assert store.fetch_into("f", offset, bytearray(4), version=written.version) == (
+            0,
+            written,
+        )
+    assert store.fetch_into("f", 0, bytearray()) == (0, written)
+    assert store.fetch_into("f", 5, bytearray()) == (0, written)
+
+
+def test_fetch_into_empty_object(store):
+    written = store.write("empty", b"")
+    assert written.size == 0
+    for offset in (0, 1, 100):
+        for length in (0, 8):
+            assert store.fetch_into("empty", offset, bytearray(length)) == (0, written)
+    assert store.fetch_into("empty", 0, bytearray(8), version=written.version) == (0, written)
+
+
+def test_fetch_into_missing_object(store):
+    for length in (8, 0):
+        with pytest.raises(FileNotFoundError) as exc_info:
+            store.fetch_into("missing", 0, bytearray(length))
+        assert exc_info.value.errno == errno.ENOENT
+        assert exc_info.value.filename.endswith("root/missing")
+
+
+def test_fetch_into_checks_version(store):
+    old = store.write("v", b"first version")
+    new = store.write("v", b"other version")
+    assert new.version != old.version
+    for offset, length in [(0, 13), (0, 100), (6, 4), (12, 4), (13, 4), (1000, 4), (0, 0)]:
+        with pytest.raises(ObjectChangedError) as exc_info:
+            store.fetch_into("v", offset, bytearray(length), version=old.version)
+        assert exc_info.value.errno == errno.ESTALE
+    buf = bytearray(5)
+    assert store.fetch_into("v", 6, buf, version=new.version) == (5, new)
+    assert buf == b"versi"
+
+
+def test_fetch_into_a_version_read_before(store):
+    # What the worker does on a warm read after a cold one: the version the fetch told.
+    store.write("w", b"0123456789")
+    _, info = store.fetch_into("w", 0, bytearray(4))
+    buf = bytearray(4)
+    assert store.read_into("w", 4, buf, version=info.version) == 4 and buf == b"4567"
+    store.write("w", b"abcdefghij")
+    with pytest.raises(ObjectChangedError):
+        store.read_into("w", 4, buf, version=info.version)
+
+
+def test_fetch_into_bad_arguments(store):
+    store.write("f", b"abc")
+    with pytest.raises(TypeError, match="read-only"):
+        store.fetch_into("f", 0, b"xxx")
+    with pytest.raises(ValueError, match="offset"):
+        store.fetch_into("f", -1, bytearray(2))
+    with pytest.raises(TypeError, match="offset"):
+        store.fetch_into("f", 1.0, bytearray(2))
+    with pytest.raises(TypeError, match="version"):
+        store.fetch_into("f", 0, bytearray(2), version=b"v")
+    with pytest.raises(ValueError, match=r"'\.\.'"):
+        store.fetch_into("../f", 0, bytearray(2))
+
+
+# -- list_dir -----------------------------------------------------------------------
+
+
+def level(store: UnderStore, path: str) -> list[tuple[str, bool]]:
+    return [(o.path, o.is_dir) for o in store.list_dir(path)]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "",
+            [("a", True), ("a-b", False), ("a0", False), ("ab", False), ("b", True), ("c", False)],
+        ),
+        ("a", [("a/c", False), ("a/d", True)]),
+        ("a/", [("a/c", False), ("a/d", True)]),
+        ("./a/", [("a/c", False), ("a/d", True)]),
+        ("a/d", [("a/d/e", False)]),
+        ("b", [("b/x", True), ("b/x1", False)]),
+        ("b/x", [("b/x/y", True)]),
+        ("b/x/y", [("b/x/y/z", False)]),
+    ],
+)
+def test_list_dir_one_level(filled, path, expected):
+    assert level(filled, path) == expected
+
+
+def test_list_dir_objects_are_what_stat_says(filled):
+    for path in ("", "a", "b/x/y"):
+        for info in filled.list_dir(path):
+            if info.is_dir:
+                assert (info.size, info.version) == (0, "")
+                assert filled.stat(info.path).is_dir
+            else:
+                assert info == filled.stat(info.path)
+
+
+def test_list_dir_nested_directories(store):
+    for key in ["top/f1", "top/f2", "top/sub/g", "top/sub/deeper/h", "top/sub2/i", "top-x"]:
+        store.write(key, key.encode())
+    assert level(store, "top") == [
+        ("top/f1", False),
+        ("top/f2", False),
+        ("top/sub", True),
+        ("top/sub2", True),
+    ]
+    assert level(store, "top/sub") == [("top/sub/deeper", True), ("top/sub/g", False)]
+    assert level(store, "top/sub/deeper") == [("top/sub/deeper/h", False)]
+    assert level(store, "") == [("top", True), ("top-x", False)]
+
+
+def test_list_dir_shows_nothing_outside_the_root(backend):
+    store, parent = backend
+    store.write("inside", b"in")
+    assert level(store, "") == [("inside", False)]
+    assert ("root", True) in level(parent, "")
+
+
+def test_list_dir_empty_store(store):
+    assert store.list_dir() == []
+    assert store.list_dir("") == []
+
+
+def test_list_dir_missing_directory(filled):
+    if filled.scheme == "s3":
+        # An object store cannot tell an empty prefix from a missing one, nor spends a
+        # request to tell a prefix that is an object's name.
+        assert filled.list_dir("nothing/here") == []
+        assert filled.list_dir("c") == []
+        return
+    with pytest.raises(FileNotFoundError) as exc_info:
+        filled.list_dir("nothing/here")
+    assert exc_info.value.errno == errno.ENOENT
+    with pytest.raises(NotADirectoryError) as exc_info:
+        filled.list_dir("c")
+    assert exc_info.value.errno == errno.ENOTDIR
+
+
+def test_list_dir_bad_paths(store):
+    for path in ("../x", "a/../../x", "/etc", "a\0b"):
+        with pytest.raises(ValueError):
+            store.list_dir(path)
+    with pytest.raises(TypeError):
+        store.list_dir(42)
+
+
+# -- request counts -----------------------------------------------------------------
+
+# Exact counts where they are the store's own: S3 counts HTTP requests, fsspec its calls
+# to the filesystem. ``None``: the case raises ObjectChangedError.
+FETCH_CASES = {
+    # name: (content, offset, length, version) -> {scheme: requests}
+    "small object, whole": (b"0123456789", 0, 100, None),
+    "a range inside": (b"0123456789", 2, 4, None),
+    "with its version": (b"0123456789", 2, 4, "current"),
+    "past the end": (b"0123456789", 10, 4, None),
+    "an empty buffer": (b"0123456789", 3, 0, None),
+    "empty object": (b"", 0, 8, None),
+    "empty object, past its end": (b"", 5, 8, None),
+    "another version": (b"0123456789", 0, 8, "stale"),
+}
+FETCH_COSTS = {
+    "s3": {
+        "small object, whole": {"GET": 1},
+        "a range inside": {"GET": 1},
+        "with its version": {"GET": 1},
+        "past the end": {"GET": 1, "HEAD": 1},
+        "an empty buffer": {"HEAD": 1},
+        "empty object": {"GET": 2},
+        "empty object, past its end": {"GET": 1, "HEAD": 1},
+        "another version": {"GET": 1},
+    },
+    "memory": {
+        "small object, whole": {"HEAD": 2, "GET": 1},
+        "a range inside": {"HEAD": 2, "GET": 1},
+        "with its version": {"HEAD": 2, "GET": 1},
+        "past the end": {"HEAD": 1},
+        "an empty buffer": {"HEAD": 1},
+        "empty object": {"HEAD": 1},
+        "empty object, past its end": {"HEAD": 1},
+        "another version": {"HEAD": 1},
+    },
+    "file": dict.fromkeys(FETCH_CASES, {"GET": 1}),
+}
+
+
+@pytest.mark.parametrize("case", FETCH_CASES)
+def test_fetch_into_request_counts(store, case):
+    content, offset, length, version = FETCH_CASES[case]
+    written = store.write("obj", content)
+    if version == "current":
+        version = written.version
+    before = store.requests()
+    if version == "stale":
+        with pytest.raises(ObjectChangedError):
+            store.fetch_into("obj", offset, bytearray(length), version="0123-stale")
+    else:
+        assert store.fetch_into("obj", offset, bytearray(length), version=version)[1] == written
+    cost = spent(store, before)
+    assert cost == FETCH_COSTS[store.scheme][case]
+
+
+def test_request_counts_of_other_operations(store):
+    exact = store.scheme in ("s3", "memory")
+    before = store.requests()
+    store.write("a/x", b"x")
+    # a write is followed by a stat, for the new version (a local file: the same call)
+    assert spent(store, before) == ({"PUT": 1, "HEAD": 1} if exact else {"PUT": 1})
+    before = store.requests()
+    store.stat("a/x")
+    assert spent(store, before) == {"HEAD": 1}
+    before = store.requests()
+    assert len(store.list_dir("a")) == 1
+    assert spent(store, before) == {"LIST": 1}
+    before = store.requests()
+    assert len(list(store.list())) == 1
+    assert spent(store, before) == {"LIST": 1}
+    before = store.requests()
+    store.read_into("a/x", 0, bytearray(1))
+    assert spent(store, before) == {"GET": 1}
+    before = store.requests()
+    store.delete("a/x")
+    assert spent(store, before) == ({"HEAD": 1, "DELETE": 1} if exact else {"DELETE": 1})
+
+
+def test_requests_is_a_snapshot_of_every_kind(store):
+    snapshot = store.requests()
+    assert set(snapshot) == {"GET", "HEAD", "LIST", "PUT", "POST", "DELETE"}
+    assert all(isinstance(n, int) and n >= 0 for n in snapshot.values())
+    snapshot["GET"] = -1
+    assert store.requests()["GET"] >= 0
+    store.write("f", b"x")
+    store.close()
+    assert store.requests()["PUT"] == 1  # still readable once closed
+
+
 # -- write --------------------------------------------------------------------------
 
 

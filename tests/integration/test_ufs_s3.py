@@ -505,3 +505,263 @@ def test_read_from_an_unreachable_endpoint_is_refused_fast():
         assert time.monotonic() - start < 5
     assert info.value.errno == errno.ECONNREFUSED
     store.close()
+
+
+# -- request counts, fetch_into and list_dir against what the server sees ------------
+
+KINDS = ("GET", "HEAD", "LIST", "PUT", "POST", "DELETE")
+
+
+def tally(seen: list[str]) -> dict[str, int]:
+    """The requests a proxy saw, by the kinds a store counts."""
+    kinds = dict.fromkeys(KINDS, 0)
+    for line in seen:
+        method, _, target = line.partition(" ")
+        query = target.partition("?")[2]
+        kinds["LIST" if method == "GET" and "list-type=2" in query else method] += 1
+    return kinds
+
+
+def spent(store, before: dict[str, int]) -> dict[str, int]:
+    return {k: n - before[k] for k, n in store.requests().items() if n != before[k]}
+
+
+def gets(proxy) -> list[str | None]:
+    """The Range header of each object GET the proxy saw."""
+    return [
+        r
+        for line, r in zip(proxy.seen, proxy.ranges, strict=True)
+        if line.startswith("GET /shoal-s3/") and "list-type" not in line
+    ]
+
+
+def test_counts_are_the_requests_the_server_saw(bucket, proxied):
+    proxy, store = proxied(
+        [
+            ("GET /shoal-s3/obj?", 503, "SlowDown"),  # a retried read: two GETs
+            ("partNumber=2", 503, "SlowDown"),  # a retried part: two PUTs
+            ("HEAD /shoal-s3/obj", 500, "InternalError"),  # a retried stat: two HEADs
+            ("GET /shoal-s3/obj?", 403, "AccessDenied", "Request has expired"),  # signed again
+        ],
+        part_size="5MiB",
+    )
+    store.write("obj", b"0123456789")
+    store.write("dir/big", bytes(11 * MiB))  # 3 parts
+    store.write("dir/sub/x", b"x")
+    store.read_into("obj", 2, bytearray(4))
+    store.stat("obj")
+    with pytest.raises(FileNotFoundError):
+        store.stat("missing")  # a HEAD, then a LIST: is it a directory?
+    assert len(list(store.list())) == 3
+    assert [o.path for o in store.list_dir("dir")] == ["dir/big", "dir/sub"]
+    store.read_into("obj", 0, bytearray(10))
+    store.fetch_into("obj", 0, bytearray(100))
+    store.fetch_into("obj", 10, bytearray(100))
+    store.delete("dir/sub/x")
+    with pytest.raises(OSError, match="source device failed"):
+        store.write("broken", FailingReader(11 * MiB))  # started, one part, aborted
+    counted = store.requests()
+    assert counted == tally(proxy.seen)
+    # GET: the read 3 (throttled, expired), 1 whole, 2 fetches (the second refused)
+    # HEAD: 3 after writes + 1 retried, 2 stats, 1 after the refused range, 1 by delete
+    # PUT: 2 objects, 3 parts + 1 retried, 2 parts of the aborted upload
+    assert counted == {"GET": 6, "HEAD": 8, "LIST": 3, "PUT": 8, "POST": 3, "DELETE": 2}
+
+
+def test_cold_fetch_of_a_small_object_is_one_get(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([])
+    buf = bytearray(64 << 10)  # a page: larger than the object
+    n, info = store.fetch_into("obj", 0, buf)
+    assert n == 10 and buf[:10] == b"0123456789"
+    assert store.requests() == {"GET": 1, "HEAD": 0, "LIST": 0, "PUT": 0, "POST": 0, "DELETE": 0}
+    assert gets(proxy) == [f"bytes=0-{len(buf) - 1}"]
+    assert info == store.stat("obj")  # ETag, size and Last-Modified as a HEAD tells them
+
+
+def test_fetch_of_an_empty_object_is_two_gets(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="empty", Body=b"")
+    proxy, store = proxied([])
+    assert store.fetch_into("empty", 0, bytearray(8)) == (0, store.stat("empty"))
+    assert gets(proxy) == ["bytes=0-7", None]  # the range refused (416), then no range
+    assert tally(proxy.seen)["HEAD"] == 1  # the stat of the check, not the fetch's
+
+
+def test_fetch_when_the_object_was_rewritten_after_a_refused_range(bucket, proxied):
+    # The 416 said "empty", the GET without a range finds the object grown: its bytes and
+    # metadata come from that one answer, the part that does not fit left unread.
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", 416, "InvalidRange")])
+    buf = bytearray(4)
+    assert store.fetch_into("obj", 0, buf) == (4, store.stat("obj")) and buf == b"0123"
+    assert gets(proxy) == ["bytes=0-3", None]
+    # the connection left with unread bytes was not reused: the next fetch is whole
+    assert store.fetch_into("obj", 6, buf)[0] == 4 and buf == b"6789"
+
+
+def test_fetch_reads_again_when_the_object_grew_past_the_offset(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", 416, "InvalidRange")])
+    buf = bytearray(4)
+    assert store.fetch_into("obj", 5, buf) == (4, store.stat("obj")) and buf == b"5678"
+    assert gets(proxy) == ["bytes=5-8", "bytes=5-8"]
+    assert sum(line.startswith("HEAD") for line in proxy.seen) == 2  # the fetch's, the test's
+
+
+def test_fetch_gives_up_on_an_object_that_keeps_changing(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", 416, "InvalidRange")] * 3)
+    with pytest.raises(ObjectChangedError, match="kept changing"):
+        store.fetch_into("obj", 5, bytearray(4))
+    assert tally(proxy.seen) == {"GET": 3, "HEAD": 3, "LIST": 0, "PUT": 0, "POST": 0, "DELETE": 0}
+
+
+def test_fetch_past_the_end_checks_the_version_a_416_did_not(bucket, proxied):
+    # A server may refuse the range before it looks at If-Match: the HEAD's ETag tells.
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", 416, "InvalidRange")])
+    with pytest.raises(ObjectChangedError, match="expected stale"):
+        store.fetch_into("obj", 20, bytearray(4), version="stale")
+    assert spent(store, dict.fromkeys(KINDS, 0)) == {"GET": 1, "HEAD": 1}
+
+
+def test_fetch_is_retried_and_every_attempt_counted(bucket, proxied):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", 503, "SlowDown")] * 2)
+    buf = bytearray(10)
+    assert store.fetch_into("obj", 0, buf)[0] == 10 and buf == b"0123456789"
+    assert store.requests()["GET"] == 3 == tally(proxy.seen)["GET"]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exc"),
+    [
+        (404, "NoSuchKey", FileNotFoundError),
+        (404, "NoSuchBucket", FileNotFoundError),
+        (403, "AccessDenied", PermissionError),
+        (412, "PreconditionFailed", ObjectChangedError),
+    ],
+)
+def test_fetch_errors_are_mapped_as_reads_are(bucket, proxied, status, code, exc):
+    bucket.client().put_object(Bucket=BUCKET, Key="obj", Body=b"0123456789")
+    proxy, store = proxied([("GET /shoal-s3/obj?", status, code)])
+    with pytest.raises(exc) as info:
+        store.fetch_into("obj", 0, bytearray(4))
+    assert "s3://shoal-s3/obj" in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("via", ["presigned", "client"])
+def test_ranged_reads_of_one_version_never_mix(bucket, proxied, monkeypatch, via):
+    if via == "client":
+        monkeypatch.setenv("HTTP_PROXY", "http://192.0.2.1:9")
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    proxy, store = proxied([])
+    assert (store._gets is None) == (via == "client")
+    old = store.write("obj", b"a" * 8192)
+    buf = bytearray(4096)
+    before = store.requests()
+    assert store.read_into("obj", 0, buf, version=old.version) == 4096 and buf == b"a" * 4096
+    n, info = store.fetch_into("obj", 0, buf, version=old.version)
+    assert (n, info.version) == (4096, old.version)
+    store.write("obj", b"b" * 8192)  # same size, between two reads of one version
+    with pytest.raises(ObjectChangedError):
+        store.read_into("obj", 4096, buf, version=old.version)
+    with pytest.raises(ObjectChangedError):
+        store.fetch_into("obj", 4096, buf, version=old.version)
+    assert buf == b"a" * 4096  # nothing of the new version written into it
+    # The version travels as If-Match on the GET itself: no HEAD is spent on it.
+    assert spent(store, before) == {"GET": 4, "PUT": 1, "HEAD": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "offset", "length", "expected", "cost"),
+    [
+        ("small", b"0123456789", 0, 100, 10, {"GET": 1}),
+        ("small", b"0123456789", 3, 4, 4, {"GET": 1}),
+        ("small", b"0123456789", 10, 4, 0, {"GET": 1, "HEAD": 1}),
+        ("empty", b"", 0, 8, 0, {"GET": 2}),
+        ("empty", b"", 0, 0, 0, {"HEAD": 1}),
+    ],
+)
+def test_fetch_through_the_client(
+    bucket, proxied, monkeypatch, name, content, offset, length, expected, cost
+):
+    # With a proxy in the environment reads go through the boto3 client: same answers.
+    monkeypatch.setenv("HTTP_PROXY", "http://192.0.2.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bucket.client().put_object(Bucket=BUCKET, Key=name, Body=content)
+    proxy, store = proxied([])
+    assert store._gets is None
+    buf = bytearray(length)
+    n, info = store.fetch_into(name, offset, buf)
+    assert n == expected and bytes(buf[:n]) == content[offset : offset + length]
+    assert store.requests() == {**dict.fromkeys(KINDS, 0), **cost} == tally(proxy.seen)
+    assert info == store.stat(name)
+    assert all("X-Amz-Signature=" not in line for line in proxy.seen)
+    store.close()
+
+
+@pytest.mark.slow
+def test_list_dir_of_2500_objects_is_three_lists(bucket):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = bucket.client()
+    keys = [f"data/big/{i:05d}" for i in range(2490)]
+    keys += [f"data/big/sub{i}/x" for i in range(10)]  # directories count as entries
+    keys += ["data/big/sub0/y", "data/big-sibling", "data/other/z"]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=k, Body=b""), keys))
+    with open_store(f"s3://{BUCKET}/data", **options(bucket)) as store:
+        listed = store.list_dir("big")
+        assert store.requests() == {**dict.fromkeys(KINDS, 0), "LIST": 3}
+        assert len(listed) == 2500
+        assert [o.path for o in listed if o.is_dir] == [f"big/sub{i}" for i in range(10)]
+        assert [o.path for o in listed] == sorted(o.path for o in listed)
+        assert listed[0] == store.stat("big/00000")
+        assert [(o.path, o.is_dir) for o in store.list_dir("")] == [
+            ("big", True),
+            ("big-sibling", False),
+            ("other", True),
+        ]
+
+
+def test_list_dir_skips_what_no_path_names(store, bucket):
+    client = bucket.client()
+    for key in ["data/d/", "data/d/ok", "data/d//b", "data/d/sub/", "data/d/../x"]:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"")
+    # the "d/" and "d/sub/" folder markers, "d//b" and "d/.." name no path
+    assert [(o.path, o.is_dir) for o in store.list_dir("d")] == [("d/ok", False), ("d/sub", True)]
+
+
+def test_list_dir_of_a_missing_bucket(bucket):
+    with (
+        open_store("s3://no-such-bucket/x", **options(bucket)) as store,
+        pytest.raises(FileNotFoundError, match="no-such-bucket"),
+    ):
+        store.list_dir("")
+
+
+def test_read_errors_hold_no_signed_url():
+    # Listens but never answers: the read times out with the presigned URL in flight.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
+            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
+            store = S3Store(
+                "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
+                secret_key_env=SECRET_KEY_ENV, read_timeout=0.3, retry={"max_attempts": 1},
+            )  # fmt: skip
+        for call in (
+            lambda: store.read_into("x", 0, bytearray(8)),
+            lambda: store.fetch_into("x", 0, bytearray(8)),
+        ):
+            with pytest.raises(StoreTimeoutError) as exc_info:
+                call()
+            chain = [exc_info.value, exc_info.value.__cause__]
+            for text in [str(e) for e in chain] + [repr(e) for e in chain]:
+                assert "X-Amz-" not in text and FAKE_ACCESS_KEY not in text, text
+    store.close()

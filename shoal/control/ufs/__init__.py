@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._base import ObjectInfo, UnderStore
+from ._base import REQUEST_KINDS, ObjectInfo, UnderStore
 from ._errors import (
     ObjectChangedError,
     StoreConnectionError,
@@ -20,6 +20,7 @@ from ._registry import open_store, register_store, registered_schemes, store_cla
 from ._retry import RETRYABLE_ERRORS, RetryPolicy
 
 __all__ = [
+    "REQUEST_KINDS",
     "RETRYABLE_ERRORS",
     "FsspecStore",
     "LocalStore",

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import abc
+import errno
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
+from ._errors import ObjectChangedError
 from ._paths import normalize_key, normalize_prefix
 from ._retry import RetryPolicy
 
-__all__ = ["ObjectInfo", "UnderStore"]
+__all__ = ["REQUEST_KINDS", "ObjectInfo", "UnderStore"]
+
+#: Kinds of request counted by :meth:`UnderStore.requests`: ``GET`` reads object bytes,
+#: ``HEAD`` the metadata of one object, ``LIST`` one page of a listing, ``PUT`` writes an
+#: object, a part of a multipart upload or a directory, ``POST`` starts or completes a
+#: multipart upload, ``DELETE`` removes an object or aborts an upload.
+REQUEST_KINDS = ("GET", "HEAD", "LIST", "PUT", "POST", "DELETE")
+
+#: Rounds of :meth:`UnderStore.fetch_into` when the object changes between the requests
+#: of one fetch, before it gives up with :class:`ObjectChangedError`.
+FETCH_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -50,10 +63,11 @@ class UnderStore(abc.ABC):
     bytes and absolute paths are rejected with ``ValueError``).
 
     Call order: construct the store (it validates its options and fails then, naming the
-    bad one); call :meth:`stat`, :meth:`list`, :meth:`read_into`, :meth:`write` and
-    :meth:`delete` any number of times; call :meth:`close` once (later calls do nothing).
-    After ``close`` every other method raises ``ValueError``. A store is also a context
-    manager that closes it on exit.
+    bad one); call :meth:`stat`, :meth:`list`, :meth:`list_dir`, :meth:`read_into`,
+    :meth:`fetch_into`, :meth:`write` and :meth:`delete` any number of times; call
+    :meth:`close` once (later calls do nothing). After ``close`` every other method but
+    :meth:`requests` raises ``ValueError``. A store is also a context manager that closes
+    it on exit.
 
     Thread safety: after construction, every method may be called from many threads at
     once; each call is independent. ``close`` must not race with calls in flight.
@@ -65,15 +79,23 @@ class UnderStore(abc.ABC):
 
     A subclass implements ``from_uri``, ``uri`` and ``_stat``, ``_list``, ``_read_into``,
     ``_write``, ``_delete``, ``_close``; they receive paths already normalised, offsets
-    already checked and buffers as flat writable byte views.
+    already checked and buffers as flat writable byte views. ``_fetch_into`` and
+    ``_list_dir`` have defaults built on those (a stat and a read; the recursive
+    listing); a store that can do either in fewer requests overrides them. A store that
+    sets ``_counts_requests`` calls :meth:`_count` for every request it sends; for any
+    other, the base class counts one request per call of a hook (see :meth:`requests`).
     """
 
     #: URI scheme the store serves (``"file"``, ``"s3"`` ...).
     scheme: ClassVar[str] = ""
+    #: True when the store counts each request it sends itself (:meth:`_count`).
+    _counts_requests: ClassVar[bool] = False
 
     def __init__(self, *, retry: RetryPolicy | dict | None = None):
         self.retry = RetryPolicy.coerce(retry)
         self._closed = False
+        self._request_lock = threading.Lock()
+        self._request_counts = dict.fromkeys(REQUEST_KINDS, 0)
 
     @classmethod
     @abc.abstractmethod
@@ -104,6 +126,7 @@ class UnderStore(abc.ABC):
         """
         key = self._key(path)
         self._check_open()
+        self._count_call("HEAD")
         return self._stat(key)
 
     def list(
@@ -136,9 +159,54 @@ class UnderStore(abc.ABC):
         return self._paged(prefix, page_size, start or None)
 
     def _paged(self, prefix: str, page_size: int, start: str | None) -> Iterator[ObjectInfo]:
+        self._count_call("LIST")
         for info in self._list(prefix, page_size, start):
             self._check_open()
             yield info
+
+    def list_dir(self, path: str = "") -> list[ObjectInfo]:
+        """One level of the tree: the objects directly in directory ``path``, and its
+        immediate subdirectories.
+
+        An object ``path/name`` is listed as itself; every deeper one, ``path/sub/...``,
+        makes ``path/sub`` listed once, as ``ObjectInfo(path, 0, "", 0.0, is_dir=True)``.
+        Every page is fetched before it returns (on S3 one request per 1000 entries, a
+        subdirectory counting as one entry). Sorted by path; an object and a directory
+        of the same name, which only object stores can hold, are both listed, the
+        object first. A directory that holds no object may be listed or not (object
+        stores have none).
+
+        This is a method of its own, not a flag of :meth:`list`: that one takes a string
+        prefix (``data/im`` matches ``data/img1.jpg``), yields lazily page by page,
+        resumes with ``start_after`` and never lists a directory; this one takes a
+        directory, answers with the whole level at once and lists directories. A flag
+        would leave ``page_size`` and ``start_after`` meaningless half of the time.
+
+        Parameters
+        ----------
+        path
+            The directory, relative to the root; ``""`` (the default) is the root. A
+            trailing ``/`` changes nothing.
+
+        Returns
+        -------
+        list of ObjectInfo
+            Paths relative to the root, like :meth:`list`'s; each object's metadata
+            equals what :meth:`stat` says of it.
+
+        Raises
+        ------
+        FileNotFoundError
+            No directory ``path``, where the store can tell: a local directory, a file
+            system with directories. An object store cannot: a prefix with nothing under
+            it is an empty listing there, and no request is spent to tell more (S3; a
+            missing bucket still raises).
+        NotADirectoryError
+            ``path`` is an object, where the store can tell (not S3: an empty listing).
+        """
+        directory = normalize_prefix(path, "path").rstrip("/")
+        self._check_open()
+        return self._list_dir(directory)
 
     def read_into(
         self,
@@ -185,19 +253,66 @@ class UnderStore(abc.ABC):
             ``version`` was given and the object's version differs.
         """
         key = self._key(path)
-        if isinstance(offset, bool) or not isinstance(offset, int):
-            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        if version is not None and not isinstance(version, str):
-            raise TypeError(f"version must be a str, got {type(version).__name__}")
+        _check_read(offset, version)
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise ValueError(f"size must be an int >= 0, got {size!r}")
-        view = _writable_view(buf)
+        view = _writable_view(buf, "read_into")
         self._check_open()
+        self._count_call("GET")
         if size and offset == 0 and size <= view.nbytes:
             return self._read_whole_into(key, view[:size], version)
         return self._read_into(key, offset, view, version)
+
+    def fetch_into(
+        self, path: str, offset: int, buf: Any, *, version: str | None = None
+    ) -> tuple[int, ObjectInfo]:
+        """Read the object at ``path`` from ``offset`` into ``buf``, and learn its
+        metadata from the same answer: a cold read that needs no :meth:`stat` first.
+
+        One request where the store allows it (S3: one GET, its size, version and time
+        taken from the answer's headers). The bytes and the metadata are always of the
+        same version of the object. Where one request cannot tell both, the store spends
+        the fewest it can: on S3 a range that starts at or past the end is refused
+        (HTTP 416), then a GET without a range (at offset 0: the object is empty) or a
+        HEAD (past the end) tells the metadata. A store whose reads carry no metadata
+        (fsspec; by default, any store that does not override it) stats the object,
+        reads, and checks that the version did not move meanwhile.
+
+        Parameters
+        ----------
+        path
+            The object.
+        offset
+            Byte offset in the object, >= 0.
+        buf
+            Writable, C-contiguous destination with the buffer protocol; up to ``len`` of
+            it in bytes is filled.
+        version
+            The version the caller expects; if the object has another one,
+            :class:`ObjectChangedError` is raised (S3 sends it as ``If-Match``).
+
+        Returns
+        -------
+        tuple of (int, ObjectInfo)
+            Bytes read (the buffer's size, fewer at the end of the object, 0 at or past
+            it or for an empty buffer) and the object's metadata, equal to what
+            :meth:`stat` would say of that version.
+
+        Raises
+        ------
+        FileNotFoundError
+            No object at ``path``.
+        IsADirectoryError
+            ``path`` is a directory, where the store has directories.
+        ObjectChangedError
+            ``version`` was given and the object's version differs; or the object
+            changed between the requests of one fetch, again and again.
+        """
+        key = self._key(path)
+        _check_read(offset, version)
+        view = _writable_view(buf, "fetch_into")
+        self._check_open()
+        return self._fetch_into(key, offset, view, version)
 
     def write(self, path: str, data: Any) -> ObjectInfo:
         """Create or replace the object at ``path``.
@@ -218,6 +333,7 @@ class UnderStore(abc.ABC):
         key = self._key(path)
         source = _source(data)
         self._check_open()
+        self._count_call("PUT")
         return self._write(key, source)
 
     def delete(self, path: str, *, missing_ok: bool = False) -> None:
@@ -230,7 +346,29 @@ class UnderStore(abc.ABC):
         """
         key = self._key(path)
         self._check_open()
+        self._count_call("DELETE")
         self._delete(key, missing_ok)
+
+    def requests(self) -> dict[str, int]:
+        """How many requests of each kind the store has sent since it was made.
+
+        Every attempt counts, retries and failed ones included. S3 counts the HTTP
+        requests it sends. fsspec counts the calls it makes to the filesystem
+        (``cat_file`` a GET, ``info`` a HEAD, ``ls``/``find`` a LIST, ``pipe_file``,
+        ``put_file`` and ``makedirs`` a PUT, ``rm_file`` a DELETE), which the backend
+        may serve with more requests or from its cache. A store that does not count
+        itself (a local directory) counts one per call of its hooks: a read (an open) a
+        GET, a stat a HEAD, a listing a LIST however many directories it scans, a write
+        a PUT, a delete a DELETE; :meth:`fetch_into` by default a HEAD and a GET.
+
+        Returns
+        -------
+        dict of str to int
+            A snapshot, a new dict: every kind of :data:`REQUEST_KINDS` (``GET``,
+            ``HEAD``, ``LIST``, ``PUT``, ``POST``, ``DELETE``), 0 when none was sent.
+        """
+        with self._request_lock:
+            return dict(self._request_counts)
 
     def close(self) -> None:
         """Release the store's connections and handles; calling it again does nothing."""
@@ -253,6 +391,16 @@ class UnderStore(abc.ABC):
         if self._closed:
             raise ValueError(f"I/O operation on a closed store ({self.uri})")
 
+    def _count(self, kind: str) -> None:
+        """Count one request of ``kind`` (one of :data:`REQUEST_KINDS`) about to be sent."""
+        with self._request_lock:
+            self._request_counts[kind] += 1
+
+    def _count_call(self, kind: str) -> None:
+        """Count a call of a hook, for a store that does not count its own requests."""
+        if not self._counts_requests:
+            self._count(kind)
+
     @abc.abstractmethod
     def _stat(self, key: str) -> ObjectInfo: ...
 
@@ -269,6 +417,63 @@ class UnderStore(abc.ABC):
         a range overrides it)."""
         return self._read_into(key, 0, view, version)
 
+    def _fetch_into(
+        self, key: str, offset: int, view: memoryview, version: str | None
+    ) -> tuple[int, ObjectInfo]:
+        """Bytes from ``offset`` and the metadata of the same version of the object.
+
+        By default a stat, then a read of the version it found (``_read_into`` checks it,
+        so bytes of another version are never returned), again if the object changed in
+        between. A store that can answer both in one request overrides it (and, if it
+        does not count its own requests, calls ``_count_call`` for what it sends).
+        """
+        for _ in range(FETCH_ROUNDS):
+            self._count_call("HEAD")
+            info = self._stat(key)
+            if info.is_dir:
+                raise IsADirectoryError(errno.EISDIR, "read: is a directory", self.uri_of(key))
+            if version is not None and info.version != version:
+                raise _changed(self.uri_of(key), info.version, version)
+            if view.nbytes == 0 or offset >= info.size:
+                return 0, info
+            self._count_call("GET")
+            try:
+                return self._read_into(key, offset, view, info.version), info
+            except ObjectChangedError:
+                if version is not None:
+                    raise
+        raise _changed(self.uri_of(key), None, version)
+
+    def _list_dir(self, directory: str) -> list[ObjectInfo]:
+        """The entries directly under ``directory`` (``""``: the root), sorted by path.
+
+        By default folded from the recursive listing, which visits every object below
+        (a store that can list one level in a request overrides it, counting as
+        ``_fetch_into`` says); when nothing is found there, a stat tells an empty
+        directory from a missing one or an object.
+        """
+        prefix = directory + "/" if directory else ""
+        self._count_call("LIST")
+        entries = []
+        subdirectories: set[str] = set()
+        for info in self._list(prefix, 1000, None):
+            name, below, _ = info.path[len(prefix) :].partition("/")
+            if below:
+                subdirectories.add(prefix + name)
+            else:
+                entries.append(info)
+        if directory and not entries and not subdirectories:
+            self._count_call("HEAD")
+            uri = self.uri_of(directory)
+            try:
+                info = self._stat(directory)
+            except FileNotFoundError as exc:
+                raise FileNotFoundError(errno.ENOENT, "list: no such directory", uri) from exc
+            if not info.is_dir:
+                raise NotADirectoryError(errno.ENOTDIR, "list: not a directory", uri)
+        entries += [ObjectInfo(d, 0, "", 0.0, is_dir=True) for d in subdirectories]
+        return sorted(entries, key=entry_order)
+
     @abc.abstractmethod
     def _write(self, key: str, source: Source) -> ObjectInfo:
         """``source`` is a flat byte memoryview or a binary file object."""
@@ -281,15 +486,37 @@ class UnderStore(abc.ABC):
         """Release connections and handles."""
 
 
-def _writable_view(buf: Any) -> memoryview:
+def entry_order(info: ObjectInfo) -> tuple[str, bool]:
+    """Sort key of a one-level listing: by path, an object before a directory."""
+    return info.path, info.is_dir
+
+
+def _changed(uri: str, found: str | None, expected: str | None) -> ObjectChangedError:
+    if found is None:
+        return ObjectChangedError("read: the object kept changing while it was read", uri)
+    return ObjectChangedError(
+        f"read: the object changed: version {found}, expected {expected}", uri
+    )
+
+
+def _check_read(offset: object, version: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if version is not None and not isinstance(version, str):
+        raise TypeError(f"version must be a str, got {type(version).__name__}")
+
+
+def _writable_view(buf: Any, what: str) -> memoryview:
     if hasattr(buf, "__cuda_array_interface__"):
         raise TypeError(
-            f"read_into: {type(buf).__name__} is a GPU buffer; under-stores read into host "
+            f"{what}: {type(buf).__name__} is a GPU buffer; under-stores read into host "
             "memory (the engine moves pages to the GPU)"
         )
     from ...engine._requests import host_view
 
-    return host_view(buf, writable=True, what="read_into")
+    return host_view(buf, writable=True, what=what)
 
 
 def _source(data: Any) -> Source:

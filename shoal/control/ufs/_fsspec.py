@@ -10,9 +10,9 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ._base import ObjectInfo, Source, UnderStore, read_chunk
+from ._base import FETCH_ROUNDS, ObjectInfo, Source, UnderStore, entry_order, read_chunk
 from ._errors import ObjectChangedError, fsspec_errors
-from ._options import check_env_name, env_value, reject_literal_secrets
+from ._options import check_env_name, env_value, has_password, redact_uri, reject_literal_secrets
 from ._paths import is_normal_key
 
 __all__ = ["FsspecStore"]
@@ -60,8 +60,13 @@ class FsspecStore(UnderStore):
     ``version`` is the backend's ETag when its metadata has one, else
     ``f"{mtime_ns}-{size}"``, else fsspec's ``ukey``. fsspec has no paginated listing:
     :meth:`list` asks for the whole tree under the prefix's directory at once, then
-    yields it in order. Reads are ranged (``cat_file``) in chunks of at most 16 MiB;
-    atomicity of writes is the backend's.
+    yields it in order; :meth:`list_dir` is one ``ls``, past fsspec's listing cache.
+    Reads are ranged (``cat_file``) in chunks of at most 16 MiB; atomicity of writes is
+    the backend's. fsspec reads carry no metadata, so :meth:`fetch_into` costs an
+    ``info`` before the read and one after it, which proves both of one version.
+    :meth:`requests` counts the calls made to the filesystem, by kind.
+
+    The URI shown (:attr:`uri`, messages, ``repr``) has its userinfo as ``***``.
 
     Parameters
     ----------
@@ -75,20 +80,31 @@ class FsspecStore(UnderStore):
         ``NAME``; a literal ``token=``, ``password=``, ``secret=`` ... is refused.
     """
 
+    _counts_requests = True
+
     def __init__(self, uri: str, *, retry: Any = None, **options: Any):
         super().__init__(retry=retry)
         from fsspec.core import url_to_fs
 
-        if not isinstance(uri, str) or "://" not in uri:
-            raise ValueError(f"FsspecStore needs a protocol://path URI, got {uri!r}")
+        if not isinstance(uri, str):
+            raise TypeError(f"FsspecStore needs a protocol://path URI, got {type(uri).__name__}")
+        shown = redact_uri(uri)
+        if "://" not in uri:
+            raise ValueError(f"FsspecStore needs a protocol://path URI, got {shown!r}")
+        if has_password(uri):
+            raise ValueError(
+                f"FsspecStore {shown!r}: a URI must not carry a password (user:password@); "
+                "pass it by reference, as an option naming an environment variable "
+                "(password_env=...)"
+            )
         resolved = resolve_options(options, "FsspecStore")
         try:
             fs, root = url_to_fs(uri, **resolved)
         except ImportError as exc:
-            raise ImportError(f"{uri}: {exc}") from exc
+            raise ImportError(f"{shown}: {exc}") from exc
         self._fs = fs
         self._root = root.rstrip("/")
-        self._uri = uri if uri.endswith("://") else uri.rstrip("/")
+        self._uri = shown if shown.endswith("://") else shown.rstrip("/")
         self._option_names = sorted(options)
         protocol = fs.protocol
         self.scheme = protocol if isinstance(protocol, str) else protocol[0]
@@ -136,8 +152,13 @@ class FsspecStore(UnderStore):
         elif mtime_ns is not None:
             version = f"{mtime_ns}-{size}"
         else:
+            self._count("HEAD")  # ukey asks for the object's info
             version = str(self._fs.ukey(self._full(key)))
         return ObjectInfo(key, size, version, (mtime_ns or 0) / 1e9)
+
+    def _info(self, full: str) -> dict:
+        self._count("HEAD")
+        return self._fs.info(full)
 
     # -- operations -----------------------------------------------------------------
 
@@ -145,7 +166,7 @@ class FsspecStore(UnderStore):
         # docstring inherited
         def once() -> ObjectInfo:
             with fsspec_errors("stat", self.uri_of(key)):
-                return self._object(key, self._fs.info(self._full(key)))
+                return self._object(key, self._info(self._full(key)))
 
         return self.retry.call(once)
 
@@ -154,6 +175,7 @@ class FsspecStore(UnderStore):
         directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
 
         def find() -> dict:
+            self._count("LIST")
             with fsspec_errors("list", self.uri_of(prefix)):
                 try:
                     found = self._fs.find(
@@ -178,6 +200,35 @@ class FsspecStore(UnderStore):
         for path, info in objects:
             yield self._object(path, info)
 
+    def _list_dir(self, directory: str) -> list[ObjectInfo]:
+        # docstring inherited; one ls
+        full = self._full(directory) if directory else self._root
+        uri = self.uri_of(directory) if directory else self._uri
+
+        def ls() -> list:
+            self._count("LIST")
+            with fsspec_errors("list", uri):
+                # Listed once per metadata TTL by the worker: never from a stale cache.
+                self._fs.invalidate_cache(full)
+                return self._fs.ls(full, detail=True)
+
+        try:
+            listed = self.retry.call(ls)
+        except FileNotFoundError:
+            if directory:
+                raise
+            return []  # the root of a store nothing was written to yet, as list() has it
+        entries = []
+        for item in listed:
+            path = self._relative(item["name"])
+            if path == directory:  # ls of a file lists the file itself
+                if item.get("type") != "directory":
+                    raise NotADirectoryError(errno.ENOTDIR, "list: not a directory", uri)
+                continue
+            if path.rpartition("/")[0] == directory and is_normal_key(path):
+                entries.append(self._object(path, item))
+        return sorted(entries, key=entry_order)
+
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         # docstring inherited
         def once() -> int:
@@ -187,29 +238,65 @@ class FsspecStore(UnderStore):
                     self._check_version(key, version)
                 full = self._full(key)
                 if view.nbytes == 0:
-                    self._fs.info(full)  # a missing object still raises
+                    self._info(full)  # a missing object still raises
                     return 0
-                got = 0
-                while got < view.nbytes:
-                    want = min(_READ_CHUNK, view.nbytes - got)
-                    data = self._fs.cat_file(full, start=offset + got, end=offset + got + want)
-                    view[got : got + len(data)] = data
-                    got += len(data)
-                    if len(data) < want:
-                        break
+                got = self._cat_into(full, offset, view)
                 if version is not None:
                     self._check_version(key, version)
                 return got
 
         return self.retry.call(once)
 
+    def _cat_into(self, full: str, offset: int, view: memoryview) -> int:
+        """Bytes from ``offset`` into ``view``, in ranged reads of at most 16 MiB."""
+        got = 0
+        while got < view.nbytes:
+            want = min(_READ_CHUNK, view.nbytes - got)
+            self._count("GET")
+            data = self._fs.cat_file(full, start=offset + got, end=offset + got + want)
+            view[got : got + len(data)] = data
+            got += len(data)
+            if len(data) < want:
+                break
+        return got
+
+    def _fetch_into(
+        self, key: str, offset: int, view: memoryview, version: str | None
+    ) -> tuple[int, ObjectInfo]:
+        # docstring inherited; fsspec reads tell no metadata: an info before the read
+        # gives it, an info after proves the bytes are of that version
+        uri = self.uri_of(key)
+        full = self._full(key)
+
+        def once() -> tuple[int, ObjectInfo]:
+            with fsspec_errors("read", uri):
+                for _ in range(FETCH_ROUNDS):
+                    info = self._object(key, self._info(full))
+                    if info.is_dir:
+                        raise IsADirectoryError(errno.EISDIR, "read: is a directory", uri)
+                    if version is not None and info.version != version:
+                        raise self._changed(key, info.version, version)
+                    if view.nbytes == 0 or offset >= info.size:
+                        return 0, info
+                    got = self._cat_into(full, offset, view[: info.size - offset])
+                    after = self._object(key, self._info(full))
+                    if after == info:
+                        return got, info
+                    if version is not None:
+                        raise self._changed(key, after.version, version)
+                raise ObjectChangedError("read: the object kept changing while it was read", uri)
+
+        return self.retry.call(once)
+
     def _check_version(self, key: str, version: str) -> None:
-        current = self._object(key, self._fs.info(self._full(key))).version
+        current = self._object(key, self._info(self._full(key))).version
         if current != version:
-            raise ObjectChangedError(
-                f"read: the object changed: version {current}, expected {version}",
-                self.uri_of(key),
-            )
+            raise self._changed(key, current, version)
+
+    def _changed(self, key: str, found: str, expected: str) -> ObjectChangedError:
+        return ObjectChangedError(
+            f"read: the object changed: version {found}, expected {expected}", self.uri_of(key)
+        )
 
     def _write(self, key: str, source: Source) -> ObjectInfo:
         # docstring inherited
@@ -239,6 +326,7 @@ class FsspecStore(UnderStore):
         """``send()`` with retries; once more after making the directory if it is missing."""
 
         def once() -> None:
+            self._count("PUT")
             with fsspec_errors("write", uri):
                 send()
 
@@ -246,6 +334,7 @@ class FsspecStore(UnderStore):
             self.retry.call(once)
         except FileNotFoundError:
             # Hierarchical backends (HDFS, SFTP ...) want the directory first.
+            self._count("PUT")
             with fsspec_errors("write", uri):
                 self._fs.makedirs(posixpath.dirname(full), exist_ok=True)
             self.retry.call(once)
@@ -257,6 +346,7 @@ class FsspecStore(UnderStore):
             raise IsADirectoryError(errno.EISDIR, "delete: is a directory", uri)
 
         def remove() -> None:
+            self._count("DELETE")
             with fsspec_errors("delete", uri):
                 self._fs.rm_file(self._full(key))
 

@@ -13,8 +13,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ...engine import _fs
-from ._base import ObjectInfo, Source, UnderStore, read_chunk
+from ._base import FETCH_ROUNDS, ObjectInfo, Source, UnderStore, entry_order, read_chunk
 from ._errors import ObjectChangedError, os_errors
+from ._options import redact_uri
 from ._paths import normalize_key
 
 __all__ = ["LocalStore"]
@@ -66,7 +67,8 @@ class LocalStore(UnderStore):
         super().__init__(retry=retry)
         root = os.fspath(root)
         if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root:
-            raise ValueError(f"LocalStore root must be an absolute path, got {root!r}")
+            shown = repr(redact_uri(root)) if isinstance(root, str) else type(root).__name__
+            raise ValueError(f"LocalStore root must be an absolute path, got {shown}")
         if not isinstance(fsync, bool):
             raise TypeError(f"fsync must be a bool, got {type(fsync).__name__}")
         self._method = _fs.method()
@@ -92,12 +94,13 @@ class LocalStore(UnderStore):
         if uri.startswith("/"):
             return cls(uri, **options)
         parts = urlsplit(uri)
+        shown = redact_uri(uri)  # the userinfo or the query could hold a key
         if parts.scheme != "file":
-            raise ValueError(f"LocalStore serves file:// URIs, not {uri!r}")
+            raise ValueError(f"LocalStore serves file:// URIs, not {shown!r}")
         if parts.netloc not in ("", "localhost"):
-            raise ValueError(f"file:// URI names a remote host {parts.netloc!r}: {uri!r}")
+            raise ValueError(f"file:// URI names a remote host: {shown!r}")
         if parts.query or parts.fragment:
-            raise ValueError(f"file:// URI must not have a query or fragment: {uri!r}")
+            raise ValueError(f"file:// URI must not have a query or fragment: {shown!r}")
         return cls(unquote(parts.path), **options)
 
     @property
@@ -215,12 +218,52 @@ class LocalStore(UnderStore):
         finally:
             os.close(fd)
 
+    def _list_dir(self, directory: str) -> list[ObjectInfo]:
+        # docstring inherited; one scandir, links skipped as list() skips them
+        self._count_call("LIST")
+        prefix = directory + "/" if directory else ""
+        entries = []
+        with os_errors("list", self.uri_of(directory) if directory else self.uri):
+            fd = self._open(directory or ".", _DIR)  # ENOENT, ENOTDIR, or a link refused
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        path = prefix + entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            entries.append(ObjectInfo(path, 0, "", 0.0, is_dir=True))
+                        elif not entry.name.startswith(_TMP_PREFIX):
+                            info = _entry_info(path, entry)
+                            if info is not None:
+                                entries.append(info)
+            finally:
+                os.close(fd)
+        return sorted(entries, key=entry_order)
+
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         # docstring inherited
         with os_errors("read", self.uri_of(key)):
-            return self.retry.call(self._read_once, key, offset, view, version)
+            return self.retry.call(self._read_once, key, offset, view, version)[0]
 
-    def _read_once(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
+    def _fetch_into(
+        self, key: str, offset: int, view: memoryview, version: str | None
+    ) -> tuple[int, ObjectInfo]:
+        # docstring inherited; one open: bytes and version of the same descriptor
+        self._count_call("GET")
+        with os_errors("read", self.uri_of(key)):
+            done, st = self.retry.call(self._read_once, key, offset, view, version, True)
+        return done, self._info(key, st)
+
+    def _read_once(
+        self,
+        key: str,
+        offset: int,
+        view: memoryview,
+        version: str | None,
+        settle: bool = False,
+    ) -> tuple[int, os.stat_result]:
+        """Bytes from ``offset`` and the stat of the descriptor they came from. With
+        ``settle``, a file written in place while it was read is read again, else only a
+        ``version`` is checked after the read."""
         fd = self._open(key, _READ)
         try:
             st = os.fstat(fd)
@@ -228,17 +271,24 @@ class LocalStore(UnderStore):
                 raise IsADirectoryError(errno.EISDIR, "is a directory", self.uri_of(key))
             if not stat_mod.S_ISREG(st.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", self.uri_of(key))
-            self._check_version(key, st, version)
-            done = 0
-            while done < view.nbytes:
-                n = os.preadv(fd, [view[done:]], offset + done)
-                if n == 0:
-                    break
-                done += n
-            if version is not None:
+            for _ in range(FETCH_ROUNDS):
+                self._check_version(key, st, version)
+                done = 0
+                while done < view.nbytes:
+                    n = os.preadv(fd, [view[done:]], offset + done)
+                    if n == 0:
+                        break
+                    done += n
+                if version is None and not settle:
+                    return done, st
                 # Writes through a store replace the file, but another writer may not.
-                self._check_version(key, os.fstat(fd), version)
-            return done
+                after = os.fstat(fd)
+                if _version(after) == _version(st):
+                    return done, st
+                st = after
+            raise ObjectChangedError(
+                "read: the file kept changing while it was read", self.uri_of(key)
+            )
         finally:
             os.close(fd)
 

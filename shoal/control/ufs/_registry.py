@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from ._base import UnderStore
+from ._options import has_password, redact_uri
 
 __all__ = ["open_store", "register_store", "registered_schemes", "store_class"]
 
@@ -106,20 +107,28 @@ def open_store(uri: str, **options: Any) -> UnderStore:
     Raises
     ------
     ValueError
-        A relative path, a malformed URI, an unknown scheme, or a bad option.
+        A relative path, a malformed URI, a URI with a password in it (credentials go by
+        reference), an unknown scheme, or a bad option. Messages show the URI without
+        its userinfo.
     ImportError
         The backend's package is missing; the message says what to install.
     """
     if not isinstance(uri, str):
         raise TypeError(f"uri must be a str, got {type(uri).__name__}")
+    shown = redact_uri(uri)
     if "\0" in uri:
-        raise ValueError(f"uri contains a NUL byte: {uri!r}")
+        raise ValueError(f"uri contains a NUL byte: {shown!r}")
     if uri.startswith("/"):
         return store_class("file").from_uri(uri, **options)
     scheme, sep, _ = uri.partition("://")
     if not sep or not _SCHEME.match(scheme):
         raise ValueError(
-            f"{uri!r} is neither an absolute path nor a URI (scheme://...); "
+            f"{shown!r} is neither an absolute path nor a URI (scheme://...); "
             "give /abs/dir, file:///abs/dir, s3://bucket/prefix ..."
+        )
+    if has_password(uri):
+        raise ValueError(
+            f"{shown!r}: a URI must not carry a password (user:password@); pass it by "
+            "reference, as an option naming an environment variable (password_env=...)"
         )
     return store_class(scheme).from_uri(uri, **options)

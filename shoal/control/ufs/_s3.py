@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 from botocore.exceptions import ClientError
 
 from ..._units import parse_size
-from ._base import ObjectInfo, Source, UnderStore, read_chunk
+from ._base import FETCH_ROUNDS, ObjectInfo, Source, UnderStore, entry_order, read_chunk
 from ._errors import ObjectChangedError, botocore_errors
-from ._options import check_env_name, env_value, reject_literal_secrets
+from ._options import check_env_name, check_name, env_value, redact_uri, reject_literal_secrets
 from ._paths import is_normal_key, normalize_prefix
 from ._retry import RetryPolicy
-from ._s3get import LeanGets, lean_gets_allowed, read_answer
+from ._s3get import Fetched, LeanGets, lean_gets_allowed, read_answer, read_fetched
 
 __all__ = ["S3Config", "S3Store"]
 
@@ -36,6 +36,19 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REGION = re.compile(r"^[A-Za-z0-9_-]+$")
+_PAGE = 1000  # S3's most keys per ListObjectsV2 page
+# The kind of request (UnderStore.requests) each client method sends.
+_KINDS = {
+    "head_object": "HEAD",
+    "get_object": "GET",
+    "list_objects_v2": "LIST",
+    "put_object": "PUT",
+    "upload_part": "PUT",
+    "create_multipart_upload": "POST",
+    "complete_multipart_upload": "POST",
+    "abort_multipart_upload": "DELETE",
+    "delete_object": "DELETE",
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +113,11 @@ class S3Config:
         if self.region is not None and (
             not isinstance(self.region, str) or not _REGION.match(self.region)
         ):
-            raise ValueError(f"region: {self.region!r} is not a region name")
+            # Not echoed: a key pasted into the wrong field would land in a log.
+            raise ValueError(
+                "region must be a region name such as 'us-east-1' (letters, digits, '-' "
+                "and '_'); the value given is not shown"
+            )
         for name in ("access_key_env", "secret_key_env", "session_token_env"):
             if getattr(self, name) is not None:
                 check_env_name(getattr(self, name), name)
@@ -112,8 +129,8 @@ class S3Config:
             if not isinstance(self.credentials_file, (str, os.PathLike)):
                 raise TypeError("credentials_file must be a path")
             object.__setattr__(self, "credentials_file", os.fspath(self.credentials_file))
-        if self.profile is not None and not isinstance(self.profile, str):
-            raise TypeError(f"profile must be a str, got {type(self.profile).__name__}")
+        if self.profile is not None:
+            check_name(self.profile, "profile")
         if self.access_key_env is not None and (self.credentials_file or self.profile):
             raise ValueError(
                 "give credentials one way: access_key_env/secret_key_env, or "
@@ -173,20 +190,23 @@ class S3Config:
 
 
 def _check_endpoint(url: object) -> None:
+    """Raise ``ValueError`` unless ``url`` is ``http(s)://host[:port]``; messages show it
+    only through :func:`redact_uri` (a query, or text before an ``@``, may be a key)."""
     if not isinstance(url, str):
         raise TypeError(f"endpoint_url must be a str, got {type(url).__name__}")
     parts = urlsplit(url)
-    if parts.username is not None or parts.password is not None:
+    if parts.username is not None or parts.password is not None or "@" in url:
         # Never echo it: the user part may be a key pair.
         raise ValueError("endpoint_url must not carry credentials (user:password@); not shown")
+    shown = repr(redact_uri(url))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"endpoint_url must look like http(s)://host[:port], got {url!r}")
+        raise ValueError(f"endpoint_url must look like http(s)://host[:port], got {shown}")
     if parts.query or parts.fragment:
-        raise ValueError(f"endpoint_url must not have a query or fragment, got {url!r}")
+        raise ValueError(f"endpoint_url must not have a query or fragment, got {shown}")
     try:
         parts.port  # noqa: B018 (parsing the port validates it)
     except ValueError:
-        raise ValueError(f"endpoint_url has an invalid port: {url!r}") from None
+        raise ValueError(f"endpoint_url has an invalid port: {shown}") from None
 
 
 def _etag(value: str) -> str:
@@ -197,10 +217,15 @@ class S3Store(UnderStore):
     """Objects in an S3 bucket (or an S3-compatible one), under an optional key prefix.
 
     Paths map to keys ``prefix + path``. ``version`` is the object's ETag. Reads are
-    ranged GETs streamed straight into the destination buffer; writes larger than
-    ``part_size`` use a multipart upload, ``upload_concurrency`` parts at once, aborted on
-    failure. The boto3 client is shared by every thread; it does not retry by itself,
-    the store's :class:`RetryPolicy` does.
+    ranged GETs streamed straight into the destination buffer, a known ``version`` sent
+    as ``If-Match`` (an object overwritten between two reads of one version raises
+    :class:`ObjectChangedError`, never mixes bytes); :meth:`fetch_into` is one such GET
+    whose ``Content-Range``, ``ETag`` and ``Last-Modified`` tell the metadata;
+    :meth:`list_dir` is one ``ListObjectsV2`` with ``Delimiter="/"`` per 1000 entries.
+    Writes larger than ``part_size`` use a multipart upload, ``upload_concurrency``
+    parts at once, aborted on failure. The boto3 client is shared by every thread; it
+    does not retry by itself, the store's :class:`RetryPolicy` does.
+    :meth:`requests` counts every HTTP request sent, by kind.
 
     Parameters
     ----------
@@ -215,12 +240,14 @@ class S3Store(UnderStore):
     """
 
     scheme = "s3"
+    _counts_requests = True
 
     def __init__(self, bucket: str, prefix: str = "", **options: Any):
         config = S3Config.from_options(options)
         super().__init__(retry=config.retry)
         if not isinstance(bucket, str) or not _BUCKET.match(bucket):
-            raise ValueError(f"S3Store: {bucket!r} is not a bucket name")
+            shown = repr(redact_uri(bucket)) if isinstance(bucket, str) else type(bucket).__name__
+            raise ValueError(f"S3Store: {shown} is not a bucket name")
         prefix = normalize_prefix(prefix)
         self._bucket = bucket
         self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
@@ -234,17 +261,24 @@ class S3Store(UnderStore):
                 max_connections=config.max_pool_connections,
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,
+                count=self._count,
             )
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> S3Store:
         # docstring inherited
         scheme, sep, rest = uri.partition("://")
+        shown = redact_uri(uri)
         if scheme.lower() != "s3" or not sep:
-            raise ValueError(f"S3Store serves s3://bucket/prefix URIs, not {uri!r}")
+            raise ValueError(f"S3Store serves s3://bucket/prefix URIs, not {shown!r}")
         bucket, _, prefix = rest.partition("/")
         if not bucket:
-            raise ValueError(f"S3 URI names no bucket: {uri!r}")
+            raise ValueError(f"S3 URI names no bucket: {shown!r}")
+        if not _BUCKET.match(bucket):
+            raise ValueError(
+                f"S3 URI {shown!r} names no valid bucket (letters, digits, '.', '-' and '_'; "
+                "credentials, user:password@, have no place in it)"
+            )
         return cls(bucket, prefix, **options)
 
     @property
@@ -272,8 +306,10 @@ class S3Store(UnderStore):
 
     def _call(self, op: str, path: str, method: str, **kwargs: Any) -> dict:
         fn = getattr(self._client, method)
+        kind = _KINDS[method]
 
         def once() -> dict:
+            self._count(kind)
             with botocore_errors(op, self.uri_of(path)):
                 return fn(Bucket=self._bucket, **kwargs)
 
@@ -287,9 +323,13 @@ class S3Store(UnderStore):
         token: str | None,
         op: str = "list",
         about: str | None = None,
+        delimiter: bool = False,
     ) -> dict:
-        """One ListObjectsV2 page; ``op`` and ``about`` (a path) are for error messages."""
+        """One ListObjectsV2 page; ``op`` and ``about`` (a path) are for error messages.
+        With ``delimiter``, keys below the next ``/`` come as ``CommonPrefixes``."""
         kwargs: dict[str, Any] = {"Prefix": self._prefix + prefix, "MaxKeys": page_size}
+        if delimiter:
+            kwargs["Delimiter"] = "/"
         if token is not None:
             kwargs["ContinuationToken"] = token
         elif start_after is not None:
@@ -301,13 +341,17 @@ class S3Store(UnderStore):
     def _stat(self, key: str) -> ObjectInfo:
         # docstring inherited
         try:
-            head = self._call("stat", key, "head_object", Key=self._prefix + key)
+            return self._head(key, "stat")
         except FileNotFoundError:
             # No such object: a "directory" if objects live under key/; this listing also
             # tells a missing bucket (HEAD cannot) and raises naming it.
             if self._page(key + "/", 1, None, None, "stat", key).get("KeyCount", 0):
                 return ObjectInfo(key, 0, "", 0.0, is_dir=True)
             raise
+
+    def _head(self, key: str, op: str) -> ObjectInfo:
+        """The object's metadata from one HEAD (``op`` names the operation in errors)."""
+        head = self._call(op, key, "head_object", Key=self._prefix + key)
         return ObjectInfo(
             key, head["ContentLength"], _etag(head["ETag"]), head["LastModified"].timestamp()
         )
@@ -329,6 +373,32 @@ class S3Store(UnderStore):
             if not page.get("IsTruncated") or not token:
                 return
 
+    def _list_dir(self, directory: str) -> list[ObjectInfo]:
+        # docstring inherited; one ListObjectsV2 with Delimiter="/" per 1000 entries. A
+        # prefix with nothing under it is an empty listing: no request can tell an empty
+        # "directory" from a missing one, and none is spent on it.
+        prefix = directory + "/" if directory else ""
+        cut = len(self._prefix)
+        entries = []
+        token = None
+        while True:
+            page = self._page(prefix, _PAGE, None, token, "list", directory, delimiter=True)
+            for obj in page.get("Contents", ()):
+                path = obj["Key"][cut:]
+                if is_normal_key(path):  # not the "directory/" marker itself
+                    entries.append(
+                        ObjectInfo(
+                            path, obj["Size"], _etag(obj["ETag"]), obj["LastModified"].timestamp()
+                        )
+                    )
+            for common in page.get("CommonPrefixes", ()):
+                path = common["Prefix"][cut:-1]
+                if is_normal_key(path):  # not "a//": no path names it
+                    entries.append(ObjectInfo(path, 0, "", 0.0, is_dir=True))
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return sorted(entries, key=entry_order)
+
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         # docstring inherited
         if view.nbytes == 0:
@@ -344,10 +414,83 @@ class S3Store(UnderStore):
     def _check_version(self, key: str, version: str | None) -> None:
         info = self._stat(key)
         if version is not None and info.version != version:
-            raise ObjectChangedError(
-                f"read: the object changed: ETag {info.version}, expected {version}",
-                self.uri_of(key),
+            raise self._changed(key, info.version, version)
+
+    def _changed(self, key: str, found: str, expected: str) -> ObjectChangedError:
+        return ObjectChangedError(
+            f"read: the object changed: ETag {found}, expected {expected}", self.uri_of(key)
+        )
+
+    def _fetch_into(
+        self, key: str, offset: int, view: memoryview, version: str | None
+    ) -> tuple[int, ObjectInfo]:
+        # docstring inherited; one ranged GET, whose headers tell the metadata
+        for _ in range(FETCH_ROUNDS):
+            if view.nbytes:
+                fetched = self.retry.call(self._fetch_range, key, offset, view, version, True)
+                if fetched is None and offset == 0:
+                    # Refused from its first byte: the object is empty. A GET without a
+                    # range tells its metadata (and its bytes, if it was just rewritten).
+                    fetched = self.retry.call(self._fetch_range, key, 0, view, version, False)
+                if fetched is not None:
+                    return fetched.got, self._fetched_info(key, fetched)
+            # Nothing asked for, or a range past the end: only a HEAD tells the rest.
+            info = self._head(key, "read")
+            if version is not None and info.version != version:
+                raise self._changed(key, info.version, version)
+            if view.nbytes == 0 or offset >= info.size:
+                return 0, info
+            # The object grew between the GET and the HEAD: read it again.
+        raise ObjectChangedError(
+            "read: the object kept changing while it was read", self.uri_of(key)
+        )
+
+    def _fetched_info(self, key: str, fetched: Fetched) -> ObjectInfo:
+        if not fetched.etag:
+            raise OSError(errno.EIO, "read: the answer carries no ETag", self.uri_of(key))
+        return ObjectInfo(key, fetched.size, _etag(fetched.etag), fetched.mtime)
+
+    def _fetch_range(
+        self, key: str, offset: int, view: memoryview, version: str | None, ranged: bool
+    ) -> Fetched | None:
+        """One GET from ``offset`` into ``view`` (with a ``Range`` if ``ranged``) that
+        also tells the object's metadata; ``None`` when the range is not satisfiable."""
+        uri = self.uri_of(key)
+        if self._gets is not None:
+            return self._gets.fetch(self._prefix + key, uri, offset, view, version, ranged)
+        kwargs = self._get_kwargs(key, offset, view, version, ranged)
+        self._count("GET")
+        with botocore_errors("read", uri):
+            try:
+                resp = self._client.get_object(**kwargs)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return None
+                raise
+            with contextlib.closing(resp["Body"]) as body:
+                got, size, _ = read_fetched(
+                    body,
+                    resp["ResponseMetadata"]["HTTPStatusCode"],
+                    resp["ContentLength"],
+                    resp.get("ContentRange", ""),
+                    offset,
+                    view,
+                    uri,
+                )
+            modified = resp.get("LastModified")
+            return Fetched(
+                got, size, resp.get("ETag", ""), modified.timestamp() if modified else 0.0
             )
+
+    def _get_kwargs(
+        self, key: str, offset: int, view: memoryview, version: str | None, ranged: bool
+    ) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._prefix + key}
+        if ranged:
+            kwargs["Range"] = f"bytes={offset}-{offset + view.nbytes - 1}"
+        if version is not None:
+            kwargs["IfMatch"] = f'"{version}"'
+        return kwargs
 
     def _read_whole_into(self, key: str, view: memoryview, version: str | None) -> int:
         # docstring inherited; a GET without a range costs some servers less
@@ -363,11 +506,8 @@ class S3Store(UnderStore):
         uri = self.uri_of(key)
         if self._gets is not None:
             return self._gets.get(self._prefix + key, uri, offset, view, version, whole)
-        kwargs: dict[str, Any] = {"Bucket": self._bucket, "Key": self._prefix + key}
-        if not whole:
-            kwargs["Range"] = f"bytes={offset}-{offset + view.nbytes - 1}"
-        if version is not None:
-            kwargs["IfMatch"] = f'"{version}"'
+        kwargs = self._get_kwargs(key, offset, view, version, not whole)
+        self._count("GET")
         with botocore_errors("read", uri):
             try:
                 resp = self._client.get_object(**kwargs)
@@ -420,6 +560,7 @@ class S3Store(UnderStore):
             # Best effort: an upload left behind only costs storage until the bucket's
             # lifecycle rule (if any) removes it; the original error matters more.
             with contextlib.suppress(Exception):
+                self._count("DELETE")
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload)
             raise
 

@@ -7,6 +7,10 @@ minutes) and urllib3 sends the GET with its ``Range`` and ``If-Match`` headers, 
 presigned URL leaves free: about half the CPU per request. Errors are mapped exactly as
 the client's are (``_client_error``), so callers cannot tell the two paths apart.
 
+A GET that also tells the object's metadata (:meth:`LeanGets.fetch`, for
+``S3Store.fetch_into``) takes its size from ``Content-Range`` (``bytes a-b/TOTAL``) or
+``Content-Length``, its version from ``ETag`` and its time from ``Last-Modified``.
+
 Not used when the environment names a proxy (botocore honours it and urllib3 alone would
 not); the store then reads through the client. A CA bundle named by ``AWS_CA_BUNDLE`` is
 used as botocore uses it.
@@ -14,12 +18,15 @@ used as botocore uses it.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import errno
 import os
 import re
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import urllib3
 from botocore.exceptions import ClientError
@@ -33,7 +40,7 @@ from ._errors import (
     _client_error,
 )
 
-__all__ = ["LeanGets", "lean_gets_allowed", "read_answer"]
+__all__ = ["Fetched", "LeanGets", "http_time", "lean_gets_allowed", "read_answer", "read_fetched"]
 
 _URL_LIFE = 300.0  # seconds a presigned URL is used; it is signed for twice as long
 _MAX_URLS = 4096  # cached URLs; the cache starts over when full
@@ -41,8 +48,19 @@ _READ_CHUNK = 1 << 20
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{0,500})</Message>")
 _BUCKET_NAME = re.compile(rb"<BucketName>([^<]{1,100})</BucketName>")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # Proxy settings botocore takes from the environment that urllib3 on its own would ignore.
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+class Fetched(NamedTuple):
+    """What one GET of a fetch brought: the bytes read into the buffer, and the
+    object's size, ``ETag`` (as sent) and ``Last-Modified`` (seconds since the epoch)."""
+
+    got: int
+    size: int
+    etag: str
+    mtime: float
 
 
 def lean_gets_allowed() -> bool:
@@ -61,6 +79,8 @@ class LeanGets:
         The bucket.
     max_connections, connect_timeout, read_timeout
         As the store's configuration says.
+    count
+        Called with ``"GET"`` before every request sent (the store's counter).
     """
 
     def __init__(
@@ -71,9 +91,11 @@ class LeanGets:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
+        count: Callable[[str], None],
     ):
         self._client = client
         self._bucket = bucket
+        self._count = count
         self._http = urllib3.PoolManager(
             maxsize=max_connections,
             block=False,
@@ -106,22 +128,9 @@ class LeanGets:
     ) -> int | None:
         """One GET into ``view`` (see ``S3Store._get_range``): the bytes read, None when
         the range starts past the end of the object."""
-        headers = {}
-        if not whole:
-            headers["Range"] = f"bytes={offset}-{offset + view.nbytes - 1}"
-        if version is not None:
-            headers["If-Match"] = f'"{version}"'
-        resp = self._send(key, uri, headers)
-        for retry in (True, False):
-            if resp.status < 300:
-                break
-            body = resp.data  # error documents are small
-            resp.release_conn()
-            if resp.status == 416:
-                return None
-            if not (retry and resp.status == 403 and b"expired" in body.lower()):
-                raise _status_error(resp.status, body, uri)
-            resp = self._send(key, uri, headers, fresh=True)  # the URL outlived its life
+        resp = self._answer(key, uri, _headers(offset, view.nbytes, version, not whole))
+        if resp is None:
+            return None
         clean = False
         try:
             length = int(resp.headers.get("Content-Length", -1))
@@ -137,8 +146,50 @@ class LeanGets:
                 resp.close()  # bytes left in the stream: the connection cannot be reused
         return got
 
+    def fetch(
+        self, key: str, uri: str, offset: int, view: memoryview, version: str | None, ranged: bool
+    ) -> Fetched | None:
+        """One GET into ``view`` that also tells the object's metadata (see
+        ``S3Store._fetch_range``); None when the range starts past the end."""
+        resp = self._answer(key, uri, _headers(offset, view.nbytes, version, ranged))
+        if resp is None:
+            return None
+        drained = False
+        try:
+            length = int(resp.headers.get("Content-Length", -1))
+            content_range = resp.headers.get("Content-Range", "")
+            got, size, drained = read_fetched(
+                resp, resp.status, length, content_range, offset, view, uri
+            )
+        except ux.HTTPError as exc:
+            raise _urllib3_error(exc, uri) from exc
+        finally:
+            if drained:
+                resp.release_conn()
+            else:
+                resp.close()
+        etag = resp.headers.get("ETag", "")
+        return Fetched(got, size, etag, http_time(resp.headers.get("Last-Modified")))
+
+    def _answer(self, key: str, uri: str, headers: dict):
+        """Send the GET: the response with its body unread, None for a range that starts
+        past the end (416), else the error the answer means, raised."""
+        resp = self._send(key, uri, headers)
+        if resp.status >= 300:
+            body = _error_body(resp)
+            if resp.status == 403 and b"expired" in body.lower():
+                resp = self._send(key, uri, headers, fresh=True)  # the URL outlived its life
+                if resp.status >= 300:
+                    body = _error_body(resp)
+        if resp.status < 300:
+            return resp
+        if resp.status == 416:
+            return None
+        raise _status_error(resp.status, body, uri)
+
     def _send(self, key: str, uri: str, headers: dict, fresh: bool = False):
         url = self._url(key, fresh)
+        self._count("GET")
         try:
             return self._http.request(
                 "GET",
@@ -153,6 +204,21 @@ class LeanGets:
 
     def close(self) -> None:
         self._http.clear()
+
+
+def _headers(offset: int, nbytes: int, version: str | None, ranged: bool) -> dict:
+    headers = {}
+    if ranged:
+        headers["Range"] = f"bytes={offset}-{offset + nbytes - 1}"
+    if version is not None:
+        headers["If-Match"] = f'"{version}"'
+    return headers
+
+
+def _error_body(resp: Any) -> bytes:
+    body = resp.data  # error documents are small
+    resp.release_conn()
+    return body
 
 
 def read_answer(
@@ -177,6 +243,50 @@ def read_answer(
         content_range.startswith(f"bytes {offset}-") or (offset == 0 and not content_range)
     ):
         raise OSError(errno.EIO, "read: the server ignored the requested range", uri)
+    return _read_exactly(stream, view, length, uri)
+
+
+def read_fetched(
+    stream: Any,
+    status: int,
+    length: int,
+    content_range: str,
+    offset: int,
+    view: memoryview,
+    uri: str,
+) -> tuple[int, int, bool]:
+    """Check the answer of a fetch's GET (206 for a range; 200 for the whole object,
+    asked for without a range at offset 0, or from a server that ignores ranges), then
+    read its bytes from ``stream`` into ``view``, at most ``view.nbytes``.
+
+    Returns
+    -------
+    tuple of (int, int, bool)
+        Bytes read, the object's size, and whether the body was read to its end (a
+        whole object larger than ``view`` is not: its connection cannot be reused).
+    """
+    if status == 206:
+        match = _CONTENT_RANGE.fullmatch(content_range.strip())
+        if match is None or int(match[1]) != offset:
+            raise OSError(
+                errno.EIO, f"read: the answer's range {content_range!r} is not the one asked", uri
+            )
+        size = int(match[3])
+        if not 0 <= length <= view.nbytes or length != int(match[2]) - offset + 1:
+            raise OSError(
+                errno.EIO, f"read: {length} bytes do not fit the range {content_range!r}", uri
+            )
+        want = length
+    elif status == 200 and offset == 0 and length >= 0:
+        size = length
+        want = min(length, view.nbytes)
+    else:
+        raise OSError(errno.EIO, "read: the server ignored the requested range", uri)
+    return _read_exactly(stream, view, want, uri), size, want == length
+
+
+def _read_exactly(stream: Any, view: memoryview, length: int, uri: str) -> int:
+    """``length`` bytes of ``stream`` (``readinto``) into ``view``."""
     got = 0
     while got < length:
         n = stream.readinto(view[got : min(length, got + _READ_CHUNK)])
@@ -188,6 +298,19 @@ def read_answer(
             errno.ECONNRESET, f"read: stream ended after {got} of {length} bytes", uri
         )
     return got
+
+
+def http_time(value: str | None) -> float:
+    """Seconds since the epoch of an HTTP date (``Last-Modified``); 0.0 without one."""
+    if not value:
+        return 0.0
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    if moment.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
 
 
 def _status_error(status: int, body: bytes, uri: str) -> OSError:
