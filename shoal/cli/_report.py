@@ -1,4 +1,5 @@
-"""``shoal report``: the worker's capacity and use per tier, pages, hit ratio and traffic."""
+"""``shoal report``: the worker's capacity, use and health per tier, pages, hit ratio, and
+its traffic, with the requests it sent to each under-store by kind."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def render_report(report: Mapping[str, Any]) -> str:
                 _pct(t.get("allocated_bytes", 0), t.get("capacity", 0)),
                 t.get("pages", 0),
                 f"{t.get('regions_used', 0)}/{t.get('regions_total', 0)}",
+                t.get("state", "-"),
+                t.get("io_errors", 0),
             )
         )
         for key in totals:
@@ -53,17 +56,32 @@ def render_report(report: Mapping[str, Any]) -> str:
                 _pct(totals["allocated_bytes"], totals["capacity"]),
                 totals["pages"],
                 "",
+                "",
+                "",
             )
         )
     if rows:
         lines.append(
             format_table(
                 rows,
-                ("TIER", "CAPACITY", "ALLOCATED", "LIVE", "USE", "PAGES", "REGIONS"),
-                right=(1, 2, 3, 4, 5, 6),
-            )
+                (
+                    "TIER",
+                    "CAPACITY",
+                    "ALLOCATED",
+                    "LIVE",
+                    "USE",
+                    "PAGES",
+                    "REGIONS",
+                    "STATE",
+                    "IO ERRORS",
+                ),
+                right=(1, 2, 3, 4, 5, 6, 8),
+            )  # fmt: skip
         )
         lines.append("")
+        for name, t in tiers.items():
+            if t.get("last_error") and t.get("state") != "normal":
+                lines.append(f"tier {name} {t['state']}: {t['last_error']}")
     hits, misses = report.get("page_hits", 0), report.get("page_misses", 0)
     ratio = report.get("hit_ratio")
     shown_ratio = f"{100 * ratio:.1f}%" if (hits + misses) and ratio is not None else "-"
@@ -71,17 +89,28 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"pages       {report.get('pages', 0)} cached",
         f"hit ratio   {shown_ratio} ({hits} hits, {misses} misses)",
         f"under-store {format_size(report.get('ufs_bytes', 0))} read in "
-        f"{report.get('ufs_reads', 0)} requests ({report.get('ufs_pages', 0)} pages)",
+        f"{report.get('ufs_reads', 0)} reads ({report.get('ufs_pages', 0)} pages); "
+        f"requests sent {_kinds(report.get('ufs_requests', {}))}",
         f"served      {report.get('pages_located', 0)} pages short-circuit, "
         f"{report.get('pages_sent', 0)} pages ({format_size(report.get('bytes_sent', 0))}) "
         f"over the socket, {report.get('pages_prefetched', 0)} prefetched",
         f"requests    {report.get('requests', 0)}",
         f"mounts      {report.get('mounts', 0)}",
     ]
+    by_mount = report.get("ufs_requests_by_mount", {})
+    if len(by_mount) > 1:
+        for where in sorted(by_mount):
+            lines.append(f"  {where}: {_kinds(by_mount[where])}")
     if report.get("store_full"):
-        lines.append(f"not cached  {report['store_full']} pages (tier full)")
+        lines.append(f"not cached  {report['store_full']} pages (no tier took them)")
     lines += _cluster_lines(report)
     return "\n".join(lines)
+
+
+def _kinds(counts: Mapping[str, int]) -> str:
+    """Requests by kind, the kinds sent at all: ``GET 12, LIST 1``."""
+    sent = [f"{kind} {n}" for kind, n in counts.items() if n]
+    return ", ".join(sent) if sent else "none"
 
 
 def _cluster_lines(report: Mapping[str, Any]) -> list[str]:
@@ -110,8 +139,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="show the worker's capacity, use and hit ratio",
-        description="Show capacity and use per tier, cached pages, the hit ratio and the "
-        "bytes read from under-stores since the worker started.",
+        description="Show capacity, use and health per tier (normal, unstable or down, "
+        "with its I/O errors), cached pages, the hit ratio, the bytes read from "
+        "under-stores and the requests sent to them by kind (GET, HEAD, LIST ...) since "
+        "the worker started.",
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     add_home_option(p)

@@ -146,6 +146,9 @@ REPORT = {
             "allocated_bytes": 256 << 20,
             "live_bytes": 200 << 20,
             "pages": 50,
+            "state": "unstable",
+            "io_errors": 2,
+            "last_error": "OSError: [Errno 5] region file cut short under its pages",
         },
         "SSD": {
             "capacity": 4 << 30,
@@ -155,6 +158,9 @@ REPORT = {
             "allocated_bytes": 0,
             "live_bytes": 0,
             "pages": 0,
+            "state": "normal",
+            "io_errors": 0,
+            "last_error": None,
         },
     },
     "pages": 50,
@@ -164,6 +170,8 @@ REPORT = {
     "ufs_reads": 50,
     "ufs_pages": 50,
     "ufs_bytes": 200 << 20,
+    "ufs_requests": {"GET": 50, "HEAD": 0, "LIST": 1, "PUT": 0},
+    "ufs_requests_by_mount": {"/a": {"GET": 30, "LIST": 1}, "/b": {"GET": 20}},
     "pages_located": 140,
     "pages_sent": 60,
     "bytes_sent": 10 << 20,
@@ -181,11 +189,23 @@ def test_report_text():
         "worker      pid 4242 on node-a, up 1m15s, engine io_uring, page size 4.0 MiB"
     )
     table = [line.split() for line in lines if line.startswith(("TIER", "MEM", "SSD", "total"))]
-    assert table[0] == ["TIER", "CAPACITY", "ALLOCATED", "LIVE", "USE", "PAGES", "REGIONS"]
-    assert table[1] == ["MEM", "1.0", "GiB", "256.0", "MiB", "200.0", "MiB", "25.0%", "50", "4/16"]
+    assert table[0] == [
+        "TIER", "CAPACITY", "ALLOCATED", "LIVE", "USE", "PAGES", "REGIONS", "STATE", "IO",
+        "ERRORS",
+    ]  # fmt: skip
+    assert table[1] == [
+        "MEM", "1.0", "GiB", "256.0", "MiB", "200.0", "MiB", "25.0%", "50", "4/16", "unstable",
+        "2",
+    ]  # fmt: skip
+    assert table[2][-2:] == ["normal", "0"]
     assert table[3][0] == "total" and "5.0" in table[3]
+    assert "tier MEM unstable: OSError: [Errno 5] region file cut short under its pages" in lines
     assert "hit ratio   75.0% (150 hits, 50 misses)" in lines
-    assert "under-store 200.0 MiB read in 50 requests (50 pages)" in lines
+    assert (
+        "under-store 200.0 MiB read in 50 reads (50 pages); requests sent GET 50, LIST 1"
+        in lines
+    )
+    assert "  /a: GET 30, LIST 1" in lines and "  /b: GET 20" in lines
     assert "not cached" not in text
 
 
@@ -193,7 +213,7 @@ def test_report_of_a_fresh_worker():
     fresh = {**REPORT, "page_hits": 0, "page_misses": 0, "hit_ratio": 0.0, "store_full": 7}
     text = render_report(fresh)
     assert "hit ratio   - (0 hits, 0 misses)" in text
-    assert "not cached  7 pages (tier full)" in text
+    assert "not cached  7 pages (no tier took them)" in text
 
 
 # --------------------------------------------------------------------- progress
