@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,13 @@ __all__ = ["Config", "default_home", "load_config"]
 
 MiB = 1 << 20
 GiB = 1 << 30
+TiB = 1 << 40
 SHM = "/dev/shm"
+# Past these a page, chunk or region size is a mistake, not a setting.
+_MAX_UNIT = TiB
+_U64_MAX = (1 << 64) - 1
+# The page store numbers a tier's regions with 4 bytes.
+_MAX_REGIONS = 1 << 32
 
 # SHOAL_* variable -> field; sizes are parsed, the rest taken as text
 _ENV_FIELDS = {
@@ -46,6 +53,10 @@ _ENV_FIELDS = {
     "SHOAL_ALLOWED_MOUNTS": "allowed_mounts",
     "SHOAL_CREDENTIAL_ENV": "credential_env",
     "SHOAL_CREDENTIAL_DIR": "credential_dir",
+    "SHOAL_MAX_CONNECTIONS": "max_connections",
+    "SHOAL_MAX_CONNECTIONS_PER_PEER": "max_connections_per_peer",
+    "SHOAL_IDLE_TIMEOUT": "idle_timeout",
+    "SHOAL_SEND_TIMEOUT": "send_timeout",
 }
 # Settings that are lists: a comma-separated value in a variable.
 _LIST_FIELDS = ("allowed_mounts", "credential_env")
@@ -69,12 +80,24 @@ def default_home(environ: Mapping[str, str] = os.environ) -> str:
     return os.path.abspath(os.path.expanduser(environ.get("SHOAL_HOME") or "~/.shoal"))
 
 
-def _free_bytes(path: str) -> int:
+def _existing(path: str) -> str:
+    """``path``, or its nearest ancestor that exists."""
     probe = path
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    st = os.statvfs(probe)
+    return probe
+
+
+def _free_bytes(path: str) -> int:
+    st = os.statvfs(_existing(path))
     return st.f_bavail * st.f_frsize
+
+
+def _filesystem_bytes(path: str) -> tuple[int, str]:
+    """Size of the filesystem that holds ``path``, and the existing path measured."""
+    probe = _existing(path)
+    st = os.statvfs(probe)
+    return st.f_blocks * st.f_frsize, probe
 
 
 def _ram_bytes() -> int:
@@ -92,12 +115,15 @@ class Config:
     cache_dir
         Directory of the SSD tier (default ``home/cache``).
     capacity
-        Bytes of the SSD tier (default 20% of the free disk, at most 100 GiB).
+        Bytes of the SSD tier (default 20% of the free disk, at most 100 GiB); at most the
+        size of the filesystem that holds ``cache_dir``.
     mem_capacity
-        Bytes of the MEM tier on ``/dev/shm`` (default 10% of RAM; 0 disables it).
+        Bytes of the MEM tier on ``/dev/shm`` (default 10% of RAM, at most the size of
+        ``/dev/shm``; 0 disables it); at most the size of ``/dev/shm``.
     page_size, chunk_size, region_size
         Storage page, placement chunk and page-store region sizes. Pages are a multiple of
-        4 KiB; a chunk is a whole number of pages; a region holds at least one page.
+        4 KiB; a chunk is a whole number of pages; a region holds at least one page. None
+        is over 1 TiB, and a tier holds at most 2**32 regions.
     high_watermark, low_watermark
         Eviction starts above ``high`` and stops at ``low`` (fractions of a tier).
     host_id
@@ -127,6 +153,13 @@ class Config:
         credentials (``AWS_*`` by default).
     credential_dir
         The directory under which a mount may name credential files; None: none may.
+    max_connections, max_connections_per_peer
+        Connections a worker serves at once, in all and per peer (a TCP peer's address, a
+        Unix-socket peer's uid); one more is refused with an error.
+    idle_timeout
+        Seconds a worker keeps a connection that sends no request (clients reconnect).
+    send_timeout
+        Seconds a worker waits for a peer to take any of an answer before dropping it.
     """
 
     home: str = field(default_factory=default_home)
@@ -150,6 +183,10 @@ class Config:
     allowed_mounts: tuple[str, ...] = DEFAULT_ALLOWED_MOUNTS
     credential_env: tuple[str, ...] = DEFAULT_CREDENTIAL_ENV
     credential_dir: str | None = None
+    max_connections: int = 2048
+    max_connections_per_peer: int = 512
+    idle_timeout: float = 600.0
+    send_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -159,7 +196,7 @@ class Config:
         for name in _SIZE_FIELDS:
             value = getattr(self, name)
             if value is not None:
-                set_(self, name, parse_size(value, name))
+                set_(self, name, _size(value, name))
         for name in ("high_watermark", "low_watermark"):
             set_(self, name, _fraction(getattr(self, name), name))
         if not self.low_watermark < self.high_watermark:
@@ -179,6 +216,9 @@ class Config:
                 f"region_size ({self.region_size}) must be a multiple of 4096 and hold at least "
                 f"one page ({self.page_size})"
             )
+        for name in ("page_size", "chunk_size", "region_size"):
+            if getattr(self, name) > _MAX_UNIT:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be at most 1 TiB")
         set_(self, "host_id", _text(self.host_id, "host_id"))
         if self.listen is not None:
             _host_port(self.listen, "listen")
@@ -209,8 +249,13 @@ class Config:
             default = min(_free_bytes(self.cache_dir) // 5, 100 * GiB)
             set_(self, "capacity", default // self.region_size * self.region_size)
         if self.mem_capacity is None:
-            mem = _ram_bytes() // 10 if os.path.isdir(SHM) else 0
+            mem = min(_ram_bytes() // 10, _filesystem_bytes(SHM)[0]) if os.path.isdir(SHM) else 0
             set_(self, "mem_capacity", mem // self.region_size * self.region_size)
+        _check_capacity(self.capacity, "capacity", "cache_dir", self.cache_dir, self.region_size)
+        if self.mem_capacity:
+            _check_capacity(
+                self.mem_capacity, "mem_capacity", "the MEM tier", self.mem_dir, self.region_size
+            )
         if self.capacity < self.region_size:
             raise ValueError(
                 f"capacity ({self.capacity}) must hold at least one region ({self.region_size}); "
@@ -221,6 +266,10 @@ class Config:
                 f"mem_capacity ({self.mem_capacity}) must be 0 or hold at least one region "
                 f"({self.region_size})"
             )
+        for name in ("max_connections", "max_connections_per_peer"):
+            set_(self, name, _positive(getattr(self, name), name, int))
+        for name in ("idle_timeout", "send_timeout"):
+            set_(self, name, _positive(getattr(self, name), name, float))
 
     @property
     def mem_dir(self) -> str:
@@ -239,6 +288,36 @@ class Config:
         return out
 
 
+def _size(value: Any, name: str) -> int:
+    """``parse_size`` of a setting, with a number too large for it refused as such."""
+    try:
+        size = parse_size(value, name)
+    except OverflowError:
+        size = None
+    if size is None or size > _U64_MAX:
+        text = str(value)
+        shown = text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+        raise ValueError(f"{name}: {shown} does not fit in 64 bits")
+    return size
+
+
+def _check_capacity(value: int, name: str, what: str, path: str, region_size: int) -> None:
+    """Refuse a tier capacity larger than the filesystem that holds the tier's directory,
+    or of more regions than the page store can number."""
+    size, probe = _filesystem_bytes(path)
+    if value > size:
+        measured = "" if probe == path else f", measured at {probe}"
+        raise ValueError(
+            f"{name} ({value}) is larger than the filesystem that holds {what} {path} "
+            f"({size} bytes{measured})"
+        )
+    if value // region_size > _MAX_REGIONS:
+        raise ValueError(
+            f"{name} ({value}) makes more than {_MAX_REGIONS} regions of region_size "
+            f"({region_size}): set a larger region_size"
+        )
+
+
 def _text(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
@@ -252,6 +331,19 @@ def _texts(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{name} must be a list of strings, got {type(value).__name__}")
     return tuple(_text(v, name) for v in value)
+
+
+def _positive(value: Any, name: str, kind: type) -> int | float:
+    """A positive int or finite float, also from text (a SHOAL_* variable)."""
+    try:
+        number = kind(value) if isinstance(value, (str, int, float)) else None
+    except (ValueError, OverflowError):
+        number = None
+    if isinstance(value, bool) or number is None or not 0 < number < float("inf"):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if kind is int and isinstance(value, float) and value != number:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return number
 
 
 def _fraction(value: Any, name: str) -> float:
@@ -306,7 +398,11 @@ def load_config(
     try:
         return Config(**values)
     except ValueError as exc:
-        blamed = [f"{n} from {src}" for n, src in sorted(sources.items()) if n in str(exc)]
+        blamed = [
+            f"{n} from {src}"
+            for n, src in sorted(sources.items())
+            if re.search(rf"\b{n}\b", str(exc))
+        ]
         if not blamed:
             raise
         raise ValueError(f"{exc} ({'; '.join(blamed)})") from None

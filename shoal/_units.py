@@ -43,7 +43,9 @@ def parse_size(value: int | str, field: str = "size") -> int:
     unit = match and _UNITS.get(match.group(2).lower())
     if not match or unit is None:
         raise ValueError(f"{field}: {value!r} is not a size (examples: 4096, 64MiB, 10G, 2TB)")
-    return int(float(match.group(1)) * unit)
+    # Exact, however many digits: a float would round them, and overflow past 1e308.
+    whole, _, fraction = match.group(1).partition(".")
+    return (int(whole + fraction) * unit) // 10 ** len(fraction)
 
 
 def format_size(n: int) -> str:

@@ -18,7 +18,6 @@ from typing import Any
 from .. import engine
 from .._config import Config
 from ..engine import PageLocation, PageStore
-from ..engine._regions import generations_path
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver, split_mount_options
 from ._jobs import check_job_key, mark_abandoned, newest_first
@@ -295,7 +294,7 @@ class Worker:
         for key, start, length in items:
             value = got[key]
             if isinstance(value, PageLocation) and start == 0 and length == value.length:
-                fd = self._client_fd(value.tier, value.region, value)
+                fd = self._client_fd(value.tier, value.region)
                 payload.append(FileSegment(fd, value.offset, value.length))
                 crcs.append(value.crc32c)
                 continue
@@ -322,22 +321,18 @@ class Worker:
         if len(fds) + len(new) > MAX_FDS:
             return False
         for tier, region in new:
-            fds.append(self._client_fd(tier, region, loc))
+            fds.append(self._client_fd(tier, region))
             tokens.append([tier, region])
             conn.sent.add((tier, region))
         return True
 
-    def _client_fd(self, tier: str, region: int, loc: PageLocation) -> int:
+    def _client_fd(self, tier: str, region: int) -> int:
         """A read-only descriptor of a region file (or a tier's generation table) to pass to
         clients; opened once and kept, since region files live as long as the store."""
         with self._lock:
             fd = self._client_fds.get((tier, region))
             if fd is None:
-                if region == GENERATIONS:
-                    path = generations_path(self._store.tier_paths[tier])
-                else:
-                    path = loc.path
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = self._store.open_for_reader(tier, None if region == GENERATIONS else region)
                 self._client_fds[tier, region] = fd
             return fd
 

@@ -44,6 +44,15 @@ from ._requests import host_view
 __all__ = ["PageStore", "TierConfig", "TierUsage"]
 
 MiB = 1 << 20
+TiB = 1 << 40
+
+#: The largest region the store takes: past it a region is no cache unit but a mistake.
+MAX_REGION_SIZE = TiB
+# The index holds region numbers in 4 bytes, and sizes and capacities in 8.
+_MAX_REGIONS = 1 << 32
+_U64_MAX = (1 << 64) - 1
+# Regions a generation table starts with; it doubles as regions are first used.
+_TABLE_START = 1024
 
 _TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
 _PIN, _DIRTY = 1, 2
@@ -75,7 +84,8 @@ class TierConfig:
         Stored absolute. An existing one must pass the checks of :class:`PageStore`.
     capacity
         Bytes the tier may hold; the store uses ``capacity // region_size`` regions, so it
-        must be at least one region.
+        must be at least one region. At most the size of the filesystem that holds
+        ``path`` (that of its nearest existing ancestor).
     """
 
     name: str
@@ -100,16 +110,29 @@ class TierConfig:
             raise ValueError(f"TierConfig.path must be a non-empty text path, got {self.path!r}")
         path = os.path.abspath(path)
         object.__setattr__(self, "path", path)
-        _check_creatable_dir(path, "TierConfig.path")
+        existing = _check_creatable_dir(path, "TierConfig.path")
         if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
             raise TypeError(
                 f"TierConfig.capacity must be an int, got {type(self.capacity).__name__}"
             )
         if self.capacity <= 0:
             raise ValueError(f"TierConfig.capacity must be > 0 bytes, got {self.capacity}")
+        if self.capacity > _U64_MAX:
+            raise ValueError(
+                f"TierConfig.capacity of {self.capacity} bytes does not fit in 64 bits"
+            )
+        st = os.statvfs(existing)
+        size = st.f_blocks * st.f_frsize
+        if self.capacity > size:
+            raise ValueError(
+                f"TierConfig.capacity of {self.capacity} bytes is larger than the filesystem "
+                f"that holds {path} ({size} bytes, measured at {existing})"
+            )
 
 
-def _check_creatable_dir(path: str, field: str) -> None:
+def _check_creatable_dir(path: str, field: str) -> str:
+    """Check that ``path`` is a directory that exists or can be created; return it or its
+    nearest existing ancestor."""
     probe = path
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -125,6 +148,7 @@ def _check_creatable_dir(path: str, field: str) -> None:
         raise ValueError(
             f"{field}: {path} cannot be created or written (no write access to {probe})"
         )
+    return probe
 
 
 # ----------------------------------------------------------------- private directories
@@ -363,15 +387,20 @@ class _Region:
 
 
 class _Tier:
+    """A tier's regions. A region's state is made when the region is first used, so the
+    memory it takes follows the regions in use, never the capacity."""
+
     def __init__(self, config: TierConfig, region_size: int):
         self.name = config.name
         self.code = _TIER_CODES[config.name]
         self.dir = config.path
         self.capacity = config.capacity
-        count = config.capacity // region_size
-        self.regions = [_Region(i, region_path(self.dir, i)) for i in range(count)]
+        self.count = config.capacity // region_size  # region numbers the tier may use
+        self.regions: dict[int, _Region] = {}  # the regions used so far, by number
         self.open: list[_Region | None] = [None, None]  # per kind
-        self.free: list[int] = []  # heap of free region numbers, lowest reused first
+        self.free: list[int] = []  # heap of the free numbers in ``regions``
+        # Ranges [start, end) of numbers never used (not in ``regions``), highest first.
+        self.unused: list[tuple[int, int]] = [(0, self.count)]
         self.used = 0
         self.table: GenerationTable | None = None
         self.lock_fd = -1
@@ -380,6 +409,54 @@ class _Tier:
 
     def region_key(self, number: int) -> bytes:
         return _REGION_PREFIX + bytes((self.code,)) + number.to_bytes(4, "big")
+
+    def region(self, number: int) -> _Region:
+        """Region ``number``, made on first use with the generation the table holds."""
+        region = self.regions.get(number)
+        if region is None:
+            self._cover(number)
+            region = _Region(number, region_path(self.dir, number))
+            region.generation = self.table.get(number)
+            self.regions[number] = region
+        return region
+
+    def _cover(self, number: int) -> None:
+        """Grow the generation table to hold region ``number``: twice its length, at most
+        the tier's region count (readers map it again when they look past its end)."""
+        if number < len(self.table):
+            return
+        length = max(number + 1, min(2 * len(self.table), self.count))
+        table = GenerationTable(self.table.path, length)
+        self.table.close()
+        self.table = table
+
+    def has_free(self) -> bool:
+        return bool(self.free or self.unused)
+
+    def take_free(self) -> int:
+        """The lowest free region number (a freed region's before any never used, since
+        numbers are taken lowest first); the caller checked :meth:`has_free`."""
+        if self.free and (not self.unused or self.free[0] < self.unused[-1][0]):
+            return heapq.heappop(self.free)
+        start, end = self.unused[-1]
+        if start + 1 < end:
+            self.unused[-1] = (start + 1, end)
+        else:
+            self.unused.pop()
+        return start
+
+    def find_unused(self) -> None:
+        """Set ``unused`` to the numbers below ``count`` that are not in ``regions``."""
+        gaps = []
+        start = 0
+        for number in sorted(self.regions):
+            if start < number:
+                gaps.append((start, number))
+            start = number + 1
+        if start < self.count:
+            gaps.append((start, self.count))
+        gaps.reverse()
+        self.unused = gaps
 
 
 def _cut_short(region: _Region, entry: _Entry) -> bool:
@@ -460,8 +537,9 @@ class PageStore:
         an existing one must pass the checks below). RocksDB creates its own files with
         the process umask: this directory being 0700 is what keeps them from other users.
     region_size
-        Bytes per region file; a multiple of ``page_align``, at most every tier's capacity.
-        Fixed for the life of the index.
+        Bytes per region file; a multiple of ``page_align``, at most every tier's capacity
+        and at most 1 TiB, with no tier holding more than 2**32 regions. Fixed for the life
+        of the index.
     high_watermark, low_watermark
         Fractions of capacity, ``0 < low_watermark < high_watermark <= 1``.
     page_align
@@ -495,16 +573,21 @@ class PageStore:
     The checks are made on the descriptors the store then uses (directories, region files,
     ``lock``), so those cannot be swapped between check and use; RocksDB and the
     generation table open their files by path, in directories no other user can change.
-    Readers in other processes get descriptors from the owner (see :class:`RegionReader`):
-    they need no access to the directories.
+    Readers in other processes get descriptors from the owner (see :class:`RegionReader`
+    and :meth:`open_for_reader`): they need no access to the directories.
+
+    A region's state, in memory and in the ``generations`` table, is made when the region
+    is first used, lowest numbers first (a freed region before one never used): opening a
+    store takes time and memory in proportion to the regions in use, whatever the capacity.
 
     Call order: construct (opens the index, recovers the tiers and drops index entries whose
     region generation no longer matches), then any mix of :meth:`put`, :meth:`put_many`,
     :meth:`get_into`, :meth:`get_many_into`, :meth:`locate`, :meth:`contains`,
     :meth:`delete`, :meth:`pin`, :meth:`unpin`, :meth:`mark_clean`, :meth:`usage`,
-    :meth:`evict`, then :meth:`close` (or use the store as a context manager). One process
-    owns a store at a time (the index and each tier directory are locked); other processes
-    read through :class:`RegionReader` with locations from :meth:`locate`.
+    :meth:`evict`, :meth:`touch`, :meth:`open_for_reader`, then :meth:`close` (or use the
+    store as a context manager). One process owns a store at a time (the index and each
+    tier directory are locked); other processes read through :class:`RegionReader` with
+    locations from :meth:`locate`.
 
     All methods are thread-safe. One lock guards the index and the allocator; page I/O runs
     outside it (writes reserve their space first and commit afterwards), so reads are not
@@ -592,6 +675,11 @@ class PageStore:
                 f"PageStore: region_size must be a positive multiple of page_align={page_align}, "
                 f"got {region_size}"
             )
+        if region_size > MAX_REGION_SIZE:
+            raise ValueError(
+                f"PageStore: region_size of {region_size} bytes is over the largest region, "
+                f"{MAX_REGION_SIZE} bytes (1 TiB)"
+            )
         for field, value in (("high_watermark", high), ("low_watermark", low)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"PageStore: {field} must be a number, got {type(value).__name__}")
@@ -606,6 +694,12 @@ class PageStore:
                 raise ValueError(
                     f"PageStore: tier {t.name} capacity of {t.capacity} bytes is less than one "
                     f"region (region_size={region_size})"
+                )
+            if t.capacity // region_size > _MAX_REGIONS:
+                raise ValueError(
+                    f"PageStore: tier {t.name} capacity of {t.capacity} bytes makes more "
+                    f"regions of {region_size} bytes than the index can number "
+                    f"({_MAX_REGIONS}): use larger regions"
                 )
 
     # ----------------------------------------------------------------- open and recovery
@@ -678,7 +772,7 @@ class PageStore:
                 os.O_RDWR | os.O_CREAT,
             )  # fmt: skip
         )
-        tier.table = GenerationTable(table, len(tier.regions))
+        tier.table = GenerationTable(table, min(tier.count, _TABLE_START))
 
     def _scan(self, prefix: bytes):
         for key, value in self._db.items(from_key=prefix):
@@ -694,10 +788,10 @@ class PageStore:
         for key, value in self._scan(_REGION_PREFIX):
             tier = self._by_code.get(key[1]) if len(key) == 6 else None
             number = int.from_bytes(key[2:6], "big")
-            if tier is None or number >= len(tier.regions) or len(value) != _REGION.size:
+            if tier is None or number >= tier.count or len(value) != _REGION.size:
                 batch.delete(key)
                 continue
-            region = tier.regions[number]
+            region = tier.region(number)
             stored[tier.code, number] = value
             generation, state, kind, fill = _REGION.unpack(value)
             region.generation = generation
@@ -705,7 +799,7 @@ class PageStore:
                 continue
             region.state, region.kind, region.fill = state, kind & 1, fill
         for tier in self._tiers.values():
-            for region in tier.regions:
+            for region in tier.regions.values():
                 region.generation = max(region.generation, tier.table.get(region.number))
                 if region.state != _FREE and not self._region_file_ok(tier, region):
                     region.state = _FREE
@@ -722,7 +816,8 @@ class PageStore:
             self._link(k, entry, region)
             region.fill = max(region.fill, entry.offset + entry.length)
         for tier in self._tiers.values():
-            for region in tier.regions:
+            regions = [tier.regions[number] for number in sorted(tier.regions)]
+            for region in regions:
                 if region.state == _SEALED and not region.keys:
                     region.state = _FREE  # nothing live: reclaim now
                     region.generation += 1
@@ -735,7 +830,7 @@ class PageStore:
                         tier.open[region.kind] = region
                     else:
                         region.state = _SEALED
-            for region in tier.regions:
+            for region in regions:
                 if region.state == _FREE:
                     region.fill = 0
                     region.kind = _NORMAL
@@ -749,6 +844,7 @@ class PageStore:
                 old = stored.get((tier.code, region.number))
                 if old != region.record() and (old is not None or region.generation):
                     self._unsaved.add((tier.code, region.number))
+            tier.find_unused()
         self._commit(batch)
 
     def _parse_entry(self, value: bytes) -> _Entry | None:
@@ -756,11 +852,10 @@ class PageStore:
             return None
         entry = _Entry(*_PAGE.unpack(value))
         tier = self._by_code.get(entry.tier)
-        if tier is None or entry.region >= len(tier.regions):
-            return None
-        region = tier.regions[entry.region]
+        region = tier.regions.get(entry.region) if tier is not None else None
         if (
-            region.state == _FREE
+            region is None  # no record: a region never used, or reclaimed since
+            or region.state == _FREE
             or region.generation != entry.generation
             or entry.offset % self.page_align
             or entry.offset + entry.length > self.region_size
@@ -779,7 +874,7 @@ class PageStore:
     def _drop_extra_region_files(self, tier: _Tier) -> None:
         """Remove region files past the tier's region count (its capacity shrank)."""
         for name in os.listdir(tier.regions_fd):
-            if not name.isdigit() or int(name) < len(tier.regions):
+            if not name.isdigit() or int(name) < tier.count:
                 continue
             number = int(name)
             generation = tier.table.get(number)
@@ -895,21 +990,29 @@ class PageStore:
         if (tier.used + 1) * rs > self.high_watermark * tier.capacity:
             # Down to the low watermark, counting the region about to be allocated.
             self._reclaim_lru(tier, math.floor(self.low_watermark * tier.capacity / rs) - 1)
-        if not tier.free:
+        if not tier.has_free():
             # Last resort before ENOSPC: the other kind's open region, if it may go.
             other = tier.open[1 - kind]
             if other is not None and not other.sticky and not other.inflight:
                 tier.open[1 - kind] = None
                 self._reclaim([other], tier)
-        if not tier.free:
+        if not tier.has_free():
             raise TierFullError(
                 f"tier {tier.name} is full: no region free for a page of {length} bytes; all "
-                f"{len(tier.regions)} regions of {rs} bytes hold pinned or dirty pages or "
+                f"{tier.count} regions of {rs} bytes hold pinned or dirty pages or "
                 "writes in progress",
                 tier.dir,
             )
-        region = tier.regions[heapq.heappop(tier.free)]
-        self._open_region_file(tier, region)
+        number = tier.take_free()
+        try:
+            region = tier.region(number)
+            self._open_region_file(tier, region)
+        except BaseException:
+            if number in tier.regions:
+                heapq.heappush(tier.free, number)
+            else:
+                tier.unused.append((number, number + 1))
+            raise
         region.state = _OPEN
         region.kind = kind
         region.fill = 0
@@ -924,7 +1027,11 @@ class PageStore:
         if excess <= 0:
             return 0
         candidates = sorted(
-            (r for r in tier.regions if r.state == _SEALED and not r.sticky and not r.inflight),
+            (
+                r
+                for r in tier.regions.values()
+                if r.state == _SEALED and not r.sticky and not r.inflight
+            ),
             key=lambda r: (r.live_bytes > 0, r.last_access),
         )[:excess]
         self._reclaim(candidates, tier)
@@ -1348,8 +1455,9 @@ class PageStore:
             self._check_open()
             for name, number in regions:
                 tier = self._tiers.get(name)
-                if tier is not None and 0 <= number < len(tier.regions):
-                    tier.regions[number].last_access = next(self._clock)
+                region = tier.regions.get(number) if tier is not None else None
+                if region is not None:
+                    region.last_access = next(self._clock)
 
     def contains(self, key: bytes | str) -> bool:
         """True if a page is stored under ``key``."""
@@ -1372,6 +1480,68 @@ class PageStore:
         """Tier name -> directory, what a :class:`RegionReader` needs."""
         return {name: tier.dir for name, tier in self._tiers.items()}
 
+    def open_for_reader(self, tier: str, region: int | None) -> int:
+        """A new read-only descriptor of a region file, or of a tier's generation table, to
+        hand to a reader in another process (see :meth:`RegionReader.adopt`).
+
+        The file is opened beneath the tier directory the store holds open and checked,
+        without following a symbolic link, with O_CLOEXEC: a path changed since the store
+        opened cannot redirect it.
+
+        Parameters
+        ----------
+        tier
+            Tier name.
+        region
+            Region number, or None for the tier's ``generations`` table.
+
+        Returns
+        -------
+        int
+            The descriptor; the caller owns it and closes it.
+
+        Raises
+        ------
+        ValueError
+            An unknown tier, a region number outside the tier, or a closed store.
+        FileNotFoundError
+            The region has no file (it was never used).
+        PermissionError
+            The name is a symbolic link or not a regular file.
+        """
+        with self._lock:  # the directory descriptors stay open until close() takes it
+            self._check_open()
+            if not isinstance(tier, str):
+                raise ValueError(f"open_for_reader: tier must be a tier name, got {tier!r}")
+            t = self._tier(tier)
+            if region is None:
+                dir_fd, name, path = t.dir_fd, GENERATIONS_FILE, generations_path(t.dir)
+                what = f"tier {t.name} generation table"
+            elif isinstance(region, bool) or not isinstance(region, int):
+                raise ValueError(f"open_for_reader: region must be an int or None, got {region!r}")
+            elif not 0 <= region < t.count:
+                raise ValueError(
+                    f"open_for_reader: tier {t.name} has regions 0 to {t.count - 1}, got {region}"
+                )
+            else:
+                path = region_path(t.dir, region)
+                dir_fd, name = t.regions_fd, os.path.basename(path)
+                what = f"tier {t.name} region file"
+            # O_NONBLOCK: no wait on a FIFO in place of the file; cleared once it is checked.
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            try:
+                fd = os.open(name, flags, dir_fd=dir_fd)
+            except OSError as exc:
+                raise _open_failed(exc, dir_fd, name, path, what) from None
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise _refuse(path, what, "is not a regular file", "remove it")
+                os.set_blocking(fd, True)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
     def usage(self) -> dict[str, TierUsage]:
         """Space accounting per tier name."""
         with self._lock:
@@ -1380,7 +1550,7 @@ class PageStore:
                 name: TierUsage(
                     capacity=t.capacity,
                     region_size=self.region_size,
-                    regions_total=len(t.regions),
+                    regions_total=t.count,
                     regions_used=t.used,
                     allocated_bytes=t.used * self.region_size,
                     live_bytes=t.live_bytes,
@@ -1434,7 +1604,7 @@ class PageStore:
             self._db.close()
             self._db = None
         for tier in self._tiers.values():
-            for region in tier.regions:
+            for region in tier.regions.values():
                 if region.fd >= 0:
                     os.close(region.fd)
                     region.fd = -1

@@ -49,9 +49,10 @@ def generations_path(tier_dir: str) -> str:
 class GenerationTable:
     """The ``generations`` file of a tier: one little-endian u64 per region, via mmap.
 
-    The writer opens it with ``count`` (the tier's region count) and grows the file when it
-    is shorter; readers open it read-only and map it again when asked about a region past
-    the end of their mapping (the writer may have grown it since).
+    The writer opens it with ``count`` entries (as many as the tier has regions in use, or
+    more) and opens it again with a larger count as regions come into use; the file is
+    allocated, never sparse. Readers open it read-only and map it again when asked about a
+    region past the end of their mapping (the writer may have grown it since).
     """
 
     def __init__(self, path: str, count: int | None = None, *, fd: int | None = None):

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shoal import _config as config_module
 from shoal._config import Config, load_config
 
 MiB = 1 << 20
@@ -98,3 +99,93 @@ def test_valid_geometry_is_accepted(tmp_path_factory, pages, per_chunk):
         mem_capacity=0,
     )
     assert cfg.chunk_size // cfg.page_size == per_chunk
+
+
+# ------------------------------------------------------------------ sizes and capacities
+
+
+def filesystem_size(path) -> int:
+    st_ = os.statvfs(path)
+    return st_.f_blocks * st_.f_frsize
+
+
+@pytest.mark.parametrize(
+    "value", ["9999999999999999999999999", "1" + "0" * 400, 1 << 64, 10**30, "20000000TiB"]
+)
+def test_sizes_past_64_bits_are_refused(home, value):
+    with pytest.raises(ValueError, match="capacity: .* does not fit in 64 bits") as info:
+        load_config(environ={"SHOAL_HOME": home, "SHOAL_CAPACITY": str(value)})
+    assert str(info.value).endswith("(capacity from SHOAL_CAPACITY)")
+    assert len(str(info.value)) < 200  # a long number is shortened
+    with pytest.raises(ValueError, match="region_size: .* does not fit in 64 bits"):
+        Config(home=home, region_size=value, capacity="64MiB", mem_capacity=0)
+
+
+@pytest.mark.parametrize("name", ["page_size", "chunk_size", "region_size"])
+def test_units_over_a_tebibyte_are_refused(home, name):
+    sizes = {"page_size": "2TiB", "chunk_size": "2TiB", "region_size": "2TiB"}
+    if name == "chunk_size":
+        sizes = {"page_size": "1TiB", "chunk_size": "2TiB", "region_size": "1TiB"}
+    if name == "region_size":
+        sizes = {"page_size": "1TiB", "chunk_size": "1TiB", "region_size": "2TiB"}
+    with pytest.raises(ValueError, match=f"^{name} \\(2199023255552\\) must be at most 1 TiB"):
+        Config(home=home, capacity="64MiB", mem_capacity=0, **sizes)
+
+
+def test_capacity_larger_than_the_filesystem_is_refused(home, tmp_path):
+    size = filesystem_size(tmp_path)
+    env = {"SHOAL_HOME": home, "SHOAL_CAPACITY": str(size + 64 * MiB), "SHOAL_MEM_CAPACITY": "0"}
+    with pytest.raises(ValueError) as info:
+        load_config(environ=env)
+    assert str(info.value) == (
+        f"capacity ({size + 64 * MiB}) is larger than the filesystem that holds cache_dir "
+        f"{home}/cache ({size} bytes, measured at {tmp_path}) (capacity from SHOAL_CAPACITY)"
+    )
+    whole = size // (64 * MiB) * 64 * MiB
+    assert Config(home=home, capacity=whole, mem_capacity=0).capacity == whole
+    cache = tmp_path / "elsewhere"
+    cache.mkdir()
+    with pytest.raises(ValueError, match=f"holds cache_dir {cache} \\({size} bytes\\)"):
+        Config(home=home, cache_dir=str(cache), capacity=size + 1, mem_capacity=0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_mem_capacity_larger_than_dev_shm_is_refused(home):
+    size = filesystem_size("/dev/shm")
+    with pytest.raises(ValueError) as info:
+        Config(home=home, capacity="64MiB", mem_capacity=size + 1)
+    cfg = Config(home=home, capacity="64MiB", mem_capacity=0)
+    assert str(info.value) == (
+        f"mem_capacity ({size + 1}) is larger than the filesystem that holds the MEM tier "
+        f"{cfg.mem_dir} ({size} bytes, measured at /dev/shm)"
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm")
+def test_default_mem_capacity_fits_dev_shm(home, monkeypatch):
+    monkeypatch.setattr(config_module, "_ram_bytes", lambda: 1 << 50)  # RAM / 10 >> /dev/shm
+    cfg = Config(home=home, capacity="64MiB")
+    assert 0 < cfg.mem_capacity <= filesystem_size("/dev/shm")
+    assert cfg.mem_capacity % cfg.region_size == 0
+
+
+def test_more_regions_than_the_page_store_numbers_are_refused(home, monkeypatch):
+    # Takes a filesystem over 16 TiB with 4 KiB regions: pretend to have one.
+    monkeypatch.setattr(config_module, "_filesystem_bytes", lambda path: (1 << 60, path))
+    geometry = {"page_size": 4096, "chunk_size": 4096, "region_size": 4096, "mem_capacity": 0}
+    Config(home=home, capacity=(1 << 32) * 4096, **geometry)
+    with pytest.raises(ValueError, match="capacity .* makes more than 4294967296 regions"):
+        Config(home=home, capacity=(1 << 32) * 4096 + 4096, **geometry)
+
+
+@given(capacity=st.integers(0, 1 << 70), region=st.sampled_from([4 * MiB, 64 * MiB]))
+def test_capacities_are_accepted_or_refused_by_value(tmp_path_factory, capacity, region):
+    home = str(tmp_path_factory.getbasetemp() / "h")
+    fits = region <= capacity <= filesystem_size(tmp_path_factory.getbasetemp())
+    try:
+        cfg = Config(home=home, capacity=capacity, region_size=region, mem_capacity=0)
+    except ValueError as exc:
+        assert not fits, exc
+        assert str(exc).startswith("capacity")
+    else:
+        assert fits and cfg.capacity == capacity

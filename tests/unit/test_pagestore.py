@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import pwd
 import random
@@ -12,6 +13,8 @@ import stat
 import struct
 import tempfile
 import threading
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -29,8 +32,11 @@ from shoal.engine import (
     TierConfig,
     TierFullError,
 )
+from shoal.engine import _pagestore as pagestore_module
 
 KiB = 1024
+MiB = 1 << 20
+TiB = 1 << 40
 RS = 64 * KiB  # region size used throughout: small, so a few pages fill a region
 
 
@@ -935,13 +941,19 @@ MACHINE_TIERS = {"SSD": 4, "MEM": 3}  # regions per tier
 class PageStoreMachine(RuleBasedStateMachine):
     """Random operations against a dict model of what the store must hold."""
 
+    tiers = MACHINE_TIERS  # regions per tier
+    table_start: int | None = None  # regions a generation table starts with, if not the default
+
     def __init__(self):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="pagestore-")
+        self.table_was = pagestore_module._TABLE_START
+        if self.table_start is not None:
+            pagestore_module._TABLE_START = self.table_start
         # A capacity that is not a whole number of regions: the tail must go unused.
         self.configs = [
             TierConfig(name, os.path.join(self.dir, name), n * RS + 4096)
-            for name, n in MACHINE_TIERS.items()
+            for name, n in self.tiers.items()
         ]
         self.store = self._open()
         self.reader = RegionReader(self.store.tier_paths)
@@ -954,6 +966,7 @@ class PageStoreMachine(RuleBasedStateMachine):
     def teardown(self):
         self.reader.close()
         self.store.close()
+        pagestore_module._TABLE_START = self.table_was
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _sticky_regions(self, tier: str) -> set[int]:
@@ -1090,7 +1103,7 @@ class PageStoreMachine(RuleBasedStateMachine):
         for name, u in usage.items():
             mine = [(d, p, dd) for d, t, p, dd in self.model.values() if t == name]
             assert u.allocated_bytes <= u.capacity
-            assert u.regions_used <= u.regions_total == MACHINE_TIERS[name]
+            assert u.regions_used <= u.regions_total == self.tiers[name]
             assert u.pages == len(mine)
             assert u.live_bytes == sum(len(d) for d, _, _ in mine)
             assert u.pinned_bytes == sum(len(d) for d, p, _ in mine if p)
@@ -1116,3 +1129,241 @@ PageStoreMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_page_store_state_machine = PageStoreMachine.TestCase
+
+
+def largest_regions(path: str, region_size: int, at_most: int) -> int:
+    """Regions of ``region_size`` in at most ``at_most`` bytes that the filesystem holding
+    ``path`` allows (a capacity may not exceed the filesystem's size)."""
+    st_ = os.statvfs(path)
+    return min(at_most, st_.f_blocks * st_.f_frsize) // region_size
+
+
+class LargePageStoreMachine(PageStoreMachine):
+    """The same operations on tiers of up to 1 TiB of 64 KiB regions (16 million: only
+    the few in use may cost anything), with generation tables that start at two regions
+    and grow as regions are first used."""
+
+    tiers = {name: largest_regions(tempfile.gettempdir(), RS, TiB) - 1 for name in MACHINE_TIERS}
+    table_start = 2
+
+
+LargePageStoreMachine.TestCase.settings = settings(
+    max_examples=25,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_large_page_store_state_machine = LargePageStoreMachine.TestCase
+
+
+# ------------------------------------------------------------------ capacities
+
+
+def filesystem_size(path) -> int:
+    st_ = os.statvfs(path)
+    return st_.f_blocks * st_.f_frsize
+
+
+@pytest.mark.parametrize(
+    "capacity, message",
+    [
+        (1 << 64, "TierConfig.capacity of 18446744073709551616 bytes does not fit in 64 bits"),
+        (10**30, "does not fit in 64 bits"),
+        ("filesystem + 1", "TierConfig.capacity of .* bytes is larger than the filesystem"),
+    ],
+)
+def test_tier_config_refuses_capacities_past_the_filesystem(tmp_path, capacity, message):
+    if capacity == "filesystem + 1":
+        capacity = filesystem_size(tmp_path) + 1
+    with pytest.raises(ValueError, match=message) as info:
+        TierConfig("SSD", tmp_path / "a" / "ssd", capacity)
+    if "filesystem" in message:
+        text = str(info.value)
+        assert str(tmp_path / "a" / "ssd") in text and f"measured at {tmp_path}" in text
+        assert f"({filesystem_size(tmp_path)} bytes" in text
+    TierConfig("SSD", tmp_path / "a" / "ssd", filesystem_size(tmp_path))  # the whole of it
+
+
+def test_page_store_refuses_absurd_regions(tmp_path, monkeypatch):
+    tier = TierConfig("SSD", tmp_path / "ssd", 4 * RS)
+    with pytest.raises(
+        ValueError, match=r"region_size of 2199023255552 bytes is over .* \(1 TiB\)"
+    ):
+        PageStore([tier], tmp_path / "index", region_size=2 * TiB)
+    # More regions than the index numbers takes a filesystem over 2 TiB: pretend to have one.
+    real = os.statvfs(tmp_path)
+    fake = os.statvfs_result((real.f_bsize, 4096, 1 << 40, *real[3:]))
+    monkeypatch.setattr(os, "statvfs", lambda path: fake)
+    huge = TierConfig("SSD", tmp_path / "ssd", (1 << 32) * 4096 + 4096)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="more regions of 4096 bytes than the index can number"):
+        PageStore([huge], tmp_path / "index", region_size=4096)
+    assert not (tmp_path / "index").exists()  # refused before anything was made
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_tier_costs_only_the_regions_in_use(tmp_path, monkeypatch):
+    # 1 TiB of 4 KiB regions (268 million) where the filesystem is that large, else as
+    # much as it holds: opening took 15 s and 490 MB for 4 GiB of them when every region
+    # had its object, and the worker was killed at 21 GB for a capacity of 10**25.
+    monkeypatch.setattr(pagestore_module, "_TABLE_START", 64)  # grown without 1024 files
+    regions = largest_regions(str(tmp_path), 4 * KiB, TiB)
+    tiers = [TierConfig("SSD", tmp_path / "ssd", regions * 4 * KiB)]
+    tracemalloc.start()
+    try:
+        began = time.perf_counter()
+        s = PageStore(tiers, tmp_path / "index", region_size=4 * KiB)
+        opened = time.perf_counter() - began
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert opened < 2.0, opened  # milliseconds, with room for a busy machine
+    assert peak < 4 * MiB, peak
+    table = tmp_path / "ssd" / "generations"
+    assert table.stat().st_size == 64 * 8
+    with s, RegionReader(s.tier_paths) as reader:
+        early = s.locate([])  # nothing yet
+        assert early == []
+        s.put("first", payload("first", 4 * KiB))
+        first = s.locate(["first"])[0]
+        s.put_many([(f"p{i}", payload(f"p{i}", 4 * KiB)) for i in range(200)])
+        u = s.usage()["SSD"]
+        assert u.regions_total == regions and u.regions_used == 201
+        assert u.allocated_bytes == 201 * 4 * KiB
+        assert table.stat().st_size == 256 * 8  # doubled twice, not sized to the capacity
+        far = s.locate(["p199"])[0]
+        assert far.region == 200
+        buf = bytearray(4 * KiB)
+        assert reader.read_into(first, buf) == 4 * KiB  # maps the table at 64 regions
+        assert reader.read_into(far, buf) == 4 * KiB  # past that end: mapped again
+        assert bytes(buf) == payload("p199", 4 * KiB)
+        s.delete("p10")  # region 11, sealed, left empty: reclaimed, and reused first
+        s.put("again", b"a" * 100)
+        again = s.locate(["again"])[0]
+        assert (again.region, again.generation) == (11, 1)
+        assert s.evict("SSD", 0) == 200 * 4 * KiB  # all but the open region
+        assert s.usage()["SSD"].regions_used == 1
+    tracemalloc.start()
+    try:
+        s = PageStore(tiers, tmp_path / "index", region_size=4 * KiB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * MiB, peak
+    with s:
+        assert len(s) == 1 and read(s, "again") == b"a" * 100
+        s.put_many([(f"n{i}", payload(f"n{i}", 4 * KiB)) for i in range(3)])
+        # Lowest free numbers first: those reclaimed, none past them.
+        assert [loc.region for loc in s.locate(["n0", "n1", "n2"])] == [0, 1, 2]
+        assert read(s, "n2") == payload("n2", 4 * KiB)
+        assert s.usage()["SSD"].regions_total == regions
+
+
+def test_a_region_whose_record_was_lost_is_reused_first(tmp_path):
+    import rocksdict
+
+    with make_store(tmp_path) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 30 * KiB)) for i in range(8)])  # regions 0-3
+        assert s.locate(["k7"])[0].region == 3
+    db = rocksdict.Rdict(str(tmp_path / "index"), rocksdict.Options(raw_mode=True))
+    db.delete(b"r" + bytes((1,)) + (1).to_bytes(4, "big"))  # region 1 of SSD (tier code 1)
+    db.close()
+    with make_store(tmp_path) as s:
+        assert [s.contains(f"k{i}") for i in range(8)] == [True] * 2 + [False] * 2 + [True] * 4
+        s.put_many([(f"n{i}", payload(f"n{i}", 30 * KiB)) for i in range(4)])
+        regions = [loc.region for loc in s.locate([f"n{i}" for i in range(4)])]
+        assert regions == [1, 1, 4, 4]  # region 3 is full: region 1 before a new number
+        assert s.usage()["SSD"].regions_used == 5
+
+
+# ------------------------------------------------------------------ descriptors for readers
+
+
+def test_open_for_reader(tmp_path):
+    with make_store(tmp_path, tiers=("SSD", "MEM")) as s:
+        s.put_many([(f"k{i}", payload(f"k{i}", 20000)) for i in range(4)])
+        s.put("m", b"mem", tier="MEM")
+        locs = s.locate(["k0", "k3", "m"])
+        fds = {
+            "table": s.open_for_reader("SSD", None),
+            "region": s.open_for_reader("SSD", locs[1].region),
+            "mem table": s.open_for_reader("MEM", None),
+            "mem region": s.open_for_reader("MEM", locs[2].region),
+        }
+        for fd in fds.values():
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            assert fcntl.fcntl(fd, fcntl.F_GETFL) & (os.O_ACCMODE | os.O_NONBLOCK) == os.O_RDONLY
+            with pytest.raises(OSError) as info:
+                os.write(fd, b"x")
+            assert info.value.errno == errno.EBADF
+        assert os.fstat(fds["region"]).st_ino == os.stat(locs[1].path).st_ino
+        assert os.fstat(fds["table"]).st_ino == os.stat(tmp_path / "ssd" / "generations").st_ino
+        with RegionReader() as reader:  # no access to the directories: descriptors only
+            reader.adopt("SSD", None, fds.pop("table"))
+            reader.adopt("SSD", locs[1].region, fds.pop("region"))
+            reader.adopt("MEM", None, fds.pop("mem table"))
+            reader.adopt("MEM", locs[2].region, fds.pop("mem region"))
+            bufs = [bytearray(20000), bytearray(3)]
+            items = [
+                (loc.tier, loc.region, loc.offset, loc.length, loc.crc32c, loc.generation, buf)
+                for loc, buf in zip(locs[1:], bufs, strict=True)
+            ]
+            assert reader.read_located(items) == [20000, 3]
+            assert bytes(bufs[0]) == payload("k3", 20000) and bytes(bufs[1]) == b"mem"
+        # The caller owns the descriptor: it outlives the store.
+        kept = s.open_for_reader("SSD", locs[0].region)
+    try:
+        assert os.pread(kept, 5, locs[0].offset) == payload("k0", 20000)[:5]
+    finally:
+        os.close(kept)
+
+
+def test_open_for_reader_opens_beneath_the_directories_it_checked(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put("a", b"abc")
+        loc = s.locate(["a"])[0]
+        table_ino = os.stat(tmp_path / "ssd" / "generations").st_ino
+        region_ino = os.stat(loc.path).st_ino
+        # The tier directory moved and another put in its place: the store's own files.
+        os.rename(tmp_path / "ssd", tmp_path / "moved")
+        (tmp_path / "ssd" / "regions").mkdir(parents=True)
+        (tmp_path / "ssd" / "generations").write_bytes(b"\0" * 64)
+        (tmp_path / "ssd" / "regions" / os.path.basename(loc.path)).write_bytes(b"forged")
+        for region, ino in ((None, table_ino), (loc.region, region_ino)):
+            fd = s.open_for_reader("SSD", region)
+            try:
+                assert os.fstat(fd).st_ino == ino
+            finally:
+                os.close(fd)
+        # A symbolic link in place of a region file is not followed.
+        moved = tmp_path / "moved" / "regions" / os.path.basename(loc.path)
+        os.rename(moved, tmp_path / "aside")
+        os.symlink(tmp_path / "aside", moved)
+        with pytest.raises(PermissionError) as info:
+            s.open_for_reader("SSD", loc.region)
+        assert "symbolic link" in refusal(info, loc.path)
+        os.unlink(moved)
+        os.mkfifo(moved, 0o600)
+        with pytest.raises(PermissionError) as info:
+            s.open_for_reader("SSD", loc.region)
+        assert "not a regular file" in refusal(info, loc.path)
+
+
+def test_open_for_reader_refuses(tmp_path):
+    with make_store(tmp_path) as s:
+        s.put("a", b"abc")
+        with pytest.raises(ValueError, match="unknown tier 'MEM'"):
+            s.open_for_reader("MEM", None)
+        with pytest.raises(ValueError, match="tier must be a tier name"):
+            s.open_for_reader(None, None)
+        with pytest.raises(ValueError, match="tier SSD has regions 0 to 7, got 8"):
+            s.open_for_reader("SSD", 8)
+        with pytest.raises(ValueError, match="has regions 0 to 7, got -1"):
+            s.open_for_reader("SSD", -1)
+        with pytest.raises(ValueError, match="region must be an int or None, got True"):
+            s.open_for_reader("SSD", True)
+        with pytest.raises(FileNotFoundError) as info:
+            s.open_for_reader("SSD", 5)  # never used: no file
+        assert info.value.filename == os.path.join(str(tmp_path / "ssd"), "regions", "000005")
+    with pytest.raises(ValueError, match="closed"):
+        s.open_for_reader("SSD", 0)
