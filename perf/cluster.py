@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -41,7 +42,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from etcdserver import EtcdServer  # noqa: E402
 
 from shoal import Client  # noqa: E402
-from shoal._config import Config  # noqa: E402
+from shoal._config import DEFAULT_ALLOWED_MOUNTS, Config  # noqa: E402
 from shoal.client._connection import Connection  # noqa: E402
 from shoal.control._membership import EtcdMembership, load_worker_id  # noqa: E402
 from shoal.control._placement import Node, place_many  # noqa: E402
@@ -82,8 +83,11 @@ class Workers:
             home = tempfile.mkdtemp(prefix="shoal-pc-", dir="/tmp")
             self.homes.append(home)
             cache = tempfile.mkdtemp(prefix="shoal-pc-cache-", dir=root)
+            # The epochs' data lies in directories under root.
+            allowed = [*DEFAULT_ALLOWED_MOUNTS, Path(root).as_uri() + "/"]
+            settings = {"mem_capacity": 0, "cache_dir": cache, "allowed_mounts": allowed}
             with open(os.path.join(home, "config.yaml"), "w", encoding="utf-8") as f:
-                yaml.safe_dump({"mem_capacity": 0, "cache_dir": cache}, f)
+                yaml.safe_dump(settings, f)
             ids.add(load_worker_id(home))
             log = open(os.path.join(home, "worker.log"), "ab")  # noqa: SIM115
             command = [

@@ -53,6 +53,7 @@ from _s3delay import KINDS, ProxyProcess, difference  # noqa: E402
 
 import shoal  # noqa: E402
 from shoal import engine  # noqa: E402
+from shoal._config import DEFAULT_ALLOWED_MOUNTS  # noqa: E402
 from shoal._testing import (  # noqa: E402
     S3Server,
     TemporaryHome,
@@ -625,7 +626,12 @@ def main(argv: list[str] | None = None) -> int:
     table = Table()
     root = Path(tempfile.mkdtemp(prefix="shoal-bench-", dir=data_root()))
     try:
-        with S3Server() as server, TemporaryHome("shoal-bench-", server.credentials_env()):
+        # The worker mounts the bucket and, for (a) and (b), directories under root.
+        allowed = {"allowed_mounts": [*DEFAULT_ALLOWED_MOUNTS, root.as_uri() + "/"]}
+        with (
+            S3Server() as server,
+            TemporaryHome("shoal-bench-", server.credentials_env(), config=allowed),
+        ):
             s3 = server.client(max_pool_connections=max(args.threads, 10))
             s3.create_bucket(Bucket=BUCKET)
             with shoal.Client() as client:

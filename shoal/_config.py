@@ -147,12 +147,16 @@ class Config:
         the workers' certificates (clients and workers); None: no TLS.
     allowed_mounts
         URI prefixes a worker mounts (``s3://``, ``file:///data/``, ``gs://bucket/``):
-        object stores by default, no ``file://`` or ``http(s)://``.
+        object stores by default, no ``file://`` or ``http(s)://``. A prefix matches whole
+        names (``file:///data/`` admits neither ``file:///data-other`` nor
+        ``file:///data/../etc``), and a ``file:`` mount must stay under one once symbolic
+        links are resolved (see :class:`shoal.control._admission.MountPolicy`).
     credential_env
-        Names or ``fnmatch`` patterns of the environment variables a mount may name as its
-        credentials (``AWS_*`` by default).
+        Names or ``fnmatch`` patterns (case-sensitive) of the environment variables of the
+        worker that a mount may name as its credentials (``AWS_*`` by default).
     credential_dir
-        The directory under which a mount may name credential files; None: none may.
+        The directory under which a mount may name credential files (symbolic links
+        resolved); None: none may.
     max_connections, max_connections_per_peer
         Connections a worker serves at once, in all and per peer (a TCP peer's address, a
         Unix-socket peer's uid); one more is refused with an error.

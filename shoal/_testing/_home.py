@@ -33,7 +33,11 @@ class TemporaryHome:
     environ
         Extra variables to set, such as the names of credentials a mount refers to.
     config
-        Settings written to ``config.yaml`` in the home.
+        Settings written to ``config.yaml`` in the home. The worker mounts only what
+        its ``allowed_mounts`` admits (object stores by default, no ``file://``) and
+        lets mounts name only the variables its ``credential_env`` matches (``AWS_*``
+        by default): a caller that mounts a directory, or names other variables, gives
+        those settings here.
     on_stop
         Called with the pid of the worker stopped, and with the home removed.
     """

@@ -106,12 +106,16 @@ class S3Server:
             config=Config(s3={"addressing_style": "path"}, **config),
         )
 
-    def credentials_env(self, prefix: str = "SHOAL_DEMO_S3") -> dict[str, str]:
+    def credentials_env(self, prefix: str = "AWS_SHOAL_DEMO") -> dict[str, str]:
         """Environment variables holding the credentials, for mounts that name them:
-        ``{NAME: value}`` with names ``PREFIX_ACCESS_KEY`` and ``PREFIX_SECRET_KEY``."""
+        ``{NAME: value}`` with names ``PREFIX_ACCESS_KEY`` and ``PREFIX_SECRET_KEY``.
+
+        The default names match ``AWS_*``, which a worker's default ``credential_env``
+        lets mounts name; other names need that setting widened. No AWS tool reads them.
+        """
         return {f"{prefix}_ACCESS_KEY": FAKE_ACCESS_KEY, f"{prefix}_SECRET_KEY": FAKE_SECRET_KEY}
 
-    def mount_options(self, prefix: str = "SHOAL_DEMO_S3") -> dict[str, str]:
+    def mount_options(self, prefix: str = "AWS_SHOAL_DEMO") -> dict[str, str]:
         """Options of a Shoal mount of this server, naming the variables of
         :meth:`credentials_env` (which must be in the worker's environment)."""
         access, secret = self.credentials_env(prefix)

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _fs, _load, _mount, _report, _worker, _workers
+from . import _fs, _load, _mount, _report, _secret, _worker, _workers
 from ._common import describe_error, env_flag
 
 __all__ = ["build_parser", "main"]
@@ -20,9 +20,10 @@ commands by topic:
   namespace   mount add|rm|ls, ls, stat, cat
   cache       load, free, report
   cluster     workers, worker drain|undrain ID
+  security    secret new FILE
 
 Every command talks to the worker of $SHOAL_HOME (default ~/.shoal), starting it when
-none runs (except `down`). Sizes accept units: 4096, 64MiB, 10G, 2TB.
+none runs (except `down` and `secret`). Sizes accept units: 4096, 64MiB, 10G, 2TB.
 Exit status: 0 ok, 1 error (message on stderr), 2 bad usage.
 Set SHOAL_DEBUG=1 to see a traceback with an error.
 """
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (_worker, _mount, _fs, _load, _report, _workers):
+    for group in (_worker, _mount, _fs, _load, _report, _workers, _secret):
         group.register(sub)
     return parser
 

@@ -1,8 +1,10 @@
 """``shoal mount add|rm|ls``: the mount table.
 
 Credentials are passed by reference only (names of environment variables), and the table
-is shown without secrets: an option whose name looks like one is masked, should a store
-ever accept it.
+is shown without secrets. The worker hides every value its mount policy would not admit
+(an entry stored before the policy, or by another worker); this module masks once more
+what could still be one, should an older worker send it: options whose name looks like a
+secret, values shaped like a key, strings inside nested options, and URIs' userinfo.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..control.ufs._options import looks_secret
+from ..control.ufs._options import looks_like_key, looks_secret, redact_uri
 from ._common import add_home_option, format_table, open_client, path_arg, print_json, seconds_arg
 
 __all__ = ["mount_options", "option_arg", "parse_option_value", "register", "render_mounts"]
@@ -86,25 +88,37 @@ def mount_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _shown_value(key: str, value: Any) -> str:
+def _masked(key: str, value: Any, nested: bool) -> bool:
+    """True for a value that could be a secret: under a name that looks like one, shaped
+    like a key, or a string inside a nested option (``headers={"Authorization": ...}``)."""
     if looks_secret(key):
+        return True
+    if isinstance(value, str):
+        return nested or looks_like_key(value)
+    return False
+
+
+def _shown_value(key: str, value: Any, nested: bool = False) -> str:
+    if _masked(key, value, nested):
         return _MASK
     if isinstance(value, Mapping):
-        inner = ",".join(f"{k}={_shown_value(str(k), v)}" for k, v in sorted(value.items()))
+        inner = ",".join(
+            f"{k}={_shown_value(str(k), v, True)}" for k, v in sorted(value.items(), key=str)
+        )
         return "{" + inner + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def shown_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def shown_options(options: Mapping[str, Any], nested: bool = False) -> dict[str, Any]:
     """``options`` with any value that could be a secret replaced by a mask."""
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if looks_secret(str(key)):
+        if _masked(str(key), value, nested):
             out[key] = _MASK
         elif isinstance(value, Mapping):
-            out[key] = shown_options(value)
+            out[key] = shown_options(value, True)
         else:
             out[key] = value
     return out
@@ -116,8 +130,10 @@ def render_mounts(mounts) -> str:
         return "no mounts (add one with `shoal mount add PATH URI`)"
     rows = []
     for m in mounts:
-        opts = " ".join(f"{k}={_shown_value(str(k), v)}" for k, v in sorted(m.options.items()))
-        rows.append((m.path, m.uri, opts or "-"))
+        opts = " ".join(
+            f"{k}={_shown_value(str(k), v)}" for k, v in sorted(m.options.items(), key=str)
+        )
+        rows.append((m.path, redact_uri(m.uri), opts or "-"))
     return format_table(rows, ("PATH", "URI", "OPTIONS"))
 
 
@@ -137,7 +153,11 @@ def register(subparsers) -> None:
         description="Mount URI (s3://bucket/prefix, file:///dir, or any fsspec URL) at "
         "PATH. The worker connects and lists one object first, so a bad URI, endpoint or "
         "credential fails here. Credentials are given by reference: the NAMES of "
-        "environment variables that the worker reads.",
+        "environment variables that the worker reads. The worker mounts only URIs under "
+        "its allowed_mounts (object stores by default, no file:// or http://), reads only "
+        "the variables its credential_env allows (AWS_* by default) and files under its "
+        "credential_dir, and takes literal values only for options that cannot hold a "
+        "secret.",
     )
     p.add_argument("path", type=path_arg, metavar="PATH", help="Shoal path, e.g. /datasets/x")
     p.add_argument("uri", metavar="URI", help="under-store URI, e.g. s3://bucket/prefix")
@@ -221,7 +241,10 @@ def _ls(args: argparse.Namespace) -> int:
         mounts = client.mounts()
     if args.json:
         print_json(
-            [{"path": m.path, "uri": m.uri, "options": shown_options(m.options)} for m in mounts]
+            [
+                {"path": m.path, "uri": redact_uri(m.uri), "options": shown_options(m.options)}
+                for m in mounts
+            ]
         )
     else:
         print(render_mounts(mounts))

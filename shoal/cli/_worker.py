@@ -26,6 +26,14 @@ _CONFIG_FLAGS = (
     "host_id",
     "etcd",
     "membership_file",
+    "cluster_secret_file",
+    "admin_secret_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "allowed_mounts",
+    "credential_env",
+    "credential_dir",
 )
 
 
@@ -88,6 +96,59 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="YAML/JSON list of the cluster's workers, for a cluster without etcd "
         "($SHOAL_MEMBERSHIP_FILE)",
+    )
+    security = parser.add_argument_group(
+        "security",
+        "TCP peers (workers, clients) prove a shared secret before any op; make one with "
+        "`shoal secret new FILE` and give the same file, mode 0600, to every worker and "
+        "client. Required when --listen is not a loopback address.",
+    )
+    security.add_argument(
+        "--cluster-secret-file",
+        metavar="FILE",
+        help="the cluster's secret, proved by every TCP peer ($SHOAL_CLUSTER_SECRET_FILE)",
+    )
+    security.add_argument(
+        "--admin-secret-file",
+        metavar="FILE",
+        help="a second secret: TCP clients that prove it may mount, unmount, free, write job "
+        "records and stop the worker ($SHOAL_ADMIN_SECRET_FILE; without it only the "
+        "worker's own user, on its host, may)",
+    )
+    security.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate (chain) of the worker: TLS on its TCP port ($SHOAL_TLS_CERT)",
+    )
+    security.add_argument(
+        "--tls-key", metavar="FILE", help="PEM private key of --tls-cert ($SHOAL_TLS_KEY)"
+    )
+    security.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA certificates that clients check workers' certificates against ($SHOAL_TLS_CA)",
+    )
+    security.add_argument(
+        "--allowed-mount",
+        dest="allowed_mounts",
+        action="append",
+        metavar="PREFIX",
+        help="a URI prefix the worker may mount, e.g. s3:// or file:///data/; repeat for more "
+        "($SHOAL_ALLOWED_MOUNTS, comma-separated; default: object stores only)",
+    )
+    security.add_argument(
+        "--credential-env",
+        dest="credential_env",
+        action="append",
+        metavar="NAME",
+        help="an environment variable (or fnmatch pattern) mounts may name as credentials; "
+        "repeat for more ($SHOAL_CREDENTIAL_ENV; default AWS_*)",
+    )
+    security.add_argument(
+        "--credential-dir",
+        metavar="DIR",
+        help="the directory under which mounts may name credential files "
+        "($SHOAL_CREDENTIAL_DIR; default: none)",
     )
 
 
@@ -170,12 +231,17 @@ def _worker(args: argparse.Namespace) -> int:
     if args.worker_id is not None:
         raise ValueError(f"unexpected argument {args.worker_id!r}; did you mean `drain ID`?")
     config = _config(args)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-            stream=sys.stderr,
+    root = logging.getLogger()
+    if not root.handlers:
+        from ..control._daemon import LogRateLimit
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
         )
+        handler.addFilter(LogRateLimit(handler))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
     run_worker(config, foreground=True)
     return 0
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._config import Config, load_config
 from ..control._namespace import Mount, normalize_path
-from ..control.proto import decode_error
+from ..control.proto import MAX_LIST, decode_error
 from ..control.ufs import ObjectChangedError
 from ..engine._requests import host_view
 from . import _jobs
@@ -181,11 +181,14 @@ class Client:
         """File records from a worker; in an etcd cluster where no worker answers, from
         the mount table in etcd and the under-stores themselves."""
         router = self._live()
-        header: dict[str, Any] = {"op": "stat", "paths": paths}
-        if fetch is not None:
-            header["fetch"] = fetch
         try:
-            return router.call(header)["files"]
+            records = []
+            for at in range(0, len(paths), MAX_LIST):  # what one request may hold
+                header: dict[str, Any] = {"op": "stat", "paths": paths[at : at + MAX_LIST]}
+                if fetch is not None:
+                    header["fetch"] = fetch[at : at + MAX_LIST]
+                records += router.call(header)["files"]
+            return records
         except (ConnectionError, TimeoutError) as exc:
             if self._config.etcd is None:
                 raise
@@ -447,6 +450,11 @@ class Client:
         if isinstance(paths, str):
             paths = [paths]
         paths = [normalize_path(p) for p in paths]
+        if len(paths) > MAX_LIST:
+            raise ValueError(
+                f"load takes at most {MAX_LIST} paths at once, got {len(paths)}: give their "
+                "directories (a directory loads every file under it), or load in parts"
+            )
         return _jobs.load(self._live(), paths, bool(metadata_only), progress, replicas)
 
     def load_history(self, limit: int | None = 20) -> list[dict]:

@@ -1,5 +1,5 @@
-"""A client's connection to its local worker: the socket, the region descriptors received
-over it, and finding (or starting) the worker.
+"""A client's connection to a worker: the socket (authenticated, TLS where configured, on
+TCP), the region descriptors received over it, and finding (or starting) the local worker.
 """
 
 from __future__ import annotations
@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import os
+import select
 import socket
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -17,13 +20,24 @@ from .._config import Config
 from .._errors import ShoalError
 from ..control._daemon import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
 from ..control.proto import (
+    ADMIN,
+    CLIENT,
     GENERATIONS,
+    NONCE_BYTES,
     PROTOCOL_VERSION,
+    SCHEME,
+    WORKER,
     ProtocolError,
+    check_proof,
     decode_error,
+    is_tls,
+    load_secret,
+    new_nonce,
+    proof,
     recv_header,
     recv_into,
     send_frame,
+    transcript,
 )
 from ..engine import RegionReader
 
@@ -33,6 +47,9 @@ __all__ = ["Connection", "WorkerLost", "connect"]
 #: worker told so) past it, which keeps a process well inside its descriptor limit.
 MAX_REGION_FDS = 256
 _HELLO_TIMEOUT = 30.0
+#: A connection idle for longer is checked (a poll, no wait) for a close by the worker
+#: before it is used again: workers close connections idle past their idle_timeout.
+_IDLE_CHECK = 1.0
 
 
 class WorkerLost(ShoalError, ConnectionError):
@@ -52,17 +69,44 @@ class Connection:
     recently used closed first.
 
     With ``address`` (``HOST:PORT``) it connects over TCP to a worker on another host
-    instead of ``path``: :attr:`remote` is then true and no descriptor is ever passed.
+    instead of ``path``: :attr:`remote` is then true and no descriptor is ever passed. Over
+    TCP, ``config`` gives what the connection proves and checks: its
+    ``cluster_secret_file`` (the worker must prove it knows the same secret, and so must
+    this client), ``admin_secret_file`` (for the admin ops), ``tls_ca`` (TLS, the worker's
+    certificate checked against this CA).
+
+    :attr:`broken` is true once the connection cannot serve: it failed, or, after a second
+    idle, the worker closed it (checked without waiting); the router then opens another.
+
+    Raises
+    ------
+    PermissionError
+        The worker refused this client's proof, asked for a secret this client lacks,
+        failed to prove it holds the cluster secret, or presented a certificate the CA did
+        not sign.
+    ConnectionError
+        No worker answers (refused, reset, TLS failed).
     """
 
-    def __init__(self, path: str | None, timeout: float | None, address: str | None = None):
+    def __init__(
+        self,
+        path: str | None,
+        timeout: float | None,
+        address: str | None = None,
+        config: Config | None = None,
+    ):
         self.pid = os.getpid()
-        self.broken = False
+        self._broken = False
+        self._used = time.monotonic()
+        self._thread = threading.get_ident()  # the thread that uses it (others only look)
         self.timeout = timeout
         self.remote = address is not None
         self.where = address if address is not None else path
+        first = min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT)
         if address is not None:
-            self.sock = _tcp_socket(address, min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT))
+            self.sock = _tcp_socket(address, first)
+            if config is not None and config.tls_ca is not None:
+                self.sock = _tls_socket(self.sock, address, config.tls_ca)
         else:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.reader: RegionReader | None = None
@@ -71,17 +115,97 @@ class Connection:
         self._forget: list[list] = []
         try:
             # A worker that accepts but does not answer is given up on soon.
-            self.sock.settimeout(min(timeout or _HELLO_TIMEOUT, _HELLO_TIMEOUT))
+            self.sock.settimeout(first)
             if address is None:
                 self.sock.connect(path)
             self.reader = RegionReader()
-            self.hello = self.call({"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION})
+            self.hello = self._hello(config)
             self.sock.settimeout(timeout)
         except BaseException:
             self.close()
             raise
 
+    def _hello(self, config: Config | None) -> dict:
+        """``hello``, and over TCP the challenge-response of ``proto._auth``."""
+        request: dict[str, Any] = {"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION}
+        if not self.remote:
+            return self.call(request)
+        secret = admin = None
+        if config is not None and config.cluster_secret_file is not None:
+            secret = load_secret(config.cluster_secret_file, "cluster_secret_file")
+        if config is not None and config.admin_secret_file is not None:
+            admin = load_secret(config.admin_secret_file, "admin_secret_file")
+        nonce = new_nonce()
+        request.update(nonce=nonce, admin=admin is not None)
+        answer = self.call(request)
+        if "auth" not in answer:
+            if secret is not None:
+                raise PermissionError(
+                    errno.EACCES,
+                    f"the worker at {self.where} runs without a cluster secret, so it cannot "
+                    "prove it belongs to this client's cluster; refusing it (start it with "
+                    "--cluster-secret-file)",
+                )
+            return answer
+        theirs, given = answer.get("nonce"), answer.get("proof")
+        if (
+            answer["auth"] != SCHEME
+            or not isinstance(theirs, bytes)
+            or len(theirs) != NONCE_BYTES
+            or not isinstance(given, bytes)
+        ):
+            raise self._lost(ProtocolError(f"malformed challenge: {answer['auth']!r:.64}"))
+        if secret is None:
+            raise PermissionError(
+                errno.EACCES,
+                f"the worker at {self.where} serves only peers that prove the cluster secret: "
+                "give this client cluster_secret_file (SHOAL_CLUSTER_SECRET_FILE)",
+            )
+        t = transcript(
+            nonce, theirs, self.pid, PROTOCOL_VERSION, is_tls(self.sock), admin is not None
+        )
+        if not check_proof(secret, WORKER, t, given):
+            raise PermissionError(
+                errno.EACCES,
+                f"the worker at {self.where} failed to prove it holds the cluster secret: the "
+                "two hold different secrets, or it is not a worker of this cluster",
+            )
+        auth: dict[str, Any] = {"op": "auth", "proof": proof(secret, CLIENT, t)}
+        if admin is not None:
+            auth["admin_proof"] = proof(admin, ADMIN, t)
+        return self.call(auth)
+
     # ----------------------------------------------------------------- frames
+
+    @property
+    def broken(self) -> bool:
+        """True once the connection cannot serve (failed, closed, or closed by the worker
+        while idle: asked of the thread that uses it, between requests)."""
+        if self._broken:
+            return True
+        if (
+            threading.get_ident() == self._thread
+            and time.monotonic() - self._used > _IDLE_CHECK
+            and self._peer_closed()
+        ):
+            self.close()
+            return True
+        return False
+
+    @broken.setter
+    def broken(self, value: bool) -> None:
+        self._broken = bool(value)
+
+    def _peer_closed(self) -> bool:
+        """True if the worker closed the connection (or sent what nobody asked for)."""
+        try:
+            if is_tls(self.sock) and self.sock.pending():
+                return True
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN | select.POLLPRI)
+            return bool(poller.poll(0))
+        except (OSError, ValueError):
+            return True
 
     def _lost(self, exc: BaseException) -> WorkerLost:
         self.broken = True
@@ -89,13 +213,15 @@ class Connection:
         return WorkerLost(f"connection to the Shoal worker at {self.where} failed: {exc}")
 
     def send(self, header: dict) -> None:
-        """Send a request; ``WorkerLost`` when the connection fails."""
+        """Send a request; ``WorkerLost`` when the connection fails (or the worker closed
+        it while it was idle)."""
         if self.broken:
-            raise WorkerLost("connection to the Shoal worker is closed")
+            raise WorkerLost(f"connection to the Shoal worker at {self.where} is closed")
         try:
             send_frame(self.sock, header)
         except OSError as exc:
             raise self._lost(exc) from exc
+        self._used = time.monotonic()
 
     def receive(self) -> tuple[dict, int, list[int]]:
         """The next answer's header, payload length and descriptors; raises the worker's
@@ -107,6 +233,7 @@ class Connection:
         except OSError as exc:
             raise self._lost(exc) from exc
         header, payload_len, fds = got
+        self._used = time.monotonic()
         if header.get("ok") is True:
             return header, payload_len, fds
         for fd in fds:
@@ -126,6 +253,7 @@ class Connection:
             recv_into(self.sock, views)
         except OSError as exc:
             raise self._lost(exc) from exc
+        self._used = time.monotonic()
 
     def call(self, header: dict) -> dict:
         """One request, one answer without payload or descriptors."""
@@ -191,7 +319,7 @@ class Connection:
 
     def close(self) -> None:
         """Close the socket and every descriptor; idempotent."""
-        self.broken = True
+        self._broken = True
         with contextlib.suppress(OSError):
             self.sock.close()
         if self.reader is not None:
@@ -202,7 +330,7 @@ class Connection:
         """In a forked child: close this process's copies of the socket and descriptors
         without touching the parent's connection (no shutdown, no message), and without
         taking any lock (a thread of the parent may have held one when it forked)."""
-        self.broken = True
+        self._broken = True
         with contextlib.suppress(OSError):
             self.sock.close()
         for fd in self._adopted.values():
@@ -236,6 +364,44 @@ def _tcp_socket(address: str, timeout: float) -> socket.socket:
         ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
+
+
+@functools.lru_cache(maxsize=8)
+def _tls_context(cafile: str):
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"tls_ca: no such file {cafile}") from None
+    except ssl.SSLError as exc:
+        raise ValueError(f"tls_ca {cafile} is not a PEM file of certificates: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _tls_socket(sock: socket.socket, address: str, cafile: str):
+    """``sock`` with TLS, the worker's certificate checked against ``cafile`` and the host
+    of ``address``."""
+    import ssl
+
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return _tls_context(cafile).wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise PermissionError(
+            errno.EACCES,
+            f"the worker at {address} has a certificate tls_ca does not vouch "
+            f"for: {exc.verify_message or exc}",
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        raise ConnectionRefusedError(
+            errno.ECONNREFUSED,
+            f"TLS with the worker at {address} failed ({exc}); does it run with tls_cert "
+            "and tls_key?",
+        ) from None
 
 
 def _lock(path: str, timeout: float) -> int:

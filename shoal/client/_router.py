@@ -23,7 +23,7 @@ from .._config import Config
 from ..control._daemon import socket_path
 from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import chunk_key, place
-from ..control.proto import DATA
+from ..control.proto import DATA, MAX_LIST
 from ..engine import crc32c
 from ._connection import Connection, WorkerLost, connect
 from ._direct import DirectReader
@@ -171,7 +171,7 @@ class Router:
             raise ConnectionRefusedError(
                 errno.ECONNREFUSED, f"worker {member.id} on another host has no TCP address"
             )
-        return Connection(None, timeout, address=member.address)
+        return Connection(None, timeout, address=member.address, config=self.config)
 
     def open_unpooled(self, member: WorkerInfo) -> Connection:
         """A connection of the caller's own to ``member``, with no timeout (a job that
@@ -479,10 +479,11 @@ class Router:
 
 
 def _rounds(pieces: list, round_bytes: int) -> list[list]:
-    """``pieces`` cut into batches of about ``round_bytes`` at most (one piece at least)."""
+    """``pieces`` cut into batches of about ``round_bytes`` and at most ``MAX_LIST``
+    pieces (one piece at least)."""
     out, batch, total = [], [], 0
     for piece in pieces:
-        if batch and total + piece[0].nbytes > round_bytes:
+        if batch and (total + piece[0].nbytes > round_bytes or len(batch) >= MAX_LIST):
             out.append(batch)
             batch, total = [], 0
         batch.append(piece)

@@ -151,9 +151,57 @@ class ShortCircuit:
 
     # ----------------------------------------------------------------- located
 
+    def _read_remembered_pieces(self, conn: Connection, pieces: list[Piece]) -> list[Piece]:
+        """Read the pieces whose page this client remembers the location of (with no
+        round trip); the pieces left."""
+        locs = self.locations
+        if not locs or locs.owner != self.owner(conn):
+            return pieces
+        now = time.monotonic()
+        found = locs.get_many(
+            [(meta.fid, s.index) if meta.fresh_until > now else None for _, s, meta in pieces]
+        )
+        batch, partial, used, rest = [], [], [], []
+        for piece, loc in zip(pieces, found, strict=True):
+            dest, s, _ = piece
+            if loc is None or s.start + s.length > loc[3]:
+                rest.append(piece)
+                continue
+            tier, region, offset, plen, crc, generation, _ = loc
+            if s.start or s.length != plen:
+                scratch = bytearray(plen)  # the crc32c covers the whole page
+                partial.append((len(batch), dest, scratch, s.start, s.length))
+                dest = scratch
+            batch.append((tier, region, offset, plen, crc, generation, dest))
+            used.append(piece)
+        if not batch:
+            return rest
+        results = conn.reader.read_located(batch)
+        counts, failed = {}, []
+        for (tier, region, *_), piece, res in zip(batch, used, results, strict=True):
+            if type(res) is int:
+                counts[tier, region] = counts.get((tier, region), 0) + 1
+            else:
+                rest.append(piece)
+                failed.append((piece[2].fid, piece[1].index))
+        for j, dest, scratch, start, length in partial:
+            if type(results[j]) is int:
+                dest[:] = memoryview(scratch)[start : start + length]
+        if failed:
+            locs.drop_many(failed)
+        if counts:
+            for tier, region in counts:
+                conn.used(tier, region)
+            locs.touch(counts, now)
+        return rest
+
     def read(self, conn: Connection, pieces: list[Piece]) -> None:
-        """Read pieces placed on the worker of ``conn``: located ones short-circuit, the
-        rest (and any that fail their checks) as bytes over the socket."""
+        """Read pieces placed on the worker of ``conn``: those whose location is
+        remembered with no round trip, located ones short-circuit, the rest (and any that
+        fail their checks) as bytes over the socket."""
+        pieces = self._read_remembered_pieces(conn, pieces)
+        if not pieces:
+            return
         files: dict[tuple[str, str], int] = {}
         requested = []
         for dest, s, meta in pieces:

@@ -1,6 +1,7 @@
 """The worker as a process: its pid lock and socket path under ``$SHOAL_HOME``,
 :func:`run_worker` (in the foreground, or as a daemon started through a short-lived
-launcher), :func:`wait_ready` and the helpers that tell whether a worker runs.
+launcher), what its TCP peers must prove, its log (rotated, rate-limited),
+:func:`wait_ready` and the helpers that tell whether a worker runs.
 
 Nothing here imports the worker's services at module level: a client that starts a worker
 loads only this module.
@@ -12,8 +13,10 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import ipaddress
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import socket
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from .._config import Config, load_config
 from .._errors import ShoalError
@@ -30,7 +34,9 @@ __all__ = [
     "LOG_FILE",
     "PID_FILE",
     "SOCKET_FILE",
+    "LogRateLimit",
     "WorkerBusyError",
+    "WorkerLogHandler",
     "log_tail",
     "process_alive",
     "run_worker",
@@ -46,6 +52,12 @@ PID_FILE = "worker.pid"  # locked by the running worker for its lifetime; holds 
 LOCK_FILE = "worker.lock"  # taken by whoever starts a worker, so that only one does
 LOG_FILE = "worker.log"
 _SUN_PATH_MAX = 107  # bytes of a Unix socket path, without the NUL
+_LOG_BYTES = 16 << 20  # worker.log is rotated past this size ...
+_LOG_BACKUPS = 3  # ... keeping worker.log.1 to worker.log.3
+_LOG_BURST = 20  # the same message at most this many times ...
+_LOG_INTERVAL = 60.0  # ... per this many seconds
+_LOG_FORMAT = "%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+_MAX_NOFILE = 1 << 20  # the descriptor limit a worker raises its soft limit to, at most
 
 
 class WorkerBusyError(ShoalError, OSError):
@@ -102,15 +114,21 @@ def running_pid(home: str) -> int | None:
         os.close(fd)
 
 
-def _serve(config: Config, stop: threading.Event) -> None:
+def _serve(
+    config: Config, stop: threading.Event, on_locked: Callable[[], None] | None = None
+) -> None:
     from .. import engine
     from ._membership import load_worker_id
-    from ._server import Server
+    from ._server import Server, ServerLimits
     from ._worker import Worker
 
     os.makedirs(config.home, mode=0o700, exist_ok=True)
     sock_path = socket_path(config.home)
+    security = server_security(config)
+    _raise_descriptor_limit()
     lock_fd = _lock_pid_file(config.home)
+    if on_locked is not None:
+        on_locked()
     try:
         worker = Worker(config, meta_store=_cluster_meta_store(config))
         try:
@@ -123,6 +141,13 @@ def _serve(config: Config, stop: threading.Event) -> None:
                 on_stop=stop.set,
                 listen=config.listen,
                 on_request=worker.count_request,
+                security=security,
+                limits=ServerLimits(
+                    max_connections=config.max_connections,
+                    max_connections_per_peer=config.max_connections_per_peer,
+                    idle_timeout=config.idle_timeout,
+                    send_timeout=config.send_timeout,
+                ),
             )
             server.start(
                 before_accepting=lambda: log.info(
@@ -139,7 +164,15 @@ def _serve(config: Config, stop: threading.Event) -> None:
                 server.stop()
                 raise
             if server.address is not None:
-                log.info("worker %s listening on %s", worker.worker_id, server.address)
+                log.info(
+                    "worker %s listening on %s (%s%s)",
+                    worker.worker_id,
+                    server.address,
+                    "peers prove the cluster secret"
+                    if security.cluster_secret is not None
+                    else "no cluster secret: loopback only",
+                    ", TLS" if security.tls is not None else "",
+                )
             try:
                 while not stop.wait(0.5):
                     pass
@@ -164,6 +197,72 @@ def _cluster_meta_store(config: Config):
     from ._etcd import EtcdMetaStore
 
     return EtcdMetaStore(config.etcd)
+
+
+def server_security(config: Config):
+    """What the worker's TCP peers must prove, from ``config`` (secrets read, TLS loaded).
+
+    Raises
+    ------
+    ValueError
+        ``listen`` is not a loopback address and there is no ``cluster_secret_file``; an
+        admin secret without a cluster secret; a secret file that is empty or too short.
+    PermissionError
+        A secret file open to its group or others.
+    """
+    from ._server import ServerSecurity, tls_server_context
+    from .proto import load_secret
+
+    cluster = admin = tls = None
+    if config.cluster_secret_file is not None:
+        cluster = load_secret(config.cluster_secret_file, "cluster_secret_file")
+    if config.admin_secret_file is not None:
+        admin = load_secret(config.admin_secret_file, "admin_secret_file")
+        if cluster is None:
+            raise ValueError(
+                "admin_secret_file needs cluster_secret_file: the admin proof is part of the "
+                "cluster handshake"
+            )
+        if admin == cluster:
+            raise ValueError("admin_secret_file must hold another secret than cluster_secret_file")
+    if config.listen is not None and cluster is None and not _loopback(config.listen):
+        raise ValueError(
+            f"listen {config.listen} is reachable from other hosts, and the worker has no "
+            "cluster secret to tell its peers by: make one with `shoal secret new FILE`, "
+            "give the same file (mode 0600) to every worker and client of the cluster, and "
+            "start the worker with --cluster-secret-file FILE (cluster_secret_file in "
+            "config.yaml, or SHOAL_CLUSTER_SECRET_FILE)"
+        )
+    if config.listen is not None and config.tls_cert is not None:
+        tls = tls_server_context(config.tls_cert, config.tls_key)
+    return ServerSecurity(cluster, admin, tls)
+
+
+def _loopback(listen: str) -> bool:
+    """True if every address ``HOST`` of ``HOST:PORT`` names is a loopback address."""
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    try:
+        return bool(infos) and all(
+            ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos
+        )
+    except ValueError:
+        return False
+
+
+def _raise_descriptor_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one: each connection holds
+    one, and connections past the limit are what the worker must survive, not cause."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = _MAX_NOFILE if hard == resource.RLIM_INFINITY else min(hard, _MAX_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def _advertised(address: str | None) -> str | None:
@@ -244,17 +343,23 @@ def run_worker(config: Config | None = None, foreground: bool = True, timeout: f
     config = config if config is not None else load_config()
     if not foreground:
         return _start_daemon(config, timeout)
+    _run_foreground(config)
+    return None
+
+
+def _run_foreground(config: Config, on_locked: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM, SIGINT or ``stop``; ``on_locked`` runs once this process is
+    the home's worker (it holds the pid lock)."""
     stop = threading.Event()
     old = {}
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             old[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        _serve(config, stop)
+        _serve(config, stop, on_locked)
     finally:
         for signum, handler in old.items():
             signal.signal(signum, handler)
-    return None
 
 
 # The daemon: a short-lived launcher starts it in a session of its own and exits, so the
@@ -274,19 +379,146 @@ _DAEMON = "from shoal.control._daemon import _daemon_main; _daemon_main()"
 def _daemon_main() -> None:
     """Entry point of the daemon process: the configuration comes as JSON in argv[1]."""
     os.umask(0o077)  # whatever the worker creates is its own user's alone
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
-    )
-    config = Config(**json.loads(sys.argv[1]))
+    # stderr first (worker.log, appended by the launcher); the rotated log once this
+    # process is the home's worker, so that a second one never rotates the first's log.
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    threading.excepthook = _log_thread_exception
     try:
-        run_worker(config, foreground=True)
+        config = Config(**json.loads(sys.argv[1]))
+        _run_foreground(config, on_locked=lambda: _log_to_file(config.home))
     except WorkerBusyError as exc:
         log.error("%s", exc.strerror)
         sys.exit(1)
     except BaseException:
         log.exception("worker failed")
         sys.exit(1)
+
+
+def _log_to_file(home: str) -> None:
+    """Send the process's log, and its stdout and stderr, to ``home``'s worker.log."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.addHandler(WorkerLogHandler(os.path.join(home, LOG_FILE), redirect=True))
+    root.setLevel(logging.INFO)
+
+
+def _log_thread_exception(args) -> None:
+    if args.exc_type is SystemExit:
+        return
+    log.error(
+        "thread %s failed",
+        getattr(args.thread, "name", "?"),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+class LogRateLimit(logging.Filter):
+    """Lets the same message (logger, level and format string) through at most ``burst``
+    times per ``interval`` seconds; the first record after an interval in which some were
+    dropped is preceded by one line saying how many.
+
+    Parameters
+    ----------
+    handler
+        The handler this filter is attached to (it writes the summary lines).
+    burst, interval
+        Records of one message let through per interval.
+    clock
+        Seconds, monotonic.
+    """
+
+    _MAX_KEYS = 4096
+
+    def __init__(
+        self,
+        handler: logging.Handler,
+        burst: int = _LOG_BURST,
+        interval: float = _LOG_INTERVAL,
+        clock=time.monotonic,
+    ):
+        super().__init__()
+        self._handler = handler
+        self.burst = burst
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._windows: dict[tuple, list] = {}  # key -> [start, let through, dropped, template]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "shoal_summary", False):
+            return True
+        now = self._clock()
+        template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+        key = (record.name, record.levelno, template)
+        with self._lock:
+            summaries = self._expire(now)
+            window = self._windows.get(key)
+            if window is None:
+                if len(self._windows) >= self._MAX_KEYS:
+                    self._windows.clear()  # many distinct messages: start counting afresh
+                window = self._windows[key] = [now, 0, 0, template]
+            keep = window[1] < self.burst
+            window[1 if keep else 2] += 1
+        for name, levelno, text, dropped in summaries:
+            summary = logging.LogRecord(
+                name,
+                max(levelno, logging.WARNING),
+                __file__,
+                0,
+                "%d more messages like %r were dropped in the last %.0f s",
+                (dropped, text[:200], self.interval),
+                None,
+            )
+            summary.shoal_summary = True
+            self._handler.handle(summary)
+        return keep
+
+    def _expire(self, now: float) -> list[tuple]:
+        """Forget the windows that ended; the summaries of those that dropped records."""
+        out = []
+        for key, (start, _, dropped, template) in list(self._windows.items()):
+            if now - start >= self.interval:
+                del self._windows[key]
+                if dropped:
+                    out.append((key[0], key[1], template, dropped))
+        return out
+
+
+class WorkerLogHandler(logging.handlers.RotatingFileHandler):
+    """The worker's log file: rotated past 16 MiB (three old files kept), rate-limited
+    (:class:`LogRateLimit`).
+
+    With ``redirect``, the process's stdout and stderr (tracebacks of dying threads, native
+    code's messages) go to the current file too, and follow it when it is rotated.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        max_bytes: int = _LOG_BYTES,
+        backups: int = _LOG_BACKUPS,
+        redirect: bool = False,
+        rate_limit: LogRateLimit | None = None,
+    ):
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self._redirect = redirect
+        self.setFormatter(logging.Formatter(_LOG_FORMAT))
+        self.addFilter(rate_limit if rate_limit is not None else LogRateLimit(self))
+        self._point_std_streams()
+
+    def doRollover(self) -> None:  # noqa: N802 (logging's name)
+        super().doRollover()
+        self._point_std_streams()
+
+    def _point_std_streams(self) -> None:
+        if not self._redirect or self.stream is None:
+            return
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+                os.dup2(self.stream.fileno(), stream.fileno())
 
 
 def _start_daemon(config: Config, timeout: float) -> int:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._metadata import MetadataCache
 from ._metrics import Counters
@@ -20,6 +20,10 @@ from ._namespace import Mount, MountTable, normalize_path
 from ._pages import file_id
 from .proto import encode_error
 from .ufs import ObjectInfo, UnderStore, open_store
+from .ufs._options import redact_uri
+
+if TYPE_CHECKING:
+    from ._admission import MountPolicy
 
 __all__ = [
     "DEFAULT_METADATA_TTL",
@@ -101,6 +105,13 @@ class File:
         }
 
 
+def _text(exc: BaseException) -> str:
+    """An exception's message without the ``[Errno N]`` an OSError's ``str`` starts with."""
+    if isinstance(exc, OSError) and exc.strerror is not None:
+        return exc.strerror
+    return str(exc)
+
+
 def _dir_path(mount: Mount, parent: str) -> str:
     """The Shoal path of the directory ``parent`` (relative to ``mount``)."""
     return f"{mount.path.rstrip('/')}/{parent}" if parent else mount.path
@@ -129,6 +140,10 @@ class FileResolver:
         The table is shared with other workers (etcd): an unknown path makes it read again.
     counters
         Where requests to under-stores are counted.
+    policy
+        What may be mounted (:class:`~shoal.control._admission.MountPolicy`): checked
+        before a mount's store is opened, whether the mount is new or read from the
+        table (written by another worker, or before the operator narrowed the policy).
     stat_threads
         Stores asked about several paths at once.
 
@@ -138,11 +153,19 @@ class FileResolver:
     """
 
     def __init__(
-        self, mounts: MountTable, *, shared: bool, counters: Counters, stat_threads: int = 16
+        self,
+        mounts: MountTable,
+        *,
+        shared: bool,
+        counters: Counters,
+        policy: MountPolicy,
+        stat_threads: int = 16,
     ):
         self._mounts = mounts
         self._shared = shared
         self._counters = counters
+        self._policy = policy
+        self._refused: dict[str, Mount] = {}  # mounts of the table refused at use, as logged
         self.metadata = MetadataCache()
         self._lock = threading.Lock()
         self._stores: dict[str, UnderStore] = {}
@@ -158,10 +181,18 @@ class FileResolver:
     # ----------------------------------------------------------------- mounts
 
     def mount(self, path: str, uri: str, options: Mapping[str, Any]) -> Mount:
-        """Mount ``uri`` at ``path`` after opening the store and listing one object, so a
-        bad URI, option, endpoint or credential fails here with a clear error."""
+        """Mount ``uri`` at ``path`` once the policy admits it, after opening the store
+        and listing one object, so a bad URI, option, endpoint or credential fails here
+        with a clear error. A refusal by the policy is logged (without the values)."""
         path = normalize_path(path)
         _, store_options = split_mount_options(options)
+        try:
+            self._policy.check(uri, options)
+        except ImportError as exc:
+            raise ValueError(f"mount {path}: {exc}") from exc
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("mount of %s at %s refused: %s", redact_uri(uri), path, _text(exc))
+            raise
         try:
             store = open_store(uri, **store_options)
         except ImportError as exc:
@@ -195,10 +226,12 @@ class FileResolver:
         return mount
 
     def mounts(self) -> list[Mount]:
-        """Every mount, sorted by path (a shared table read again first)."""
+        """Every mount, sorted by path (a shared table read again first), fit to show:
+        values the policy would not admit are hidden (see
+        :meth:`~shoal.control._admission.MountPolicy.shown`)."""
         if self._shared:
             self._reload_mounts()
-        return self._mounts.mounts()
+        return [self._policy.shown(m) for m in self._mounts.mounts()]
 
     def mount_count(self) -> int:
         """Mounts in the table as last read."""
@@ -237,11 +270,20 @@ class FileResolver:
         return out
 
     def store_of(self, mount: Mount) -> UnderStore:
-        """The open store of ``mount`` (opened on first use)."""
+        """The open store of ``mount``, opened on first use once the policy admits it.
+
+        Raises
+        ------
+        PermissionError, ValueError
+            The policy refuses the mount (a mount another worker wrote into a shared
+            table, or one stored before the operator narrowed the policy); logged once
+            per mount.
+        """
         with self._lock:
             store = self._stores.get(mount.path)
         if store is not None:
             return store
+        self._admit(mount)
         _, store_options = split_mount_options(mount.options)
         store = open_store(mount.uri, **store_options)
         with self._lock:
@@ -249,6 +291,29 @@ class FileResolver:
         if current is not store:
             store.close()
         return current
+
+    def _admit(self, mount: Mount) -> None:
+        """Raise the policy's refusal of a mount of the table, naming the mount point;
+        the first refusal of each mount is logged."""
+        try:
+            self._policy.check(mount.uri, mount.options)
+        except ImportError as exc:
+            raise ValueError(f"mount {mount.path}: {exc}") from exc
+        except (OSError, ValueError, TypeError) as exc:
+            with self._lock:
+                first = self._refused.get(mount.path) != mount
+                self._refused[mount.path] = mount
+            if first:
+                log.warning(
+                    "mount %s (%s) refused at use: %s",
+                    mount.path,
+                    redact_uri(mount.uri),
+                    _text(exc),
+                )
+            hint = f"; unmount it (shoal mount rm {mount.path}) or have the operator allow it"
+            if isinstance(exc, OSError):
+                raise type(exc)(exc.errno, f"mount {mount.path}: {_text(exc)}{hint}") from None
+            raise type(exc)(f"mount {mount.path}: {exc}{hint}") from None
 
     # ----------------------------------------------------------------- files
 
@@ -278,6 +343,7 @@ class FileResolver:
         path, mount, rel, epoch = self._resolve(path)
         own, _ = split_mount_options(mount.options)
         if not rel:
+            self._admit(mount)  # its record carries the mount's options
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)

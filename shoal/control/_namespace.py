@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,20 +11,42 @@ from typing import Any
 
 from ._metastore import MetaStore
 
-__all__ = ["Mount", "MountTable", "normalize_path"]
+__all__ = [
+    "MAX_MOUNTS",
+    "MAX_PATH_BYTES",
+    "MAX_PATH_COMPONENTS",
+    "Mount",
+    "MountTable",
+    "normalize_path",
+]
 
 _PREFIX = "mounts/"
+#: Bytes of a Shoal path (UTF-8) at most, as Linux's PATH_MAX.
+MAX_PATH_BYTES = 4096
+#: Components of a Shoal path at most.
+MAX_PATH_COMPONENTS = 1024
+#: Mounts in one mount table at most.
+MAX_MOUNTS = 1024
+_MOUNT = "/"  # key of a node's mount in the prefix tree (no component holds a "/")
 
 
 def normalize_path(path: str) -> str:
     """The canonical form of a Shoal path: absolute, ``/``-separated, no empty, ``.`` or
     trailing components.
 
-    Raises ``ValueError`` for anything that is not a str, a relative path, a NUL byte, or a
-    ``..`` component (Shoal paths never climb: a mount cannot be escaped).
+    Raises ``ValueError`` for anything that is not a str, a relative path, a NUL byte, a
+    ``..`` component (Shoal paths never climb: a mount cannot be escaped), or a path over
+    :data:`MAX_PATH_BYTES` bytes or :data:`MAX_PATH_COMPONENTS` components.
     """
     if not isinstance(path, str):
         raise ValueError(f"path must be a str, got {type(path).__name__}")
+    if len(path) > MAX_PATH_BYTES or (
+        not path.isascii() and len(path.encode(errors="replace")) > MAX_PATH_BYTES
+    ):
+        raise ValueError(
+            f"path of {len(path.encode(errors='replace'))} bytes is longer than "
+            f"{MAX_PATH_BYTES}: {path[:64]!r}..."
+        )
     if "\0" in path:
         raise ValueError(f"path contains a NUL byte: {path!r}")
     if not path.startswith("/"):
@@ -31,6 +54,10 @@ def normalize_path(path: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise ValueError(f"path must not contain '..': {path!r}")
+    if len(parts) > MAX_PATH_COMPONENTS:
+        raise ValueError(
+            f"path has {len(parts)} components, more than {MAX_PATH_COMPONENTS}: {path[:64]!r}..."
+        )
     return "/" + "/".join(parts)
 
 
@@ -63,7 +90,8 @@ class MountTable:
     """Mounts kept in a :class:`MetaStore`; the longest mounted prefix of a path wins.
 
     ``validate(uri, options)`` is called before a mount is stored and should raise
-    ``ValueError`` (or an OSError) for a URI or options it cannot serve.
+    ``ValueError`` (or an OSError) for a URI or options it cannot serve. The table holds at
+    most :data:`MAX_MOUNTS` mounts; :meth:`resolve` takes time linear in the path's length.
     """
 
     def __init__(
@@ -75,7 +103,18 @@ class MountTable:
         self._validate = validate
         self._lock = threading.Lock()
         self._mounts: dict[str, Mount] = {}
+        self._tree: dict = {}  # component -> subtree; _MOUNT -> the mount there
         self.reload()
+
+    @staticmethod
+    def _tree_of(mounts: dict[str, Mount]) -> dict:
+        tree: dict = {}
+        for path, mount in mounts.items():
+            node = tree
+            for name in path.split("/")[1:] if path != "/" else ():
+                node = node.setdefault(name, {})
+            node[_MOUNT] = mount
+        return tree
 
     def reload(self) -> None:
         """Read the table again from the MetaStore (another process may have changed it)."""
@@ -83,11 +122,13 @@ class MountTable:
         for _, doc in self._store.scan(_PREFIX):
             mount = Mount(doc["path"], doc["uri"], doc.get("options", {}))
             mounts[mount.path] = mount
+        tree = self._tree_of(mounts)
         with self._lock:
-            self._mounts = mounts
+            self._mounts, self._tree = mounts, tree
 
     def mount(self, path: str, uri: str, **options: Any) -> Mount:
-        """Mount ``uri`` at ``path``. Raises ``FileExistsError`` if ``path`` is a mount."""
+        """Mount ``uri`` at ``path``. Raises ``FileExistsError`` if ``path`` is a mount,
+        ``OSError`` (``ENOSPC``) when the table holds :data:`MAX_MOUNTS` already."""
         path = normalize_path(path)
         if not isinstance(uri, str) or not uri:
             raise ValueError(f"mount {path}: the under-store URI must be a non-empty str")
@@ -97,8 +138,15 @@ class MountTable:
         with self._lock:
             if path in self._mounts:
                 raise FileExistsError(f"{path} is already a mount point ({self._mounts[path].uri})")
+            if len(self._mounts) >= MAX_MOUNTS:
+                raise OSError(
+                    errno.ENOSPC,
+                    f"mount {path}: the mount table is full ({MAX_MOUNTS} mounts); unmount "
+                    "some first",
+                )
             self._store.put(_PREFIX + path, mount.to_json())
             self._mounts[path] = mount
+            self._tree = self._tree_of(self._mounts)
         return mount
 
     def unmount(self, path: str) -> Mount:
@@ -109,6 +157,7 @@ class MountTable:
             if mount is None:
                 raise FileNotFoundError(f"{path} is not a mount point")
             self._store.delete(_PREFIX + path)
+            self._tree = self._tree_of(self._mounts)
         return mount
 
     def mounts(self) -> list[Mount]:
@@ -122,13 +171,16 @@ class MountTable:
         Raises ``FileNotFoundError`` when no mount covers ``path``.
         """
         path = normalize_path(path)
+        names = path.split("/")[1:] if path != "/" else []
         with self._lock:
-            probe = path
-            while True:
-                mount = self._mounts.get(probe)
-                if mount is not None:
-                    return mount, path[len(probe) :].lstrip("/")
-                if probe == "/":
+            node = self._tree
+            found, depth = node.get(_MOUNT), 0
+            for i, name in enumerate(names):
+                node = node.get(name)
+                if node is None:
                     break
-                probe = probe.rsplit("/", 1)[0] or "/"
-        raise FileNotFoundError(f"{path} is not under any mount (see `shoal mount ls`)")
+                if _MOUNT in node:
+                    found, depth = node[_MOUNT], i + 1
+        if found is None:
+            raise FileNotFoundError(f"{path} is not under any mount (see `shoal mount ls`)")
+        return found, "/".join(names[depth:])

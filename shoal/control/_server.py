@@ -1,6 +1,6 @@
 """The worker's sockets: accepts connections on its Unix socket (and on TCP in a cluster),
-reads request frames, dispatches each through an op -> handler table and writes the
-answers.
+authenticates TCP peers, reads request frames, dispatches each through an op -> handler
+table and writes the answers, within limits no peer can exceed.
 
 One thread per connection: clients keep one connection per thread, so a node serves tens of
 them, and each waits mostly on the page store or an under-store.
@@ -8,11 +8,13 @@ them, and each waits mostly on the page store or an under-store.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -21,22 +23,52 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .proto import (
+    ADMIN,
+    ADMIN_OPS,
+    CLIENT,
     DATA,
-    FRAME,
     LOCATE,
+    MAX_GREETING_HEADER,
+    MAX_REQUEST_HEADER,
+    NONCE_BYTES,
+    SCHEME,
+    WORKER,
     ProtocolError,
+    check_proof,
     check_request,
+    check_version,
+    discard,
     encode_error,
+    is_tls,
+    new_nonce,
+    pack_header,
+    proof,
     recv_header,
-    recv_into,
     send_frame,
+    transcript,
 )
 
-__all__ = ["ConnectionState", "FileSegment", "Handler", "Reply", "Server"]
+__all__ = [
+    "ConnectionState",
+    "FileSegment",
+    "Handler",
+    "Reply",
+    "Server",
+    "ServerLimits",
+    "ServerSecurity",
+    "tls_server_context",
+]
 
 log = logging.getLogger("shoal.worker")
 
 _MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes
+#: accept() errors that mean the process or the system is out of something: back off.
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_MAX_BACKOFF = 1.0
+_LINGER = 2.0  # seconds a refused connection is drained before it is closed
+_MAX_LINGERING = 256
+_SEGMENT_COPY = 1 << 20  # bytes read at a time from a region file for a TLS peer
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 class FileSegment(NamedTuple):
@@ -69,12 +101,74 @@ class ConnectionState:
     last_page: OrderedDict[bytes, int] = field(default_factory=OrderedDict)
     pid: int | None = None
     remote: bool = False  # a TCP connection: no descriptors, bytes only
+    #: Who is at the other end: ``HOST:PORT`` over TCP, ``uid N`` on the Unix socket.
+    peer: str = ""
+    uid: int | None = None  # the peer's uid on the Unix socket (SO_PEERCRED)
+    authenticated: bool = False
+    admin: bool = False  # may run the ops of ADMIN_OPS
     #: Sends a progress frame ahead of the answer (ops that take long, such as ``load``).
     progress: Callable[[dict], None] = _no_progress
 
 
 #: A handler serves one op: (connection state, request header) -> answer.
 Handler = Callable[[ConnectionState, dict], Reply]
+
+
+@dataclass(frozen=True)
+class ServerSecurity:
+    """What TCP peers must prove.
+
+    Attributes
+    ----------
+    cluster_secret
+        Every TCP peer proves it before any op (see ``proto._auth``); None: TCP peers are
+        not authenticated (a worker on loopback only).
+    admin_secret
+        A TCP peer that proves it may run the ops of ``ADMIN_OPS``; None: no TCP peer may.
+    tls
+        An ``ssl.SSLContext`` (server side) for the TCP port, or None.
+    """
+
+    cluster_secret: bytes | None = None
+    admin_secret: bytes | None = None
+    tls: Any = None
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one peer may make the server hold.
+
+    Attributes
+    ----------
+    max_connections, max_connections_per_peer
+        Connections served at once, in all and per peer (TCP: its address; Unix socket:
+        its uid). One more gets an error frame and is closed.
+    handshake_timeout
+        Seconds a TCP peer has to authenticate (TLS included) from its connection.
+    idle_timeout
+        Seconds a connection may wait between requests (or in the middle of one).
+    send_timeout
+        Seconds an answer may wait for the peer to take any of its bytes; past it the
+        connection is dropped, with the memory its answer held.
+    """
+
+    max_connections: int = 2048
+    max_connections_per_peer: int = 512
+    handshake_timeout: float = 5.0
+    idle_timeout: float = 600.0
+    send_timeout: float = 60.0
+
+
+class _Client:
+    """A connection the server tracks: its socket (replaced once TLS wraps it), thread
+    and peer key."""
+
+    __slots__ = ("key", "sock", "thread")
+
+    def __init__(self, sock: socket.socket, key: Any):
+        self.sock = sock
+        self.key = key
+        self.thread: threading.Thread | None = None
 
 
 class Server:
@@ -92,11 +186,22 @@ class Server:
     listen
         ``HOST:PORT`` of a TCP endpoint for clients on other hosts (port 0: any free port,
         see :attr:`address`), or None. The protocol is the same, but no descriptor crosses
-        a TCP connection: every ``read`` is served in ``data`` mode, and ``stop`` is
-        refused there.
+        a TCP connection: every ``read`` is served in ``data`` mode.
+    on_request
+        Called for each request served.
+    security
+        What TCP peers must prove (a cluster secret, an admin secret) and TLS.
+    limits
+        Connections, timeouts.
 
     Notes
     -----
+    Who may do what: a peer on the Unix socket runs any op when it is the worker's own user
+    or root (``SO_PEERCRED``), the ops outside ``ADMIN_OPS`` otherwise. A TCP peer proves
+    the cluster secret first when there is one (nothing else is served before), and runs
+    the ops of ``ADMIN_OPS`` only when it proved the admin secret too. A refused op is a
+    ``PermissionError`` naming it; the connection serves on.
+
     Call order: :meth:`start`, then :meth:`stop` once. :meth:`stop` closes the listening
     socket, shuts every connection down (requests in flight are aborted: their clients see
     the connection close) and waits for the connection threads.
@@ -109,19 +214,25 @@ class Server:
         on_stop: Callable[[], None] | None = None,
         listen: str | None = None,
         on_request: Callable[[], None] | None = None,
+        security: ServerSecurity | None = None,
+        limits: ServerLimits | None = None,
     ):
         self.handlers = dict(handlers)
         self.path = path
         self.listen = listen
+        self.security = security if security is not None else ServerSecurity()
+        self.limits = limits if limits is not None else ServerLimits()
         self._on_stop = on_stop
         self._on_request = on_request
         self._listener: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._tcp_acceptor: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._conns: dict[socket.socket, threading.Thread] = {}
+        self._conns: dict[int, _Client] = {}
+        self._per_peer: collections.Counter = collections.Counter()
         self._stopping = threading.Event()
         self._acceptor: threading.Thread | None = None
+        self._uid = os.getuid()
 
     def start(self, before_accepting: Callable[[], None] | None = None) -> None:
         """Bind, listen and start accepting.
@@ -169,40 +280,150 @@ class Server:
         host, port = self._tcp.getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+    def connections(self) -> int:
+        """Connections served now."""
+        with self._lock:
+            return len(self._conns)
+
+    # ----------------------------------------------------------------- accepting
+
     def _accept_loop(self, listener: socket.socket, remote: bool) -> None:
+        lingering: collections.deque = collections.deque()  # refused: (deadline, socket)
+        try:
+            self._accept(listener, remote, lingering)
+        finally:
+            for _, conn in lingering:
+                conn.close()
+
+    def _accept(self, listener: socket.socket, remote: bool, lingering) -> None:
+        short_since: float | None = None  # when accept() began to fail for lack of resources
+        failures = 0
+        delay = 0.0
         while not self._stopping.is_set():
+            if lingering:
+                _close_lingering(lingering)
             try:
-                conn, _ = listener.accept()
+                conn, addr = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
-                log.exception("accept failed")
+                if exc.errno in _EXHAUSTED:
+                    failures += 1
+                    if short_since is None:
+                        short_since = time.monotonic()
+                        log.error(
+                            "accept failed: %s; new connections wait until some close "
+                            "(backing off, logged once)",
+                            os.strerror(exc.errno),
+                        )
+                    delay = min(_MAX_BACKOFF, max(0.01, delay * 2))
+                else:
+                    log.warning("accept failed: %s", exc)
+                    delay = 0.01
+                self._stopping.wait(delay)
                 continue
-            conn.setblocking(True)
-            if remote:
-                # Requests are small frames answered at once: do not let Nagle hold them.
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Daemon threads: one stuck on a slow store must not keep the process alive.
-            thread = threading.Thread(
-                target=self._serve, args=(conn, remote), name="shoal-conn", daemon=True
-            )
-            with self._lock:
-                if self._stopping.is_set():
-                    conn.close()
-                    return
-                self._conns[conn] = thread
-            thread.start()
+            if short_since is not None:
+                log.warning(
+                    "accepting connections again after %.1f s (%d accepts failed)",
+                    time.monotonic() - short_since,
+                    failures,
+                )
+                short_since, failures, delay = None, 0, 0.0
+            self._admit(conn, addr, remote, lingering)
 
-    def _serve(self, conn: socket.socket, remote: bool = False) -> None:
-        state = ConnectionState(remote=remote)
-        state.progress = lambda counts: send_frame(
-            conn, {"ok": True, "done": False, "progress": counts}
+    def _admit(self, conn: socket.socket, addr: Any, remote: bool, lingering) -> None:
+        """Serve ``conn`` in a thread of its own, or refuse it past the limits."""
+        conn.setblocking(True)
+        if remote:
+            key: Any = addr[0]
+            peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+            uid = None
+        else:
+            try:
+                uid = _PEERCRED.unpack(
+                    conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                )[1]
+            except OSError:
+                conn.close()
+                return
+            key = ("uid", uid)
+            peer = f"uid {uid}"
+        limits = self.limits
+        with self._lock:
+            if self._stopping.is_set():
+                conn.close()
+                return
+            if len(self._conns) >= limits.max_connections:
+                refusal = (
+                    f"the worker serves {len(self._conns)} connections, its limit "
+                    "(max_connections); try again later"
+                )
+            elif self._per_peer[key] >= limits.max_connections_per_peer:
+                refusal = (
+                    f"{peer.rsplit(':', 1)[0] if remote else peer} has "
+                    f"{self._per_peer[key]} connections to the worker, the limit per peer "
+                    "(max_connections_per_peer); close idle ones"
+                )
+            else:
+                refusal = None
+                client = _Client(conn, key)
+                self._conns[id(client)] = client
+                self._per_peer[key] += 1
+        if refusal is not None:
+            log.warning("connection from %s refused: %s", peer, refusal)
+            _refuse_later(conn, refusal, lingering)
+            return
+        if remote:
+            # Requests are small frames answered at once: do not let Nagle hold them.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Daemon threads: one stuck on a slow store must not keep the process alive.
+        thread = threading.Thread(
+            target=self._serve, args=(client, remote, peer, uid), name="shoal-conn", daemon=True
         )
+        client.thread = thread
         try:
+            thread.start()
+        except RuntimeError as exc:  # no more threads
+            self._forget(client)
+            log.warning("connection from %s refused: %s", peer, exc)
+            _refuse_later(conn, f"the worker cannot serve another connection now: {exc}", lingering)
+
+    def _forget(self, client: _Client) -> None:
+        with self._lock:
+            if self._conns.pop(id(client), None) is not None:
+                self._per_peer[client.key] -= 1
+                if self._per_peer[client.key] <= 0:
+                    del self._per_peer[client.key]
+
+    # ----------------------------------------------------------------- serving
+
+    def _serve(self, client: _Client, remote: bool, peer: str, uid: int | None) -> None:
+        state = ConnectionState(remote=remote, peer=peer, uid=uid)
+        sock = client.sock
+        limits, security = self.limits, self.security
+        try:
+            _set_timeout_option(sock, socket.SO_SNDTIMEO, limits.send_timeout)
+            if remote and (security.tls is not None or security.cluster_secret is not None):
+                deadline = time.monotonic() + limits.handshake_timeout
+                if security.tls is not None:
+                    sock = client.sock = self._tls_accept(sock, deadline)
+                state.progress = _progress_sender(sock)
+                if security.cluster_secret is not None:
+                    if not self._authenticate(sock, state, deadline):
+                        return
+                else:
+                    state.authenticated = True
+                sock.settimeout(None)
+            else:
+                state.progress = _progress_sender(sock)
+                state.authenticated = True
+                state.admin = not remote and uid in (0, self._uid)
+            _set_timeout_option(sock, socket.SO_RCVTIMEO, limits.idle_timeout)
             while not self._stopping.is_set():
-                got = recv_header(conn)
+                got = recv_header(sock, MAX_REQUEST_HEADER)
                 if got is None:
                     return
                 header, payload_len, fds = got
@@ -211,31 +432,125 @@ class Server:
                 if payload_len > _MAX_REQUEST_PAYLOAD:
                     raise ProtocolError(f"request payload of {payload_len} bytes is too large")
                 if payload_len:
-                    recv_into(conn, [bytearray(payload_len)])
-                if not self._answer(conn, state, header):
+                    discard(sock, payload_len)
+                if not self._answer(sock, state, header):
                     return
         except (ConnectionError, OSError) as exc:
+            if isinstance(exc, ProtocolError):  # tell the peer what was wrong, if it listens
+                with contextlib.suppress(OSError):
+                    _send_error(sock, exc)
+                    _close_gently(sock)
             if not self._stopping.is_set():
-                log.info("connection closed: %s", exc)
+                log.info("connection from %s closed: %s", peer, _why(exc))
         finally:
-            with self._lock:
-                self._conns.pop(conn, None)
-            conn.close()
+            self._forget(client)
+            with contextlib.suppress(OSError):
+                sock.close()
 
-    def _answer(self, conn: socket.socket, state, header: dict) -> bool:
+    def _tls_accept(self, sock: socket.socket, deadline: float):
+        """The TLS side of ``sock``; a peer that speaks plain frames is told to use TLS."""
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        first = sock.recv(3, socket.MSG_PEEK)
+        if first[:1] != b"\x16":  # not a TLS handshake record
+            if first:
+                _refused(
+                    sock,
+                    "this worker's TCP port speaks TLS: give the client tls_ca (the CA "
+                    "that signed the worker's certificate)",
+                )
+            raise ConnectionResetError(errno.ECONNRESET, "a peer without TLS was refused")
+        tls = self.security.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        tls.settimeout(max(0.001, deadline - time.monotonic()))
+        tls.do_handshake()
+        return tls
+
+    def _authenticate(self, sock, state: ConnectionState, deadline: float) -> bool:
+        """The challenge-response of ``proto._auth`` before any op; False when the peer
+        failed it (told why) or left."""
+        secret = self.security.cluster_secret
+        hello: dict | None = None
+        t = b""
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            got = recv_header(sock, MAX_GREETING_HEADER)
+            if got is None:
+                return False
+            header, payload_len, _ = got
+            if payload_len:
+                raise ProtocolError("a request before authentication carries no payload")
+            op = header.get("op")
+            if hello is None:
+                if op != "hello":
+                    return _refused(
+                        sock,
+                        f"{str(op)[:64]!r} refused: this worker serves TCP peers that prove "
+                        "the cluster secret, and this one has not (send hello first)",
+                    )
+                try:
+                    check_request(header)
+                    check_version(header["version"])
+                except (ProtocolError, OSError) as exc:
+                    _send_error(sock, exc)
+                    _close_gently(sock)
+                    return False
+                nonce = header.get("nonce")
+                if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES:
+                    return _refused(
+                        sock,
+                        "this worker requires the cluster secret, and the client offered "
+                        "none: give the client cluster_secret_file (SHOAL_CLUSTER_SECRET_FILE)",
+                    )
+                hello = header
+                mine = new_nonce()
+                t = transcript(
+                    nonce,
+                    mine,
+                    header["pid"],
+                    header["version"],
+                    is_tls(sock),
+                    header.get("admin") is True,
+                )
+                send_frame(
+                    sock,
+                    {"ok": True, "auth": SCHEME, "nonce": mine, "proof": proof(secret, WORKER, t)},
+                )
+                continue
+            if op != "auth" or not isinstance(header.get("proof"), bytes):
+                return _refused(
+                    sock, f"{str(op)[:64]!r} refused before authentication (auth with a proof)"
+                )
+            if not check_proof(secret, CLIENT, t, header["proof"]):
+                log.warning("connection from %s refused: wrong cluster secret", state.peer)
+                return _refused(
+                    sock,
+                    "authentication failed: the client's proof does not match this worker's "
+                    "cluster secret (the two hold different secrets)",
+                )
+            given = header.get("admin_proof")
+            admin = self.security.admin_secret
+            if given is not None and admin is not None:
+                if not check_proof(admin, ADMIN, t, given):
+                    log.warning("connection from %s refused: wrong admin secret", state.peer)
+                    return _refused(
+                        sock,
+                        "admin authentication failed: the client's admin proof does not "
+                        "match this worker's admin secret",
+                    )
+                state.admin = True
+            state.authenticated = True
+            return self._answer(sock, state, hello)
+
+    def _answer(self, sock: socket.socket, state: ConnectionState, header: dict) -> bool:
         """Serve one request; False when the connection should close."""
         op = None
         try:
             op = check_request(header)
-            if state.remote:
-                if op == "stop":
-                    raise PermissionError(
-                        errno.EPERM, "stop is refused over TCP: stop a worker on its own host"
-                    )
-                if op == "read":
-                    # Descriptors cannot cross a TCP connection: bytes, from the region
-                    # files as they are when the client checks them itself.
-                    header["mode"] = LOCATE if header.get("segments") is True else DATA
+            if op in ADMIN_OPS and not state.admin:
+                raise PermissionError(errno.EPERM, self._refusal(op, state))
+            if state.remote and op == "read":
+                # Descriptors cannot cross a TCP connection: bytes, from the region
+                # files as they are when the client checks them itself.
+                header["mode"] = LOCATE if header.get("segments") is True else DATA
             if self._on_request is not None:
                 self._on_request()
             handler = self.handlers.get(op)
@@ -243,22 +558,48 @@ class Server:
                 raise ProtocolError(f"op {op!r} has no handler")
             reply = handler(state, header)
         except ProtocolError as exc:
-            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            _send_error(sock, exc)
             return False
         except (OSError, ValueError, TypeError) as exc:
-            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            _send_error(sock, exc)
             return True
         except Exception as exc:
             log.exception("op %s failed", op)
-            send_frame(conn, {"ok": False, "error": encode_error(exc)})
+            _send_error(sock, exc)
             return True
-        if any(isinstance(p, FileSegment) for p in reply.payload):
-            _send_segments(conn, {"ok": True, **reply.header}, reply.payload)
-        else:
-            send_frame(conn, {"ok": True, **reply.header}, reply.payload, reply.fds)
+        answer = {"ok": True, **reply.header}
+        try:
+            if any(isinstance(p, FileSegment) for p in reply.payload):
+                _send_segments(sock, answer, reply.payload)
+            else:
+                send_frame(sock, answer, reply.payload, reply.fds)
+        except ValueError as exc:  # raised before any byte went out: an answer too large
+            _send_error(sock, OSError(errno.E2BIG, f"{op}: {exc}; ask for less at a time"))
+            return True
         if op == "stop" and self._on_stop is not None:
             self._on_stop()
         return True
+
+    def _refusal(self, op: str, state: ConnectionState) -> str:
+        if not state.remote:
+            return (
+                f"{op} is refused to uid {state.uid}: only the worker's own user "
+                f"(uid {self._uid}) or root may {op}"
+            )
+        if op == "stop":
+            return (
+                "stop is refused over TCP without the admin secret: stop a worker on its own "
+                "host, or connect with admin_secret_file"
+            )
+        if self.security.admin_secret is None:
+            return (
+                f"{op} is refused over TCP: this worker has no admin secret, so only its own "
+                "user on its host may run it"
+            )
+        return (
+            f"{op} is refused over TCP without the admin secret: connect with "
+            "admin_secret_file (SHOAL_ADMIN_SECRET_FILE)"
+        )
 
     def stop(self) -> None:
         """Stop accepting, abort every connection and wait for their threads."""
@@ -271,13 +612,115 @@ class Server:
             if listener is not None:
                 listener.close()
         with self._lock:
-            conns = dict(self._conns)
-        for conn in conns:
+            clients = list(self._conns.values())
+        for client in clients:
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                client.sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + 10
-        for thread in conns.values():
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for client in clients:
+            if client.thread is not None:
+                client.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _refuse_later(conn: socket.socket, message: str, lingering) -> None:
+    """Answer ``ConnectionRefusedError`` without waiting, and leave ``conn`` in
+    ``lingering`` to be closed once the peer has read it (its request drained meanwhile,
+    so that the close resets nothing)."""
+    error = ConnectionRefusedError(errno.ECONNREFUSED, message)
+    frame = pack_header({"ok": False, "error": encode_error(error)}, 0)
+    try:
+        conn.setblocking(False)
+        conn.send(frame)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        conn.close()
+        return
+    lingering.append((time.monotonic() + _LINGER, conn))
+    while len(lingering) > _MAX_LINGERING:
+        lingering.popleft()[1].close()
+
+
+def _close_lingering(lingering) -> None:
+    """Close the refused connections whose peer closed or whose time is up."""
+    now = time.monotonic()
+    for _ in range(len(lingering)):
+        deadline, conn = lingering.popleft()
+        try:
+            while conn.recv(65536):
+                pass
+            done = True  # the peer closed
+        except BlockingIOError:
+            done = deadline < now
+        except OSError:
+            done = True
+        if done:
+            conn.close()
+        else:
+            lingering.append((deadline, conn))
+
+
+def _close_gently(sock, seconds: float = 1.0) -> None:
+    """Close after the peer has read what was sent: shut writing down, then drain what the
+    peer still sends until it closes (a close with unread bytes would reset the
+    connection, and the peer could lose the last answer)."""
+    with contextlib.suppress(OSError, ValueError):
+        sock.settimeout(seconds)
+        if not is_tls(sock):
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + seconds
+        while sock.recv(65536) and time.monotonic() < deadline:
+            pass
+
+
+def _progress_sender(sock) -> Callable[[dict], None]:
+    return lambda counts: send_frame(sock, {"ok": True, "done": False, "progress": counts})
+
+
+def _send_error(sock, exc: BaseException) -> None:
+    send_frame(sock, {"ok": False, "error": encode_error(exc)})
+
+
+def _refused(sock, message: str) -> bool:
+    """Tell the peer it was refused (``PermissionError``); False: close the connection."""
+    _send_error(sock, PermissionError(errno.EACCES, message))
+    _close_gently(sock)
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, (BlockingIOError, TimeoutError)) or type(exc).__name__.startswith("SSLWant"):
+        return "no traffic within its timeout"
+    return str(exc)
+
+
+def _set_timeout_option(sock, option: int, seconds: float) -> None:
+    """A kernel timeout on a blocking socket (``SO_RCVTIMEO``/``SO_SNDTIMEO``): a call that
+    makes no progress for ``seconds`` fails with EAGAIN (``sendfile`` included)."""
+    whole = int(seconds)
+    sock.setsockopt(
+        socket.SOL_SOCKET, option, struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    )
+
+
+def tls_server_context(cert: str, key: str):
+    """A server-side TLS context with ``cert`` and ``key`` (PEM files); ``OSError`` or
+    ``ValueError`` naming the file that does not do."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.num_tickets = 0  # no resumption; nothing unasked for on an idle connection
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            errno.ENOENT, f"TLS certificate or key not found: {exc.filename or cert}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"tls_cert {cert} and tls_key {key} do not make a certificate chain: {exc.reason}"
+        ) from None
+    return context
 
 
 def _tcp_listener(listen: str) -> socket.socket:
@@ -302,14 +745,14 @@ def _tcp_listener(listen: str) -> socket.socket:
     return sock
 
 
-def _send_segments(sock: socket.socket, header: dict, payload: list) -> None:
+def _send_segments(sock, header: dict, payload: list) -> None:
     """One frame whose payload mixes buffers and :class:`FileSegment` pieces, the latter
-    sent from their files by the kernel (``sendfile``), never copied through Python."""
-    import msgpack
-
+    sent from their files by the kernel (``sendfile``), never copied through Python; over
+    TLS, read into a buffer and sent from there."""
     total = sum(p.length if isinstance(p, FileSegment) else memoryview(p).nbytes for p in payload)
-    raw = msgpack.packb(header, use_bin_type=True)
-    sock.sendall(FRAME.pack(len(raw), total) + raw)
+    sock.sendall(pack_header(header, total))
+    tls = is_tls(sock)
+    scratch = bytearray(_SEGMENT_COPY) if tls else None
     out = sock.fileno()
     for part in payload:
         if not isinstance(part, FileSegment):
@@ -317,7 +760,12 @@ def _send_segments(sock: socket.socket, header: dict, payload: list) -> None:
             continue
         offset, left = part.offset, part.length
         while left:
-            n = os.sendfile(out, part.fd, offset, left)
+            if scratch is not None:
+                n = os.preadv(part.fd, [memoryview(scratch)[: min(left, len(scratch))]], offset)
+                if n:
+                    sock.sendall(memoryview(scratch)[:n])
+            else:
+                n = os.sendfile(out, part.fd, offset, left)
             if n == 0:
                 # The peer cannot be told in the middle of a payload: drop the connection.
                 raise ProtocolError(f"region file ended {left} bytes short of a page")

@@ -18,6 +18,7 @@ from typing import Any
 from .. import engine
 from .._config import Config
 from ..engine import PageLocation, PageStore
+from ._admission import MountPolicy
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver, split_mount_options
 from ._jobs import check_job_key, mark_abandoned, newest_first
@@ -25,7 +26,7 @@ from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters
 from ._namespace import MountTable
 from ._server import ConnectionState, FileSegment, Handler, Reply
-from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, ProtocolError
+from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
 from .ufs import ObjectChangedError
 
 __all__ = ["Worker"]
@@ -94,7 +95,11 @@ class Worker:
             self._meta_store.close()
             raise
         self.files = FileResolver(
-            mounts, shared=shared, counters=self._counters, stat_threads=fetch_threads
+            mounts,
+            shared=shared,
+            counters=self._counters,
+            policy=MountPolicy.from_config(config),
+            stat_threads=fetch_threads,
         )
         self.fetcher = Fetcher(
             self._store,
@@ -145,12 +150,9 @@ class Worker:
     # ----------------------------------------------------------------- namespace
 
     def hello(self, conn: ConnectionState, header: dict) -> Reply:
-        """The first op of a connection: versions checked, the node's sizes told."""
-        if header["version"] != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"client speaks protocol {header['version']}, this worker {PROTOCOL_VERSION}; "
-                "upgrade the older side"
-            )
+        """The first op of a connection (the server has authenticated a TCP peer before):
+        versions checked, the node's sizes told, and whether the peer may run admin ops."""
+        check_version(header["version"])
         conn.pid = header["pid"]
         return Reply(
             {
@@ -162,6 +164,7 @@ class Worker:
                 "home": self.config.home,
                 "capacity": sum(t.capacity for t in self.config.tiers()),
                 "worker_id": self.worker_id,
+                "admin": conn.admin,
             }
         )
 
@@ -423,7 +426,7 @@ class Worker:
         return Reply({"done": True, "progress": final})
 
     def _stop_op(self, conn: ConnectionState, h: dict) -> Reply:
-        log.info("stop requested by client pid %s", conn.pid)
+        log.info("stop requested by client pid %s (%s)", conn.pid, conn.peer)
         return Reply({})
 
     def put_job(self, key: str, record: dict) -> dict:

@@ -13,16 +13,24 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
-from shoal._config import load_config
+from shoal._config import DEFAULT_ALLOWED_MOUNTS, load_config
 from shoal._testing._home import remove_mem_tier
 from shoal.client import Client
 from shoal.control._daemon import process_alive, running_pid
 
 PAGE = 64 << 10
+#: The temporary directory (pytest's ``tmp_path`` lies under it), as a mount prefix.
+TMP_MOUNTS = Path(tempfile.gettempdir()).resolve().as_uri().rstrip("/") + "/"
+#: What the tests' workers mount: the object stores allowed by default, and directories
+#: under the temporary directory (never the rest of the machine).
+TEST_ALLOWED_MOUNTS = [*DEFAULT_ALLOWED_MOUNTS, TMP_MOUNTS]
+#: Variables the tests' mounts name: the moto server's credentials (``SHOAL_TEST_*``).
+TEST_CREDENTIAL_ENV = ["AWS_*", "SHOAL_TEST_*"]
 #: Small pages, chunks and regions keep the tests fast and make files span many pages.
 SMALL_CONFIG = {
     "page_size": PAGE,
@@ -31,6 +39,8 @@ SMALL_CONFIG = {
     "capacity": 16 << 20,
     "mem_capacity": 0,
     "host_id": "test-node",
+    "allowed_mounts": TEST_ALLOWED_MOUNTS,
+    "credential_env": TEST_CREDENTIAL_ENV,
 }
 WRONG_ACCESS_ENV = "SHOAL_TEST_WRONG_ACCESS_KEY"
 WRONG_SECRET_ENV = "SHOAL_TEST_WRONG_SECRET_KEY"

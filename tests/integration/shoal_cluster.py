@@ -1,6 +1,8 @@
 """A Shoal cluster on loopback for the tests: workers as separate processes (``shoal
 worker``), each with its own home, cache directory, host id and TCP port, registered in a
-real etcd; clients with yet another host id, so that every read takes the remote path."""
+real etcd; clients with yet another host id, so that every read takes the remote path.
+Workers and clients share a cluster secret and an admin secret, as a real cluster does: every
+TCP connection of these tests is authenticated."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 import yaml
 
 from shoal._config import Config
+from shoal.cli._secret import write_secret
 from shoal.client import Client
 from shoal.client._connection import Connection
 from shoal.control._membership import EtcdMembership, load_worker_id
@@ -29,6 +32,31 @@ SMALL = {
     "capacity": 16 << 20,
     "mem_capacity": 0,
 }
+#: A worker's settings besides: its mounts may name the moto server's credentials.
+WORKER_SETTINGS = {**SMALL, "credential_env": ["AWS_*", "SHOAL_TEST_*"]}
+
+
+class Secrets:
+    """A cluster secret and an admin secret (files, mode 0600) in a directory of their own."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="shoal-sec-", dir="/tmp")
+        self.cluster = write_secret(os.path.join(self.dir, "cluster.secret"))
+        self.admin = write_secret(os.path.join(self.dir, "admin.secret"))
+
+    def flags(self) -> list[str]:
+        """``shoal worker`` flags that give a worker both secrets."""
+        return ["--cluster-secret-file", self.cluster, "--admin-secret-file", self.admin]
+
+    def settings(self, admin: bool = True) -> dict:
+        """Config fields of a client: the cluster secret, and the admin secret if ``admin``."""
+        out = {"cluster_secret_file": self.cluster}
+        if admin:
+            out["admin_secret_file"] = self.admin
+        return out
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -44,7 +72,8 @@ def wait_until(predicate, timeout: float, what: str):
 
 class WorkerProcess:
     """``shoal worker --etcd ... --listen 127.0.0.1:0`` in a home of its own (or, with
-    ``membership_file``, on the port ``listen`` names, listed in that file)."""
+    ``membership_file``, on the port ``listen`` names, listed in that file), with the
+    cluster's ``secrets``."""
 
     def __init__(
         self,
@@ -52,14 +81,16 @@ class WorkerProcess:
         host_id: str,
         listen: str = "127.0.0.1:0",
         membership_file: str | None = None,
+        secrets: Secrets | None = None,
     ):
         self.etcd = etcd
         self.host_id = host_id
         self.listen = listen
+        self.secrets = secrets
         self.cluster = ["--etcd", etcd] if etcd else ["--membership-file", membership_file]
         self.home = tempfile.mkdtemp(prefix="shoal-cl-", dir="/tmp")
         with open(os.path.join(self.home, "config.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(SMALL, f)
+            yaml.safe_dump(WORKER_SETTINGS, f)
         self.id = load_worker_id(self.home)
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -75,6 +106,7 @@ class WorkerProcess:
             sys.executable, "-m", "shoal", "worker", "--home", self.home, *self.cluster,
             "--listen", self.listen, "--cache-dir", os.path.join(self.home, "cache"),
             "--capacity", "16MiB", "--host-id", self.host_id,
+            *(self.secrets.flags() if self.secrets is not None else ()),
         ]  # fmt: skip
         with open(os.path.join(self.home, "worker.log"), "ab") as log:
             self.proc = subprocess.Popen(
@@ -108,11 +140,12 @@ class Cluster:
     def __init__(self, etcd: str, count: int):
         self.etcd = etcd
         self.workers: list[WorkerProcess] = []
+        self.secrets = Secrets()
         self.membership = EtcdMembership(etcd)
         self.homes: list[str] = []
         try:
             for n in range(count):
-                self.workers.append(WorkerProcess(etcd, f"host-{n}"))
+                self.workers.append(WorkerProcess(etcd, f"host-{n}", secrets=self.secrets))
             self.wait_members({w.id for w in self.workers})
         except BaseException:
             self.close()
@@ -132,17 +165,29 @@ class Cluster:
         assert member is not None, f"worker {worker.id} is not registered"
         return member.address
 
+    def connect(self, worker: WorkerProcess, admin: bool = False) -> Connection:
+        """A TCP connection to ``worker`` that proves the cluster secret (and the admin
+        secret if ``admin``)."""
+        config = Config(home=self.secrets.dir, **self.secrets.settings(admin), **SMALL)
+        return Connection(None, 30.0, address=self.address(worker), config=config)
+
     def report(self, worker: WorkerProcess) -> dict:
-        conn = Connection(None, 30.0, address=self.address(worker))
+        conn = self.connect(worker)
         try:
             return conn.call({"op": "report"})["report"]
         finally:
             conn.close()
 
-    def client(self, **kwargs) -> Client:
+    def client(self, admin: bool = True, host_id: str = "client-host", **kwargs) -> Client:
+        """A client of the cluster, holding the cluster secret and, if ``admin``, the admin
+        secret; on another host, or on the host of the workers whose ``host_id`` it is
+        given."""
         home = tempfile.mkdtemp(prefix="shoal-clc-", dir="/tmp")
         self.homes.append(home)
-        config = Config(home=home, host_id="client-host", etcd=self.etcd, **SMALL)
+        config = Config(
+            home=home, host_id=host_id, etcd=self.etcd, **self.secrets.settings(admin),
+            **SMALL,
+        )  # fmt: skip
         return Client(config, start_worker=False, **kwargs)
 
     def close(self) -> None:
@@ -157,6 +202,7 @@ class Cluster:
             shutil.rmtree(w.home, ignore_errors=True)
         for home in self.homes:
             shutil.rmtree(home, ignore_errors=True)
+        self.secrets.close()
         if errors:
             raise errors[0]
 

@@ -17,6 +17,7 @@ import uuid
 import numpy as np
 import pytest
 import yaml
+from conftest import TEST_ALLOWED_MOUNTS, TEST_CREDENTIAL_ENV
 from s3server import ACCESS_KEY_ENV, FAKE_ACCESS_KEY, FAKE_SECRET_KEY, SECRET_KEY_ENV
 
 from shoal.cli._worker import stop_worker
@@ -32,6 +33,8 @@ CONFIG = {
     "capacity": 16 << 20,
     "mem_capacity": 0,
     "host_id": "cli-test",
+    "allowed_mounts": TEST_ALLOWED_MOUNTS,
+    "credential_env": TEST_CREDENTIAL_ENV,
 }
 
 

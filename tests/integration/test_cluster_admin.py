@@ -18,7 +18,6 @@ from shoal import Client
 from shoal._config import Config
 from shoal.cli._main import main
 from shoal.cli._report import render_report
-from shoal.client._connection import Connection
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +118,9 @@ def test_membership_file_instead_of_etcd(cluster, files, tmp_path):
     path = tmp_path / "members.yaml"
     path.write_text(yaml.safe_dump(doc))
     config = Config(
-        home=str(tmp_path / "h"), host_id="client-host", membership_file=str(path), **SMALL
-    )
+        home=str(tmp_path / "h"), host_id="client-host", membership_file=str(path),
+        **cluster.secrets.settings(), **SMALL,
+    )  # fmt: skip
     client = Client(config, start_worker=False)
     try:
         read_all(client, files)
@@ -169,10 +169,13 @@ def test_malformed_membership_file_is_a_clear_error(tmp_path, capsys):
 
 
 def test_stop_is_refused_over_tcp_and_free_reaches_every_worker(cluster, files):
-    conn = Connection(None, 10.0, address=cluster.address(cluster.workers[0]))
+    conn = cluster.connect(cluster.workers[0])  # the cluster secret, not the admin secret
     try:
+        assert conn.hello["admin"] is False
         with pytest.raises(PermissionError, match="refused over TCP"):
             conn.call({"op": "stop"})
+        with pytest.raises(PermissionError, match="free is refused over TCP"):
+            conn.call({"op": "free", "path": "/adm"})
         assert conn.call({"op": "mounts"})["mounts"]  # the connection still serves
     finally:
         conn.close()

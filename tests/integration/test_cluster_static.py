@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from shoal_cluster import PAGE, SMALL, WorkerProcess
+from shoal_cluster import PAGE, SMALL, Secrets, WorkerProcess
 
 from shoal import Client
 from shoal._config import Config
@@ -26,11 +26,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_listening(address: str, worker: WorkerProcess, timeout: float = 60.0) -> None:
+def wait_listening(
+    address: str, worker: WorkerProcess, config: Config, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            Connection(None, 5.0, address=address).close()
+            Connection(None, 5.0, address=address, config=config).close()
             return
         except ConnectionError:
             assert worker.proc.poll() is None, f"worker exited:\n{worker.log()}"
@@ -51,20 +53,24 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
             }
         )  # fmt: skip
     )
+    secrets = Secrets()
     workers = [
-        WorkerProcess(None, f"host-{n}", listen=a, membership_file=str(members))
+        WorkerProcess(None, f"host-{n}", listen=a, membership_file=str(members), secrets=secrets)
         for n, a in enumerate(addresses)
     ]
     home = tempfile.mkdtemp(prefix="shoal-st-", dir="/tmp")
+    config = Config(
+        home=home, host_id="client-host", membership_file=str(members), **secrets.settings(),
+        **SMALL,
+    )  # fmt: skip
     try:
         for w, a in zip(workers, addresses, strict=True):
-            wait_listening(a, w)
+            wait_listening(a, w, config)
         files = {}
         for i in range(10):
             data = np.random.default_rng(i).integers(0, 256, (i + 2) * PAGE // 3, np.uint8)
             bucket.put(f"s{i}", data.tobytes())
             files[f"/st/s{i}"] = data.tobytes()
-        config = Config(home=home, host_id="client-host", membership_file=str(members), **SMALL)
         client = Client(config, start_worker=False)
         try:
             client.mount("/st", f"s3://{bucket.name}", **bucket.options())
@@ -76,7 +82,7 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
             client.close()
         sent = []
         for a in addresses:
-            conn = Connection(None, 10.0, address=a)
+            conn = Connection(None, 10.0, address=a, config=config)
             try:
                 assert [m["path"] for m in conn.call({"op": "mounts"})["mounts"]] == ["/st"]
                 report = conn.call({"op": "report"})["report"]
@@ -93,3 +99,4 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
         for w in workers:
             shutil.rmtree(w.home, ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+        secrets.close()

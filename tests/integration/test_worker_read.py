@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from conftest import TEST_ALLOWED_MOUNTS
 
 from shoal._config import load_config
 from shoal.control._server import ConnectionState
@@ -26,6 +27,7 @@ def worker(tmp_path):
         chunk_size=4 * PAGE,
         capacity=255 * PAGE,
         mem_capacity=0,
+        allowed_mounts=TEST_ALLOWED_MOUNTS,
     )
     w = Worker(config)
     data = os.urandom(230 * PAGE - 100)
@@ -104,6 +106,7 @@ def test_pages_spill_to_the_next_tier_when_the_first_is_full(tmp_path):
         chunk_size=4 * PAGE,
         capacity=16 * PAGE,
         mem_capacity=4 * PAGE,
+        allowed_mounts=TEST_ALLOWED_MOUNTS,
     )
     with contextlib.ExitStack() as cleanup:  # the MEM tier goes even if the worker fails
         cleanup.callback(shutil.rmtree, config.mem_dir, ignore_errors=True)

@@ -202,8 +202,7 @@ def test_report_text():
     assert "tier MEM unstable: OSError: [Errno 5] region file cut short under its pages" in lines
     assert "hit ratio   75.0% (150 hits, 50 misses)" in lines
     assert (
-        "under-store 200.0 MiB read in 50 reads (50 pages); requests sent GET 50, LIST 1"
-        in lines
+        "under-store 200.0 MiB read in 50 reads (50 pages); requests sent GET 50, LIST 1" in lines
     )
     assert "  /a: GET 30, LIST 1" in lines and "  /b: GET 20" in lines
     assert "not cached" not in text

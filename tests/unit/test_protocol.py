@@ -1,5 +1,5 @@
 """The wire protocol: frames over a socketpair, descriptors passing, error mapping, request
-checks."""
+checks and their limits, the authentication proofs and secret files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import socket
 import struct
 import threading
+import time
+import tracemalloc
 
 import msgpack
 import numpy as np
@@ -17,18 +19,33 @@ from hypothesis import strategies as st
 
 from shoal import ShoalError
 from shoal._errors import PageCorruptedError, StaleLocationError, TierFullError
+from shoal.control._namespace import MAX_PATH_BYTES
 from shoal.control.proto import (
+    ADMIN,
+    ADMIN_OPS,
+    CLIENT,
     FRAME,
     MAX_FDS,
+    MAX_HEADER,
+    MAX_LIST,
+    MAX_READ_BYTES,
+    MAX_REQUEST_HEADER,
     OPS,
+    WORKER,
     ProtocolError,
+    check_proof,
     check_request,
     decode_error,
     encode_error,
+    load_secret,
+    new_nonce,
+    new_secret,
+    proof,
     recv_frame,
     recv_header,
     recv_into,
     send_frame,
+    transcript,
 )
 from shoal.control.ufs import ObjectChangedError, StoreConnectionError
 
@@ -237,6 +254,7 @@ def test_decode_never_instantiates_unknown_classes():
 def test_check_request_accepts_every_op():
     samples = {
         "hello": {"pid": 1, "version": 1},
+        "auth": {"proof": b"x" * 32},
         "mount": {"path": "/m", "uri": "s3://b", "options": {}},
         "unmount": {"path": "/m"},
         "mounts": {},
@@ -376,3 +394,247 @@ def test_page_store_descriptors_read_by_another_reader(pair, tmp_path):
                 reader.read_into(got, buf)
             with pytest.raises(ValueError, match="tier 'MEM'"):
                 reader.read_into(PageLocation("MEM", 0, "", 0, 1, 0, 0), buf)
+
+
+# --------------------------------------------------------------------- limits
+
+
+def read_request(items: list, files: list | None = None, **extra) -> dict:
+    files = files if files is not None else [["/m/a", "v1"]]
+    return {"op": "read", "files": files, "items": items, "mode": "data", "forget": [], **extra}
+
+
+@pytest.mark.parametrize(
+    ("header", "code", "match"),
+    [
+        (read_request([[0, 0, 0, 1]] * (MAX_LIST + 1)), errno.E2BIG, "read: items"),
+        (read_request([], [["/a", "v"]] * (MAX_LIST + 1)), errno.E2BIG, "read: files"),
+        (read_request([], forget=[["SSD", 1]] * (MAX_LIST + 1)), errno.E2BIG, "read: forget"),
+        (read_request([[0, 0, 0, 1 << 31]] * 3), errno.E2BIG, "bytes asked"),
+        ({"op": "stat", "paths": ["/a"] * (MAX_LIST + 1)}, errno.E2BIG, "stat: paths"),
+        (
+            {"op": "load", "paths": ["/a"] * (MAX_LIST + 1), "metadata_only": True},
+            errno.E2BIG,
+            "load: paths",
+        ),
+        ({"op": "touch", "regions": [["SSD", 1, 1]] * (MAX_LIST + 1)}, errno.E2BIG, "touch"),
+        ({"op": "stat", "paths": ["/" + "a" * MAX_PATH_BYTES]}, errno.ENAMETOOLONG, "a path"),
+        ({"op": "stat", "paths": ["/a" * 250_000]}, errno.ENAMETOOLONG, "a path"),
+        ({"op": "ls", "path": "/" + "é" * 2048}, errno.ENAMETOOLONG, "ls: path"),
+        (read_request([], [["/" + "a" * 5000, "v"]]), errno.ENAMETOOLONG, "read: a path"),
+        (read_request([], [["/a", "v" * 5000]]), errno.ENAMETOOLONG, "read: a version"),
+        (
+            {
+                "op": "mount",
+                "path": "/m",
+                "uri": "s3://b",
+                "options": {str(i): i for i in range(99)},
+            },
+            errno.E2BIG,
+            "options",
+        ),
+        ({"op": "job_put", "key": "jobs/" + "x" * 2000, "record": {}}, errno.ENAMETOOLONG, "key"),
+    ],
+)
+def test_check_request_limits(header, code, match):
+    """Past a limit: an OSError naming it (the connection serves on), found fast."""
+    start = time.process_time()
+    with pytest.raises(OSError, match=match) as info:
+        check_request(header)
+    assert info.value.errno == code
+    assert not isinstance(info.value, ProtocolError)
+    assert time.process_time() - start < 0.5
+
+
+def test_check_request_at_the_limits():
+    assert check_request(read_request([[0, 0, 0, 1]] * MAX_LIST)) == "read"
+    assert check_request(read_request([[0, 0, 0, MAX_READ_BYTES]])) == "read"
+    assert check_request({"op": "stat", "paths": ["/" + "a" * (MAX_PATH_BYTES - 1)]}) == "stat"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tier=st.one_of(st.text(max_size=8), st.integers(), st.none(), st.binary(max_size=4)),
+    region=st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.booleans(), st.text()),
+    pages=st.one_of(st.integers(-(2**70), 2**70), st.floats(), st.booleans(), st.none()),
+)
+def test_touch_counters_are_checked(tier, region, pages):
+    """``touch`` numbers: ints (not bools) in range, or a ProtocolError; nothing else."""
+    header = {"op": "touch", "regions": [[tier, region, pages]]}
+    valid = (
+        isinstance(tier, str)
+        and type(region) is int
+        and 0 <= region < 1 << 32
+        and type(pages) is int
+        and 1 <= pages < 1 << 24
+    )
+    if valid:
+        assert check_request(header) == "touch"
+    else:
+        with pytest.raises(ProtocolError):
+            check_request(header)
+
+
+def test_admin_ops():
+    assert {"mount", "unmount", "free", "job_put", "stop"} == ADMIN_OPS
+    assert set(OPS) > ADMIN_OPS
+
+
+# --------------------------------------------------------------------- frames: costs
+
+
+def test_announced_header_costs_only_what_arrives(pair):
+    """A frame announcing a header of 64 MiB, 100 bytes of it sent, then a close: the
+    receiver allocated a small buffer, not the announced size."""
+    a, b = pair
+    a.sendall(FRAME.pack(64 << 20, 0) + b"\x81" * 100)
+    a.close()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ProtocolError, match="100 of 67108864 bytes"):
+            recv_header(b, max_header=64 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_header_over_the_cap_is_refused_before_any_is_read(pair):
+    a, b = pair
+    a.sendall(FRAME.pack(MAX_REQUEST_HEADER + 1, 0))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        recv_header(b, max_header=MAX_REQUEST_HEADER)
+    a.sendall(FRAME.pack(MAX_HEADER + 1, 0))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        recv_header(b)
+
+
+def test_big_header_arrives_whole(pair):
+    """A header of several MiB, sent in pieces, grows its buffer up to its full size."""
+    a, b = pair
+    header = {"blob": os.urandom(5 << 20), "n": 1}
+    join = send_async(a, header)
+    got, length, _ = recv_header(b)
+    join()
+    assert got == header and length == 0
+
+
+def test_send_frame_time_is_linear_in_its_buffers():
+    """640k payload buffers (a read of 640k items) go out in well under a second of CPU:
+    no buffer is copied or dropped from the front of a list one at a time."""
+    a, b = socket.socketpair()
+    parts = [b"x"] * 640_000
+    received = []
+
+    def drain():
+        total = 0
+        while total < 640_000:
+            data = b.recv(1 << 20)
+            if not data:
+                break
+            total += len(data)
+        received.append(total)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        start = time.thread_time()
+        send_frame(a, {}, parts)
+        spent = time.thread_time() - start
+    finally:
+        reader.join(30)
+        a.close()
+        b.close()
+    assert received and received[0] >= 640_000
+    assert spent < 1.0, f"{spent:.2f} s of CPU to send 640k buffers"
+
+
+# --------------------------------------------------------------------- frames: fuzz
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    prefix=st.binary(min_size=0, max_size=16),
+    header_len=st.integers(0, 2**32 - 1),
+    body=st.one_of(st.binary(max_size=200), values.map(lambda v: msgpack.packb(v))),
+)
+def test_any_bytes_make_a_frame_or_a_protocol_error(prefix, header_len, body):
+    """Whatever a peer sends: a header dict, ``None`` (closed before a frame), or a
+    ``ProtocolError``; never another exception, never more memory than what was sent."""
+    a, b = socket.socketpair()
+    try:
+        data = prefix if len(prefix) < FRAME.size else FRAME.pack(header_len, 0) + body
+        a.sendall(data)
+        a.close()
+        tracemalloc.start()
+        try:
+            try:
+                got = recv_header(b, max_header=MAX_REQUEST_HEADER)
+            except ProtocolError:
+                got = "error"
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert got is None or got == "error" or isinstance(got[0], dict)
+        assert peak < (1 << 20) + 64 * len(data)
+    finally:
+        b.close()
+
+
+# --------------------------------------------------------------------- authentication
+
+
+def test_proofs_bind_role_secret_and_transcript():
+    secret, other = new_secret().encode(), new_secret().encode()
+    nc, nw = new_nonce(), new_nonce()
+    t = transcript(nc, nw, 42, 1, False, False)
+    mine = proof(secret, CLIENT, t)
+    assert len(mine) == 32 and len(nc) == 32 and nc != nw
+    assert check_proof(secret, CLIENT, t, mine)
+    assert not check_proof(secret, WORKER, t, mine)  # a client's proof never passes for a worker's
+    assert not check_proof(secret, ADMIN, t, mine)
+    assert not check_proof(other, CLIENT, t, mine)
+    for changed in (
+        transcript(nw, nc, 42, 1, False, False),
+        transcript(nc, nw, 43, 1, False, False),
+        transcript(nc, nw, 42, 2, False, False),
+        transcript(nc, nw, 42, 1, True, False),
+        transcript(nc, nw, 42, 1, False, True),
+    ):
+        assert not check_proof(secret, CLIENT, changed, mine)
+    for junk in (None, "text", mine[:-1], 5, [mine]):
+        assert not check_proof(secret, CLIENT, t, junk)
+
+
+def test_load_secret(tmp_path):
+    good = tmp_path / "good"
+    good.write_text(new_secret() + "\n")
+    good.chmod(0o600)
+    assert load_secret(str(good), "cluster_secret_file") == good.read_text().strip().encode()
+    good.chmod(0o400)
+    assert len(load_secret(str(good), "x")) == 64
+
+    loose = tmp_path / "loose"
+    loose.write_text(new_secret())
+    loose.chmod(0o640)
+    with pytest.raises(PermissionError, match=r"cluster_secret_file.*mode 0640.*chmod 600") as info:
+        load_secret(str(loose), "cluster_secret_file")
+    assert loose.read_text() not in str(info.value)
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n ")
+    empty.chmod(0o600)
+    with pytest.raises(ValueError, match="is empty.*shoal secret new"):
+        load_secret(str(empty), "admin_secret_file")
+
+    short = tmp_path / "short"
+    short.write_text("hunter2")
+    short.chmod(0o600)
+    with pytest.raises(ValueError, match="holds 7 bytes; a secret needs at least 32") as info:
+        load_secret(str(short), "admin_secret_file")
+    assert "hunter2" not in str(info.value)
+
+    with pytest.raises(FileNotFoundError, match="shoal secret new"):
+        load_secret(str(tmp_path / "missing"), "cluster_secret_file")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_secret(str(tmp_path), "cluster_secret_file")

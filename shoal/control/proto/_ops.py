@@ -8,9 +8,11 @@ false, then a last one with ``done`` true.
 ===========  =================================================  ===============================
 op           request fields                                     answer fields
 ===========  =================================================  ===============================
-hello        ``pid``, ``version``                               ``version``, ``worker_pid``,
-                                                                ``host_id``, ``page_size``,
-                                                                ``chunk_size``, ``home``
+hello        ``pid``, ``version``; over TCP also ``nonce``,      ``version``, ``worker_pid``,
+             ``admin``                                          ``host_id``, ``page_size``,
+                                                                ``chunk_size``, ``home``,
+                                                                ``admin``; or a challenge
+auth         ``proof``, ``admin_proof`` (TCP, after ``hello``)  what ``hello`` answers
 mount        ``path``, ``uri``, ``options`` (dict)              ``mount``
 unmount      ``path``                                           ``mount``
 mounts       (none)                                             ``mounts`` (list)
@@ -30,6 +32,15 @@ jobs         ``prefix`` (``jobs/...``), ``limit`` (int)         ``jobs``: record
 stop         (none)                                             (none); the worker exits
 ===========  =================================================  ===============================
 
+``hello`` and ``auth`` authenticate a TCP peer when the worker holds a cluster secret
+(see ``_auth``); until then the worker serves nothing else. Ops in :data:`ADMIN_OPS` are
+served to the worker's own user (or root) on its Unix socket and to TCP peers that proved
+the admin secret; every other op to any authenticated peer.
+
+A request stays within the limits below (:data:`MAX_LIST` entries per list,
+:data:`MAX_PATH_BYTES` per path, :data:`MAX_READ_BYTES` asked of one ``read``); past them
+it is answered an ``OSError`` (``E2BIG``, ``ENAMETOOLONG``) and the connection serves on.
+
 A file record (``stat``) holds ``path``, ``size``, ``version``, ``mtime``, ``is_dir``,
 ``fid`` (the 16-byte file id), ``mount`` (the mount point), ``uri`` and ``options`` (the
 mount's under-store URI and store options, for reading it directly when the worker is
@@ -44,8 +55,8 @@ has closed since. In ``data`` mode every item's bytes are in the payload. The pa
 exactly the requested piece (``start``, ``length``) of each page, in item order.
 
 On TCP (a cluster's remote clients) no descriptor crosses: ``read`` is served in ``data``
-mode, and ``stop`` is refused. A remote ``read`` with ``segments`` true has whole cached
-pages sent straight from their region files, unchecked, and answers ``crcs``: per item
+mode. A remote ``read`` with ``segments`` true has whole cached pages sent straight from
+their region files (through memory over TLS), unchecked, and answers ``crcs``: per item
 the page's crc32c (checked by the client, which asks again without ``segments`` on a
 mismatch) or ``None`` for a piece the worker read and checked itself. ``load`` takes an
 optional ``placement`` (``{"nodes": [[id, weight], ...]}``): the worker then loads only
@@ -63,16 +74,23 @@ them as hits and keeps their regions as recently used.
 
 from __future__ import annotations
 
+import errno
+
+from .._namespace import MAX_PATH_BYTES
 from .._pages import MAX_PAGES
 from ._frames import ProtocolError
 
 __all__ = [
+    "ADMIN_OPS",
+    "DATA",
     "GENERATIONS",
     "LOCATE",
-    "DATA",
+    "MAX_LIST",
+    "MAX_READ_BYTES",
     "OPS",
     "PROTOCOL_VERSION",
     "check_request",
+    "check_version",
 ]
 
 PROTOCOL_VERSION = 1
@@ -82,9 +100,20 @@ LOCATE, DATA = "locate", "data"
 #: The region number that names a tier's generation table in ``fds``.
 GENERATIONS = -1
 
+#: Entries of any list in a request (read items and files, stat and load paths, touch
+#: regions, forget entries) at most.
+MAX_LIST = 1 << 16
+#: Bytes one ``read`` may ask for at most (what its answer holds until it is sent).
+MAX_READ_BYTES = 1 << 30
+_MAX_NAME = 1024  # bytes of a version, tier name, job key or prefix
+_MAX_URI = 2 * MAX_PATH_BYTES
+_MAX_OPTIONS = 64
+_MAX_PAGES_PER_TOUCH = 1 << 24  # pages of one region reported read, at most
+
 #: op -> required request fields and their types.
 OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "hello": {"pid": int, "version": int},
+    "auth": {"proof": bytes},
     "mount": {"path": str, "uri": str, "options": dict},
     "unmount": {"path": str},
     "mounts": {},
@@ -100,6 +129,8 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "jobs": {"prefix": str, "limit": int},
     "stop": {},
 }
+#: Ops that change what the worker serves or stores for others, or stop it.
+ADMIN_OPS = frozenset({"mount", "unmount", "free", "job_put", "stop"})
 
 
 def _int(value: object, what: str, low: int = 0, high: int = 1 << 63) -> int:
@@ -108,13 +139,45 @@ def _int(value: object, what: str, low: int = 0, high: int = 1 << 63) -> int:
     return value
 
 
+def _count(values: list, what: str) -> None:
+    if len(values) > MAX_LIST:
+        raise OSError(errno.E2BIG, f"{what}: {len(values)} entries; at most {MAX_LIST} per request")
+
+
+def _text(value: str, what: str, limit: int) -> None:
+    """``ENAMETOOLONG`` for text over ``limit`` bytes (UTF-8)."""
+    if len(value) <= limit and value.isascii():
+        return
+    size = len(value.encode(errors="replace"))
+    if size > limit:
+        raise OSError(errno.ENAMETOOLONG, f"{what}: {size} bytes; at most {limit}")
+
+
+def _paths(values: list, what: str) -> None:
+    _count(values, what)
+    for p in values:
+        if not isinstance(p, str):
+            raise ProtocolError(f"{what}: paths must be strings")
+        _text(p, f"{what}: a path", MAX_PATH_BYTES)
+
+
+def check_version(version: int) -> None:
+    """``ProtocolError`` unless a peer's protocol ``version`` is this one."""
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"client speaks protocol {version}, this worker {PROTOCOL_VERSION}; "
+            "upgrade the older side"
+        )
+
+
 def check_request(header: dict) -> str:
     """The op of a request header after checking its fields; ``ProtocolError`` naming the
-    field otherwise. ``read`` items are checked in depth (they index into ``files``)."""
+    field otherwise, ``OSError`` (``E2BIG``, ``ENAMETOOLONG``) for a request past the
+    limits. ``read`` items are checked in depth (they index into ``files``)."""
     op = header.get("op")
     fields = OPS.get(op) if isinstance(op, str) else None
     if fields is None:
-        raise ProtocolError(f"unknown op {op!r}; known: {', '.join(sorted(OPS))}")
+        raise ProtocolError(f"unknown op {str(op)[:64]!r}; known: {', '.join(sorted(OPS))}")
     for name, kind in fields.items():
         value = header.get(name)
         if value is None or isinstance(value, bool) is not (kind is bool):
@@ -124,29 +187,49 @@ def check_request(header: dict) -> str:
                 f"{op}: field {name!r} must be {getattr(kind, '__name__', kind)}, "
                 f"got {type(value).__name__}"
             )
+    for name in ("path", "uri", "key", "prefix"):
+        value = header.get(name)
+        if name in fields and isinstance(value, str):
+            limit = {"path": MAX_PATH_BYTES, "uri": _MAX_URI}.get(name, _MAX_NAME)
+            _text(value, f"{op}: {name}", limit)
     if op == "read":
         _check_read(header)
-    elif op in ("stat", "load") and not all(isinstance(p, str) for p in header["paths"]):
-        raise ProtocolError(f"{op}: paths must be strings")
+    elif op in ("stat", "load"):
+        _paths(header["paths"], f"{op}: paths")
     elif op == "touch":
+        _count(header["regions"], "touch: regions")
         for entry in header["regions"]:
             if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str):
                 raise ProtocolError(
-                    f"touch: each entry must be [tier, region, pages], got {entry!r}"
+                    f"touch: each entry must be [tier, region, pages], got {entry!r:.200}"
                 )
+            _text(entry[0], "touch: tier", _MAX_NAME)
             _int(entry[1], "touch: region", 0, 1 << 32)
-            _int(entry[2], "touch: pages", 1)
+            _int(entry[2], "touch: pages", 1, _MAX_PAGES_PER_TOUCH)
+    elif op == "mount" and len(header["options"]) > _MAX_OPTIONS:
+        raise OSError(
+            errno.E2BIG,
+            f"mount: {len(header['options'])} options; at most {_MAX_OPTIONS}",
+        )
     elif op == "jobs":
         _int(header["limit"], "jobs: limit", 0, 1 << 31)
         if not header["prefix"].startswith("jobs/"):
-            raise ProtocolError(f"jobs: prefix must start with 'jobs/', got {header['prefix']!r}")
+            raise ProtocolError(
+                f"jobs: prefix must start with 'jobs/', got {header['prefix'][:64]!r}"
+            )
     return op
 
 
 def _check_read(header: dict) -> None:
     if header["mode"] not in (LOCATE, DATA):
-        raise ProtocolError(f"read: mode must be {LOCATE!r} or {DATA!r}, got {header['mode']!r}")
+        raise ProtocolError(
+            f"read: mode must be {LOCATE!r} or {DATA!r}, got {header['mode'][:64]!r}"
+        )
     files = header["files"]
+    items = header["items"]
+    _count(files, "read: files")
+    _count(items, "read: items")
+    _count(header["forget"], "read: forget")
     for f in files:
         if (
             not isinstance(f, list)
@@ -154,17 +237,26 @@ def _check_read(header: dict) -> None:
             or not isinstance(f[0], str)
             or not isinstance(f[1], str)
         ):
-            raise ProtocolError(f"read: each file must be [path, version], got {f!r}")
-    for item in header["items"]:
+            raise ProtocolError(f"read: each file must be [path, version], got {f!r:.200}")
+        _text(f[0], "read: a path", MAX_PATH_BYTES)
+        _text(f[1], "read: a version", _MAX_NAME)
+    total = 0
+    for item in items:
         if not isinstance(item, list) or len(item) != 4:
             raise ProtocolError(
-                f"read: each item must be [file, page, start, length], got {item!r}"
+                f"read: each item must be [file, page, start, length], got {item!r:.200}"
             )
         _int(item[0], "read: item file", 0, len(files))
         _int(item[1], "read: item page", 0, MAX_PAGES)
-        _int(item[2], "read: item start")
-        _int(item[3], "read: item length", 1)
+        _int(item[2], "read: item start", 0, 1 << 32)
+        total += _int(item[3], "read: item length", 1, 1 << 32)
+    if total > MAX_READ_BYTES:
+        raise OSError(
+            errno.E2BIG, f"read: {total} bytes asked; at most {MAX_READ_BYTES} per request"
+        )
     for token in header["forget"]:
         if not isinstance(token, list) or len(token) != 2 or not isinstance(token[0], str):
-            raise ProtocolError(f"read: each forget entry must be [tier, region], got {token!r}")
+            raise ProtocolError(
+                f"read: each forget entry must be [tier, region], got {token!r:.200}"
+            )
         _int(token[1], "read: forget region", GENERATIONS, 1 << 32)

@@ -90,6 +90,13 @@ class UnderStore(abc.ABC):
     scheme: ClassVar[str] = ""
     #: True when the store counts each request it sends itself (:meth:`_count`).
     _counts_requests: ClassVar[bool] = False
+    #: Options a mount may give this store as literal values: none of them can hold a
+    #: secret (a worker's :class:`~shoal.control._admission.MountPolicy` refuses any other
+    #: literal option). ``retry`` is every store's.
+    public_options: ClassVar[frozenset[str]] = frozenset({"retry"})
+    #: Options that name a file of credentials on the worker: admitted only beneath the
+    #: worker's ``credential_dir``. Options named ``*_env`` name an environment variable.
+    credential_file_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, *, retry: RetryPolicy | dict | None = None):
         self.retry = RetryPolicy.coerce(retry)
@@ -101,6 +108,13 @@ class UnderStore(abc.ABC):
     @abc.abstractmethod
     def from_uri(cls, uri: str, **options: Any) -> UnderStore:
         """Open the store rooted at ``uri`` with backend ``options``."""
+
+    @classmethod
+    def literal_options(cls, scheme: str) -> frozenset[str]:
+        """The options a store of this class for URIs of ``scheme`` takes as literal
+        values, none of which can hold a secret: :attr:`public_options`. A class serving
+        several schemes with different options overrides this."""
+        return cls.public_options
 
     @property
     @abc.abstractmethod

@@ -8,7 +8,8 @@ import errno
 import posixpath
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 from ._base import FETCH_ROUNDS, ObjectInfo, Source, UnderStore, entry_order, read_chunk
 from ._errors import ObjectChangedError, fsspec_errors
@@ -21,6 +22,23 @@ _READ_CHUNK = 16 << 20  # bytes asked of the backend per ranged read
 _COPY_CHUNK = 4 << 20
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 _MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "modified", "updated", "created")
+# gcsfs: the project billed, the access scope asked for, checks and caching.
+_GCS_OPTIONS = frozenset(
+    {
+        "project",
+        "access",
+        "consistency",
+        "requester_pays",
+        "default_location",
+        "version_aware",
+        "cache_timeout",
+        "block_size",
+    }
+)
+# adlfs: the account (its host is Azure's own), anonymous access, transfer sizes.
+_AZURE_OPTIONS = frozenset(
+    {"account_name", "anon", "blocksize", "version_aware", "max_concurrency"}
+)
 
 
 def resolve_options(options: Mapping[str, Any], store: str) -> dict[str, Any]:
@@ -81,6 +99,22 @@ class FsspecStore(UnderStore):
     """
 
     _counts_requests = True
+    #: Literal options per protocol that name no secret and send no credential anywhere
+    #: but to the service itself: no ``endpoint_url``, ``account_host`` or
+    #: ``client_kwargs`` (these backends send bearer tokens, which any endpoint could
+    #: keep), no ``token`` or ``credential``. Any other protocol takes ``retry`` and
+    #: ``*_env`` references only.
+    protocol_options: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType(
+        {
+            **dict.fromkeys(("gs", "gcs"), _GCS_OPTIONS),
+            **dict.fromkeys(("abfs", "abfss", "az"), _AZURE_OPTIONS),
+        }
+    )
+
+    @classmethod
+    def literal_options(cls, scheme: str) -> frozenset[str]:
+        # docstring inherited
+        return cls.public_options | cls.protocol_options.get(scheme.lower(), frozenset())
 
     def __init__(self, uri: str, *, retry: Any = None, **options: Any):
         super().__init__(retry=retry)

@@ -62,6 +62,7 @@ class LocalStore(UnderStore):
     """
 
     scheme = "file"
+    public_options = frozenset({"retry", "fsync"})
 
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True, retry: Any = None):
         super().__init__(retry=retry)

@@ -18,6 +18,7 @@ __all__ = [
     "check_name",
     "env_value",
     "has_password",
+    "is_env_option",
     "looks_like_key",
     "looks_secret",
     "redact_uri",
@@ -33,6 +34,12 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # (AKIA...) or a token, not of a name a person gives a variable or a profile.
 _KEY_RUN = re.compile(r"[A-Za-z0-9]{16,}")
 _QUERY_OR_FRAGMENT = re.compile(r"[?#]")
+
+
+def is_env_option(key: str) -> bool:
+    """True for an option that names an environment variable (``*_env``), whose value
+    the store reads when it connects: ``access_key_env``, ``token_env`` ..."""
+    return key.endswith("_env")
 
 
 def looks_secret(key: str) -> bool:
@@ -134,7 +141,12 @@ def redact_uri(uri: str) -> str:
 
 
 def env_value(name: str, field: str) -> str:
-    """The value of environment variable ``name``; ``ValueError`` naming it if unset."""
+    """The value of environment variable ``name``; ``ValueError`` naming it if unset.
+
+    A worker opens a store only after its
+    :class:`~shoal.control._admission.MountPolicy` admitted the mount's options, so the
+    ``name`` read here is one its operator allows; a client reads its own environment.
+    """
     value = os.environ.get(name)
     if value is None or value == "":
         raise ValueError(f"{field}: environment variable {name} is not set")

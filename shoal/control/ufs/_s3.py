@@ -36,6 +36,8 @@ MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _REGION = re.compile(r"^[A-Za-z0-9_-]+$")
+# Names of variables that hold a secret key or a password, never an access key id or token.
+_SECRET_VARIABLE = re.compile(r"secret|passw|private", re.IGNORECASE)
 _PAGE = 1000  # S3's most keys per ListObjectsV2 page
 # The kind of request (UnderStore.requests) each client method sends.
 _KINDS = {
@@ -121,6 +123,16 @@ class S3Config:
         for name in ("access_key_env", "secret_key_env", "session_token_env"):
             if getattr(self, name) is not None:
                 check_env_name(getattr(self, name), name)
+        for name in ("access_key_env", "session_token_env"):
+            if getattr(self, name) is not None and _SECRET_VARIABLE.search(getattr(self, name)):
+                # Every request carries these two values as they are (the Authorization
+                # and X-Amz-Security-Token headers), to whatever endpoint_url names.
+                raise ValueError(
+                    f"{name} names a variable whose name says it holds a secret key or a "
+                    "password; S3 sends the access key id and the session token in the "
+                    "clear, so they must come from variables of their own (the name given "
+                    "is not shown)"
+                )
         if (self.access_key_env is None) != (self.secret_key_env is None):
             raise ValueError("access_key_env and secret_key_env go together: give both")
         if self.session_token_env is not None and self.access_key_env is None:
@@ -241,6 +253,25 @@ class S3Store(UnderStore):
 
     scheme = "s3"
     _counts_requests = True
+    # ``profile`` picks one of the worker's own AWS profiles, as the default chain picks
+    # ``default``: a name, never a key. ``endpoint_url`` says where requests go; they
+    # carry the access key id and a signature, never the secret key.
+    public_options = frozenset(
+        {
+            "retry",
+            "endpoint_url",
+            "region",
+            "profile",
+            "anonymous",
+            "addressing_style",
+            "max_pool_connections",
+            "connect_timeout",
+            "read_timeout",
+            "part_size",
+            "upload_concurrency",
+        }
+    )
+    credential_file_options = frozenset({"credentials_file"})
 
     def __init__(self, bucket: str, prefix: str = "", **options: Any):
         config = S3Config.from_options(options)
