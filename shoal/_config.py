@@ -57,6 +57,11 @@ _ENV_FIELDS = {
     "SHOAL_MAX_CONNECTIONS_PER_PEER": "max_connections_per_peer",
     "SHOAL_IDLE_TIMEOUT": "idle_timeout",
     "SHOAL_SEND_TIMEOUT": "send_timeout",
+    "SHOAL_ETCD_USER": "etcd_user",
+    "SHOAL_ETCD_PASSWORD_FILE": "etcd_password_file",
+    "SHOAL_ETCD_CA": "etcd_ca",
+    "SHOAL_ETCD_CERT": "etcd_cert",
+    "SHOAL_ETCD_KEY": "etcd_key",
 }
 # Settings that are lists: a comma-separated value in a variable.
 _LIST_FIELDS = ("allowed_mounts", "credential_env")
@@ -67,6 +72,10 @@ _PATH_FIELDS = (
     "tls_key",
     "tls_ca",
     "credential_dir",
+    "etcd_password_file",
+    "etcd_ca",
+    "etcd_cert",
+    "etcd_key",
 )
 #: What a worker mounts by default: object stores, no local directory, no web server.
 DEFAULT_ALLOWED_MOUNTS = ("s3://", "gs://", "gcs://", "abfs://", "az://")
@@ -164,6 +173,15 @@ class Config:
         Seconds a worker keeps a connection that sends no request (clients reconnect).
     send_timeout
         Seconds a worker waits for a peer to take any of an answer before dropping it.
+    etcd_user, etcd_password_file
+        The etcd user Shoal authenticates as, and the file (mode 0600 or 0400) holding its
+        password, read when a token is needed and never logged; both or neither.
+    etcd_ca
+        PEM CA certificates that etcd's certificate is checked against (an ``https://``
+        endpoint; default: the system's CAs).
+    etcd_cert, etcd_key
+        PEM client certificate and key that Shoal shows etcd (mutual TLS, an ``https://``
+        endpoint); both or neither.
     """
 
     home: str = field(default_factory=default_home)
@@ -191,6 +209,11 @@ class Config:
     max_connections_per_peer: int = 512
     idle_timeout: float = 600.0
     send_timeout: float = 60.0
+    etcd_user: str | None = None
+    etcd_password_file: str | None = None
+    etcd_ca: str | None = None
+    etcd_cert: str | None = None
+    etcd_key: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -241,6 +264,7 @@ class Config:
                 set_(self, name, os.path.abspath(os.path.expanduser(_text(value, name))))
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: set both or neither")
+        self._check_etcd_credentials()
         for name in _LIST_FIELDS:
             set_(self, name, _texts(getattr(self, name), name))
         for prefix in self.allowed_mounts:
@@ -275,11 +299,22 @@ class Config:
         for name in ("idle_timeout", "send_timeout"):
             set_(self, name, _positive(getattr(self, name), name, float))
 
+    def _check_etcd_credentials(self) -> None:
+        if self.etcd_user is not None:
+            object.__setattr__(self, "etcd_user", _text(self.etcd_user, "etcd_user"))
+        if (self.etcd_user is None) != (self.etcd_password_file is None):
+            raise ValueError("etcd_user and etcd_password_file go together: set both or neither")
+        if (self.etcd_cert is None) != (self.etcd_key is None):
+            raise ValueError("etcd_cert and etcd_key go together: set both or neither")
+        if self.etcd is not None and _text(self.etcd, "etcd").startswith("http://"):
+            for name in ("etcd_ca", "etcd_cert"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs an https:// etcd endpoint, not http://")
+
     @property
     def mem_dir(self) -> str:
         """The MEM tier's directory on /dev/shm, distinct per ``home``."""
-        digest = hashlib.sha1(self.home.encode()).hexdigest()[:12]
-        return os.path.join(SHM, f"shoal-{os.getuid()}-{digest}")
+        return mem_dir_of(self.home)
 
     def tiers(self):
         """The page store's tiers, fastest first."""
@@ -320,6 +355,12 @@ def _check_capacity(value: int, name: str, what: str, path: str, region_size: in
             f"{name} ({value}) makes more than {_MAX_REGIONS} regions of region_size "
             f"({region_size}): set a larger region_size"
         )
+
+
+def mem_dir_of(home: str) -> str:
+    """The MEM tier directory of the worker of ``home`` (an absolute path)."""
+    digest = hashlib.sha1(home.encode()).hexdigest()[:12]
+    return os.path.join(SHM, f"shoal-{os.getuid()}-{digest}")
 
 
 def _text(value: Any, name: str) -> str:

@@ -113,8 +113,7 @@ def remove_home(home: str, on_stop: Callable[[str, object], None] | None = None)
 def remove_mem_tier(home: str) -> None:
     """Remove the MEM tier directory of the worker of ``home``, if there is one: it lives
     on /dev/shm, under a name derived from the home, and holds memory until removed."""
-    from .._config import Config
+    from ..cli._worker import purge_mem_tier
 
-    with contextlib.suppress(ValueError):  # not a home a worker could have had
-        mem_dir = Config(home=home, capacity=1 << 30, mem_capacity=0).mem_dir
-        shutil.rmtree(mem_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        purge_mem_tier(home)

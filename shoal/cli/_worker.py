@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -196,7 +197,8 @@ def register(subparsers) -> None:
         "down",
         help="stop the worker daemon",
         description="Stop the worker of HOME (SIGTERM) and wait until it has exited. "
-        "The cache and the mounts stay for the next start.",
+        "The cache and the mounts stay for the next start; with --purge, the MEM tier "
+        "(RAM on /dev/shm) is removed too.",
     )
     group = p.add_argument_group("worker")
     group.add_argument(
@@ -215,6 +217,13 @@ def register(subparsers) -> None:
         "--force",
         action="store_true",
         help="kill the worker (SIGKILL) if it has not exited within the timeout",
+    )
+    p.add_argument(
+        "--purge",
+        action="store_true",
+        help="also remove the MEM tier from /dev/shm, freeing the memory it holds (its "
+        "pages are fetched again after the next start); the disk tiers, the index and the "
+        "mounts stay",
     )
     p.set_defaults(func=_down)
 
@@ -273,7 +282,26 @@ def _down(args: argparse.Namespace) -> int:
         print(f"no worker running, home {home}")
     else:
         print(f"worker stopped (pid {pid}), home {home}")
+    if args.purge:
+        removed = purge_mem_tier(home)
+        print(f"MEM tier {removed} removed" if removed else "no MEM tier to remove")
     return 0
+
+
+def purge_mem_tier(home: str) -> str | None:
+    """Remove the MEM tier directory of the worker of ``home`` (it lives on /dev/shm, under
+    a name derived from the home, and holds memory until removed); the path removed, or
+    None when there was none. Call it with the worker stopped."""
+    from .._config import mem_dir_of
+
+    mem_dir = mem_dir_of(os.path.abspath(os.path.expanduser(home)))
+    if os.path.islink(mem_dir):
+        os.unlink(mem_dir)  # never followed: not ours to empty
+        return mem_dir
+    if not os.path.isdir(mem_dir):
+        return None
+    shutil.rmtree(mem_dir)
+    return mem_dir
 
 
 def stop_worker(home: str, timeout: float = 30.0, force: bool = False) -> int | None:

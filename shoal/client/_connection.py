@@ -18,6 +18,7 @@ from typing import Any
 
 from .._config import Config
 from .._errors import ShoalError
+from .._private import private_dir
 from ..control._daemon import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
 from ..control.proto import (
     ADMIN,
@@ -405,7 +406,7 @@ def _tls_socket(sock: socket.socket, address: str, cafile: str):
 
 
 def _lock(path: str, timeout: float) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -434,7 +435,7 @@ def connect(config: Config, *, start: bool, timeout: float | None, start_timeout
                 f"no Shoal worker answers on {path}; start one with `shoal up` "
                 "(or create the Client with start_worker=True)",
             ) from None
-    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    private_dir(config.home, "Shoal home")
     fd = _lock(os.path.join(config.home, LOCK_FILE), start_timeout)
     try:
         with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):

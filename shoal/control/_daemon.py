@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 from .._config import Config, load_config
 from .._errors import ShoalError
+from .._private import private_dir
 
 __all__ = [
     "LOCK_FILE",
@@ -76,7 +77,7 @@ def socket_path(home: str) -> str:
 
 
 def _lock_pid_file(home: str) -> int:
-    fd = os.open(os.path.join(home, PID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(os.path.join(home, PID_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     # running_pid() holds a shared lock for a moment: only a lock held for a while is a worker.
     for attempt in range(20):
         try:
@@ -122,7 +123,7 @@ def _serve(
     from ._server import Server, ServerLimits
     from ._worker import Worker
 
-    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    private_dir(config.home, "Shoal home")
     sock_path = socket_path(config.home)
     security = server_security(config)
     _raise_descriptor_limit()
@@ -367,7 +368,7 @@ def _run_foreground(config: Config, on_locked: Callable[[], None] | None = None)
 _LAUNCHER = """
 import os, subprocess, sys
 home, log, code, cfg = sys.argv[1:5]
-with open(log, "ab") as out:
+with os.fdopen(os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as out:
     p = subprocess.Popen([sys.executable, "-c", code, cfg], stdin=subprocess.DEVNULL,
                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                          close_fds=True, cwd="/")
@@ -522,7 +523,7 @@ class WorkerLogHandler(logging.handlers.RotatingFileHandler):
 
 
 def _start_daemon(config: Config, timeout: float) -> int:
-    os.makedirs(config.home, mode=0o700, exist_ok=True)
+    private_dir(config.home, "Shoal home")
     socket_path(config.home)  # fail early on a home too long for a socket
     log_path = os.path.join(config.home, LOG_FILE)
     env = dict(os.environ)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ShoalError
+from .._private import private_dir
 from .._units import parse_size
 from ._placement import Node
 
@@ -220,9 +221,9 @@ def load_worker_id(home: str | os.PathLike) -> str:
         return _read_worker_id(path)
     except FileNotFoundError:
         pass
-    os.makedirs(home, exist_ok=True)
+    private_dir(home, "Shoal home")
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
         f.write(f"w-{secrets.token_hex(8)}\n")
         f.flush()
         os.fsync(f.fileno())

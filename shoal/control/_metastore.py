@@ -13,6 +13,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
 
+from .._private import private_dir
+
 __all__ = ["LocalMetaStore", "MetaStore"]
 
 
@@ -57,7 +59,7 @@ class LocalMetaStore(MetaStore):
     def __init__(self, path: str | os.PathLike):
         from rocksdict import Rdict
 
-        os.makedirs(path, exist_ok=True)
+        private_dir(path, "mount table directory")
         self._db = Rdict(os.fspath(path))
         self._lock = threading.Lock()
 

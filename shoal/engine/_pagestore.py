@@ -18,7 +18,6 @@ import itertools
 import math
 import numbers
 import os
-import pwd
 import stat
 import struct
 import threading
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple
 import rocksdict
 
 from .._errors import PageCorruptedError, PageNotFoundError, TierFullError
+from .._private import open_failure, open_private_dir, open_private_file, open_private_path, refusal
 from ._engine import crc32c, read_batch, write_batch
 from ._regions import (
     GENERATIONS_FILE,
@@ -149,156 +149,6 @@ def _check_creatable_dir(path: str, field: str) -> str:
             f"{field}: {path} cannot be created or written (no write access to {probe})"
         )
     return probe
-
-
-# ----------------------------------------------------------------- private directories
-
-# Everything the store creates is its owner's alone: pages may hold any data it caches.
-_DIR_MODE, _FILE_MODE = 0o700, 0o600
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_WRITERS = ((stat.S_IWGRP, "its group"), (stat.S_IWOTH, "others"))
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _refuse(path: str, what: str, why: str, fix: str) -> PermissionError:
-    return PermissionError(errno.EPERM, f"{what} {why}: {fix}", path)
-
-
-def _check_private(fd: int, path: str, what: str, directory: bool) -> None:
-    """Check that ``fd`` is a directory (or a regular file) of this process's effective
-    user that no one else may write, then narrow its mode to 0700 (0600) if it is wider:
-    stores of earlier versions were 0755 with 0644 files."""
-    st = os.fstat(fd)
-    mode = _DIR_MODE if directory else _FILE_MODE
-    if not (stat.S_ISDIR if directory else stat.S_ISREG)(st.st_mode):
-        kind = "a directory" if directory else "a regular file"
-        raise _refuse(path, what, f"is not {kind}", "remove it")
-    euid = os.geteuid()
-    if st.st_uid != euid:
-        raise _refuse(
-            path,
-            what,
-            f"is owned by {_user(st.st_uid)}, not by {_user(euid)} that runs the page store",
-            f"remove it (the page store then creates it afresh), or chown it to uid {euid} "
-            "if its contents can be trusted",
-        )
-    writers = [who for bit, who in _WRITERS if st.st_mode & bit]
-    if writers:
-        raise _refuse(
-            path,
-            what,
-            f"is writable by {' and '.join(writers)} (mode {stat.S_IMODE(st.st_mode):04o}), "
-            "who could have changed cached pages",
-            f"remove it (the page store then creates it afresh), or chmod it to {mode:04o} "
-            "if its contents can be trusted",
-        )
-    if stat.S_IMODE(st.st_mode) != mode:
-        os.fchmod(fd, mode)
-
-
-def _open_failed(exc: OSError, dir_fd: int, name: str, path: str, what: str) -> OSError:
-    """The error to raise for ``name`` under ``dir_fd`` that could not be opened: a
-    PermissionError for a symbolic link or a non-directory where a directory belongs,
-    else ``exc`` with the full path."""
-    try:
-        is_link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except OSError:
-        is_link = False
-    if is_link:
-        return _refuse(
-            path,
-            what,
-            "is a symbolic link, which the page store does not follow",
-            "remove the link (and configure the path it points to, if that is meant)",
-        )
-    if exc.errno == errno.ENOTDIR:
-        return _refuse(path, what, "is not a directory", "remove it")
-    if exc.errno == errno.EISDIR:
-        return _refuse(path, what, "is not a regular file", "remove it")
-    return OSError(exc.errno, f"{what}: {exc.strerror}", path)
-
-
-def _open_private_dir(dir_fd: int, name: str, path: str, what: str) -> int:
-    """Create (0700) or open the directory ``name`` under ``dir_fd``, without following a
-    link, and return a descriptor of it once :func:`_check_private` passed."""
-    try:
-        os.mkdir(name, _DIR_MODE, dir_fd=dir_fd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise OSError(exc.errno, f"{what}: {exc.strerror}", path) from None
-    try:
-        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
-    except OSError as exc:
-        raise _open_failed(exc, dir_fd, name, path, what) from None
-    try:
-        _check_private(fd, path, what, directory=True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_private_file(dir_fd: int, name: str, path: str, what: str, flags: int) -> int:
-    """Open (creating it 0600 when ``flags`` has O_CREAT) the file ``name`` under
-    ``dir_fd`` without following a link, and return its descriptor once
-    :func:`_check_private` passed."""
-    try:
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE, dir_fd=dir_fd)
-    except OSError as exc:
-        raise _open_failed(exc, dir_fd, name, path, what) from None
-    try:
-        _check_private(fd, path, what, directory=False)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_parent(path: str) -> int:
-    """A descriptor of the directory ``path``, links followed (the operator's own path),
-    its missing levels created 0700 one by one (``os.makedirs`` would give them the
-    umask's mode)."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        parent, name = os.path.split(path)
-        if parent == path:
-            raise
-    parent_fd = _open_parent(parent)
-    try:
-        try:
-            os.mkdir(name, _DIR_MODE, dir_fd=parent_fd)
-        except FileExistsError:  # made by someone else meanwhile: not ours to change
-            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=parent_fd)
-        fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, path) from None
-    finally:
-        os.close(parent_fd)
-    try:
-        os.fchmod(fd, _DIR_MODE)  # the umask may have narrowed it
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_store_dir(path: str, what: str) -> int:
-    """Create or open a directory of the store (a tier or the index), missing parents
-    made 0700, and return a descriptor of it once :func:`_check_private` passed."""
-    parent, name = os.path.split(path)
-    parent_fd = _open_parent(parent)
-    try:
-        return _open_private_dir(parent_fd, name, path, what)
-    finally:
-        os.close(parent_fd)
 
 
 @dataclass(frozen=True)
@@ -707,7 +557,7 @@ class PageStore:
     def _open_index(self) -> None:
         # RocksDB creates its files with the process umask: the private directory is what
         # keeps them from other users.
-        os.close(_open_store_dir(self.index_path, "page index directory"))
+        os.close(open_private_path(self.index_path, "page index directory"))
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
         try:
@@ -736,14 +586,14 @@ class PageStore:
 
     def _open_tier(self, tier: _Tier) -> None:
         what = f"tier {tier.name}"
-        tier.dir_fd = _open_store_dir(tier.dir, f"{what} directory")
-        tier.regions_fd = _open_private_dir(
+        tier.dir_fd = open_private_path(tier.dir, f"{what} directory")
+        tier.regions_fd = open_private_dir(
             tier.dir_fd,
             REGIONS_DIR,
             os.path.join(tier.dir, REGIONS_DIR),
             f"{what} regions directory",
         )
-        tier.lock_fd = _open_private_file(
+        tier.lock_fd = open_private_file(
             tier.dir_fd, "lock", os.path.join(tier.dir, "lock"), f"{what} lock file",
             os.O_RDWR | os.O_CREAT,
         )  # fmt: skip
@@ -758,13 +608,13 @@ class PageStore:
                 path = os.path.join(tier.dir, REGIONS_DIR, name)
                 flags = os.O_RDONLY | os.O_NONBLOCK  # no wait on a FIFO: it is refused
                 os.close(
-                    _open_private_file(tier.regions_fd, name, path, f"{what} region file", flags)
+                    open_private_file(tier.regions_fd, name, path, f"{what} region file", flags)
                 )
         # Created and checked through the directory's descriptor; the table opens it again
         # by path, which no other user can change now that the directory is private.
         table = generations_path(tier.dir)
         os.close(
-            _open_private_file(
+            open_private_file(
                 tier.dir_fd,
                 GENERATIONS_FILE,
                 table,
@@ -885,7 +735,7 @@ class PageStore:
     def _open_region_file(self, tier: _Tier, region: _Region) -> None:
         if region.fd >= 0:
             return
-        fd = _open_private_file(
+        fd = open_private_file(
             tier.regions_fd, os.path.basename(region.path), region.path,
             f"tier {tier.name} region file", os.O_RDWR | os.O_CREAT,
         )  # fmt: skip
@@ -1532,10 +1382,10 @@ class PageStore:
             try:
                 fd = os.open(name, flags, dir_fd=dir_fd)
             except OSError as exc:
-                raise _open_failed(exc, dir_fd, name, path, what) from None
+                raise open_failure(exc, dir_fd, name, path, what) from None
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise _refuse(path, what, "is not a regular file", "remove it")
+                    raise refusal(path, what, "is not a regular file", "remove it")
                 os.set_blocking(fd, True)
             except BaseException:
                 os.close(fd)

@@ -230,3 +230,84 @@ def test_a_directory_of_ours_that_anyone_may_write_is_refused(place):
         "changed cached pages: remove it (the page store then creates it afresh), or chmod "
         "it to 0700 if its contents can be trusted"
     )
+
+
+# --------------------------------------------------------------------- the worker's home
+
+SMALL_HOME = {"capacity": 8 << 20, "page_size": RS, "chunk_size": RS, "region_size": RS}
+
+
+def test_everything_in_a_workers_home_is_private(tmp_path, as_other):
+    """A worker started from a process with a wide umask: its home and all it holds (the
+    socket, pid and lock files, log, worker id, mount table, index, cache) are 0700 or
+    0600, and the other user can neither list the home nor read its files."""
+    from shoal._testing import TemporaryHome
+    from shoal.client import Client
+
+    old = os.umask(0o022)
+    try:
+        with TemporaryHome(config={**SMALL_HOME, "mem_capacity": 0}) as home:
+            os.chmod(home, 0o755)  # as a home made by hand might be: narrowed at start
+            with Client() as client:
+                client.mounts()
+            modes = {}
+            for root, dirs, files in os.walk(home):
+                for name in dirs + files:
+                    path = os.path.join(root, name)
+                    modes[os.path.relpath(path, home)] = os.lstat(path).st_mode & 0o777
+            assert os.stat(home).st_mode & 0o777 == 0o700
+            # config.yaml is the operator's (written here with the umask): the 0700 home
+            # keeps it from others all the same
+            wide = {p: oct(m) for p, m in modes.items() if m & 0o077 and p != "config.yaml"}
+            assert wide == {}, wide
+            assert {"worker.sock", "worker.pid", "worker.log", "worker-id", "meta", "index"} <= set(
+                modes
+            )
+            targets = [os.path.join(home, n) for n in ("worker.log", "worker-id", "config.yaml")]
+            assert as_other([("list", home)] + [("read", t) for t in targets]) == [
+                "PermissionError"
+            ] * (1 + len(targets))
+    finally:
+        os.umask(old)
+
+
+def test_a_home_made_beforehand_by_the_other_user_is_refused(as_other):
+    from shoal._config import load_config
+    from shoal.client import Client
+
+    base = tempfile.mkdtemp(prefix="shoal-private-", dir="/tmp")
+    os.chmod(base, 0o1777)  # as /tmp is: anyone may make a directory there
+    home = os.path.join(base, "home")
+    try:
+        assert as_other([("mkdir", home)]) == ["done"]
+        config = load_config(home=home, **SMALL_HOME, mem_capacity=0)
+        with pytest.raises(PermissionError) as info:
+            Client(config).mounts()
+        assert info.value.filename == home
+        assert info.value.strerror.startswith(
+            f"Shoal home is owned by uid {pwd.getpwnam(OTHER).pw_uid}"
+        )
+        assert os.listdir(home) == []  # no socket, no lock, no log of ours in it
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_shoal_down_purge_removes_the_mem_tier(tmp_path):
+    from shoal._testing import TemporaryHome
+    from shoal.cli import main
+    from shoal.client import Client
+
+    (tmp_path / "f").write_bytes(b"x" * 100_000)
+    config = {**SMALL_HOME, "mem_capacity": 4 << 20, "allowed_mounts": ["file:///tmp/"]}
+    with TemporaryHome(config=config) as home:
+        mem_dir = Config(home=home, **SMALL_HOME, mem_capacity=0).mem_dir
+        with Client() as client:
+            client.mount("/d", str(tmp_path))
+            buf = bytearray(100_000)
+            client.read_into(buf, "/d/f")
+            assert os.listdir(os.path.join(mem_dir, "regions"))
+        assert main(["down", "--home", home, "--purge"]) == 0
+        assert not os.path.exists(mem_dir)
+        with Client() as client:  # a new worker: the lost MEM pages are fetched again
+            buf = bytearray(100_000)
+            assert client.read_into(buf, "/d/f") == 100_000 and buf == b"x" * 100_000

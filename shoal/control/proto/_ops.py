@@ -11,18 +11,20 @@ op           request fields                                     answer fields
 hello        ``pid``, ``version``; over TCP also ``nonce``,      ``version``, ``worker_pid``,
              ``admin``                                          ``host_id``, ``page_size``,
                                                                 ``chunk_size``, ``home``,
+                                                                ``capacity``, ``worker_id``,
                                                                 ``admin``; or a challenge
 auth         ``proof``, ``admin_proof`` (TCP, after ``hello``)  what ``hello`` answers
 mount        ``path``, ``uri``, ``options`` (dict)              ``mount``
 unmount      ``path``                                           ``mount``
 mounts       (none)                                             ``mounts`` (list)
-stat         ``paths`` (list)                                   ``files``: per path a file
-                                                                record or ``{"error": ...}``
+stat         ``paths`` (list); optional ``fetch``: per path     ``files``: per path a file
+             None or ``[start, end]``                           record or ``{"error": ...}``
 ls           ``path``                                           ``entries`` (list)
 refresh      ``path``                                           ``dropped`` (entries forgotten)
-read         ``files`` ([path, version] pairs), ``items``        ``locs``, ``fds``, ``inline``;
-             ([file, page, start, length]), ``mode``            payload: the inline pieces
-             (``"locate"`` or ``"data"``), ``forget``
+read         ``files`` ([path, version] pairs), ``items``        ``locs``, ``fds`` (or ``crcs``
+             ([file, page, start, length]), ``mode``            with ``segments``); payload:
+             (``"locate"`` or ``"data"``), ``forget``,          the pieces not located
+             optional ``segments``
 load         ``paths`` (list), ``metadata_only``                ``progress`` ... then ``done``
 free         ``path``                                           ``pages``, ``bytes``
 report       (none)                                             ``report`` (dict)
@@ -44,7 +46,15 @@ it is answered an ``OSError`` (``E2BIG``, ``ENAMETOOLONG``) and the connection s
 A file record (``stat``) holds ``path``, ``size``, ``version``, ``mtime``, ``is_dir``,
 ``fid`` (the 16-byte file id), ``mount`` (the mount point), ``uri`` and ``options`` (the
 mount's under-store URI and store options, for reading it directly when the worker is
-gone) and ``rel`` (the path relative to the mount).
+gone), ``rel`` (the path relative to the mount), and the mount's ``metadata_ttl`` and
+``replicas``. Directories are listed whole (one level, every page of the listing) once per
+``metadata_ttl``, and a path absent from its directory's listing is answered
+``FileNotFoundError`` from it. A ``stat`` whose ``fetch`` gives, for a path, the bytes
+``[start, end)`` its client is about to read lets a worker that knows nothing of that file
+yet learn its metadata from one read of those pages (the answer to a GET tells the size
+and version), which it caches: a cold read of a small object costs one request to the
+store, not a HEAD and a GET. Clients of a cluster leave ``fetch`` out (the worker that
+caches a file's pages depends on its version).
 
 ``read`` in ``locate`` mode answers, per item, the location of its page in the page store
 (``[tier, region, offset, length, crc32c, generation]``) or ``None``; the items without a
