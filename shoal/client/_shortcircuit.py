@@ -131,16 +131,21 @@ class ShortCircuit:
         for j, view, buf_offset, scratch, start, n in partial:
             if good[j]:
                 view[buf_offset : buf_offset + n] = memoryview(scratch)[start : start + n]
+        self._account(conn, counts, failed, now)
+        if counts and now - locs.touched_since >= _TOUCH_DELAY:
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                self.report_touched(conn)
+        return rest
+
+    def _account(self, conn: Connection, counts: dict, failed: list, now: float) -> None:
+        """After reads through remembered locations: forget those that ``failed``, count
+        the pages read per region (``counts``), for the worker to hear of later."""
         if failed:
-            locs.drop_many(failed)
+            self.locations.drop_many(failed)
         if counts:
             for tier, region in counts:
                 conn.used(tier, region)
-            locs.touch(counts, now)
-            if now - locs.touched_since >= _TOUCH_DELAY:
-                with contextlib.suppress(ConnectionError, TimeoutError):
-                    self.report_touched(conn)
-        return rest
+            self.locations.touch(counts, now)
 
     def report_touched(self, conn: Connection) -> None:
         """Tell the worker about the pages read through remembered locations since the last
@@ -187,12 +192,7 @@ class ShortCircuit:
         for j, dest, scratch, start, length in partial:
             if type(results[j]) is int:
                 dest[:] = memoryview(scratch)[start : start + length]
-        if failed:
-            locs.drop_many(failed)
-        if counts:
-            for tier, region in counts:
-                conn.used(tier, region)
-            locs.touch(counts, now)
+        self._account(conn, counts, failed, now)
         return rest
 
     def read(self, conn: Connection, pieces: list[Piece]) -> None:

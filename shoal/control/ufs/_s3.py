@@ -489,15 +489,10 @@ class S3Store(UnderStore):
         uri = self.uri_of(key)
         if self._gets is not None:
             return self._gets.fetch(self._prefix + key, uri, offset, view, version, ranged)
-        kwargs = self._get_kwargs(key, offset, view, version, ranged)
-        self._count("GET")
         with botocore_errors("read", uri):
-            try:
-                resp = self._client.get_object(**kwargs)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return None
-                raise
+            resp = self._get_object(self._get_kwargs(key, offset, view, version, ranged))
+            if resp is None:
+                return None
             with contextlib.closing(resp["Body"]) as body:
                 got, size, _ = read_fetched(
                     body,
@@ -512,6 +507,17 @@ class S3Store(UnderStore):
             return Fetched(
                 got, size, resp.get("ETag", ""), modified.timestamp() if modified else 0.0
             )
+
+    def _get_object(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        """A GET through the boto3 client (counted); None when its range is not
+        satisfiable."""
+        self._count("GET")
+        try:
+            return self._client.get_object(**kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":
+                return None
+            raise
 
     def _get_kwargs(
         self, key: str, offset: int, view: memoryview, version: str | None, ranged: bool
@@ -537,15 +543,10 @@ class S3Store(UnderStore):
         uri = self.uri_of(key)
         if self._gets is not None:
             return self._gets.get(self._prefix + key, uri, offset, view, version, whole)
-        kwargs = self._get_kwargs(key, offset, view, version, not whole)
-        self._count("GET")
         with botocore_errors("read", uri):
-            try:
-                resp = self._client.get_object(**kwargs)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return None
-                raise
+            resp = self._get_object(self._get_kwargs(key, offset, view, version, not whole))
+            if resp is None:
+                return None
             with contextlib.closing(resp["Body"]) as body:
                 length, content_range = resp["ContentLength"], resp.get("ContentRange", "")
                 return read_answer(body, length, content_range, offset, view, whole, uri)
