@@ -3,7 +3,8 @@ directory, on 127.0.0.1 and free ports.
 
 Ports are picked by binding port 0 first, so parallel test runs never collide on a fixed
 one. :meth:`EtcdServer.stop` and :meth:`EtcdServer.start` again keep the data and the ports:
-an outage and a recovery, as clients see them.
+an outage and a recovery, as clients see them. ``args`` adds flags of etcd's own
+(``--auth-token-ttl=2``); ``tls`` serves ``https://`` and wants client certificates.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 
 START_TIMEOUT = 30.0
 
@@ -29,9 +32,13 @@ def _free_port() -> int:
 
 class EtcdServer:
     """One etcd member: :meth:`start`, :meth:`stop` (an outage), :meth:`start` again,
-    :meth:`close` at the end (stops it and removes its data)."""
+    :meth:`close` at the end (stops it and removes its data).
 
-    def __init__(self) -> None:
+    ``tls`` is ``(ca, cert, key)``: etcd serves ``cert`` (which must allow client auth as
+    well, for etcd's gateway dials etcd with it) and takes only clients whose certificate
+    ``ca`` signed; the health check shows ``cert`` too."""
+
+    def __init__(self, args: Sequence[str] = (), tls: tuple[str, str, str] | None = None) -> None:
         binary = shutil.which("etcd")
         if binary is None:
             raise RuntimeError(
@@ -42,7 +49,9 @@ class EtcdServer:
         self.dir = tempfile.mkdtemp(prefix="shoal-etcd-")
         self.client_port = _free_port()
         self.peer_port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.client_port}"
+        self.args = list(args)
+        self.tls = tls
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.client_port}"
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -67,6 +76,19 @@ class EtcdServer:
             "--logger=zap",
             "--log-outputs=stderr",
             "--log-level=warn",
+            *self._tls_args(),
+            *self.args,
+        ]
+
+    def _tls_args(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca, cert, key = self.tls
+        return [
+            "--client-cert-auth",
+            f"--trusted-ca-file={ca}",
+            f"--cert-file={cert}",
+            f"--key-file={key}",
         ]
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
@@ -100,8 +122,15 @@ class EtcdServer:
 
     def healthy(self) -> bool:
         """etcd answers its health check."""
+        context = None
+        if self.tls is not None:
+            ca, cert, key = self.tls
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as resp:
+            with urllib.request.urlopen(
+                self.endpoint + "/health", timeout=1, context=context
+            ) as resp:
                 return b'"true"' in resp.read()
         except OSError:
             return False

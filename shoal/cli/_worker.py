@@ -13,6 +13,7 @@ import sys
 import time
 
 from ._common import format_duration, size_arg
+from ._workers import ETCD_CREDENTIAL_FLAGS, add_etcd_credential_options
 
 __all__ = ["register", "stop_worker"]
 
@@ -35,6 +36,7 @@ _CONFIG_FLAGS = (
     "allowed_mounts",
     "credential_env",
     "credential_dir",
+    *ETCD_CREDENTIAL_FLAGS,
 )
 
 
@@ -102,7 +104,9 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "security",
         "TCP peers (workers, clients) prove a shared secret before any op; make one with "
         "`shoal secret new FILE` and give the same file, mode 0600, to every worker and "
-        "client. Required when --listen is not a loopback address.",
+        "client. Required when --listen is not a loopback address. The --etcd-* flags "
+        "give what etcd wants to see, by reference: a user and its password file, or a "
+        "client certificate.",
     )
     security.add_argument(
         "--cluster-secret-file",
@@ -151,6 +155,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         help="the directory under which mounts may name credential files "
         "($SHOAL_CREDENTIAL_DIR; default: none)",
     )
+    add_etcd_credential_options(security)
 
 
 def _config(args: argparse.Namespace):

@@ -7,24 +7,62 @@ import argparse
 from .._units import format_size
 from ._common import format_table, print_json
 
-__all__ = ["drain", "register", "render_workers"]
+__all__ = [
+    "ETCD_CREDENTIAL_FLAGS",
+    "add_etcd_credential_options",
+    "drain",
+    "register",
+    "render_workers",
+]
+
+#: Flags (and Config fields) of what etcd is shown: ``add_etcd_credential_options`` adds them.
+ETCD_CREDENTIAL_FLAGS = ("etcd_user", "etcd_password_file", "etcd_ca", "etcd_cert", "etcd_key")
+
+
+def add_etcd_credential_options(group) -> None:
+    """Add the ``--etcd-user`` ... flags (credentials by reference: paths, never secrets)."""
+    group.add_argument(
+        "--etcd-user",
+        metavar="NAME",
+        help="etcd user to authenticate as, with --etcd-password-file ($SHOAL_ETCD_USER)",
+    )
+    group.add_argument(
+        "--etcd-password-file",
+        metavar="FILE",
+        help="file (mode 0600) holding the etcd user's password ($SHOAL_ETCD_PASSWORD_FILE)",
+    )
+    group.add_argument(
+        "--etcd-ca",
+        metavar="FILE",
+        help="PEM CA certificates that an https:// etcd's certificate is checked against "
+        "($SHOAL_ETCD_CA; default: the system's CAs)",
+    )
+    group.add_argument(
+        "--etcd-cert",
+        metavar="FILE",
+        help="PEM client certificate shown to etcd, with --etcd-key ($SHOAL_ETCD_CERT)",
+    )
+    group.add_argument(
+        "--etcd-key", metavar="FILE", help="PEM private key of --etcd-cert ($SHOAL_ETCD_KEY)"
+    )
 
 
 def _membership_source(args: argparse.Namespace):
-    """``(etcd, membership_file)`` from the flags, else from the configuration."""
+    """``(etcd, membership_file, etcd credentials)`` from the flags over the configuration."""
     from .._config import load_config
+    from ..control._etcd import EtcdCredentials
 
-    etcd = getattr(args, "etcd", None)
-    members_file = getattr(args, "membership_file", None)
-    if etcd is None and members_file is None:
-        config = load_config(home=getattr(args, "home", None))
-        etcd, members_file = config.etcd, config.membership_file
-    if etcd is None and members_file is None:
+    names = ("etcd", "membership_file", *ETCD_CREDENTIAL_FLAGS)
+    overrides = {name: getattr(args, name, None) for name in names}
+    config = load_config(
+        getattr(args, "config", None), home=getattr(args, "home", None), **overrides
+    )
+    if config.etcd is None and config.membership_file is None:
         raise ValueError(
             "no cluster configured: give --etcd URL (or --membership-file FILE), or set "
             "SHOAL_ETCD or etcd in config.yaml"
         )
-    return etcd, members_file
+    return config.etcd, config.membership_file, EtcdCredentials.from_config(config)
 
 
 def render_workers(workers) -> str:
@@ -46,9 +84,9 @@ def render_workers(workers) -> str:
 def _workers(args: argparse.Namespace) -> int:
     from ..control._membership import EtcdMembership, StaticMembership
 
-    etcd, members_file = _membership_source(args)
+    etcd, members_file, credentials = _membership_source(args)
     if etcd is not None:
-        with EtcdMembership(etcd) as membership:
+        with EtcdMembership(etcd, credentials=credentials) as membership:
             workers = membership.roster()
     else:
         with StaticMembership(members_file) as membership:
@@ -66,13 +104,13 @@ def drain(args: argparse.Namespace) -> int:
     """``shoal worker drain|undrain ID``: take a worker out of placement, or back in."""
     from ..control._membership import EtcdMembership
 
-    etcd, _ = _membership_source(args)
+    etcd, _, credentials = _membership_source(args)
     if etcd is None:
         raise ValueError(
             "drain needs etcd (--etcd URL or SHOAL_ETCD); with a membership file, set the "
             "worker's state to DRAINING in the file"
         )
-    with EtcdMembership(etcd) as membership:
+    with EtcdMembership(etcd, credentials=credentials) as membership:
         if args.action == "drain":
             info = membership.drain(args.worker_id)
         else:
@@ -97,5 +135,6 @@ def register(subparsers) -> None:
         "--membership-file", metavar="FILE", help="the cluster's membership file instead"
     )
     group.add_argument("--home", metavar="DIR", help="Shoal home whose config.yaml to read")
+    add_etcd_credential_options(p.add_argument_group("etcd credentials"))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_workers)

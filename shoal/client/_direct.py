@@ -63,13 +63,12 @@ class DirectReader:
 def stat_from_etcd(config, paths: list[str], direct: DirectReader) -> list[dict]:
     """File records as a worker would give them, from the mount table in etcd and the
     under-stores themselves (no worker answers); ``{"error": ...}`` per path that fails."""
-    from ..control._etcd import EtcdMetaStore
-    from ..control._files import split_mount_options
-    from ..control._namespace import MountTable
+    from ..control._etcd import EtcdCredentials, EtcdMetaStore
+    from ..control._namespace import MountTable, split_mount_options
     from ..control._pages import file_id
     from ..control.proto import encode_error
 
-    meta_store = EtcdMetaStore(config.etcd)
+    meta_store = EtcdMetaStore(config.etcd, credentials=EtcdCredentials.from_config(config))
     try:
         table = MountTable(meta_store)
     finally:

@@ -111,9 +111,11 @@ class Router:
 
     def _make_membership(self) -> Membership:
         if self.config.etcd is not None:
+            from ..control._etcd import EtcdCredentials
             from ..control._membership import EtcdMembership
 
-            return EtcdMembership(self.config.etcd)
+            credentials = EtcdCredentials.from_config(self.config)
+            return EtcdMembership(self.config.etcd, credentials=credentials)
         if self.config.membership_file is not None:
             from ..control._membership import StaticMembership
 

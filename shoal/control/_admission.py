@@ -20,8 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from .._config import DEFAULT_ALLOWED_MOUNTS, DEFAULT_CREDENTIAL_ENV, Config
-from ._files import _MOUNT_OPTIONS
-from ._namespace import Mount
+from ._namespace import MOUNT_OPTIONS, Mount
 from .ufs import UnderStore, store_class
 from .ufs._options import check_env_name, is_env_option, redact_uri, reject_literal_secrets
 
@@ -219,7 +218,7 @@ class MountPolicy:
         for key, value in options.items():
             if not isinstance(key, str):
                 raise ValueError(f"option names must be str, got {type(key).__name__}")
-            if key in _MOUNT_OPTIONS:
+            if key in MOUNT_OPTIONS:
                 continue
             if is_env_option(key):
                 self._check_env(key, value)
@@ -325,7 +324,7 @@ class MountPolicy:
     def _showable(cls: type[UnderStore] | None, scheme: str, key: Any, value: Any) -> bool:
         if not isinstance(key, str):
             return False
-        if key in _MOUNT_OPTIONS:
+        if key in MOUNT_OPTIONS:
             return True
         if is_env_option(key):  # the name of a variable, unless a value was pasted there
             try:

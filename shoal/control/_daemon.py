@@ -195,9 +195,9 @@ def _cluster_meta_store(config: Config):
     """The cluster's shared MetaStore (in etcd), or None for the node's own."""
     if config.etcd is None:
         return None
-    from ._etcd import EtcdMetaStore
+    from ._etcd import EtcdCredentials, EtcdMetaStore
 
-    return EtcdMetaStore(config.etcd)
+    return EtcdMetaStore(config.etcd, credentials=EtcdCredentials.from_config(config))
 
 
 def server_security(config: Config):
@@ -299,10 +299,16 @@ def _join_cluster(config: Config, worker, address: str | None, sock_path: str):
         return None
     if address is None:
         raise ValueError("a worker in an etcd cluster needs listen (HOST:PORT) set")
+    from ._etcd import EtcdCredentials
     from ._membership import local_worker_info
 
     info = local_worker_info(config, address=_advertised(address), socket_path=sock_path)
-    registration = WorkerRegistration(config.etcd, info, used_bytes=worker.used_bytes)
+    registration = WorkerRegistration(
+        config.etcd,
+        info,
+        used_bytes=worker.used_bytes,
+        credentials=EtcdCredentials.from_config(config),
+    )
 
     def health() -> dict:
         return {

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._metadata import MetadataCache
 from ._metrics import Counters
-from ._namespace import Mount, MountTable, normalize_path
+from ._namespace import Mount, MountTable, normalize_path, split_mount_options
 from ._pages import file_id
 from .proto import encode_error
 from .ufs import ObjectInfo, UnderStore, open_store
@@ -25,53 +24,12 @@ from .ufs._options import redact_uri
 if TYPE_CHECKING:
     from ._admission import MountPolicy
 
-__all__ = [
-    "DEFAULT_METADATA_TTL",
-    "DEFAULT_READ_AHEAD",
-    "File",
-    "FileResolver",
-    "split_mount_options",
-]
+__all__ = ["File", "FileResolver"]
 
 log = logging.getLogger("shoal.worker")
 
-DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
-DEFAULT_METADATA_TTL = 60.0
 _MAX_FILES = 1 << 20  # files remembered for fast lookup
 _PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
-
-# Mount options that Shoal itself reads; every other option goes to the under-store.
-_MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas")
-
-
-def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split a mount's options into Shoal's own (checked, with defaults) and the store's.
-
-    Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
-    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4)
-    and ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
-    default 1).
-    """
-    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD, "replicas": 1}
-    store = {}
-    for key, value in options.items():
-        if key not in _MOUNT_OPTIONS:
-            store[key] = value
-            continue
-        if key == "metadata_ttl":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
-            if not 0 <= value < math.inf:
-                raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
-        elif key == "replicas":
-            if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
-            if value != "all" and value < 1:
-                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"read_ahead must be an int >= 0 (pages), got {value!r}")
-        own[key] = value
-    return own, store
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from .._units import parse_size
 from ._placement import Node
 
 if TYPE_CHECKING:
-    from ._etcd import KeyValue
+    from ._etcd import EtcdCredentials, KeyValue
 
 __all__ = [
     "DEFAULT_TTL",
@@ -620,11 +620,17 @@ class EtcdMembership(Membership):
     idle
         Seconds a watch stream may stay silent before it is reopened (this bounds how long
         a silently dead connection goes unnoticed).
+    credentials
+        What etcd wants to see, if anything (:class:`~shoal.control._etcd.EtcdCredentials`,
+        used by the watch too).
 
     Raises
     ------
     EtcdUnavailableError
         (a ``ConnectionError`` naming the endpoint) when etcd does not answer at start.
+    EtcdAuthError
+        (a ``PermissionError`` naming etcd and the user) when etcd refuses the credentials,
+        or wants some that were not given.
     ValueError
         for a malformed endpoint or prefix.
     """
@@ -636,6 +642,7 @@ class EtcdMembership(Membership):
         *,
         timeout: float = 3.0,
         idle: float = 10.0,
+        credentials: EtcdCredentials | None = None,
     ):
         from ._etcd import EtcdClient
 
@@ -645,7 +652,7 @@ class EtcdMembership(Membership):
         if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 0 < idle < 3600:
             raise ValueError(f"idle must be a number of seconds in (0, 3600), got {idle!r}")
         self._idle = float(idle)
-        self._client = EtcdClient(endpoint, timeout=timeout)
+        self._client = EtcdClient(endpoint, timeout=timeout, credentials=credentials)
         self.endpoint = self._client.endpoint
         self._stop = threading.Event()
         try:
@@ -816,11 +823,16 @@ class WorkerRegistration:
         Returns the bytes of cache in use; called from the keep-alive thread.
     update_interval
         Seconds between two checks of ``used_bytes`` and of the record.
+    credentials
+        What etcd wants to see, if anything (:class:`~shoal.control._etcd.EtcdCredentials`).
 
     Raises
     ------
     EtcdUnavailableError
         (a ``ConnectionError`` naming the endpoint) when etcd does not answer at start.
+    EtcdAuthError
+        (a ``PermissionError`` naming etcd and the user) when etcd refuses the credentials,
+        or wants some that were not given.
     """
 
     def __init__(
@@ -832,6 +844,7 @@ class WorkerRegistration:
         prefix: str | None = None,
         used_bytes: Callable[[], int] | None = None,
         update_interval: float = 5.0,
+        credentials: EtcdCredentials | None = None,
     ):
         from ._etcd import EtcdClient
 
@@ -862,7 +875,9 @@ class WorkerRegistration:
         self._healthy = True
         self._last_error: str | None = None
         # calls must end well within a renewal period, or the lease lapses meanwhile
-        self._client = EtcdClient(endpoint, timeout=max(0.5, min(3.0, ttl / 2)))
+        self._client = EtcdClient(
+            endpoint, timeout=max(0.5, min(3.0, ttl / 2)), credentials=credentials
+        )
         self.endpoint = self._client.endpoint
         try:
             with self._lock:

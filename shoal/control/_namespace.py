@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,12 +13,16 @@ from typing import Any
 from ._metastore import MetaStore
 
 __all__ = [
+    "DEFAULT_METADATA_TTL",
+    "DEFAULT_READ_AHEAD",
     "MAX_MOUNTS",
     "MAX_PATH_BYTES",
     "MAX_PATH_COMPONENTS",
+    "MOUNT_OPTIONS",
     "Mount",
     "MountTable",
     "normalize_path",
+    "split_mount_options",
 ]
 
 _PREFIX = "mounts/"
@@ -28,6 +33,43 @@ MAX_PATH_COMPONENTS = 1024
 #: Mounts in one mount table at most.
 MAX_MOUNTS = 1024
 _MOUNT = "/"  # key of a node's mount in the prefix tree (no component holds a "/")
+
+
+DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
+DEFAULT_METADATA_TTL = 60.0
+
+#: Mount options that Shoal itself reads; every other option goes to the under-store.
+MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas")
+
+
+def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a mount's options into Shoal's own (checked, with defaults) and the store's.
+
+    Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
+    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4)
+    and ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
+    default 1).
+    """
+    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD, "replicas": 1}
+    store = {}
+    for key, value in options.items():
+        if key not in MOUNT_OPTIONS:
+            store[key] = value
+            continue
+        if key == "metadata_ttl":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
+            if not 0 <= value < math.inf:
+                raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
+        elif key == "replicas":
+            if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
+            if value != "all" and value < 1:
+                raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"read_ahead must be an int >= 0 (pages), got {value!r}")
+        own[key] = value
+    return own, store
 
 
 def normalize_path(path: str) -> str:

@@ -20,11 +20,11 @@ from .._config import Config
 from ..engine import PageLocation, PageStore
 from ._admission import MountPolicy
 from ._fetch import Fetcher, Page
-from ._files import File, FileResolver, split_mount_options
+from ._files import File, FileResolver
 from ._jobs import check_job_key, mark_abandoned, newest_first
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters
-from ._namespace import MountTable
+from ._namespace import MountTable, split_mount_options
 from ._server import ConnectionState, FileSegment, Handler, Reply
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
 from .ufs import ObjectChangedError

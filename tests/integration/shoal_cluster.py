@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 import yaml
 
@@ -73,7 +74,7 @@ def wait_until(predicate, timeout: float, what: str):
 class WorkerProcess:
     """``shoal worker --etcd ... --listen 127.0.0.1:0`` in a home of its own (or, with
     ``membership_file``, on the port ``listen`` names, listed in that file), with the
-    cluster's ``secrets``."""
+    cluster's ``secrets`` and any more ``flags``."""
 
     def __init__(
         self,
@@ -82,8 +83,10 @@ class WorkerProcess:
         listen: str = "127.0.0.1:0",
         membership_file: str | None = None,
         secrets: Secrets | None = None,
+        flags: Sequence[str] = (),
     ):
         self.etcd = etcd
+        self.flags = list(flags)
         self.host_id = host_id
         self.listen = listen
         self.secrets = secrets
@@ -106,7 +109,7 @@ class WorkerProcess:
             sys.executable, "-m", "shoal", "worker", "--home", self.home, *self.cluster,
             "--listen", self.listen, "--cache-dir", os.path.join(self.home, "cache"),
             "--capacity", "16MiB", "--host-id", self.host_id,
-            *(self.secrets.flags() if self.secrets is not None else ()),
+            *(self.secrets.flags() if self.secrets is not None else ()), *self.flags,
         ]  # fmt: skip
         with open(os.path.join(self.home, "worker.log"), "ab") as log:
             self.proc = subprocess.Popen(

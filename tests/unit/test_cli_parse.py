@@ -324,3 +324,34 @@ def test_down_without_a_worker(capsys, tmp_path):
 )
 def test_describe_error(exc, text):
     assert describe_error(exc) == text
+
+
+ETCD_FLAGS = [
+    "--etcd", "https://etcd.example:2379", "--etcd-user", "shoal",
+    "--etcd-password-file", "pw", "--etcd-ca", "ca.pem", "--etcd-cert", "c.pem",
+    "--etcd-key", "k.pem",
+]  # fmt: skip
+
+
+def test_etcd_credential_flags(tmp_path, monkeypatch, capsys):
+    from shoal.cli._worker import _config
+
+    for command in ("worker", "up", "workers"):
+        args = parse(command, *ETCD_FLAGS)
+        assert (args.etcd_user, args.etcd_password_file, args.etcd_ca) == ("shoal", "pw", "ca.pem")
+        assert (args.etcd_cert, args.etcd_key) == ("c.pem", "k.pem")
+    monkeypatch.chdir(tmp_path)
+    config = _config(parse("worker", "--capacity", "64MiB", "--mem-capacity", "0", *ETCD_FLAGS))
+    assert config.etcd_user == "shoal"
+    assert config.etcd_password_file == str(tmp_path / "pw")
+    assert config.etcd_key == str(tmp_path / "k.pem")
+    with pytest.raises(SystemExit):
+        main(["worker", "--help"])
+    security = capsys.readouterr().out.split("security:")[1]
+    for flag in ("--etcd-user", "--etcd-password-file", "--etcd-ca", "--etcd-cert", "--etcd-key"):
+        assert flag in security
+
+
+def test_etcd_credentials_in_halves_are_refused(capsys):
+    assert main(["workers", "--etcd", "http://127.0.0.1:1", "--etcd-user", "shoal"]) == 1
+    assert "etcd_user and etcd_password_file go together" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from shoal import Client
 from shoal._config import Config
 from shoal.cli import build_parser, main
 from shoal.client._router import _rounds
-from shoal.control._files import split_mount_options
+from shoal.control._namespace import split_mount_options
 from shoal.control._server import _tcp_listener
 from shoal.control._worker import placement_filter
 

@@ -189,3 +189,46 @@ def test_capacities_are_accepted_or_refused_by_value(tmp_path_factory, capacity,
         assert str(exc).startswith("capacity")
     else:
         assert fits and cfg.capacity == capacity
+
+
+def test_etcd_credentials_are_paths_from_every_source(home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "SHOAL_HOME": home,
+        "SHOAL_CAPACITY": "1GiB",
+        "SHOAL_ETCD": "https://etcd.example:2379",
+        "SHOAL_ETCD_USER": "shoal",
+        "SHOAL_ETCD_PASSWORD_FILE": "etcd.password",
+        "SHOAL_ETCD_CA": "ca.pem",
+        "SHOAL_ETCD_CERT": "client.pem",
+        "SHOAL_ETCD_KEY": "client-key.pem",
+    }
+    cfg = load_config(environ=env)
+    assert cfg.etcd_user == "shoal"
+    assert cfg.etcd_password_file == str(tmp_path / "etcd.password")
+    assert (cfg.etcd_ca, cfg.etcd_cert, cfg.etcd_key) == tuple(
+        str(tmp_path / name) for name in ("ca.pem", "client.pem", "client-key.pem")
+    )
+    cfg = load_config(environ=env, etcd_user="other", etcd_password_file="/run/pw")
+    assert (cfg.etcd_user, cfg.etcd_password_file) == ("other", "/run/pw")
+    assert Config(home=home, capacity="64MiB", mem_capacity=0).etcd_user is None
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"etcd_user": "shoal"}, "etcd_user and etcd_password_file go together"),
+        ({"etcd_password_file": "/pw"}, "etcd_user and etcd_password_file go together"),
+        ({"etcd_cert": "/c.pem"}, "etcd_cert and etcd_key go together"),
+        ({"etcd_key": "/k.pem"}, "etcd_cert and etcd_key go together"),
+        ({"etcd_user": " ", "etcd_password_file": "/pw"}, "etcd_user must be a non-empty"),
+        ({"etcd": "http://etcd:2379", "etcd_ca": "/ca.pem"}, "etcd_ca needs an https://"),
+        (
+            {"etcd": "http://etcd:2379", "etcd_cert": "/c.pem", "etcd_key": "/k.pem"},
+            "etcd_cert needs an https://",
+        ),
+    ],
+)
+def test_etcd_credentials_that_cannot_work_are_refused(home, settings, message):
+    with pytest.raises(ValueError, match=message):
+        Config(home=home, capacity="64MiB", mem_capacity=0, **settings)

@@ -88,9 +88,10 @@ def check_proof(secret: bytes, role: str, transcript: bytes, given: object) -> b
     return hmac.compare_digest(proof(secret, role, transcript), given)
 
 
-def load_secret(path: str, what: str) -> bytes:
+def load_secret(path: str, what: str, *, min_bytes: int = MIN_SECRET_BYTES) -> bytes:
     """The secret held in file ``path`` (surrounding whitespace stripped), for setting
-    ``what`` (named in errors, which never show the secret).
+    ``what`` (named in errors, which never show the secret); ``min_bytes`` is the shortest
+    accepted (a password chosen elsewhere, such as etcd's, may be shorter than a secret).
 
     Raises
     ------
@@ -100,8 +101,7 @@ def load_secret(path: str, what: str) -> bytes:
     FileNotFoundError
         No such file.
     ValueError
-        Not a regular file, empty, shorter than :data:`MIN_SECRET_BYTES` or over 4096
-        bytes.
+        Not a regular file, empty, shorter than ``min_bytes`` or over 4096 bytes.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
@@ -131,9 +131,9 @@ def load_secret(path: str, what: str) -> bytes:
         raise ValueError(f"{what}: {path} is empty; make a secret with `shoal secret new FILE`")
     if len(data) > _MAX_SECRET_BYTES:
         raise ValueError(f"{what}: {path} is over {_MAX_SECRET_BYTES} bytes: not a secret file")
-    if len(secret) < MIN_SECRET_BYTES:
+    if len(secret) < min_bytes:
         raise ValueError(
             f"{what}: {path} holds {len(secret)} bytes; a secret needs at least "
-            f"{MIN_SECRET_BYTES} (make one with `shoal secret new FILE`)"
+            f"{min_bytes} (make one with `shoal secret new FILE`)"
         )
     return secret
