@@ -378,7 +378,34 @@ class FileResolver:
         if len(paths) == 1:
             return [one(0)]
         self._prime(paths)
-        return list(self._pool.map(one, range(len(paths))))
+        # Those the cache or a listing answers, here; the others (a request to the store
+        # each) several at once.
+        out: list[dict | None] = [None] * len(paths)
+        asking = []
+        for i, p in enumerate(paths):
+            if self._known(p):
+                out[i] = one(i)
+            else:
+                asking.append(i)
+        for i, record in zip(asking, self._pool.map(one, asking), strict=True):
+            out[i] = record
+        return out
+
+    def _known(self, path: str) -> bool:
+        """True if the metadata cache, or the cached listing of its directory, tells what
+        ``path`` is (no request to a store needed)."""
+        f = self._files.get(path)
+        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+            return True
+        try:
+            norm, mount, rel, _ = self._resolve(path)
+        except (OSError, ValueError):
+            return True  # an error, told at once
+        return (
+            not rel
+            or self.metadata.get_stat(norm) is not None
+            or self.metadata.get_dir(_dir_path(mount, rel.rpartition("/")[0])) is not None
+        )
 
     def _prime(self, paths: list[str]) -> None:
         """List the directories of many uncached files (whole, cached for the mount's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import io
+import urllib.parse
 
 import pytest
 from hypothesis import given
@@ -84,3 +85,61 @@ def test_a_stream_cut_short_is_a_connection_error():
 )
 def test_http_times(value, expected):
     assert http_time(value) == expected
+
+
+# --------------------------------------------------------------------- the URL signer
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+@pytest.mark.parametrize("token", [None, "session/token+with=chars"])
+@pytest.mark.parametrize("key", ["a/b.jpg", "dir with space/ünïcode~x+y=z&q", "x" * 300])
+def test_query_signatures_are_botocores(style, token, key):
+    """The URL signed here is the one botocore's presigner makes for the same second,
+    endpoint, addressing style, region, credentials and key."""
+    import boto3
+    from botocore.config import Config
+    from botocore.credentials import Credentials
+
+    from shoal.control.ufs._s3get import QuerySigner
+
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    session = boto3.Session(
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        aws_session_token=token,
+    )
+    client = session.client(
+        "s3",
+        region_name="eu-west-3",
+        endpoint_url="http://127.0.0.1:9000" if style == "path" else None,
+        config=Config(signature_version="s3v4", s3={"addressing_style": style}),
+    )
+    signer = QuerySigner(client, "my-bucket", credentials)
+    for _ in range(5):  # the two must fall in the same second
+        ours = signer.url(key, 600)
+        theirs = client.generate_presigned_url(
+            "get_object", Params={"Bucket": "my-bucket", "Key": key}, ExpiresIn=600
+        )
+        if ours.split("X-Amz-Date=")[1][:16] == theirs.split("X-Amz-Date=")[1][:16]:
+            break
+    mine, botos = urllib.parse.urlsplit(ours), urllib.parse.urlsplit(theirs)
+    assert mine._replace(query="") == botos._replace(query="")
+    # the same parameters and signature (the server sorts them: their order is free)
+    assert urllib.parse.parse_qs(mine.query) == urllib.parse.parse_qs(botos.query)
+
+
+def test_unsigned_urls_for_anonymous_clients():
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    from shoal.control.ufs._s3get import QuerySigner
+
+    client = boto3.Session().client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url="http://127.0.0.1:9000",
+        config=Config(signature_version=UNSIGNED),
+    )
+    signer = QuerySigner(client, "pub", None)
+    assert signer.url("a b/c", 600) == "http://127.0.0.1:9000/pub/a%20b/c"

@@ -283,12 +283,13 @@ class S3Store(UnderStore):
         self._bucket = bucket
         self._prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self.config = config
-        self._client = _make_client(config)
+        self._client, credentials = _make_client(config)
         self._gets: LeanGets | None = None
         if lean_gets_allowed():
             self._gets = LeanGets(
                 self._client,
                 bucket,
+                credentials,
                 max_connections=config.max_pool_connections,
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,
@@ -676,6 +677,7 @@ def _shared_loader():
 
 
 def _make_client(config: S3Config):
+    """A boto3 client for ``config``, and the credentials it signs with (None: anonymous)."""
     import boto3
     import botocore.session
     from botocore import UNSIGNED
@@ -704,6 +706,7 @@ def _make_client(config: S3Config):
         session.set_credentials(creds.access_key, creds.secret_key, creds.token)
     elif config.profile:
         session.set_config_variable("profile", config.profile)
+    found = None
     if not config.anonymous:
         try:
             found = session.get_credentials()
@@ -729,6 +732,7 @@ def _make_client(config: S3Config):
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    return boto3.Session(botocore_session=session).client(
+    client = boto3.Session(botocore_session=session).client(
         "s3", region_name=config.region, endpoint_url=config.endpoint_url, config=client_config
     )
+    return client, found
