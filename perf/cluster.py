@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -69,11 +70,27 @@ while True:
 """
 
 
+def secret_files(root: str) -> dict[str, str]:
+    """The cluster and admin secrets of the run (files of 64 hex digits, mode 0600, made
+    once under ``root``), as settings for workers and clients."""
+    files = {}
+    for name in ("cluster_secret_file", "admin_secret_file"):
+        path = os.path.join(root, name.replace("_file", ""))
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        files[name] = path
+    return files
+
+
 class Workers:
-    """``shoal worker`` processes registered in one etcd, each on a host id of its own."""
+    """``shoal worker`` processes registered in one etcd, each on a host id of its own,
+    holding the run's secrets."""
 
     def __init__(self, etcd: str, count: int, root: str, capacity: str):
         self.etcd = etcd
+        self.root = root
         self.procs: list[subprocess.Popen] = []
         self.homes: list[str] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
@@ -85,7 +102,10 @@ class Workers:
             cache = tempfile.mkdtemp(prefix="shoal-pc-cache-", dir=root)
             # The epochs' data lies in directories under root.
             allowed = [*DEFAULT_ALLOWED_MOUNTS, Path(root).as_uri() + "/"]
-            settings = {"mem_capacity": 0, "cache_dir": cache, "allowed_mounts": allowed}
+            settings = {
+                "mem_capacity": 0, "cache_dir": cache, "allowed_mounts": allowed,
+                **secret_files(root),
+            }  # fmt: skip
             with open(os.path.join(home, "config.yaml"), "w", encoding="utf-8") as f:
                 yaml.safe_dump(settings, f)
             ids.add(load_worker_id(home))
@@ -107,7 +127,7 @@ class Workers:
     def ufs_reads(self) -> int:
         total = 0
         for address in self.addresses:
-            conn = Connection(None, 60.0, address=address)
+            conn = Connection(None, 60.0, address=address, config=client_config(self.root))
             try:
                 total += conn.call({"op": "report"})["report"]["ufs_reads"]
             finally:
@@ -130,8 +150,14 @@ class Workers:
             shutil.rmtree(home, ignore_errors=True)
 
 
-def client_of(etcd: str, home: str) -> Client:
-    return Client(Config(home=home, host_id="bench-client", etcd=etcd), start_worker=False)
+def client_config(root: str, **settings) -> Config:
+    """A client's settings: the run's secrets, on a host of its own."""
+    home = settings.pop("home", None) or tempfile.mkdtemp(prefix="shoal-pc-client-", dir="/tmp")
+    return Config(home=home, host_id="bench-client", **secret_files(root), **settings)
+
+
+def client_of(etcd: str, home: str, root: str) -> Client:
+    return Client(client_config(root, home=home, etcd=etcd), start_worker=False)
 
 
 def raw_tcp(nbytes: int, rounds: int) -> float:
@@ -167,7 +193,7 @@ def remote_read(table: Table, etcd: str, root: str, mib: int, rounds: int) -> No
     data.tofile(os.path.join(data_dir, "big"))
     workers = Workers(etcd, 1, root, f"{2 * mib + 256}MiB")
     home = tempfile.mkdtemp(prefix="shoal-pc-client-", dir="/tmp")
-    client = client_of(etcd, home)
+    client = client_of(etcd, home, root)
     try:
         client.mount("/d", data_dir)
         client.load("/d/big")
@@ -200,7 +226,7 @@ def epochs(table: Table, etcd: str, root: str, files: int, file_mib: int) -> Non
         for count in (1, 3):
             workers = Workers(etcd, count, root, f"{files * file_mib + 512}MiB")
             home = tempfile.mkdtemp(prefix="shoal-pc-client-", dir="/tmp")
-            client = client_of(etcd, home)
+            client = client_of(etcd, home, root)
             try:
                 if count == 1:
                     client.mount("/e", data_dir)
