@@ -241,6 +241,10 @@ class Server:
         served: whatever it does (e.g. log that the worker serves) happens before a
         client's first answer.
         """
+        # TCP first: whoever sees the Unix socket accept (the launcher's wait for a ready
+        # worker) may use the TCP port at once.
+        if self.listen is not None:
+            self._tcp = _tcp_listener(self.listen)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old_mask = os.umask(0o177)
@@ -252,13 +256,10 @@ class Server:
             listener.settimeout(0.2)  # so that the accept loop notices stop()
         except BaseException:
             listener.close()
+            if self._tcp is not None:
+                self._tcp.close()
+                self._tcp = None
             raise
-        if self.listen is not None:
-            try:
-                self._tcp = _tcp_listener(self.listen)
-            except BaseException:
-                listener.close()
-                raise
         self._listener = listener
         if before_accepting is not None:
             before_accepting()
