@@ -462,7 +462,11 @@ def _read_yaml(file: str, names: set[str]) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"configuration file {file} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{file}: not valid YAML: {exc}") from None
+        # Where and what, never the line itself: it may hold a value not meant to be shown.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise ValueError(f"{file}: not valid YAML{where}: {problem}") from None
     if doc is None:
         return {}
     if not isinstance(doc, dict):

@@ -232,3 +232,13 @@ def test_etcd_credentials_are_paths_from_every_source(home, tmp_path, monkeypatc
 def test_etcd_credentials_that_cannot_work_are_refused(home, settings, message):
     with pytest.raises(ValueError, match=message):
         Config(home=home, capacity="64MiB", mem_capacity=0, **settings)
+
+
+def test_a_config_file_that_is_not_yaml_is_named_without_its_lines(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text('capacity: 1GiB\nnote: "s3cr3t-value-not-to-show\n')
+    with pytest.raises(ValueError) as info:
+        load_config(bad, home=str(tmp_path))
+    message = str(info.value)
+    assert f"{bad}: not valid YAML at line 3, column 1" in message
+    assert "s3cr3t" not in message
