@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .._config import Config
@@ -449,11 +448,6 @@ class Router:
             self.direct.read_range(view[start:end], meta, offset)
 
     # ----------------------------------------------------------------- lifetime
-
-    def connections(self) -> Iterable[Connection]:
-        """Every connection open (for closing)."""
-        with self._lock:
-            return list(self._conns)
 
     def after_fork(self) -> None:
         """In a forked child: close our copies of the parent's descriptors only (no
