@@ -297,9 +297,10 @@ class Router:
         try:
             page_size, chunk_size = self.geometry()
         except (ConnectionError, TimeoutError) as exc:
-            if self.cluster:
-                raise
-            self._lost(members[0], exc, opening=True)
+            # No worker answers (in a cluster, home() has marked each one down): the data
+            # is still in its stores.
+            if not self.cluster:
+                self._lost(members[0], exc, opening=True)
             for view, meta, offset in items:
                 self.direct.read_range(view, meta, offset)
             return
