@@ -10,9 +10,10 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._config import Config, load_config
+from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
 from ..control.proto import MAX_LIST, decode_error
 from ..control.ufs import ObjectChangedError
@@ -22,9 +23,6 @@ from ._direct import stat_from_etcd
 from ._jobs import LoadProgress
 from ._meta import FileInfo, FileMeta
 from ._router import Router
-
-if TYPE_CHECKING:
-    from ..control._membership import Membership
 
 __all__ = ["Client", "FileInfo", "LoadProgress"]
 

@@ -11,14 +11,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from ..control import _jobs
+from ..control._membership import WorkerInfo, WorkerState, members_to_nodes
 from ._connection import Connection
 from ._router import Router
-
-if TYPE_CHECKING:
-    from ..control._membership import WorkerInfo
 
 __all__ = ["LoadProgress", "free", "load", "load_history"]
 
@@ -118,8 +116,6 @@ def _load_members(
     worker lost on the way (its connection fails) hands its share to the others: they load
     again, placed over themselves alone, and skip the pages they hold already. Any other
     error fails the load."""
-    from ..control._membership import WorkerState
-
     members = [
         m
         for m in router.membership().members()
@@ -171,8 +167,6 @@ def _load_round(
     these workers fetched in earlier rounds of the same load)."""
     request: dict[str, Any] = {"op": "load", "paths": paths, "metadata_only": metadata_only}
     if router.cluster:
-        from ..control._membership import members_to_nodes
-
         placement: dict[str, Any] = {"nodes": [[n.id, n.weight] for n in members_to_nodes(members)]}
         if replicas is not None:
             placement["replicas"] = replicas

@@ -16,10 +16,17 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from .._config import Config
 from ..control._daemon import socket_path
+from ..control._membership import (
+    EtcdMembership,
+    LocalMembership,
+    Membership,
+    StaticMembership,
+    WorkerInfo,
+    members_to_nodes,
+)
 from ..control._pages import PageSlice, chunk_of, page_slices
 from ..control._placement import chunk_key, place
 from ..control.proto import DATA, MAX_LIST
@@ -28,9 +35,6 @@ from ._connection import Connection, WorkerLost, connect
 from ._direct import DirectReader
 from ._meta import FileMeta
 from ._shortcircuit import ShortCircuit
-
-if TYPE_CHECKING:
-    from ..control._membership import Membership, WorkerInfo
 
 __all__ = ["LOCAL_ID", "Router"]
 
@@ -111,16 +115,11 @@ class Router:
     def _make_membership(self) -> Membership:
         if self.config.etcd is not None:
             from ..control._etcd import EtcdCredentials
-            from ..control._membership import EtcdMembership
 
             credentials = EtcdCredentials.from_config(self.config)
             return EtcdMembership(self.config.etcd, credentials=credentials)
         if self.config.membership_file is not None:
-            from ..control._membership import StaticMembership
-
             return StaticMembership(self.config.membership_file)
-        from ..control._membership import LocalMembership, WorkerInfo
-
         path = socket_path(self.config.home)
         return LocalMembership(WorkerInfo(LOCAL_ID, self.config.host_id, socket_path=path))
 
@@ -289,7 +288,7 @@ class Router:
                 items = self.shortcircuit.read_remembered(conn, items)
                 if not items:
                     return
-        nodes = self._nodes(members)
+        nodes = members_to_nodes(members)
         if not nodes:
             for view, meta, offset in items:
                 self.direct.read_range(view, meta, offset)
@@ -320,11 +319,6 @@ class Router:
         except (ConnectionError, TimeoutError) as exc:
             self._lost(member, exc, opening=True)
             return None
-
-    def _nodes(self, members: list[WorkerInfo]):
-        from ..control._membership import members_to_nodes
-
-        return members_to_nodes(members)
 
     def _read_placed(self, items, nodes, members, page_size: int, chunk_size: int) -> None:
         """Read pieces from the workers placement gives them: each piece from one of its

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -23,13 +22,13 @@ from .._config import DEFAULT_ALLOWED_MOUNTS, DEFAULT_CREDENTIAL_ENV, Config
 from ._namespace import MOUNT_OPTIONS, Mount
 from .ufs import UnderStore, store_class
 from .ufs._options import check_env_name, is_env_option, redact_uri, reject_literal_secrets
+from .ufs._registry import split_uri
 
 __all__ = ["HIDDEN", "MountPolicy"]
 
 #: What a listing of the mount table shows instead of a value that could be a secret.
 HIDDEN = "<hidden>"
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*$")
 _SHOWN_KEY = 64  # characters of an unknown option's name a message repeats
 
 
@@ -43,19 +42,9 @@ def _split(uri: object, what: str) -> tuple[str, str]:
     ``file:`` URI that names a host or has a query or fragment; messages show ``uri``
     through :func:`redact_uri` only.
     """
-    if not isinstance(uri, str):
-        raise TypeError(f"{what} must be a str, got {type(uri).__name__}")
-    shown = redact_uri(uri)
-    if "\0" in uri:
-        raise ValueError(f"{what} contains a NUL byte: {shown!r}")
-    if uri.startswith("/"):
+    scheme, rest, shown = split_uri(uri, what)
+    if scheme is None:
         return "file", _file_path(uri, what, shown)
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not _SCHEME.match(scheme):
-        raise ValueError(
-            f"{what} {shown!r} is neither an absolute path nor a URI (scheme://...); "
-            "give /abs/dir, file:///abs/dir, s3://bucket/prefix ..."
-        )
     scheme = scheme.lower()
     if scheme == "file":
         parts = urlsplit(uri)

@@ -335,7 +335,8 @@ class Fetcher:
         if self._fresh:
             with self._lock:
                 for p in pages:
-                    if self._fresh.pop(p.key, 0) is None:
+                    if p.key in self._fresh:
+                        del self._fresh[p.key]
                         fresh += 1
         hits = len(pages) - missing - fresh
         self._counters.add(page_hits=hits, page_misses=missing + fresh)

@@ -289,13 +289,20 @@ class FileResolver:
             mount, rel = self._mounts.resolve(path)
         return path, mount, rel, epoch
 
+    def _current(self, path: str) -> File | None:
+        """The file resolved for ``path`` before, while it is still current: the metadata
+        cache holds the same stat and no mount changed since."""
+        f = self._files.get(path)
+        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+            return f
+        return None
+
     def file(self, path: str) -> File:
         """The file (or directory) at ``path``: from the metadata cache, from the cached
         listing of its directory (which also tells that it does not exist), or from the
         store (a stat)."""
-        f = self._files.get(path)
-        # Still current while the metadata cache holds the same stat and no mount changed.
-        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+        f = self._current(path)
+        if f is not None:
             return f
         raw = path
         path, mount, rel, epoch = self._resolve(path)
@@ -330,8 +337,8 @@ class FileResolver:
         nothing tells its metadata yet, one read of its first pages (cached on the way)
         tells it instead of a stat: a cold read costs one request."""
         fetch_first = self.fetch_first
-        f = self._files.get(path)
-        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+        f = self._current(path)
+        if f is not None:
             return f
         norm, mount, rel, _ = self._resolve(path)
         own, _ = split_mount_options(mount.options)
@@ -394,8 +401,7 @@ class FileResolver:
     def _known(self, path: str) -> bool:
         """True if the metadata cache, or the cached listing of its directory, tells what
         ``path`` is (no request to a store needed)."""
-        f = self._files.get(path)
-        if f is not None and f.epoch == self._epoch and self.metadata.get_stat(f.path) is f.info:
+        if self._current(path) is not None:
             return True
         try:
             norm, mount, rel, _ = self._resolve(path)

@@ -181,14 +181,18 @@ def send_frame(
                 sent = 0
 
 
-def _recv_exact(sock: socket.socket, view: memoryview, what: str) -> None:
+def _recv_exact(
+    sock: socket.socket, view: memoryview, what: str, done: int = 0, total: int | None = None
+) -> None:
+    """Fill ``view``; ``done`` of ``total`` bytes of the ``what`` came before it (for the
+    message when the peer closes in the middle)."""
     got = 0
     while got < view.nbytes:
         n = sock.recv_into(view[got:])
         if n == 0:
             raise ProtocolError(
                 f"connection closed by the peer in the middle of a {what} "
-                f"({got} of {view.nbytes} bytes received)"
+                f"({done + got} of {total or view.nbytes} bytes received)"
             )
         got += n
 
@@ -198,27 +202,12 @@ def _recv_growing(sock: socket.socket, size: int) -> bytearray:
     buf = bytearray(min(size, _FIRST_PIECE))
     got = 0
     while True:
-        _recv_exact_into(sock, buf, got, "frame header", size)
+        with memoryview(buf) as whole, whole[got:] as rest:  # released: the buffer may grow
+            _recv_exact(sock, rest, "frame header", got, size)
         got = len(buf)
         if got == size:
             return buf
         buf.extend(bytes(min(got, size - got)))
-
-
-def _recv_exact_into(sock, buf: bytearray, start: int, what: str, total: int) -> None:
-    view = memoryview(buf)
-    try:
-        got = start
-        while got < len(buf):
-            n = sock.recv_into(view[got:])
-            if n == 0:
-                raise ProtocolError(
-                    f"connection closed by the peer in the middle of a {what} "
-                    f"({got} of {total} bytes received)"
-                )
-            got += n
-    finally:
-        view.release()  # so that the buffer may grow
 
 
 def _take_fds(ancdata, flags: int, fds: list[int]) -> None:

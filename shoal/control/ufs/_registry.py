@@ -10,7 +10,7 @@ from typing import Any
 from ._base import UnderStore
 from ._options import has_password, redact_uri
 
-__all__ = ["open_store", "register_store", "registered_schemes", "store_class"]
+__all__ = ["open_store", "register_store", "registered_schemes", "split_uri", "store_class"]
 
 # scheme -> (module, class name, what to install when the import fails)
 _known: dict[str, tuple[str, str, str]] = {
@@ -91,6 +91,30 @@ def store_class(scheme: str) -> type[UnderStore]:
     )
 
 
+def split_uri(uri: object, what: str = "uri") -> tuple[str | None, str, str]:
+    """``(scheme, rest, shown)`` of an under-store URI: the scheme as written (None for a
+    bare absolute path), what follows ``://`` (the path itself for an absolute path), and
+    the URI as messages may show it (through :func:`redact_uri`).
+
+    Raises ``TypeError`` for a non-str and ``ValueError`` for a NUL byte or for what is
+    neither an absolute path nor ``scheme://...``; messages name ``what``.
+    """
+    if not isinstance(uri, str):
+        raise TypeError(f"{what} must be a str, got {type(uri).__name__}")
+    shown = redact_uri(uri)
+    if "\0" in uri:
+        raise ValueError(f"{what} contains a NUL byte: {shown!r}")
+    if uri.startswith("/"):
+        return None, uri, shown
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not _SCHEME.match(scheme):
+        raise ValueError(
+            f"{what} {shown!r} is neither an absolute path nor a URI (scheme://...); "
+            "give /abs/dir, file:///abs/dir, s3://bucket/prefix ..."
+        )
+    return scheme, rest, shown
+
+
 def open_store(uri: str, **options: Any) -> UnderStore:
     """Open the under-store rooted at ``uri``.
 
@@ -113,19 +137,9 @@ def open_store(uri: str, **options: Any) -> UnderStore:
     ImportError
         The backend's package is missing; the message says what to install.
     """
-    if not isinstance(uri, str):
-        raise TypeError(f"uri must be a str, got {type(uri).__name__}")
-    shown = redact_uri(uri)
-    if "\0" in uri:
-        raise ValueError(f"uri contains a NUL byte: {shown!r}")
-    if uri.startswith("/"):
+    scheme, _, shown = split_uri(uri)
+    if scheme is None:
         return store_class("file").from_uri(uri, **options)
-    scheme, sep, _ = uri.partition("://")
-    if not sep or not _SCHEME.match(scheme):
-        raise ValueError(
-            f"{shown!r} is neither an absolute path nor a URI (scheme://...); "
-            "give /abs/dir, file:///abs/dir, s3://bucket/prefix ..."
-        )
     if has_password(uri):
         raise ValueError(
             f"{shown!r}: a URI must not carry a password (user:password@); pass it by "
