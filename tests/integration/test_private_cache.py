@@ -12,17 +12,16 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
+from other_user import OTHER, python_for, runner
 
 from shoal._config import Config
 from shoal.engine import PageStore, RegionReader, crc32c
 
 KiB = 1024
 RS = 64 * KiB
-OTHER = "nobody"
 
 # Run as the other user: each named action on a path, and what became of it.
 ATTACK = r"""
@@ -52,50 +51,16 @@ print(json.dumps([attempt(a, p) for a, p in json.loads(sys.argv[1])]))
 """
 
 
-def _runner() -> list[str]:
-    """The command prefix that runs a program as ``OTHER``, or a skip."""
-    if os.geteuid() != 0:
-        pytest.skip("running a process as another user needs root")
-    try:
-        pwd.getpwnam(OTHER)
-    except KeyError:
-        pytest.skip(f"no user {OTHER!r} on this machine")
-    setpriv = shutil.which("setpriv")
-    if setpriv:
-        return [
-            setpriv,
-            f"--reuid={OTHER}",
-            f"--regid={pwd.getpwnam(OTHER).pw_gid}",
-            "--clear-groups",
-        ]
-    su = shutil.which("su")
-    if su:
-        return [su, "-s", "/bin/sh", OTHER, "-c", '"$0" "$@"', "--"]
-    pytest.skip("neither setpriv nor su is installed")
-
-
-def _python_for(runner: list[str]) -> str:
-    """A Python interpreter ``OTHER`` may run (this one may sit in a private directory)."""
-    candidates = [os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3"]
-    for python in dict.fromkeys(candidates):
-        probe = subprocess.run(
-            [*runner, python, "-I", "-c", "pass"], cwd="/", capture_output=True, check=False
-        )
-        if probe.returncode == 0:
-            return python
-    pytest.skip(f"no Python interpreter that {OTHER} may run")
-
-
 @pytest.fixture(scope="module")
 def as_other():
     """``as_other([(action, path), ...])`` runs each action as ``OTHER``; per action
     ``"done"`` or the name of the OSError it raised."""
-    runner = _runner()
-    python = _python_for(runner)
+    prefix = runner()
+    python = python_for(prefix)
 
     def run(actions: list[tuple[str, str]]) -> list[str]:
         out = subprocess.run(
-            [*runner, python, "-I", "-c", ATTACK, json.dumps(actions)],
+            [*prefix, python, "-I", "-c", ATTACK, json.dumps(actions)],
             cwd="/",
             capture_output=True,
             text=True,

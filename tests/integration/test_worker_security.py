@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import errno
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -31,6 +32,7 @@ import pytest
 from conftest import shoal_environment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from other_user import OTHER, python_for, runner
 from shoal_cluster import REPO, SMALL, Secrets, wait_until
 
 from shoal._config import Config, load_config
@@ -606,6 +608,8 @@ def test_unix_socket_peers_are_told_apart_by_uid(tmp_path):
         "mount": lambda c, h: Reply(mounted.append(h["path"]) or {}),
         "mounts": lambda c, h: Reply({"mounts": mounted}),
     }
+    prefix = runner()
+    python = python_for(prefix)
     directory = tempfile.mkdtemp(prefix="shoal-uid-", dir="/tmp")
     path = os.path.join(directory, "s.sock")
     server = Server(handlers, path)
@@ -613,18 +617,24 @@ def test_unix_socket_peers_are_told_apart_by_uid(tmp_path):
     try:
         os.chmod(directory, 0o755)
         os.chmod(path, 0o666)
-        site = os.path.dirname(os.path.dirname(msgpack.__file__))
+        # msgpack where the other user may read it (this checkout may be private)
+        site = os.path.join(directory, "site")
+        shutil.copytree(os.path.dirname(msgpack.__file__), os.path.join(site, "msgpack"))
+        for root, dirs, files in os.walk(site):
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o755)
+        os.chmod(site, 0o755)
         out = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-c", NOBODY_CLIENT, path],
+            [*prefix, python, "-c", NOBODY_CLIENT, path],
             env={"PYTHONPATH": site, "PATH": os.environ["PATH"]},
-            capture_output=True, text=True, timeout=60, check=False,
+            cwd="/", capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         hello, mount, mounts = json.loads(out.stdout)
-        assert hello["uid"] == 65534 and hello["admin"] is False
+        other = pwd.getpwnam(OTHER).pw_uid
+        assert hello["uid"] == other and hello["admin"] is False
         assert mount["ok"] is False and mount["error"]["type"] == "PermissionError"
-        assert "mount is refused to uid 65534" in mount["error"]["message"]
+        assert f"mount is refused to uid {other}" in mount["error"]["message"]
         assert mounts == {"ok": True, "mounts": []} and mounted == []
         own = Connection(path, 10.0)
         try:
