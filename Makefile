@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := liburing-dev fio etcd-server
+APT_PACKAGES := liburing-dev fio etcd-server fuse3 libfuse3-dev pkg-config
 NATIVE_SOURCES := $(wildcard shoal/engine/*.pyx shoal/engine/*.pxd shoal/engine/src/*.c shoal/engine/src/*.h) setup.py
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -211,6 +211,16 @@ class Client:
         """
         return self._metas([normalize_path(path)])[0].info()
 
+    def stat_many(self, paths: Iterable[str]) -> list[FileInfo]:
+        """Metadata of many files or directories, asked for in one batch (what a data
+        loader needs before it reads a batch of files).
+
+        Raises
+        ------
+        The errors of :meth:`stat`, for the first path that fails.
+        """
+        return [m.info() for m in self._metas([normalize_path(p) for p in paths])]
+
     def exists(self, path: str) -> bool:
         """True if a file or directory exists at ``path`` (False under no mount)."""
         try:
