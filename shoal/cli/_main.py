@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _fs, _load, _mount, _report, _secret, _worker, _workers
+from . import _fs, _fuse, _load, _mount, _report, _secret, _worker, _workers
 from ._common import describe_error, env_flag
 
 __all__ = ["build_parser", "main"]
@@ -18,6 +18,7 @@ _EPILOG = """\
 commands by topic:
   daemon      worker, up, down
   namespace   mount add|rm|ls, ls, stat, cat
+  files       fuse mount|umount MOUNTPOINT
   cache       load, free, report
   cluster     workers, worker drain|undrain ID
   security    secret new FILE
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (_worker, _mount, _fs, _load, _report, _workers, _secret):
+    for group in (_worker, _mount, _fs, _fuse, _load, _report, _workers, _secret):
         group.register(sub)
     return parser
 

@@ -1,0 +1,267 @@
+"""The FUSE mount, mounted for real (``shoal fuse mount`` as a user runs it) in a temporary
+directory and always unmounted: plain tools and ``open()`` see Shoal's namespace as a
+read-only local disk, errors carry the right errno, and the worker may die under it."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shoal.fuse import is_mounted
+
+
+def shoal_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", "shoal", *args], capture_output=True, text=True, timeout=120
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+@contextlib.contextmanager
+def mounted(mountpoint: Path, log: Path):
+    """``shoal fuse mount`` at ``mountpoint``; unmounted (lazily if need be) and its daemon
+    gone on exit, whatever happened."""
+    mountpoint.mkdir(exist_ok=True)
+    done = shoal_cli("fuse", "mount", str(mountpoint), "--log", str(log))
+    pid = int(done.stdout.rsplit("pid ", 1)[1].rstrip(")\n"))
+    try:
+        assert is_mounted(str(mountpoint))
+        yield pid
+    finally:
+        if is_mounted(str(mountpoint)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"the FUSE daemon {pid} outlived its unmount")
+        assert not is_mounted(str(mountpoint))
+
+
+def make_tree(root: Path) -> dict[str, bytes]:
+    """A small dataset: nested directories, an empty file, a multi-page file, odd names."""
+    rng = __import__("random").Random(7)
+    files = {
+        "train/0001.bin": rng.randbytes(100_000),
+        "train/0002.bin": rng.randbytes(1),
+        "train/deep/er/x.txt": b"hello\n",
+        "val/empty": b"",
+        "val/with space.txt": b"spaced out\n",
+        "big.bin": rng.randbytes(3 * (1 << 20) + 12345),
+    }
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return files
+
+
+@pytest.fixture
+def fuse(client, tmp_path):
+    """``(mountpoint / "d", files, data dir, client)``: a local directory mounted at ``/d``
+    in a worker of its own, the whole namespace under a FUSE mount."""
+    data = tmp_path / "data"
+    files = make_tree(data)
+    client.mount("/d", data.as_uri())
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log"):
+        yield mp / "d", files, data, client
+
+
+def test_namespace_as_directories(fuse):
+    root, files, data, _ = fuse
+    assert sorted(os.listdir(root.parent)) == ["d"]
+    found = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            p = Path(dirpath) / name
+            found[str(p.relative_to(root))] = p.stat().st_size
+    assert found == {rel: len(b) for rel, b in files.items()}
+    st_ = (root / "big.bin").stat()
+    assert st_.st_size == len(files["big.bin"])
+    assert abs(st_.st_mtime - (data / "big.bin").stat().st_mtime) < 1
+    assert st_.st_mode & 0o777 == 0o444 and (root / "train").is_dir()
+
+
+def test_plain_tools_read_it_as_a_local_disk(fuse, tmp_path):
+    root, files, data, _ = fuse
+    # md5sum, cat, find, du and cp agree with the local directory.
+    ours = subprocess.run(["md5sum", "big.bin", "train/0001.bin"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout  # fmt: skip
+    local = subprocess.run(["md5sum", "big.bin", "train/0001.bin"], cwd=data, capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert ours == local
+    cat = subprocess.run(
+        ["cat", str(root / "train/deep/er/x.txt")], capture_output=True, check=True
+    )
+    assert cat.stdout == b"hello\n"
+    names = subprocess.run(["find", ".", "-type", "f"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.split("\n")  # fmt: skip
+    assert sorted(n[2:] for n in names if n) == sorted(files)
+    du = subprocess.run(["du", "-ab", "big.bin"], cwd=root, capture_output=True, text=True,
+                        check=True).stdout  # fmt: skip
+    assert int(du.split()[0]) == len(files["big.bin"])
+    subprocess.run(["cp", "-r", str(root), str(tmp_path / "copy")], check=True)
+    for rel, content in files.items():
+        assert (tmp_path / "copy" / rel).read_bytes() == content
+    # tar archives it whole.
+    subprocess.run(["tar", "cf", str(tmp_path / "d.tar"), "-C", str(root), "."], check=True)
+    with tarfile.open(tmp_path / "d.tar") as tar:
+        got = {m.name[2:]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    assert got == files
+
+
+def test_open_seek_read(fuse):
+    root, files, _, _ = fuse
+    big = files["big.bin"]
+    with open(root / "big.bin", "rb", buffering=0) as f:
+        assert f.read(10) == big[:10]
+        f.seek((1 << 20) - 5)
+        assert f.read(1 << 20) == big[(1 << 20) - 5 : (2 << 20) - 5]
+        f.seek(len(big) - 3)
+        assert f.read(100) == big[-3:]
+        assert f.read(100) == b""
+    assert hashlib.sha256((root / "big.bin").read_bytes()).digest() == hashlib.sha256(big).digest()
+    assert (root / "val/empty").read_bytes() == b""
+    assert (root / "val/with space.txt").read_text() == "spaced out\n"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(offset=st.integers(0, 4 << 20), length=st.integers(0, 3 << 20))
+def test_ranges_match_the_file(fuse, offset, length):
+    root, files, _, _ = fuse
+    big = files["big.bin"]
+    fd = os.open(root / "big.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, length, offset) == big[offset : offset + length]
+    finally:
+        os.close(fd)
+
+
+def test_errors_carry_the_right_errno(fuse):
+    root, _, _, _ = fuse
+    with pytest.raises(FileNotFoundError):
+        (root / "nope").read_bytes()
+    with pytest.raises(FileNotFoundError):
+        os.stat(root.parent / "no-such-mount")
+    with pytest.raises(IsADirectoryError):
+        (root / "train").read_bytes()
+    with pytest.raises(NotADirectoryError):
+        os.stat(root / "big.bin" / "x")
+    for attempt in (
+        lambda: os.open(root / "big.bin", os.O_RDWR),
+        lambda: os.open(root / "new", os.O_WRONLY | os.O_CREAT),
+        lambda: os.mkdir(root / "newdir"),
+        lambda: os.unlink(root / "big.bin"),
+        lambda: os.rename(root / "big.bin", root / "moved"),
+        lambda: os.rmdir(root / "val"),
+        lambda: os.chmod(root / "big.bin", 0o600),
+    ):
+        with pytest.raises(OSError) as info:
+            attempt()
+        assert info.value.errno == errno.EROFS, info.value
+
+
+def test_a_worker_killed_under_the_mount_costs_no_error(fuse, daemons, shoal_home):
+    root, files, _, client = fuse
+    assert (root / "train/0001.bin").read_bytes() == files["train/0001.bin"]
+    first = daemons.kill(shoal_home)
+    # Files not read yet (so not in the kernel's page cache) still read right: from the
+    # under-store while no worker answers, then through the worker the client starts again.
+    assert (root / "big.bin").read_bytes() == files["big.bin"]
+    assert (root / "val/with space.txt").read_bytes() == files["val/with space.txt"]
+    assert sorted(os.listdir(root / "train")) == ["0001.bin", "0002.bin", "deep"]
+    deadline = time.monotonic() + 30
+    while daemons.pid(shoal_home) in (None, first) and time.monotonic() < deadline:
+        (root / "train/0002.bin").read_bytes()
+        time.sleep(0.05)
+    assert daemons.pid(shoal_home) not in (None, first), "no worker came back"
+    # Killed again, mid-listing of a fresh mount point: the mount itself stays up.
+    daemons.kill(shoal_home)
+    assert (root / "train/deep/er/x.txt").read_bytes() == b"hello\n"
+    assert is_mounted(str(root.parent))
+
+
+def test_kernel_cache_kept_while_the_version_holds(client, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"a" * (1 << 20))
+    client.mount("/d", data.as_uri(), metadata_ttl=0.5)
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log"):
+        f = mp / "d" / "f"
+
+        def resident() -> int:
+            out = subprocess.run(["fincore", "-b", "-n", "-o", "RES", str(f)],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            return int(out.split()[0])
+
+        assert f.read_bytes() == b"a" * (1 << 20)
+        assert resident() == 1 << 20  # a second open keeps the pages
+        assert resident() == 1 << 20
+        time.sleep(0.6)
+        assert resident() == 1 << 20  # the attributes expired, the version did not change
+        (data / "f").write_bytes(b"b" * (1 << 19))
+        client.refresh("/d/f")
+        time.sleep(1.2)  # the mount's own client keeps metadata for a second
+        # The new version drops the old pages at the next open; reads see the new bytes.
+        assert resident() == 0
+        assert f.read_bytes() == b"b" * (1 << 19)
+
+
+def test_objects_of_an_s3_mount(client, bucket, tmp_path):
+    bucket.put("a/b/c.bin", b"x" * 70_000)
+    bucket.put("top.txt", b"top\n")
+    client.mount("/s3", f"s3://{bucket.name}", **bucket.options())
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log"):
+        assert sorted(os.listdir(mp / "s3")) == ["a", "top.txt"]
+        assert (mp / "s3/a/b/c.bin").read_bytes() == b"x" * 70_000
+        assert (mp / "s3/top.txt").stat().st_size == 4
+
+
+def test_mount_and_umount_errors(shoal_home, tmp_path):
+    missing = shoal_cli("fuse", "mount", str(tmp_path / "nowhere"), check=False)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    (tmp_path / "file").write_bytes(b"")
+    not_dir = shoal_cli("fuse", "mount", str(tmp_path / "file"), check=False)
+    assert not_dir.returncode == 1 and "not a directory" in not_dir.stderr
+    not_mounted = shoal_cli("fuse", "umount", str(tmp_path), check=False)
+    assert not_mounted.returncode == 1 and "no Shoal FUSE mount" in not_mounted.stderr
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log"):
+        twice = shoal_cli("fuse", "mount", str(mp), check=False)
+        assert twice.returncode == 1 and "already mounted" in twice.stderr
+        shoal_cli("fuse", "umount", str(mp))
+        assert not is_mounted(str(mp))
+
+
+def test_sigterm_unmounts(shoal_home, tmp_path):
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log") as pid:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while is_mounted(str(mp)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not is_mounted(str(mp))
