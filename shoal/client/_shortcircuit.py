@@ -82,7 +82,7 @@ class ShortCircuit:
             fid = meta.fid
             keys.extend([(fid, s.index) for s in slices])
         found = locs.get_many(keys)
-        batch, partial, served = [], [], []
+        batch, served = [], []
         for item, k, start, n, slices in wanted:
             view = item[0]
             first = len(batch)
@@ -92,27 +92,24 @@ class ShortCircuit:
                     rest.append(item)
                     continue
                 tier, region, offset, plen, crc, generation, _ = loc
-                if start or n != plen:
-                    dest = bytearray(plen)  # the crc32c covers the whole page
-                    partial.append((first, view, 0, dest, start, n))
-                    view = dest
-                batch.append((tier, region, offset, plen, crc, generation, view))
+                if start or n != plen:  # part of a page (the engine checks the whole)
+                    batch.append((tier, region, offset, plen, crc, generation, view, start, n))
+                else:
+                    batch.append((tier, region, offset, plen, crc, generation, view))
                 served.append((item, first, first + 1, k))
                 continue
             item_locs = found[k : k + len(slices)]
             for (_, start, n, buf_offset), loc in zip(slices, item_locs, strict=True):
                 if loc is None or start + n > loc[3]:
                     del batch[first:]  # a page not remembered: the whole item to the worker
-                    partial = [x for x in partial if x[0] < first]
                     rest.append(item)
                     break
                 tier, region, offset, plen, crc, generation, _ = loc
+                dest = view[buf_offset : buf_offset + n] if buf_offset else view
                 if start == 0 and n == plen:  # a whole page: straight into the caller's
-                    dest = view[buf_offset : buf_offset + n] if buf_offset else view
+                    batch.append((tier, region, offset, plen, crc, generation, dest))
                 else:
-                    dest = bytearray(plen)  # the crc32c covers the whole page
-                    partial.append((len(batch), view, buf_offset, dest, start, n))
-                batch.append((tier, region, offset, plen, crc, generation, dest))
+                    batch.append((tier, region, offset, plen, crc, generation, dest, start, n))
             else:
                 served.append((item, first, len(batch), k))
         if not batch:
@@ -128,9 +125,6 @@ class ShortCircuit:
             else:
                 failed.extend(keys[k : k + end - first])
                 rest.append(item)
-        for j, view, buf_offset, scratch, start, n in partial:
-            if good[j]:
-                view[buf_offset : buf_offset + n] = memoryview(scratch)[start : start + n]
         self._account(conn, counts, failed, now)
         if counts and now - locs.touched_since >= _TOUCH_DELAY:
             with contextlib.suppress(ConnectionError, TimeoutError):
@@ -166,18 +160,17 @@ class ShortCircuit:
         found = locs.get_many(
             [(meta.fid, s.index) if meta.fresh_until > now else None for _, s, meta in pieces]
         )
-        batch, partial, used, rest = [], [], [], []
+        batch, used, rest = [], [], []
         for piece, loc in zip(pieces, found, strict=True):
             dest, s, _ = piece
             if loc is None or s.start + s.length > loc[3]:
                 rest.append(piece)
                 continue
             tier, region, offset, plen, crc, generation, _ = loc
-            if s.start or s.length != plen:
-                scratch = bytearray(plen)  # the crc32c covers the whole page
-                partial.append((len(batch), dest, scratch, s.start, s.length))
-                dest = scratch
-            batch.append((tier, region, offset, plen, crc, generation, dest))
+            if s.start or s.length != plen:  # part of a page (the engine checks the whole)
+                batch.append((tier, region, offset, plen, crc, generation, dest, s.start, s.length))
+            else:
+                batch.append((tier, region, offset, plen, crc, generation, dest))
             used.append(piece)
         if not batch:
             return rest
@@ -189,9 +182,6 @@ class ShortCircuit:
             else:
                 rest.append(piece)
                 failed.append((piece[2].fid, piece[1].index))
-        for j, dest, scratch, start, length in partial:
-            if type(results[j]) is int:
-                dest[:] = memoryview(scratch)[start : start + length]
         self._account(conn, counts, failed, now)
         return rest
 

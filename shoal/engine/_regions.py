@@ -204,6 +204,9 @@ class RegionReader:
         # Region -> read-only mapping of its file, or None where it is not in memory.
         self._maps: dict[tuple[str, int], mmap.mmap | None] = {}
         self._map_memory = bool(map_memory)
+        # Region -> {page offset: the generation its crc32c was checked at}, for parts of
+        # pages read again (kept while the region's mapping is).
+        self._verified: dict[tuple[str, int], dict[int, int]] = {}
         self._closed = False
 
     def _table(self, location: PageLocation) -> GenerationTable:
@@ -352,7 +355,11 @@ class RegionReader:
         ----------
         items
             ``(tier, region, offset, length, crc32c, generation, buffer)`` tuples; each
-            page goes to the start of its buffer.
+            page goes to the start of its buffer. An item may add ``start, n``: only bytes
+            ``[start, start + n)`` of the page go to its buffer (the result is then ``n``).
+            The crc32c covers the whole page, so the first such read of a page reads and
+            checks all of it; later ones of a page in memory, while its region keeps the
+            generation it was checked at, copy just their bytes.
 
         Returns
         -------
@@ -372,6 +379,8 @@ class RegionReader:
         requests, checksums, slots = [], [], []
         copies: list[tuple] = []  # out of mapped region files
         copied: list[int] = []
+        parts: list[tuple] = []  # (item, whole page read, start, n, destination)
+        unchecked: set[int] = set()  # parts of pages checked before: copied as they are
         # The requests as the backend takes them, while each passes read_batch's checks here
         # (the usual case: one pass over the batch instead of three); None once one does not.
         checked: list[tuple] | None = []
@@ -380,8 +389,13 @@ class RegionReader:
         with self._lock:
             if self._closed:
                 raise ValueError("RegionReader is closed")
-            fds, tables = self._fds, self._tables
-            for i, (tier, region, offset, length, crc, generation, buf) in enumerate(items):
+            fds, tables, verified = self._fds, self._tables, self._verified
+            for i, item in enumerate(items):
+                if len(item) == 7:
+                    tier, region, offset, length, crc, generation, buf = item
+                    part = None
+                else:
+                    tier, region, offset, length, crc, generation, buf, *part = item
                 key = (tier, region)
                 fd = fds.get(key)
                 table = tables.get(tier)
@@ -399,6 +413,20 @@ class RegionReader:
                 mapped = None
                 if type(offset) is int and type(length) is int:
                     mapped = self._map(key, fd, offset + length)
+                if part is not None:
+                    start, n = _part(i, part, length)
+                    if (
+                        mapped is not None
+                        and 0 <= offset <= len(mapped) - length
+                        and verified.get(key, _NONE).get(offset) == generation
+                    ):
+                        copies.append((mapped, offset + start, n, buf, 0))
+                        copied.append(i)
+                        unchecked.add(i)
+                        continue
+                    page = bytearray(length)
+                    parts.append((i, page, start, n, buf))
+                    buf = page
                 if mapped is not None and 0 <= offset <= len(mapped) - length:
                     copies.append((mapped, offset, length, buf, crc))
                     copied.append(i)
@@ -436,8 +464,10 @@ class RegionReader:
             for i, copy, n in zip(copied, copies, _copy_out(copies), strict=True):
                 if n == FAULTED:
                     results[i] = self._faulted(*items[i][:2], copy[0], copy[1], copy[2])
+                elif n >= 0 or i in unchecked:
+                    results[i] = copy[2]
                 else:
-                    results[i] = n if n >= 0 else _corrupt(*items[i][:5])
+                    results[i] = _corrupt(*items[i][:5])
         if requests:
             done: list[Any]
             if checked is not None:
@@ -455,9 +485,17 @@ class RegionReader:
             # The writer bumps a region's generation before it overwrites the region.
             after = {key: table.get(key[1]) for key, table in regions.items()}
             for i in (*copied, *slots):
-                tier, region, _, _, _, generation, _ = items[i]
+                tier, region, _, _, _, generation = items[i][:6]
                 if after[tier, region] != generation:
                     results[i] = _stale_region(tier, region, generation)
+        for i, page, start, n, buf in parts:
+            if type(results[i]) is int:
+                tier, region, offset, _, _, generation = items[i][:6]
+                _byte_view(buf)[:n] = memoryview(page)[start : start + n]
+                results[i] = n
+                with self._lock:
+                    if self._maps.get((tier, region)) is not None:
+                        self._verified.setdefault((tier, region), {})[offset] = generation
         return results
 
     def _map(self, key: tuple[str, int], fd: int, end: int) -> mmap.mmap | None:
@@ -500,6 +538,7 @@ class RegionReader:
                 size = None
             if self._maps.get(key) is mapped and (size is None or size < len(mapped)):
                 del self._maps[key]  # not closed: another read may still copy out of it
+                self._verified.pop(key, None)
         if size is None or size < offset + length:
             now = "no longer open" if size is None else f"now {size} bytes"
             return StaleLocationError(
@@ -516,6 +555,7 @@ class RegionReader:
         """Forget a region's mapping (lock held); a read still copying out of it keeps
         it until that read ends."""
         mapped = self._maps.pop(key, None)
+        self._verified.pop(key, None)
         if mapped is not None:
             # Exported to a read in progress: unmapped when that read lets it go.
             with contextlib.suppress(BufferError):
@@ -579,6 +619,24 @@ class RegionReader:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+_NONE: dict[int, int] = {}
+
+
+def _part(i: int, part: list, length: int) -> tuple[int, int]:
+    """``(start, n)`` of item ``i``, checked to lie within its page of ``length`` bytes."""
+    if len(part) != 2 or not all(type(v) is int for v in part):
+        raise ValueError(f"item {i}: expected 7 fields, or 9 with an int start and length")
+    start, n = part
+    if start < 0 or n < 0 or start + n > length:
+        raise ValueError(f"item {i}: bytes [{start}, {start + n}) are outside its page")
+    return start, n
+
+
+def _byte_view(buf: Any) -> memoryview:
+    view = memoryview(buf)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _copy_out(copies: list[tuple]) -> list[int]:

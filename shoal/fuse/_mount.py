@@ -63,10 +63,12 @@ def set_read_ahead(mountpoint: str, nbytes: int) -> bool:
     dev = _device(mountpoint)
     if dev is None:
         return False
+    want = str(max(4, nbytes >> 10))
     try:
         with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
-            f.write(str(max(4, nbytes >> 10)))
-        return True
+            f.write(want)
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb") as f:
+            return f.read().strip() == want
     except OSError as exc:
         log.info("kernel read-ahead of %s left as is: %s", mountpoint, exc)
         return False
@@ -115,7 +117,13 @@ def _serve(
     pyfuse3.init(ops, point, _options(allow_other))
     mounted = True
     try:
-        set_read_ahead(point, read_ahead)
+
+        async def tune() -> None:
+            # The kernel sets the mount's read-ahead from the INIT reply: set ours after it.
+            for _ in range(50):
+                await trio.sleep(0.02)
+                if await trio.to_thread.run_sync(set_read_ahead, point, read_ahead):
+                    return
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -127,6 +135,8 @@ def _serve(
                             return
 
                 nursery.start_soon(on_signals)
+                if read_ahead:
+                    nursery.start_soon(tune)
                 if ready is not None:
                     ready()
                 await pyfuse3.main(min_tasks=2, max_tasks=max(8, 2 * threads))

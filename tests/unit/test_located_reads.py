@@ -507,3 +507,65 @@ def test_large_batches_out_of_a_mapping_are_split(mem_store, monkeypatch):
         assert [bytes(b) for i, b in enumerate(bufs) if i != 5] == [
             payload(f"m{i}", 30_000) for i in range(8) if i != 5
         ]
+
+
+def flip_byte(path: str, at: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(at)
+        byte = f.read(1)
+        f.seek(at)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(parts=st.lists(st.tuples(st.integers(0, 30_000), st.integers(0, 30_000)), max_size=6))
+def test_parts_of_pages_are_checked_whole_once_then_copied(mem_store, parts):
+    s = mem_store
+    if not s.contains("p0"):
+        s.put_many([("p0", payload("p0", 30_000)), ("d0", payload("d0", 30_000))], tier="MEM")
+        s.put("d1", payload("d1", 30_000), tier="SSD")
+    with adopted_reader(s) as reader:
+        for loc in s.locate(["p0", "d1"]):
+            data = payload("p0" if loc.tier == "MEM" else "d1", 30_000)
+            for start, n in parts:
+                start, n = min(start, 30_000), min(n, 30_000 - min(start, 30_000))
+                buf = bytearray(n + 3)
+                got = reader.read_located([(*as_tuple(loc, buf), start, n)])
+                assert got == [n] and bytes(buf[:n]) == data[start : start + n]
+        verified = reader._verified
+        assert all(tier == "MEM" for tier, _ in verified)  # pages in memory only
+
+
+def test_part_reads_after_a_check_and_after_reclaim(mem_store):
+    s = mem_store
+    s.put_many([("p0", payload("p0", 30_000)), ("p1", payload("p1", 30_000))], tier="MEM")
+    p0, p1 = s.locate(["p0", "p1"])
+    with adopted_reader(s) as reader:
+        # A corrupt page fails its first part read: the whole page is checked.
+        flip_byte(p1.path, p1.offset + 20_000)
+        res = reader.read_located([(*as_tuple(p1, bytearray(10)), 0, 10)])[0]
+        assert isinstance(res, PageCorruptedError)
+        assert ("MEM", p1.region) not in reader._verified or p1.offset not in reader._verified[
+            ("MEM", p1.region)
+        ]
+        # A good one is checked once; its later parts are copied as they are.
+        buf = bytearray(100)
+        assert reader.read_located([(*as_tuple(p0, buf), 500, 100)]) == [100]
+        assert reader._verified[("MEM", p0.region)][p0.offset] == p0.generation
+        assert bytes(buf) == payload("p0", 30_000)[500:600]
+        # Bad parts are refused before anything is read.
+        with pytest.raises(ValueError, match="outside its page"):
+            reader.read_located([(*as_tuple(p0, bytearray(10)), 29_995, 10)])
+        with pytest.raises(ValueError, match="9 with an int start"):
+            reader.read_located([(*as_tuple(p0, bytearray(10)), 0)])
+        # Reclaimed and reused: stale, never the new bytes, and the check is forgotten
+        # along with the region's mapping when a new descriptor comes.
+        s.put("full", payload("full", RS), tier="MEM")
+        s.evict("MEM", p0.region)
+        s.put("n0", payload("n0", 30_000), tier="MEM")
+        res = reader.read_located([(*as_tuple(p0, bytearray(10)), 0, 10)])[0]
+        assert isinstance(res, StaleLocationError)
+        reader.adopt("MEM", p0.region, os.open(p0.path, os.O_RDONLY))
+        assert ("MEM", p0.region) not in reader._verified
