@@ -330,7 +330,12 @@ class FileResolver:
             if info is None:
                 raise FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)
             return info
-        return store.stat(rel)
+        try:
+            return store.stat(rel)
+        except FileNotFoundError as exc:  # named by its Shoal path, and where it was looked for
+            raise FileNotFoundError(
+                errno.ENOENT, f"{path}: no such file or directory in {mount.child_uri(rel)}", path
+            ) from exc
 
     def _file_to_read(self, path: str, start: int, end: int) -> File:
         """:meth:`file`, for a caller about to read bytes ``[start, end)`` of it: when
@@ -494,7 +499,7 @@ class FileResolver:
                 entries.setdefault(name, entry(under + name, ObjectInfo(name, 0, "", 0.0, True)))
             else:
                 entries[name] = entry(f"{base}/{info.path}", info)
-        if not entries and f.rel:
+        if not entries and f.rel and (f.store is None or f.store.implicit_dirs):
             # A directory on an object store exists only through its objects.
             raise FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)
         return [entries[n] for n in sorted(entries)]

@@ -183,3 +183,20 @@ def test_gpu_destination_is_refused(s3):
 
     with pytest.raises(TypeError, match="GPU buffer; Client reads into host memory"):
         client.read_into(FakeDeviceArray(), "/s3/dir/file")
+
+
+def test_local_mount_errors_name_the_shoal_path_and_empty_dirs_exist(client, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_bytes(b"x")
+    client.mount("/loc", tmp_path.as_uri())
+    assert client.ls("/loc/empty") == []  # a real directory, though nothing is under it
+    assert client.stat("/loc/empty").is_dir
+    with pytest.raises(FileNotFoundError) as info:
+        client.stat("/loc/no/such.bin")
+    assert info.value.filename == "/loc/no/such.bin" and "/loc/no/such.bin" in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        client.read_into(bytearray(4), "/loc/full/missing")
+    assert info.value.filename == "/loc/full/missing"
+    with pytest.raises(FileNotFoundError):
+        client.ls("/loc/nothing-here")

@@ -97,6 +97,10 @@ class UnderStore(abc.ABC):
     #: Options that name a file of credentials on the worker: admitted only beneath the
     #: worker's ``credential_dir``. Options named ``*_env`` name an environment variable.
     credential_file_options: ClassVar[frozenset[str]] = frozenset()
+    #: True where a directory exists only through the objects under it (object stores):
+    #: one with nothing under it is not there. False where directories are real (a POSIX
+    #: directory may be empty).
+    implicit_dirs: ClassVar[bool] = True
 
     def __init__(self, *, retry: RetryPolicy | dict | None = None):
         self.retry = RetryPolicy.coerce(retry)

@@ -63,6 +63,7 @@ class LocalStore(UnderStore):
 
     scheme = "file"
     public_options = frozenset({"retry", "fsync"})
+    implicit_dirs = False
 
     def __init__(self, root: str | os.PathLike, *, fsync: bool = True, retry: Any = None):
         super().__init__(retry=retry)
