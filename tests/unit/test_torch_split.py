@@ -7,9 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("torch")
-
-from shoal.torch._datasets import shard  # noqa: E402
+from shoal.torch._datasets import shard
 
 
 @settings(max_examples=300, deadline=None)
