@@ -224,5 +224,7 @@ class MountTable:
                 if _MOUNT in node:
                     found, depth = node[_MOUNT], i + 1
         if found is None:
-            raise FileNotFoundError(f"{path} is not under any mount (see `shoal mount ls`)")
+            raise FileNotFoundError(
+                errno.ENOENT, f"{path} is not under any mount (see `shoal mount ls`)", path
+            )
         return found, "/".join(names[depth:])

@@ -51,8 +51,9 @@ def test_missing_object_error_details(s3):
         client.open("/s3/dir/missing")
     with pytest.raises(FileNotFoundError):
         client.ls("/s3/no-such-dir")
-    with pytest.raises(FileNotFoundError, match="not under any mount"):
+    with pytest.raises(FileNotFoundError, match="not under any mount") as info:
         client.ls("/nowhere")
+    assert info.value.errno == errno.ENOENT and info.value.filename == "/nowhere"
 
 
 def test_directory_is_not_a_file(s3):
