@@ -51,6 +51,7 @@ bench: build
 	$(PY) perf/pagestore.py
 	$(PY) perf/read_path.py
 	$(PY) perf/cluster.py
+	$(PY) perf/frontends.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf

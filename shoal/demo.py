@@ -6,8 +6,10 @@ It starts a local S3 server (moto), uploads a synthetic dataset (about 2,000 obj
 touched), mounts the bucket, and runs epochs of a simulated training loop: batches of
 files read into pre-allocated buffers while the previous batch "computes" (a fixed time
 per batch). Per epoch it prints the throughput, the cache hit ratio and the fraction of
-time the loop waited for data, and it checks every object's crc32c. Everything it started
-is stopped at the end, on Ctrl-C and on error.
+time the loop waited for data, and it checks every object's crc32c. A last epoch reads the
+same dataset as plain files with ``open()`` under ``shoal fuse mount`` (skipped, with a
+note, where FUSE is not available). Everything it started is stopped (and unmounted) at
+the end, on Ctrl-C and on error.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class EpochResult:
     Attributes
     ----------
     reader
-        ``boto3`` or ``shoal``.
+        ``boto3``, ``shoal`` (the client) or ``fuse`` (plain files under a FUSE mount).
     epoch
         1, 2, ...
     label
@@ -255,6 +257,65 @@ def shoal_fetcher(client, paths: Sequence[str]) -> Fetch:
     return fetch
 
 
+def file_fetcher(root: str, rels: Sequence[str], pool: ThreadPoolExecutor) -> Fetch:
+    """Read files whole with plain ``open()`` and ``readinto``, ``pool``'s threads at once:
+    what a training script that knows nothing of Shoal does under its FUSE mount."""
+
+    def read(item: tuple[int, memoryview]) -> int:
+        i, view = item
+        got = 0
+        with open(os.path.join(root, rels[i]), "rb", buffering=0) as f:
+            while got < view.nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        return got
+
+    def fetch(items: list[tuple[int, memoryview]]) -> list[int]:
+        return list(pool.map(read, items))
+
+    return fetch
+
+
+def fuse_unavailable() -> str | None:
+    """Why this machine cannot mount Shoal with FUSE, or None when it can."""
+    if not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as exc:
+        return f"pyfuse3 is not installed ({exc}; pip install 'shoal[fuse]')"
+    return None
+
+
+@contextlib.contextmanager
+def fuse_mounted(mountpoint: str, log: str):
+    """``shoal fuse mount MOUNTPOINT`` run as a user runs it (a process of its own, not the
+    worker), unmounted on exit; its pid."""
+    import subprocess
+
+    from .fuse import is_mounted, unmount
+
+    cmd = [sys.executable, "-m", "shoal", "fuse", "mount", mountpoint, "--log", log]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise OSError(f"shoal fuse mount failed: {done.stderr.strip()}")
+    pid = int(done.stdout.rsplit("pid ", 1)[1].rstrip(")\n"))
+    try:
+        yield pid
+    finally:
+        if is_mounted(mountpoint):
+            unmount(mountpoint, lazy=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+
+
 def epoch_order(n: int, seed: int, epoch: int, batch: int) -> list[list[int]]:
     """A shuffled pass over ``n`` objects, cut into batches."""
     order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
@@ -327,6 +388,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=16,
         help="concurrent requests of the boto3 reader (default 16, as Shoal's worker)",
+    )
+    loop.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="skip the epoch read through a FUSE mount with plain open()",
     )
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -468,6 +534,36 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
             record(
                 EpochResult("shoal", epoch, label, len(data), data.total, secs, wait, read, ratio)
             )
+        why_not = None if args.no_fuse else fuse_unavailable()
+        if not args.no_fuse and why_not is None:
+            mountpoint = os.path.join(home, "mnt")
+            os.mkdir(mountpoint)
+            pid = stack.enter_context(fuse_mounted(mountpoint, os.path.join(home, "fuse.log")))
+            stack.callback(_say, f"unmounted the FUSE mount at {mountpoint}")
+            _say()
+            _say(
+                f"fuse: `shoal fuse mount {mountpoint}` (pid {pid}, not the worker); the "
+                f"training loop reads {mountpoint}{MOUNT}/... with plain open(), "
+                f"{args.threads} threads"
+            )
+            root = mountpoint + MOUNT
+            rels = [k[len(data.prefix) :] for k in data.keys]
+            before = client.report()
+            with ThreadPoolExecutor(args.threads, "demo-fuse") as pool:
+                secs, wait, read = run_epoch(
+                    file_fetcher(root, rels, pool), batches[2], arenas, sizes, data.crcs,
+                    data.keys, compute,
+                )  # fmt: skip
+            after = client.report()
+            hits = after["page_hits"] - before["page_hits"]
+            asked = hits + after["page_misses"] - before["page_misses"]
+            record(
+                EpochResult("fuse", 3, "open()", len(data), data.total, secs, wait, read,
+                            hits / asked if asked else None)
+            )  # fmt: skip
+        elif why_not is not None:
+            _say()
+            _say(f"fuse: the step reading through a FUSE mount is skipped: {why_not}")
         final = client.report()
 
         _say()
@@ -477,13 +573,21 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
             f"verified: {len(results) * len(data)} object reads, every one the size and "
             "crc32c of the object uploaded"
         )
-        base, warm = results[0], results[-1]
+        base = results[0]
+        warm = next(r for r in results if r.reader == "shoal" and r.label == "warm")
         _say(
             f"shoal warm vs boto3: {warm.mb_per_s / base.mb_per_s:.1f}x the throughput, data "
             f"wait {100 * warm.wait_fraction:.1f}% vs {100 * base.wait_fraction:.1f}%; "
             f"under-store reads {format_size(final['ufs_bytes'])} "
             f"({final['ufs_bytes'] / data.total:.2f}x the dataset)"
         )
+        for r in results:
+            if r.reader == "fuse":
+                _say(
+                    f"plain open() under the FUSE mount vs boto3: "
+                    f"{r.mb_per_s / base.mb_per_s:.1f}x the throughput, data wait "
+                    f"{100 * r.wait_fraction:.1f}%"
+                )
         return {
             "dataset": {
                 "objects": len(data),

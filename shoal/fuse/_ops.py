@@ -77,6 +77,29 @@ class _Node:
     cached_version: str | None = None
 
 
+class _Lane:
+    """Whether calls of one kind run in the FUSE loop's own thread: after ``FAST_STREAK``
+    calls in a row answered within ``SLOW`` seconds, until one does not."""
+
+    SLOW = 0.002
+    FAST_STREAK = 16
+
+    __slots__ = ("inline", "_streak")
+
+    def __init__(self) -> None:
+        self.inline = False
+        self._streak = 0
+
+    def took(self, seconds: float) -> None:
+        if seconds > self.SLOW:
+            self.inline = False
+            self._streak = 0
+        else:
+            self._streak += 1
+            if self._streak >= self.FAST_STREAK:
+                self.inline = True
+
+
 @dataclass
 class _Handle:
     path: str
@@ -126,16 +149,31 @@ class ShoalOperations(pyfuse3.Operations):
         self._dirs: dict[int, list[tuple[bytes, str, FileInfo]]] = {}
         self._next_fh = 1
         self._buffers: list[bytearray] = []
+        self._read_lane = _Lane()
+        self._meta_lane = _Lane()
         self._mounts: list[tuple[str, float]] = []
         self._mounts_read = -MOUNTS_TTL
         self.started = time.time()
 
     # ----------------------------------------------------------------- helpers
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` in a pool thread; its exception as a FUSE error."""
+    async def _run(self, lane: _Lane, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, its exception as a FUSE error: in this thread while calls of its
+        ``lane`` answer fast (warm pages, cached metadata: a hand-off to a thread would cost
+        more than the call), in a pool thread otherwise, so that a slow call (an
+        under-store's answer) holds one thread, not the loop."""
+
+        def timed() -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:  # the call's own time, not its wait for a thread
+                lane.took(time.perf_counter() - start)
+
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            if lane.inline:
+                return timed()
+            return await trio.to_thread.run_sync(timed, limiter=self._limiter)
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
@@ -215,12 +253,21 @@ class ShoalOperations(pyfuse3.Operations):
     def _stat(self, path: str) -> tuple[FileInfo, float]:
         if path == "/":
             return FileInfo("/", 0, 0.0, "", True), ABOVE_MOUNTS_TTL
-        return self._client.stat(path), self._ttl(path)
+        try:
+            return self._client.stat(path), self._ttl(path)
+        except FileNotFoundError:
+            # A directory above mount points (/datasets over a mount at /datasets/x).
+            self._mounts_read = -MOUNTS_TTL  # the mount table again: one may be new
+            self._ttl(path)
+            inside = path.rstrip("/") + "/"
+            if any(prefix.startswith(inside) for prefix, _ in self._mounts):
+                return FileInfo(path, 0, 0.0, "", True), ABOVE_MOUNTS_TTL
+            raise
 
     async def _fresh(self, node: _Node) -> _Node:
         """``node`` with attributes no older than its mount's metadata TTL."""
         if node.expires <= time.monotonic():
-            info, ttl = await self._run(self._stat, node.path)
+            info, ttl = await self._run(self._meta_lane, self._stat, node.path)
             node = self._remember(node.path, info, ttl)
         return node
 
@@ -250,7 +297,7 @@ class ShoalOperations(pyfuse3.Operations):
             if known is not None and known.expires > time.monotonic():
                 node = known
             else:
-                info, ttl = await self._run(self._stat, path)
+                info, ttl = await self._run(self._meta_lane, self._stat, path)
                 node = self._remember(path, info, ttl)
         with self._lock:
             node.lookups += 1
@@ -298,7 +345,7 @@ class ShoalOperations(pyfuse3.Operations):
         node = await self._fresh(self._node(inode))
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        entries = await self._run(self._client.ls, node.path)
+        entries = await self._run(self._meta_lane, self._client.ls, node.path)
         listing = []
         for e in entries:
             name = e.path.rstrip("/").rsplit("/", 1)[-1]
@@ -330,9 +377,8 @@ class ShoalOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
-        node = self._node(inode)
-        info, ttl = await self._run(self._stat, node.path)
-        node = self._remember(node.path, info, ttl)
+        node = await self._fresh(self._node(inode))
+        info = node.info
         if info.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         # The kernel keeps the file's pages across opens while its version holds.
@@ -359,7 +405,7 @@ class ShoalOperations(pyfuse3.Operations):
         if len(buf) < size:
             buf = bytearray(size)
         try:
-            n = await self._run(self._read, handle.path, buf, off, size)
+            n = await self._run(self._read_lane, self._read, handle.path, buf, off, size)
         finally:
             # Safe to reuse at once: pyfuse3 copies the reply into the kernel before any
             # other request of this loop runs (no await between our return and the reply).

@@ -72,8 +72,9 @@ def test_tiny_demo(tmp_path):
         ["boto3", "1", table[1][2]],
         ["shoal", "1", "cold"],
         ["shoal", "2", "warm"],
+        ["fuse", "3", "open()"],
     ]
-    assert "verified: 120 object reads" in out
+    assert "verified: 160 object reads" in out
 
     results = json.loads(out_json.read_text())
     epochs = results["epochs"]
@@ -81,6 +82,7 @@ def test_tiny_demo(tmp_path):
         ("boto3", 1, ""),
         ("shoal", 1, "cold"),
         ("shoal", 2, "warm"),
+        ("fuse", 3, "open()"),
     ]
     for e in epochs:
         assert e["files"] == 40 and e["nbytes"] == 16 << 20
@@ -93,8 +95,15 @@ def test_tiny_demo(tmp_path):
     # Everything it started is stopped, its temporary home removed.
     assert not process_alive(results["worker_pid"])
     assert not os.path.exists(results["home"])
-    for line in ("stopped the Shoal worker", "stopped the S3 server (moto)", "removed "):
+    for line in (
+        "stopped the Shoal worker",
+        "stopped the S3 server (moto)",
+        "removed ",
+        "unmounted the FUSE mount",
+    ):
         assert line in out
+    with open("/proc/self/mountinfo") as f:
+        assert "fuse.shoal" not in f.read()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

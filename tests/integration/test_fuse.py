@@ -230,15 +230,23 @@ def test_kernel_cache_kept_while_the_version_holds(client, tmp_path):
         assert f.read_bytes() == b"b" * (1 << 19)
 
 
-def test_objects_of_an_s3_mount(client, bucket, tmp_path):
+def test_objects_of_an_s3_mount_below_plain_directories(client, bucket, tmp_path):
     bucket.put("a/b/c.bin", b"x" * 70_000)
     bucket.put("top.txt", b"top\n")
-    client.mount("/s3", f"s3://{bucket.name}", **bucket.options())
+    client.mount("/datasets/s3", f"s3://{bucket.name}", **bucket.options())
     mp = tmp_path / "mnt"
     with mounted(mp, tmp_path / "fuse.log"):
-        assert sorted(os.listdir(mp / "s3")) == ["a", "top.txt"]
-        assert (mp / "s3/a/b/c.bin").read_bytes() == b"x" * 70_000
-        assert (mp / "s3/top.txt").stat().st_size == 4
+        # /datasets is no mount, only the directory above one.
+        assert os.listdir(mp) == ["datasets"] and (mp / "datasets").is_dir()
+        assert os.listdir(mp / "datasets") == ["s3"]
+        s3 = mp / "datasets" / "s3"
+        assert sorted(os.listdir(s3)) == ["a", "top.txt"]
+        assert (s3 / "a/b/c.bin").read_bytes() == b"x" * 70_000
+        assert (s3 / "top.txt").stat().st_size == 4
+        assert not (mp / "datasets" / "nothing").exists()
+        # A mount made while mounted shows up.
+        client.mount("/datasets/more", f"s3://{bucket.name}/a", **bucket.options())
+        assert (mp / "datasets" / "more" / "b" / "c.bin").stat().st_size == 70_000
 
 
 def test_mount_and_umount_errors(shoal_home, tmp_path):
