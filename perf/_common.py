@@ -59,6 +59,14 @@ class Table:
         self.add(section, what, value, "x", note)
         return value
 
+    def print_with_total(self, started: float) -> None:
+        """Print the table, the run's wall time since ``started`` (``perf_counter``) and the
+        targets missed."""
+        print(self.render())
+        print(f"\ntotal {time.perf_counter() - started:.0f} s")
+        if self.missed:
+            print(f"targets missed: {', '.join(self.missed)}")
+
     def render(self) -> str:
         widths = [max(len(r[i]) for r in self.rows) for i in range(5)]
         lines, last = [], None

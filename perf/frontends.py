@@ -46,9 +46,8 @@ from _common import GiB, KiB, MiB, Table, aligned, data_root  # noqa: E402
 
 import shoal  # noqa: E402
 from shoal._config import DEFAULT_ALLOWED_MOUNTS  # noqa: E402
-from shoal._testing import S3Server, TemporaryHome, make_dataset  # noqa: E402
+from shoal._testing import S3Server, TemporaryHome, fuse_mounted, make_dataset  # noqa: E402
 from shoal._testing._s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY  # noqa: E402
-from shoal.fuse import is_mounted  # noqa: E402
 
 BUCKET = "shoal-frontends"
 ALLUXIO_FUSE_GBPS = 2.1
@@ -81,21 +80,6 @@ def read_pieces(client, path: str, buf: memoryview) -> int:
     while n := client.read_into(buf, path, total):
         total += n
     return total
-
-
-@contextlib.contextmanager
-def fuse_mount(mountpoint: Path, log: Path):
-    """``shoal fuse mount`` as a user runs it; always unmounted."""
-    mountpoint.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "shoal", "fuse", "mount", str(mountpoint), "--log", str(log)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise RuntimeError(f"shoal fuse mount failed: {done.stderr.strip()}")
-    try:
-        yield
-    finally:
-        if is_mounted(str(mountpoint)):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
 @contextlib.contextmanager
@@ -384,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             shoal.Client() as client,
         ):
             client.mount("/local", root.as_uri())
-            with fuse_mount(mnt, Path(os.environ["SHOAL_HOME"]) / "fuse.log"):
+            with fuse_mounted(str(mnt), os.path.join(os.environ["SHOAL_HOME"], "fuse.log")):
                 if "seq" in parts:
                     bench_seq(args, client, root, mnt, table)
                 if "fio" in parts:
@@ -397,10 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
         with contextlib.suppress(OSError):
             mnt.rmdir()
-    print(table.render())
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    if table.missed:
-        print(f"targets missed: {', '.join(table.missed)}")
+    table.print_with_total(started)
     return 0
 
 

@@ -67,6 +67,7 @@ from shoal.demo import (  # noqa: E402
     batch_bytes,
     boto3_fetcher,
     epoch_order,
+    read_fully,
     run_epoch,
     shoal_fetcher,
     verify,
@@ -168,13 +169,7 @@ def _fsspec_fetcher(fs, keys):
     def get(item) -> int:
         i, view = item
         with fs.open(f"{BUCKET}/{keys[i]}", "rb") as f:
-            got = 0
-            while got < view.nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        return got
+            return read_fully(f, view)
 
     def fetch(items):
         # One at a time: the cached filesystems' metadata is not safe to share between
@@ -658,10 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                     bench_small(args, ctx, table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    print(table.render())
-    print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    if table.missed:
-        print(f"targets missed: {', '.join(table.missed)}")
+    table.print_with_total(started)
     return 0
 
 

@@ -257,20 +257,25 @@ def shoal_fetcher(client, paths: Sequence[str]) -> Fetch:
     return fetch
 
 
+def read_fully(f, view: memoryview) -> int:
+    """Fill ``view`` from the file object ``f`` (short only at its end); bytes read."""
+    got = 0
+    while got < view.nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 def file_fetcher(root: str, rels: Sequence[str], pool: ThreadPoolExecutor) -> Fetch:
     """Read files whole with plain ``open()`` and ``readinto``, ``pool``'s threads at once:
     what a training script that knows nothing of Shoal does under its FUSE mount."""
 
     def read(item: tuple[int, memoryview]) -> int:
         i, view = item
-        got = 0
         with open(os.path.join(root, rels[i]), "rb", buffering=0) as f:
-            while got < view.nbytes:
-                n = f.readinto(view[got:])
-                if not n:
-                    break
-                got += n
-        return got
+            return read_fully(f, view)
 
     def fetch(items: list[tuple[int, memoryview]]) -> list[int]:
         return list(pool.map(read, items))
@@ -287,33 +292,6 @@ def fuse_unavailable() -> str | None:
     except ImportError as exc:
         return f"pyfuse3 is not installed ({exc}; pip install 'shoal[fuse]')"
     return None
-
-
-@contextlib.contextmanager
-def fuse_mounted(mountpoint: str, log: str):
-    """``shoal fuse mount MOUNTPOINT`` run as a user runs it (a process of its own, not the
-    worker), unmounted on exit; its pid."""
-    import subprocess
-
-    from .fuse import is_mounted, unmount
-
-    cmd = [sys.executable, "-m", "shoal", "fuse", "mount", mountpoint, "--log", log]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise OSError(f"shoal fuse mount failed: {done.stderr.strip()}")
-    pid = int(done.stdout.rsplit("pid ", 1)[1].rstrip(")\n"))
-    try:
-        yield pid
-    finally:
-        if is_mounted(mountpoint):
-            unmount(mountpoint, lazy=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
 
 
 def epoch_order(n: int, seed: int, epoch: int, batch: int) -> list[list[int]]:
@@ -538,6 +516,8 @@ def _run(args: argparse.Namespace, sizes: list[int]) -> dict:
         if not args.no_fuse and why_not is None:
             mountpoint = os.path.join(home, "mnt")
             os.mkdir(mountpoint)
+            from ._testing import fuse_mounted
+
             pid = stack.enter_context(fuse_mounted(mountpoint, os.path.join(home, "fuse.log")))
             stack.callback(_say, f"unmounted the FUSE mount at {mountpoint}")
             _say()

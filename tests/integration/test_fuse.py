@@ -8,10 +8,12 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shoal._testing import fuse_mounted
 from shoal.fuse import is_mounted
 
 
@@ -32,29 +35,13 @@ def shoal_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def mounted(mountpoint: Path, log: Path):
-    """``shoal fuse mount`` at ``mountpoint``; unmounted (lazily if need be) and its daemon
-    gone on exit, whatever happened."""
-    mountpoint.mkdir(exist_ok=True)
-    done = shoal_cli("fuse", "mount", str(mountpoint), "--log", str(log))
-    pid = int(done.stdout.rsplit("pid ", 1)[1].rstrip(")\n"))
-    try:
+def mounted(mountpoint: Path, log: Path, *options: str):
+    """``shoal fuse mount`` at ``mountpoint``: its pid; unmounted and its process gone on
+    exit, whatever happened (checked)."""
+    with fuse_mounted(str(mountpoint), str(log), *options) as pid:
         assert is_mounted(str(mountpoint))
         yield pid
-    finally:
-        if is_mounted(str(mountpoint)):
-            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"the FUSE daemon {pid} outlived its unmount")
-        assert not is_mounted(str(mountpoint))
+    assert not is_mounted(str(mountpoint))
 
 
 def make_tree(root: Path) -> dict[str, bytes]:
@@ -273,3 +260,29 @@ def test_sigterm_unmounts(shoal_home, tmp_path):
         while is_mounted(str(mp)) and time.monotonic() < deadline:
             time.sleep(0.02)
         assert not is_mounted(str(mp))
+
+
+def test_other_users_only_with_allow_other(client, tmp_path):
+    from other_user import runner
+
+    as_other = runner()
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f.txt").write_bytes(b"for everyone\n")
+    client.mount("/d", data.as_uri())
+    # A mount point the other user can reach (the test's own directory is private).
+    place = Path(tempfile.mkdtemp(prefix="shoal-fuse-", dir="/tmp"))
+    try:
+        place.chmod(0o755)
+        for options, readable in (((), False), (("--allow-other",), True)):
+            mp = place / "mnt"
+            with mounted(mp, tmp_path / "fuse.log", *options):
+                assert (mp / "d" / "f.txt").read_bytes() == b"for everyone\n"
+                done = subprocess.run([*as_other, "cat", str(mp / "d" / "f.txt")],
+                                      capture_output=True, cwd="/")  # fmt: skip
+                if readable:
+                    assert done.returncode == 0 and done.stdout == b"for everyone\n"
+                else:
+                    assert done.returncode != 0 and b"Permission denied" in done.stderr
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
