@@ -426,9 +426,10 @@ def connect(config: Config, *, start: bool, timeout: float | None, start_timeout
     ``start`` is true, start one as a daemon first (under a file lock, so that many
     processes starting at once get one worker)."""
     path = socket_path(config.home)
+    # A worker that dies as we connect resets the connection (WorkerLost): as none answering.
     try:
         return Connection(path, timeout)
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, WorkerLost):
         if not start:
             raise ConnectionRefusedError(
                 errno.ECONNREFUSED,
@@ -438,7 +439,7 @@ def connect(config: Config, *, start: bool, timeout: float | None, start_timeout
     private_dir(config.home, "Shoal home")
     fd = _lock(os.path.join(config.home, LOCK_FILE), start_timeout)
     try:
-        with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
+        with contextlib.suppress(FileNotFoundError, ConnectionRefusedError, WorkerLost):
             return Connection(path, timeout)  # another process started it meanwhile
         pid = running_pid(config.home)
         if pid is None:

@@ -38,9 +38,14 @@ def shoal_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def mounted(mountpoint: Path, log: Path, *options: str):
     """``shoal fuse mount`` at ``mountpoint``: its pid; unmounted and its process gone on
     exit, whatever happened (checked)."""
-    with fuse_mounted(str(mountpoint), str(log), *options) as pid:
-        assert is_mounted(str(mountpoint))
-        yield pid
+    try:
+        with fuse_mounted(str(mountpoint), str(log), *options) as pid:
+            assert is_mounted(str(mountpoint))
+            yield pid
+    except BaseException:
+        if log.exists():  # the FUSE process's own account, shown with the failure
+            print(f"--- {log}:\n{log.read_text(errors='replace')}")
+        raise
     assert not is_mounted(str(mountpoint))
 
 

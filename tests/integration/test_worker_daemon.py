@@ -198,3 +198,30 @@ def test_reads_go_direct_when_no_worker_can_start(client, shoal_home, daemons, b
     assert daemons.pid(shoal_home) is None
     with pytest.raises(ConnectionError, match="exited during start-up; see .*worker.log"):
         client.stat("/m/other")
+
+
+def test_a_socket_that_resets_at_hello_counts_as_no_worker(shoal_home, daemons):
+    """What a client meets when it connects to a worker in the instant it is killed: the
+    socket accepts, then the connection is reset. It starts a worker as if none ran."""
+    import socket
+
+    path = os.path.join(shoal_home, SOCKET_FILE)
+    dying = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dying.bind(path)
+    dying.listen(8)
+
+    def reset_one() -> None:
+        conn, _ = dying.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        conn.close()  # with linger 0: a reset, as from a process that died
+        dying.close()
+
+    t = threading.Thread(target=reset_one)
+    t.start()
+    c = Client(load_config())
+    try:
+        assert c.worker_pid() > 0 and daemons.pid(shoal_home) == c.worker_pid()
+        assert c.mounts() == []
+    finally:
+        c.close()
+        t.join(timeout=10)
