@@ -19,7 +19,6 @@ import time
 
 from ..control._pages import PageSlice, page_slices
 from ..control.proto import DATA, LOCATE, decode_error
-from ..engine import PageLocation
 from ._connection import Connection
 from ._locations import LocationCache
 from ._meta import FileMeta
@@ -238,7 +237,7 @@ class ShortCircuit:
         """Short-circuit reads of the located pieces; the indexes of those to fetch again
         (region reclaimed since, bytes not matching their crc32c, descriptor missing,
         region file unreadable)."""
-        batch, slots, partial, retry = [], [], [], []
+        batch, slots, retry = [], [], []
         regions = set()
         for k, ((dest, (_, _, start, length)), loc) in enumerate(zip(pieces, locs, strict=True)):
             if loc is None:
@@ -251,29 +250,18 @@ class ShortCircuit:
                 retry.append(k)
                 continue
             regions.add((tier, region))
-            location = PageLocation(tier, region, "", offset, plen, crc, generation)
-            if start == 0 and length == plen:
-                batch.append((location, dest))  # a whole page: zero-copy into the caller's
-            else:
-                scratch = bytearray(plen)  # the crc32c covers the whole page
-                batch.append((location, scratch))
-                partial.append((len(batch) - 1, dest, scratch, start, length))
+            if start == 0 and length == plen:  # a whole page: zero-copy into the caller's
+                batch.append((tier, region, offset, plen, crc, generation, dest))
+            else:  # part of a page (the engine checks the whole)
+                batch.append((tier, region, offset, plen, crc, generation, dest, start, length))
             slots.append(k)
         if not batch:
             return retry
         for tier, region in regions:
             conn.used(tier, region)
-        try:
-            results: list = conn.reader.read_many_into(batch)
-        except OSError as exc:
-            if not hasattr(exc, "results"):
-                raise
-            results = exc.results
-        failed = {j for j, res in enumerate(results) if isinstance(res, BaseException)}
-        for j, dest, scratch, start, length in partial:
-            if j not in failed:
-                dest[:] = memoryview(scratch)[start : start + length]
-        return sorted(retry + [slots[j] for j in failed])
+        results = conn.reader.read_located(batch)
+        failed = [slots[j] for j, res in enumerate(results) if type(res) is not int]
+        return sorted(retry + failed) if failed else retry
 
     def _remember(self, conn: Connection, pieces: list, locs: list, retry: list[int]) -> None:
         """Keep the locations a worker handed out and that read well, for later reads."""
