@@ -90,9 +90,10 @@ def _mount(args: argparse.Namespace) -> int:
         ) from None
     read_ahead = DEFAULT_READ_AHEAD if args.read_ahead is None else args.read_ahead
     log_file = os.path.abspath(args.log) if args.log else None
+    home = os.path.abspath(os.path.expanduser(args.home)) if args.home else None
     pid = mount(
         args.mountpoint,
-        functools.partial(_client, args.home, args.etcd),
+        functools.partial(_client, home, args.etcd),
         foreground=args.foreground,
         allow_other=args.allow_other,
         threads=args.threads,

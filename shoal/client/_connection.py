@@ -405,6 +405,10 @@ def _tls_socket(sock: socket.socket, address: str, cafile: str):
         ) from None
 
 
+#: Seconds a killed worker's last threads may take to let go of its pid file.
+_EXIT_GRACE = 5.0
+
+
 def _lock(path: str, timeout: float) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     deadline = time.monotonic() + timeout
@@ -442,10 +446,19 @@ def connect(config: Config, *, start: bool, timeout: float | None, start_timeout
         with contextlib.suppress(FileNotFoundError, ConnectionRefusedError, WorkerLost):
             return Connection(path, timeout)  # another process started it meanwhile
         pid = running_pid(config.home)
-        if pid is None:
-            run_worker(config, foreground=False, timeout=start_timeout)
-        else:
-            wait_ready(config.home, pid if pid > 0 else None, start_timeout)
+        if pid is not None:
+            try:
+                wait_ready(config.home, pid if pid > 0 else None, start_timeout)
+                return Connection(path, timeout)
+            except ConnectionError:
+                # That worker died as we looked: its threads may hold its pid file's lock a
+                # moment longer than its main thread lives. Once they let go, start one.
+                deadline = time.monotonic() + min(start_timeout, _EXIT_GRACE)
+                while running_pid(config.home) is not None:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+        run_worker(config, foreground=False, timeout=start_timeout)
         return Connection(path, timeout)
     finally:
         os.close(fd)

@@ -115,7 +115,6 @@ def _serve(
     client = make_client()
     ops = ShoalOperations(client, threads=threads)
     pyfuse3.init(ops, point, _options(allow_other))
-    mounted = True
     try:
 
         async def tune() -> None:
@@ -146,7 +145,7 @@ def _serve(
     finally:
         # Unmounted from outside (fusermount3 -u), the session is over already.
         with contextlib.suppress(Exception):
-            pyfuse3.close(unmount=mounted and is_mounted(point))
+            pyfuse3.close(unmount=is_mounted(point))
         with contextlib.suppress(Exception):
             client.close()
 
@@ -216,6 +215,7 @@ def mount(
         code = 1
         try:
             os.setsid()
+            os.chdir("/")  # keep no directory of the caller's busy
             _detach(log_file)
 
             def ready() -> None:

@@ -182,11 +182,13 @@ class ShoalOperations(pyfuse3.Operations):
                 log.warning("%s%s: %s", fn.__name__, args, exc, exc_info=True)
             raise pyfuse3.FUSEError(code) from None
 
-    def _ttl(self, path: str) -> float:
+    def _ttl(self, path: str, refresh: bool = True) -> float:
         """How long the kernel may keep what we say about ``path``: the metadata TTL of
-        its mount (the worker asks the store again no sooner either)."""
+        its mount (the worker asks the store again no sooner either). ``refresh``: read
+        the mount table again when it is old (a round trip: never in the FUSE loop's own
+        thread unless that call is fast)."""
         now = time.monotonic()
-        if now - self._mounts_read > MOUNTS_TTL:
+        if refresh and now - self._mounts_read > MOUNTS_TTL:
             try:
                 self._mounts = sorted(
                     (
@@ -363,7 +365,7 @@ class ShoalOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         for i in range(start_id, len(listing)):
             name, path, info = listing[i]
-            node = self._remember(path, info, self._ttl(path))
+            node = self._remember(path, info, self._ttl(path, refresh=False))
             if not pyfuse3.readdir_reply(token, name, self._attrs(node), i + 1):
                 return
             with self._lock:

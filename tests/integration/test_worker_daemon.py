@@ -225,3 +225,27 @@ def test_a_socket_that_resets_at_hello_counts_as_no_worker(shoal_home, daemons):
     finally:
         c.close()
         t.join(timeout=10)
+
+
+def test_a_pid_file_still_locked_by_a_dying_worker_delays_the_start_only(shoal_home, daemons):
+    """A killed worker's last threads may hold its pid file's lock a moment after its main
+    thread is gone: a client then waits for the lock, and starts a worker."""
+    import fcntl
+
+    from shoal.control._daemon import PID_FILE
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    fd = os.open(os.path.join(shoal_home, PID_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, dead.stdout.strip().encode())
+    release = threading.Timer(0.5, os.close, (fd,))
+    release.start()
+    started = time.monotonic()
+    c = Client(load_config())
+    try:
+        assert c.worker_pid() != int(dead.stdout) and daemons.alive(c.worker_pid())
+        assert time.monotonic() - started >= 0.5  # it waited for the lock
+    finally:
+        c.close()
+        release.join()
