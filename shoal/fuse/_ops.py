@@ -328,11 +328,23 @@ class ShoalOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
+    def _cache_use(self) -> tuple[int, int]:
+        """Bytes the cache may hold over all tiers of this node's worker, and bytes in use."""
+        tiers = self._client.report()["tiers"].values()
+        return sum(t["capacity"] for t in tiers), sum(t["allocated_bytes"] for t in tiers)
+
     async def statfs(self, ctx):
+        # What `df` shows of the mount: the cache (the under-stores have no size to tell).
         s = pyfuse3.StatvfsData()
         s.f_bsize = MAX_READ
         s.f_frsize = 4096
         s.f_namemax = 255
+        try:
+            capacity, used = await self._run(self._meta_lane, self._cache_use)
+        except pyfuse3.FUSEError:
+            return s  # no worker answers: sizes unknown, shown as 0
+        s.f_blocks = capacity // s.f_frsize
+        s.f_bfree = s.f_bavail = max(0, capacity - used) // s.f_frsize
         return s
 
     async def getxattr(self, inode, name, ctx):

@@ -88,6 +88,10 @@ def test_namespace_as_directories(fuse):
             p = Path(dirpath) / name
             found[str(p.relative_to(root))] = p.stat().st_size
     assert found == {rel: len(b) for rel, b in files.items()}
+    # df shows the cache: its capacity, and what the cached files take.
+    vfs = os.statvfs(root)
+    assert vfs.f_blocks * vfs.f_frsize == 16 << 20  # the test worker's one tier
+    assert 0 < vfs.f_bfree <= vfs.f_blocks
     st_ = (root / "big.bin").stat()
     assert st_.st_size == len(files["big.bin"])
     assert abs(st_.st_mtime - (data / "big.bin").stat().st_mtime) < 1
