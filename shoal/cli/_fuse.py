@@ -24,9 +24,11 @@ def register(subparsers) -> None:
     m = sub.add_parser(
         "mount",
         help="mount at MOUNTPOINT",
-        description="Mount Shoal at MOUNTPOINT (an existing directory). Without "
-        "--foreground the mount is served by a daemon and the command returns once it "
-        "answers; `shoal fuse umount MOUNTPOINT` stops it.",
+        description="Mount Shoal at MOUNTPOINT (an existing directory; a dead Shoal mount "
+        "there, whose process is gone, is replaced). Without --foreground the mount is "
+        "served by a daemon and the command returns once it answers; the daemon mounts "
+        "again at once if the process serving the mount dies. `shoal fuse umount "
+        "MOUNTPOINT` stops it.",
     )
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
     m.add_argument(
@@ -49,6 +51,13 @@ def register(subparsers) -> None:
     )
     m.add_argument("--etcd", metavar="URL", help="read through a cluster: its etcd ($SHOAL_ETCD)")
     m.add_argument("--log", metavar="FILE", help="the daemon's log (default: discarded)")
+    m.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="when the process serving the mount dies, leave the mount dead (default: a "
+        "new one mounts it again at once)",
+    )
     add_home_option(m)
     m.set_defaults(func=_mount)
 
@@ -99,6 +108,7 @@ def _mount(args: argparse.Namespace) -> int:
         threads=args.threads,
         read_ahead=read_ahead,
         log_file=log_file,
+        restart=args.restart,
     )
     if not args.foreground:
         print(f"mounted Shoal at {os.path.abspath(args.mountpoint)} (pid {pid})")

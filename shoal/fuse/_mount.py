@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -74,8 +76,42 @@ def set_read_ahead(mountpoint: str, nbytes: int) -> bool:
         return False
 
 
+def _answers(point: str, timeout: float = 5.0) -> bool:
+    """True when the file system mounted at ``point`` answers a stat within ``timeout``
+    (False for a FUSE mount whose process is gone: "Transport endpoint is not
+    connected"). The stat runs in a thread of its own, which a hung mount may keep."""
+    result: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            os.stat(point)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=probe, name="shoal-fuse-probe", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not result:
+        return True  # hung, not gone: its process still holds it
+    exc = result[0]
+    return not (isinstance(exc, OSError) and exc.errno == errno.ENOTCONN)
+
+
+def _lazy_unmount(point: str) -> None:
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", "-z", point] if tool else ["umount", "-l", point]
+    subprocess.run(cmd, capture_output=True, timeout=30)
+
+
 def _check_mountpoint(mountpoint: str) -> str:
     point = _canonical(mountpoint)
+    if is_mounted(point):
+        if _answers(point):
+            raise OSError(errno.EBUSY, "Shoal is mounted there already", point)
+        # Its process is gone ("Transport endpoint is not connected"): mount anew.
+        log.warning("replacing the dead Shoal mount at %s", point)
+        _lazy_unmount(point)
     if not os.path.lexists(point):
         raise FileNotFoundError(errno.ENOENT, "mount point does not exist", point)
     if not os.path.isdir(point):
@@ -160,6 +196,7 @@ def mount(
     read_ahead: int = DEFAULT_READ_AHEAD,
     log_file: str | None = None,
     ready_timeout: float = 60.0,
+    restart: bool = True,
 ) -> int:
     """Mount Shoal's namespace at ``mountpoint``.
 
@@ -182,11 +219,15 @@ def mount(
         The kernel's read-ahead for the mount, in bytes (set when running as root).
     log_file
         Where a daemon writes its log (default: discarded).
+    restart
+        When the process serving the mount dies, take its dead mount down and mount again
+        from a new one (a daemon only; files open in the dead mount stay unreadable).
 
     Returns
     -------
     int
-        The pid of the process serving the mount.
+        The pid of the process serving the mount (a daemon: its supervisor, which
+        ``shoal fuse umount`` and SIGTERM end).
 
     Raises
     ------
@@ -210,20 +251,15 @@ def mount(
 
     r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the daemon
+    if pid == 0:  # the daemon: a supervisor, and the process serving the mount under it
         os.close(r)
         code = 1
         try:
             os.setsid()
             os.chdir("/")  # keep no directory of the caller's busy
             _detach(log_file)
-
-            def ready() -> None:
-                os.write(w, b"ok\n")
-
-            _serve(point, make_client, allow_other=allow_other, threads=threads,
-                   read_ahead=read_ahead, ready=ready)  # fmt: skip
-            code = 0
+            serve = {"allow_other": allow_other, "threads": threads, "read_ahead": read_ahead}
+            code = _supervise(point, make_client, w, restart, serve)
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.write(w, f"error {type(exc).__name__}: {exc}\n".encode()[:4000])
@@ -239,6 +275,81 @@ def mount(
             os.waitpid(pid, 0)
         raise OSError(errno.EIO, f"mount at {point} failed: {answer or 'no answer'}")
     return pid
+
+
+#: Tries in a row at mounting again, after the process serving a mount died, before the
+#: supervisor gives up; and the longest wait between two.
+MAX_RESTARTS = 5
+MAX_BACKOFF = 30.0
+
+
+def _supervise(point: str, make_client, notify: int, restart: bool, serve: dict) -> int:
+    """Serve the mount from a child process; when that process dies (killed, crashed),
+    take its dead mount down and mount again from a new one, so that the mount point
+    never stays "Transport endpoint is not connected". The first mount's outcome is
+    written to ``notify``. SIGTERM / SIGINT unmount and end it. Returns the exit status."""
+    state = {"child": 0, "stopping": False}
+
+    def on_stop(signum, frame) -> None:
+        state["stopping"] = True
+        if state["child"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state["child"], signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    failures, backoff, first = 0, 0.5, True
+    while True:
+        ready_r, ready_w = os.pipe()
+        child = os.fork()
+        if child == 0:  # the process serving the mount
+            os.close(ready_r)
+            code = 1
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                ready = functools.partial(os.write, ready_w, b"ok\n")
+                _serve(point, make_client, ready=ready, **serve)
+                code = 0
+            except BaseException as exc:
+                with contextlib.suppress(OSError):
+                    os.write(ready_w, f"error {type(exc).__name__}: {exc}\n".encode()[:4000])
+                log.exception("shoal fuse: %s", exc)
+            finally:
+                os._exit(code)
+        state["child"] = child
+        os.close(ready_w)
+        answer = _read_answer(ready_r, 60.0)
+        if first:
+            first = False
+            os.write(notify, f"{answer}\n".encode())
+            os.close(notify)
+            if answer != "ok":
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+                return 1
+        _, status = os.waitpid(child, 0)
+        state["child"] = 0
+        if state["stopping"] or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+            return 0  # told to stop, or unmounted (fusermount3 -u): done
+        if answer == "ok":  # it served, then died: start counting again
+            failures, backoff = 0, 0.5
+        failures += 1
+        if not restart or failures > MAX_RESTARTS:
+            log.error("the process serving %s died (status %#x); not mounting again", point,
+                      status)  # fmt: skip
+            if is_mounted(point):
+                _lazy_unmount(point)
+            return 1
+        log.warning("the process serving %s died (status %#x); mounting again in %.1f s",
+                    point, status, backoff)  # fmt: skip
+        if is_mounted(point):
+            _lazy_unmount(point)
+        time.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)
+        if state["stopping"]:
+            return 0
 
 
 def _read_answer(fd: int, timeout: float) -> str:

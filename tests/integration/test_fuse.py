@@ -34,6 +34,10 @@ def shoal_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
+#: The pids ``shoal fuse mount`` printed (the supervisors of the mounts), latest last.
+MOUNTED: list[int] = []
+
+
 @contextlib.contextmanager
 def mounted(mountpoint: Path, log: Path, *options: str):
     """``shoal fuse mount`` at ``mountpoint``: its pid; unmounted and its process gone on
@@ -41,6 +45,7 @@ def mounted(mountpoint: Path, log: Path, *options: str):
     try:
         with fuse_mounted(str(mountpoint), str(log), *options) as pid:
             assert is_mounted(str(mountpoint))
+            MOUNTED.append(pid)
             yield pid
     except BaseException:
         if log.exists():  # the FUSE process's own account, shown with the failure
@@ -260,7 +265,7 @@ def test_mount_and_umount_errors(shoal_home, tmp_path):
     mp = tmp_path / "mnt"
     with mounted(mp, tmp_path / "fuse.log"):
         twice = shoal_cli("fuse", "mount", str(mp), check=False)
-        assert twice.returncode == 1 and "already mounted" in twice.stderr
+        assert twice.returncode == 1 and "mounted there already" in twice.stderr
         shoal_cli("fuse", "umount", str(mp))
         assert not is_mounted(str(mp))
 
@@ -299,3 +304,67 @@ def test_other_users_only_with_allow_other(client, tmp_path):
                     assert done.returncode != 0 and b"Permission denied" in done.stderr
     finally:
         shutil.rmtree(place, ignore_errors=True)
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def test_a_dead_fuse_process_is_replaced_and_its_mount_comes_back(fuse):
+    root, files, _, _ = fuse
+    supervisor = MOUNTED[-1]
+    assert (root / "train/0001.bin").read_bytes() == files["train/0001.bin"]
+    (server,) = children(supervisor)
+    os.kill(server, signal.SIGKILL)  # the process serving the mount, not its supervisor
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            got = (root / "big.bin").read_bytes()
+            break
+        except OSError as exc:  # ENOTCONN until the new process has mounted
+            assert time.monotonic() < deadline, f"the mount did not come back: {exc}"
+            time.sleep(0.05)
+    assert got == files["big.bin"]
+    assert children(supervisor) != [server]
+    assert is_mounted(str(root.parent))
+
+
+def test_shoal_fuse_mount_replaces_a_dead_mount(shoal_home, tmp_path):
+    mp = tmp_path / "mnt"
+    with mounted(mp, tmp_path / "fuse.log", "--no-restart") as pid:
+        (server,) = children(pid)
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:  # with --no-restart, the supervisor takes the dead mount down and ends
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    # Dead by hand: a mount whose processes are all gone ("Transport endpoint is not
+    # connected") is replaced by the next `shoal fuse mount`.
+    with mounted(mp, tmp_path / "fuse.log") as pid:
+        (server,) = children(pid)
+        os.kill(pid, signal.SIGKILL)
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.listdir(mp)
+            except OSError as exc:
+                if exc.errno == errno.ENOTCONN:
+                    break
+            assert time.monotonic() < deadline, "the mount did not die"
+            time.sleep(0.05)
+        done = shoal_cli("fuse", "mount", str(mp), "--log", str(tmp_path / "again.log"))
+        again = int(done.stdout.rsplit("pid ", 1)[1].rstrip(")\n"))
+        try:
+            assert os.listdir(mp) == []  # no mount in this home's worker yet
+        finally:
+            shoal_cli("fuse", "umount", str(mp))
+            deadline = time.monotonic() + 10
+            while os.path.exists(f"/proc/{again}"):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
