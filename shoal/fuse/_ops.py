@@ -276,6 +276,7 @@ class ShoalOperations(pyfuse3.Operations):
     # ----------------------------------------------------------------- metadata
 
     async def lookup(self, parent_inode, name, ctx=None):
+        # docstring inherited
         parent = self._node(parent_inode)
         if name == b".":
             node = parent
@@ -306,6 +307,7 @@ class ShoalOperations(pyfuse3.Operations):
         return self._attrs(node)
 
     async def forget(self, inode_list):
+        # docstring inherited
         with self._lock:
             for ino, n in inode_list:
                 node = self._nodes.get(ino)
@@ -318,12 +320,15 @@ class ShoalOperations(pyfuse3.Operations):
                         del self._by_path[node.path]
 
     async def getattr(self, inode, ctx=None):
+        # docstring inherited
         return self._attrs(await self._fresh(self._node(inode)))
 
     async def setattr(self, inode, attr, fields, fh, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def access(self, inode, mode, ctx):
+        # docstring inherited
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
@@ -334,6 +339,7 @@ class ShoalOperations(pyfuse3.Operations):
         return sum(t["capacity"] for t in tiers), sum(t["allocated_bytes"] for t in tiers)
 
     async def statfs(self, ctx):
+        # docstring inherited
         # What `df` shows of the mount: the cache (the under-stores have no size to tell).
         s = pyfuse3.StatvfsData()
         s.f_bsize = MAX_READ
@@ -348,14 +354,17 @@ class ShoalOperations(pyfuse3.Operations):
         return s
 
     async def getxattr(self, inode, name, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.ENODATA)
 
     async def listxattr(self, inode, ctx):
+        # docstring inherited
         return []
 
     # ----------------------------------------------------------------- directories
 
     async def opendir(self, inode, ctx):
+        # docstring inherited
         node = await self._fresh(self._node(inode))
         if not node.info.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -372,6 +381,7 @@ class ShoalOperations(pyfuse3.Operations):
         return fh
 
     async def readdir(self, fh, start_id, token):
+        # docstring inherited
         listing = self._dirs.get(fh)
         if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -384,11 +394,13 @@ class ShoalOperations(pyfuse3.Operations):
                 node.lookups += 1
 
     async def releasedir(self, fh):
+        # docstring inherited
         self._dirs.pop(fh, None)
 
     # ----------------------------------------------------------------- files
 
     async def open(self, inode, flags, ctx):
+        # docstring inherited
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = await self._fresh(self._node(inode))
@@ -408,6 +420,7 @@ class ShoalOperations(pyfuse3.Operations):
         return self._client.read_into(memoryview(buf)[:size], path, off)
 
     async def read(self, fh, off, size):
+        # docstring inherited
         handle = self._handles.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -427,21 +440,27 @@ class ShoalOperations(pyfuse3.Operations):
         return memoryview(buf)[:n]
 
     async def release(self, fh):
+        # docstring inherited
         self._handles.pop(fh, None)
 
     # ----------------------------------------------------------------- writes
 
     async def create(self, parent_inode, name, mode, flags, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def unlink(self, parent_inode, name, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def rmdir(self, parent_inode, name, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
 
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        # docstring inherited
         raise pyfuse3.FUSEError(errno.EROFS)
