@@ -368,3 +368,35 @@ def test_shoal_fuse_mount_replaces_a_dead_mount(shoal_home, tmp_path):
             while os.path.exists(f"/proc/{again}"):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
+
+
+def test_foreground_mount_ends_on_ctrl_c(client, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(b"in the foreground\n")
+    client.mount("/d", data.as_uri())
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "fuse", "mount", str(mp), "--foreground"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not is_mounted(str(mp)):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the foreground mount did not come up"
+            time.sleep(0.05)
+        assert (mp / "d" / "f").read_bytes() == b"in the foreground\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert not is_mounted(str(mp))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(str(mp)):
+            subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+        proc.stdout.close()
+        proc.stderr.close()
