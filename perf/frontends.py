@@ -13,7 +13,9 @@ pieces, and from a local file in the page cache;
 kernel's copy dropped first) and on the local file in the page cache;
 (small) 20,000 files of 16 to 64 KiB, warm in Shoal, each opened, read whole and closed
 (as ``cat`` does) through the mount, first pass and second (kernel cache kept), against
-the same loop over a local directory in the page cache;
+the same loop over a local directory in the page cache; and the same files through
+``shoal://`` (``fs.cat`` of 256 paths at a time) against ``read_many_into``; (seq) also
+reads the large file through ``shoal://``'s ``fs.open``;
 (loader) a PyTorch DataLoader epoch (4 workers, 32 files a batch, 5 ms of simulated
 compute a batch) over small objects in S3 (moto): ``shoal.torch.ShoalMapDataset`` cold
 and warm, against a plain ``Dataset`` that gets each object with boto3.
@@ -144,6 +146,16 @@ def bench_seq(args, client, root: Path, mnt: Path, table: Table) -> None:
         "fuse_kernel": best(args.rounds, lambda: read_sequential(fuse_file, buf)),
         "local": best(args.rounds, lambda: read_sequential(local, buf)),
     }
+    from shoal._fsspec import ShoalFileSystem
+
+    fs = ShoalFileSystem(client=client)
+
+    def fsspec_read() -> None:
+        with fs.open("/local/big/big.bin", "rb", block_size=MiB, cache_type="none") as f:
+            while f.readinto(buf):
+                pass
+
+    t["fsspec"] = best(args.rounds, fsspec_read)
     with null_fuse(mnt.parent / (mnt.name + "-null"), size) as null_file:
 
         def null_read() -> None:
@@ -163,6 +175,7 @@ def bench_seq(args, client, root: Path, mnt: Path, table: Table) -> None:
         ("read_into", "Client.read_into, 1 MiB pieces"),
         ("local", "local file, page cache"),
         ("null", "a FUSE file system answering every read with one buffer"),
+        ("fsspec", "shoal:// fs.open, 1 MiB reads"),
     ):
         table.add(sec, what, size / t[name] / GiB, "GiB/s")
     table.add(sec, "Alluxio FUSE, 1 thread, i3en.metal (published)", ALLUXIO_FUSE_GBPS, "GB/s",
@@ -171,6 +184,7 @@ def bench_seq(args, client, root: Path, mnt: Path, table: Table) -> None:
     table.ratio(sec, "FUSE, kernel cache kept / read_into", t["read_into"], t["fuse_kernel"],
                 target=0.5)  # fmt: skip
     table.ratio(sec, "FUSE / the do-nothing FUSE file system", t["null"], t["fuse"])
+    table.ratio(sec, "shoal:// fs.open / read_into", t["read_into"], t["fsspec"])
     table.ratio(sec, "FUSE / local file", t["local"], t["fuse"])
     table.ratio(sec, "FUSE, kernel cache kept / local file", t["local"], t["fuse_kernel"])
 
@@ -251,6 +265,31 @@ def bench_small(args, client, root: Path, mnt: Path, table: Table) -> None:
     table.add(sec, "local directory, page cache", n / plain, "files/s")
     table.ratio(sec, "FUSE first pass / local", plain, first)
     table.ratio(sec, "FUSE later passes / local", plain, again)
+
+    # The same files through shoal:// for fsspec, 256 at a time, and with the client.
+    from shoal._fsspec import ShoalFileSystem
+
+    fs = ShoalFileSystem(client=client)
+    paths = ["/local/" + rel for rel in rels]
+    bufs = [bytearray(64 * KiB) for _ in range(256)]
+
+    def fs_cat() -> None:
+        for at in range(0, n, 256):
+            fs.cat(paths[at : at + 256])
+
+    def batches() -> None:
+        for at in range(0, n, 256):
+            client.read_many_into([(bufs[i], p) for i, p in enumerate(paths[at : at + 256])])
+
+    got = fs.cat(paths[:256])
+    assert all(got[p] == (root / r).read_bytes() for p, r in zip(paths, rels[:256], strict=False))
+    t_fs = best(args.rounds, fs_cat)
+    t_batch = best(args.rounds, batches)
+    sec = f"(fsspec) the same {n:,} files, 256 at a time"
+    table.add(sec, "shoal:// fs.cat(list)", n / t_fs, "files/s")
+    table.add(sec, "Client.read_many_into", n / t_batch, "files/s")
+    table.ratio(sec, "shoal:// / read_many_into", t_batch, t_fs)
+    table.ratio(sec, "shoal:// / local open + read + close", plain, t_fs)
 
 
 # ---------------------------------------------------------------------- (loader)
