@@ -40,6 +40,7 @@ _ENV_FIELDS = {
     "SHOAL_LOW_WATERMARK": "low_watermark",
     "SHOAL_HOST_ID": "host_id",
     "SHOAL_LISTEN": "listen",
+    "SHOAL_METRICS_LISTEN": "metrics_listen",
     "SHOAL_ETCD": "etcd",
     "SHOAL_MEMBERSHIP_FILE": "membership_file",
     "SHOAL_CACHE_DIR": "cache_dir",
@@ -139,6 +140,10 @@ class Config:
         This machine's identity in a cluster (default: the hostname).
     listen
         ``HOST:PORT`` for the worker's TCP endpoint (cluster mode), or None.
+    metrics_listen
+        ``HOST:PORT`` where the worker serves Prometheus metrics over HTTP (``/metrics``;
+        port 0: any free one, named in ``shoal report``), or None for none. Unauthenticated:
+        keep it on loopback or a monitoring network.
     etcd
         etcd endpoint URL (cluster mode), or None for the single-node default.
     membership_file
@@ -195,6 +200,7 @@ class Config:
     low_watermark: float = 0.85
     host_id: str = field(default_factory=socket.gethostname)
     listen: str | None = None
+    metrics_listen: str | None = None
     etcd: str | None = None
     membership_file: str | None = None
     cluster_secret_file: str | None = None
@@ -249,6 +255,8 @@ class Config:
         set_(self, "host_id", _text(self.host_id, "host_id"))
         if self.listen is not None:
             _host_port(self.listen, "listen")
+        if self.metrics_listen is not None:
+            _host_port(self.metrics_listen, "metrics_listen")
         if self.etcd is not None and not _text(self.etcd, "etcd").startswith(
             ("http://", "https://")
         ):

@@ -97,6 +97,9 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"requests    {report.get('requests', 0)}",
         f"mounts      {report.get('mounts', 0)}",
     ]
+    metrics = report.get("worker", {}).get("metrics")
+    if metrics:
+        lines.append(f"metrics     http://{metrics}/metrics")
     by_mount = report.get("ufs_requests_by_mount", {})
     if len(by_mount) > 1:
         for where in sorted(by_mount):

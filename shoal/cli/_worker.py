@@ -25,6 +25,7 @@ _CONFIG_FLAGS = (
     "mem_capacity",
     "page_size",
     "listen",
+    "metrics_listen",
     "host_id",
     "etcd",
     "membership_file",
@@ -83,6 +84,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         "--listen",
         metavar="HOST:PORT",
         help="TCP endpoint for other nodes ($SHOAL_LISTEN; none on a single node)",
+    )
+    node.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics over HTTP at http://HOST:PORT/metrics "
+        "($SHOAL_METRICS_LISTEN; port 0: any free one, shown by `shoal report`)",
     )
     node.add_argument(
         "--host-id",

@@ -159,9 +159,19 @@ def _serve(
                     ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
                 )
             )
+            metrics = None
             try:
+                if config.metrics_listen is not None:
+                    from ._metrics import MetricsServer
+
+                    metrics = MetricsServer(config.metrics_listen, worker.report)
+                    worker.metrics_address = metrics.address
+                    log.info("worker %d serves metrics on http://%s/metrics", os.getpid(),
+                             metrics.address)  # fmt: skip
                 registration = _join_cluster(config, worker, server.address, sock_path)
             except BaseException:
+                if metrics is not None:
+                    metrics.close()
                 server.stop()
                 raise
             if server.address is not None:
@@ -181,6 +191,8 @@ def _serve(
                 log.info("worker %d stopping", os.getpid())
                 if registration is not None:
                     registration.close()  # leave placement before refusing requests
+                if metrics is not None:
+                    metrics.close()
                 server.stop()
         finally:
             worker.close()

@@ -77,6 +77,7 @@ class Worker:
         shared = meta_store is not None
         self._meta_store = meta_store or LocalMetaStore(os.path.join(config.home, "meta"))
         self.worker_id: str | None = None
+        self.metrics_address: str | None = None  # HOST:PORT of the Prometheus endpoint
         self.cluster_health: Callable[[], dict] | None = None
         try:
             mounts = MountTable(self._meta_store)
@@ -467,6 +468,7 @@ class Worker:
                 "uptime": time.time() - self.started,
                 "engine": engine.backend(),
                 "page_size": self.config.page_size,
+                "metrics": self.metrics_address,
             },
             "tiers": tiers,
             "pages": sum(t["pages"] for t in tiers.values()),
