@@ -106,12 +106,7 @@ def open_private_dir(dir_fd: int, name: str, path: str, what: str) -> int:
         fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
     except OSError as exc:
         raise open_failure(exc, dir_fd, name, path, what) from None
-    try:
-        check_private(fd, path, what, directory=True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _checked(fd, path, what, directory=True)
 
 
 def open_private_file(dir_fd: int, name: str, path: str, what: str, flags: int) -> int:
@@ -122,8 +117,13 @@ def open_private_file(dir_fd: int, name: str, path: str, what: str, flags: int) 
         fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
         raise open_failure(exc, dir_fd, name, path, what) from None
+    return _checked(fd, path, what, directory=False)
+
+
+def _checked(fd: int, path: str, what: str, directory: bool) -> int:
+    """``fd`` once :func:`check_private` passed on it; closed when it did not."""
     try:
-        check_private(fd, path, what, directory=False)
+        check_private(fd, path, what, directory=directory)
     except BaseException:
         os.close(fd)
         raise

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 __all__ = ["is_mounted", "mount", "unmount", "DEFAULT_READ_AHEAD"]
 
@@ -98,10 +99,16 @@ def _answers(point: str, timeout: float = 5.0) -> bool:
     return not (isinstance(exc, OSError) and exc.errno == errno.ENOTCONN)
 
 
-def _lazy_unmount(point: str) -> None:
+def _unmount_command(point: str, lazy: bool) -> list[str]:
+    """fusermount3 (which a user may run on their own mounts), else umount."""
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u", "-z", point] if tool else ["umount", "-l", point]
-    subprocess.run(cmd, capture_output=True, timeout=30)
+    if tool is not None:
+        return [tool, "-u", *(["-z"] if lazy else []), point]
+    return ["umount", *(["-l"] if lazy else []), point]
+
+
+def _lazy_unmount(point: str) -> None:
+    subprocess.run(_unmount_command(point, lazy=True), capture_output=True, timeout=30)
 
 
 def _check_mountpoint(mountpoint: str) -> str:
@@ -253,19 +260,15 @@ def mount(
     pid = os.fork()
     if pid == 0:  # the daemon: a supervisor, and the process serving the mount under it
         os.close(r)
-        code = 1
-        try:
+
+        def daemon() -> int:
             os.setsid()
             os.chdir("/")  # keep no directory of the caller's busy
             _detach(log_file)
             serve = {"allow_other": allow_other, "threads": threads, "read_ahead": read_ahead}
-            code = _supervise(point, make_client, w, restart, serve)
-        except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(w, f"error {type(exc).__name__}: {exc}\n".encode()[:4000])
-            log.exception("shoal fuse: %s", exc)
-        finally:
-            os._exit(code)
+            return _supervise(point, make_client, w, restart, serve)
+
+        _child(daemon, w)
     os.close(w)
     answer = _read_answer(r, ready_timeout)
     if answer != "ok":
@@ -304,19 +307,7 @@ def _supervise(point: str, make_client, notify: int, restart: bool, serve: dict)
         child = os.fork()
         if child == 0:  # the process serving the mount
             os.close(ready_r)
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                ready = functools.partial(os.write, ready_w, b"ok\n")
-                _serve(point, make_client, ready=ready, **serve)
-                code = 0
-            except BaseException as exc:
-                with contextlib.suppress(OSError):
-                    os.write(ready_w, f"error {type(exc).__name__}: {exc}\n".encode()[:4000])
-                log.exception("shoal fuse: %s", exc)
-            finally:
-                os._exit(code)
+            _child(functools.partial(_server, point, make_client, ready_w, serve), ready_w)
         state["child"] = child
         os.close(ready_w)
         answer = _read_answer(ready_r, 60.0)
@@ -350,6 +341,29 @@ def _supervise(point: str, make_client, notify: int, restart: bool, serve: dict)
         backoff = min(backoff * 2, MAX_BACKOFF)
         if state["stopping"]:
             return 0
+
+
+def _server(point: str, make_client, ready_fd: int, serve: dict) -> int:
+    """The process serving the mount, under its supervisor: ``ok`` on ``ready_fd`` once
+    mounted."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    _serve(point, make_client, ready=functools.partial(os.write, ready_fd, b"ok\n"), **serve)
+    return 0
+
+
+def _child(body: Callable[[], int], report: int) -> NoReturn:
+    """End a forked process with ``body()``'s status; a failure is written to ``report``
+    (where the parent waits for ``ok``) and logged, with status 1."""
+    code = 1
+    try:
+        code = body()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(report, f"error {type(exc).__name__}: {exc}\n".encode()[:4000])
+        log.exception("shoal fuse: %s", exc)
+    finally:
+        os._exit(code)
 
 
 def _read_answer(fd: int, timeout: float) -> str:
@@ -398,11 +412,7 @@ def unmount(mountpoint: str, *, lazy: bool = False, timeout: float = 10.0) -> No
     point = _canonical(mountpoint)
     if not is_mounted(point):
         raise OSError(errno.EINVAL, "no Shoal FUSE mount there", point)
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is not None:
-        cmd = [tool, "-u", *(["-z"] if lazy else []), point]
-    else:
-        cmd = ["umount", *(["-l"] if lazy else []), point]
+    cmd = _unmount_command(point, lazy)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         message = (done.stderr or done.stdout).strip().splitlines()

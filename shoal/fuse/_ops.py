@@ -258,10 +258,13 @@ class ShoalOperations(pyfuse3.Operations):
         try:
             return self._client.stat(path), self._ttl(path)
         except FileNotFoundError:
-            # A directory above mount points (/datasets over a mount at /datasets/x).
-            self._mounts_read = -MOUNTS_TTL  # the mount table again: one may be new
-            self._ttl(path)
             inside = path.rstrip("/") + "/"
+            if any(inside.startswith(prefix) for prefix, _ in self._mounts):
+                raise  # under a mount: missing indeed
+            # Maybe a directory above mount points (/datasets over a mount at /datasets/x),
+            # of a mount made since the table was read.
+            self._mounts_read = -MOUNTS_TTL
+            self._ttl(path)
             if any(prefix.startswith(inside) for prefix, _ in self._mounts):
                 return FileInfo(path, 0, 0.0, "", True), ABOVE_MOUNTS_TTL
             raise

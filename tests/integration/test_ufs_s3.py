@@ -3,6 +3,7 @@ silent endpoints, servers that enforce authentication. Against a real moto serve
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import socket
@@ -118,19 +119,31 @@ def test_missing_bucket(bucket):
             assert exc_info.value.__cause__ is not None
 
 
-def test_unreachable_endpoint_fails_fast():
-    # A bound socket that does not listen: connections to it are refused, and no other
-    # process can take the port meanwhile.
+@contextlib.contextmanager
+def dead_endpoint_store(*, listen: bool, **options):
+    """An S3Store of a local endpoint that never answers: a bound socket that listens (the
+    kernel completes the handshake, then nothing) or does not (connections are refused;
+    no other process can take the port meanwhile). Closed on exit."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
+        if listen:
+            sock.listen(16)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
             mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
             store = S3Store(
                 "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
-                secret_key_env=SECRET_KEY_ENV,
+                secret_key_env=SECRET_KEY_ENV, **options,
             )  # fmt: skip
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def test_unreachable_endpoint_fails_fast():
+    with dead_endpoint_store(listen=False) as store:
         start = time.monotonic()
         with pytest.raises(StoreConnectionError) as exc_info:
             store.stat("x")
@@ -139,26 +152,11 @@ def test_unreachable_endpoint_fails_fast():
     assert exc_info.value.errno == errno.ECONNREFUSED
     assert "127.0.0.1" in str(exc_info.value)
     assert elapsed < 5, f"took {elapsed:.1f} s"
-    store.close()
 
 
 def test_silent_endpoint_times_out():
-    # Listens (the kernel completes the handshake) but never answers.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
-            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
-            store = S3Store(
-                "bucket",
-                endpoint_url=url,
-                access_key_env=ACCESS_KEY_ENV,
-                secret_key_env=SECRET_KEY_ENV,
-                read_timeout=0.5,
-                retry={"max_attempts": 2, "base_delay": 0.05},
-            )
+    retry = {"max_attempts": 2, "base_delay": 0.05}
+    with dead_endpoint_store(listen=True, read_timeout=0.5, retry=retry) as store:
         start = time.monotonic()
         with pytest.raises(StoreTimeoutError) as exc_info:
             store.read_into("x", 0, bytearray(8))
@@ -166,7 +164,6 @@ def test_silent_endpoint_times_out():
     assert isinstance(exc_info.value, TimeoutError)
     assert exc_info.value.errno == errno.ETIMEDOUT
     assert elapsed < 5, f"took {elapsed:.1f} s"
-    store.close()
 
 
 class TestEnforcedAuth:
@@ -489,22 +486,13 @@ def test_read_errors_are_mapped_as_the_client_maps_them(bucket, proxied, status,
 
 
 def test_read_from_an_unreachable_endpoint_is_refused_fast():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
-            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
-            store = S3Store(
-                "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
-                secret_key_env=SECRET_KEY_ENV, retry={"max_attempts": 2, "base_delay": 0.01},
-            )  # fmt: skip
+    retry = {"max_attempts": 2, "base_delay": 0.01}
+    with dead_endpoint_store(listen=False, retry=retry) as store:
         start = time.monotonic()
         with pytest.raises(StoreConnectionError) as info:
             store.read_into("x", 0, bytearray(8))
         assert time.monotonic() - start < 5
     assert info.value.errno == errno.ECONNREFUSED
-    store.close()
 
 
 # -- request counts, fetch_into and list_dir against what the server sees ------------
@@ -743,18 +731,8 @@ def test_list_dir_of_a_missing_bucket(bucket):
 
 
 def test_read_errors_hold_no_signed_url():
-    # Listens but never answers: the read times out with the presigned URL in flight.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv(ACCESS_KEY_ENV, FAKE_ACCESS_KEY)
-            mp.setenv(SECRET_KEY_ENV, FAKE_SECRET_KEY)
-            store = S3Store(
-                "bucket", endpoint_url=url, access_key_env=ACCESS_KEY_ENV,
-                secret_key_env=SECRET_KEY_ENV, read_timeout=0.3, retry={"max_attempts": 1},
-            )  # fmt: skip
+    # The read times out with the presigned URL in flight.
+    with dead_endpoint_store(listen=True, read_timeout=0.3, retry={"max_attempts": 1}) as store:
         for call in (
             lambda: store.read_into("x", 0, bytearray(8)),
             lambda: store.fetch_into("x", 0, bytearray(8)),
@@ -764,4 +742,3 @@ def test_read_errors_hold_no_signed_url():
             chain = [exc_info.value, exc_info.value.__cause__]
             for text in [str(e) for e in chain] + [repr(e) for e in chain]:
                 assert "X-Amz-" not in text and FAKE_ACCESS_KEY not in text, text
-    store.close()
