@@ -52,6 +52,7 @@ bench: build
 	$(PY) perf/read_path.py
 	$(PY) perf/cluster.py
 	$(PY) perf/frontends.py
+	$(PY) perf/small_files.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf

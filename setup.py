@@ -15,6 +15,11 @@ extensions = [
         **COMMON,
     ),
     Extension(
+        "shoal.engine._slots",
+        sources=["shoal/engine/_slots.pyx", "shoal/engine/src/crc32c.c"],
+        **COMMON,
+    ),
+    Extension(
         "shoal.engine._fs",
         sources=["shoal/engine/_fs.pyx", "shoal/engine/src/beneath.c"],
         **COMMON,

@@ -1,6 +1,6 @@
 """Page store benchmarks: reads, writes and index lookups, against the raw engine, in one run.
 
-    python perf/pagestore.py [--size-gib 1] [--rounds 3] [--batch-mib 64]
+    python perf/pagestore.py [--size-gib 1] [--rounds 3] [--batch-mib 64] [--packing-only]
 
 Two stores are filled, one with 4 MiB pages and one with 64 KiB pages (``--size-gib`` of each),
 on the repository's disk. Reads go into pre-faulted, page-aligned buffers reused across
@@ -8,6 +8,11 @@ batches, with the page cache hot. The raw engine baseline reads the very same (f
 length) ranges from the region files with ``read_batch``, once without and once with the
 crc32c check the page store always makes, so the ratios show what the store itself costs.
 Each measurement is repeated ``--rounds`` times, alternating contenders, best round kept.
+
+Packing: stores filled with 100-byte pages and with pages of random sizes from 1 to 64 KiB,
+packed (the default ``pack_below``) and each at its own 4 KiB boundary (``pack_below=0``,
+the layout before packing); the ratio of bytes cached to bytes filled (``live_bytes /
+filled_bytes``) says how much of the space written holds pages.
 """
 
 from __future__ import annotations
@@ -183,6 +188,47 @@ def bench_pages(args, root: Path, page: int, table: Table) -> None:
     )
 
 
+def bench_packing(root: Path, table: Table) -> None:
+    rng = np.random.default_rng(0)
+    source = memoryview(rng.integers(0, 256, 64 * KiB, dtype=np.uint8))
+    workloads = [
+        ("100 B pages", 0.5, [100] * 4000),
+        ("1-64 KiB pages", 0.9, rng.integers(1, 64 * KiB + 1, 3000).tolist()),
+    ]
+    section = "packing: live_bytes / filled_bytes (pages shorter than 64 KiB at 64-byte offsets)"
+    for label, target, sizes in workloads:
+        ratios = {}
+        for pack_below in (64 * KiB, 0):
+            folder = root / f"packing-{pack_below}"
+            # Room for every page at its own 4 KiB boundary: nothing is evicted.
+            capacity = (len(sizes) * 4 * KiB + sum(sizes)) // (4 * MiB) * 4 * MiB + 16 * MiB
+            with PageStore(
+                [TierConfig("SSD", folder / "ssd", capacity)],
+                folder / "index",
+                region_size=4 * MiB,
+                pack_below=pack_below,
+            ) as store:
+                for start in range(0, len(sizes), 200):
+                    store.put_many(
+                        [
+                            (f"p{i}", source[: sizes[i]])
+                            for i in range(start, min(start + 200, len(sizes)))
+                        ]
+                    )
+                usage = store.usage()["SSD"]
+                assert usage.pages == len(sizes)
+                ratios[pack_below] = usage.live_bytes / usage.filled_bytes
+            shutil.rmtree(folder)
+        table.ratio(section, f"{label}, packed", ratios[64 * KiB], 1.0, target)
+        table.add(
+            section,
+            f"{label}, each at 4 KiB",
+            ratios[0],
+            "x",
+            f"{len(sizes):,} pages, the layout before packing",
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size-gib", type=float, default=1.0, help="bytes stored per page size")
@@ -191,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-mib", type=int, default=64, help="bytes per put_many / get call")
     p.add_argument("--region-mib", type=int, default=64, help="region size")
     p.add_argument("--dir", type=Path, default=None, help="where to put the stores")
+    p.add_argument("--packing-only", action="store_true", help="measure packing alone")
     args = p.parse_args(argv)
 
     print("command:", shlex.join([sys.executable, *sys.argv]))
@@ -199,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     table = Table()
     started = time.perf_counter()
     try:
-        for page in (4 * MiB, 64 * KiB):
+        for page in () if args.packing_only else (4 * MiB, 64 * KiB):
             bench_pages(args, root, page, table)
             shutil.rmtree(root / f"store-{page}")
+        bench_packing(root, table)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(table.render())

@@ -20,6 +20,7 @@ from .._config import Config
 from .._errors import ShoalError
 from .._private import private_dir
 from ..control._daemon import LOCK_FILE, run_worker, running_pid, socket_path, wait_ready
+from ..control._filetable import FileTableReader
 from ..control.proto import (
     ADMIN,
     CLIENT,
@@ -111,6 +112,9 @@ class Connection:
         else:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.reader: RegionReader | None = None
+        #: The local worker's table of published files (None over TCP, or from a worker
+        #: that publishes none).
+        self.table: FileTableReader | None = None
         self._regions: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._adopted: dict[tuple[str, int], int] = {}  # every descriptor the reader holds
         self._forget: list[list] = []
@@ -130,7 +134,10 @@ class Connection:
         """``hello``, and over TCP the challenge-response of ``proto._auth``."""
         request: dict[str, Any] = {"op": "hello", "pid": self.pid, "version": PROTOCOL_VERSION}
         if not self.remote:
-            return self.call(request)
+            request["table"] = True
+            self.send(request)
+            answer = self._take_table()
+            return answer
         secret = admin = None
         if config is not None and config.cluster_secret_file is not None:
             secret = load_secret(config.cluster_secret_file, "cluster_secret_file")
@@ -268,6 +275,39 @@ class Connection:
 
     # ----------------------------------------------------------------- descriptors
 
+    def _take_table(self) -> dict:
+        """Receive an answer that may carry the table of published files, and map it."""
+        answer, payload_len, fds = self.receive()
+        if payload_len:
+            self.recv_payload([bytearray(payload_len)], payload_len)
+        if len(fds) == 1 and answer.get("table", True):
+            old, self.table = self.table, None
+            if old is not None:
+                old.close()
+            try:
+                self.table = FileTableReader(fds[0])
+            except (OSError, ValueError):
+                self.table = None  # reads ask the worker, as without a table
+        else:
+            for fd in fds:
+                os.close(fd)
+        return answer
+
+    def renew_table(self) -> None:
+        """Map the worker's current table of published files (the one held was
+        superseded)."""
+        self.send({"op": "table"})
+        self._take_table()
+
+    def fetch_regions(self, regions: list[list]) -> None:
+        """Get the descriptors of these ``[tier, region]`` files (and their generation
+        tables) that the connection lacks, in one request."""
+        self.send({"op": "regions", "regions": regions})
+        answer, payload_len, fds = self.receive()
+        if payload_len:
+            self.recv_payload([bytearray(payload_len)], payload_len)
+        self.adopt(answer.get("fds", []), fds)
+
     def adopt(self, tokens: list, fds: list[int]) -> None:
         """Take the descriptors passed with an answer, named by its ``fds`` tokens."""
         if len(tokens) != len(fds):
@@ -325,6 +365,8 @@ class Connection:
             self.sock.close()
         if self.reader is not None:
             self.reader.close()
+        if self.table is not None:
+            self.table.close()
         self._adopted.clear()
 
     def abandon(self) -> None:
@@ -339,6 +381,7 @@ class Connection:
                 os.close(fd)
         self._adopted.clear()
         self.reader = None  # its descriptors are closed; its mappings go with it
+        self.table = None  # its mapping too
 
 
 def _tcp_socket(address: str, timeout: float) -> socket.socket:

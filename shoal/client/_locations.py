@@ -71,18 +71,24 @@ class LocationCache:
         recently used past the bound (and everything, when the owner changes)."""
         if not self.max_entries:
             return
+        self.claim(owner)
         with self._lock:
-            if owner != self.owner:
-                self._entries.clear()
-                self._touched.clear()
-                self.touched_since = 0.0
-                self.owner = owner
             entries = self._entries
             for key, loc in items:
                 entries[key] = loc
                 entries.move_to_end(key)
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
+
+    def claim(self, owner: tuple[str, str]) -> None:
+        """Make ``owner`` the worker the memory is about (everything forgotten when it
+        was another one)."""
+        with self._lock:
+            if owner != self.owner:
+                self._entries.clear()
+                self._touched.clear()
+                self.touched_since = 0.0
+                self.owner = owner
 
     def drop_many(self, keys: Iterable[tuple[bytes, int]]) -> None:
         """Forget these keys (their locations failed a check, or were not readable)."""

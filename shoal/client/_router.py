@@ -34,6 +34,7 @@ from ..engine import crc32c
 from ._connection import Connection, WorkerLost, connect
 from ._direct import DirectReader
 from ._meta import FileMeta
+from ._published import PublishedReads
 from ._shortcircuit import ShortCircuit
 
 __all__ = ["LOCAL_ID", "Router"]
@@ -95,6 +96,7 @@ class Router:
         self._down: dict[tuple[str, str | None], float] = {}  # failed workers, until when
         self._seed = chunk_key(f"{self.config.host_id}/{self.pid}", 0)
         self.shortcircuit = ShortCircuit()
+        self.published = PublishedReads(self.shortcircuit)
         self._geometry: tuple[int, int] | None = None  # page size, chunk size
 
     # ----------------------------------------------------------------- membership
@@ -236,6 +238,17 @@ class Router:
             + (f"; last error: {error}" if error else ": none is registered"),
         )
 
+    def open_local(self) -> Connection | None:
+        """This thread's open connection to a worker on this host, if it has one (none is
+        opened)."""
+        if os.getpid() != self.pid:
+            return None
+        pool = getattr(self._local, "pool", None) or {}
+        for conn in pool.values():
+            if not conn.broken and not conn.remote:
+                return conn
+        return None
+
     def call(self, header: dict) -> dict:
         """One control request; on a lost connection, reconnect (starting a local worker,
         or moving to another one) and try once more."""
@@ -304,6 +317,23 @@ class Router:
                 self.direct.read_range(view, meta, offset)
             return
         self._read_placed(items, nodes, {m.id: m for m in members}, page_size, chunk_size)
+
+    def read_published(self, items: list) -> list[int | None] | None:
+        """Read what the local worker's table of published files holds of ``items``
+        (``[view, normalised path, offset, ...]``), with no request naming them: per item
+        the bytes read or None (left to :meth:`read`); None when no local worker answers."""
+        members = [m for m in self.membership().members() if not self.is_down(m)]
+        local = self._local_member(members)
+        if local is None:
+            return None
+        conn = self._pooled(local)
+        if conn is None or conn.table is None:
+            return None
+        try:
+            return self.published.read(conn, items)
+        except WorkerLost as exc:
+            self._lost(local, exc, opening=False)
+            return None
 
     def _local_member(self, members: list[WorkerInfo]) -> WorkerInfo | None:
         for m in members:

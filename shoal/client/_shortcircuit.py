@@ -124,13 +124,18 @@ class ShortCircuit:
             else:
                 failed.extend(keys[k : k + end - first])
                 rest.append(item)
-        self._account(conn, counts, failed, now)
-        if counts and now - locs.touched_since >= _TOUCH_DELAY:
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                self.report_touched(conn)
+        self.account(conn, counts, failed, now)
+        if counts:
+            self.report_due(conn)
         return rest
 
-    def _account(self, conn: Connection, counts: dict, failed: list, now: float) -> None:
+    def report_due(self, conn: Connection) -> None:
+        """Report the pages read with no request when the oldest waits long enough."""
+        if time.monotonic() - self.locations.touched_since >= _TOUCH_DELAY:
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                self.report_touched(conn)
+
+    def account(self, conn: Connection, counts: dict, failed: list, now: float) -> None:
         """After reads through remembered locations: forget those that ``failed``, count
         the pages read per region (``counts``), for the worker to hear of later."""
         if failed:
@@ -181,7 +186,7 @@ class ShortCircuit:
             else:
                 rest.append(piece)
                 failed.append((piece[2].fid, piece[1].index))
-        self._account(conn, counts, failed, now)
+        self.account(conn, counts, failed, now)
         return rest
 
     def read(self, conn: Connection, pieces: list[Piece]) -> None:

@@ -230,6 +230,9 @@ class Fetcher:
         self._buffers = threading.local()
         # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
         self._fresh: OrderedDict[bytes, None] = OrderedDict()
+        #: ``(path, mount, rel, info) -> (name, record)`` or None: the file record kept with
+        #: a file's first page (see ``_filerecords``).
+        self.record_of: Callable[..., tuple[bytes, bytes] | None] | None = None
 
     def pages_of(self, f: File) -> list[Page]:
         """Every page of the file ``f``."""
@@ -277,7 +280,12 @@ class Fetcher:
             for p, _ in run:
                 views.append(buf[at : at + p.length])
                 at += p.length
-            kept = self.cache([(p.key, v) for (p, _), v in zip(run, views, strict=True)], f.path)
+            record = None
+            if run[0][0].index == 0 and self.record_of is not None:
+                record = self.record_of(f.path, f.mount, f.rel, f.info)
+            kept = self.cache(
+                [(p.key, v) for (p, _), v in zip(run, views, strict=True)], f.path, record
+            )
             for (p, fut), v in zip(run, views, strict=True):
                 fut.set_result(None if p.key in kept else bytearray(v))
                 pending.discard(p.key)
@@ -320,7 +328,10 @@ class Fetcher:
                 items.append((key, buf[at : at + length]))
             index += 1
         if items:
-            kept = self.cache(items, path)
+            record = None
+            if lo == 0 and self.record_of is not None:
+                record = self.record_of(path, mount, rel, info)
+            kept = self.cache(items, path, record)
             self._counters.add(ufs_pages=len(items))
             with self._lock:
                 for key in kept:
@@ -341,11 +352,17 @@ class Fetcher:
         hits = len(pages) - missing - fresh
         self._counters.add(page_hits=hits, page_misses=missing + fresh)
 
-    def cache(self, items: list[tuple[bytes, memoryview]], path: str) -> set[bytes]:
+    def cache(
+        self,
+        items: list[tuple[bytes, memoryview]],
+        path: str,
+        record: tuple[bytes, bytes] | None = None,
+    ) -> set[bytes]:
         """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
         that takes them, fastest first; the keys of the pages stored. A tier that fails
         with an I/O error is counted as failing and the next one tried; pages no tier
-        takes are left out (their caller serves them from memory)."""
+        takes are left out (their caller serves them from memory). ``record``: the file's
+        record, committed with the first of its pages stored."""
         error: BaseException | None = None
         for tier in self._tiers:
             if not self.health.usable(tier):
@@ -355,7 +372,7 @@ class Fetcher:
                 if not self.health.usable(tier):
                     continue
             try:
-                self._store.put_many(items, tier=tier)
+                self._store.put_many(items, tier=tier, records=[record] if record else None)
                 return {key for key, _ in items}
             except TierFullError as exc:
                 error = exc
@@ -364,7 +381,11 @@ class Fetcher:
                 error = exc
         if len(items) > 1 and isinstance(error, TierFullError):
             # No tier takes them all at once: one page at a time.
-            return set().union(*(self.cache([item], path) for item in items))
+            kept: set[bytes] = set()
+            for item in items:
+                got = self.cache([item], path, None if kept else record)
+                kept |= got
+            return kept
         self._counters.add(store_full=1)
         if error is not None:  # with every tier down, their state changes said it all
             log.warning("page of %s not cached: %s", path, error)

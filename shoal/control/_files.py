@@ -197,6 +197,7 @@ class FileResolver:
 
     def _reload_mounts(self) -> None:
         """Read a shared mount table again (kept as it was while its store is down)."""
+        before = self._mounts.mounts()
         try:
             self._mounts.reload()
         except OSError as exc:
@@ -204,6 +205,8 @@ class FileResolver:
             return
         with self._lock:
             self._epoch += 1
+        if self._mounts.mounts() != before and self.metadata.on_refresh is not None:
+            self.metadata.on_refresh()  # what was said of paths under another mount is void
 
     def _retire(self, where: str, store: UnderStore) -> None:
         """Close a mount's store, keeping its request counts."""
@@ -288,6 +291,11 @@ class FileResolver:
             epoch = self._epoch
             mount, rel = self._mounts.resolve(path)
         return path, mount, rel, epoch
+
+    def mount_of(self, path: str) -> tuple[Mount, str]:
+        """The mount serving the normalised ``path`` in the table as last read, and the
+        path relative to it; ``FileNotFoundError`` when none does."""
+        return self._mounts.resolve(path)
 
     def _current(self, path: str) -> File | None:
         """The file resolved for ``path`` before, while it is still current: the metadata

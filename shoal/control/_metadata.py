@@ -47,6 +47,10 @@ class MetadataCache:
         self._lists: dict[str, tuple[float, list[ObjectInfo]]] = {}
         self._dirs: dict[str, tuple[float, dict[str, ObjectInfo]]] = {}
         self._tables = (self._stats, self._lists, self._dirs)
+        #: Called after every :meth:`refresh` (what was said of those paths is void).
+        self.on_refresh: Callable[[], None] | None = None
+        #: Refreshes (and clears) so far.
+        self.refreshes = 0
 
     def __len__(self) -> int:
         with self._lock:
@@ -89,6 +93,18 @@ class MetadataCache:
     def put_stat(self, path: str, info: ObjectInfo, ttl: float) -> None:
         """Cache the stat of ``path`` for ``ttl`` seconds (not at all if ``ttl <= 0``)."""
         self._put(self._stats, path, info, ttl)
+
+    def expiry(self, path: str, info: ObjectInfo) -> float | None:
+        """Until when (monotonic seconds) the cached stat of ``path`` holds, if it is
+        ``info`` still; None otherwise."""
+        with self._lock:
+            entry = self._stats.get(path)
+        if entry is None or entry[0] <= self._clock():
+            return None
+        cached = entry[1]
+        if cached is not info and (cached.version, cached.size) != (info.version, info.size):
+            return None
+        return entry[0]
 
     def stat(self, path: str, ttl: float, load: Callable[[], ObjectInfo]) -> ObjectInfo:
         """The cached stat of ``path``, else ``load()``'s result, cached for ``ttl``."""
@@ -138,6 +154,9 @@ class MetadataCache:
                 for p in doomed:
                     del table[p]
                 dropped += len(doomed)
+        self.refreshes += 1
+        if self.on_refresh is not None:
+            self.on_refresh()
         return dropped
 
     def clear(self) -> None:
@@ -145,3 +164,6 @@ class MetadataCache:
         with self._lock:
             for table in self._tables:
                 table.clear()
+        self.refreshes += 1
+        if self.on_refresh is not None:
+            self.on_refresh()

@@ -15,6 +15,7 @@ class Counters:
 
     FIELDS = (
         "requests",
+        "file_requests",
         "page_hits",
         "page_misses",
         "pages_located",

@@ -80,6 +80,18 @@ def normalize_path(path: str) -> str:
     ``..`` component (Shoal paths never climb: a mount cannot be escaped), or a path over
     :data:`MAX_PATH_BYTES` bytes or :data:`MAX_PATH_COMPONENTS` components.
     """
+    if (
+        type(path) is str
+        and path[:1] == "/"
+        and path[-1:] != "/"
+        and "//" not in path
+        and "/." not in path
+        and "\0" not in path
+        and len(path) <= MAX_PATH_BYTES
+        and path.isascii()
+        and path.count("/") <= MAX_PATH_COMPONENTS
+    ):
+        return path  # canonical already: the common case, checked in one pass each
     if not isinstance(path, str):
         raise ValueError(f"path must be a str, got {type(path).__name__}")
     if len(path) > MAX_PATH_BYTES or (

@@ -87,6 +87,7 @@ class Reply:
     header: dict[str, Any]
     payload: list[Any] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
+    owned: bool = False  # the server closes ``fds`` once the answer is sent
 
 
 def _no_progress(state: dict) -> None:
@@ -188,7 +189,7 @@ class Server:
         see :attr:`address`), or None. The protocol is the same, but no descriptor crosses
         a TCP connection: every ``read`` is served in ``data`` mode.
     on_request
-        Called for each request served.
+        Called with the op of each request served.
     security
         What TCP peers must prove (a cluster secret, an admin secret) and TLS.
     limits
@@ -213,7 +214,7 @@ class Server:
         path: str,
         on_stop: Callable[[], None] | None = None,
         listen: str | None = None,
-        on_request: Callable[[], None] | None = None,
+        on_request: Callable[[str], None] | None = None,
         security: ServerSecurity | None = None,
         limits: ServerLimits | None = None,
     ):
@@ -553,7 +554,7 @@ class Server:
                 # files as they are when the client checks them itself.
                 header["mode"] = LOCATE if header.get("segments") is True else DATA
             if self._on_request is not None:
-                self._on_request()
+                self._on_request(op)
             handler = self.handlers.get(op)
             if handler is None:
                 raise ProtocolError(f"op {op!r} has no handler")
@@ -568,6 +569,15 @@ class Server:
             log.exception("op %s failed", op)
             _send_error(sock, exc)
             return True
+        try:
+            return self._send_reply(sock, op, reply)
+        finally:
+            if reply.owned:
+                for fd in reply.fds:
+                    os.close(fd)
+
+    def _send_reply(self, sock: socket.socket, op: str, reply: Reply) -> bool:
+        """Send a handler's answer; False when the connection should close."""
         answer = {"ok": True, **reply.header}
         try:
             if any(isinstance(p, FileSegment) for p in reply.payload):

@@ -13,23 +13,33 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import engine
 from .._config import Config
 from ..engine import PageLocation, PageStore
+from ..engine._regions import TIER_NAMES
 from ._admission import MountPolicy
 from ._fetch import Fetcher, Page
+from ._filerecords import decode_record, encode_record
 from ._files import File, FileResolver
+from ._filetable import FileTableWriter
 from ._jobs import check_job_key, mark_abandoned, newest_first
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters
-from ._namespace import MountTable, split_mount_options
+from ._namespace import Mount, MountTable, split_mount_options
+from ._pages import file_id, page_key
 from ._server import ConnectionState, FileSegment, Handler, Reply
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
-from .ufs import ObjectChangedError
+from .ufs import ObjectChangedError, ObjectInfo
 
 __all__ = ["Worker"]
+
+
+class _Where(NamedTuple):
+    tier: str
+    region: int
+
 
 log = logging.getLogger("shoal.worker")
 
@@ -114,6 +124,17 @@ class Worker:
             whole_file_bytes=whole_file_bytes,
         )
         self.files.fetch_first = self.fetcher.fetch_first
+        #: Cached small files, published for the clients of this node to read with no
+        #: request; void (superseded) whenever what a path means may have changed.
+        self.table = FileTableWriter()
+        self.files.metadata.on_refresh = self.table.supersede
+        self.fetcher.record_of = self._record_of
+        # The files cached before a restart, known again (in the background: a large
+        # index takes a while, and the worker serves meanwhile as it would without).
+        self._restoring = threading.Thread(
+            target=self._restore_files, name="shoal-restore", daemon=True
+        )
+        self._restoring.start()
 
     @property
     def in_cluster(self) -> bool:
@@ -128,6 +149,8 @@ class Worker:
         """The op -> handler table the server dispatches through."""
         return {
             "hello": self.hello,
+            "table": self._table_op,
+            "regions": self._regions_op,
             "read": self.read,
             "stat": lambda _, h: Reply({"files": self.stat(h["paths"], h.get("fetch"))}),
             "mount": lambda _, h: Reply({"mount": self.mount(h["path"], h["uri"], h["options"])}),
@@ -144,9 +167,12 @@ class Worker:
             "stop": self._stop_op,
         }
 
-    def count_request(self) -> None:
-        """Count one request served."""
-        self._counters.add(requests=1)
+    def count_request(self, op: str) -> None:
+        """Count one request served; those naming files (``stat``, ``read``) apart too."""
+        if op in ("stat", "read"):
+            self._counters.add(requests=1, file_requests=1)
+        else:
+            self._counters.add(requests=1)
 
     # ----------------------------------------------------------------- namespace
 
@@ -155,8 +181,10 @@ class Worker:
         versions checked, the node's sizes told, and whether the peer may run admin ops."""
         check_version(header["version"])
         conn.pid = header["pid"]
+        table = header.get("table") is True and not conn.remote
         return Reply(
             {
+                "table": table,
                 "version": PROTOCOL_VERSION,
                 "worker_pid": os.getpid(),
                 "host_id": self.config.host_id,
@@ -166,8 +194,122 @@ class Worker:
                 "capacity": sum(t.capacity for t in self.config.tiers()),
                 "worker_id": self.worker_id,
                 "admin": conn.admin,
-            }
+            },
+            fds=[self.table.reader_fd()] if table else [],
+            owned=True,
         )
+
+    def _table_op(self, conn: ConnectionState, header: dict) -> Reply:
+        """``table``: the current table of published files (after one was superseded)."""
+        if conn.remote:
+            raise PermissionError(errno.EPERM, "table: served on the worker's Unix socket only")
+        return Reply({}, fds=[self.table.reader_fd()], owned=True)
+
+    def _regions_op(self, conn: ConnectionState, header: dict) -> Reply:
+        """``regions``: the descriptors of region files (and their tiers' generation
+        tables) a client needs to read pages the table of published files points to;
+        those it holds already, and those that do not exist, left out."""
+        if conn.remote:
+            raise PermissionError(errno.EPERM, "regions: served on the worker's Unix socket only")
+        fds: list[int] = []
+        tokens: list[list] = []
+        for tier, region in header["regions"]:
+            if tier not in self._store.tier_paths:
+                continue
+            try:
+                if not self._pass_fds(conn, _Where(tier, region), fds, tokens):
+                    break
+            except (OSError, ValueError):
+                continue  # never used, or out of the tier: the client asks through a read
+        return Reply({"fds": tokens}, fds=fds)
+
+    def _record_of(self, path: str, mount: Mount, rel: str, info: ObjectInfo):
+        """The record kept with the first page of the file at ``path``: its metadata and
+        until when it holds (None when its mount caches no metadata)."""
+        ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
+        if ttl <= 0 or info.is_dir:
+            return None
+        until = self.files.metadata.expiry(path, info)
+        left = ttl if until is None else until - time.monotonic()
+        if left <= 0:
+            return None
+        name = path.encode("utf-8", "surrogateescape")
+        return (name, encode_record(mount.child_uri(rel), info, left))
+
+    def _restore_files(self, batch: int = 1024) -> None:
+        """Take back the records of the files cached before a restart: their metadata
+        (for the time it still holds) and, for one-page files, their place in the table of
+        published files. Records of files gone from the cache, moved to another URI or
+        past their time are dropped."""
+        try:
+            pending: list[tuple[str, ObjectInfo, bytes, float]] = []
+            stale: list[bytes] = []
+            restored = 0
+            refreshes = self.files.metadata.refreshes
+            for name, value in self._store.records():
+                if self._closed or self.files.metadata.refreshes != refreshes:
+                    return  # a refresh since: what the records say may be void
+                record = decode_record(value)
+                path = name.decode("utf-8", "surrogateescape")
+                left = record.expires - time.time() if record is not None else 0.0
+                try:
+                    mount, rel = self.files.mount_of(path)
+                except (OSError, ValueError):
+                    mount = rel = None
+                if left <= 0 or mount is None or mount.child_uri(rel) != record.uri:
+                    stale.append(name)
+                    continue
+                first = page_key(file_id(record.uri, record.info.version), 0)
+                pending.append((path, record.info, first, left))
+                if len(pending) >= batch:
+                    restored += self._restore_batch(pending, stale, refreshes)
+            restored += self._restore_batch(pending, stale, refreshes)
+            if stale:
+                self._store.delete_records(stale)
+            if restored or stale:
+                log.info("%d cached files known again, %d records dropped", restored, len(stale))
+        except Exception:  # the worker serves on: files are stat'd as without records
+            if not self._closed:
+                log.exception("file records not restored")
+
+    def _restore_batch(self, pending: list, stale: list[bytes], refreshes: int) -> int:
+        if not pending or self.files.metadata.refreshes != refreshes:
+            pending.clear()
+            return 0
+        ps = self.page_size
+        located = self._store.locate([first for _, _, first, _ in pending])
+        entries, known = [], 0
+        for (path, info, _, left), loc in zip(pending, located, strict=True):
+            if loc is None:
+                stale.append(path.encode("utf-8", "surrogateescape"))
+                continue
+            if self.files.metadata.get_stat(path) is None:
+                self.files.metadata.put_stat(path, info, left)
+            known += 1
+            if 0 < info.size <= ps and loc.length == info.size:
+                entries.append(
+                    (path, info.size, TIER_NAMES.index(loc.tier), loc.region, loc.offset,
+                     loc.crc32c, loc.generation, time.monotonic_ns() + int(left * 1e9))
+                )  # fmt: skip
+        pending.clear()
+        if entries:
+            self.table.publish_many(entries)
+        return known
+
+    def _publish(self, located: list[tuple[File, PageLocation]]) -> None:
+        """Publish cached one-page files in the table, while their metadata holds."""
+        expiry = self.files.metadata.expiry
+        now, now_ns = time.monotonic(), time.monotonic_ns()
+        entries = []
+        for f, loc in located:
+            until = expiry(f.path, f.info)
+            if until is not None and loc.length == f.info.size:
+                entries.append(
+                    (f.path, f.info.size, TIER_NAMES.index(loc.tier), loc.region, loc.offset,
+                     loc.crc32c, loc.generation, now_ns + int((until - now) * 1e9))
+                )  # fmt: skip
+        if entries:
+            self.table.publish_many(entries)
 
     def mount(self, path: str, uri: str, options: dict) -> dict:
         """Mount ``uri`` at ``path`` (see :meth:`FileResolver.mount`)."""
@@ -263,6 +405,13 @@ class Worker:
         fds: list[int] = []
         tokens: list[list] = []
         inline = []
+        ps = self.page_size
+        located = [
+            (p.file, got[k]) for k, p in pages.items()
+            if p.index == 0 and p.file.info.size <= ps and isinstance(got[k], PageLocation)
+        ]  # fmt: skip
+        if located:
+            self._publish(located)
         for i, (key, _, _) in enumerate(items):
             value = got[key]
             if isinstance(value, PageLocation) and self._pass_fds(conn, value, fds, tokens):
@@ -390,10 +539,21 @@ class Worker:
         pending: list[tuple[File, dict, int]] = []
         last = 0.0
 
+        small: list[File] = []  # one-page files loaded, to publish
+
+        def publish() -> None:
+            locs = self._store.locate([fetcher.pages_of(f)[0].key for f in small])
+            self._publish([(f, loc) for f, loc in zip(small, locs, strict=True) if loc])
+            small.clear()
+
         def finish_first() -> None:
             nonlocal last
             f, futures, fetched_bytes = pending.pop(0)
             fetcher.results(futures)
+            if 0 < f.info.size <= self.page_size and counts[f.path] == 1:
+                small.append(f)
+                if len(small) >= 256:
+                    publish()
             state["files_done"] += 1
             state["bytes_done"] += sizes[f.path]
             state["pages_done"] += counts[f.path]
@@ -415,6 +575,8 @@ class Worker:
                 finish_first()
         while pending:
             finish_first()
+        if small:
+            publish()
         if not files:
             progress(dict(state))
         return state
@@ -447,6 +609,7 @@ class Worker:
                 if self._store.delete(p.key):
                     pages += 1
                     freed += p.length
+        self.table.supersede()  # freed files must not be read through the table any more
         return {"pages": pages, "bytes": freed}
 
     # ----------------------------------------------------------------- report
@@ -477,6 +640,7 @@ class Worker:
             "ufs_requests": _summed(requests),
             "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
+            "published": self.table.stats(),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
@@ -494,6 +658,8 @@ class Worker:
                 return
             self._closed = True
         self.fetcher.close()
+        self._restoring.join()
+        self.table.close()
         self.files.close()
         with self._lock:
             fds = list(self._client_fds.values())

@@ -4,9 +4,11 @@ Layout on disk (see ``_regions`` for the tier directory):
 
 - index (rocksdict, raw mode) at ``index_path``:
   ``b"m"`` -> format and geometry; ``b"p" + key`` -> page record;
-  ``b"r" + tier code + region number`` -> region record (generation, state, kind, fill).
+  ``b"r" + tier code + region number`` -> region record (generation, state, kind, fill);
+  ``b"f" + name`` -> a caller's record (see :meth:`PageStore.put_records`), opaque here.
 - Data first, index second: page bytes are written with the engine, then one WriteBatch
-  commits the page records together with the records of the regions they touched.
+  commits the page records together with the records of the regions they touched (and the
+  caller's records given with the pages).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import stat
 import struct
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -43,6 +45,7 @@ from ._requests import host_view
 
 __all__ = ["PageStore", "TierConfig", "TierUsage"]
 
+KiB = 1 << 10
 MiB = 1 << 20
 TiB = 1 << 40
 
@@ -53,6 +56,14 @@ _MAX_REGIONS = 1 << 32
 _U64_MAX = (1 << 64) - 1
 # Regions a generation table starts with; it doubles as regions are first used.
 _TABLE_START = 1024
+#: The largest value of a record (:meth:`PageStore.put_records`): records describe files,
+#: they do not hold their bytes.
+MAX_RECORD_SIZE = 64 * KiB
+# The smallest small_align a store takes; recovery accepts page offsets that are multiples
+# of it, whatever the alignments are now.
+_MIN_SMALL_ALIGN = 8
+# Records a scan (PageStore.records) reads per hold of the lock.
+_RECORD_CHUNK = 256
 
 _TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
 _PIN, _DIRTY = 1, 2
@@ -66,7 +77,7 @@ _REGION = struct.Struct("<QBBQ")
 # magic, format version, region size, page alignment
 _META = struct.Struct("<4sIQQ")
 _MAGIC, _VERSION = b"SHPS", 1
-_META_KEY, _PAGE_PREFIX, _REGION_PREFIX = b"m", b"p", b"r"
+_META_KEY, _PAGE_PREFIX, _REGION_PREFIX, _RECORD_PREFIX = b"m", b"p", b"r", b"f"
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,12 @@ class TierUsage:
         ``regions_used * region_size``: never more than ``capacity``.
     live_bytes
         Bytes of the pages currently indexed.
+    filled_bytes
+        Bytes the used regions' appended pages take: the sum of each used region's fill
+        (its append offset), alignment padding and the bytes of pages since deleted or
+        replaced included, the unused tail of a region not. ``live_bytes / filled_bytes``
+        measures how tightly pages are packed (see ``pack_below`` of :class:`PageStore`);
+        ``filled_bytes <= allocated_bytes``.
     pages
         Number of pages indexed.
     pinned_bytes, dirty_bytes
@@ -181,6 +198,7 @@ class TierUsage:
     regions_used: int
     allocated_bytes: int
     live_bytes: int
+    filled_bytes: int
     pages: int
     pinned_bytes: int
     dirty_bytes: int
@@ -256,6 +274,7 @@ class _Tier:
         self.lock_fd = -1
         self.dir_fd = self.regions_fd = -1  # the tier directory and its regions/, checked
         self.pages = self.live_bytes = self.pinned_bytes = self.dirty_bytes = 0
+        self.filled = 0  # sum of the fills of the regions in use
 
     def region_key(self, number: int) -> bytes:
         return _REGION_PREFIX + bytes((self.code,)) + number.to_bytes(4, "big")
@@ -319,16 +338,37 @@ def _cut_short(region: _Region, entry: _Entry) -> bool:
         return True
 
 
-def _encode_key(key: Any) -> bytes:
+def _encode_key(key: Any, what: str = "page key") -> bytes:
     if isinstance(key, str):
         k = key.encode("utf-8")
     elif isinstance(key, (bytes, bytearray, memoryview)):
         k = bytes(key)
     else:
-        raise TypeError(f"page key must be bytes or str, got {type(key).__name__}")
+        raise TypeError(f"{what} must be bytes or str, got {type(key).__name__}")
     if not k:
-        raise ValueError("page key must not be empty")
+        raise ValueError(f"{what} must not be empty")
     return k
+
+
+def _encode_records(items: Any, what: str) -> list[tuple[bytes, bytes]]:
+    """``(name, value)`` pairs checked and made index keys and values, before any write."""
+    if isinstance(items, (str, bytes, bytearray, memoryview)):
+        raise TypeError(f"{what}: expected an iterable of (name, value) pairs, got one value")
+    out = []
+    for i, item in enumerate(items):
+        try:
+            name, value = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{what} item {i}: expected (name, value), got {item!r}") from None
+        k = _encode_key(name, "record name")
+        view = _source_view(value, f"record {name!r}")
+        if view.nbytes > MAX_RECORD_SIZE:
+            raise ValueError(
+                f"record {name!r} of {view.nbytes} bytes is larger than MAX_RECORD_SIZE "
+                f"({MAX_RECORD_SIZE} bytes)"
+            )
+        out.append((_RECORD_PREFIX + k, bytes(view)))
+    return out
 
 
 def _source_view(data: Any, what: str) -> memoryview:
@@ -360,12 +400,19 @@ class PageStore:
     """Pages (byte strings under a key) kept in region files on one or more tiers.
 
     Each tier directory holds up to ``capacity // region_size`` region files. Pages are
-    appended to the tier's open region at ``page_align``-aligned offsets, so O_DIRECT and
-    GPUDirect Storage can read them; pinned and dirty pages go to a second open region of
-    their own, so they do not keep regions full of ordinary pages from being reclaimed. A
-    RocksDB index maps each key to its page (tier, region, region generation, offset,
-    length, crc32c, flags); writes go data first, index second. After a restart the index
-    is the truth.
+    appended to the tier's open region: pages of ``pack_below`` bytes or more at
+    ``page_align``-aligned offsets, so O_DIRECT and GPUDirect Storage can read them, shorter
+    ones packed tight at ``small_align``-aligned offsets (a 100-byte page takes 128 bytes,
+    not 4 KiB; it is read through the page cache). Pinned and dirty pages go to a second
+    open region of their own, so they do not keep regions full of ordinary pages from being
+    reclaimed. A RocksDB index maps each key to its page (tier, region, region generation,
+    offset, length, crc32c, flags); writes go data first, index second. After a restart the
+    index is the truth.
+
+    The same index keeps the caller's records (:meth:`put_records`): small named values,
+    such as what a worker knows of the files whose pages it holds, committed with pages
+    (:meth:`put_many` with ``records``) or alone, read back after a restart. They are not
+    held in memory, and neither eviction nor :meth:`delete` touches them.
 
     When a tier needs a new region and its allocated bytes would go above
     ``high_watermark * capacity``, whole regions are reclaimed, least recently used first
@@ -393,8 +440,14 @@ class PageStore:
     high_watermark, low_watermark
         Fractions of capacity, ``0 < low_watermark < high_watermark <= 1``.
     page_align
-        Alignment of page offsets: a power of two, at least 512. Fixed for the life of the
-        index.
+        Alignment of the offsets of pages of ``pack_below`` bytes or more: a power of two,
+        at least 512. Fixed for the life of the index.
+    pack_below
+        Pages shorter than this many bytes are packed at ``small_align``-aligned offsets;
+        an int >= 0 (0: every page at ``page_align``).
+    small_align
+        Alignment of the offsets of pages shorter than ``pack_below``: a power of two from
+        8 to ``page_align``.
     sync
         fdatasync page data (and flush generation tables) before each index commit, and
         commit the index with sync, for durability across power loss. Off by default: a
@@ -430,14 +483,21 @@ class PageStore:
     is first used, lowest numbers first (a freed region before one never used): opening a
     store takes time and memory in proportion to the regions in use, whatever the capacity.
 
+    ``pack_below`` and ``small_align`` only place new pages: they may change between opens
+    of an index, and pages already written stay where they are (recovery takes any offset
+    that is a multiple of 8), so no page, dirty ones included, is lost to such a change.
+
     Call order: construct (opens the index, recovers the tiers and drops index entries whose
-    region generation no longer matches), then any mix of :meth:`put`, :meth:`put_many`,
-    :meth:`get_into`, :meth:`get_many_into`, :meth:`locate`, :meth:`contains`,
-    :meth:`delete`, :meth:`pin`, :meth:`unpin`, :meth:`mark_clean`, :meth:`usage`,
-    :meth:`evict`, :meth:`touch`, :meth:`open_for_reader`, then :meth:`close` (or use the
-    store as a context manager). One process owns a store at a time (the index and each
-    tier directory are locked); other processes read through :class:`RegionReader` with
-    locations from :meth:`locate`.
+    region generation no longer matches; records are kept as they are), then any mix of
+    :meth:`put`, :meth:`put_many`, :meth:`get_into`, :meth:`get_many_into`,
+    :meth:`locate`, :meth:`contains`, :meth:`delete`, :meth:`pin`, :meth:`unpin`,
+    :meth:`mark_clean`, :meth:`usage`, :meth:`evict`, :meth:`touch`,
+    :meth:`open_for_reader`, and of the record calls :meth:`put_records`,
+    :meth:`delete_records`, :meth:`get_record`, :meth:`records`, then :meth:`close` (or use
+    the store as a context manager). A worker that restarts reads its records first
+    (:meth:`records`) to know its files again, then their pages. One process owns a store
+    at a time (the index and each tier directory are locked); other processes read through
+    :class:`RegionReader` with locations from :meth:`locate`.
 
     All methods are thread-safe. One lock guards the index and the allocator; page I/O runs
     outside it (writes reserve their space first and commit afterwards), so reads are not
@@ -457,12 +517,17 @@ class PageStore:
         high_watermark: float = 0.95,
         low_watermark: float = 0.85,
         page_align: int = 4096,
+        pack_below: int = 64 * KiB,
+        small_align: int = 64,
         sync: bool = False,
         direct: bool = False,
     ):
         self._check_args(tiers, index_path, region_size, high_watermark, low_watermark, page_align)
+        self._check_packing(pack_below, small_align, page_align)
         self.region_size = region_size
         self.page_align = page_align
+        self.pack_below = pack_below
+        self.small_align = small_align
         self.high_watermark = float(high_watermark)
         self.low_watermark = float(low_watermark)
         self.index_path = os.path.abspath(os.fspath(index_path))
@@ -551,6 +616,23 @@ class PageStore:
                     f"regions of {region_size} bytes than the index can number "
                     f"({_MAX_REGIONS}): use larger regions"
                 )
+
+    @staticmethod
+    def _check_packing(pack_below, small_align, page_align) -> None:
+        for field, value in (("pack_below", pack_below), ("small_align", small_align)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"PageStore: {field} must be an int, got {type(value).__name__}")
+        if pack_below < 0:
+            raise ValueError(f"PageStore: pack_below must be >= 0 bytes, got {pack_below}")
+        if (
+            small_align < _MIN_SMALL_ALIGN
+            or small_align & (small_align - 1)
+            or small_align > page_align
+        ):
+            raise ValueError(
+                f"PageStore: small_align must be a power of two from {_MIN_SMALL_ALIGN} to "
+                f"page_align={page_align}, got {small_align}"
+            )
 
     # ----------------------------------------------------------------- open and recovery
 
@@ -687,6 +769,7 @@ class PageStore:
                     heapq.heappush(tier.free, region.number)
                 else:
                     tier.used += 1
+                    tier.filled += region.fill
                     region.last_access = next(self._clock)
                     self._open_region_file(tier, region)
                 if tier.table.get(region.number) != region.generation:
@@ -707,7 +790,7 @@ class PageStore:
             region is None  # no record: a region never used, or reclaimed since
             or region.state == _FREE
             or region.generation != entry.generation
-            or entry.offset % self.page_align
+            or entry.offset % _MIN_SMALL_ALIGN
             or entry.offset + entry.length > self.region_size
         ):
             return None
@@ -817,10 +900,15 @@ class PageStore:
     # ----------------------------------------------------------------- allocation
 
     def _reserve(self, tier: _Tier, kind: int, length: int) -> tuple[_Region, int]:
-        """Space for a page in the tier's open region of ``kind``; called with the lock held."""
+        """Space for a page in the tier's open region of ``kind``; called with the lock held.
+
+        A page shorter than ``pack_below`` goes to the next ``small_align`` boundary, a
+        longer one to the next ``page_align`` boundary (where O_DIRECT can read it).
+        """
         region = tier.open[kind]
         if region is not None:
-            offset = -(-region.fill // self.page_align) * self.page_align
+            align = self.small_align if length < self.pack_below else self.page_align
+            offset = -(-region.fill // align) * align
             if offset + length > self.region_size:
                 region.state = _SEALED
                 tier.open[kind] = None
@@ -829,6 +917,7 @@ class PageStore:
         if region is None:
             region = self._allocate(tier, kind, length)
             offset = 0
+        tier.filled += offset + length - region.fill
         region.fill = offset + length
         region.inflight += 1
         region.last_access = next(self._clock)
@@ -908,6 +997,7 @@ class PageStore:
             region.live_bytes = 0
             region.state = _FREE
             region.kind = _NORMAL
+            tier.filled -= region.fill
             region.fill = 0
             tier.used -= 1
             heapq.heappush(tier.free, region.number)
@@ -927,6 +1017,7 @@ class PageStore:
         tier: str | None = None,
         pin: bool = False,
         dirty: bool = False,
+        records: Iterable[tuple[bytes | str, Any]] | None = None,
     ) -> None:
         """Store pages: write them all with one engine batch, then commit one index batch.
 
@@ -944,13 +1035,19 @@ class PageStore:
         dirty
             The pages are not persisted elsewhere yet: never evict them (until
             :meth:`mark_clean`).
+        records
+            ``(name, value)`` pairs, as for :meth:`put_records`, committed in the same index
+            batch as the pages, once their bytes are written: the records are stored if and
+            only if the pages are (they stay when the pages are later evicted or deleted).
+            With no pages, the records alone are stored.
 
         Raises
         ------
         TierFullError
             The tier cannot take the pages even after eviction; nothing was stored.
         ValueError
-            An empty key, a page larger than a region, an unknown tier.
+            An empty key, a page larger than a region, an unknown tier, a bad record (as
+            for :meth:`put_records`); nothing was stored.
         TypeError
             A key that is neither bytes nor str, data that is not a host buffer.
         OSError
@@ -973,7 +1070,10 @@ class PageStore:
                     f"(region_size={self.region_size})"
                 )
             prepared.append((k, view, crc32c(view)))
+        named = _encode_records(records, "put_many records") if records is not None else []
         if not prepared:
+            if named:
+                self._put_records(named)
             return
         reserved: list[tuple[_Region, int]] = []
         with self._lock:
@@ -1009,9 +1109,9 @@ class PageStore:
                 self._active -= 1
                 self._idle.notify_all()
                 if written:
-                    self._commit_pages(target, flags, prepared, reserved)
+                    self._commit_pages(target, flags, prepared, reserved, named)
 
-    def _commit_pages(self, tier: _Tier, flags: int, prepared, reserved) -> None:
+    def _commit_pages(self, tier: _Tier, flags: int, prepared, reserved, named) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
         new = []
         for (k, view, crc), (region, offset) in zip(prepared, reserved, strict=True):
@@ -1020,6 +1120,8 @@ class PageStore:
             )
             batch.put(_PAGE_PREFIX + k, _PAGE.pack(*entry))
             new.append((k, entry, region))
+        for key, value in named:
+            batch.put(key, value)
         self._commit(batch)
         unlinked = []
         for k, entry, region in new:
@@ -1080,6 +1182,112 @@ class PageStore:
         """Record that a dirty page is persisted elsewhere (evictable again, unless pinned);
         raises PageNotFoundError on a miss."""
         self._set_flags(key, 0, _DIRTY)
+
+    # ----------------------------------------------------------------- records
+
+    def put_records(self, items: Iterable[tuple[bytes | str, Any]]) -> None:
+        """Store records, all in one index batch (all or none).
+
+        Parameters
+        ----------
+        items
+            ``(name, value)`` pairs. ``name`` is bytes or str (UTF-8), not empty; ``value``
+            is a bytes-like host buffer of at most :data:`MAX_RECORD_SIZE` (64 KiB) bytes.
+            An existing name is replaced; if a name appears twice, the last one wins.
+
+        Raises
+        ------
+        ValueError
+            An empty name, a value over ``MAX_RECORD_SIZE``, an item that is not a pair;
+            nothing was stored.
+        TypeError
+            A name that is neither bytes nor str, a value that is not a buffer.
+        OSError
+            The index commit failed; nothing was stored.
+        """
+        named = _encode_records(items, "put_records")
+        if named:
+            self._put_records(named)
+
+    def _put_records(self, named: list[tuple[bytes, bytes]]) -> None:
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key, value in named:
+            batch.put(key, value)
+        with self._lock:
+            self._check_open()
+            self._commit(batch)
+
+    def delete_records(self, names: Iterable[bytes | str]) -> None:
+        """Remove records, all in one index batch; names without a record are ignored.
+
+        Raises
+        ------
+        ValueError, TypeError
+            A name that is empty, or neither bytes nor str; nothing was removed.
+        """
+        if isinstance(names, (str, bytes, bytearray, memoryview)):
+            raise TypeError("delete_records: expected an iterable of names, got one name")
+        keys = [_RECORD_PREFIX + _encode_key(name, "record name") for name in names]
+        if not keys:
+            return
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for key in keys:
+            batch.delete(key)
+        with self._lock:
+            self._check_open()
+            self._commit(batch)
+
+    def get_record(self, name: bytes | str) -> bytes | None:
+        """The value of the record ``name``, or None if there is none."""
+        key = _RECORD_PREFIX + _encode_key(name, "record name")
+        with self._lock:
+            self._check_open()
+            try:
+                return self._db.get(key)
+            except Exception as exc:
+                raise _db_error(exc, self.index_path) from exc
+
+    def records(self, prefix: bytes | str = b"") -> Iterator[tuple[bytes, bytes]]:
+        """``(name, value)`` of every record whose name starts with ``prefix``, by name.
+
+        A scan of the index, read a few hundred records at a time (no more is held in
+        memory): records put or deleted while it runs may or may not be seen, and one that
+        stays is seen once. Raises ValueError at its next step if the store is closed.
+        """
+        if isinstance(prefix, str):
+            prefix = prefix.encode("utf-8")
+        elif isinstance(prefix, (bytes, bytearray, memoryview)):
+            prefix = bytes(prefix)
+        else:
+            raise TypeError(f"records: prefix must be bytes or str, got {type(prefix).__name__}")
+        with self._lock:
+            self._check_open()
+        return self._scan_records(_RECORD_PREFIX + prefix)
+
+    def _scan_records(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        start = prefix
+        while True:
+            chunk = self._record_chunk(start, prefix)
+            for key, value in chunk:
+                yield key[len(_RECORD_PREFIX) :], value
+            if len(chunk) < _RECORD_CHUNK:
+                return
+            start = chunk[-1][0] + b"\0"  # the next key after the last one seen
+
+    def _record_chunk(self, start: bytes, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        chunk: list[tuple[bytes, bytes]] = []
+        with self._lock:  # the index iterator lives and dies inside it: close() cannot race
+            self._check_open()
+            try:
+                for key, value in self._db.items(from_key=start):
+                    if not key.startswith(prefix):
+                        break
+                    chunk.append((key, value))
+                    if len(chunk) == _RECORD_CHUNK:
+                        break
+            except Exception as exc:
+                raise _db_error(exc, self.index_path) from exc
+        return chunk
 
     # ----------------------------------------------------------------- reads
 
@@ -1404,6 +1612,7 @@ class PageStore:
                     regions_used=t.used,
                     allocated_bytes=t.used * self.region_size,
                     live_bytes=t.live_bytes,
+                    filled_bytes=t.filled,
                     pages=t.pages,
                     pinned_bytes=t.pinned_bytes,
                     dirty_bytes=t.dirty_bytes,

@@ -1,5 +1,7 @@
 """The page store across processes: a writer killed with SIGKILL mid-write, and a reader in
-another process racing with the reclaim and reuse of the regions it reads."""
+another process racing with the reclaim and reuse of the regions it reads. Half the pages
+are small, packed at 64-byte boundaries several to a 4 KiB block, so a write cut short
+lands next to pages already committed."""
 
 from __future__ import annotations
 
@@ -27,8 +29,11 @@ TIERS = {"SSD": 12, "MEM": 4}  # regions per tier: small, so the writer reclaims
 
 
 def payload(key: str) -> bytes:
-    """A page's bytes follow from its key, so a checker knows what is right."""
+    """A page's bytes follow from its key, so a checker knows what is right: half the pages
+    small (packed), half up to three quarters of a region."""
     rng = random.Random(key)
+    if rng.random() < 0.5:
+        return rng.randbytes(rng.randrange(0, 700))
     return rng.randbytes(rng.randrange(0, RS * 3 // 4))
 
 
@@ -41,9 +46,14 @@ def open_store(root: Path, mem: Path | None = None) -> PageStore:
     return PageStore(tiers, root / "index", region_size=RS)
 
 
+def open_file_store(root: Path) -> PageStore:
+    """A store with room for everything the records writer puts: nothing is evicted."""
+    return PageStore([TierConfig("SSD", root / "SSD", 256 * RS)], root / "index", region_size=RS)
+
+
 def script(body: str) -> str:
     """A child program: this module's helpers, then ``body``."""
-    helpers = "\n".join(inspect.getsource(f) for f in (payload, open_store))
+    helpers = "\n".join(inspect.getsource(f) for f in (payload, open_store, open_file_store))
     head = (
         "import os, pickle, random, struct, sys, threading, json\n"
         "from pathlib import Path\n"
@@ -91,14 +101,16 @@ while True:
 """
 
 
-def check_store(root: Path) -> int:
-    """Every page reads back exact or is absent; returns how many are present."""
+def check_store(root: Path) -> tuple[int, int]:
+    """Every page reads back exact or is absent; returns how many are present, and how many
+    of those share a 4 KiB block with another page."""
     keys = [f"k{i}" for i in range(300)]
     with open_store(root) as store:
         usage = store.usage()
         for name, u in usage.items():
             assert u.allocated_bytes <= u.capacity
             assert u.regions_used <= u.regions_total == TIERS[name]
+            assert u.live_bytes <= u.filled_bytes <= u.allocated_bytes
         bufs = [bytearray(RS) for _ in keys]
         results = store.get_many_into(zip(keys, bufs, strict=True))
         present = 0
@@ -110,10 +122,12 @@ def check_store(root: Path) -> int:
         with RegionReader(store.tier_paths) as reader:
             for key, loc in zip(keys, locations, strict=True):
                 if loc is not None:
+                    assert loc.offset % (64 if loc.length < 64 * 1024 else 4096) == 0
                     buf = bytearray(loc.length)
                     reader.read_into(loc, buf)
                     assert bytes(buf) == payload(key)
-        return present
+        packed = sum(1 for loc in locations if loc is not None and loc.offset % 4096)
+        return present, packed
 
 
 @pytest.mark.timeout(120)
@@ -132,7 +146,71 @@ def test_writer_killed_at_random_moments(tmp_path):
             writer.stdout.close()
         assert writer.returncode == -9
         present.append(check_store(tmp_path))
-    assert max(present) > 10, present  # the rounds did store pages
+    assert max(n for n, _ in present) > 10, present  # the rounds did store pages
+    assert max(packed for _, packed in present) > 0, present  # small pages packed among them
+
+
+FILE_WRITER = """
+# Groups of pages, each put with its record in one put_many, and records put alone, until
+# killed. A group's keys follow from its name, its bytes from its name and version, which
+# the record holds. Groups are written again in turn, each time with a new version, so each
+# region is emptied whole and reclaimed: nothing is evicted.
+root, round_ = Path(sys.argv[1]), int(sys.argv[2])
+rng = random.Random(round_)
+store = open_file_store(root)
+print("ready", flush=True)
+n = 0
+while True:
+    name = f"f{n % 400}"
+    n += 1
+    if rng.random() < 0.2:
+        store.put_records([(f"alone/{name}", name.encode())])
+        continue
+    keys = [f"{name}:{j}" for j in range(random.Random(name).randrange(0, 4))]
+    version = f"{round_}.{n}"
+    pages = [(k, payload(f"{k}@{version}")[:600]) for k in keys]
+    store.put_many(pages, tier="SSD", dirty=rng.random() < 0.3,
+                   records=[(name, json.dumps([version, keys]).encode())])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_record_put_with_pages_survives_a_kill_iff_they_do(tmp_path):
+    rng = random.Random(21)
+    groups = []
+    for round_ in range(5):
+        writer = spawn(FILE_WRITER, str(tmp_path), str(round_), stdout=subprocess.PIPE)
+        try:
+            assert writer.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0.05, 0.4))
+            assert writer.poll() is None, "the writer died on its own"
+        finally:
+            writer.kill()
+            writer.wait()
+            writer.stdout.close()
+        with open_file_store(tmp_path) as store:
+            records = dict(store.records())
+            pages = 0
+            for name, value in records.items():
+                if name.startswith(b"alone/"):
+                    assert value == name[len(b"alone/") :]
+                    continue
+                version, keys = json.loads(value)
+                # A record is there: so are all its pages, of the version it names.
+                want = [payload(f"{k}@{version}")[:600] for k in keys]
+                bufs = [bytearray(600) for _ in keys]
+                got = store.get_many_into(zip(keys, bufs, strict=True))
+                assert got == [len(w) for w in want], (name, got)
+                for buf, n, w in zip(bufs, got, want, strict=True):
+                    assert bytes(buf[:n]) == w, name
+                pages += len(keys)
+            # And no page is there without its record: every page stored is one of them.
+            assert len(store) == pages
+            u = store.usage()["SSD"]
+            assert u.regions_used < u.regions_total * 0.9  # nothing was evicted
+            assert u.live_bytes <= u.filled_bytes
+            groups.append(sum(1 for name in records if not name.startswith(b"alone/")))
+    assert groups[-1] > 20, groups  # the rounds did store groups
 
 
 READER = """

@@ -105,16 +105,21 @@ def test_empty_page_and_full_region_page(store):
     assert read(store, "big") == big
 
 
-def test_pages_are_aligned_and_packed(store):
-    store.put_many([(f"k{i}", payload(f"k{i}", 5000 + i)) for i in range(10)])
-    locs = store.locate([f"k{i}" for i in range(10)])
-    assert all(loc.offset % 4096 == 0 for loc in locs)
-    assert locs[0].region == locs[1].region  # appended to the same open region
-    assert locs[1].offset == 8192
-    for i, loc in enumerate(locs):
-        with open(loc.path, "rb") as f:
-            f.seek(loc.offset)
-            assert f.read(loc.length) == payload(f"k{i}", 5000 + i)
+@pytest.mark.parametrize(
+    "pack_below, align, second",
+    [(0, 4096, 8192), (5000, 4096, 8192), (5010, 64, 5056), (64 * KiB, 64, 5056)],
+)
+def test_pages_are_aligned_and_packed(tmp_path, pack_below, align, second):
+    with make_store(tmp_path, pack_below=pack_below) as store:
+        store.put_many([(f"k{i}", payload(f"k{i}", 5000 + i)) for i in range(10)])
+        locs = store.locate([f"k{i}" for i in range(10)])
+        assert all(loc.offset % align == 0 for loc in locs)
+        assert locs[0].region == locs[1].region  # appended to the same open region
+        assert locs[1].offset == second
+        for i, loc in enumerate(locs):
+            with open(loc.path, "rb") as f:
+                f.seek(loc.offset)
+                assert f.read(loc.length) == payload(f"k{i}", 5000 + i)
 
 
 def test_put_many_duplicate_key_last_wins(store):
@@ -176,13 +181,20 @@ def test_usage_accounting(tmp_path):
         assert u["SSD"].regions_used == 2  # ordinary and pinned pages in their own regions
         assert u["SSD"].allocated_bytes == 2 * RS <= u["SSD"].capacity
         assert u["SSD"].regions_total == 8
+        assert u["SSD"].filled_bytes == 400 and u["MEM"].filled_bytes == 200
         s.unpin("p")
         s.mark_clean("d")
         u = s.usage()
         assert u["SSD"].pinned_bytes == 0 and u["MEM"].dirty_bytes == 0
         s.put("d", b"w" * 50)  # replacing moves the page to the default tier
-        assert s.usage()["MEM"].pages == 0
+        u = s.usage()
+        assert u["MEM"].pages == 0
         assert s.locate(["d"])[0].tier == "SSD"
+        # After "n" (300 bytes), at the next 64-byte boundary. The old "d" still fills its
+        # MEM region (open, so not reclaimed), though nothing live is left there.
+        assert s.locate(["d"])[0].offset == 320
+        assert u["SSD"].filled_bytes == 100 + 370
+        assert u["MEM"].filled_bytes == 200 and u["MEM"].live_bytes == 0
 
 
 def test_sync_store_round_trip(tmp_path):
@@ -544,6 +556,14 @@ def dataclass_frozen_error():
         ({"region_size": 64.0 * KiB}, TypeError, "region_size must be an int"),
         ({"page_align": 3000}, ValueError, "page_align must be a power of two"),
         ({"page_align": 256}, ValueError, "page_align must be a power of two >= 512"),
+        ({"pack_below": -1}, ValueError, "pack_below must be >= 0 bytes, got -1"),
+        ({"pack_below": 4096.0}, TypeError, "pack_below must be an int, got float"),
+        ({"pack_below": True}, TypeError, "pack_below must be an int, got bool"),
+        ({"small_align": 4}, ValueError, "small_align must be a power of two from 8 to"),
+        ({"small_align": 96}, ValueError, "small_align must be a power of two from 8 to"),
+        ({"small_align": 8192}, ValueError, "from 8 to page_align=4096, got 8192"),
+        ({"small_align": 1024, "page_align": 512}, ValueError, "page_align=512, got 1024"),
+        ({"small_align": "64"}, TypeError, "small_align must be an int, got str"),
         ({"high_watermark": 1.5}, ValueError, "high_watermark must be in"),
         ({"high_watermark": "0.9"}, TypeError, "high_watermark must be a number"),
         ({"low_watermark": 0}, ValueError, "low_watermark must be in"),
@@ -878,10 +898,216 @@ def test_closed_store(tmp_path):
         lambda: s.usage(),
         lambda: s.delete("a"),
         lambda: s.evict("SSD", 0),
+        lambda: s.put_records([("f", b"x")]),
+        lambda: s.put_many([], records=[("f", b"x")]),
+        lambda: s.delete_records(["f"]),
+        lambda: s.get_record("f"),
+        lambda: s.records(),
     ):
         with pytest.raises(ValueError, match="closed"):
             call()
     assert "closed" in repr(s)
+
+
+# ------------------------------------------------------------------ records
+
+
+def test_records_put_get_replace_delete(store):
+    assert store.get_record("f/a") is None
+    store.put_records([("f/a", b"one"), (b"f/b", bytearray(b"two")), ("f/c", memoryview(b""))])
+    assert store.get_record(b"f/a") == b"one"
+    assert store.get_record("f/b") == b"two"
+    assert store.get_record("f/c") == b""  # empty, not missing
+    store.put_records([("f/a", b"uno"), ("f/a", np.frombuffer(b"last", dtype=np.uint8))])
+    assert store.get_record("f/a") == b"last"  # the last of a name wins
+    store.delete_records(["f/a", b"f/c", "never-there"])
+    assert store.get_record("f/a") is None and store.get_record("f/c") is None
+    assert list(store.records()) == [(b"f/b", b"two")]
+    store.put_records([])
+    store.delete_records([])
+    assert len(store) == 0 and not store.contains("f/b")  # records are not pages
+
+
+def test_records_scan_by_prefix(store):
+    names = [b"a", b"f/", b"f/1", b"f/1/x", b"f/2", b"f0", b"f\xff", b"g", b"\xff\xff"]
+    store.put_records([(n, n[::-1]) for n in reversed(names)])
+    assert list(store.records()) == [(n, n[::-1]) for n in names]  # by name, bytewise
+    assert [n for n, _ in store.records("f/")] == [b"f/", b"f/1", b"f/1/x", b"f/2"]
+    assert [n for n, _ in store.records(b"f/1")] == [b"f/1", b"f/1/x"]
+    assert [n for n, _ in store.records(bytearray(b"f"))] == names[1:7]
+    assert [n for n, _ in store.records(b"\xff")] == [b"\xff\xff"]
+    assert list(store.records("h")) == []
+    store.put_many([("f/1", b"a page of the same name")])
+    assert [n for n, _ in store.records("f/1")] == [b"f/1", b"f/1/x"]  # pages are not records
+
+
+def test_records_scan_reads_a_chunk_at_a_time(store, monkeypatch):
+    monkeypatch.setattr(pagestore_module, "_RECORD_CHUNK", 7)
+    store.put_records([(f"x/{i:03d}", bytes([i])) for i in range(50)])
+    store.put_records([("w", b"before"), ("y", b"after")])
+    scan = store.records("x/")
+    first = [next(scan) for _ in range(10)]
+    # Changes behind the scan are not seen, those ahead of it are; nothing is seen twice.
+    store.delete_records(["x/000", "x/030"])
+    store.put_records([("x/001a", b"behind"), ("x/0401", b"ahead")])
+    rest = list(scan)
+    names = [n for n, _ in first + rest]
+    assert names == sorted(set(names))
+    assert b"x/030" not in names and b"x/0401" in names and b"x/001a" not in names
+    assert len(names) == 50
+    for name, value in first + rest:
+        assert value == (b"ahead" if name == b"x/0401" else bytes([int(name[2:])]))
+
+
+def test_records_survive_close_and_reopen(tmp_path):
+    big = payload("big", pagestore_module.MAX_RECORD_SIZE)
+    with make_store(tmp_path) as s:
+        s.put_records([("files/a", b"meta-a"), ("files/b", big)])
+        s.put_many([("a:0", b"page")], records=[("files/c", b"meta-c")])
+        s.delete_records(["files/a"])
+    with make_store(tmp_path) as s:
+        assert list(s.records("files/")) == [(b"files/b", big), (b"files/c", b"meta-c")]
+        assert read(s, "a:0") == b"page"
+        s.evict("SSD", 0)
+        s.delete("a:0")
+    with make_store(tmp_path) as s:  # neither eviction nor delete touches records
+        assert s.get_record("files/c") == b"meta-c" and len(s) == 0
+
+
+def test_a_record_put_with_pages_is_there_iff_the_pages_are(tmp_path, monkeypatch):
+    with make_store(tmp_path, regions=2) as s:
+        s.put_many([("f:0", b"a" * 100), ("f:1", b"b" * 200)], records=[("f", b"two pages")])
+        assert s.get_record("f") == b"two pages" and s.contains("f:0") and s.contains("f:1")
+        # No pages: the records alone.
+        s.put_many([], records=[("empty-file", b"")])
+        assert s.get_record("empty-file") == b""
+        # Bad input of either kind: nothing at all.
+        with pytest.raises(ValueError, match="record name must not be empty"):
+            s.put_many([("g:0", b"g")], records=[("", b"x")])
+        with pytest.raises(ValueError, match="larger than a region"):
+            s.put_many([("g:0", bytes(RS + 1))], records=[("g", b"x")])
+        assert s.get_record("g") is None and not s.contains("g:0")
+
+        # The write fails: neither.
+        def fail(*args):
+            raise OSError(errno.EIO, "injected")
+
+        with monkeypatch.context() as m:
+            m.setattr(pagestore_module, "_pwrite_all", fail)
+            m.setattr(pagestore_module, "write_batch", fail)
+            for count in (1, 4):
+                with pytest.raises(OSError, match="injected"):
+                    s.put_many([(f"g:{i}", b"g") for i in range(count)], records=[("g", b"x")])
+                assert s.get_record("g") is None and not s.contains("g:0")
+        # The index commit fails: neither.
+        db = s._db
+
+        class FailingIndex:
+            def write(self, *args):
+                raise RuntimeError("injected")
+
+            def __getattr__(self, name):
+                return getattr(db, name)
+
+        s._db = FailingIndex()
+        try:
+            with pytest.raises(OSError, match="page index: injected"):
+                s.put_many([("g:0", b"g")], records=[("g", b"x")])
+        finally:
+            s._db = db
+        assert s.get_record("g") is None and not s.contains("g:0")
+        # The tier is full (both regions of pinned pages): neither.
+        s.put_many([(f"p{i}", bytes(RS // 2)) for i in range(4)], pin=True)
+        with pytest.raises(TierFullError):
+            s.put_many([("g:0", b"g"), ("g:1", b"g")], records=[("g", b"x")])
+        assert s.get_record("g") is None and not s.contains("g:0")
+        s.unpin("p0")
+        s.unpin("p1")
+        s.put_many([("g:0", b"g")], records=[("g", b"x")])
+        assert s.get_record("g") == b"x" and read(s, "g:0") == b"g"
+
+
+def test_bad_records(store):
+    store.put_records([("kept", b"v")])
+    limit = pagestore_module.MAX_RECORD_SIZE
+    for call, exc, message in [
+        (lambda: store.put_records([("", b"x")]), ValueError, "record name must not be empty"),
+        (lambda: store.put_records([(7, b"x")]), TypeError, "record name must be bytes or str"),
+        (lambda: store.put_records([("a", "text")]), TypeError, "not a buffer"),
+        (lambda: store.put_records([("a", None)]), TypeError, "not a buffer"),
+        (
+            lambda: store.put_records([("ok", b"x"), ("big", bytes(limit + 1))]),
+            ValueError,
+            f"record 'big' of {limit + 1} bytes is larger than MAX_RECORD_SIZE \\({limit} bytes",
+        ),
+        (lambda: store.put_records([("a", b"x", 3)]), ValueError, "expected \\(name, value\\)"),
+        (lambda: store.put_records(b"ab"), TypeError, "got one value"),
+        (lambda: store.put_many([], records=[("a",)]), ValueError, "put_many records item 0"),
+        (lambda: store.delete_records("kept"), TypeError, "got one name"),
+        (lambda: store.delete_records(["x", ""]), ValueError, "record name must not be empty"),
+        (lambda: store.delete_records([None]), TypeError, "record name must be bytes or str"),
+        (lambda: store.get_record(""), ValueError, "record name must not be empty"),
+        (lambda: store.get_record(1.5), TypeError, "record name must be bytes or str"),
+        (lambda: store.records(prefix=3), TypeError, "prefix must be bytes or str, got int"),
+    ]:
+        with pytest.raises(exc, match=message):
+            call()
+    assert list(store.records()) == [(b"kept", b"v")]  # nothing of a failed call was stored
+    store.delete_records(iter(["kept"]))
+    assert store.get_record("kept") is None
+
+
+def test_a_scan_stops_when_the_store_closes(tmp_path, monkeypatch):
+    monkeypatch.setattr(pagestore_module, "_RECORD_CHUNK", 2)
+    s = make_store(tmp_path)
+    s.put_records([(f"r{i}", b"v") for i in range(5)])
+    scan = s.records()
+    assert next(scan) == (b"r0", b"v")
+    s.close()
+    assert next(scan) == (b"r1", b"v")  # the chunk already read
+    with pytest.raises(ValueError, match="closed"):
+        next(scan)
+
+
+def test_records_from_threads(tmp_path):
+    """Writers of records and pages and scanners at once: every scan sees whole values."""
+    with make_store(tmp_path, regions=4) as s:
+        errors: list[BaseException] = []
+
+        def writer(wid: int) -> None:
+            try:
+                for n in range(100):
+                    name = f"w{wid}/{n % 10}"
+                    if n % 3:
+                        s.put_records([(name, payload(name, 100, n))])
+                    else:
+                        s.put_many(
+                            [(f"{name}:p", b"p" * 500)], records=[(name, payload(name, 100, n))]
+                        )
+                    if n % 7 == 0:
+                        s.delete_records([name])
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def scanner() -> None:
+            try:
+                for _ in range(30):
+                    names = []
+                    for name, value in s.records("w"):
+                        names.append(name)
+                        assert len(value) == 100
+                        assert any(value == payload(name, 100, n) for n in range(100))
+                    assert names == sorted(set(names))
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+        threads += [threading.Thread(target=scanner) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
 
 
 # ------------------------------------------------------------------ threads
@@ -936,6 +1162,9 @@ def test_threads_never_see_wrong_bytes(tmp_path):
 
 KEYS = [f"k{i}" for i in range(12)]
 MACHINE_TIERS = {"SSD": 4, "MEM": 3}  # regions per tier
+# Pages shorter than this are packed at 64-byte boundaries, longer ones at 4 KiB ones: the
+# page sizes the machine draws fall on both sides.
+MACHINE_PACK_BELOW = 3000
 
 
 class PageStoreMachine(RuleBasedStateMachine):
@@ -961,7 +1190,12 @@ class PageStoreMachine(RuleBasedStateMachine):
         self.seen: list[tuple[PageLocation, bytes]] = []  # old locations and their bytes
 
     def _open(self) -> PageStore:
-        return PageStore(self.configs, os.path.join(self.dir, "index"), region_size=RS)
+        return PageStore(
+            self.configs,
+            os.path.join(self.dir, "index"),
+            region_size=RS,
+            pack_below=MACHINE_PACK_BELOW,
+        )
 
     def teardown(self):
         self.reader.close()
@@ -1114,12 +1348,18 @@ class PageStoreMachine(RuleBasedStateMachine):
         self._sync_model()  # a put may have evicted ordinary pages
         spans: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for loc in self.store.locate(list(self.model)):
-            assert loc.offset % 4096 == 0 and loc.offset + loc.length <= RS
+            align = 64 if loc.length < MACHINE_PACK_BELOW else 4096
+            assert loc.offset % align == 0 and loc.offset + loc.length <= RS
             spans.setdefault((loc.tier, loc.region), []).append((loc.offset, loc.length))
-        for pages in spans.values():
+        ends = dict.fromkeys(self.tiers, 0)  # per tier, the sum of each region's last page end
+        for (tier, _), pages in spans.items():
             pages.sort()
             for (a, alen), (b, _) in zip(pages, pages[1:], strict=False):
                 assert a + alen <= b
+            ends[tier] += max(a + alen for a, alen in pages)
+        for name, u in self.store.usage().items():
+            # Regions fill up to past their last live page, and no further than their size.
+            assert u.live_bytes <= ends[name] <= u.filled_bytes <= u.allocated_bytes
 
 
 PageStoreMachine.TestCase.settings = settings(

@@ -9,10 +9,13 @@ false, then a last one with ``done`` true.
 op           request fields                                     answer fields
 ===========  =================================================  ===============================
 hello        ``pid``, ``version``; over TCP also ``nonce``,      ``version``, ``worker_pid``,
-             ``admin``                                          ``host_id``, ``page_size``,
+             ``admin``; on a Unix socket optional ``table``     ``host_id``, ``page_size``,
                                                                 ``chunk_size``, ``home``,
                                                                 ``capacity``, ``worker_id``,
-                                                                ``admin``; or a challenge
+                                                                ``admin``, ``table``; or a
+                                                                challenge
+table        (none; Unix socket only)                           (none); one descriptor
+regions      ``regions`` ([tier, region] pairs; Unix socket)    ``fds``
 auth         ``proof``, ``admin_proof`` (TCP, after ``hello``)  what ``hello`` answers
 mount        ``path``, ``uri``, ``options`` (dict)              ``mount``
 unmount      ``path``                                           ``mount``
@@ -77,6 +80,13 @@ those cached already: ``pages_skipped``, ``bytes_skipped``.
 ``job_put`` stores a job record (a JSON document) in the worker's MetaStore (etcd in a
 cluster); ``jobs`` lists the records under a prefix, newest (greatest key) first.
 
+``hello`` with ``table`` true, on a Unix socket, is answered with one descriptor (and
+``table`` true): the worker's table of published files (see ``_filetable``), which the
+client maps read-only to read cached small files with no request; ``table`` answers the
+current one after the client found its own superseded. ``regions`` answers the
+descriptors of region files (as ``fds`` tokens, with their tiers' generation tables) that
+the client lacks, for the pages the table points to.
+
 A client remembers the locations it was given and reads those pages again without asking;
 ``touch`` reports such reads now and then (pages per region), so that the worker counts
 them as hits and keeps their regions as recently used.
@@ -88,7 +98,7 @@ import errno
 
 from .._namespace import MAX_PATH_BYTES
 from .._pages import MAX_PAGES
-from ._frames import ProtocolError
+from ._frames import MAX_FDS, ProtocolError
 
 __all__ = [
     "ADMIN_OPS",
@@ -135,6 +145,8 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "free": {"path": str},
     "report": {},
     "touch": {"regions": list},
+    "table": {},
+    "regions": {"regions": list},
     "job_put": {"key": str, "record": dict},
     "jobs": {"prefix": str, "limit": int},
     "stop": {},
@@ -216,6 +228,18 @@ def check_request(header: dict) -> str:
             _text(entry[0], "touch: tier", _MAX_NAME)
             _int(entry[1], "touch: region", 0, 1 << 32)
             _int(entry[2], "touch: pages", 1, _MAX_PAGES_PER_TOUCH)
+    elif op == "regions":
+        if len(header["regions"]) > MAX_FDS:
+            raise OSError(
+                errno.E2BIG, f"regions: {len(header['regions'])} entries; at most {MAX_FDS}"
+            )
+        for entry in header["regions"]:
+            if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
+                raise ProtocolError(
+                    f"regions: each entry must be [tier, region], got {entry!r:.200}"
+                )
+            _text(entry[0], "regions: tier", _MAX_NAME)
+            _int(entry[1], "regions: region", 0, 1 << 32)
     elif op == "mount" and len(header["options"]) > _MAX_OPTIONS:
         raise OSError(
             errno.E2BIG,

@@ -1,0 +1,93 @@
+"""Reads of cached small files through the local worker's table of published files (see
+``control._filetable``): a process that never read a file before reads it warm with no
+request naming it, straight from the worker's region file into the caller's buffer.
+
+Every read through the table is checked as a remembered location is (region generation,
+page crc32c); a file the table does not hold, holds stale, or whose page fails a check is
+left to the ordinary read, which asks the worker.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..control.proto import MAX_FDS
+from ..engine._regions import TIER_NAMES
+from ._connection import Connection
+from ._shortcircuit import ShortCircuit
+
+__all__ = ["PublishedReads"]
+
+_MAX_REGIONS = MAX_FDS // 2  # region descriptors asked for at once (with generation tables)
+
+
+class PublishedReads:
+    """Reads through the table of the worker behind a connection.
+
+    Parameters
+    ----------
+    shortcircuit
+        The client's short-circuit reader: pages read here count as its reads (the worker
+        hears of them with its ``touch`` reports).
+    """
+
+    def __init__(self, shortcircuit: ShortCircuit):
+        self._sc = shortcircuit
+
+    def read(self, conn: Connection, items: list) -> list[int | None]:
+        """Read what the table holds of ``items`` (``[view, normalised path, offset,
+        ...]`` each): per item the bytes read, or None for an item left to the caller."""
+        out: list[int | None] = [None] * len(items)
+        table = conn.table
+        if table is None:
+            return out
+        if not table.current:
+            conn.renew_table()
+            table = conn.table
+            if table is None or not table.current:
+                return out
+        found = table.lookup_many([item[1] for item in items])
+        now_ns = time.monotonic_ns()
+        batch, slots = [], []
+        lacking: dict[tuple[str, int], None] = {}
+        for k, rec in enumerate(found):
+            if rec is None or rec.fresh_until_ns <= now_ns or rec.tier >= len(TIER_NAMES):
+                continue
+            view, offset = items[k][0], items[k][2]
+            n = rec.size - offset
+            if n <= 0:
+                out[k] = 0
+                continue
+            if n > view.nbytes:
+                n = view.nbytes
+            tier = TIER_NAMES[rec.tier]
+            if not conn.holds(tier, rec.region):
+                lacking[tier, rec.region] = None
+            if offset == 0 and n == rec.size:  # the whole page, straight into the caller's
+                dest = view if n == view.nbytes else view[:n]
+                batch.append(
+                    (tier, rec.region, rec.offset, rec.size, rec.crc, rec.generation, dest)
+                )
+            else:  # part of the page (the engine checks the whole)
+                batch.append(
+                    (tier, rec.region, rec.offset, rec.size, rec.crc, rec.generation, view,
+                     offset, n)
+                )  # fmt: skip
+            slots.append((k, n))
+        if not batch:
+            return out
+        if lacking:
+            conn.fetch_regions([list(r) for r in list(lacking)[:_MAX_REGIONS]])
+        results = conn.reader.read_located(batch)
+        counts: dict[tuple[str, int], int] = {}
+        for (k, n), loc, res in zip(slots, batch, results, strict=True):
+            if type(res) is int:
+                out[k] = n
+                counts[loc[0], loc[1]] = counts.get((loc[0], loc[1]), 0) + 1
+        if counts:
+            sc = self._sc
+            sc.locations.claim(sc.owner(conn))
+            sc.account(conn, counts, [], time.monotonic())
+            sc.report_due(conn)
+        conn.trim()
+        return out

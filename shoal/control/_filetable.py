@@ -1,0 +1,343 @@
+"""The table of published files: where the worker keeps each cached small file, in a
+shared memory file that every client process on the node maps read-only, so that a
+process reads warm small files with no request to the worker at all.
+
+One writer (the worker), many readers (client processes). The table is an open-addressing
+hash table of fixed 64-byte slots in a ``memfd``, keyed by a 128-bit BLAKE2b digest of the
+file's Shoal path. A slot holds what reading the file's one page takes: its size, the
+page's tier, region, offset, crc32c and region generation, and the monotonic time until
+which the worker's metadata of the file holds (its mount's ``metadata_ttl``).
+
+A slot is only a hint, checked three ways before a byte of it is trusted:
+
+- its own crc32c (over the rest of the slot) and an even sequence number: the writer makes
+  the number odd while it rewrites a slot, so a copy torn by a concurrent write fails;
+- its key: the digest of the path asked for;
+- the page itself, when it is read: the region's generation (a reclaimed region has a new
+  one) and the page's crc32c, as for every short-circuit read.
+
+The worker never changes what a live table says about a path in a way a reader could
+misread: a change of what paths mean (a refresh, a mount or unmount, a freed path, an
+object found changed) supersedes the whole table with a fresh one, and readers that see
+the ``superseded`` flag ask for the new one. A worker that stops cleanly sets ``closed``.
+
+The client needs this module, ``struct``, ``mmap`` and crc32c: no RocksDB, no worker code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from ..engine import crc32c
+from ..engine._slots import find_slots
+
+__all__ = [
+    "FileTableReader",
+    "FileTableWriter",
+    "Published",
+    "path_key",
+]
+
+MAGIC, FORMAT = b"SHFT", 1
+# magic, format, log2 of the slot count, flags
+_HEADER = struct.Struct("<4sIII")
+HEADER_SIZE = 64
+# sequence, check, key, (reserved), state, tier code, (pad), region, page crc32c,
+# generation, size, page offset, fresh until (monotonic ns)
+_SLOT = struct.Struct("<II16sIBBHIIIIQQ")
+SLOT_SIZE = _SLOT.size
+assert SLOT_SIZE == 64
+_FLAGS_AT = 12  # offset of the header's flags
+SUPERSEDED, CLOSED = 1, 2
+_EMPTY, _LIVE, _GONE = 0, 1, 2
+_STATE_AT = 28  # offset of a slot's state
+#: Slots a lookup probes at most before it calls a path absent.
+MAX_PROBES = 256
+_MIN_LOG2, _MAX_LOG2 = 10, 28
+_LOAD = 0.7  # used slots (live and gone) / slots, at most, before the table grows
+_U32 = 1 << 32
+
+
+def path_key(path: str) -> bytes:
+    """The 16-byte key of a Shoal path."""
+    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+class Published(NamedTuple):
+    """A published file: its one page, and until when its metadata holds."""
+
+    size: int
+    tier: int  # tier code (index in ``TIER_NAMES``)
+    region: int
+    offset: int
+    crc: int
+    generation: int
+    fresh_until_ns: int  # time.monotonic_ns() clock
+
+
+def _check_log2(log2: int, what: str) -> int:
+    if isinstance(log2, bool) or not isinstance(log2, int) or not _MIN_LOG2 <= log2 <= _MAX_LOG2:
+        raise ValueError(f"{what} must be an int in [{_MIN_LOG2}, {_MAX_LOG2}], got {log2!r}")
+    return log2
+
+
+class FileTableWriter:
+    """The worker's side: publishes files, supersedes the table when paths change meaning.
+
+    Parameters
+    ----------
+    log2_slots
+        The first table's slots, as a power of two; it doubles as files are published, up
+        to ``max_log2_slots`` (past which files are not published; readers ask the worker).
+
+    Notes
+    -----
+    Thread-safe. Holds no Python object per file: the table is the only copy.
+    """
+
+    def __init__(self, log2_slots: int = 16, max_log2_slots: int = 24):
+        self._log2 = _check_log2(log2_slots, "log2_slots")
+        self._max_log2 = _check_log2(max_log2_slots, "max_log2_slots")
+        if self._max_log2 < self._log2:
+            raise ValueError("max_log2_slots must be >= log2_slots")
+        self._lock = threading.Lock()
+        self._fd = self._ro_fd = -1
+        self._mm: mmap.mmap | None = None
+        self._used = self._live = 0
+        self.tables = 0  # tables made so far (a new one per growth or supersession)
+        self._new_table(self._log2)
+
+    # ----------------------------------------------------------------- tables
+
+    def _new_table(self, log2: int) -> None:
+        """Make a fresh, empty table of 2**log2 slots and make it current; the old one is
+        marked superseded and let go (readers keep their mappings until they move)."""
+        size = HEADER_SIZE + (SLOT_SIZE << log2)
+        fd = os.memfd_create("shoal-files", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        ro = -1
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+            mm = mmap.mmap(fd, size)
+            mm[: _HEADER.size] = _HEADER.pack(MAGIC, FORMAT, log2, 0)
+            # Readers get a descriptor opened read-only: they cannot map it writable.
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            os.close(fd)
+            if ro >= 0:
+                os.close(ro)
+            raise
+        old = self._mm, self._fd, self._ro_fd
+        self._mm, self._fd, self._ro_fd, self._log2 = mm, fd, ro, log2
+        self._used = self._live = 0
+        self.tables += 1
+        self._retire(*old, SUPERSEDED)
+
+    @staticmethod
+    def _retire(mm: mmap.mmap | None, fd: int, ro: int, flag: int) -> None:
+        if mm is not None:
+            flags = struct.unpack_from("<I", mm, _FLAGS_AT)[0]
+            struct.pack_into("<I", mm, _FLAGS_AT, flags | flag)
+            mm.close()
+        for d in (fd, ro):
+            if d >= 0:
+                os.close(d)
+
+    def reader_fd(self) -> int:
+        """A new read-only descriptor of the current table, to pass to a client; the
+        caller closes it."""
+        with self._lock:
+            if self._mm is None:
+                raise ValueError("the file table is closed")
+            return os.dup(self._ro_fd)
+
+    def supersede(self) -> None:
+        """Paths may mean something else now (a refresh, a mount change, a freed path):
+        readers drop everything this table says and ask for a fresh, empty one."""
+        with self._lock:
+            if self._mm is not None:
+                self._new_table(self._log2)
+
+    # ----------------------------------------------------------------- slots
+
+    def publish_many(self, entries: Iterable[tuple[str, int, int, int, int, int, int, int]]) -> int:
+        """Publish files: ``(path, size, tier code, region, offset, crc32c, generation,
+        fresh_until_ns)`` each, replacing what the table said of the same path. Entries
+        that do not fit the slot's fields are left out. How many were published."""
+        done = 0
+        with self._lock:
+            if self._mm is None:
+                return 0
+            for path, size, tier, region, offset, crc, generation, fresh in entries:
+                if not (
+                    0 <= size < _U32 and 0 <= region < _U32 and 0 <= generation < _U32
+                    and 0 <= tier < 256 and 0 <= offset < 1 << 63 and 0 < fresh < 1 << 63
+                ):  # fmt: skip
+                    continue
+                if self._used + 1 > _LOAD * (1 << self._log2) and not self._grow():
+                    break
+                body = _SLOT.pack(
+                    0, 0, path_key(path), 0, _LIVE, tier, 0, region, crc, generation, size,
+                    offset, fresh,
+                )  # fmt: skip
+                if not self._put(body) and not (self._grow(force=True) and self._put(body)):
+                    continue
+                done += 1
+        return done
+
+    def withdraw_many(self, paths: Iterable[str]) -> int:
+        """Remove what the table says of these paths; how many were there."""
+        gone = 0
+        with self._lock:
+            if self._mm is None:
+                return 0
+            mm, mask = self._mm, (1 << self._log2) - 1
+            for path in paths:
+                key = path_key(path)
+                at = self._find(key, mask)
+                if at >= 0 and mm[at + 8 : at + 24] == key and mm[at + _STATE_AT] == _LIVE:
+                    self._write(at, _SLOT.pack(0, 0, key, 0, _GONE, 0, 0, 0, 0, 0, 0, 0, 0))
+                    self._live -= 1
+                    gone += 1
+        return gone
+
+    def _find(self, key: bytes, mask: int) -> int:
+        """The offset of ``key``'s slot, else of the first reusable one on its probe path,
+        else -1 (the probe limit reached)."""
+        mm = self._mm
+        i = int.from_bytes(key[:8], "little") & mask
+        reusable = -1
+        for _ in range(MAX_PROBES):
+            at = HEADER_SIZE + i * SLOT_SIZE
+            state = mm[at + _STATE_AT]
+            if state == _EMPTY:
+                return at if reusable < 0 else reusable
+            if mm[at + 8 : at + 24] == key:
+                return at
+            if state == _GONE and reusable < 0:
+                reusable = at
+            i = (i + 1) & mask
+        return reusable
+
+    def _put(self, body: bytes) -> bool:
+        key = body[8:24]
+        at = self._find(key, (1 << self._log2) - 1)
+        if at < 0:
+            return False
+        state = self._mm[at + _STATE_AT]
+        if state == _EMPTY:
+            self._used += 1
+        if state != _LIVE or self._mm[at + 8 : at + 24] != key:
+            self._live += 1
+        self._write(at, body)
+        return True
+
+    def _write(self, at: int, body: bytes) -> None:
+        """Rewrite the slot at ``at``: sequence made odd, body, check, sequence even."""
+        mm = self._mm
+        seq = struct.unpack_from("<I", mm, at)[0] & ~1
+        struct.pack_into("<I", mm, at, (seq + 1) & 0xFFFFFFFF)  # odd while writing
+        mm[at + 8 : at + SLOT_SIZE] = body[8:]
+        struct.pack_into("<I", mm, at + 4, crc32c(body[8:]))
+        struct.pack_into("<I", mm, at, (seq + 2) & 0xFFFFFFFE)
+
+    def _grow(self, force: bool = False) -> bool:
+        """A table of twice the slots (or as many, when gone slots fill it, unless
+        ``force``) holding every live slot of this one; False at the size limit."""
+        log2 = self._log2 + 1 if force or self._live * 2 > self._used else self._log2
+        if log2 > self._max_log2:
+            return False
+        old = self._mm
+        live = []
+        for i in range(1 << self._log2):
+            at = HEADER_SIZE + i * SLOT_SIZE
+            if old[at + _STATE_AT] == _LIVE:
+                live.append(old[at : at + SLOT_SIZE])
+        self._new_table(log2)
+        for body in live:
+            self._put(body)
+        return True
+
+    def stats(self) -> dict[str, int]:
+        """Files published, slots, tables made."""
+        with self._lock:
+            return {"files": self._live, "slots": 1 << self._log2, "tables": self.tables}
+
+    def close(self) -> None:
+        """Mark the table closed for its readers and let it go; idempotent."""
+        with self._lock:
+            old = self._mm, self._fd, self._ro_fd
+            self._mm, self._fd, self._ro_fd = None, -1, -1
+            self._retire(*old, CLOSED)
+
+
+class FileTableReader:
+    """A client's read-only mapping of a worker's table.
+
+    Parameters
+    ----------
+    fd
+        The descriptor the worker passed; the reader maps it and closes it.
+
+    Raises
+    ------
+    ValueError
+        Not a table of this format.
+    """
+
+    def __init__(self, fd: int):
+        try:
+            size = os.fstat(fd).st_size
+            if size < HEADER_SIZE + SLOT_SIZE:
+                raise ValueError(f"file table of {size} bytes is too short")
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        magic, fmt, log2, _ = _HEADER.unpack_from(mm, 0)
+        if magic != MAGIC or fmt != FORMAT or not _MIN_LOG2 <= log2 <= _MAX_LOG2:
+            mm.close()
+            raise ValueError(f"not a Shoal file table of format {FORMAT}")
+        if size != HEADER_SIZE + (SLOT_SIZE << log2):
+            mm.close()
+            raise ValueError(f"file table of {size} bytes does not hold 2**{log2} slots")
+        self._mm = mm
+        self._log2 = log2
+
+    @property
+    def current(self) -> bool:
+        """False once the worker has superseded or closed this table."""
+        mm = self._mm
+        return mm is not None and struct.unpack_from("<I", mm, _FLAGS_AT)[0] == 0
+
+    def lookup_many(self, paths: Sequence[str]) -> list[Published | None]:
+        """What the table says of each path (None: nothing, or nothing that checks out)."""
+        mm = self._mm
+        if mm is None:
+            return [None] * len(paths)
+        blake2b = hashlib.blake2b
+        keys = [
+            blake2b(p.encode("utf-8", "surrogateescape"), digest_size=16).digest() for p in paths
+        ]
+        slots = find_slots(mm, keys, HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE)
+        unpack = _SLOT.unpack
+        out: list[Published | None] = []
+        for raw in slots:
+            if raw is None:
+                out.append(None)
+            else:
+                _, _, _, _, _, tier, _, region, crc, gen, size, offset, fresh = unpack(raw)
+                out.append(Published(size, tier, region, offset, crc, gen, fresh))
+        return out
+
+    def close(self) -> None:
+        """Unmap the table; idempotent."""
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            mm.close()

@@ -1,0 +1,70 @@
+# cython: language_level=3
+"""Lookups in a table of checksummed 64-byte slots that another process writes (open
+addressing, linear probing, 16-byte keys): each slot is copied once and believed only if
+its copy checks out."""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t shoal_crc32c(uint32_t crc, const void *buf, size_t len)
+
+
+cdef enum:
+    SLOT = 64
+
+
+def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,
+               int state_at, int empty, int live):
+    """Per key of ``keys`` (16 bytes each), a copy of its slot in ``table`` (a buffer of
+    ``header`` bytes and ``2**log2`` slots) as bytes, or None.
+
+    A key's slots are probed from its first 8 bytes (little-endian) modulo the slot
+    count, at most ``max_probes`` of them, until its own or one whose byte ``state_at`` is
+    ``empty``. A slot is a 32-bit sequence number (odd while it is written), the crc32c of
+    bytes 8 to 64, the key at byte 8, and the rest; it is returned only when, in the one
+    copy taken, the sequence is even, the crc32c matches and byte ``state_at`` is ``live``.
+    """
+    cdef Py_buffer view
+    cdef const uint8_t *base
+    cdef uint8_t slot[SLOT]
+    cdef uint64_t mask, i
+    cdef Py_ssize_t at, p
+    cdef uint32_t seq, check
+    cdef const char *k
+    if not 0 <= log2 < 40 or header < 0 or not 0 <= state_at < SLOT:
+        raise ValueError("find_slots: bad table geometry")
+    mask = (<uint64_t>1 << log2) - 1
+    out = []
+    PyObject_GetBuffer(table, &view, PyBUF_SIMPLE)
+    try:
+        if view.len < header + (SLOT << log2):
+            raise ValueError(f"find_slots: the table has {view.len} bytes, fewer than its slots")
+        base = <const uint8_t *>view.buf
+        for key in keys:
+            if type(key) is not bytes or len(<bytes>key) != 16:
+                raise ValueError("find_slots: keys must be 16-byte bytes")
+            k = <bytes>key
+            memcpy(&i, k, 8)
+            i &= mask
+            found = None
+            for p in range(max_probes):
+                at = header + <Py_ssize_t>(i * SLOT)
+                memcpy(slot, base + at, SLOT)
+                if memcmp(slot + 8, k, 16) == 0:
+                    memcpy(&seq, slot, 4)
+                    memcpy(&check, slot + 4, 4)
+                    if (slot[state_at] == live and (seq & 1) == 0
+                            and check == shoal_crc32c(0, slot + 8, SLOT - 8)):
+                        found = PyBytes_FromStringAndSize(<char *>slot, SLOT)
+                    break
+                if slot[state_at] == empty:
+                    break
+                i = (i + 1) & mask
+            out.append(found)
+    finally:
+        PyBuffer_Release(&view)
+    return out

@@ -1,0 +1,243 @@
+"""The table of published files from the client's side: a new process reads warm small
+files with no request naming them, and never gets stale bytes from the table (a region
+reclaimed, a file changed, a path freed or refreshed, a worker restarted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import kill_worker, shoal_environment, stop_worker
+
+from shoal import Client
+from shoal._config import load_config
+
+# A new process: reads every path given (JSON on stdin: mount point, names) into buffers
+# one byte larger than the file's size on disk, and prints per file whether the bytes match
+# the directory (the truth) and what it read.
+_READER = """
+import json, sys
+from shoal import Client
+job = json.load(sys.stdin)
+c = Client()
+names = job["names"]
+bufs = [bytearray(job["sizes"][n] + 1) for n in names]
+counts = []
+for at in range(0, len(names), 64):
+    chunk = names[at : at + 64]
+    counts += c.read_many_into([(b, job["mount"] + "/" + n) for b, n in zip(bufs[at:], chunk)])
+bad = []
+for n, b, k in zip(names, bufs, counts):
+    with open(job["root"] + "/" + n, "rb") as f:
+        want = f.read()
+    if k != len(want) or bytes(b[:k]) != want:
+        bad.append(n)
+print(json.dumps({"bad": bad, "published": len(names)}))
+c.close()
+"""
+
+
+def new_process_reads(root, mount: str, names: list[str]) -> list[str]:
+    """Read ``names`` under ``mount`` in a new process; the names read wrong."""
+    job = {
+        "root": str(root),
+        "mount": mount,
+        "names": names,
+        "sizes": {n: os.path.getsize(root / n) for n in names},
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _READER],
+        input=json.dumps(job),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])["bad"]
+
+
+def write_files(root, count: int, size: int, seed: int, prefix: str = "f") -> list[str]:
+    rng = np.random.default_rng(seed)
+    root.mkdir(exist_ok=True)
+    names = []
+    for i in range(count):
+        name = f"{prefix}{i:04d}"
+        n = size if size else int(rng.integers(1, 4096))
+        (root / name).write_bytes(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        names.append(name)
+    return names
+
+
+def read_all(client: Client, mount: str, root, names: list[str]) -> None:
+    items = [(bytearray(os.path.getsize(root / n)), f"{mount}/{n}") for n in names]
+    for at in range(0, len(items), 128):
+        client.read_many_into(items[at : at + 128])
+    for (buf, _), n in zip(items, names, strict=True):
+        assert bytes(buf) == (root / n).read_bytes()
+
+
+@pytest.fixture
+def small(client, tmp_path):
+    root = tmp_path / "small"
+    names = write_files(root, 300, 0, seed=1)
+    client.mount("/s", str(root), metadata_ttl=3600)
+    read_all(client, "/s", root, names)
+    return root, names
+
+
+def test_a_new_process_reads_warm_files_with_no_request_naming_them(client, small):
+    root, names = small
+    assert client.report()["published"]["files"] == len(names)
+    before = client.report()
+    assert new_process_reads(root, "/s", names) == []
+    after = client.report()
+    assert after["file_requests"] == before["file_requests"]  # no stat, no read
+    # hello, the touch report at close, our own report, and at most one request for
+    # descriptors per region first met: none per file.
+    regions = sum(t["regions_used"] for t in after["tiers"].values())
+    assert regions < len(names) / 20
+    assert after["requests"] - before["requests"] <= 3 + regions
+    assert after["ufs_reads"] == before["ufs_reads"]
+
+
+def test_reads_through_the_table_are_counted_as_hits(client, small):
+    root, names = small
+    before = client.report()
+    assert new_process_reads(root, "/s", names) == []
+    deadline = time.monotonic() + 10
+    while client.report()["page_hits"] - before["page_hits"] < len(names):
+        assert time.monotonic() < deadline, "the new process's reads were never reported"
+        time.sleep(0.05)
+
+
+def test_parts_of_files_and_reads_past_the_end(client, small):
+    root, names = small
+    other = Client(load_config())
+    try:
+        data = (root / names[5]).read_bytes()
+        buf = bytearray(10)
+        assert other.read_into(buf, f"/s/{names[5]}", 3) == min(10, len(data) - 3)
+        assert bytes(buf[: min(10, len(data) - 3)]) == data[3:13]
+        assert other.read_into(bytearray(4), f"/s/{names[5]}", len(data)) == 0
+        assert other.read_into(bytearray(4), f"/s/{names[5]}", len(data) + 100) == 0
+    finally:
+        other.close()
+
+
+def test_a_changed_file_is_read_new_after_a_refresh(client, small):
+    root, names = small
+    (root / names[0]).write_bytes(b"new content, longer than it was before" * 200)
+    (root / names[1]).write_bytes(b"x")
+    client.refresh("/s")
+    assert new_process_reads(root, "/s", names[:10]) == []
+
+
+def test_a_changed_file_is_read_new_once_its_metadata_expires(client, tmp_path):
+    root = tmp_path / "ttl"
+    names = write_files(root, 20, 0, seed=2)
+    client.mount("/t", str(root), metadata_ttl=1)
+    read_all(client, "/t", root, names)
+    (root / names[0]).write_bytes(b"changed")
+    time.sleep(1.2)
+    assert new_process_reads(root, "/t", names) == []
+
+
+def test_freed_and_unmounted_paths_are_not_read_from_the_table(client, small, tmp_path):
+    root, names = small
+    client.free("/s")
+    assert new_process_reads(root, "/s", names[:20]) == []
+    other_root = tmp_path / "other"
+    write_files(other_root, 300, 0, seed=9)  # same names, other bytes
+    client.unmount("/s")
+    client.mount("/s", str(other_root), metadata_ttl=3600)
+    assert new_process_reads(other_root, "/s", names) == []
+
+
+def test_a_long_lived_client_moves_to_the_new_table(client, small):
+    root, names = small
+    other = Client(load_config())
+    try:
+        read_all(other, "/s", root, names[:50])
+        client.refresh("/s")  # supersedes the table other holds
+        (root / names[3]).write_bytes(b"after the refresh")
+        read_all(other, "/s", root, names[:50])
+    finally:
+        other.close()
+
+
+def test_entries_of_reclaimed_regions_are_never_served(tmp_path):
+    # 16 MiB of cache in regions of 256 KiB: the second set evicts the first one's regions,
+    # which then hold other files' pages at the offsets the table still names.
+    with shoal_environment():
+        c = Client(load_config())
+        try:
+            root = tmp_path / "r"
+            first = write_files(root, 60, 40 << 10, seed=3, prefix="a")
+            second = write_files(root, 420, 40 << 10, seed=4, prefix="b")
+            c.mount("/r", str(root), metadata_ttl=3600)
+            read_all(c, "/r", root, first)
+            read_all(c, "/r", root, second)
+            before = c.report()
+            assert new_process_reads(root, "/r", first) == []
+            after = c.report()
+            # Their entries failed their checks: the new process asked the worker.
+            assert after["file_requests"] > before["file_requests"]
+        finally:
+            c.close()
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_after_a_worker_restart_files_are_read_right(client, small, how):
+    root, names = small
+    if how == "stop":
+        stop_worker(os.environ["SHOAL_HOME"])
+    else:
+        kill_worker(os.environ["SHOAL_HOME"])
+    (root / names[7]).write_bytes(b"changed while the worker was down")
+    assert new_process_reads(root, "/s", [n for n in names if n != names[7]]) == []
+    # The client that held the old worker's table reads right too.
+    read_all(client, "/s", root, [n for n in names[:40] if n != names[7]])
+
+
+def wait_published(client: Client, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while client.report()["published"]["files"] < count:
+        assert time.monotonic() < deadline, "the restarted worker did not publish its files"
+        time.sleep(0.05)
+
+
+def test_a_restarted_worker_knows_its_files_without_asking_the_store(client, small):
+    root, names = small
+    stop_worker(os.environ["SHOAL_HOME"])
+    wait_published(client, len(names))  # the client starts a new worker
+    before = client.report()
+    assert new_process_reads(root, "/s", names) == []
+    after = client.report()
+    assert after["file_requests"] == before["file_requests"]
+    # and through the worker (stat and read), with no request to the store either
+    other = Client(load_config(), metadata_ttl=0)
+    try:
+        read_all(other, "/s", root, names)
+    finally:
+        other.close()
+    after = client.report()
+    assert sum(after["ufs_requests"].values()) == 0  # no HEAD, LIST or GET since the restart
+    assert after["ufs_reads"] == 0
+
+
+def test_records_past_their_time_or_moved_are_not_taken_back(client, tmp_path):
+    root = tmp_path / "short"
+    names = write_files(root, 30, 0, seed=5)
+    client.mount("/short", str(root), metadata_ttl=1)
+    read_all(client, "/short", root, names)
+    stop_worker(os.environ["SHOAL_HOME"])
+    time.sleep(1.2)
+    (root / names[0]).write_bytes(b"changed while the worker was down and the ttl ran out")
+    assert client.report()["published"]["files"] == 0
+    assert new_process_reads(root, "/short", names) == []

@@ -1,0 +1,225 @@
+"""The table of published files: one writer, readers in other processes, every slot
+checked before it is believed."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.control._filetable import (
+    HEADER_SIZE,
+    SLOT_SIZE,
+    FileTableReader,
+    FileTableWriter,
+    Published,
+    path_key,
+)
+
+FRESH = time.monotonic_ns() + 3600 * 10**9
+
+
+def entry(path: str, n: int = 0) -> tuple:
+    return (path, 100 + n, n % 3, n, n * 128, n * 7 + 1, n + 1, FRESH)
+
+
+def reader(writer: FileTableWriter) -> FileTableReader:
+    return FileTableReader(writer.reader_fd())
+
+
+def test_published_files_are_found_and_others_not():
+    w = FileTableWriter(10)
+    paths = [f"/d/{i}" for i in range(500)]
+    assert w.publish_many(entry(p, i) for i, p in enumerate(paths)) == 500
+    r = reader(w)
+    got = r.lookup_many(paths + ["/d/500", "/other"])
+    for i, rec in enumerate(got[:500]):
+        assert rec == Published(100 + i, i % 3, i, i * 128, i * 7 + 1, i + 1, FRESH)
+    assert got[500:] == [None, None]
+    assert w.stats()["files"] == 500
+
+
+def test_republishing_replaces_and_withdraw_removes():
+    w = FileTableWriter(10)
+    w.publish_many([entry("/a", 1), entry("/b", 2)])
+    r = reader(w)
+    w.publish_many([entry("/a", 5)])
+    assert r.lookup_many(["/a"])[0].region == 5
+    assert w.withdraw_many(["/a", "/missing"]) == 1
+    assert r.lookup_many(["/a", "/b"])[0] is None
+    assert r.lookup_many(["/b"])[0].region == 2
+    assert w.stats()["files"] == 1
+
+
+def test_growth_supersedes_the_old_table_and_keeps_every_file():
+    w = FileTableWriter(10, 14)
+    first = reader(w)
+    paths = [f"/g/{i}" for i in range(3000)]  # past 0.7 of 1024 slots: two growths
+    w.publish_many(entry(p, i) for i, p in enumerate(paths))
+    assert not first.current
+    now = reader(w)
+    assert now.current
+    assert all(rec is not None and rec.region == i for i, rec in enumerate(now.lookup_many(paths)))
+
+
+def test_a_full_table_at_its_limit_publishes_no_more():
+    w = FileTableWriter(10, 10)
+    done = w.publish_many(entry(f"/f/{i}", i) for i in range(2000))
+    assert done < 2000
+    r = reader(w)
+    assert sum(rec is not None for rec in r.lookup_many([f"/f/{i}" for i in range(2000)])) == done
+
+
+def test_supersede_and_close_are_seen_by_readers():
+    w = FileTableWriter(10)
+    w.publish_many([entry("/a")])
+    r = reader(w)
+    w.supersede()
+    assert not r.current
+    fresh = reader(w)
+    assert fresh.current and fresh.lookup_many(["/a"]) == [None]
+    w.close()
+    assert not fresh.current
+    with pytest.raises(ValueError, match="closed"):
+        w.reader_fd()
+    w.close()  # idempotent
+
+
+def test_entries_that_do_not_fit_a_slot_are_left_out():
+    w = FileTableWriter(10)
+    bad = [
+        ("/big", 1 << 32, 0, 0, 0, 0, 1, FRESH),
+        ("/gen", 1, 0, 0, 0, 0, 1 << 32, FRESH),
+        ("/tier", 1, 256, 0, 0, 0, 1, FRESH),
+        ("/stale", 1, 0, 0, 0, 0, 1, 0),
+    ]
+    assert w.publish_many(bad) == 0
+    assert reader(w).lookup_many([b[0] for b in bad]) == [None] * 4
+
+
+def _slot_of(w: FileTableWriter, path: str) -> int:
+    """Offset of ``path``'s slot, found by scanning the writer's own mapping."""
+    key = path_key(path)
+    mm = w._mm
+    for i in range((len(mm) - HEADER_SIZE) // SLOT_SIZE):
+        at = HEADER_SIZE + i * SLOT_SIZE
+        if mm[at + 8 : at + 24] == key:
+            return at
+    raise AssertionError(path)
+
+
+@pytest.mark.parametrize("where", [4, 30, 33, 41, 50, 60])
+def test_a_torn_or_damaged_slot_is_never_believed(where):
+    w = FileTableWriter(10)
+    w.publish_many([entry("/t", 3)])
+    r = reader(w)
+    at = _slot_of(w, "/t")
+    w._mm[at + where] ^= 0x5A
+    assert r.lookup_many(["/t"]) == [None]
+
+
+def test_a_slot_being_written_is_never_believed():
+    w = FileTableWriter(10)
+    w.publish_many([entry("/t", 3)])
+    r = reader(w)
+    at = _slot_of(w, "/t")
+    seq = struct.unpack_from("<I", w._mm, at)[0]
+    struct.pack_into("<I", w._mm, at, seq + 1)  # odd: a write in progress
+    assert r.lookup_many(["/t"]) == [None]
+
+
+def test_readers_cannot_write_the_table():
+    w = FileTableWriter(10)
+    fd = w.reader_fd()
+    try:
+        with pytest.raises(PermissionError):
+            mmap.mmap(fd, HEADER_SIZE + (SLOT_SIZE << 10))
+        with pytest.raises(OSError):
+            os.write(fd, b"x")
+        with pytest.raises(OSError):
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def test_not_a_table_is_refused():
+    fd = os.memfd_create("x")
+    os.ftruncate(fd, HEADER_SIZE + (SLOT_SIZE << 10))
+    with pytest.raises(ValueError, match="not a Shoal file table"):
+        FileTableReader(fd)
+    fd = os.memfd_create("y")
+    with pytest.raises(ValueError, match="too short"):
+        FileTableReader(fd)
+
+
+def test_bad_sizes_are_refused():
+    for args in [(5,), (30,), (12, 11), (True,)]:
+        with pytest.raises(ValueError):
+            FileTableWriter(*args)
+
+
+def test_a_reader_in_another_process_sees_what_the_writer_publishes():
+    w = FileTableWriter(10)
+    w.publish_many(entry(f"/p/{i}", i) for i in range(100))
+    fd = w.reader_fd()
+    code = (
+        "import sys; from shoal.control._filetable import FileTableReader as R;"
+        "r = R(int(sys.argv[1])); got = r.lookup_many([f'/p/{i}' for i in range(100)]);"
+        "print(sum(g is not None and g.region == i for i, g in enumerate(got)))"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(fd)], pass_fds=[fd], capture_output=True, text=True,
+            check=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    assert out.stdout.strip() == "100"
+
+
+paths = st.lists(
+    st.text(st.characters(blacklist_characters="\0", blacklist_categories=["Cs"]), max_size=20).map(
+        lambda s: "/" + s
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["put", "drop", "supersede"]), paths, st.integers(0, 1000)),
+        max_size=25,
+    )
+)
+def test_the_table_says_what_a_dict_says(ops):
+    w = FileTableWriter(10, 12)
+    model: dict[str, int] = {}
+    for op, ps, n in ops:
+        if op == "put":
+            done = w.publish_many(entry(p, n) for p in ps)
+            assert done == len(ps)
+            model.update(dict.fromkeys(ps, n))
+        elif op == "drop":
+            w.withdraw_many(ps)
+            for p in ps:
+                model.pop(p, None)
+        else:
+            w.supersede()
+            model.clear()
+    r = reader(w)
+    asked = list(model) + ["/never-published"]
+    got = r.lookup_many(asked)
+    for p, rec in zip(asked, got, strict=True):
+        if p in model:
+            assert rec is not None and rec.region == model[p]
+        else:
+            assert rec is None
+    assert w.stats()["files"] == len(model)
