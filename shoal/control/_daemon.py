@@ -150,24 +150,30 @@ def _serve(
                     send_timeout=config.send_timeout,
                 ),
             )
-            server.start(
-                before_accepting=lambda: log.info(
-                    "worker %d serving %s (engine %s, tiers %s)",
-                    os.getpid(),
-                    sock_path,
-                    engine.backend(),
-                    ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
-                )
-            )
+            # Before the first client: its report names the endpoint.
             metrics = None
-            try:
-                if config.metrics_listen is not None:
-                    from ._metrics import MetricsServer
+            if config.metrics_listen is not None:
+                from ._metrics import MetricsServer
 
-                    metrics = MetricsServer(config.metrics_listen, worker.report)
-                    worker.metrics_address = metrics.address
-                    log.info("worker %d serves metrics on http://%s/metrics", os.getpid(),
-                             metrics.address)  # fmt: skip
+                metrics = MetricsServer(config.metrics_listen, worker.report)
+                worker.metrics_address = metrics.address
+                log.info("worker %d serves metrics on http://%s/metrics", os.getpid(),
+                         metrics.address)  # fmt: skip
+            try:
+                server.start(
+                    before_accepting=lambda: log.info(
+                        "worker %d serving %s (engine %s, tiers %s)",
+                        os.getpid(),
+                        sock_path,
+                        engine.backend(),
+                        ", ".join(f"{t.name} {t.capacity} B at {t.path}" for t in config.tiers()),
+                    )
+                )
+            except BaseException:
+                if metrics is not None:
+                    metrics.close()
+                raise
+            try:
                 registration = _join_cluster(config, worker, server.address, sock_path)
             except BaseException:
                 if metrics is not None:

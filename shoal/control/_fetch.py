@@ -42,6 +42,10 @@ class Page:
     length: int
 
 
+#: Whole one-page files fetched by one task at most.
+_SMALL_BATCH = 64
+
+
 class TierState(str, enum.Enum):
     """Health of a cache tier."""
 
@@ -226,6 +230,7 @@ class Fetcher:
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
         self._pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
+        self._threads = fetch_threads
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
         self._buffers = threading.local()
         # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
@@ -301,6 +306,70 @@ class Fetcher:
                     if self._inflight.get(p.key) is fut:
                         del self._inflight[p.key]
 
+    def _fetch_small(self, run: list[tuple[Page, Future]]) -> None:
+        """Fetch whole one-page files, many with one call of their store (which reads
+        them one after the other, a request each) and one index commit; each file's future
+        resolves as :meth:`_fetch_run` resolves it."""
+        try:
+            wanted = []
+            for p, fut in run:
+                if self._store.contains(p.key):  # stored by another fetch since
+                    fut.set_result(None)
+                else:
+                    wanted.append((p, fut))
+            by_store: dict[int, list[tuple[Page, Future]]] = {}
+            for item in wanted:
+                by_store.setdefault(id(item[0].file.store), []).append(item)
+            for group in by_store.values():
+                self._fetch_group(group)
+        except BaseException as exc:
+            for _, fut in run:
+                if not fut.done():
+                    fut.set_exception(exc)
+        finally:
+            with self._lock:
+                for p, fut in run:
+                    if self._inflight.get(p.key) is fut:
+                        del self._inflight[p.key]
+
+    def _fetch_group(self, group: list[tuple[Page, Future]]) -> None:
+        """:meth:`_fetch_small` for files of one store."""
+        store = group[0][0].file.store
+        buf = memoryview(bytearray(sum(p.length for p, _ in group)))
+        views, at = [], 0
+        for p, _ in group:
+            views.append(buf[at : at + p.length])
+            at += p.length
+        got = store.read_many_into(
+            [(p.file.rel, v, p.file.info.version) for (p, _), v in zip(group, views, strict=True)]
+        )
+        items, done = [], []
+        for (p, fut), v, n in zip(group, views, got, strict=True):
+            f = p.file
+            if type(n) is int and n == p.length:
+                record = None if self.record_of is None else self.record_of(
+                    f.path, f.mount, f.rel, f.info
+                )  # fmt: skip
+                items.append((p.key, v, f.path, record))
+                done.append((p, fut, v))
+                continue
+            if type(n) is int:
+                n = ObjectChangedError(
+                    f"read: {f.path} has {n} bytes, its metadata says {f.info.size}: it "
+                    "changed; read it again",
+                    f.path,
+                )
+            if isinstance(n, ObjectChangedError):
+                self._on_changed(f.path)
+            fut.set_exception(n)
+        self._counters.add(
+            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for p, _, _ in done)
+        )
+        if items:
+            kept = self.cache_many(items)
+            for p, fut, v in done:
+                fut.set_result(None if p.key in kept else bytearray(v))
+
     def fetch_first(
         self, mount: Mount, rel: str, store: UnderStore, path: str, start: int, end: int
     ) -> ObjectInfo:
@@ -351,6 +420,28 @@ class Fetcher:
                         fresh += 1
         hits = len(pages) - missing - fresh
         self._counters.add(page_hits=hits, page_misses=missing + fresh)
+
+    def cache_many(self, items: list[tuple[bytes, memoryview, str, tuple | None]]) -> set[bytes]:
+        """Pages of one-page files (``(key, bytes, path, record or None)``) with their records:
+        one commit when the first usable tier takes them all, else file by file as
+        :meth:`cache` stores them; the keys of the pages stored."""
+        for tier in self._tiers:
+            if not self.health.usable(tier):
+                continue
+            records = [r for _, _, _, r in items if r is not None]
+            try:
+                self._store.put_many(
+                    [(k, v) for k, v, _, _ in items], tier=tier, records=records or None
+                )
+                return {k for k, _, _, _ in items}
+            except (TierFullError, OSError) as exc:
+                if not isinstance(exc, TierFullError):
+                    self.health.failed(tier, exc)
+            break
+        kept: set[bytes] = set()
+        for key, view, path, record in items:
+            kept |= self.cache([(key, view)], path, record)
+        return kept
 
     def cache(
         self,
@@ -464,8 +555,12 @@ class Fetcher:
                     start.setdefault(p.file.fid, []).append((p, fut))
                 futures[p.key] = fut
         runs = []
+        smalls = []  # whole one-page files: fetched many at a time
         for group in start.values():
             f = group[0][0].file
+            if len(group) == 1 and group[0][0].index == 0 and group[0][0].length == f.info.size:
+                smalls.append(group[0])
+                continue
             whole = (
                 len(group) > 1
                 and f.info.size <= self.whole_file_bytes
@@ -476,10 +571,20 @@ class Fetcher:
                 runs.append(group)
             else:
                 runs.extend([item] for item in group)
+        if len(smalls) == 1:
+            runs.append(smalls)
+        tasks = [(self._fetch_run, run) for run in runs]
+        if len(smalls) > 1:
+            # Every fetch thread gets a share (as many requests in flight as one task per
+            # file gave), at most _SMALL_BATCH files each.
+            step = max(1, min(_SMALL_BATCH, -(-len(smalls) // self._threads)))
+            tasks += [
+                (self._fetch_small, smalls[i : i + step]) for i in range(0, len(smalls), step)
+            ]
         pool = self._ahead_pool if ahead else self._pool
-        for run in runs:
+        for fetch, run in tasks:
             try:
-                pool.submit(self._fetch_run, run)
+                pool.submit(fetch, run)
             except RuntimeError:  # the pool is shut down: the worker is stopping
                 with self._lock:
                     for p, _ in run:

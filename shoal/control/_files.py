@@ -526,10 +526,13 @@ class FileResolver:
                 continue
             base = f.mount.path.rstrip("/")
             store = self.store_of(f.mount)
+            ttl = f.own["metadata_ttl"]
             for info in self.listing(f):
                 child = f"{base}/{info.path}"
                 fid = file_id(f.mount.child_uri(info.path), info.version)
                 out[child] = File(child, f.mount, info.path, info, fid, store, f.own, f.epoch)
+                # Known from the listing: no stat of its own when it is read.
+                self.metadata.put_stat(child, info, ttl)
         return list(out.values())
 
     # ----------------------------------------------------------------- lifetime

@@ -80,7 +80,8 @@ class MetadataCache:
         for table in self._tables:
             for path in [p for p, (expiry, _) in table.items() if expiry <= now]:
                 del table[path]
-        excess = sum(len(t) for t in self._tables) - self._max
+        # Down to 90% of the bound, so that the next puts do not each pay a scan.
+        excess = sum(len(t) for t in self._tables) - self._max * 9 // 10
         for table in self._tables:
             while excess > 0 and table:
                 del table[next(iter(table))]

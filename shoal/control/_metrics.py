@@ -53,6 +53,12 @@ def report_metrics(report: dict) -> Iterator[Any]:
         return CounterMetricFamily(name, text, value=value)
 
     yield counter("shoal_requests", "Requests the worker served.", report["requests"])
+    yield counter(
+        "shoal_file_requests",
+        "Requests that named files (stat, read); reads through the table of published files "
+        "make none.",
+        report["file_requests"],
+    )
     yield counter("shoal_page_hits", "Pages asked for and found cached.", report["page_hits"])
     yield counter("shoal_page_misses", "Pages asked for and fetched.", report["page_misses"])
     served = CounterMetricFamily(
@@ -82,6 +88,11 @@ def report_metrics(report: dict) -> Iterator[Any]:
     )
     yield GaugeMetricFamily("shoal_mounts", "Mounts.", value=report["mounts"])
     yield GaugeMetricFamily(
+        "shoal_published_files",
+        "Cached files in the table that clients on the node read with no request.",
+        value=report["published"]["files"],
+    )
+    yield GaugeMetricFamily(
         "shoal_metadata_entries", "Entries of the metadata cache.", value=report["metadata_entries"]
     )
     yield GaugeMetricFamily(
@@ -94,6 +105,7 @@ def report_metrics(report: dict) -> Iterator[Any]:
         ("capacity", "shoal_tier_capacity_bytes", "Bytes the tier may hold."),
         ("allocated_bytes", "shoal_tier_allocated_bytes", "Bytes of the tier's regions in use."),
         ("live_bytes", "shoal_tier_live_bytes", "Bytes of cached pages."),
+        ("filled_bytes", "shoal_tier_filled_bytes", "Bytes the pages take, padding included."),
         ("pinned_bytes", "shoal_tier_pinned_bytes", "Bytes of pinned pages."),
         ("dirty_bytes", "shoal_tier_dirty_bytes", "Bytes not yet persisted elsewhere."),
         ("pages", "shoal_tier_pages", "Cached pages."),

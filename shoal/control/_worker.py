@@ -36,6 +36,10 @@ from .ufs import ObjectChangedError, ObjectInfo
 __all__ = ["Worker"]
 
 
+#: One-page files a load starts fetching together.
+_LOAD_BATCH = 256
+
+
 class _Where(NamedTuple):
     tier: str
     region: int
@@ -246,6 +250,7 @@ class Worker:
             stale: list[bytes] = []
             restored = 0
             refreshes = self.files.metadata.refreshes
+            admitted: dict[str, bool] = {}
             for name, value in self._store.records():
                 if self._closed or self.files.metadata.refreshes != refreshes:
                     return  # a refresh since: what the records say may be void
@@ -258,6 +263,14 @@ class Worker:
                     mount = rel = None
                 if left <= 0 or mount is None or mount.child_uri(rel) != record.uri:
                     stale.append(name)
+                    continue
+                if mount.path not in admitted:
+                    try:  # a mount the operator no longer allows serves nothing
+                        self.files.store_of(mount)
+                        admitted[mount.path] = True
+                    except (OSError, ValueError):
+                        admitted[mount.path] = False
+                if not admitted[mount.path]:
                     continue
                 first = page_key(file_id(record.uri, record.info.version), 0)
                 pending.append((path, record.info, first, left))
@@ -564,15 +577,32 @@ class Worker:
                 last = now
                 progress(dict(state))
 
+        batch: list[tuple[File, list[Page]]] = []  # one-page files, started together
+
+        def start_batch() -> None:
+            futures = fetcher.start([p for _, pages in batch for p in pages])
+            for f, pages in batch:
+                pending.append((f, {p.key: futures[p.key] for p in pages}, pages[0].length))
+            batch.clear()
+
         for f in files:
             pages = [p for p in mine(f, fetcher.pages_of(f)) if not fetcher.contains(p)]
             self._counters.add(page_misses=len(pages))
-            fetched_bytes = sum(p.length for p in pages)
-            pending.append((f, fetcher.start(pages), fetched_bytes))
-            while sum(len(futures) for _, futures, _ in pending) > window:
+            if len(pages) == 1 and pages[0].length == f.info.size:
+                batch.append((f, pages))
+                if len(batch) < _LOAD_BATCH:
+                    continue
+                start_batch()
+            else:
+                if batch:
+                    start_batch()
+                pending.append((f, fetcher.start(pages), sum(p.length for p in pages)))
+            while sum(len(futures) for _, futures, _ in pending) > max(window, 2 * _LOAD_BATCH):
                 finish_first()
             while pending and all(fut.done() for fut in pending[0][1].values()):
                 finish_first()
+        if batch:
+            start_batch()
         while pending:
             finish_first()
         if small:
@@ -640,7 +670,7 @@ class Worker:
             "ufs_requests": _summed(requests),
             "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
-            "published": self.table.stats(),
+            "published": {**self.table.stats(), "restoring": self._restoring.is_alive()},
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }

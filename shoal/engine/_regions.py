@@ -124,7 +124,8 @@ class PageLocation:
     path
         Path of the region file.
     offset
-        Byte offset of the page in the region file (a multiple of the store's page_align).
+        Byte offset of the page in the region file: a multiple of the store's page_align for
+        pages of pack_below bytes or more, of its small_align for shorter ones.
     length
         Page length in bytes.
     crc32c

@@ -55,6 +55,9 @@ def test_metrics_are_the_reports_numbers(tmp_path):
             tier = (("tier", "SSD"),)
             assert got["shoal_tier_capacity_bytes", tier] == before["tiers"]["SSD"]["capacity"]
             assert got["shoal_tier_live_bytes", tier] == before["tiers"]["SSD"]["live_bytes"]
+            assert got["shoal_tier_filled_bytes", tier] == before["tiers"]["SSD"]["filled_bytes"]
+            assert got["shoal_published_files", ()] == before["published"]["files"]
+            assert got["shoal_file_requests_total", ()] == before["file_requests"] > 0
             assert got["shoal_tier_state", (("state", "normal"), ("tier", "SSD"))] == 1
             assert got["shoal_tier_state", (("state", "down"), ("tier", "SSD"))] == 0
             kinds = {k for (n, labels), v in got.items() if n == "shoal_ufs_requests_total"

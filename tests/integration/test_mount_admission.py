@@ -11,7 +11,10 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -191,6 +194,14 @@ def test_a_narrowed_policy_refuses_a_stale_mount_at_use(tmp_path, moto_server, b
         with open(os.path.join(home, "config.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f)
         again = Client(load_config())
+        while again.report()["published"]["restoring"]:  # records of /d/f read back
+            time.sleep(0.02)
+        # A new process finds nothing of /d in the table of published files either.
+        reader = subprocess.run(
+            [sys.executable, "-c", "import shoal; shoal.Client().read_into(bytearray(11), '/d/f')"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert reader.returncode != 0 and "allowed_mounts" in reader.stderr
         try:
             for _ in range(3):
                 with pytest.raises(PermissionError) as info:

@@ -325,6 +325,27 @@ def test_read_into_with_the_size_checks_version(store):
     assert buf == b"other version"
 
 
+def test_read_many_into_reports_each_object_apart(store):
+    a = store.write("many/a", b"alpha")
+    old = store.write("many/b", b"bravo!")
+    b = store.write("many/b", b"beta..")
+    bufs = [bytearray(5), bytearray(6), bytearray(6), bytearray(3), bytearray(4)]
+    got = store.read_many_into(
+        [
+            ("many/a", bufs[0], a.version),
+            ("many/b", bufs[1], b.version),
+            ("many/b", bufs[2], old.version),  # changed since
+            ("many/missing", bufs[3], None),
+            ("../escape", bufs[4], None),
+        ]
+    )
+    assert got[:2] == [5, 6] and bufs[0] == b"alpha" and bufs[1] == b"beta.."
+    assert isinstance(got[2], ObjectChangedError)
+    assert isinstance(got[3], FileNotFoundError)
+    assert isinstance(got[4], (ValueError, OSError))
+    assert store.read_many_into([]) == []
+
+
 @per_example
 @given(size=st.one_of(st.integers(max_value=-1), st.booleans(), st.floats(), st.text()))
 def test_read_into_bad_size(with_reference, size):

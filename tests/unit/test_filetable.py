@@ -159,6 +159,20 @@ def test_not_a_table_is_refused():
         FileTableReader(fd)
 
 
+def test_the_native_probe_checks_its_arguments():
+    from shoal.engine._slots import find_slots
+
+    w = FileTableWriter(10)
+    mm = w._mm
+    with pytest.raises(ValueError, match="16-byte"):
+        find_slots(mm, [b"short"], HEADER_SIZE, 10, 8, 28, 0, 1)
+    with pytest.raises(ValueError, match="fewer than its slots"):
+        find_slots(mm, [path_key("/a")], HEADER_SIZE, 11, 8, 28, 0, 1)
+    with pytest.raises(ValueError, match="geometry"):
+        find_slots(mm, [path_key("/a")], HEADER_SIZE, 10, 8, 64, 0, 1)
+    assert find_slots(mm, [], HEADER_SIZE, 10, 8, 28, 0, 1) == []
+
+
 def test_bad_sizes_are_refused():
     for args in [(5,), (30,), (12, 11), (True,)]:
         with pytest.raises(ValueError):

@@ -74,10 +74,27 @@ def test_oldest_entries_go_past_the_limit():
     cache.put_stat("/a", info("a"), 1)
     for p in ("/b", "/c", "/d"):
         cache.put_stat(p, info(p), 60)
-    assert cache.get_stat("/a") is None and len(cache) == 3  # the oldest went
+    assert cache.get_stat("/a") is None and len(cache) <= 3  # the oldest went
     clock.now += 30
     cache.put_stat("/e", info("e"), 60)
     assert cache.get_stat("/b") is None and cache.get_stat("/e") is not None
+
+
+def test_puts_past_the_limit_do_not_each_scan_the_cache():
+    cache = MetadataCache(max_entries=1000)
+    scans = 0
+    shrink = cache._shrink
+
+    def counted() -> None:
+        nonlocal scans
+        scans += 1
+        shrink()
+
+    cache._shrink = counted
+    for i in range(20_000):
+        cache.put_stat(f"/f{i}", info(str(i)), 60)
+        assert len(cache) <= 1000
+    assert scans <= 20_000 // 100 + 1  # one scan per tenth of the bound, not per put
 
 
 def test_bad_limit():

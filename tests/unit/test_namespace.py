@@ -26,6 +26,27 @@ def test_normalize_is_canonical_and_idempotent(parts):
     assert [p for p in norm.split("/") if p] == [p for p in parts if p not in ("", ".")]
 
 
+@given(st.text(st.sampled_from("/.ab\0é"), max_size=12))
+def test_normalize_is_the_same_with_and_without_its_fast_path(raw):
+    """The one-pass check for canonical paths agrees with the full normalisation."""
+
+    def reference(path: str) -> str:
+        if not path.startswith("/") or "\0" in path:
+            raise ValueError(path)
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise ValueError(path)
+        return "/" + "/".join(parts)
+
+    try:
+        want = reference(raw)
+    except ValueError:
+        with pytest.raises(ValueError):
+            normalize_path(raw)
+        return
+    assert normalize_path(raw) == want
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

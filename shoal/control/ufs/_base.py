@@ -281,6 +281,21 @@ class UnderStore(abc.ABC):
             return self._read_whole_into(key, view[:size], version)
         return self._read_into(key, offset, view, version)
 
+    def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
+        """Read many whole objects, ``(path, buf, version)`` each, ``buf`` holding the
+        object's size as the caller knows it: per object the bytes read (as
+        :meth:`read_into` returns them) or the error it failed with (OSError,
+        ValueError: nothing is raised for one object). A store that can read many
+        objects at once more cheaply overrides it; this one reads them in turn."""
+        out: list[Any] = []
+        for path, buf, version in items:
+            try:
+                view = _writable_view(buf, "read_many_into")
+                out.append(self.read_into(path, 0, view, version=version, size=view.nbytes))
+            except (OSError, ValueError) as exc:
+                out.append(exc)
+        return out
+
     def fetch_into(
         self, path: str, offset: int, buf: Any, *, version: str | None = None
     ) -> tuple[int, ObjectInfo]:
