@@ -50,29 +50,30 @@ class PublishedReads:
         now_ns = time.monotonic_ns()
         batch, slots = [], []
         lacking: dict[tuple[str, int], None] = {}
+        names = TIER_NAMES
+        holds = conn.holds
         for k, rec in enumerate(found):
-            if rec is None or rec.fresh_until_ns <= now_ns or rec.tier >= len(TIER_NAMES):
+            if rec is None:
                 continue
-            view, offset = items[k][0], items[k][2]
-            n = rec.size - offset
+            size, tier_code, region, page_offset, crc, generation, fresh = rec
+            if fresh <= now_ns or tier_code >= len(names):
+                continue
+            item = items[k]
+            view, offset = item[0], item[2]
+            n = size - offset
             if n <= 0:
                 out[k] = 0
                 continue
             if n > view.nbytes:
                 n = view.nbytes
-            tier = TIER_NAMES[rec.tier]
-            if not conn.holds(tier, rec.region):
-                lacking[tier, rec.region] = None
-            if offset == 0 and n == rec.size:  # the whole page, straight into the caller's
+            tier = names[tier_code]
+            if not holds(tier, region):
+                lacking[tier, region] = None
+            if offset == 0 and n == size:  # the whole page, straight into the caller's
                 dest = view if n == view.nbytes else view[:n]
-                batch.append(
-                    (tier, rec.region, rec.offset, rec.size, rec.crc, rec.generation, dest)
-                )
+                batch.append((tier, region, page_offset, size, crc, generation, dest))
             else:  # part of the page (the engine checks the whole)
-                batch.append(
-                    (tier, rec.region, rec.offset, rec.size, rec.crc, rec.generation, view,
-                     offset, n)
-                )  # fmt: skip
+                batch.append((tier, region, page_offset, size, crc, generation, view, offset, n))
             slots.append((k, n))
         if not batch:
             return out

@@ -325,16 +325,13 @@ class FileTableReader:
         keys = [
             blake2b(p.encode("utf-8", "surrogateescape"), digest_size=16).digest() for p in paths
         ]
-        slots = find_slots(mm, keys, HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE)
-        unpack = _SLOT.unpack
-        out: list[Published | None] = []
-        for raw in slots:
-            if raw is None:
-                out.append(None)
-            else:
-                _, _, _, _, _, tier, _, region, crc, gen, size, offset, fresh = unpack(raw)
-                out.append(Published(size, tier, region, offset, crc, gen, fresh))
-        return out
+        new = tuple.__new__
+        return [
+            None if t is None else new(Published, t)
+            for t in find_slots(
+                mm, keys, HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE, False
+            )
+        ]
 
     def close(self) -> None:
         """Unmap the table; idempotent."""

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,6 +37,8 @@ from .ufs import ObjectChangedError, ObjectInfo
 __all__ = ["Worker"]
 
 
+#: Seconds a starting worker spends at most taking back its file records before it serves.
+_RESTORE_WAIT = 10.0
 #: One-page files a load starts fetching together.
 _LOAD_BATCH = 256
 
@@ -133,12 +136,14 @@ class Worker:
         self.table = FileTableWriter()
         self.files.metadata.on_refresh = self.table.supersede
         self.fetcher.record_of = self._record_of
-        # The files cached before a restart, known again (in the background: a large
-        # index takes a while, and the worker serves meanwhile as it would without).
+        # The files cached before a restart, known again before the first client comes
+        # (for at most _RESTORE_WAIT seconds; the rest of a large index in the background,
+        # the worker serving meanwhile as it would without).
         self._restoring = threading.Thread(
             target=self._restore_files, name="shoal-restore", daemon=True
         )
         self._restoring.start()
+        self._restoring.join(_RESTORE_WAIT)
 
     @property
     def in_cluster(self) -> bool:
@@ -276,6 +281,7 @@ class Worker:
                 pending.append((path, record.info, first, left))
                 if len(pending) >= batch:
                     restored += self._restore_batch(pending, stale, refreshes)
+                    time.sleep(0)  # requests first, once the worker serves
             restored += self._restore_batch(pending, stale, refreshes)
             if stale:
                 self._store.delete_records(stale)
@@ -532,9 +538,10 @@ class Worker:
         files = self.files.files_under(paths)
         mine = placement_filter(placement, self.worker_id, self.page_size, self.config.chunk_size)
         sizes, counts = {}, {}
+        placed = {}
         for f in files:
-            placed = mine(f, fetcher.pages_of(f))
-            sizes[f.path], counts[f.path] = sum(p.length for p in placed), len(placed)
+            pages = placed[f.path] = mine(f, fetcher.pages_of(f))
+            sizes[f.path], counts[f.path] = sum(p.length for p in pages), len(pages)
         state = {
             "files_done": 0,
             "files_total": len(files),
@@ -549,19 +556,22 @@ class Worker:
             state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
             progress(dict(state))
             return state
-        pending: list[tuple[File, dict, int]] = []
+        pending: deque[tuple[File, dict, int]] = deque()
         last = 0.0
 
         small: list[File] = []  # one-page files loaded, to publish
 
         def publish() -> None:
-            locs = self._store.locate([fetcher.pages_of(f)[0].key for f in small])
+            locs = self._store.locate([page_key(f.fid, 0) for f in small])
             self._publish([(f, loc) for f, loc in zip(small, locs, strict=True) if loc])
             small.clear()
 
+        inflight = [0]  # futures in ``pending``
+
         def finish_first() -> None:
             nonlocal last
-            f, futures, fetched_bytes = pending.pop(0)
+            f, futures, fetched_bytes = pending.popleft()
+            inflight[0] -= len(futures)
             fetcher.results(futures)
             if 0 < f.info.size <= self.page_size and counts[f.path] == 1:
                 small.append(f)
@@ -583,10 +593,11 @@ class Worker:
             futures = fetcher.start([p for _, pages in batch for p in pages])
             for f, pages in batch:
                 pending.append((f, {p.key: futures[p.key] for p in pages}, pages[0].length))
+            inflight[0] += len(futures)
             batch.clear()
 
         for f in files:
-            pages = [p for p in mine(f, fetcher.pages_of(f)) if not fetcher.contains(p)]
+            pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
             self._counters.add(page_misses=len(pages))
             if len(pages) == 1 and pages[0].length == f.info.size:
                 batch.append((f, pages))
@@ -596,8 +607,10 @@ class Worker:
             else:
                 if batch:
                     start_batch()
-                pending.append((f, fetcher.start(pages), sum(p.length for p in pages)))
-            while sum(len(futures) for _, futures, _ in pending) > max(window, 2 * _LOAD_BATCH):
+                futures = fetcher.start(pages)
+                pending.append((f, futures, sum(p.length for p in pages)))
+                inflight[0] += len(futures)
+            while inflight[0] > max(window, 2 * _LOAD_BATCH):
                 finish_first()
             while pending and all(fut.done() for fut in pending[0][1].values()):
                 finish_first()

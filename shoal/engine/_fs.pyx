@@ -12,7 +12,14 @@ followed: there is no check apart from the open.
 import errno
 import os
 
-__all__ = ["METHODS", "method", "open_beneath", "openat2_available"]
+__all__ = ["METHODS", "method", "open_beneath", "openat2_available", "read_whole_beneath"]
+
+from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.errno cimport errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, ENOMEM
+from libc.stdlib cimport calloc, free
+from posix.stat cimport struct_stat, fstat, S_ISREG, S_ISDIR
+from posix.unistd cimport close, pread
+from posix.fcntl cimport O_RDONLY, O_NONBLOCK, O_CLOEXEC
 
 
 cdef extern from "<sys/types.h>":
@@ -132,3 +139,125 @@ def open_beneath(int root_fd, path, int flags, int mode=0o600, *, using=None):
             os.fsdecode(path),
         )
     raise OSError(-fd, os.strerror(-fd), os.fsdecode(path))
+
+
+cdef struct _Whole:
+    const char *path
+    char *buf
+    Py_ssize_t size
+    long long done
+    long long mtime_ns
+    long long length
+    int error
+
+
+cdef void _read_whole(int root_fd, _Whole *w, int c_method, int rounds) noexcept nogil:
+    """Open, stat, read to the end of its buffer (or of the file) and stat again: the
+    bytes of one version of the file, read again while a writer changes it in place."""
+    cdef struct_stat before, after
+    cdef ssize_t n
+    cdef int fd = shoal_open_beneath(root_fd, w.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0,
+                                     c_method)
+    if fd < 0:
+        w.error = -fd
+        return
+    if fstat(fd, &before) != 0:
+        w.error = c_errno
+        close(fd)
+        return
+    if S_ISDIR(before.st_mode):
+        w.error = EISDIR
+    elif not S_ISREG(before.st_mode):
+        w.error = EINVAL
+    while w.error == 0:
+        w.done = 0
+        while w.done < w.size:
+            n = pread(fd, w.buf + w.done, w.size - w.done, w.done)
+            if n < 0:
+                if c_errno == EINTR:
+                    continue
+                w.error = c_errno
+                break
+            if n == 0:
+                break
+            w.done += n
+        if w.error:
+            break
+        if fstat(fd, &after) != 0:
+            w.error = c_errno
+            break
+        if (after.st_mtim.tv_sec == before.st_mtim.tv_sec
+                and after.st_mtim.tv_nsec == before.st_mtim.tv_nsec
+                and after.st_size == before.st_size):
+            w.mtime_ns = <long long>before.st_mtim.tv_sec * 1000000000 + before.st_mtim.tv_nsec
+            w.length = before.st_size
+            break
+        rounds -= 1
+        if rounds <= 0:
+            w.error = EAGAIN  # it kept changing while it was read
+            break
+        before = after
+    close(fd)
+
+
+def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int rounds=3):
+    """Read small files beneath the directory ``root_fd`` (no symbolic link followed, as
+    :func:`open_beneath` opens them) each into its buffer, from their start, with the GIL
+    released once for the whole batch.
+
+    Returns, per file, ``(bytes read, st_mtime_ns, st_size)`` of the version whose bytes
+    were read (a file written in place while it is read is read again, ``rounds`` times at
+    most), or a positive errno: ``EISDIR``, ``EINVAL`` (not a regular file, or a bad
+    path), ``EAGAIN`` (it kept changing), or the open's or read's own (``ELOOP`` or
+    ``EXDEV`` for a link). A buffer shorter than its file is filled: the size tells.
+    """
+    cdef Py_ssize_t count = len(paths), i, got = 0
+    cdef _Whole *items
+    cdef Py_buffer *views
+    cdef int c_method
+    if len(buffers) != count:
+        raise ValueError(f"read_whole_beneath: {count} paths for {len(buffers)} buffers")
+    name = method() if using is None else using
+    if name == "openat2":
+        c_method = SHOAL_BENEATH_OPENAT2
+    elif name == "walk":
+        c_method = SHOAL_BENEATH_WALK
+    else:
+        raise ValueError(f"read_whole_beneath: using must be one of {METHODS}, got {name!r}")
+    encoded = []
+    for p in paths:
+        e = os.fsencode(p)
+        bad = not e or e.startswith(b"/") or b"\0" in e or b".." in e.split(b"/")
+        encoded.append(None if bad else e)
+    items = <_Whole *>calloc(count or 1, sizeof(_Whole))
+    views = <Py_buffer *>calloc(count or 1, sizeof(Py_buffer))
+    if items == NULL or views == NULL:
+        free(items)
+        free(views)
+        raise MemoryError()
+    try:
+        for i in range(count):
+            PyObject_GetBuffer(buffers[i], &views[i], PyBUF_WRITABLE)
+            got += 1
+            if encoded[i] is None:
+                items[i].error = EINVAL
+                continue
+            items[i].path = <bytes>encoded[i]
+            items[i].buf = <char *>views[i].buf
+            items[i].size = views[i].len
+        with nogil:
+            for i in range(count):
+                if items[i].error == 0:
+                    _read_whole(root_fd, &items[i], c_method, rounds)
+        out = []
+        for i in range(count):
+            if items[i].error:
+                out.append(items[i].error)
+            else:
+                out.append((items[i].done, items[i].mtime_ns, items[i].length))
+        return out
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        free(items)
+        free(views)

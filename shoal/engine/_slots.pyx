@@ -17,8 +17,22 @@ cdef enum:
     SLOT = 64
 
 
+cdef tuple _fields(const uint8_t *slot):
+    """The fields of a file slot (see ``control._filetable``) after its key: size, tier,
+    region, page offset, crc32c, generation, fresh until."""
+    cdef uint32_t region, crc, gen, size
+    cdef uint64_t offset, fresh
+    memcpy(&region, slot + 32, 4)
+    memcpy(&crc, slot + 36, 4)
+    memcpy(&gen, slot + 40, 4)
+    memcpy(&size, slot + 44, 4)
+    memcpy(&offset, slot + 48, 8)
+    memcpy(&fresh, slot + 56, 8)
+    return (size, slot[29], region, offset, crc, gen, fresh)
+
+
 def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,
-               int state_at, int empty, int live):
+               int state_at, int empty, int live, bint raw=True):
     """Per key of ``keys`` (16 bytes each), a copy of its slot in ``table`` (a buffer of
     ``header`` bytes and ``2**log2`` slots) as bytes, or None.
 
@@ -27,6 +41,7 @@ def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,
     ``empty``. A slot is a 32-bit sequence number (odd while it is written), the crc32c of
     bytes 8 to 64, the key at byte 8, and the rest; it is returned only when, in the one
     copy taken, the sequence is even, the crc32c matches and byte ``state_at`` is ``live``.
+    With ``raw`` false, a file slot's fields as a tuple instead (see ``_fields``).
     """
     cdef Py_buffer view
     cdef const uint8_t *base
@@ -59,7 +74,9 @@ def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,
                     memcpy(&check, slot + 4, 4)
                     if (slot[state_at] == live and (seq & 1) == 0
                             and check == shoal_crc32c(0, slot + 8, SLOT - 8)):
-                        found = PyBytes_FromStringAndSize(<char *>slot, SLOT)
+                        found = PyBytes_FromStringAndSize(<char *>slot, SLOT) if raw else (
+                            _fields(slot)
+                        )
                     break
                 if slot[state_at] == empty:
                     break

@@ -34,6 +34,21 @@ def test_symlink_out_of_the_root_is_refused(store, root):
     assert list(store.list()) == []
 
 
+def test_many_reads_refuse_links_and_tell_each_error(store, root):
+    os.symlink(root.parent / "secret.txt", root / "escape")
+    (root / "ok").write_bytes(b"fine")
+    (root / "dir").mkdir()
+    bufs = [bytearray(16) for _ in range(4)]
+    got = store.read_many_into(
+        [("escape", bufs[0], None), ("ok", bufs[1], None), ("dir", bufs[2], None),
+         ("missing", bufs[3], None)]
+    )  # fmt: skip
+    assert isinstance(got[0], PermissionError) and b"outside" not in bufs[0]
+    assert got[1] == 4 and bufs[1][:4] == b"fine"
+    assert isinstance(got[2], IsADirectoryError)
+    assert isinstance(got[3], FileNotFoundError)
+
+
 def test_symlinked_directory_out_of_the_root_is_refused(store, root):
     os.symlink(root.parent / "outdir", root / "linkdir")
     with pytest.raises(PermissionError):
