@@ -230,7 +230,7 @@ class Fetcher:
         self._lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
         self._pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
-        self._threads = fetch_threads
+        self.threads = fetch_threads
         self._ahead_pool = ThreadPoolExecutor(read_ahead_threads, "shoal-read-ahead")
         self._buffers = threading.local()
         # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
@@ -307,21 +307,15 @@ class Fetcher:
                         del self._inflight[p.key]
 
     def _fetch_small(self, run: list[tuple[Page, Future]]) -> None:
-        """Fetch whole one-page files, many with one call of their store (which reads
-        them one after the other, a request each) and one index commit; each file's future
+        """Fetch whole one-page files with :meth:`fetch_files`; each file's future
         resolves as :meth:`_fetch_run` resolves it."""
         try:
-            wanted = []
-            for p, fut in run:
-                if self._store.contains(p.key):  # stored by another fetch since
-                    fut.set_result(None)
+            got = self.fetch_files([p for p, _ in run])
+            for (_, fut), value in zip(run, got, strict=True):
+                if isinstance(value, BaseException):
+                    fut.set_exception(value)
                 else:
-                    wanted.append((p, fut))
-            by_store: dict[int, list[tuple[Page, Future]]] = {}
-            for item in wanted:
-                by_store.setdefault(id(item[0].file.store), []).append(item)
-            for group in by_store.values():
-                self._fetch_group(group)
+                    fut.set_result(value)
         except BaseException as exc:
             for _, fut in run:
                 if not fut.done():
@@ -332,26 +326,42 @@ class Fetcher:
                     if self._inflight.get(p.key) is fut:
                         del self._inflight[p.key]
 
-    def _fetch_group(self, group: list[tuple[Page, Future]]) -> None:
-        """:meth:`_fetch_small` for files of one store."""
-        store = group[0][0].file.store
-        buf = memoryview(bytearray(sum(p.length for p, _ in group)))
+    def fetch_files(self, pages: list[Page]) -> list[Any]:
+        """Fetch whole one-page files (their one page each), many with one call of their
+        store (which reads them one after the other, a request each, or natively all at
+        once) and one index commit; per page None once it is stored (or was already),
+        its bytes when no tier kept it, or the error it failed with (an object found
+        changed is reported to ``on_changed``). Not single-flight: a page another fetch
+        brings at the same time is stored twice, the same bytes."""
+        out: list[Any] = [None] * len(pages)
+        by_store: dict[int, list[int]] = {}
+        for i, p in enumerate(pages):
+            if not self._store.contains(p.key):
+                by_store.setdefault(id(p.file.store), []).append(i)
+        for slots in by_store.values():
+            self._fetch_group(pages, slots, out)
+        return out
+
+    def _fetch_group(self, pages: list[Page], slots: list[int], out: list[Any]) -> None:
+        """:meth:`fetch_files` for the pages at ``slots``, files of one store."""
+        group = [pages[i] for i in slots]
+        store = group[0].file.store
+        buf = memoryview(bytearray(sum(p.length for p in group)))
         views, at = [], 0
-        for p, _ in group:
+        for p in group:
             views.append(buf[at : at + p.length])
             at += p.length
         got = store.read_many_into(
-            [(p.file.rel, v, p.file.info.version) for (p, _), v in zip(group, views, strict=True)]
+            [(p.file.rel, v, p.file.info.version) for p, v in zip(group, views, strict=True)]
         )
         items, done = [], []
-        for (p, fut), v, n in zip(group, views, got, strict=True):
+        record_of = self.record_of
+        for i, p, v, n in zip(slots, group, views, got, strict=True):
             f = p.file
             if type(n) is int and n == p.length:
-                record = None if self.record_of is None else self.record_of(
-                    f.path, f.mount, f.rel, f.info
-                )  # fmt: skip
+                record = None if record_of is None else record_of(f.path, f.mount, f.rel, f.info)
                 items.append((p.key, v, f.path, record))
-                done.append((p, fut, v))
+                done.append((i, p, v))
                 continue
             if type(n) is int:
                 n = ObjectChangedError(
@@ -361,14 +371,18 @@ class Fetcher:
                 )
             if isinstance(n, ObjectChangedError):
                 self._on_changed(f.path)
-            fut.set_exception(n)
+            out[i] = n
         self._counters.add(
-            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for p, _, _ in done)
+            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
         )
         if items:
             kept = self.cache_many(items)
-            for p, fut, v in done:
-                fut.set_result(None if p.key in kept else bytearray(v))
+            for i, p, v in done:
+                out[i] = None if p.key in kept else bytearray(v)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on a fetch thread."""
+        return self._pool.submit(fn, *args)
 
     def fetch_first(
         self, mount: Mount, rel: str, store: UnderStore, path: str, start: int, end: int
@@ -577,7 +591,7 @@ class Fetcher:
         if len(smalls) > 1:
             # Every fetch thread gets a share (as many requests in flight as one task per
             # file gave), at most _SMALL_BATCH files each.
-            step = max(1, min(_SMALL_BATCH, -(-len(smalls) // self._threads)))
+            step = max(1, min(_SMALL_BATCH, -(-len(smalls) // self.threads)))
             tasks += [
                 (self._fetch_small, smalls[i : i + step]) for i in range(0, len(smalls), step)
             ]

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, NamedTuple
 
 from .. import engine
@@ -39,8 +40,13 @@ __all__ = ["Worker"]
 
 #: Seconds a starting worker spends at most taking back its file records before it serves.
 _RESTORE_WAIT = 10.0
-#: One-page files a load starts fetching together.
-_LOAD_BATCH = 256
+#: Whole one-page files a load fetches in one task.
+_LOAD_CHUNK = 64
+
+
+def _one_page(f: File, pages: list[Page]) -> bool:
+    """True for a file whose one page (of those placed here) is all of it."""
+    return len(pages) == 1 and pages[0].index == 0 and pages[0].length == f.info.size
 
 
 class _Where(NamedTuple):
@@ -556,73 +562,88 @@ class Worker:
             state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
             progress(dict(state))
             return state
-        pending: deque[tuple[File, dict, int]] = deque()
         last = 0.0
 
-        small: list[File] = []  # one-page files loaded, to publish
-
-        def publish() -> None:
-            locs = self._store.locate([page_key(f.fid, 0) for f in small])
-            self._publish([(f, loc) for f, loc in zip(small, locs, strict=True) if loc])
-            small.clear()
-
-        inflight = [0]  # futures in ``pending``
-
-        def finish_first() -> None:
+        def tick() -> None:
             nonlocal last
-            f, futures, fetched_bytes = pending.popleft()
-            inflight[0] -= len(futures)
-            fetcher.results(futures)
-            if 0 < f.info.size <= self.page_size and counts[f.path] == 1:
-                small.append(f)
-                if len(small) >= 256:
-                    publish()
-            state["files_done"] += 1
-            state["bytes_done"] += sizes[f.path]
-            state["pages_done"] += counts[f.path]
-            state["pages_skipped"] += counts[f.path] - len(futures)
-            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
             now = time.monotonic()
             if now - last > 0.1 or state["files_done"] == state["files_total"]:
                 last = now
                 progress(dict(state))
 
-        batch: list[tuple[File, list[Page]]] = []  # one-page files, started together
+        ones = [f for f in files if _one_page(f, placed[f.path])]
+        if ones:
+            self._load_ones(ones, [placed.pop(f.path)[0] for f in ones], state, tick)
+            files = [f for f in files if f.path in placed]
+        pending: deque[tuple[File, dict, int]] = deque()
+        inflight = [0]  # futures in ``pending``
 
-        def start_batch() -> None:
-            futures = fetcher.start([p for _, pages in batch for p in pages])
-            for f, pages in batch:
-                pending.append((f, {p.key: futures[p.key] for p in pages}, pages[0].length))
-            inflight[0] += len(futures)
-            batch.clear()
+        def finish_first() -> None:
+            f, futures, fetched_bytes = pending.popleft()
+            inflight[0] -= len(futures)
+            fetcher.results(futures)
+            state["files_done"] += 1
+            state["bytes_done"] += sizes[f.path]
+            state["pages_done"] += counts[f.path]
+            state["pages_skipped"] += counts[f.path] - len(futures)
+            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
+            tick()
 
         for f in files:
             pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
             self._counters.add(page_misses=len(pages))
-            if len(pages) == 1 and pages[0].length == f.info.size:
-                batch.append((f, pages))
-                if len(batch) < _LOAD_BATCH:
-                    continue
-                start_batch()
-            else:
-                if batch:
-                    start_batch()
-                futures = fetcher.start(pages)
-                pending.append((f, futures, sum(p.length for p in pages)))
-                inflight[0] += len(futures)
-            while inflight[0] > max(window, 2 * _LOAD_BATCH):
+            futures = fetcher.start(pages)
+            pending.append((f, futures, sum(p.length for p in pages)))
+            inflight[0] += len(futures)
+            while inflight[0] > window:
                 finish_first()
             while pending and all(fut.done() for fut in pending[0][1].values()):
                 finish_first()
-        if batch:
-            start_batch()
         while pending:
             finish_first()
-        if small:
-            publish()
-        if not files:
+        if not state["files_total"]:
             progress(dict(state))
         return state
+
+    def _load_ones(
+        self, files: list[File], pages: list[Page], state: dict, tick: Callable[[], None]
+    ) -> None:
+        """The whole one-page files of a load (``pages``: the page of each): a task of
+        ``_LOAD_CHUNK`` files at a time on the fetch threads, with no future or
+        single-flight entry per file; each task's pages are committed, then published,
+        together. The first file that fails fails the load, as in the general path."""
+        fetcher = self.fetcher
+        inflight: deque[tuple[list[File], list[Page], Future | None]] = deque()
+
+        def finish() -> None:
+            chunk, todo, fut = inflight.popleft()
+            if fut is not None:
+                for value in fut.result():
+                    if isinstance(value, BaseException):
+                        raise value
+            locs = self._store.locate([page_key(f.fid, 0) for f in chunk])
+            self._publish([(f, loc) for f, loc in zip(chunk, locs, strict=True) if loc])
+            size = sum(f.info.size for f in chunk)
+            state["files_done"] += len(chunk)
+            state["bytes_done"] += size
+            state["pages_done"] += len(chunk)
+            state["pages_skipped"] += len(chunk) - len(todo)
+            state["bytes_skipped"] += size - sum(p.length for p in todo)
+            tick()
+
+        for at in range(0, len(files), _LOAD_CHUNK):
+            chunk = files[at : at + _LOAD_CHUNK]
+            todo = [p for p in pages[at : at + _LOAD_CHUNK] if not fetcher.contains(p)]
+            self._counters.add(page_misses=len(todo))
+            inflight.append(
+                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo) if todo else None)
+            )
+            while len(inflight) > 2 * fetcher.threads:
+                finish()
+            while inflight and (inflight[0][2] is None or inflight[0][2].done()):
+                finish()
+        while inflight:
+            finish()
 
     def _load_op(self, conn: ConnectionState, h: dict) -> Reply:
         """``load``: progress frames while it runs, then the final counters."""

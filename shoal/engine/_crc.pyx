@@ -16,6 +16,11 @@ cdef extern from "crc32c.h" nogil:
     int shoal_crc32c_with(int kernel, uint32_t *crc, const void *buf, size_t len)
 
 
+# Buffers from this size on are checksummed with the GIL released (some microseconds of
+# work, longer than the wait for the GIL again when other threads hold it).
+cdef enum:
+    _NOGIL_BYTES = 256 * 1024
+
 KERNELS = {
     "table": SHOAL_CRC32C_TABLE,
     "sse4.2": SHOAL_CRC32C_STREAMS,
@@ -29,8 +34,11 @@ def crc32c(data, unsigned int value=0):
     cdef uint32_t out
     PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
     try:
-        with nogil:
+        if view.len < _NOGIL_BYTES:
             out = shoal_crc32c(value, view.buf, <size_t>view.len)
+        else:
+            with nogil:
+                out = shoal_crc32c(value, view.buf, <size_t>view.len)
     finally:
         PyBuffer_Release(&view)
     return out
