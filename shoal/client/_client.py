@@ -116,6 +116,7 @@ class Client:
             start_timeout=start_timeout,
         )
         self._meta: dict[str, tuple[float, FileMeta]] = {}
+        self._norm: dict[str, str] = {}  # paths as given -> normalised, for the table's reads
         _clients.add(self)
 
     def __reduce__(self):
@@ -347,7 +348,7 @@ class Client:
         then unless the items before it were valid.
         """
         checked = []
-        cache, now = self._meta, time.monotonic()
+        cache, now, norms = self._meta, time.monotonic(), self._norm
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
@@ -366,8 +367,14 @@ class Client:
             entry = cache.get(path) if type(path) is str else None
             if entry is not None and entry[0] > now:
                 checked.append([view, path, offset, entry[1]])
-            else:
-                checked.append([view, normalize_path(path), offset, None])
+                continue
+            norm = norms.get(path) if type(path) is str else None
+            if norm is None:
+                norm = normalize_path(path)
+                if len(norms) >= _MAX_NORMS:
+                    norms.clear()
+                norms[path] = norm
+            checked.append([view, norm, offset, None])
         if not checked:
             return []
         router = self._live()
@@ -376,8 +383,13 @@ class Client:
             return self._read_checked(router, checked)
         # Files this process knows nothing of yet: those the local worker published are
         # read with no request at all.
-        got = router.read_published([checked[i] for i in fresh])
-        if not got or all(n is None for n in got):
+        every = len(fresh) == len(checked)
+        got = router.read_published(checked if every else [checked[i] for i in fresh])
+        if not got:
+            return self._read_checked(router, checked)
+        if every and None not in got:
+            return got
+        if all(n is None for n in got):
             return self._read_checked(router, checked)
         out = [0] * len(checked)
         for i, n in zip(fresh, got, strict=True):
@@ -608,6 +620,10 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<shoal.Client home={self._config.home!r}{' closed' if self._closed else ''}>"
+
+
+#: Normalised paths a client remembers at most (some 20 MiB).
+_MAX_NORMS = 1 << 17
 
 
 def _restore(config, start, timeout, start_timeout, metadata_ttl) -> Client:
