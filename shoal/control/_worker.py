@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import math
 import os
 import threading
 import time
@@ -139,7 +140,10 @@ class Worker:
         self.files.fetch_first = self.fetcher.fetch_first
         #: Cached small files, published for the clients of this node to read with no
         #: request; void (superseded) whenever what a path means may have changed.
-        self.table = FileTableWriter()
+        # Sized for the pages cached already, so that a large cache's table seldom grows
+        # (each growth copies every slot while publishing waits).
+        pages = len(self._store)
+        self.table = FileTableWriter(min(24, max(16, math.ceil(math.log2(pages / 0.6 + 1)))))
         self.files.metadata.on_refresh = self.table.supersede
         self.fetcher.record_of = self._record_of
         # The files cached before a restart, known again before the first client comes

@@ -64,6 +64,16 @@ MAX_RECORD_SIZE = 64 * KiB
 _MIN_SMALL_ALIGN = 8
 # Records a scan (PageStore.records) reads per hold of the lock.
 _RECORD_CHUNK = 256
+# Stale keys a region's reverse map may hold beyond twice its pages before it is weeded.
+_STALE_KEYS = 64
+# Read-ahead of a scan of the index (recovery reads it whole).
+_SCAN_READAHEAD = 2 * MiB
+# RocksDB's memory, bounded whatever the size of the index: a block cache that holds the
+# index and filter blocks too (not one set per table file, growing with the index), and
+# at most two memtables being filled or flushed.
+_BLOCK_CACHE = 16 * MiB
+_MEMTABLE = 16 * MiB
+_MEMTABLES = 2
 
 _TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
 _PIN, _DIRTY = 1, 2
@@ -72,6 +82,8 @@ _NORMAL, _STICKY = 0, 1  # region kinds: ordinary pages, or pinned / dirty ones
 
 # the fields of _Entry, in its order: tier code, region, generation, offset, length, crc, flags
 _PAGE = struct.Struct("<BIQQQIB")
+# the head of a page record: tier code, region, generation (where the page is)
+_PAGE_HEAD = struct.Struct("<BIQ")
 # generation, state, kind, fill (append offset)
 _REGION = struct.Struct("<QBBQ")
 # magic, format version, region size, page alignment
@@ -214,6 +226,11 @@ class _Entry(NamedTuple):
     flags: int
 
 
+def _entry(record: bytes) -> _Entry:
+    """The fields of a page record (the in-memory index keeps records packed)."""
+    return _Entry._make(_PAGE.unpack(record))
+
+
 # Up to this many pages are written with pwrite in the calling thread: io_uring hands a
 # buffered write to a file on tmpfs (the MEM tier) to one of its worker threads, which
 # costs two context switches per page; a batch pays that once for all its pages.
@@ -232,8 +249,8 @@ def _pwrite_all(region: _Region, offset: int, view: memoryview) -> None:
 
 class _Region:
     __slots__ = (
-        "number", "path", "generation", "state", "kind", "fill", "keys", "live_bytes",
-        "sticky", "inflight", "last_access", "fd",
+        "number", "path", "generation", "state", "kind", "fill", "keys", "pages",
+        "live_bytes", "sticky", "inflight", "last_access", "fd",
     )  # fmt: skip
 
     def __init__(self, number: int, path: str):
@@ -243,7 +260,11 @@ class _Region:
         self.state = _FREE
         self.kind = _NORMAL
         self.fill = 0  # append offset: end of the last reserved page
-        self.keys: set[bytes] = set()  # reverse map: keys whose current page is here
+        # Reverse map for reclaim: every key linked here since the region was last reclaimed,
+        # so those of its pages plus stale ones (deleted, replaced), weeded out now and then;
+        # a list takes a fifth of a set's memory.
+        self.keys: list[bytes] = []
+        self.pages = 0  # pages here
         self.live_bytes = 0
         self.sticky = 0  # pages here that are pinned or dirty
         self.inflight = 0  # reserved pages whose write has not been committed yet
@@ -328,12 +349,12 @@ class _Tier:
         self.unused = gaps
 
 
-def _cut_short(region: _Region, entry: _Entry) -> bool:
-    """True if the region file ends before ``entry``'s page: a page that read wrong there
-    was lost to a fault of the tier (a file truncated under the store), not to a bad
-    sector."""
+def _cut_short(region: _Region, end: int) -> bool:
+    """True if the region file ends before ``end``, the end of a page: a page that read
+    wrong there was lost to a fault of the tier (a file truncated under the store), not to
+    a bad sector."""
     try:
-        return os.fstat(region.fd).st_size < entry.offset + entry.length
+        return os.fstat(region.fd).st_size < end
     except OSError:
         return True
 
@@ -482,6 +503,9 @@ class PageStore:
     A region's state, in memory and in the ``generations`` table, is made when the region
     is first used, lowest numbers first (a freed region before one never used): opening a
     store takes time and memory in proportion to the regions in use, whatever the capacity.
+    Each page costs memory too: its key and its index record, packed (about 190 bytes for
+    a 20-byte key, measured at ten million pages). RocksDB's own memory is bounded (a
+    16 MiB block cache that holds index and filter blocks too, two 16 MiB memtables).
 
     ``pack_below`` and ``small_align`` only place new pages: they may change between opens
     of an index, and pages already written stay where they are (recovery takes any offset
@@ -536,7 +560,9 @@ class PageStore:
         self._tiers = {t.name: _Tier(t, region_size) for t in tiers}
         self._default_tier = tiers[0].name
         self._by_code = {t.code: t for t in self._tiers.values()}
-        self._entries: dict[bytes, _Entry] = {}
+        # key -> its page record, the very bytes the index holds (see _entry): a fraction of
+        # the memory of a tuple of ints, which matters at tens of millions of pages.
+        self._entries: dict[bytes, bytes] = {}
         self._unsaved: set[tuple[int, int]] = set()  # (tier code, region) records to write
         self._clock = itertools.count(1)
         self._lock = threading.Lock()
@@ -642,6 +668,13 @@ class PageStore:
         os.close(open_private_path(self.index_path, "page index directory"))
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(rocksdict.Cache(_BLOCK_CACHE))
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+        opts.set_block_based_table_factory(table)
+        opts.set_write_buffer_size(_MEMTABLE)
+        opts.set_max_write_buffer_number(_MEMTABLES)
         try:
             self._db = rocksdict.Rdict(self.index_path, opts)
         except Exception as exc:
@@ -706,10 +739,17 @@ class PageStore:
         )
         tier.table = GenerationTable(table, min(tier.count, _TABLE_START))
 
-    def _scan(self, prefix: bytes):
-        for key, value in self._db.items(from_key=prefix):
+    def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, value)`` of the index under ``prefix``, read ahead and without
+        filling the block cache (a scan reads each block once)."""
+        # No iterate_upper_bound: rocksdict's iterator points into the ReadOptions for it,
+        # and reads freed memory once they are collected.
+        opts = rocksdict.ReadOptions()
+        opts.fill_cache(False)
+        opts.set_readahead_size(_SCAN_READAHEAD)
+        for key, value in self._db.items(from_key=prefix, read_opt=opts):
             if not key.startswith(prefix):
-                break
+                return
             yield key, value
 
     def _recover(self) -> None:
@@ -737,20 +777,11 @@ class PageStore:
                     region.state = _FREE
                     region.generation += 1
             self._drop_extra_region_files(tier)
-        for key, value in self._scan(_PAGE_PREFIX):
-            entry = self._parse_entry(value)
-            if entry is None:
-                batch.delete(key)
-                continue
-            region = self._by_code[entry.tier].regions[entry.region]
-            k = key[1:]
-            self._entries[k] = entry
-            self._link(k, entry, region)
-            region.fill = max(region.fill, entry.offset + entry.length)
+        self._recover_pages(batch)
         for tier in self._tiers.values():
             regions = [tier.regions[number] for number in sorted(tier.regions)]
             for region in regions:
-                if region.state == _SEALED and not region.keys:
+                if region.state == _SEALED and not region.pages:
                     region.state = _FREE  # nothing live: reclaim now
                     region.generation += 1
                 if region.state == _OPEN:
@@ -780,21 +811,41 @@ class PageStore:
             tier.find_unused()
         self._commit(batch)
 
-    def _parse_entry(self, value: bytes) -> _Entry | None:
-        if len(value) != _PAGE.size:
-            return None
-        entry = _Entry(*_PAGE.unpack(value))
-        tier = self._by_code.get(entry.tier)
-        region = tier.regions.get(entry.region) if tier is not None else None
-        if (
-            region is None  # no record: a region never used, or reclaimed since
-            or region.state == _FREE
-            or region.generation != entry.generation
-            or entry.offset % _MIN_SMALL_ALIGN
-            or entry.offset + entry.length > self.region_size
-        ):
-            return None
-        return entry
+    def _recover_pages(self, batch: rocksdict.WriteBatch) -> None:
+        """Index the page records that match their region; delete the others in ``batch``.
+
+        The loop of a restart, once per page (tens of millions): kept flat, records kept as
+        the bytes read.
+        """
+        entries, by_code, unpack = self._entries, self._by_code, _PAGE.unpack
+        size, region_size = _PAGE.size, self.region_size
+        for key, value in self._scan(_PAGE_PREFIX):
+            if len(value) != size:
+                batch.delete(key)
+                continue
+            code, number, generation, offset, length, _, flags = unpack(value)
+            tier = by_code.get(code)
+            region = tier.regions.get(number) if tier is not None else None
+            if (
+                region is None  # no record: a region never used, or reclaimed since
+                or region.state == _FREE
+                or region.generation != generation
+                or offset % _MIN_SMALL_ALIGN
+                or offset + length > region_size
+            ):
+                batch.delete(key)
+                continue
+            k = key[1:]
+            entries[k] = value
+            region.keys.append(k)
+            region.pages += 1
+            region.live_bytes += length
+            tier.pages += 1
+            tier.live_bytes += length
+            if flags:
+                self._count_flags(tier, region, length, flags, +1)
+            if offset + length > region.fill:
+                region.fill = offset + length
 
     def _region_file_ok(self, tier: _Tier, region: _Region) -> bool:
         name = os.path.basename(region.path)
@@ -832,23 +883,35 @@ class PageStore:
 
     # ----------------------------------------------------------------- index bookkeeping
 
-    def _link(self, k: bytes, entry: _Entry, region: _Region) -> None:
-        tier = self._by_code[entry.tier]
-        region.keys.add(k)
-        region.live_bytes += entry.length
-        tier.pages += 1
-        tier.live_bytes += entry.length
-        self._count_flags(tier, region, entry, +1)
+    def _link(self, k: bytes, tier: _Tier, region: _Region, length: int, flags: int) -> None:
+        """Count a page just put under ``k`` in ``self._entries``, in ``region``."""
+        keys = region.keys
+        keys.append(k)
+        self._count(tier, region, length, flags, +1)
+        if len(keys) > 2 * region.pages + _STALE_KEYS:
+            # More stale keys than pages: weed them out (amortized O(1) per link).
+            head = _PAGE_HEAD.pack(tier.code, region.number, region.generation)
+            entries = self._entries
+            region.keys = [
+                key for key in dict.fromkeys(keys) if entries.get(key, b"").startswith(head)
+            ]
 
-    def _unlink(self, k: bytes, entry: _Entry) -> tuple[_Tier, _Region]:
+    def _unlink(self, record: bytes) -> tuple[_Tier, _Region]:
+        """Uncount the page of ``record``, which its key no longer maps to; its key stays
+        in the region's ``keys``, stale."""
+        entry = _entry(record)
         tier = self._by_code[entry.tier]
         region = tier.regions[entry.region]
-        region.keys.discard(k)
-        region.live_bytes -= entry.length
-        tier.pages -= 1
-        tier.live_bytes -= entry.length
-        self._count_flags(tier, region, entry, -1)
+        self._count(tier, region, entry.length, entry.flags, -1)
         return tier, region
+
+    def _count(self, tier: _Tier, region: _Region, length: int, flags: int, sign: int) -> None:
+        region.pages += sign
+        region.live_bytes += sign * length
+        tier.pages += sign
+        tier.live_bytes += sign * length
+        if flags:
+            self._count_flags(tier, region, length, flags, sign)
 
     def _reclaim_emptied(self, unlinked: Iterable[tuple[_Tier, _Region]]) -> None:
         """Reclaim the sealed regions among ``unlinked`` left without a page (deleted or
@@ -856,7 +919,7 @@ class PageStore:
         with the lock held."""
         empty: dict[int, tuple[_Tier, list[_Region]]] = {}
         for tier, region in unlinked:
-            if region.state == _SEALED and not region.keys and not region.inflight:
+            if region.state == _SEALED and not region.pages and not region.inflight:
                 regions = empty.setdefault(tier.code, (tier, []))[1]
                 if region not in regions:
                     regions.append(region)
@@ -864,13 +927,12 @@ class PageStore:
             self._reclaim(regions, tier)
 
     @staticmethod
-    def _count_flags(tier: _Tier, region: _Region, entry: _Entry, sign: int) -> None:
-        if entry.flags:
-            region.sticky += sign
-        if entry.flags & _PIN:
-            tier.pinned_bytes += sign * entry.length
-        if entry.flags & _DIRTY:
-            tier.dirty_bytes += sign * entry.length
+    def _count_flags(tier: _Tier, region: _Region, length: int, flags: int, sign: int) -> None:
+        region.sticky += sign
+        if flags & _PIN:
+            tier.pinned_bytes += sign * length
+        if flags & _DIRTY:
+            tier.dirty_bytes += sign * length
 
     def _commit(self, batch: rocksdict.WriteBatch) -> None:
         """Write ``batch`` plus every changed region record, in one atomic index write."""
@@ -980,20 +1042,26 @@ class PageStore:
         if not regions:
             return
         batch = rocksdict.WriteBatch(raw_mode=True)
+        heads = []
         for region in regions:
+            heads.append(_PAGE_HEAD.pack(tier.code, region.number, region.generation))
             # Published before anything else happens to the region: from here on readers
             # holding its old generation fail their check.
             region.generation += 1
             tier.table.set(region.number, region.generation)
         if self._sync:
             tier.table.flush()
-        for region in regions:
+        entries = self._entries
+        for region, head in zip(regions, heads, strict=True):
             for k in region.keys:
-                entry = self._entries.pop(k)
-                tier.pages -= 1
-                tier.live_bytes -= entry.length
-                batch.delete(_PAGE_PREFIX + k)
-            region.keys = set()
+                # A stale key maps to nothing, or to a page elsewhere, or was seen already.
+                if entries.get(k, b"").startswith(head):
+                    del entries[k]
+                    batch.delete(_PAGE_PREFIX + k)
+            tier.pages -= region.pages
+            tier.live_bytes -= region.live_bytes
+            region.keys = []
+            region.pages = 0
             region.live_bytes = 0
             region.state = _FREE
             region.kind = _NORMAL
@@ -1115,21 +1183,22 @@ class PageStore:
         batch = rocksdict.WriteBatch(raw_mode=True)
         new = []
         for (k, view, crc), (region, offset) in zip(prepared, reserved, strict=True):
-            entry = _Entry(
+            record = _PAGE.pack(
                 tier.code, region.number, region.generation, offset, view.nbytes, crc, flags
             )
-            batch.put(_PAGE_PREFIX + k, _PAGE.pack(*entry))
-            new.append((k, entry, region))
+            batch.put(_PAGE_PREFIX + k, record)
+            new.append((k, record, region, view.nbytes))
         for key, value in named:
             batch.put(key, value)
         self._commit(batch)
         unlinked = []
-        for k, entry, region in new:
-            old = self._entries.get(k)
+        entries = self._entries
+        for k, record, region, length in new:
+            old = entries.get(k)
             if old is not None:
-                unlinked.append(self._unlink(k, old))
-            self._entries[k] = entry
-            self._link(k, entry, region)
+                unlinked.append(self._unlink(old))
+            entries[k] = record
+            self._link(k, tier, region, length, flags)
         self._reclaim_emptied(unlinked)
 
     def delete(self, key: bytes | str) -> bool:
@@ -1142,33 +1211,35 @@ class PageStore:
         k = _encode_key(key)
         with self._lock:
             self._check_open()
-            entry = self._entries.get(k)
-            if entry is None:
+            record = self._entries.get(k)
+            if record is None:
                 return False
             batch = rocksdict.WriteBatch(raw_mode=True)
             batch.delete(_PAGE_PREFIX + k)
             self._commit(batch)
             del self._entries[k]
-            self._reclaim_emptied([self._unlink(k, entry)])
+            self._reclaim_emptied([self._unlink(record)])
             return True
 
     def _set_flags(self, key: bytes | str, set_bits: int, clear_bits: int) -> None:
         k = _encode_key(key)
         with self._lock:
             self._check_open()
-            entry = self._entries.get(k)
-            if entry is None:
+            record = self._entries.get(k)
+            if record is None:
                 raise PageNotFoundError(f"no page under key {key!r}")
+            entry = _entry(record)
             flags = (entry.flags | set_bits) & ~clear_bits
             if flags == entry.flags:
                 return
-            new = entry._replace(flags=flags)
+            new = _PAGE.pack(*entry._replace(flags=flags))
             batch = rocksdict.WriteBatch(raw_mode=True)
-            batch.put(_PAGE_PREFIX + k, _PAGE.pack(*new))
+            batch.put(_PAGE_PREFIX + k, new)
             self._commit(batch)
-            self._unlink(k, entry)
+            tier, region = self._unlink(record)
             self._entries[k] = new
-            self._link(k, new, self._by_code[new.tier].regions[new.region])
+            # The page stays in its region: its key is in the region's keys already.
+            self._count(tier, region, entry.length, flags, +1)
 
     def pin(self, key: bytes | str) -> None:
         """Keep a page from eviction until :meth:`unpin`; raises PageNotFoundError on a miss."""
@@ -1312,32 +1383,37 @@ class PageStore:
         for _attempt in range(2):
             if not todo:
                 break
-            reads = []  # (slot, entry, region)
+            reads = []  # (slot, record, tier, region, generation, page end)
+            requests, checksums = [], []
             with self._lock:
                 self._check_open()
+                entries, by_code, unpack = self._entries, self._by_code, _PAGE.unpack
                 for i in todo:
-                    entry = self._entries.get(keys[i])
-                    if entry is None or (skip and self._by_code[entry.tier].name in skip):
+                    record = entries.get(keys[i])
+                    if record is None:
                         results[i] = None
                         continue
-                    if views[i].nbytes < entry.length:
+                    code, number, generation, offset, length, crc, _ = unpack(record)
+                    tier = by_code[code]
+                    if skip and tier.name in skip:
+                        results[i] = None
+                        continue
+                    if views[i].nbytes < length:
                         raise ValueError(
                             f"buffer of {views[i].nbytes} bytes is smaller than page "
-                            f"{names[i]!r} of {entry.length} bytes"
+                            f"{names[i]!r} of {length} bytes"
                         )
-                    region = self._by_code[entry.tier].regions[entry.region]
+                    region = tier.regions[number]
                     region.last_access = next(self._clock)
-                    reads.append((i, entry, region))
+                    reads.append((i, record, tier, region, generation, offset + length))
+                    requests.append((region.fd, offset, length, views[i], 0))
+                    checksums.append(crc)
                 if not reads:
                     break
                 self._active += 1
             try:
                 try:
-                    done: list[Any] = read_batch(
-                        [(r.fd, e.offset, e.length, views[i], 0) for i, e, r in reads],
-                        direct=self._direct,
-                        checksums=[e.crc for _, e, _ in reads],
-                    )
+                    done: list[Any] = read_batch(requests, direct=self._direct, checksums=checksums)
                 except OSError as exc:
                     if not hasattr(exc, "results"):
                         raise
@@ -1348,41 +1424,43 @@ class PageStore:
                     self._idle.notify_all()
             todo = []
             corrupt = []
-            for (i, entry, region), res in zip(reads, done, strict=True):
-                if region.generation != entry.generation:
+            for (i, record, tier, region, generation, end), res in zip(reads, done, strict=True):
+                if region.generation != generation:
                     todo.append(i)  # reclaimed under us: the page may have moved
                     results[i] = None
                     continue
-                if isinstance(res, PageCorruptedError) and _cut_short(region, entry):
+                if isinstance(res, PageCorruptedError) and _cut_short(region, end):
                     res = OSError(errno.EIO, "region file cut short under its pages", region.path)
                 if isinstance(res, BaseException):
-                    res.tier = self._by_code[entry.tier].name
+                    res.tier = tier.name
                     if isinstance(res, PageCorruptedError) or (
                         drop_failed and isinstance(res, OSError)
                     ):
-                        corrupt.append((i, entry))
+                        corrupt.append((i, record))
                 results[i] = res
             if corrupt:
                 self._drop(corrupt, keys)
         return results
 
-    def _drop(self, corrupt: list[tuple[int, _Entry]], keys: list[bytes]) -> None:
+    def _drop(self, corrupt: list[tuple[int, bytes]], keys: list[bytes]) -> None:
+        """Remove the pages that read wrong, unless their keys were put again since: the
+        records compare equal only if the key still maps to the very page read."""
         with self._lock:
             if self._closed:
                 return
             batch = rocksdict.WriteBatch(raw_mode=True)
             gone = []
-            for i, entry in corrupt:
+            for i, record in corrupt:
                 k = keys[i]
-                if self._entries.get(k) == entry:
+                if self._entries.get(k) == record:
                     batch.delete(_PAGE_PREFIX + k)
-                    gone.append((k, entry))
+                    gone.append((k, record))
             self._commit(batch)
             unlinked = []
-            for k, entry in gone:
-                if self._entries.get(k) == entry:
+            for k, record in gone:
+                if self._entries.get(k) == record:
                     del self._entries[k]
-                    unlinked.append(self._unlink(k, entry))
+                    unlinked.append(self._unlink(record))
             self._reclaim_emptied(unlinked)
 
     def get_into(self, key: bytes | str, buf: Any) -> int:
@@ -1485,24 +1563,18 @@ class PageStore:
         out: list[PageLocation | None] = []
         with self._lock:
             self._check_open()
+            entries, by_code, unpack = self._entries, self._by_code, _PAGE.unpack
             for k in encoded:
-                entry = self._entries.get(k)
-                if entry is None:
+                record = entries.get(k)
+                if record is None:
                     out.append(None)
                     continue
-                tier = self._by_code[entry.tier]
-                region = tier.regions[entry.region]
+                code, number, generation, offset, length, crc, _ = unpack(record)
+                tier = by_code[code]
+                region = tier.regions[number]
                 region.last_access = next(self._clock)
                 out.append(
-                    PageLocation(
-                        tier.name,
-                        entry.region,
-                        region.path,
-                        entry.offset,
-                        entry.length,
-                        entry.crc,
-                        entry.generation,
-                    )  # fmt: skip
+                    PageLocation(tier.name, number, region.path, offset, length, crc, generation)
                 )
         return out
 

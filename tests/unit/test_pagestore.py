@@ -355,6 +355,76 @@ def test_replacing_a_key_keeps_the_old_page_on_enospc(tmp_path):
         assert read(s, "p0") == payload("p0", 32 * KiB)
 
 
+def test_reclaiming_a_region_leaves_the_pages_that_moved_out_of_it(tmp_path):
+    # A region keeps the keys of every page put there, those since replaced elsewhere or
+    # deleted included: its reclaim must remove only the pages still in it.
+    with make_store(tmp_path, regions=8) as s:
+        page = 15 * KiB  # four pages per region, packed at 64-byte offsets
+
+        def expect(regions, live):
+            assert [loc and loc.region for loc in s.locate([f"k{i}" for i in range(7)])] == regions
+            u = s.usage()["SSD"]
+            assert (u.pages, u.live_bytes) == (sum(r is not None for r in regions), live)
+
+        s.put_many([(f"k{i}", payload(f"k{i}", page)) for i in range(4)])  # region 0
+        s.put("k0", payload("k0-new", page))  # region 0 is full: to region 1
+        s.delete("k1")
+        s.put("k1", payload("k1-new", page))  # region 1
+        s.pin("k2")  # flags changed in place: k2 stays in region 0
+        s.unpin("k2")
+        s.put("k5", payload("k5", page))
+        s.put("k5", payload("k5-new", page))  # replaced in its own region, which it fills
+        s.put("k6", payload("k6", page))  # region 2
+        expect([1, 1, 0, 0, None, 1, 2], 6 * page)
+        s.get_many_into([(k, bytearray(page)) for k in ("k0", "k6")])  # region 0 is the LRU
+        assert s.evict("SSD", 2 * RS) == RS
+        expect([1, 1, None, None, None, 1, 2], 4 * page)
+        assert read(s, "k0") == payload("k0-new", page) and read(s, "k5") == payload("k5-new", page)
+        assert s.evict("SSD", RS) == RS  # region 1, whose k5 was put there twice
+        expect([None] * 6 + [2], page)
+    with make_store(tmp_path, regions=8) as s:
+        expect([None] * 6 + [2], page)
+        assert read(s, "k6") == payload("k6", page)
+
+
+def test_a_key_put_again_and_again_in_one_region_takes_bounded_memory(tmp_path):
+    # Empty pages take no room, so one region takes them all: the keys it keeps for its
+    # reclaim, of pages since replaced or deleted too, are weeded out as they pile up.
+    key = "a key long enough to be a new object each time it is encoded"
+    with make_store(tmp_path) as s:
+        s.put("other", b"x")
+        tracemalloc.start()
+        try:
+            for i in range(3000):
+                s.put(key, b"")
+                if i % 3 == 0:
+                    s.delete(key)
+            grown, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert grown < 64 * KiB, grown  # 300 KiB if every key put were kept
+        assert len(s) == 2 and s.locate([key])[0].region == s.locate(["other"])[0].region == 0
+        s.put("full", bytes(RS))  # seals region 0
+        s.delete("other")
+        s.delete(key)  # the last page of sealed region 0: reclaimed at once
+        u = s.usage()["SSD"]
+        assert (u.regions_used, u.pages, u.live_bytes) == (1, 1, RS)
+
+
+def test_rocksdb_memory_is_bounded_whatever_the_size_of_the_index(tmp_path):
+    # One block cache that holds the index and filter blocks too (else they are held per
+    # table file, growing with the index), and two memtables of 16 MiB.
+    with make_store(tmp_path) as s:
+        assert s._db.property_int_value("rocksdb.block-cache-capacity") == 16 * MiB
+    options = max((tmp_path / "index").glob("OPTIONS-*")).read_text().splitlines()
+    for line in (
+        "write_buffer_size=16777216",
+        "max_write_buffer_number=2",
+        "cache_index_and_filter_blocks=true",
+    ):
+        assert f"  {line}" in options
+
+
 # ------------------------------------------------------------------ corruption and staleness
 
 
