@@ -16,13 +16,13 @@ from typing import Any
 from .._config import Config, load_config
 from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
-from ..control.proto import MAX_LIST, decode_error
+from ..control.proto import MAX_LIST
 from ..control.ufs import ObjectChangedError
 from ..engine._requests import host_view
 from . import _jobs
-from ._direct import stat_from_etcd
 from ._jobs import LoadProgress
-from ._meta import FileInfo, FileMeta
+from ._meta import FileInfo
+from ._metadata import ClientMetadata
 from ._router import Router
 
 __all__ = ["Client", "FileInfo", "LoadProgress"]
@@ -115,8 +115,7 @@ class Client:
             timeout=timeout,
             start_timeout=start_timeout,
         )
-        self._meta: dict[str, tuple[float, FileMeta]] = {}
-        self._norm: dict[str, str] = {}  # paths as given -> normalised, for the table's reads
+        self._meta = ClientMetadata(self._config, metadata_ttl)
         _clients.add(self)
 
     def __reduce__(self):
@@ -132,7 +131,7 @@ class Client:
 
     def _after_fork(self) -> None:
         self._router.after_fork()
-        self._meta = {}
+        self._meta.clear()
 
     def _live(self) -> Router:
         """The router, checked open and not inherited from a parent process."""
@@ -147,59 +146,9 @@ class Client:
 
     # ----------------------------------------------------------------- metadata
 
-    def _metas(self, paths: Sequence[str], reads: Sequence | None = None) -> list[FileMeta]:
-        """The metadata of ``paths``, from this client's cache or the worker; ``reads``
-        (per path the ``[start, end)`` about to be read) lets the worker learn a cold
-        file's metadata from the read itself."""
-        now = time.monotonic()
-        out: list[FileMeta | None] = []
-        missing: dict[str, list[int]] = {}
-        for i, p in enumerate(paths):
-            entry = self._meta.get(p)
-            if entry is not None and entry[0] > now:
-                out.append(entry[1])
-            else:
-                out.append(None)
-                missing.setdefault(p, []).append(i)
-        if missing:
-            fetch = None if reads is None else [reads[slots[0]] for slots in missing.values()]
-            records = self._stat_records(list(missing), fetch)
-            expiry = time.monotonic() + self._meta_ttl
-            for (p, slots), record in zip(missing.items(), records, strict=True):
-                if "error" in record:
-                    raise decode_error(record["error"])
-                meta = FileMeta.from_record(record)
-                if self._meta_ttl > 0:
-                    self._meta[p] = (expiry, meta)
-                for i in slots:
-                    out[i] = meta
-            if len(self._meta) > 1_000_000:
-                self._meta = {p: e for p, e in self._meta.items() if e[0] > now}
-        return out
-
-    def _stat_records(self, paths: list[str], fetch: list | None = None) -> list[dict]:
-        """File records from a worker; in an etcd cluster where no worker answers, from
-        the mount table in etcd and the under-stores themselves."""
-        router = self._live()
-        try:
-            records = []
-            for at in range(0, len(paths), MAX_LIST):  # what one request may hold
-                header: dict[str, Any] = {"op": "stat", "paths": paths[at : at + MAX_LIST]}
-                if fetch is not None:
-                    header["fetch"] = fetch[at : at + MAX_LIST]
-                records += router.call(header)["files"]
-            return records
-        except (ConnectionError, TimeoutError) as exc:
-            if self._config.etcd is None:
-                raise
-            log.warning("no Shoal worker answers (%s); asking the under-stores directly", exc)
-        return stat_from_etcd(self._config, paths, router.direct)
-
     def _forget(self, path: str) -> None:
         self._router.shortcircuit.locations.drop_path(path)
-        under = path.rstrip("/") + "/"
-        for p in [p for p in self._meta if p == path or p.startswith(under)]:
-            self._meta.pop(p, None)
+        self._meta.forget(path)
 
     def stat(self, path: str) -> FileInfo:
         """Metadata of the file or directory at ``path``.
@@ -211,7 +160,7 @@ class Client:
         ValueError
             ``path`` is not absolute, or holds ``..`` or a NUL byte.
         """
-        return self._metas([normalize_path(path)])[0].info()
+        return self._meta.metas(self._live(), [normalize_path(path)])[0].info()
 
     def stat_many(self, paths: Iterable[str]) -> list[FileInfo]:
         """Metadata of many files or directories, asked for in one batch (what a data
@@ -221,7 +170,9 @@ class Client:
         ------
         The errors of :meth:`stat`, for the first path that fails.
         """
-        return [m.info() for m in self._metas([normalize_path(p) for p in paths])]
+        return [
+            m.info() for m in self._meta.metas(self._live(), [normalize_path(p) for p in paths])
+        ]
 
     def exists(self, path: str) -> bool:
         """True if a file or directory exists at ``path`` (False under no mount)."""
@@ -348,7 +299,7 @@ class Client:
         then unless the items before it were valid.
         """
         checked = []
-        cache, now, norms = self._meta, time.monotonic(), self._norm
+        cache, now, normalized = self._meta.entries, time.monotonic(), self._meta.normalized
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
                 raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
@@ -368,13 +319,7 @@ class Client:
             if entry is not None and entry[0] > now:
                 checked.append([view, path, offset, entry[1]])
                 continue
-            norm = norms.get(path) if type(path) is str else None
-            if norm is None:
-                norm = normalize_path(path)
-                if len(norms) >= _MAX_NORMS:
-                    norms.clear()
-                norms[path] = norm
-            checked.append([view, norm, offset, None])
+            checked.append([view, normalized(path), offset, None])
         if not checked:
             return []
         router = self._live()
@@ -413,7 +358,7 @@ class Client:
                 # On one node the worker may learn a cold file from the read itself; in a
                 # cluster the file's worker depends on its version, so it is stat'd first.
                 reads = None if router.cluster else [[m[2], m[2] + m[0].nbytes] for m in missing]
-                metas = self._metas([m[1] for m in missing], reads)
+                metas = self._meta.metas(router, [m[1] for m in missing], reads)
                 for item, meta in zip(missing, metas, strict=True):
                     item[3] = meta
             results = []
@@ -434,7 +379,7 @@ class Client:
             except ObjectChangedError:
                 # Our metadata is older than the worker's: drop it and ask again.
                 for item in checked:
-                    self._meta.pop(item[1], None)
+                    self._meta.entries.pop(item[1], None)
                     item[3] = None
                 if attempt == 2:
                     raise
@@ -620,10 +565,6 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<shoal.Client home={self._config.home!r}{' closed' if self._closed else ''}>"
-
-
-#: Normalised paths a client remembers at most (some 20 MiB).
-_MAX_NORMS = 1 << 17
 
 
 def _restore(config, start, timeout, start_timeout, metadata_ttl) -> Client:

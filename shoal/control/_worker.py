@@ -9,45 +9,29 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-import math
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any, NamedTuple
 
 from .. import engine
 from .._config import Config
 from ..engine import PageLocation, PageStore
-from ..engine._regions import TIER_NAMES
 from ._admission import MountPolicy
 from ._fetch import Fetcher, Page
-from ._filerecords import decode_record, encode_record
 from ._files import File, FileResolver
-from ._filetable import FileTableWriter
 from ._jobs import check_job_key, mark_abandoned, newest_first
+from ._load import Loader
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters
-from ._namespace import Mount, MountTable, split_mount_options
-from ._pages import file_id, page_key
+from ._namespace import MountTable
+from ._publisher import Publisher
 from ._server import ConnectionState, FileSegment, Handler, Reply
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
-from .ufs import ObjectChangedError, ObjectInfo
+from .ufs import ObjectChangedError
 
 __all__ = ["Worker"]
-
-
-#: Seconds a starting worker spends at most taking back its file records before it serves.
-_RESTORE_WAIT = 10.0
-#: Whole one-page files a load fetches in one task.
-_LOAD_CHUNK = 64
-
-
-def _one_page(f: File, pages: list[Page]) -> bool:
-    """True for a file whose one page (of those placed here) is all of it."""
-    return len(pages) == 1 and pages[0].index == 0 and pages[0].length == f.info.size
 
 
 class _Where(NamedTuple):
@@ -140,20 +124,19 @@ class Worker:
         self.files.fetch_first = self.fetcher.fetch_first
         #: Cached small files, published for the clients of this node to read with no
         #: request; void (superseded) whenever what a path means may have changed.
-        # Sized for the pages cached already, so that a large cache's table seldom grows
-        # (each growth copies every slot while publishing waits).
-        pages = len(self._store)
-        self.table = FileTableWriter(min(24, max(16, math.ceil(math.log2(pages / 0.6 + 1)))))
-        self.files.metadata.on_refresh = self.table.supersede
-        self.fetcher.record_of = self._record_of
-        # The files cached before a restart, known again before the first client comes
-        # (for at most _RESTORE_WAIT seconds; the rest of a large index in the background,
-        # the worker serving meanwhile as it would without).
-        self._restoring = threading.Thread(
-            target=self._restore_files, name="shoal-restore", daemon=True
+        # The table of published files and the file records; the files cached before a
+        # restart are known again before the first client comes (most of them).
+        self.publisher = Publisher(self._store, self.files, config.page_size)
+        self.fetcher.record_of = self.publisher.record_of
+        self.loader = Loader(
+            self.files,
+            self.fetcher,
+            self._store,
+            self.publisher,
+            self._counters,
+            page_size=config.page_size,
+            chunk_size=config.chunk_size,
         )
-        self._restoring.start()
-        self._restoring.join(_RESTORE_WAIT)
 
     @property
     def in_cluster(self) -> bool:
@@ -214,7 +197,7 @@ class Worker:
                 "worker_id": self.worker_id,
                 "admin": conn.admin,
             },
-            fds=[self.table.reader_fd()] if table else [],
+            fds=[self.publisher.table.reader_fd()] if table else [],
             owned=True,
         )
 
@@ -222,7 +205,7 @@ class Worker:
         """``table``: the current table of published files (after one was superseded)."""
         if conn.remote:
             raise PermissionError(errno.EPERM, "table: served on the worker's Unix socket only")
-        return Reply({}, fds=[self.table.reader_fd()], owned=True)
+        return Reply({}, fds=[self.publisher.table.reader_fd()], owned=True)
 
     def _regions_op(self, conn: ConnectionState, header: dict) -> Reply:
         """``regions``: the descriptors of region files (and their tiers' generation
@@ -241,104 +224,6 @@ class Worker:
             except (OSError, ValueError):
                 continue  # never used, or out of the tier: the client asks through a read
         return Reply({"fds": tokens}, fds=fds)
-
-    def _record_of(self, path: str, mount: Mount, rel: str, info: ObjectInfo):
-        """The record kept with the first page of the file at ``path``: its metadata and
-        until when it holds (None when its mount caches no metadata)."""
-        ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
-        if ttl <= 0 or info.is_dir:
-            return None
-        until = self.files.metadata.expiry(path, info)
-        left = ttl if until is None else until - time.monotonic()
-        if left <= 0:
-            return None
-        name = path.encode("utf-8", "surrogateescape")
-        return (name, encode_record(mount.child_uri(rel), info, left))
-
-    def _restore_files(self, batch: int = 1024) -> None:
-        """Take back the records of the files cached before a restart: their metadata
-        (for the time it still holds) and, for one-page files, their place in the table of
-        published files. Records of files gone from the cache, moved to another URI or
-        past their time are dropped."""
-        try:
-            pending: list[tuple[str, ObjectInfo, bytes, float]] = []
-            stale: list[bytes] = []
-            restored = 0
-            refreshes = self.files.metadata.refreshes
-            admitted: dict[str, bool] = {}
-            for name, value in self._store.records():
-                if self._closed or self.files.metadata.refreshes != refreshes:
-                    return  # a refresh since: what the records say may be void
-                record = decode_record(value)
-                path = name.decode("utf-8", "surrogateescape")
-                left = record.expires - time.time() if record is not None else 0.0
-                try:
-                    mount, rel = self.files.mount_of(path)
-                except (OSError, ValueError):
-                    mount = rel = None
-                if left <= 0 or mount is None or mount.child_uri(rel) != record.uri:
-                    stale.append(name)
-                    continue
-                if mount.path not in admitted:
-                    try:  # a mount the operator no longer allows serves nothing
-                        self.files.store_of(mount)
-                        admitted[mount.path] = True
-                    except (OSError, ValueError):
-                        admitted[mount.path] = False
-                if not admitted[mount.path]:
-                    continue
-                first = page_key(file_id(record.uri, record.info.version), 0)
-                pending.append((path, record.info, first, left))
-                if len(pending) >= batch:
-                    restored += self._restore_batch(pending, stale, refreshes)
-                    time.sleep(0)  # requests first, once the worker serves
-            restored += self._restore_batch(pending, stale, refreshes)
-            if stale:
-                self._store.delete_records(stale)
-            if restored or stale:
-                log.info("%d cached files known again, %d records dropped", restored, len(stale))
-        except Exception:  # the worker serves on: files are stat'd as without records
-            if not self._closed:
-                log.exception("file records not restored")
-
-    def _restore_batch(self, pending: list, stale: list[bytes], refreshes: int) -> int:
-        if not pending or self.files.metadata.refreshes != refreshes:
-            pending.clear()
-            return 0
-        ps = self.page_size
-        located = self._store.locate([first for _, _, first, _ in pending])
-        entries, known = [], 0
-        for (path, info, _, left), loc in zip(pending, located, strict=True):
-            if loc is None:
-                stale.append(path.encode("utf-8", "surrogateescape"))
-                continue
-            if self.files.metadata.get_stat(path) is None:
-                self.files.metadata.put_stat(path, info, left)
-            known += 1
-            if 0 < info.size <= ps and loc.length == info.size:
-                entries.append(
-                    (path, info.size, TIER_NAMES.index(loc.tier), loc.region, loc.offset,
-                     loc.crc32c, loc.generation, time.monotonic_ns() + int(left * 1e9))
-                )  # fmt: skip
-        pending.clear()
-        if entries:
-            self.table.publish_many(entries)
-        return known
-
-    def _publish(self, located: list[tuple[File, PageLocation]]) -> None:
-        """Publish cached one-page files in the table, while their metadata holds."""
-        expiry = self.files.metadata.expiry
-        now, now_ns = time.monotonic(), time.monotonic_ns()
-        entries = []
-        for f, loc in located:
-            until = expiry(f.path, f.info)
-            if until is not None and loc.length == f.info.size:
-                entries.append(
-                    (f.path, f.info.size, TIER_NAMES.index(loc.tier), loc.region, loc.offset,
-                     loc.crc32c, loc.generation, now_ns + int((until - now) * 1e9))
-                )  # fmt: skip
-        if entries:
-            self.table.publish_many(entries)
 
     def mount(self, path: str, uri: str, options: dict) -> dict:
         """Mount ``uri`` at ``path`` (see :meth:`FileResolver.mount`)."""
@@ -440,7 +325,7 @@ class Worker:
             if p.index == 0 and p.file.info.size <= ps and isinstance(got[k], PageLocation)
         ]  # fmt: skip
         if located:
-            self._publish(located)
+            self.publisher.publish(located)
         for i, (key, _, _) in enumerate(items):
             value = got[key]
             if isinstance(value, PageLocation) and self._pass_fds(conn, value, fds, tokens):
@@ -528,130 +413,10 @@ class Worker:
 
     # ----------------------------------------------------------------- jobs
 
-    def load(
-        self,
-        paths: list[str],
-        metadata_only: bool,
-        progress: Callable[[dict], None],
-        window: int = 64,
-        placement: dict | None = None,
-    ) -> dict:
-        """Fill the metadata cache (and, unless ``metadata_only``, the page store) with
-        the files under ``paths``; ``progress`` gets the counters after each file: files,
-        bytes and pages done of their totals, and the pages and bytes among those done
-        that were cached already (``pages_skipped``, ``bytes_skipped``).
-
-        In a cluster, ``placement`` (``{"nodes": [[id, weight], ...]}``, the live workers
-        as the client sees them) limits the job to the pages placed on this worker, a
-        file's ``replicas`` mount option honoured; bytes count those pages."""
-        fetcher = self.fetcher
-        files = self.files.files_under(paths)
-        mine = placement_filter(placement, self.worker_id, self.page_size, self.config.chunk_size)
-        sizes, counts = {}, {}
-        placed = {}
-        for f in files:
-            pages = placed[f.path] = mine(f, fetcher.pages_of(f))
-            sizes[f.path], counts[f.path] = sum(p.length for p in pages), len(pages)
-        state = {
-            "files_done": 0,
-            "files_total": len(files),
-            "bytes_done": 0,
-            "bytes_total": sum(sizes.values()),
-            "pages_done": 0,
-            "pages_total": 0 if metadata_only else sum(counts.values()),
-            "pages_skipped": 0,  # present already
-            "bytes_skipped": 0,
-        }
-        if metadata_only:
-            state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
-            progress(dict(state))
-            return state
-        last = 0.0
-
-        def tick() -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last > 0.1 or state["files_done"] == state["files_total"]:
-                last = now
-                progress(dict(state))
-
-        ones = [f for f in files if _one_page(f, placed[f.path])]
-        if ones:
-            self._load_ones(ones, [placed.pop(f.path)[0] for f in ones], state, tick)
-            files = [f for f in files if f.path in placed]
-        pending: deque[tuple[File, dict, int]] = deque()
-        inflight = [0]  # futures in ``pending``
-
-        def finish_first() -> None:
-            f, futures, fetched_bytes = pending.popleft()
-            inflight[0] -= len(futures)
-            fetcher.results(futures)
-            state["files_done"] += 1
-            state["bytes_done"] += sizes[f.path]
-            state["pages_done"] += counts[f.path]
-            state["pages_skipped"] += counts[f.path] - len(futures)
-            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
-            tick()
-
-        for f in files:
-            pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
-            self._counters.add(page_misses=len(pages))
-            futures = fetcher.start(pages)
-            pending.append((f, futures, sum(p.length for p in pages)))
-            inflight[0] += len(futures)
-            while inflight[0] > window:
-                finish_first()
-            while pending and all(fut.done() for fut in pending[0][1].values()):
-                finish_first()
-        while pending:
-            finish_first()
-        if not state["files_total"]:
-            progress(dict(state))
-        return state
-
-    def _load_ones(
-        self, files: list[File], pages: list[Page], state: dict, tick: Callable[[], None]
-    ) -> None:
-        """The whole one-page files of a load (``pages``: the page of each): a task of
-        ``_LOAD_CHUNK`` files at a time on the fetch threads, with no future or
-        single-flight entry per file; each task's pages are committed, then published,
-        together. The first file that fails fails the load, as in the general path."""
-        fetcher = self.fetcher
-        inflight: deque[tuple[list[File], list[Page], Future | None]] = deque()
-
-        def finish() -> None:
-            chunk, todo, fut = inflight.popleft()
-            if fut is not None:
-                for value in fut.result():
-                    if isinstance(value, BaseException):
-                        raise value
-            locs = self._store.locate([page_key(f.fid, 0) for f in chunk])
-            self._publish([(f, loc) for f, loc in zip(chunk, locs, strict=True) if loc])
-            size = sum(f.info.size for f in chunk)
-            state["files_done"] += len(chunk)
-            state["bytes_done"] += size
-            state["pages_done"] += len(chunk)
-            state["pages_skipped"] += len(chunk) - len(todo)
-            state["bytes_skipped"] += size - sum(p.length for p in todo)
-            tick()
-
-        for at in range(0, len(files), _LOAD_CHUNK):
-            chunk = files[at : at + _LOAD_CHUNK]
-            todo = [p for p in pages[at : at + _LOAD_CHUNK] if not fetcher.contains(p)]
-            self._counters.add(page_misses=len(todo))
-            inflight.append(
-                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo) if todo else None)
-            )
-            while len(inflight) > 2 * fetcher.threads:
-                finish()
-            while inflight and (inflight[0][2] is None or inflight[0][2].done()):
-                finish()
-        while inflight:
-            finish()
-
     def _load_op(self, conn: ConnectionState, h: dict) -> Reply:
         """``load``: progress frames while it runs, then the final counters."""
-        final = self.load(
+        self.loader.worker_id = self.worker_id
+        final = self.loader.load(
             h["paths"], h["metadata_only"], conn.progress, placement=h.get("placement")
         )
         return Reply({"done": True, "progress": final})
@@ -677,7 +442,7 @@ class Worker:
                 if self._store.delete(p.key):
                     pages += 1
                     freed += p.length
-        self.table.supersede()  # freed files must not be read through the table any more
+        self.publisher.table.supersede()  # freed files are not read through the table
         return {"pages": pages, "bytes": freed}
 
     # ----------------------------------------------------------------- report
@@ -708,7 +473,7 @@ class Worker:
             "ufs_requests": _summed(requests),
             "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
-            "published": {**self.table.stats(), "restoring": self._restoring.is_alive()},
+            "published": self.publisher.stats(),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
@@ -726,8 +491,7 @@ class Worker:
                 return
             self._closed = True
         self.fetcher.close()
-        self._restoring.join()
-        self.table.close()
+        self.publisher.close()
         self.files.close()
         with self._lock:
             fds = list(self._client_fds.values())
@@ -744,34 +508,3 @@ def _summed(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
         for kind, n in counts.items():
             out[kind] = out.get(kind, 0) + n
     return out
-
-
-def placement_filter(placement: dict | None, me: str | None, page_size: int, chunk_size: int):
-    """``mine(file, pages)``: the pages of a file that ``placement`` (see
-    :meth:`Worker.load`) gives to worker ``me``; every page without one."""
-    if placement is None:
-        return lambda f, pages: pages
-    from ._pages import chunk_of
-    from ._placement import Node, chunk_key, place
-
-    try:
-        nodes = [Node(str(i), float(w)) for i, w in placement["nodes"]]
-        forced = split_mount_options({"replicas": placement.get("replicas", 1)})[0]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"load: malformed placement {placement!r}: {exc}") from None
-    if not nodes or me not in {n.id for n in nodes}:
-        raise ValueError(f"load: this worker ({me!r}) is not among the placement's workers")
-
-    def mine(f: File, pages: list[Page]) -> list[Page]:
-        wanted = forced["replicas"] if "replicas" in placement else f.own["replicas"]
-        k = len(nodes) if wanted == "all" else min(wanted, len(nodes))
-        out, owners = [], {}
-        for p in pages:
-            chunk = chunk_of(p.index, page_size, chunk_size)
-            if chunk not in owners:
-                owners[chunk] = {n.id for n in place(chunk_key(f.fid, chunk), nodes, k)}
-            if me in owners[chunk]:
-                out.append(p)
-        return out
-
-    return mine

@@ -11,9 +11,9 @@ from shoal import Client
 from shoal._config import Config
 from shoal.cli import build_parser, main
 from shoal.client._router import _rounds
+from shoal.control._load import placement_filter
 from shoal.control._namespace import split_mount_options
 from shoal.control._server import _tcp_listener
-from shoal.control._worker import placement_filter
 
 
 @pytest.mark.parametrize("value", [1, 3, "all"])

@@ -1,0 +1,112 @@
+"""The client's memory of file metadata: records asked of a worker (a ``stat`` per batch),
+kept for the client's ``metadata_ttl``, and the paths it has normalised."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._config import Config
+from ..control._namespace import normalize_path
+from ..control.proto import MAX_LIST, decode_error
+from ._direct import stat_from_etcd
+from ._meta import FileMeta
+from ._router import Router
+
+__all__ = ["ClientMetadata"]
+
+log = logging.getLogger("shoal.client")
+
+#: Entries past which expired ones are dropped.
+_MAX_ENTRIES = 1_000_000
+#: Normalised paths remembered at most (some 20 MiB).
+_MAX_NORMS = 1 << 17
+
+
+class ClientMetadata:
+    """File metadata of one client, per normalised path, for ``ttl`` seconds (0: none).
+
+    Attributes
+    ----------
+    entries
+        Path -> (monotonic expiry, :class:`FileMeta`); read directly by the read path.
+    """
+
+    def __init__(self, config: Config, ttl: float):
+        self._config = config
+        self.ttl = ttl
+        self.entries: dict[str, tuple[float, FileMeta]] = {}
+        self._norms: dict[str, str] = {}
+
+    def normalized(self, path: Any) -> str:
+        """``normalize_path(path)``, remembered for a str."""
+        norms = self._norms
+        norm = norms.get(path) if type(path) is str else None
+        if norm is None:
+            norm = normalize_path(path)
+            if len(norms) >= _MAX_NORMS:
+                norms.clear()
+            norms[path] = norm
+        return norm
+
+    def metas(
+        self, router: Router, paths: Sequence[str], reads: Sequence | None = None
+    ) -> list[FileMeta]:
+        """The metadata of ``paths``, remembered or asked of a worker; ``reads`` (per path
+        the ``[start, end)`` about to be read) lets the worker learn a cold file's
+        metadata from the read itself."""
+        now = time.monotonic()
+        out: list[FileMeta | None] = []
+        missing: dict[str, list[int]] = {}
+        entries = self.entries
+        for i, p in enumerate(paths):
+            entry = entries.get(p)
+            if entry is not None and entry[0] > now:
+                out.append(entry[1])
+            else:
+                out.append(None)
+                missing.setdefault(p, []).append(i)
+        if missing:
+            fetch = None if reads is None else [reads[slots[0]] for slots in missing.values()]
+            records = self._records(router, list(missing), fetch)
+            expiry = time.monotonic() + self.ttl
+            for (p, slots), record in zip(missing.items(), records, strict=True):
+                if "error" in record:
+                    raise decode_error(record["error"])
+                meta = FileMeta.from_record(record)
+                if self.ttl > 0:
+                    entries[p] = (expiry, meta)
+                for i in slots:
+                    out[i] = meta
+            if len(entries) > _MAX_ENTRIES:
+                self.entries = {p: e for p, e in entries.items() if e[0] > now}
+        return out
+
+    def _records(self, router: Router, paths: list[str], fetch: list | None) -> list[dict]:
+        """File records from a worker; in an etcd cluster where no worker answers, from
+        the mount table in etcd and the under-stores themselves."""
+        try:
+            records = []
+            for at in range(0, len(paths), MAX_LIST):  # what one request may hold
+                header: dict[str, Any] = {"op": "stat", "paths": paths[at : at + MAX_LIST]}
+                if fetch is not None:
+                    header["fetch"] = fetch[at : at + MAX_LIST]
+                records += router.call(header)["files"]
+            return records
+        except (ConnectionError, TimeoutError) as exc:
+            if self._config.etcd is None:
+                raise
+            log.warning("no Shoal worker answers (%s); asking the under-stores directly", exc)
+        return stat_from_etcd(self._config, paths, router.direct)
+
+    def forget(self, path: str) -> None:
+        """Forget ``path`` and everything under it."""
+        under = path.rstrip("/") + "/"
+        for p in [p for p in self.entries if p == path or p.startswith(under)]:
+            self.entries.pop(p, None)
+
+    def clear(self) -> None:
+        """Forget everything (a forked child starts afresh)."""
+        self.entries = {}

@@ -1,0 +1,213 @@
+"""Load jobs: files under paths brought into the page store ahead of use, with progress
+as they go; the whole one-page files of a job fetched many to a task."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+
+from ..engine import PageStore
+from ._fetch import Fetcher, Page
+from ._files import File, FileResolver
+from ._metrics import Counters
+from ._namespace import split_mount_options
+from ._publisher import Publisher
+
+__all__ = ["Loader", "placement_filter"]
+
+#: Whole one-page files a load fetches in one task.
+_LOAD_CHUNK = 64
+
+
+class Loader:
+    """Runs load jobs for a worker.
+
+    Parameters
+    ----------
+    files, fetcher, store, publisher, counters
+        The worker's parts: files are resolved and listed by ``files``, fetched by
+        ``fetcher`` into ``store``, one-page ones published by ``publisher``; misses are
+        counted in ``counters``.
+    worker_id
+        The worker's id in a cluster (what a job's placement names), or None.
+    page_size, chunk_size
+        The node's page and placement chunk sizes.
+    """
+
+    def __init__(
+        self,
+        files: FileResolver,
+        fetcher: Fetcher,
+        store: PageStore,
+        publisher: Publisher,
+        counters: Counters,
+        *,
+        page_size: int,
+        chunk_size: int,
+    ):
+        self.files = files
+        self.fetcher = fetcher
+        self._store = store
+        self._publisher = publisher
+        self._counters = counters
+        self.page_size = page_size
+        self.chunk_size = chunk_size
+        self.worker_id: str | None = None
+
+    def load(
+        self,
+        paths: list[str],
+        metadata_only: bool,
+        progress: Callable[[dict], None],
+        window: int = 64,
+        placement: dict | None = None,
+    ) -> dict:
+        """Fill the metadata cache (and, unless ``metadata_only``, the page store) with
+        the files under ``paths``; ``progress`` gets the counters after each file: files,
+        bytes and pages done of their totals, and the pages and bytes among those done
+        that were cached already (``pages_skipped``, ``bytes_skipped``).
+
+        In a cluster, ``placement`` (``{"nodes": [[id, weight], ...]}``, the live workers
+        as the client sees them) limits the job to the pages placed on this worker, a
+        file's ``replicas`` mount option honoured; bytes count those pages."""
+        fetcher = self.fetcher
+        files = self.files.files_under(paths)
+        mine = placement_filter(placement, self.worker_id, self.page_size, self.chunk_size)
+        sizes, counts = {}, {}
+        placed = {}
+        for f in files:
+            pages = placed[f.path] = mine(f, fetcher.pages_of(f))
+            sizes[f.path], counts[f.path] = sum(p.length for p in pages), len(pages)
+        state = {
+            "files_done": 0,
+            "files_total": len(files),
+            "bytes_done": 0,
+            "bytes_total": sum(sizes.values()),
+            "pages_done": 0,
+            "pages_total": 0 if metadata_only else sum(counts.values()),
+            "pages_skipped": 0,  # present already
+            "bytes_skipped": 0,
+        }
+        if metadata_only:
+            state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
+            progress(dict(state))
+            return state
+        last = 0.0
+
+        def tick() -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last > 0.1 or state["files_done"] == state["files_total"]:
+                last = now
+                progress(dict(state))
+
+        ones = [f for f in files if _one_page(f, placed[f.path])]
+        if ones:
+            self._load_ones(ones, [placed.pop(f.path)[0] for f in ones], state, tick)
+            files = [f for f in files if f.path in placed]
+        pending: deque[tuple[File, dict, int]] = deque()
+        inflight = [0]  # futures in ``pending``
+
+        def finish_first() -> None:
+            f, futures, fetched_bytes = pending.popleft()
+            inflight[0] -= len(futures)
+            fetcher.results(futures)
+            state["files_done"] += 1
+            state["bytes_done"] += sizes[f.path]
+            state["pages_done"] += counts[f.path]
+            state["pages_skipped"] += counts[f.path] - len(futures)
+            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
+            tick()
+
+        for f in files:
+            pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
+            self._counters.add(page_misses=len(pages))
+            futures = fetcher.start(pages)
+            pending.append((f, futures, sum(p.length for p in pages)))
+            inflight[0] += len(futures)
+            while inflight[0] > window:
+                finish_first()
+            while pending and all(fut.done() for fut in pending[0][1].values()):
+                finish_first()
+        while pending:
+            finish_first()
+        if not state["files_total"]:
+            progress(dict(state))
+        return state
+
+    def _load_ones(
+        self, files: list[File], pages: list[Page], state: dict, tick: Callable[[], None]
+    ) -> None:
+        """The whole one-page files of a load (``pages``: the page of each): a task of
+        ``_LOAD_CHUNK`` files at a time on the fetch threads, with no future or
+        single-flight entry per file; each task's pages are committed, then published,
+        together. The first file that fails fails the load, as in the general path."""
+        fetcher = self.fetcher
+        inflight: deque[tuple[list[File], list[Page], Future | None]] = deque()
+
+        def finish() -> None:
+            chunk, todo, fut = inflight.popleft()
+            if fut is not None:
+                for value in fut.result():
+                    if isinstance(value, BaseException):
+                        raise value
+            self._publisher.publish_files(chunk)
+            size = sum(f.info.size for f in chunk)
+            state["files_done"] += len(chunk)
+            state["bytes_done"] += size
+            state["pages_done"] += len(chunk)
+            state["pages_skipped"] += len(chunk) - len(todo)
+            state["bytes_skipped"] += size - sum(p.length for p in todo)
+            tick()
+
+        for at in range(0, len(files), _LOAD_CHUNK):
+            chunk = files[at : at + _LOAD_CHUNK]
+            todo = [p for p in pages[at : at + _LOAD_CHUNK] if not fetcher.contains(p)]
+            self._counters.add(page_misses=len(todo))
+            inflight.append(
+                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo) if todo else None)
+            )
+            while len(inflight) > 2 * fetcher.threads:
+                finish()
+            while inflight and (inflight[0][2] is None or inflight[0][2].done()):
+                finish()
+        while inflight:
+            finish()
+
+
+def _one_page(f: File, pages: list[Page]) -> bool:
+    """True for a file whose one page (of those placed here) is all of it."""
+    return len(pages) == 1 and pages[0].index == 0 and pages[0].length == f.info.size
+
+
+def placement_filter(placement: dict | None, me: str | None, page_size: int, chunk_size: int):
+    """``mine(file, pages)``: the pages of a file that ``placement`` (see
+    :meth:`Loader.load`) gives to worker ``me``; every page without one."""
+    if placement is None:
+        return lambda f, pages: pages
+    from ._pages import chunk_of
+    from ._placement import Node, chunk_key, place
+
+    try:
+        nodes = [Node(str(i), float(w)) for i, w in placement["nodes"]]
+        forced = split_mount_options({"replicas": placement.get("replicas", 1)})[0]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"load: malformed placement {placement!r}: {exc}") from None
+    if not nodes or me not in {n.id for n in nodes}:
+        raise ValueError(f"load: this worker ({me!r}) is not among the placement's workers")
+
+    def mine(f: File, pages: list[Page]) -> list[Page]:
+        wanted = forced["replicas"] if "replicas" in placement else f.own["replicas"]
+        k = len(nodes) if wanted == "all" else min(wanted, len(nodes))
+        out, owners = [], {}
+        for p in pages:
+            chunk = chunk_of(p.index, page_size, chunk_size)
+            if chunk not in owners:
+                owners[chunk] = {n.id for n in place(chunk_key(f.fid, chunk), nodes, k)}
+            if me in owners[chunk]:
+                out.append(p)
+        return out
+
+    return mine

@@ -1,0 +1,182 @@
+"""What a worker tells of the files it caches beyond answering requests: the table of
+published files (``_filetable``) that clients on the node read with no request, and the
+file records (``_filerecords``) kept with the page index, which a restarted worker takes
+back."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+from ..engine import PageLocation, PageStore
+from ..engine._regions import TIER_NAMES
+from ._filerecords import decode_record, encode_record
+from ._files import File, FileResolver
+from ._filetable import FileTableWriter
+from ._namespace import Mount, split_mount_options
+from ._pages import file_id, page_key
+from .ufs import ObjectInfo
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger("shoal.worker")
+
+#: Seconds a starting worker spends at most taking back its file records before it serves.
+RESTORE_WAIT = 10.0
+
+
+class Publisher:
+    """The table of published files and the file records of one worker.
+
+    Opening one takes back the records of the files cached before (for at most
+    :data:`RESTORE_WAIT` seconds, then in the background while the worker serves).
+
+    Parameters
+    ----------
+    store
+        The worker's page store (records live in its index).
+    files
+        The worker's file resolver: its metadata cache is filled from the records, and
+        every refresh of it supersedes the table.
+    page_size
+        The node's page size: files of one page are published.
+    """
+
+    def __init__(self, store: PageStore, files: FileResolver, page_size: int):
+        self._store = store
+        self._files = files
+        self._page_size = page_size
+        self._closed = False
+        # Sized for the pages cached already, so that a large cache's table seldom grows
+        # (each growth copies every slot while publishing waits).
+        log2 = math.ceil(math.log2(len(store) / 0.6 + 1))
+        self.table = FileTableWriter(min(24, max(16, log2)))
+        files.metadata.on_refresh = self.table.supersede
+        self._restoring = threading.Thread(target=self._restore, name="shoal-restore", daemon=True)
+        self._restoring.start()
+        self._restoring.join(RESTORE_WAIT)
+
+    # ----------------------------------------------------------------- publishing
+
+    def publish(self, located: list[tuple[File, PageLocation]]) -> None:
+        """Publish cached one-page files, while their metadata holds."""
+        expiry = self._files.metadata.expiry
+        now, now_ns = time.monotonic(), time.monotonic_ns()
+        entries = []
+        for f, loc in located:
+            until = expiry(f.path, f.info)
+            if until is not None and loc.length == f.info.size:
+                entries.append(_entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9)))
+        if entries:
+            self.table.publish_many(entries)
+
+    def publish_files(self, files: list[File]) -> None:
+        """Publish the one-page ``files`` whose page is cached."""
+        located = self._store.locate([page_key(f.fid, 0) for f in files])
+        self.publish([(f, loc) for f, loc in zip(files, located, strict=True) if loc])
+
+    def record_of(self, path: str, mount: Mount, rel: str, info: ObjectInfo):
+        """The record kept with the first page of the file at ``path``, ``(name,
+        value)``: its metadata and until when it holds (None when its mount caches no
+        metadata)."""
+        ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
+        if ttl <= 0 or info.is_dir:
+            return None
+        until = self._files.metadata.expiry(path, info)
+        left = ttl if until is None else until - time.monotonic()
+        if left <= 0:
+            return None
+        name = path.encode("utf-8", "surrogateescape")
+        return (name, encode_record(mount.child_uri(rel), info, left))
+
+    # ----------------------------------------------------------------- restart
+
+    def _restore(self, batch: int = 1024) -> None:
+        """Take back the records of the files cached before a restart: their metadata
+        (for the time it still holds) and, for one-page files, their slots in the table.
+        Records of files gone from the cache, moved to another URI or past their time are
+        dropped; those of a mount the operator no longer allows are left alone."""
+        metadata = self._files.metadata
+        try:
+            pending: list[tuple[str, ObjectInfo, bytes, float]] = []
+            stale: list[bytes] = []
+            restored = 0
+            refreshes = metadata.refreshes
+            admitted: dict[str, bool] = {}
+            for name, value in self._store.records():
+                if self._closed or metadata.refreshes != refreshes:
+                    return  # a refresh since: what the records say may be void
+                record = decode_record(value)
+                path = name.decode("utf-8", "surrogateescape")
+                left = record.expires - time.time() if record is not None else 0.0
+                try:
+                    mount, rel = self._files.mount_of(path)
+                except (OSError, ValueError):
+                    mount = rel = None
+                if left <= 0 or mount is None or mount.child_uri(rel) != record.uri:
+                    stale.append(name)
+                    continue
+                if mount.path not in admitted:
+                    try:  # a mount the operator no longer allows serves nothing
+                        self._files.store_of(mount)
+                        admitted[mount.path] = True
+                    except (OSError, ValueError):
+                        admitted[mount.path] = False
+                if not admitted[mount.path]:
+                    continue
+                first = page_key(file_id(record.uri, record.info.version), 0)
+                pending.append((path, record.info, first, left))
+                if len(pending) >= batch:
+                    restored += self._restore_batch(pending, stale, refreshes)
+                    time.sleep(0)  # requests first, once the worker serves
+            restored += self._restore_batch(pending, stale, refreshes)
+            if stale:
+                self._store.delete_records(stale)
+            if restored or stale:
+                log.info("%d cached files known again, %d records dropped", restored, len(stale))
+        except Exception:  # the worker serves on: files are stat'd as without records
+            if not self._closed:
+                log.exception("file records not restored")
+
+    def _restore_batch(self, pending: list, stale: list[bytes], refreshes: int) -> int:
+        metadata = self._files.metadata
+        if not pending or metadata.refreshes != refreshes:
+            pending.clear()
+            return 0
+        located = self._store.locate([first for _, _, first, _ in pending])
+        entries, known = [], 0
+        for (path, info, _, left), loc in zip(pending, located, strict=True):
+            if loc is None:
+                stale.append(path.encode("utf-8", "surrogateescape"))
+                continue
+            if metadata.get_stat(path) is None:
+                metadata.put_stat(path, info, left)
+            known += 1
+            if 0 < info.size <= self._page_size and loc.length == info.size:
+                entries.append(_entry(path, info.size, loc, time.monotonic_ns() + int(left * 1e9)))
+        pending.clear()
+        if entries:
+            self.table.publish_many(entries)
+        return known
+
+    # ----------------------------------------------------------------- lifetime
+
+    def stats(self) -> dict[str, Any]:
+        """Files published, slots, tables made, and whether records are still read back."""
+        return {**self.table.stats(), "restoring": self._restoring.is_alive()}
+
+    def close(self) -> None:
+        """Stop taking records back and close the table (its readers see it closed)."""
+        self._closed = True
+        self._restoring.join()
+        self.table.close()
+
+
+def _entry(path: str, size: int, loc: PageLocation, fresh_until_ns: int) -> tuple:
+    return (
+        path, size, TIER_NAMES.index(loc.tier), loc.region, loc.offset, loc.crc32c,
+        loc.generation, fresh_until_ns,
+    )  # fmt: skip
