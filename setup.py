@@ -16,7 +16,11 @@ extensions = [
     ),
     Extension(
         "shoal.engine._slots",
-        sources=["shoal/engine/_slots.pyx", "shoal/engine/src/crc32c.c"],
+        sources=[
+            "shoal/engine/_slots.pyx",
+            "shoal/engine/src/crc32c.c",
+            "shoal/engine/src/blake2b.c",
+        ],
         **COMMON,
     ),
     Extension(

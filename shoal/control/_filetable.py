@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..engine import crc32c
-from ..engine._slots import find_slots
+from ..engine._slots import find_files
 
 __all__ = [
     "FileTableReader",
@@ -321,15 +321,11 @@ class FileTableReader:
         mm = self._mm
         if mm is None:
             return [None] * len(paths)
-        blake2b = hashlib.blake2b
-        keys = [
-            blake2b(p.encode("utf-8", "surrogateescape"), digest_size=16).digest() for p in paths
-        ]
         new = tuple.__new__
         return [
             None if t is None else new(Published, t)
-            for t in find_slots(
-                mm, keys, HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE, False
+            for t in find_files(
+                mm, list(paths), HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
             )
         ]
 

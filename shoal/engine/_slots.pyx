@@ -12,6 +12,12 @@ from libc.string cimport memcmp, memcpy
 cdef extern from "crc32c.h" nogil:
     uint32_t shoal_crc32c(uint32_t crc, const void *buf, size_t len)
 
+cdef extern from "blake2b.h" nogil:
+    void shoal_blake2b(uint8_t *out, size_t outlen, const void *data, size_t inlen)
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+
 
 cdef enum:
     SLOT = 64
@@ -29,6 +35,78 @@ cdef tuple _fields(const uint8_t *slot):
     memcpy(&offset, slot + 48, 8)
     memcpy(&fresh, slot + 56, 8)
     return (size, slot[29], region, offset, crc, gen, fresh)
+
+
+def blake2b_16(data):
+    """The 16-byte BLAKE2b digest of ``data`` (bytes), as ``hashlib.blake2b(data,
+    digest_size=16).digest()``."""
+    cdef uint8_t out[16]
+    cdef const char *p = data
+    shoal_blake2b(out, 16, p, len(data))
+    return PyBytes_FromStringAndSize(<char *>out, 16)
+
+
+cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t mask,
+                           int max_probes, int state_at, int empty, int live,
+                           const uint8_t *key, uint8_t *slot) noexcept nogil:
+    """Copy the slot of ``key`` that checks out into ``slot`` and return it; NULL when
+    there is none."""
+    cdef uint64_t i
+    cdef uint32_t seq, check
+    cdef Py_ssize_t at
+    cdef int p
+    memcpy(&i, key, 8)
+    i &= mask
+    for p in range(max_probes):
+        at = header + <Py_ssize_t>(i * SLOT)
+        memcpy(slot, base + at, SLOT)
+        if memcmp(slot + 8, key, 16) == 0:
+            memcpy(&seq, slot, 4)
+            memcpy(&check, slot + 4, 4)
+            if (slot[state_at] == live and (seq & 1) == 0
+                    and check == shoal_crc32c(0, slot + 8, SLOT - 8)):
+                return slot
+            return NULL
+        if slot[state_at] == empty:
+            return NULL
+        i = (i + 1) & mask
+    return NULL
+
+
+def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
+               int state_at, int empty, int live):
+    """:func:`find_slots` with ``raw`` false for the slots of Shoal paths, keyed by the
+    16-byte BLAKE2b digest of each path's UTF-8 (``surrogateescape``): per path a file
+    slot's fields, or None."""
+    cdef Py_buffer view
+    cdef uint8_t slot[SLOT]
+    cdef uint8_t key[16]
+    cdef uint64_t mask
+    cdef const char *text
+    cdef Py_ssize_t size
+    if not 0 <= log2 < 40 or header < 0 or not 0 <= state_at < SLOT:
+        raise ValueError("find_files: bad table geometry")
+    mask = (<uint64_t>1 << log2) - 1
+    out = []
+    PyObject_GetBuffer(table, &view, PyBUF_SIMPLE)
+    try:
+        if view.len < header + (SLOT << log2):
+            raise ValueError(f"find_files: the table has {view.len} bytes, fewer than its slots")
+        for path in paths:
+            try:
+                text = PyUnicode_AsUTF8AndSize(path, &size)
+                shoal_blake2b(key, 16, text, size)
+            except UnicodeEncodeError:
+                encoded = (<str>path).encode("utf-8", "surrogateescape")
+                shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
+            if _probe(<const uint8_t *>view.buf, header, mask, max_probes, state_at, empty,
+                      live, key, slot) == NULL:
+                out.append(None)
+            else:
+                out.append(_fields(slot))
+    finally:
+        PyBuffer_Release(&view)
+    return out
 
 
 def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,

@@ -173,6 +173,24 @@ def test_the_native_probe_checks_its_arguments():
     assert find_slots(mm, [], HEADER_SIZE, 10, 8, 28, 0, 1) == []
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=700))
+def test_the_native_blake2b_is_hashlibs(data):
+    import hashlib
+
+    from shoal.engine._slots import blake2b_16
+
+    assert blake2b_16(data) == hashlib.blake2b(data, digest_size=16).digest()
+
+
+def test_paths_that_are_not_plain_utf8_are_found_too():
+    w = FileTableWriter(10)
+    odd = ["/a\udcff/b", "/\u00e9t\u00e9", "/" + "x" * 300, "/\U0001f600"]
+    w.publish_many(entry(p, i) for i, p in enumerate(odd))
+    got = reader(w).lookup_many(odd)
+    assert [g.region for g in got] == [0, 1, 2, 3]
+
+
 def test_bad_sizes_are_refused():
     for args in [(5,), (30,), (12, 11), (True,)]:
         with pytest.raises(ValueError):
