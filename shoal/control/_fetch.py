@@ -301,10 +301,7 @@ class Fetcher:
                 if p.key in pending:
                     fut.set_exception(exc)
         finally:
-            with self._lock:
-                for p, fut in run:
-                    if self._inflight.get(p.key) is fut:
-                        del self._inflight[p.key]
+            self._release(run)
 
     def _fetch_small(self, run: list[tuple[Page, Future]]) -> None:
         """Fetch whole one-page files with :meth:`fetch_files`; each file's future
@@ -321,10 +318,14 @@ class Fetcher:
                 if not fut.done():
                     fut.set_exception(exc)
         finally:
-            with self._lock:
-                for p, fut in run:
-                    if self._inflight.get(p.key) is fut:
-                        del self._inflight[p.key]
+            self._release(run)
+
+    def _release(self, run: list[tuple[Page, Future]]) -> None:
+        """Take a fetch's pages out of the in-flight table (single-flight ends)."""
+        with self._lock:
+            for p, fut in run:
+                if self._inflight.get(p.key) is fut:
+                    del self._inflight[p.key]
 
     def fetch_files(self, pages: list[Page]) -> list[Any]:
         """Fetch whole one-page files (their one page each), many with one call of their

@@ -74,6 +74,16 @@ def method():
     return name
 
 
+cdef int _method_code(using, str what) except -1:
+    """The C method named by ``using`` (None: :func:`method`'s)."""
+    name = method() if using is None else using
+    if name == "openat2":
+        return SHOAL_BENEATH_OPENAT2
+    if name == "walk":
+        return SHOAL_BENEATH_WALK
+    raise ValueError(f"{what}: using must be one of {METHODS}, got {name!r}")
+
+
 def open_beneath(int root_fd, path, int flags, int mode=0o600, *, using=None):
     """Open ``path`` beneath the directory ``root_fd`` without following any symbolic link.
 
@@ -120,13 +130,7 @@ def open_beneath(int root_fd, path, int flags, int mode=0o600, *, using=None):
         raise ValueError(f"open_beneath: {path!r} contains a NUL byte")
     if b".." in encoded.split(b"/"):
         raise ValueError(f"open_beneath: {path!r} contains a '..' component")
-    name = method() if using is None else using
-    if name == "openat2":
-        c_method = SHOAL_BENEATH_OPENAT2
-    elif name == "walk":
-        c_method = SHOAL_BENEATH_WALK
-    else:
-        raise ValueError(f"open_beneath: using must be one of {METHODS}, got {name!r}")
+    c_method = _method_code(using, "open_beneath")
     c_path = encoded
     with nogil:
         fd = shoal_open_beneath(root_fd, c_path, c_flags, <mode_t>mode, c_method)
@@ -217,13 +221,7 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
     cdef int c_method
     if len(buffers) != count:
         raise ValueError(f"read_whole_beneath: {count} paths for {len(buffers)} buffers")
-    name = method() if using is None else using
-    if name == "openat2":
-        c_method = SHOAL_BENEATH_OPENAT2
-    elif name == "walk":
-        c_method = SHOAL_BENEATH_WALK
-    else:
-        raise ValueError(f"read_whole_beneath: using must be one of {METHODS}, got {name!r}")
+    c_method = _method_code(using, "read_whole_beneath")
     encoded = []
     for p in paths:
         e = os.fsencode(p)

@@ -75,9 +75,16 @@ cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t mask
 
 def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
                int state_at, int empty, int live):
-    """:func:`find_slots` with ``raw`` false for the slots of Shoal paths, keyed by the
-    16-byte BLAKE2b digest of each path's UTF-8 (``surrogateescape``): per path a file
-    slot's fields, or None."""
+    """Per Shoal path, the fields of its file slot in ``table`` (a buffer of ``header``
+    bytes and ``2**log2`` slots; see ``_fields``), or None.
+
+    A path's key is the 16-byte BLAKE2b digest of its UTF-8 (``surrogateescape``). Its
+    slots are probed from the key's first 8 bytes (little-endian) modulo the slot count,
+    at most ``max_probes`` of them, until its own or one whose byte ``state_at`` is
+    ``empty``. A slot is a 32-bit sequence number (odd while it is written), the crc32c of
+    bytes 8 to 64, the key at byte 8, and the rest; it is believed only when, in the one
+    copy taken, the sequence is even, the crc32c matches and byte ``state_at`` is ``live``.
+    """
     cdef Py_buffer view
     cdef uint8_t slot[SLOT]
     cdef uint8_t key[16]
@@ -104,62 +111,6 @@ def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
                 out.append(None)
             else:
                 out.append(_fields(slot))
-    finally:
-        PyBuffer_Release(&view)
-    return out
-
-
-def find_slots(table, list keys, Py_ssize_t header, int log2, int max_probes,
-               int state_at, int empty, int live, bint raw=True):
-    """Per key of ``keys`` (16 bytes each), a copy of its slot in ``table`` (a buffer of
-    ``header`` bytes and ``2**log2`` slots) as bytes, or None.
-
-    A key's slots are probed from its first 8 bytes (little-endian) modulo the slot
-    count, at most ``max_probes`` of them, until its own or one whose byte ``state_at`` is
-    ``empty``. A slot is a 32-bit sequence number (odd while it is written), the crc32c of
-    bytes 8 to 64, the key at byte 8, and the rest; it is returned only when, in the one
-    copy taken, the sequence is even, the crc32c matches and byte ``state_at`` is ``live``.
-    With ``raw`` false, a file slot's fields as a tuple instead (see ``_fields``).
-    """
-    cdef Py_buffer view
-    cdef const uint8_t *base
-    cdef uint8_t slot[SLOT]
-    cdef uint64_t mask, i
-    cdef Py_ssize_t at, p
-    cdef uint32_t seq, check
-    cdef const char *k
-    if not 0 <= log2 < 40 or header < 0 or not 0 <= state_at < SLOT:
-        raise ValueError("find_slots: bad table geometry")
-    mask = (<uint64_t>1 << log2) - 1
-    out = []
-    PyObject_GetBuffer(table, &view, PyBUF_SIMPLE)
-    try:
-        if view.len < header + (SLOT << log2):
-            raise ValueError(f"find_slots: the table has {view.len} bytes, fewer than its slots")
-        base = <const uint8_t *>view.buf
-        for key in keys:
-            if type(key) is not bytes or len(<bytes>key) != 16:
-                raise ValueError("find_slots: keys must be 16-byte bytes")
-            k = <bytes>key
-            memcpy(&i, k, 8)
-            i &= mask
-            found = None
-            for p in range(max_probes):
-                at = header + <Py_ssize_t>(i * SLOT)
-                memcpy(slot, base + at, SLOT)
-                if memcmp(slot + 8, k, 16) == 0:
-                    memcpy(&seq, slot, 4)
-                    memcpy(&check, slot + 4, 4)
-                    if (slot[state_at] == live and (seq & 1) == 0
-                            and check == shoal_crc32c(0, slot + 8, SLOT - 8)):
-                        found = PyBytes_FromStringAndSize(<char *>slot, SLOT) if raw else (
-                            _fields(slot)
-                        )
-                    break
-                if slot[state_at] == empty:
-                    break
-                i = (i + 1) & mask
-            out.append(found)
     finally:
         PyBuffer_Release(&view)
     return out

@@ -160,17 +160,17 @@ def test_not_a_table_is_refused():
 
 
 def test_the_native_probe_checks_its_arguments():
-    from shoal.engine._slots import find_slots
+    from shoal.engine._slots import find_files
 
     w = FileTableWriter(10)
     mm = w._mm
-    with pytest.raises(ValueError, match="16-byte"):
-        find_slots(mm, [b"short"], HEADER_SIZE, 10, 8, 28, 0, 1)
+    with pytest.raises(TypeError):
+        find_files(mm, [b"/not-a-str"], HEADER_SIZE, 10, 8, 28, 0, 1)
     with pytest.raises(ValueError, match="fewer than its slots"):
-        find_slots(mm, [path_key("/a")], HEADER_SIZE, 11, 8, 28, 0, 1)
+        find_files(mm, ["/a"], HEADER_SIZE, 11, 8, 28, 0, 1)
     with pytest.raises(ValueError, match="geometry"):
-        find_slots(mm, [path_key("/a")], HEADER_SIZE, 10, 8, 64, 0, 1)
-    assert find_slots(mm, [], HEADER_SIZE, 10, 8, 28, 0, 1) == []
+        find_files(mm, ["/a"], HEADER_SIZE, 10, 8, 64, 0, 1)
+    assert find_files(mm, [], HEADER_SIZE, 10, 8, 28, 0, 1) == []
 
 
 @settings(max_examples=300, deadline=None)
