@@ -130,21 +130,27 @@ def check_store(root: Path) -> tuple[int, int]:
         return present, packed
 
 
+def kill_at_random(script: str, root, round_: int, after: float) -> None:
+    """Run a writer ``script`` over ``root`` and SIGKILL it ``after`` seconds after it is
+    ready: no cleanup of any kind."""
+    writer = spawn(script, str(root), str(round_), stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout.readline() == b"ready\n"
+        time.sleep(after)
+        assert writer.poll() is None, "the writer died on its own"
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert writer.returncode == -9
+
+
 @pytest.mark.timeout(120)
 def test_writer_killed_at_random_moments(tmp_path):
     rng = random.Random(20)
     present = []
     for round_ in range(6):
-        writer = spawn(WRITER, str(tmp_path), str(round_), stdout=subprocess.PIPE)
-        try:
-            assert writer.stdout.readline() == b"ready\n"
-            time.sleep(rng.uniform(0.05, 0.6))
-            assert writer.poll() is None, "the writer died on its own"
-        finally:
-            writer.kill()  # SIGKILL: no cleanup of any kind
-            writer.wait()
-            writer.stdout.close()
-        assert writer.returncode == -9
+        kill_at_random(WRITER, tmp_path, round_, rng.uniform(0.05, 0.6))
         present.append(check_store(tmp_path))
     assert max(n for n, _ in present) > 10, present  # the rounds did store pages
     assert max(packed for _, packed in present) > 0, present  # small pages packed among them
@@ -179,15 +185,7 @@ def test_a_record_put_with_pages_survives_a_kill_iff_they_do(tmp_path):
     rng = random.Random(21)
     groups = []
     for round_ in range(5):
-        writer = spawn(FILE_WRITER, str(tmp_path), str(round_), stdout=subprocess.PIPE)
-        try:
-            assert writer.stdout.readline() == b"ready\n"
-            time.sleep(rng.uniform(0.05, 0.4))
-            assert writer.poll() is None, "the writer died on its own"
-        finally:
-            writer.kill()
-            writer.wait()
-            writer.stdout.close()
+        kill_at_random(FILE_WRITER, tmp_path, round_, rng.uniform(0.05, 0.4))
         with open_file_store(tmp_path) as store:
             records = dict(store.records())
             pages = 0
