@@ -21,7 +21,8 @@ misread: a change of what paths mean (a refresh, a mount or unmount, a freed pat
 object found changed) supersedes the whole table with a fresh one, and readers that see
 the ``superseded`` flag ask for the new one. A worker that stops cleanly sets ``closed``.
 
-The client needs this module, ``struct``, ``mmap`` and crc32c: no RocksDB, no worker code.
+The client needs this module and the engine's native probe (``engine._slots``: BLAKE2b,
+linear probing, the checks of a slot's copy): no RocksDB, no worker code.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class FileTableWriter:
 
     Notes
     -----
-    Thread-safe. Holds no Python object per file: the table is the only copy.
+    Thread-safe. Holds no Python object per file: the table is the only copy. A growth
+    copies every live slot into the new table while publishing waits; size the first
+    table for the files expected.
     """
 
     def __init__(self, log2_slots: int = 16, max_log2_slots: int = 24):
