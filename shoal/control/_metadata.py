@@ -16,6 +16,23 @@ from .ufs import ObjectInfo
 
 __all__ = ["MetadataCache"]
 
+# What one cached entry costs, roughly, in CPython: its dict slot and tuple, the key, and
+# per object described its ObjectInfo and strings (besides their characters).
+_ENTRY_BYTES = 200
+_INFO_BYTES = 250
+
+
+def _cost(path: str, value) -> int:
+    """The estimated memory of an entry of ``path`` holding ``value``."""
+    if isinstance(value, ObjectInfo):
+        return _ENTRY_BYTES + _INFO_BYTES + len(path) + len(value.path) + len(value.version)
+    infos = value.values() if isinstance(value, dict) else value
+    return (
+        _ENTRY_BYTES
+        + len(path)
+        + sum(_INFO_BYTES + 2 * len(i.path) + len(i.version) for i in infos)
+    )
+
 
 class MetadataCache:
     """Stat results (:class:`ObjectInfo`), directory listings and recursive listings per
@@ -26,6 +43,9 @@ class MetadataCache:
     max_entries
         Entries kept at most (stat and list together); past it, expired entries go first,
         then the oldest.
+    max_bytes
+        Memory the entries may take, as estimated (:func:`_cost`: the objects' sizes in
+        CPython, roughly); past it, the same.
     clock
         Monotonic seconds (for tests).
 
@@ -36,11 +56,18 @@ class MetadataCache:
     """
 
     def __init__(
-        self, *, max_entries: int = 1_000_000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        max_entries: int = 1_000_000,
+        max_bytes: int = 256 << 20,
+        clock: Callable[[], float] = time.monotonic,
     ):
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be an int >= 1, got {max_entries!r}")
+        for name, value in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self._max = max_entries
+        self._max_bytes = max_bytes
+        self.bytes = 0  # estimated memory of the entries
         self._clock = clock
         self._lock = threading.Lock()
         self._stats: dict[str, tuple[float, ObjectInfo]] = {}
@@ -63,28 +90,33 @@ class MetadataCache:
                 return None
             if entry[0] <= self._clock():
                 del table[path]
+                self.bytes -= entry[2]
                 return None
             return entry[1]
 
     def _put(self, table: dict, path: str, value, ttl: float) -> None:
         if ttl <= 0:
             return
+        cost = _cost(path, value)
         with self._lock:
-            table.pop(path, None)  # re-inserted last: insertion order is age order
-            table[path] = (self._clock() + ttl, value)
-            if sum(len(t) for t in self._tables) > self._max:
+            old = table.pop(path, None)  # re-inserted last: insertion order is age order
+            if old is not None:
+                self.bytes -= old[2]
+            table[path] = (self._clock() + ttl, value, cost)
+            self.bytes += cost
+            if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
                 self._shrink()
 
     def _shrink(self) -> None:
         now = self._clock()
         for table in self._tables:
-            for path in [p for p, (expiry, _) in table.items() if expiry <= now]:
-                del table[path]
-        # Down to 90% of the bound, so that the next puts do not each pay a scan.
+            for path in [p for p, (expiry, _, _) in table.items() if expiry <= now]:
+                self.bytes -= table.pop(path)[2]
+        # Down to 90% of the bounds, so that the next puts do not each pay a scan.
         excess = sum(len(t) for t in self._tables) - self._max * 9 // 10
         for table in self._tables:
-            while excess > 0 and table:
-                del table[next(iter(table))]
+            while table and (excess > 0 or self.bytes > self._max_bytes * 9 // 10):
+                self.bytes -= table.pop(next(iter(table)))[2]
                 excess -= 1
 
     def get_stat(self, path: str) -> ObjectInfo | None:
@@ -153,7 +185,7 @@ class MetadataCache:
                 if table is not self._stats:
                     doomed += [p for p in above if p in table]
                 for p in doomed:
-                    del table[p]
+                    self.bytes -= table.pop(p)[2]
                 dropped += len(doomed)
         self.refreshes += 1
         if self.on_refresh is not None:
@@ -165,6 +197,7 @@ class MetadataCache:
         with self._lock:
             for table in self._tables:
                 table.clear()
+            self.bytes = 0
         self.refreshes += 1
         if self.on_refresh is not None:
             self.on_refresh()

@@ -96,6 +96,11 @@ def report_metrics(report: dict) -> Iterator[Any]:
         "shoal_metadata_entries", "Entries of the metadata cache.", value=report["metadata_entries"]
     )
     yield GaugeMetricFamily(
+        "shoal_metadata_bytes",
+        "Memory of the metadata cache's entries, as estimated (bounded).",
+        value=report["metadata_bytes"],
+    )
+    yield GaugeMetricFamily(
         "shoal_uptime_seconds",
         "Seconds since the worker started.",
         value=report["worker"]["uptime"],

@@ -473,6 +473,7 @@ class Worker:
             "ufs_requests": _summed(requests),
             "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
+            "metadata_bytes": self.files.metadata.bytes,
             "published": self.publisher.stats(),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,

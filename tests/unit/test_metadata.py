@@ -97,6 +97,23 @@ def test_puts_past_the_limit_do_not_each_scan_the_cache():
     assert scans <= 20_000 // 100 + 1  # one scan per tenth of the bound, not per put
 
 
+def test_entries_past_the_byte_bound_go_oldest_first():
+    cache = MetadataCache(max_bytes=100_000)
+    for i in range(2_000):
+        cache.put_stat(f"/dir/file-{i:06d}", info(str(i)), 60)
+        assert cache.bytes <= 100_000
+    assert cache.get_stat("/dir/file-001999") is not None
+    assert cache.get_stat("/dir/file-000000") is None
+    kept = len(cache)
+    assert 100 < kept < 2_000
+    cache.put_list("/dir", [info(str(i)) for i in range(50)], 60)
+    assert cache.bytes <= 100_000 and cache.get_list("/dir") is not None
+    cache.refresh("/dir")
+    assert cache.bytes == 0 and len(cache) == 0
+
+
 def test_bad_limit():
     with pytest.raises(ValueError, match="max_entries"):
         MetadataCache(max_entries=0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        MetadataCache(max_bytes=True)
