@@ -20,7 +20,7 @@ from .._errors import TierFullError
 from ..engine import PageStore
 from ._files import File
 from ._metrics import Counters
-from ._namespace import Mount
+from ._namespace import Mount, split_mount_options
 from ._pages import file_id, page_count, page_key, page_length
 from .ufs import ObjectChangedError, ObjectInfo, UnderStore
 
@@ -235,8 +235,8 @@ class Fetcher:
         self._buffers = threading.local()
         # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
         self._fresh: OrderedDict[bytes, None] = OrderedDict()
-        #: ``(path, mount, rel, info) -> (name, record)`` or None: the file record kept with
-        #: a file's first page (see ``_filerecords``).
+        #: ``(path, uri, info, metadata_ttl) -> (name, record)`` or None: the file record
+        #: kept with a file's first page (see ``_filerecords``).
         self.record_of: Callable[..., tuple[bytes, bytes] | None] | None = None
 
     def pages_of(self, f: File) -> list[Page]:
@@ -287,7 +287,9 @@ class Fetcher:
                 at += p.length
             record = None
             if run[0][0].index == 0 and self.record_of is not None:
-                record = self.record_of(f.path, f.mount, f.rel, f.info)
+                record = self.record_of(
+                    f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"]
+                )
             kept = self.cache(
                 [(p.key, v) for (p, _), v in zip(run, views, strict=True)], f.path, record
             )
@@ -327,17 +329,18 @@ class Fetcher:
                 if self._inflight.get(p.key) is fut:
                     del self._inflight[p.key]
 
-    def fetch_files(self, pages: list[Page]) -> list[Any]:
+    def fetch_files(self, pages: list[Page], checked: bool = False) -> list[Any]:
         """Fetch whole one-page files (their one page each), many with one call of their
         store (which reads them one after the other, a request each, or natively all at
         once) and one index commit; per page None once it is stored (or was already),
         its bytes when no tier kept it, or the error it failed with (an object found
         changed is reported to ``on_changed``). Not single-flight: a page another fetch
-        brings at the same time is stored twice, the same bytes."""
+        brings at the same time is stored twice, the same bytes. ``checked``: the caller
+        found these pages missing a moment ago (they are not looked up again)."""
         out: list[Any] = [None] * len(pages)
         by_store: dict[int, list[int]] = {}
         for i, p in enumerate(pages):
-            if not self._store.contains(p.key):
+            if checked or not self._store.contains(p.key):
                 by_store.setdefault(id(p.file.store), []).append(i)
         for slots in by_store.values():
             self._fetch_group(pages, slots, out)
@@ -360,7 +363,9 @@ class Fetcher:
         for i, p, v, n in zip(slots, group, views, got, strict=True):
             f = p.file
             if type(n) is int and n == p.length:
-                record = None if record_of is None else record_of(f.path, f.mount, f.rel, f.info)
+                record = None if record_of is None else record_of(
+                    f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"]
+                )  # fmt: skip
                 items.append((p.key, v, f.path, record))
                 done.append((i, p, v))
                 continue
@@ -414,7 +419,8 @@ class Fetcher:
         if items:
             record = None
             if lo == 0 and self.record_of is not None:
-                record = self.record_of(path, mount, rel, info)
+                ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
+                record = self.record_of(path, mount.child_uri(rel), info, ttl)
             kept = self.cache(items, path, record)
             self._counters.add(ufs_pages=len(items))
             with self._lock:

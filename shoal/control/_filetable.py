@@ -251,12 +251,29 @@ class FileTableWriter:
         struct.pack_into("<I", mm, at + 4, crc32c(body[8:]))
         struct.pack_into("<I", mm, at, (seq + 2) & 0xFFFFFFFE)
 
+    def reserve(self, count: int) -> None:
+        """Make room for ``count`` more files at once (one growth instead of several, each
+        of which copies every slot)."""
+        with self._lock:
+            if self._mm is None:
+                return
+            log2 = self._log2
+            while log2 < self._max_log2 and self._live + count > _LOAD * 0.85 * (1 << log2):
+                log2 += 1
+            if log2 > self._log2:
+                self._regrow(log2)
+
     def _grow(self, force: bool = False) -> bool:
         """A table of twice the slots (or as many, when gone slots fill it, unless
         ``force``) holding every live slot of this one; False at the size limit."""
         log2 = self._log2 + 1 if force or self._live * 2 > self._used else self._log2
         if log2 > self._max_log2:
             return False
+        self._regrow(log2)
+        return True
+
+    def _regrow(self, log2: int) -> None:
+        """Make the table one of 2**log2 slots holding every live slot of this one."""
         old = self._mm
         live = []
         for i in range(1 << self._log2):
@@ -266,7 +283,6 @@ class FileTableWriter:
         self._new_table(log2)
         for body in live:
             self._put(body)
-        return True
 
     def stats(self) -> dict[str, int]:
         """Files published, slots, tables made."""

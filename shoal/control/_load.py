@@ -13,6 +13,7 @@ from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
 from ._metrics import Counters
 from ._namespace import split_mount_options
+from ._pages import page_key
 from ._publisher import Publisher
 
 __all__ = ["Loader", "placement_filter"]
@@ -77,7 +78,13 @@ class Loader:
         mine = placement_filter(placement, self.worker_id, self.page_size, self.chunk_size)
         sizes, counts = {}, {}
         placed = {}
+        ps = self.page_size
         for f in files:
+            size = f.info.size
+            if placement is None and 0 < size <= ps:  # one page, all of it here
+                placed[f.path] = [Page(page_key(f.fid, 0), f, 0, size)]
+                sizes[f.path], counts[f.path] = size, 1
+                continue
             pages = placed[f.path] = mine(f, fetcher.pages_of(f))
             sizes[f.path], counts[f.path] = sum(p.length for p in pages), len(pages)
         state = {
@@ -105,6 +112,7 @@ class Loader:
 
         ones = [f for f in files if _one_page(f, placed[f.path])]
         if ones:
+            self._publisher.table.reserve(len(ones))
             self._load_ones(ones, [placed.pop(f.path)[0] for f in ones], state, tick)
             files = [f for f in files if f.path in placed]
         pending: deque[tuple[File, dict, int]] = deque()
@@ -167,7 +175,7 @@ class Loader:
             todo = [p for p in pages[at : at + _LOAD_CHUNK] if not fetcher.contains(p)]
             self._counters.add(page_misses=len(todo))
             inflight.append(
-                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo) if todo else None)
+                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo, True) if todo else None)
             )
             while len(inflight) > 2 * fetcher.threads:
                 finish()

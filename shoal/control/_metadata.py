@@ -104,7 +104,8 @@ class MetadataCache:
                 self.bytes -= old[2]
             table[path] = (self._clock() + ttl, value, cost)
             self.bytes += cost
-            if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
+            stats, lists, dirs = self._tables
+            if self.bytes > self._max_bytes or len(stats) + len(lists) + len(dirs) > self._max:
                 self._shrink()
 
     def _shrink(self) -> None:

@@ -16,7 +16,6 @@ from ..engine._regions import TIER_NAMES
 from ._filerecords import decode_record, encode_record
 from ._files import File, FileResolver
 from ._filetable import FileTableWriter
-from ._namespace import Mount, split_mount_options
 from ._pages import file_id, page_key
 from .ufs import ObjectInfo
 
@@ -78,11 +77,10 @@ class Publisher:
         located = self._store.locate([page_key(f.fid, 0) for f in files])
         self.publish([(f, loc) for f, loc in zip(files, located, strict=True) if loc])
 
-    def record_of(self, path: str, mount: Mount, rel: str, info: ObjectInfo):
-        """The record kept with the first page of the file at ``path``, ``(name,
-        value)``: its metadata and until when it holds (None when its mount caches no
-        metadata)."""
-        ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
+    def record_of(self, path: str, uri: str, info: ObjectInfo, ttl: float):
+        """The record kept with the first page of the file at ``path`` (``uri`` in its
+        store, its mount's ``metadata_ttl``), ``(name, value)``: its metadata and until
+        when it holds (None when the mount caches no metadata)."""
         if ttl <= 0 or info.is_dir:
             return None
         until = self._files.metadata.expiry(path, info)
@@ -90,7 +88,7 @@ class Publisher:
         if left <= 0:
             return None
         name = path.encode("utf-8", "surrogateescape")
-        return (name, encode_record(mount.child_uri(rel), info, left))
+        return (name, encode_record(uri, info, left))
 
     # ----------------------------------------------------------------- restart
 

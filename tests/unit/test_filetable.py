@@ -255,3 +255,17 @@ def test_the_table_says_what_a_dict_says(ops):
         else:
             assert rec is None
     assert w.stats()["files"] == len(model)
+
+
+def test_reserving_room_grows_the_table_once():
+    w = FileTableWriter(10, 20)
+    w.publish_many(entry(f"/r/{i}", i) for i in range(100))
+    w.reserve(10_000)
+    tables = w.stats()["tables"]
+    assert w.stats()["slots"] >= 10_000 / 0.7
+    w.publish_many(entry(f"/s/{i}", i) for i in range(10_000))
+    assert w.stats()["tables"] == tables  # no growth while publishing
+    got = reader(w).lookup_many(
+        [f"/r/{i}" for i in range(100)] + [f"/s/{i}" for i in range(10_000)]
+    )
+    assert all(g is not None for g in got)
