@@ -1,12 +1,12 @@
-"""The memory a page store's in-memory index takes at ten million pages, as a worker that
-restarts with them builds it: the worker's budget is 300 bytes per cached file, all
-included.
+"""The memory a worker takes for ten million cached pages, as it builds it when it
+restarts with them: the budget is 300 bytes per cached file, all included.
 
 The index is written the fast way, in the store's own format: page records streamed into
 one RocksDB table file and ingested, with the records of the regions they are in and
-region files of the right size (sparse: they cost no disk). A fresh process then opens
-the store, whose recovery builds the in-memory index exactly as after a restart, and
-reports how much its resident memory grew.
+region files of the right size (sparse: they cost no disk). A fresh process then starts a
+worker (``Worker``: page store, mount table, metadata cache, table of published files
+sized for the pages) on that home, whose recovery builds the in-memory index exactly as
+after a restart, and reports how much its resident memory grew.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ BUDGET = 300  # bytes per page
 # finds under the sampled keys.
 MEASURE = textwrap.dedent(
     """
-    import json, sys, time
-    from shoal.engine import PageStore, TierConfig
+    import json, os, sys, time
+    import yaml
 
     def resident(field):
         with open("/proc/self/status") as status:
@@ -51,13 +51,22 @@ MEASURE = textwrap.dedent(
                     return int(line.split()[1]) * 1024
 
     args = json.loads(sys.argv[1])
-    tier = TierConfig("SSD", args["tier"], args["capacity"])
+    settings = {"cache_dir": args["tier"], "capacity": args["capacity"], "mem_capacity": 0,
+                "region_size": args["region_size"]}
+    with open(os.path.join(args["home"], "config.yaml"), "w") as f:
+        yaml.safe_dump(settings, f)
+    os.environ["SHOAL_HOME"] = args["home"]
+    from shoal._config import load_config
+    from shoal.control._worker import Worker
+
+    config = load_config()
     before = resident("VmRSS")
     began = time.perf_counter()
-    store = PageStore([tier], args["index"], region_size=args["region_size"])
+    worker = Worker(config)
     opened = time.perf_counter() - began
     after = resident("VmRSS")
-    with store:
+    store = worker._store
+    try:
         keys = [bytes.fromhex(k) for k in args["keys"]]
         locations = [
             None if loc is None else [loc.region, loc.offset, loc.length, loc.crc32c]
@@ -73,7 +82,10 @@ MEASURE = textwrap.dedent(
             "before": before, "after": after, "peak": resident("VmHWM"), "opened": opened,
             "pages": len(store), "usage_pages": usage.pages, "live_bytes": usage.live_bytes,
             "locations": locations, "reads": reads,
+            "published_slots": worker.report()["published"]["slots"],
         }
+    finally:
+        worker.close()
     print(json.dumps(result))
     """
 )
@@ -157,12 +169,13 @@ def build_index(root, rng: np.random.Generator) -> tuple[TierConfig, dict]:
 
 
 @pytest.mark.timeout(300)
-def test_ten_million_pages_take_at_most_300_bytes_each(tmp_path):
+def test_a_worker_with_ten_million_pages_takes_at_most_300_bytes_each(tmp_path):
     began = time.perf_counter()
     try:
         tier, samples = build_index(tmp_path, np.random.default_rng(10))
         built = time.perf_counter() - began
         args = {
+            "home": str(tmp_path),
             "tier": tier.path,
             "capacity": tier.capacity,
             "index": str(tmp_path / "index"),
@@ -177,7 +190,7 @@ def test_ten_million_pages_take_at_most_300_bytes_each(tmp_path):
             check=False,
         )
     finally:
-        for name in ("index", "ssd"):  # 400 MB that pytest would keep
+        for name in ("index", "ssd", "meta"):  # 400 MB that pytest would keep
             shutil.rmtree(tmp_path / name, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -188,6 +201,7 @@ def test_ten_million_pages_take_at_most_300_bytes_each(tmp_path):
         f"{per_page:.0f} bytes per page (peak {result['peak'] / 2**20:,.0f} MiB in all)"
     )
     assert result["pages"] == result["usage_pages"] == PAGES
+    assert result["published_slots"] >= PAGES  # the table is sized for them, not yet filled
     assert result["locations"] == list(samples.values())
     assert result["reads"] == [[length, True] for _, _, length, _ in samples.values()]
     assert per_page <= BUDGET, f"{per_page:.0f} bytes per page, over {BUDGET}"
