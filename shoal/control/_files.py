@@ -28,7 +28,7 @@ __all__ = ["File", "FileResolver"]
 
 log = logging.getLogger("shoal.worker")
 
-_MAX_FILES = 1 << 20  # files remembered for fast lookup
+_MAX_FILES = 1 << 17  # files remembered for fast lookup (some 40 MiB)
 _PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
 
 

@@ -46,8 +46,8 @@ __all__ = [
     "path_key",
 ]
 
-MAGIC, FORMAT = b"SHFT", 1
-# magic, format, log2 of the slot count, flags
+MAGIC, FORMAT = b"SHFT", 2
+# magic, format, slot count, flags
 _HEADER = struct.Struct("<4sIII")
 HEADER_SIZE = 64
 # sequence, check, key, (reserved), state, tier code, (pad), region, page crc32c,
@@ -61,8 +61,8 @@ _EMPTY, _LIVE, _GONE = 0, 1, 2
 _STATE_AT = 28  # offset of a slot's state
 #: Slots a lookup probes at most before it calls a path absent.
 MAX_PROBES = 256
-_MIN_LOG2, _MAX_LOG2 = 10, 28
-_LOAD = 0.7  # used slots (live and gone) / slots, at most, before the table grows
+_MIN_SLOTS, _MAX_SLOTS = 1 << 10, 1 << 28
+_LOAD = 0.8  # used slots (live and gone) / slots, at most, before the table grows
 _U32 = 1 << 32
 
 
@@ -83,10 +83,15 @@ class Published(NamedTuple):
     fresh_until_ns: int  # time.monotonic_ns() clock
 
 
-def _check_log2(log2: int, what: str) -> int:
-    if isinstance(log2, bool) or not isinstance(log2, int) or not _MIN_LOG2 <= log2 <= _MAX_LOG2:
-        raise ValueError(f"{what} must be an int in [{_MIN_LOG2}, {_MAX_LOG2}], got {log2!r}")
-    return log2
+def _check_slots(n: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not _MIN_SLOTS <= n <= _MAX_SLOTS:
+        raise ValueError(f"{what} must be an int in [{_MIN_SLOTS}, {_MAX_SLOTS}], got {n!r}")
+    return n
+
+
+def slots_for(files: int, load: float = 0.75) -> int:
+    """Slots that hold ``files`` at ``load`` (within the bounds of a table)."""
+    return min(_MAX_SLOTS, max(_MIN_SLOTS, int(files / load) + 1))
 
 
 class FileTableWriter:
@@ -94,9 +99,10 @@ class FileTableWriter:
 
     Parameters
     ----------
-    log2_slots
-        The first table's slots, as a power of two; it doubles as files are published, up
-        to ``max_log2_slots`` (past which files are not published; readers ask the worker).
+    slots
+        The first table's slots (any number: a key's first slot is its hash modulo it); it
+        doubles as files are published, up to ``max_slots`` (past which files are not
+        published; readers ask the worker).
 
     Notes
     -----
@@ -105,31 +111,31 @@ class FileTableWriter:
     table for the files expected.
     """
 
-    def __init__(self, log2_slots: int = 16, max_log2_slots: int = 24):
-        self._log2 = _check_log2(log2_slots, "log2_slots")
-        self._max_log2 = _check_log2(max_log2_slots, "max_log2_slots")
-        if self._max_log2 < self._log2:
-            raise ValueError("max_log2_slots must be >= log2_slots")
+    def __init__(self, slots: int = 1 << 16, max_slots: int = _MAX_SLOTS):
+        self._n = _check_slots(slots, "slots")
+        self._max_n = _check_slots(max_slots, "max_slots")
+        if self._max_n < self._n:
+            raise ValueError("max_slots must be >= slots")
         self._lock = threading.Lock()
         self._fd = self._ro_fd = -1
         self._mm: mmap.mmap | None = None
         self._used = self._live = 0
         self.tables = 0  # tables made so far (a new one per growth or supersession)
-        self._new_table(self._log2)
+        self._new_table(self._n)
 
     # ----------------------------------------------------------------- tables
 
-    def _new_table(self, log2: int) -> None:
-        """Make a fresh, empty table of 2**log2 slots and make it current; the old one is
+    def _new_table(self, n: int) -> None:
+        """Make a fresh, empty table of ``n`` slots and make it current; the old one is
         marked superseded and let go (readers keep their mappings until they move)."""
-        size = HEADER_SIZE + (SLOT_SIZE << log2)
+        size = HEADER_SIZE + SLOT_SIZE * n
         fd = os.memfd_create("shoal-files", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         ro = -1
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             mm = mmap.mmap(fd, size)
-            mm[: _HEADER.size] = _HEADER.pack(MAGIC, FORMAT, log2, 0)
+            mm[: _HEADER.size] = _HEADER.pack(MAGIC, FORMAT, n, 0)
             # Readers get a descriptor opened read-only: they cannot map it writable.
             ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
@@ -138,7 +144,7 @@ class FileTableWriter:
                 os.close(ro)
             raise
         old = self._mm, self._fd, self._ro_fd
-        self._mm, self._fd, self._ro_fd, self._log2 = mm, fd, ro, log2
+        self._mm, self._fd, self._ro_fd, self._n = mm, fd, ro, n
         self._used = self._live = 0
         self.tables += 1
         self._retire(*old, SUPERSEDED)
@@ -166,7 +172,7 @@ class FileTableWriter:
         readers drop everything this table says and ask for a fresh, empty one."""
         with self._lock:
             if self._mm is not None:
-                self._new_table(self._log2)
+                self._new_table(self._n)
 
     # ----------------------------------------------------------------- slots
 
@@ -184,7 +190,7 @@ class FileTableWriter:
                     and 0 <= tier < 256 and 0 <= offset < 1 << 63 and 0 < fresh < 1 << 63
                 ):  # fmt: skip
                     continue
-                if self._used + 1 > _LOAD * (1 << self._log2) and not self._grow():
+                if self._used + 1 > _LOAD * self._n and not self._grow():
                     break
                 body = _SLOT.pack(
                     0, 0, path_key(path), 0, _LIVE, tier, 0, region, crc, generation, size,
@@ -201,21 +207,22 @@ class FileTableWriter:
         with self._lock:
             if self._mm is None:
                 return 0
-            mm, mask = self._mm, (1 << self._log2) - 1
+            mm = self._mm
             for path in paths:
                 key = path_key(path)
-                at = self._find(key, mask)
+                at = self._find(key)
                 if at >= 0 and mm[at + 8 : at + 24] == key and mm[at + _STATE_AT] == _LIVE:
                     self._write(at, _SLOT.pack(0, 0, key, 0, _GONE, 0, 0, 0, 0, 0, 0, 0, 0))
                     self._live -= 1
                     gone += 1
         return gone
 
-    def _find(self, key: bytes, mask: int) -> int:
+    def _find(self, key: bytes) -> int:
         """The offset of ``key``'s slot, else of the first reusable one on its probe path,
         else -1 (the probe limit reached)."""
         mm = self._mm
-        i = int.from_bytes(key[:8], "little") & mask
+        n = self._n
+        i = int.from_bytes(key[:8], "little") % n
         reusable = -1
         for _ in range(MAX_PROBES):
             at = HEADER_SIZE + i * SLOT_SIZE
@@ -226,12 +233,12 @@ class FileTableWriter:
                 return at
             if state == _GONE and reusable < 0:
                 reusable = at
-            i = (i + 1) & mask
+            i = i + 1 if i + 1 < n else 0
         return reusable
 
     def _put(self, body: bytes) -> bool:
         key = body[8:24]
-        at = self._find(key, (1 << self._log2) - 1)
+        at = self._find(key)
         if at < 0:
             return False
         state = self._mm[at + _STATE_AT]
@@ -257,37 +264,36 @@ class FileTableWriter:
         with self._lock:
             if self._mm is None:
                 return
-            log2 = self._log2
-            while log2 < self._max_log2 and self._live + count > _LOAD * 0.85 * (1 << log2):
-                log2 += 1
-            if log2 > self._log2:
-                self._regrow(log2)
+            n = min(self._max_n, slots_for(self._live + count))
+            if n > self._n:
+                self._regrow(n)
 
     def _grow(self, force: bool = False) -> bool:
         """A table of twice the slots (or as many, when gone slots fill it, unless
         ``force``) holding every live slot of this one; False at the size limit."""
-        log2 = self._log2 + 1 if force or self._live * 2 > self._used else self._log2
-        if log2 > self._max_log2:
+        grow = force or self._live * 2 > self._used
+        n = min(self._max_n, 2 * self._n) if grow else self._n
+        if grow and n == self._n:
             return False
-        self._regrow(log2)
+        self._regrow(n)
         return True
 
-    def _regrow(self, log2: int) -> None:
-        """Make the table one of 2**log2 slots holding every live slot of this one."""
+    def _regrow(self, n: int) -> None:
+        """Make the table one of ``n`` slots holding every live slot of this one."""
         old = self._mm
         live = []
-        for i in range(1 << self._log2):
+        for i in range(self._n):
             at = HEADER_SIZE + i * SLOT_SIZE
             if old[at + _STATE_AT] == _LIVE:
                 live.append(old[at : at + SLOT_SIZE])
-        self._new_table(log2)
+        self._new_table(n)
         for body in live:
             self._put(body)
 
     def stats(self) -> dict[str, int]:
         """Files published, slots, tables made."""
         with self._lock:
-            return {"files": self._live, "slots": 1 << self._log2, "tables": self.tables}
+            return {"files": self._live, "slots": self._n, "tables": self.tables}
 
     def close(self) -> None:
         """Mark the table closed for its readers and let it go; idempotent."""
@@ -319,15 +325,15 @@ class FileTableReader:
             mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
         finally:
             os.close(fd)
-        magic, fmt, log2, _ = _HEADER.unpack_from(mm, 0)
-        if magic != MAGIC or fmt != FORMAT or not _MIN_LOG2 <= log2 <= _MAX_LOG2:
+        magic, fmt, n, _ = _HEADER.unpack_from(mm, 0)
+        if magic != MAGIC or fmt != FORMAT or not _MIN_SLOTS <= n <= _MAX_SLOTS:
             mm.close()
             raise ValueError(f"not a Shoal file table of format {FORMAT}")
-        if size != HEADER_SIZE + (SLOT_SIZE << log2):
+        if size != HEADER_SIZE + SLOT_SIZE * n:
             mm.close()
-            raise ValueError(f"file table of {size} bytes does not hold 2**{log2} slots")
+            raise ValueError(f"file table of {size} bytes does not hold {n} slots")
         self._mm = mm
-        self._log2 = log2
+        self._n = n
 
     @property
     def current(self) -> bool:
@@ -344,7 +350,7 @@ class FileTableReader:
         return [
             None if t is None else new(Published, t)
             for t in find_files(
-                mm, list(paths), HEADER_SIZE, self._log2, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
+                mm, list(paths), HEADER_SIZE, self._n, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
             )
         ]
 

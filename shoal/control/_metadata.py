@@ -59,7 +59,7 @@ class MetadataCache:
         self,
         *,
         max_entries: int = 1_000_000,
-        max_bytes: int = 256 << 20,
+        max_bytes: int = 128 << 20,
         clock: Callable[[], float] = time.monotonic,
     ):
         for name, value in (("max_entries", max_entries), ("max_bytes", max_bytes)):

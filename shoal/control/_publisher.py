@@ -6,7 +6,6 @@ back."""
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from ..engine import PageLocation, PageStore
 from ..engine._regions import TIER_NAMES
 from ._filerecords import decode_record, encode_record
 from ._files import File, FileResolver
-from ._filetable import FileTableWriter
+from ._filetable import FileTableWriter, slots_for
 from ._pages import file_id, page_key
 from .ufs import ObjectInfo
 
@@ -51,8 +50,7 @@ class Publisher:
         self._closed = False
         # Sized for the pages cached already, so that a large cache's table seldom grows
         # (each growth copies every slot while publishing waits).
-        log2 = math.ceil(math.log2(len(store) / 0.6 + 1))
-        self.table = FileTableWriter(min(24, max(16, log2)))
+        self.table = FileTableWriter(max(1 << 16, slots_for(len(store))))
         files.metadata.on_refresh = self.table.supersede
         self._restoring = threading.Thread(target=self._restore, name="shoal-restore", daemon=True)
         self._restoring.start()

@@ -46,7 +46,7 @@ def blake2b_16(data):
     return PyBytes_FromStringAndSize(<char *>out, 16)
 
 
-cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t mask,
+cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t count,
                            int max_probes, int state_at, int empty, int live,
                            const uint8_t *key, uint8_t *slot) noexcept nogil:
     """Copy the slot of ``key`` that checks out into ``slot`` and return it; NULL when
@@ -56,7 +56,7 @@ cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t mask
     cdef Py_ssize_t at
     cdef int p
     memcpy(&i, key, 8)
-    i &= mask
+    i %= count
     for p in range(max_probes):
         at = header + <Py_ssize_t>(i * SLOT)
         memcpy(slot, base + at, SLOT)
@@ -69,17 +69,19 @@ cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t mask
             return NULL
         if slot[state_at] == empty:
             return NULL
-        i = (i + 1) & mask
+        i += 1
+        if i == count:
+            i = 0
     return NULL
 
 
-def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
+def find_files(table, list paths, Py_ssize_t header, uint64_t count, int max_probes,
                int state_at, int empty, int live):
     """Per Shoal path, the fields of its file slot in ``table`` (a buffer of ``header``
-    bytes and ``2**log2`` slots; see ``_fields``), or None.
+    bytes and ``count`` slots; see ``_fields``), or None.
 
     A path's key is the 16-byte BLAKE2b digest of its UTF-8 (``surrogateescape``). Its
-    slots are probed from the key's first 8 bytes (little-endian) modulo the slot count,
+    slots are probed from the key's first 8 bytes (little-endian) modulo ``count``,
     at most ``max_probes`` of them, until its own or one whose byte ``state_at`` is
     ``empty``. A slot is a 32-bit sequence number (odd while it is written), the crc32c of
     bytes 8 to 64, the key at byte 8, and the rest; it is believed only when, in the one
@@ -88,16 +90,14 @@ def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
     cdef Py_buffer view
     cdef uint8_t slot[SLOT]
     cdef uint8_t key[16]
-    cdef uint64_t mask
     cdef const char *text
     cdef Py_ssize_t size
-    if not 0 <= log2 < 40 or header < 0 or not 0 <= state_at < SLOT:
+    if not 0 < count < (<uint64_t>1 << 40) or header < 0 or not 0 <= state_at < SLOT:
         raise ValueError("find_files: bad table geometry")
-    mask = (<uint64_t>1 << log2) - 1
     out = []
     PyObject_GetBuffer(table, &view, PyBUF_SIMPLE)
     try:
-        if view.len < header + (SLOT << log2):
+        if <uint64_t>view.len < header + SLOT * count:
             raise ValueError(f"find_files: the table has {view.len} bytes, fewer than its slots")
         for path in paths:
             try:
@@ -106,7 +106,7 @@ def find_files(table, list paths, Py_ssize_t header, int log2, int max_probes,
             except UnicodeEncodeError:
                 encoded = (<str>path).encode("utf-8", "surrogateescape")
                 shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
-            if _probe(<const uint8_t *>view.buf, header, mask, max_probes, state_at, empty,
+            if _probe(<const uint8_t *>view.buf, header, count, max_probes, state_at, empty,
                       live, key, slot) == NULL:
                 out.append(None)
             else:

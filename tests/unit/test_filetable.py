@@ -35,7 +35,7 @@ def reader(writer: FileTableWriter) -> FileTableReader:
 
 
 def test_published_files_are_found_and_others_not():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     paths = [f"/d/{i}" for i in range(500)]
     assert w.publish_many(entry(p, i) for i, p in enumerate(paths)) == 500
     r = reader(w)
@@ -47,7 +47,7 @@ def test_published_files_are_found_and_others_not():
 
 
 def test_republishing_replaces_and_withdraw_removes():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     w.publish_many([entry("/a", 1), entry("/b", 2)])
     r = reader(w)
     w.publish_many([entry("/a", 5)])
@@ -59,9 +59,9 @@ def test_republishing_replaces_and_withdraw_removes():
 
 
 def test_growth_supersedes_the_old_table_and_keeps_every_file():
-    w = FileTableWriter(10, 14)
+    w = FileTableWriter(1024, 16384)
     first = reader(w)
-    paths = [f"/g/{i}" for i in range(3000)]  # past 0.7 of 1024 slots: two growths
+    paths = [f"/g/{i}" for i in range(3000)]  # past 0.8 of 1024 slots: two growths
     w.publish_many(entry(p, i) for i, p in enumerate(paths))
     assert not first.current
     now = reader(w)
@@ -70,7 +70,7 @@ def test_growth_supersedes_the_old_table_and_keeps_every_file():
 
 
 def test_a_full_table_at_its_limit_publishes_no_more():
-    w = FileTableWriter(10, 10)
+    w = FileTableWriter(1024, 1024)
     done = w.publish_many(entry(f"/f/{i}", i) for i in range(2000))
     assert done < 2000
     r = reader(w)
@@ -78,7 +78,7 @@ def test_a_full_table_at_its_limit_publishes_no_more():
 
 
 def test_supersede_and_close_are_seen_by_readers():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     w.publish_many([entry("/a")])
     r = reader(w)
     w.supersede()
@@ -93,7 +93,7 @@ def test_supersede_and_close_are_seen_by_readers():
 
 
 def test_entries_that_do_not_fit_a_slot_are_left_out():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     bad = [
         ("/big", 1 << 32, 0, 0, 0, 0, 1, FRESH),
         ("/gen", 1, 0, 0, 0, 0, 1 << 32, FRESH),
@@ -117,7 +117,7 @@ def _slot_of(w: FileTableWriter, path: str) -> int:
 
 @pytest.mark.parametrize("where", [4, 30, 33, 41, 50, 60])
 def test_a_torn_or_damaged_slot_is_never_believed(where):
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     w.publish_many([entry("/t", 3)])
     r = reader(w)
     at = _slot_of(w, "/t")
@@ -126,7 +126,7 @@ def test_a_torn_or_damaged_slot_is_never_believed(where):
 
 
 def test_a_slot_being_written_is_never_believed():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     w.publish_many([entry("/t", 3)])
     r = reader(w)
     at = _slot_of(w, "/t")
@@ -136,7 +136,7 @@ def test_a_slot_being_written_is_never_believed():
 
 
 def test_readers_cannot_write_the_table():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     fd = w.reader_fd()
     try:
         with pytest.raises(PermissionError):
@@ -151,7 +151,7 @@ def test_readers_cannot_write_the_table():
 
 def test_not_a_table_is_refused():
     fd = os.memfd_create("x")
-    os.ftruncate(fd, HEADER_SIZE + (SLOT_SIZE << 10))
+    os.ftruncate(fd, HEADER_SIZE + SLOT_SIZE * 1024)
     with pytest.raises(ValueError, match="not a Shoal file table"):
         FileTableReader(fd)
     fd = os.memfd_create("y")
@@ -162,15 +162,15 @@ def test_not_a_table_is_refused():
 def test_the_native_probe_checks_its_arguments():
     from shoal.engine._slots import find_files
 
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     mm = w._mm
     with pytest.raises(TypeError):
-        find_files(mm, [b"/not-a-str"], HEADER_SIZE, 10, 8, 28, 0, 1)
+        find_files(mm, [b"/not-a-str"], HEADER_SIZE, 1024, 8, 28, 0, 1)
     with pytest.raises(ValueError, match="fewer than its slots"):
-        find_files(mm, ["/a"], HEADER_SIZE, 11, 8, 28, 0, 1)
+        find_files(mm, ["/a"], HEADER_SIZE, 2048, 8, 28, 0, 1)
     with pytest.raises(ValueError, match="geometry"):
-        find_files(mm, ["/a"], HEADER_SIZE, 10, 8, 64, 0, 1)
-    assert find_files(mm, [], HEADER_SIZE, 10, 8, 28, 0, 1) == []
+        find_files(mm, ["/a"], HEADER_SIZE, 1024, 8, 64, 0, 1)
+    assert find_files(mm, [], HEADER_SIZE, 1024, 8, 28, 0, 1) == []
 
 
 @settings(max_examples=300, deadline=None)
@@ -184,7 +184,7 @@ def test_the_native_blake2b_is_hashlibs(data):
 
 
 def test_paths_that_are_not_plain_utf8_are_found_too():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     odd = ["/a\udcff/b", "/\u00e9t\u00e9", "/" + "x" * 300, "/\U0001f600"]
     w.publish_many(entry(p, i) for i, p in enumerate(odd))
     got = reader(w).lookup_many(odd)
@@ -192,13 +192,13 @@ def test_paths_that_are_not_plain_utf8_are_found_too():
 
 
 def test_bad_sizes_are_refused():
-    for args in [(5,), (30,), (12, 11), (True,)]:
+    for args in [(5,), (1 << 30,), (4096, 2048), (True,)]:
         with pytest.raises(ValueError):
             FileTableWriter(*args)
 
 
 def test_a_reader_in_another_process_sees_what_the_writer_publishes():
-    w = FileTableWriter(10)
+    w = FileTableWriter(1024)
     w.publish_many(entry(f"/p/{i}", i) for i in range(100))
     fd = w.reader_fd()
     code = (
@@ -232,7 +232,7 @@ paths = st.lists(
     )
 )
 def test_the_table_says_what_a_dict_says(ops):
-    w = FileTableWriter(10, 12)
+    w = FileTableWriter(1024, 4096)
     model: dict[str, int] = {}
     for op, ps, n in ops:
         if op == "put":
@@ -258,11 +258,11 @@ def test_the_table_says_what_a_dict_says(ops):
 
 
 def test_reserving_room_grows_the_table_once():
-    w = FileTableWriter(10, 20)
+    w = FileTableWriter(1024, 1 << 20)
     w.publish_many(entry(f"/r/{i}", i) for i in range(100))
     w.reserve(10_000)
     tables = w.stats()["tables"]
-    assert w.stats()["slots"] >= 10_000 / 0.7
+    assert w.stats()["slots"] >= 10_100 / 0.8
     w.publish_many(entry(f"/s/{i}", i) for i in range(10_000))
     assert w.stats()["tables"] == tables  # no growth while publishing
     got = reader(w).lookup_many(
