@@ -484,13 +484,16 @@ class Client:
         Returns
         -------
         dict
-            ``tiers`` (per tier: capacity, regions used, live bytes, pages, ``state``
-            (``normal``, ``unstable`` or ``down``) and ``io_errors`` ...), ``pages``,
-            ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads``, ``ufs_pages``
-            and ``ufs_bytes`` (requests, pages and bytes from under-stores),
-            ``pages_located`` (read short-circuit), ``pages_sent`` and ``bytes_sent``
-            (over the socket), ``pages_prefetched``, ``requests``,
-            ``mounts``, ``worker`` (pid, host id, home, uptime, engine, page size).
+            ``tiers`` (per tier: capacity, regions used, live and filled bytes, pages,
+            ``state`` (``normal``, ``unstable`` or ``down``) and ``io_errors`` ...),
+            ``pages``, ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads``,
+            ``ufs_pages`` and ``ufs_bytes`` (requests, pages and bytes from
+            under-stores), ``pages_located`` (read short-circuit), ``pages_sent`` and
+            ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests`` and
+            ``file_requests`` (those naming files), ``published`` (the table of
+            published files: files, slots, tables made, ``restoring``),
+            ``metadata_entries`` and ``metadata_bytes``, ``mounts``, ``worker`` (pid,
+            host id, home, uptime, engine, page size).
             In a cluster, also ``cluster`` (the worker's registration: id, state,
             whether etcd renews it) and ``membership`` (this client's view: workers
             seen, whether its source answers, the last error).
