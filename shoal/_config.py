@@ -46,6 +46,7 @@ _ENV_FIELDS = {
     "SHOAL_CACHE_DIR": "cache_dir",
     "SHOAL_CAPACITY": "capacity",
     "SHOAL_MEM_CAPACITY": "mem_capacity",
+    "SHOAL_METADATA_CACHE": "metadata_cache",
     "SHOAL_CLUSTER_SECRET_FILE": "cluster_secret_file",
     "SHOAL_ADMIN_SECRET_FILE": "admin_secret_file",
     "SHOAL_TLS_CERT": "tls_cert",
@@ -82,7 +83,9 @@ _PATH_FIELDS = (
 DEFAULT_ALLOWED_MOUNTS = ("s3://", "gs://", "gcs://", "abfs://", "az://")
 #: Environment variables a mount may name as its credentials by default.
 DEFAULT_CREDENTIAL_ENV = ("AWS_*",)
-_SIZE_FIELDS = ("page_size", "chunk_size", "region_size", "capacity", "mem_capacity")
+_SIZE_FIELDS = (
+    "page_size", "chunk_size", "region_size", "capacity", "mem_capacity", "metadata_cache"
+)  # fmt: skip
 
 
 def default_home(environ: Mapping[str, str] = os.environ) -> str:
@@ -174,6 +177,9 @@ class Config:
     max_connections, max_connections_per_peer
         Connections a worker serves at once, in all and per peer (a TCP peer's address, a
         Unix-socket peer's uid); one more is refused with an error.
+    metadata_cache
+        Bytes of memory a worker's cache of file metadata (stats and listings) may take,
+        as estimated (128 MiB by default); past it the oldest entries go.
     idle_timeout
         Seconds a worker keeps a connection that sends no request (clients reconnect).
     send_timeout
@@ -193,6 +199,7 @@ class Config:
     cache_dir: str | None = None
     capacity: int | None = None
     mem_capacity: int | None = None
+    metadata_cache: int = 128 * MiB
     page_size: int = 4 * MiB
     chunk_size: int = 64 * MiB
     region_size: int = 64 * MiB
@@ -302,7 +309,7 @@ class Config:
                 f"mem_capacity ({self.mem_capacity}) must be 0 or hold at least one region "
                 f"({self.region_size})"
             )
-        for name in ("max_connections", "max_connections_per_peer"):
+        for name in ("max_connections", "max_connections_per_peer", "metadata_cache"):
             set_(self, name, _positive(getattr(self, name), name, int))
         for name in ("idle_timeout", "send_timeout"):
             set_(self, name, _positive(getattr(self, name), name, float))

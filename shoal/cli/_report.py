@@ -94,7 +94,10 @@ def render_report(report: Mapping[str, Any]) -> str:
         f"served      {report.get('pages_located', 0)} pages short-circuit, "
         f"{report.get('pages_sent', 0)} pages ({format_size(report.get('bytes_sent', 0))}) "
         f"over the socket, {report.get('pages_prefetched', 0)} prefetched",
-        f"requests    {report.get('requests', 0)}",
+        f"requests    {report.get('requests', 0)} ({report.get('file_requests', 0)} naming files)",
+        f"published   {_published(report.get('published', {}))}",
+        f"metadata    {report.get('metadata_entries', 0)} entries, "
+        f"{format_size(report.get('metadata_bytes', 0))}",
         f"mounts      {report.get('mounts', 0)}",
     ]
     metrics = report.get("worker", {}).get("metrics")
@@ -108,6 +111,14 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines.append(f"not cached  {report['store_full']} pages (no tier took them)")
     lines += _cluster_lines(report)
     return "\n".join(lines)
+
+
+def _published(p: Mapping[str, Any]) -> str:
+    """The table of published files: ``1,204 files in 65,536 slots``."""
+    if not p:
+        return "-"
+    text = f"{p.get('files', 0):,} files in {p.get('slots', 0):,} slots"
+    return text + (", file records still read back" if p.get("restoring") else "")
 
 
 def _kinds(counts: Mapping[str, int]) -> str:

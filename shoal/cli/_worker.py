@@ -23,6 +23,7 @@ _CONFIG_FLAGS = (
     "cache_dir",
     "capacity",
     "mem_capacity",
+    "metadata_cache",
     "page_size",
     "listen",
     "metrics_listen",
@@ -72,6 +73,13 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="bytes of the MEM tier on /dev/shm, 0 to disable ($SHOAL_MEM_CAPACITY, "
         "default 10%% of RAM)",
+    )
+    cache.add_argument(
+        "--metadata-cache",
+        type=size_arg,
+        metavar="SIZE",
+        help="memory of the cache of file metadata, e.g. 512MiB ($SHOAL_METADATA_CACHE, "
+        "default 128MiB)",
     )
     cache.add_argument(
         "--page-size",

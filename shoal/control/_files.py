@@ -104,6 +104,8 @@ class FileResolver:
         table (written by another worker, or before the operator narrowed the policy).
     stat_threads
         Stores asked about several paths at once.
+    metadata_bytes
+        Memory the metadata cache may take, as estimated (see :class:`MetadataCache`).
 
     Notes
     -----
@@ -118,13 +120,14 @@ class FileResolver:
         counters: Counters,
         policy: MountPolicy,
         stat_threads: int = 16,
+        metadata_bytes: int = 128 << 20,
     ):
         self._mounts = mounts
         self._shared = shared
         self._counters = counters
         self._policy = policy
         self._refused: dict[str, Mount] = {}  # mounts of the table refused at use, as logged
-        self.metadata = MetadataCache()
+        self.metadata = MetadataCache(max_bytes=metadata_bytes)
         self._lock = threading.Lock()
         self._stores: dict[str, UnderStore] = {}
         self._retired: dict[str, dict[str, int]] = {}  # requests of stores closed, per mount

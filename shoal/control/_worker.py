@@ -109,6 +109,7 @@ class Worker:
             counters=self._counters,
             policy=MountPolicy.from_config(config),
             stat_threads=fetch_threads,
+            metadata_bytes=config.metadata_cache,
         )
         self.fetcher = Fetcher(
             self._store,

@@ -47,6 +47,8 @@ def test_yaml_then_env_then_arguments(home, tmp_path):
     assert cfg.host_id == "from-env" and cfg.listen == "127.0.0.1:0"
     cfg = load_config(environ=env, host_id="from-flag", etcd=None)
     assert cfg.host_id == "from-flag" and cfg.etcd is None
+    assert cfg.metadata_cache == 128 * MiB
+    assert load_config(environ={**env, "SHOAL_METADATA_CACHE": "1GiB"}).metadata_cache == 1 << 30
 
 
 @pytest.mark.parametrize(
@@ -63,6 +65,8 @@ def test_yaml_then_env_then_arguments(home, tmp_path):
         ({"SHOAL_ETCD": "localhost:2379"}, "etcd"),
         ({"SHOAL_CAPACITY": "1MiB"}, "capacity.*SHOAL_CAPACITY"),
         ({"SHOAL_MEM_CAPACITY": "1MiB"}, "mem_capacity"),
+        ({"SHOAL_METADATA_CACHE": "0"}, "metadata_cache"),
+        ({"SHOAL_METADATA_CACHE": "a lot"}, "metadata_cache"),
     ],
 )
 def test_bad_environment_names_the_field_and_variable(home, env, message):
