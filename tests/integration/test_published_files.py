@@ -241,3 +241,22 @@ def test_records_past_their_time_or_moved_are_not_taken_back(client, tmp_path):
     (root / names[0]).write_bytes(b"changed while the worker was down and the ttl ran out")
     assert client.report()["published"]["files"] == 0
     assert new_process_reads(root, "/short", names) == []
+
+
+def test_bad_table_and_region_requests_are_refused_and_the_worker_serves_on(client, small):
+    from shoal.client._connection import Connection
+    from shoal.control._daemon import socket_path
+
+    conn = Connection(socket_path(os.environ["SHOAL_HOME"]), 10)
+    try:
+        assert conn.table is not None and conn.table.current
+        # Unknown tiers, regions past the tier, regions never used: no descriptor, no error.
+        conn.fetch_regions([["NOPE", 1], ["SSD", (1 << 32) - 1], ["SSD", 63], ["HDD", 0]])
+        assert conn.region_fds() == 0
+        with pytest.raises((OSError, ValueError)):
+            conn.call({"op": "regions", "regions": [["SSD"]]})  # malformed: refused
+    finally:
+        conn.close()
+    root, names = small
+    assert new_process_reads(root, "/s", names[:20]) == []
+    assert client.report()["published"]["files"] == len(names)
