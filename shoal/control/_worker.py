@@ -123,10 +123,9 @@ class Worker:
             whole_file_bytes=whole_file_bytes,
         )
         self.files.fetch_first = self.fetcher.fetch_first
-        #: Cached small files, published for the clients of this node to read with no
-        #: request; void (superseded) whenever what a path means may have changed.
-        # The table of published files and the file records; the files cached before a
-        # restart are known again before the first client comes (most of them).
+        # The table of published files (cached small files that the node's clients read
+        # with no request) and the file records; the files cached before a restart are
+        # known again before the first client comes (most of them).
         self.publisher = Publisher(self._store, self.files, config.page_size)
         self.fetcher.record_of = self.publisher.record_of
         self.loader = Loader(
