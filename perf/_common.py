@@ -119,3 +119,13 @@ def data_root() -> Path:
         if os.stat(tmp).st_dev == os.stat(REPO).st_dev:
             return tmp
     return REPO
+
+
+def describe_worker(report: dict) -> str:
+    """A worker's report in one line: pid, engine, tiers, page size."""
+    w = report["worker"]
+    tiers = ", ".join(
+        f"{name} {t['capacity'] / GiB:.1f} GiB" for name, t in report["tiers"].items()
+    )
+    page = w["page_size"] // MiB
+    return f"worker pid {w['pid']}, engine {w['engine']}, tiers {tiers}, page {page} MiB"

@@ -48,7 +48,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from _common import MiB, Table, aligned, best_of, data_root, timed  # noqa: E402
+from _common import MiB, Table, aligned, best_of, data_root, describe_worker, timed  # noqa: E402
 from _s3delay import KINDS, ProxyProcess, difference  # noqa: E402
 
 import shoal  # noqa: E402
@@ -631,15 +631,9 @@ def main(argv: list[str] | None = None) -> int:
             s3.create_bucket(Bucket=BUCKET)
             with shoal.Client() as client:
                 client.mount(MOUNT, f"s3://{BUCKET}", **server.mount_options())
-                report = client.report()
-                tiers = ", ".join(
-                    f"{name} {t['capacity'] / 2**30:.1f} GiB" for name, t in report["tiers"].items()
-                )
                 print(
-                    f"S3: moto at {server.endpoint_url}; Shoal: worker pid "
-                    f"{report['worker']['pid']}, engine {report['worker']['engine']}, "
-                    f"tiers {tiers}, page {report['worker']['page_size'] // MiB} MiB; "
-                    f"local data: {root}",
+                    f"S3: moto at {server.endpoint_url}; Shoal: "
+                    f"{describe_worker(client.report())}; local data: {root}",
                     flush=True,
                 )
                 ctx = Context(server, s3, client, root)

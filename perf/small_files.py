@@ -57,7 +57,7 @@ from pathlib import Path
 # numpy's BLAS threads spin after use and would steal a core from the measurement.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from _common import REPO, KiB, MiB, Table, aligned, data_root  # noqa: E402
+from _common import REPO, KiB, MiB, Table, aligned, data_root, describe_worker  # noqa: E402
 
 import shoal  # noqa: E402
 from shoal import engine  # noqa: E402
@@ -646,16 +646,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed = {"allowed_mounts": [*DEFAULT_ALLOWED_MOUNTS, root.as_uri() + "/"]}
         with TemporaryHome("shoal-small-", config=allowed), shoal.Client() as client:
             client.mount(SMALL, folder.as_uri())
-            report = client.report()
-            tiers = ", ".join(
-                f"{name} {t['capacity'] / 2**30:.1f} GiB" for name, t in report["tiers"].items()
-            )
-            print(
-                f"Shoal: worker pid {report['worker']['pid']}, engine "
-                f"{report['worker']['engine']}, tiers {tiers}, page "
-                f"{report['worker']['page_size'] // MiB} MiB; local data: {root}",
-                flush=True,
-            )
+            print(f"Shoal: {describe_worker(client.report())}; local data: {root}", flush=True)
             bench_cold_load(args, client, folder, res)
             bench_warm(args, client, folder, res)
             bench_loader(args, client, folder, res)

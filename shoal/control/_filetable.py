@@ -28,7 +28,6 @@ linear probing, the checks of a slot's copy): no RocksDB, no worker code.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
 import struct
@@ -37,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..engine import crc32c
-from ..engine._slots import find_files
+from ..engine._slots import blake2b_16, find_files
 
 __all__ = [
     "FileTableReader",
@@ -57,18 +56,18 @@ SLOT_SIZE = _SLOT.size
 assert SLOT_SIZE == 64
 _FLAGS_AT = 12  # offset of the header's flags
 SUPERSEDED, CLOSED = 1, 2
-_EMPTY, _LIVE, _GONE = 0, 1, 2
+_EMPTY, _LIVE = 0, 1
 _STATE_AT = 28  # offset of a slot's state
 #: Slots a lookup probes at most before it calls a path absent.
 MAX_PROBES = 256
 _MIN_SLOTS, _MAX_SLOTS = 1 << 10, 1 << 28
-_LOAD = 0.8  # used slots (live and gone) / slots, at most, before the table grows
+_LOAD = 0.8  # files / slots, at most, before the table grows
 _U32 = 1 << 32
 
 
 def path_key(path: str) -> bytes:
     """The 16-byte key of a Shoal path."""
-    return hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    return blake2b_16(path.encode("utf-8", "surrogateescape"))
 
 
 class Published(NamedTuple):
@@ -119,7 +118,7 @@ class FileTableWriter:
         self._lock = threading.Lock()
         self._fd = self._ro_fd = -1
         self._mm: mmap.mmap | None = None
-        self._used = self._live = 0
+        self._live = 0
         self.tables = 0  # tables made so far (a new one per growth or supersession)
         self._new_table(self._n)
 
@@ -145,7 +144,7 @@ class FileTableWriter:
             raise
         old = self._mm, self._fd, self._ro_fd
         self._mm, self._fd, self._ro_fd, self._n = mm, fd, ro, n
-        self._used = self._live = 0
+        self._live = 0
         self.tables += 1
         self._retire(*old, SUPERSEDED)
 
@@ -190,61 +189,36 @@ class FileTableWriter:
                     and 0 <= tier < 256 and 0 <= offset < 1 << 63 and 0 < fresh < 1 << 63
                 ):  # fmt: skip
                     continue
-                if self._used + 1 > _LOAD * self._n and not self._grow():
+                if self._live + 1 > _LOAD * self._n and not self._grow():
                     break
                 body = _SLOT.pack(
                     0, 0, path_key(path), 0, _LIVE, tier, 0, region, crc, generation, size,
                     offset, fresh,
                 )  # fmt: skip
-                if not self._put(body) and not (self._grow(force=True) and self._put(body)):
+                if not self._put(body) and not (self._grow() and self._put(body)):
                     continue
                 done += 1
         return done
 
-    def withdraw_many(self, paths: Iterable[str]) -> int:
-        """Remove what the table says of these paths; how many were there."""
-        gone = 0
-        with self._lock:
-            if self._mm is None:
-                return 0
-            mm = self._mm
-            for path in paths:
-                key = path_key(path)
-                at = self._find(key)
-                if at >= 0 and mm[at + 8 : at + 24] == key and mm[at + _STATE_AT] == _LIVE:
-                    self._write(at, _SLOT.pack(0, 0, key, 0, _GONE, 0, 0, 0, 0, 0, 0, 0, 0))
-                    self._live -= 1
-                    gone += 1
-        return gone
-
     def _find(self, key: bytes) -> int:
-        """The offset of ``key``'s slot, else of the first reusable one on its probe path,
+        """The offset of ``key``'s slot, else of the empty one that ends its probe path,
         else -1 (the probe limit reached)."""
         mm = self._mm
         n = self._n
         i = int.from_bytes(key[:8], "little") % n
-        reusable = -1
         for _ in range(MAX_PROBES):
             at = HEADER_SIZE + i * SLOT_SIZE
-            state = mm[at + _STATE_AT]
-            if state == _EMPTY:
-                return at if reusable < 0 else reusable
-            if mm[at + 8 : at + 24] == key:
+            if mm[at + _STATE_AT] == _EMPTY or mm[at + 8 : at + 24] == key:
                 return at
-            if state == _GONE and reusable < 0:
-                reusable = at
             i = i + 1 if i + 1 < n else 0
-        return reusable
+        return -1
 
     def _put(self, body: bytes) -> bool:
         key = body[8:24]
         at = self._find(key)
         if at < 0:
             return False
-        state = self._mm[at + _STATE_AT]
-        if state == _EMPTY:
-            self._used += 1
-        if state != _LIVE or self._mm[at + 8 : at + 24] != key:
+        if self._mm[at + _STATE_AT] == _EMPTY:
             self._live += 1
         self._write(at, body)
         return True
@@ -268,12 +242,11 @@ class FileTableWriter:
             if n > self._n:
                 self._regrow(n)
 
-    def _grow(self, force: bool = False) -> bool:
-        """A table of twice the slots (or as many, when gone slots fill it, unless
-        ``force``) holding every live slot of this one; False at the size limit."""
-        grow = force or self._live * 2 > self._used
-        n = min(self._max_n, 2 * self._n) if grow else self._n
-        if grow and n == self._n:
+    def _grow(self) -> bool:
+        """A table of twice the slots holding every file of this one; False at the size
+        limit."""
+        n = min(self._max_n, 2 * self._n)
+        if n == self._n:
             return False
         self._regrow(n)
         return True

@@ -46,16 +46,14 @@ def test_published_files_are_found_and_others_not():
     assert w.stats()["files"] == 500
 
 
-def test_republishing_replaces_and_withdraw_removes():
+def test_republishing_replaces_in_place():
     w = FileTableWriter(1024)
     w.publish_many([entry("/a", 1), entry("/b", 2)])
     r = reader(w)
     w.publish_many([entry("/a", 5)])
     assert r.lookup_many(["/a"])[0].region == 5
-    assert w.withdraw_many(["/a", "/missing"]) == 1
-    assert r.lookup_many(["/a", "/b"])[0] is None
     assert r.lookup_many(["/b"])[0].region == 2
-    assert w.stats()["files"] == 1
+    assert w.stats()["files"] == 2
 
 
 def test_growth_supersedes_the_old_table_and_keeps_every_file():
@@ -227,7 +225,7 @@ paths = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(
     ops=st.lists(
-        st.tuples(st.sampled_from(["put", "drop", "supersede"]), paths, st.integers(0, 1000)),
+        st.tuples(st.sampled_from(["put", "supersede"]), paths, st.integers(0, 1000)),
         max_size=25,
     )
 )
@@ -239,10 +237,6 @@ def test_the_table_says_what_a_dict_says(ops):
             done = w.publish_many(entry(p, n) for p in ps)
             assert done == len(ps)
             model.update(dict.fromkeys(ps, n))
-        elif op == "drop":
-            w.withdraw_many(ps)
-            for p in ps:
-                model.pop(p, None)
         else:
             w.supersede()
             model.clear()

@@ -183,6 +183,18 @@ def _paths(values: list, what: str) -> None:
         _text(p, f"{what}: a path", MAX_PATH_BYTES)
 
 
+def _tier_regions(entries: list, what: str, fields: str, low: int = 0) -> list:
+    """``entries`` after checking that each is a list ``[tier, region, ...]`` of the
+    ``fields`` named, its tier a name and its region a number from ``low``."""
+    width = fields.count(",") + 1
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != width or not isinstance(entry[0], str):
+            raise ProtocolError(f"{what}: each entry must be [{fields}], got {entry!r:.200}")
+        _text(entry[0], f"{what}: tier", _MAX_NAME)
+        _int(entry[1], f"{what}: region", low, 1 << 32)
+    return entries
+
+
 def check_version(version: int) -> None:
     """``ProtocolError`` unless a peer's protocol ``version`` is this one."""
     if version != PROTOCOL_VERSION:
@@ -220,26 +232,14 @@ def check_request(header: dict) -> str:
         _paths(header["paths"], f"{op}: paths")
     elif op == "touch":
         _count(header["regions"], "touch: regions")
-        for entry in header["regions"]:
-            if not isinstance(entry, list) or len(entry) != 3 or not isinstance(entry[0], str):
-                raise ProtocolError(
-                    f"touch: each entry must be [tier, region, pages], got {entry!r:.200}"
-                )
-            _text(entry[0], "touch: tier", _MAX_NAME)
-            _int(entry[1], "touch: region", 0, 1 << 32)
+        for entry in _tier_regions(header["regions"], "touch", "tier, region, pages"):
             _int(entry[2], "touch: pages", 1, _MAX_PAGES_PER_TOUCH)
     elif op == "regions":
         if len(header["regions"]) > MAX_FDS:
             raise OSError(
                 errno.E2BIG, f"regions: {len(header['regions'])} entries; at most {MAX_FDS}"
             )
-        for entry in header["regions"]:
-            if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str):
-                raise ProtocolError(
-                    f"regions: each entry must be [tier, region], got {entry!r:.200}"
-                )
-            _text(entry[0], "regions: tier", _MAX_NAME)
-            _int(entry[1], "regions: region", 0, 1 << 32)
+        _tier_regions(header["regions"], "regions", "tier, region")
     elif op == "mount" and len(header["options"]) > _MAX_OPTIONS:
         raise OSError(
             errno.E2BIG,
@@ -288,9 +288,4 @@ def _check_read(header: dict) -> None:
         raise OSError(
             errno.E2BIG, f"read: {total} bytes asked; at most {MAX_READ_BYTES} per request"
         )
-    for token in header["forget"]:
-        if not isinstance(token, list) or len(token) != 2 or not isinstance(token[0], str):
-            raise ProtocolError(
-                f"read: each forget entry must be [tier, region], got {token!r:.200}"
-            )
-        _int(token[1], "read: forget region", GENERATIONS, 1 << 32)
+    _tier_regions(header["forget"], "read: forget", "tier, region", low=GENERATIONS)
