@@ -1,5 +1,6 @@
-"""``shoal.Client``: the public facade. Arguments are checked and file metadata cached
-here; reads go through the router's one read loop (``_router``), jobs through ``_jobs``."""
+"""``shoal.Client``: the public facade. Arguments are checked here; reads go through the
+client's metadata (``_metadata``) and the router's one read loop (``_router``), jobs and
+policies through ``_jobs`` and ``_policies``."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from .._config import Config, load_config
 from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
 from ..control.proto import MAX_LIST
-from ..control.ufs import ObjectChangedError
 from ..engine._requests import host_view
-from . import _jobs
+from . import _jobs, _policies
 from ._jobs import LoadProgress
 from ._meta import FileInfo
 from ._metadata import ClientMetadata
@@ -247,6 +247,42 @@ class Client:
         docs = self._call({"op": "mounts"})["mounts"]
         return [Mount(d["path"], d["uri"], d["options"]) for d in docs]
 
+    # ----------------------------------------------------------------- policies
+
+    def set_policy(self, path: str, **fields: Any) -> dict:
+        """Set ``fields`` of the policy on the prefix ``path`` (others kept); every worker
+        enforces it within seconds, and keeps it across restarts. This version enforces
+        ``metadata_ttl`` (seconds, or ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``),
+        ``read_ahead`` (pages) and ``replicas`` (an int >= 1 or ``"all"``); ``tier``,
+        ``ttl``, ``pin``, ``priority``, ``quota`` and ``write_mode`` are refused.
+
+        Returns ``{"path": ..., "policy": {field: value}}``, the rule after. Raises
+        ``ValueError`` for a bad field or value, a field not enforced yet, or a path under
+        no mount.
+        """
+        path = normalize_path(path)
+        rule = _policies.set_policy(self._live(), path, fields)
+        self._forget(path)
+        return rule
+
+    def remove_policy(self, path: str, *fields: str) -> dict:
+        """Remove ``fields`` (every field when none is named) of the policy on ``path``;
+        the rule after. ``FileNotFoundError`` when it sets none of them."""
+        path = normalize_path(path)
+        rule = _policies.remove_policy(self._live(), path, fields)
+        self._forget(path)
+        return rule
+
+    def policies(self) -> list[dict]:
+        """Every policy, sorted by path: ``{"path": ..., "policy": {field: value}}``."""
+        return _policies.policies(self._live())
+
+    def effective_policy(self, path: str) -> dict:
+        """The policy in force at ``path``: ``policy`` (every field's value, None when
+        unset) and ``sources`` (per field the prefix of the rule it comes from,
+        ``"mount"``, ``"default"`` or None), with ``path`` and its ``mount``."""
+        return _policies.effective_policy(self._live(), normalize_path(path))
+
     # ----------------------------------------------------------------- reads
 
     def read_into(self, buf: Any, path: str, offset: int = 0) -> int:
@@ -325,17 +361,17 @@ class Client:
         router = self._live()
         fresh = [i for i, item in enumerate(checked) if item[3] is None]
         if not fresh or not self._meta_ttl:
-            return self._read_checked(router, checked)
+            return self._meta.read(router, checked)
         # Files this process knows nothing of yet: those the local worker published are
         # read with no request at all.
         every = len(fresh) == len(checked)
         got = router.read_published(checked if every else [checked[i] for i in fresh])
         if not got:
-            return self._read_checked(router, checked)
+            return self._meta.read(router, checked)
         if every and None not in got:
             return got
         if all(n is None for n in got):
-            return self._read_checked(router, checked)
+            return self._meta.read(router, checked)
         out = [0] * len(checked)
         for i, n in zip(fresh, got, strict=True):
             if n is not None:
@@ -343,47 +379,9 @@ class Client:
                 checked[i] = None
         rest = [i for i, item in enumerate(checked) if item is not None]
         if rest:
-            for i, n in zip(
-                rest, self._read_checked(router, [checked[i] for i in rest]), strict=True
-            ):
+            for i, n in zip(rest, self._meta.read(router, [checked[i] for i in rest]), strict=True):
                 out[i] = n
         return out
-
-    def _read_checked(self, router: Router, checked: list[list]) -> list[int]:
-        """Read items checked by :meth:`read_many_into` (``[view, path, offset, meta or
-        None]``) through the worker's metadata and the router's read loop."""
-        for attempt in range(3):
-            missing = [item for item in checked if item[3] is None]
-            if missing:
-                # On one node the worker may learn a cold file from the read itself; in a
-                # cluster the file's worker depends on its version, so it is stat'd first.
-                reads = None if router.cluster else [[m[2], m[2] + m[0].nbytes] for m in missing]
-                metas = self._meta.metas(router, [m[1] for m in missing], reads)
-                for item, meta in zip(missing, metas, strict=True):
-                    item[3] = meta
-            results = []
-            wanted = []
-            for view, _, offset, meta in checked:
-                if meta.is_dir:
-                    raise IsADirectoryError(21, "is a directory", meta.path)
-                n = meta.size - offset
-                n = 0 if n < 0 else view.nbytes if n > view.nbytes else n
-                results.append(n)
-                if n:
-                    wanted.append((view if n == view.nbytes else view[:n], meta, offset))
-            if not wanted:
-                return results
-            try:
-                router.read(wanted)
-                return results
-            except ObjectChangedError:
-                # Our metadata is older than the worker's: drop it and ask again.
-                for item in checked:
-                    self._meta.entries.pop(item[1], None)
-                    item[3] = None
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
     def open(self, path: str, buffer_size: int | None = None) -> io.BufferedReader:
         """A seekable binary file object reading ``path`` through this client.

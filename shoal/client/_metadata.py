@@ -1,5 +1,6 @@
 """The client's memory of file metadata: records asked of a worker (a ``stat`` per batch),
-kept for the client's ``metadata_ttl``, and the paths it has normalised."""
+kept for the client's ``metadata_ttl``, the paths it has normalised, and the reads that
+rest on it (asked again when the worker knows a newer version)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from .._config import Config
 from ..control._namespace import normalize_path
 from ..control.proto import MAX_LIST, decode_error
+from ..control.ufs import ObjectChangedError
 from ._direct import stat_from_etcd
 from ._meta import FileMeta
 from ._router import Router
@@ -83,6 +85,43 @@ class ClientMetadata:
             if len(entries) > _MAX_ENTRIES:
                 self.entries = {p: e for p, e in entries.items() if e[0] > now}
         return out
+
+    def read(self, router: Router, checked: list[list]) -> list[int]:
+        """Read items checked by :meth:`shoal.Client.read_many_into` (``[view, path,
+        offset, meta or None]``) through this metadata (asked for where None) and the
+        router's read loop; metadata found older than the worker's is asked again."""
+        for attempt in range(3):
+            missing = [item for item in checked if item[3] is None]
+            if missing:
+                # On one node the worker may learn a cold file from the read itself; in a
+                # cluster the file's worker depends on its version, so it is stat'd first.
+                reads = None if router.cluster else [[m[2], m[2] + m[0].nbytes] for m in missing]
+                metas = self.metas(router, [m[1] for m in missing], reads)
+                for item, meta in zip(missing, metas, strict=True):
+                    item[3] = meta
+            results = []
+            wanted = []
+            for view, _, offset, meta in checked:
+                if meta.is_dir:
+                    raise IsADirectoryError(21, "is a directory", meta.path)
+                n = meta.size - offset
+                n = 0 if n < 0 else view.nbytes if n > view.nbytes else n
+                results.append(n)
+                if n:
+                    wanted.append((view if n == view.nbytes else view[:n], meta, offset))
+            if not wanted:
+                return results
+            try:
+                router.read(wanted)
+                return results
+            except ObjectChangedError:
+                # Our metadata is older than the worker's: drop it and ask again.
+                for item in checked:
+                    self.entries.pop(item[1], None)
+                    item[3] = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _records(self, router: Router, paths: list[str], fetch: list | None) -> list[dict]:
         """File records from a worker; in an etcd cluster where no worker answers, from

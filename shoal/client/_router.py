@@ -263,9 +263,10 @@ class Router:
         """The worker of this thread's control connection."""
         return self.home().member
 
-    def broadcast(self, header: dict, done: type[OSError]) -> None:
-        """With a membership file every worker keeps its own mount table: make the same
-        change on the workers other than this thread's home (``done``: it was made)."""
+    def broadcast(self, header: dict, done: type[OSError] | tuple[type[OSError], ...] = ()) -> None:
+        """With a membership file every worker keeps its own mount table and policies: make
+        the same change on the workers other than this thread's home (``done``: the errors
+        that say it was made there already)."""
         if not self.cluster or self.config.etcd is not None:
             return  # one node, or a mount table shared in etcd
         home = self.home_member()

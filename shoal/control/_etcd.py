@@ -25,7 +25,7 @@ import re
 import socket
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +45,10 @@ __all__ = [
     "WatchBatch",
     "WatchEvent",
     "check_prefix",
+    "cmp_absent",
     "cmp_exists",
     "cmp_mod_revision",
+    "cmp_value",
     "op_delete",
     "op_put",
     "parse_endpoint",
@@ -885,6 +887,16 @@ def cmp_exists(key: bytes) -> dict:
     return {"key": _b64(key), "target": "CREATE", "result": "GREATER", "create_revision": 0}
 
 
+def cmp_absent(key: bytes) -> dict:
+    """A comparison of a transaction: ``key`` does not exist."""
+    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": 0}
+
+
+def cmp_value(key: bytes, value: bytes) -> dict:
+    """A comparison of a transaction: ``key`` holds ``value``."""
+    return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
+
+
 def cmp_mod_revision(key: bytes, revision: int) -> dict:
     """A comparison of a transaction: ``key`` was last changed at ``revision``."""
     return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}
@@ -954,6 +966,21 @@ class EtcdMetaStore(MetaStore):
         skip = len(self._root)
         for kv in self._client.scan(self._key(prefix)):
             yield kv.key[skip:].decode(), json.loads(kv.value)
+
+    def compare_and_set(self, changes: Mapping[str, tuple[Any | None, Any | None]]) -> bool:
+        # docstring inherited
+        compare, success = [], []
+        for key, (old, new) in changes.items():
+            k = self._key(key)
+            if old is None:
+                compare.append(cmp_absent(k))
+            else:
+                compare.append(cmp_value(k, json.dumps(old, sort_keys=True).encode()))
+            if new is None:
+                success.append(op_delete(k))
+            else:
+                success.append(op_put(k, json.dumps(new, sort_keys=True).encode()))
+        return self._client.txn(compare, success, [])
 
     def close(self) -> None:
         # docstring inherited

@@ -14,15 +14,18 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import TierFullError
-from ..engine import PageStore
+from ..engine import PageLocation, PageStore
 from ._files import File
 from ._metrics import Counters
 from ._namespace import Mount, split_mount_options
 from ._pages import file_id, page_count, page_key, page_length
 from .ufs import ObjectChangedError, ObjectInfo, UnderStore
+
+if TYPE_CHECKING:
+    from ._publisher import Publisher
 
 __all__ = ["Fetcher", "Page", "TierHealth", "TierState"]
 
@@ -235,9 +238,9 @@ class Fetcher:
         self._buffers = threading.local()
         # Pages a stat fetched for the read that follows it: that read's miss, not a hit.
         self._fresh: OrderedDict[bytes, None] = OrderedDict()
-        #: ``(path, uri, info, metadata_ttl) -> (name, record)`` or None: the file record
-        #: kept with a file's first page (see ``_filerecords``).
-        self.record_of: Callable[..., tuple[bytes, bytes] | None] | None = None
+        #: The worker's publisher: the file records kept with files' first pages, and the
+        #: table of published files (see ``_publisher``).
+        self.publisher: Publisher | None = None
 
     def pages_of(self, f: File) -> list[Page]:
         """Every page of the file ``f``."""
@@ -286,8 +289,8 @@ class Fetcher:
                 views.append(buf[at : at + p.length])
                 at += p.length
             record = None
-            if run[0][0].index == 0 and self.record_of is not None:
-                record = self.record_of(
+            if run[0][0].index == 0 and self.publisher is not None:
+                record = self.publisher.record_of(
                     f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"]
                 )
             kept = self.cache(
@@ -329,24 +332,29 @@ class Fetcher:
                 if self._inflight.get(p.key) is fut:
                     del self._inflight[p.key]
 
-    def fetch_files(self, pages: list[Page], checked: bool = False) -> list[Any]:
+    def fetch_files(
+        self, pages: list[Page], checked: bool = False, publish: bool = False
+    ) -> list[Any]:
         """Fetch whole one-page files (their one page each), many with one call of their
         store (which reads them one after the other, a request each, or natively all at
         once) and one index commit; per page None once it is stored (or was already),
         its bytes when no tier kept it, or the error it failed with (an object found
         changed is reported to ``on_changed``). Not single-flight: a page another fetch
         brings at the same time is stored twice, the same bytes. ``checked``: the caller
-        found these pages missing a moment ago (they are not looked up again)."""
+        found these pages missing a moment ago (they are not looked up again).
+        ``publish``: publish the files stored (see ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
         by_store: dict[int, list[int]] = {}
         for i, p in enumerate(pages):
             if checked or not self._store.contains(p.key):
                 by_store.setdefault(id(p.file.store), []).append(i)
         for slots in by_store.values():
-            self._fetch_group(pages, slots, out)
+            self._fetch_group(pages, slots, out, publish)
         return out
 
-    def _fetch_group(self, pages: list[Page], slots: list[int], out: list[Any]) -> None:
+    def _fetch_group(
+        self, pages: list[Page], slots: list[int], out: list[Any], publish: bool
+    ) -> None:
         """:meth:`fetch_files` for the pages at ``slots``, files of one store."""
         group = [pages[i] for i in slots]
         store = group[0].file.store
@@ -359,14 +367,10 @@ class Fetcher:
             [(p.file.rel, v, p.file.info.version) for p, v in zip(group, views, strict=True)]
         )
         items, done = [], []
-        record_of = self.record_of
         for i, p, v, n in zip(slots, group, views, got, strict=True):
             f = p.file
             if type(n) is int and n == p.length:
-                record = None if record_of is None else record_of(
-                    f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"]
-                )  # fmt: skip
-                items.append((p.key, v, f.path, record))
+                items.append((p.key, v, f.path))
                 done.append((i, p, v))
                 continue
             if type(n) is int:
@@ -381,10 +385,17 @@ class Fetcher:
         self._counters.add(
             ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
         )
-        if items:
-            kept = self.cache_many(items)
-            for i, p, v in done:
-                out[i] = None if p.key in kept else bytearray(v)
+        if not items:
+            return
+        files = [p.file for _, p, _ in done]
+        untils, records = [None] * len(files), None
+        if self.publisher is not None:
+            untils, records = self.publisher.records_of(files)
+        kept = self.cache_many(items, records)
+        for (i, _, v), loc in zip(done, kept, strict=True):
+            out[i] = None if loc is not None else bytearray(v)
+        if publish and self.publisher is not None:
+            self.publisher.publish_stored(files, kept, untils)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Run ``fn(*args)`` on a fetch thread."""
@@ -418,9 +429,9 @@ class Fetcher:
             index += 1
         if items:
             record = None
-            if lo == 0 and self.record_of is not None:
+            if lo == 0 and self.publisher is not None:
                 ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
-                record = self.record_of(path, mount.child_uri(rel), info, ttl)
+                record = self.publisher.record_of(path, mount.child_uri(rel), info, ttl)
             kept = self.cache(items, path, record)
             self._counters.add(ufs_pages=len(items))
             with self._lock:
@@ -442,27 +453,29 @@ class Fetcher:
         hits = len(pages) - missing - fresh
         self._counters.add(page_hits=hits, page_misses=missing + fresh)
 
-    def cache_many(self, items: list[tuple[bytes, memoryview, str, tuple | None]]) -> set[bytes]:
-        """Pages of one-page files (``(key, bytes, path, record or None)``) with their records:
-        one commit when the first usable tier takes them all, else file by file as
-        :meth:`cache` stores them; the keys of the pages stored."""
+    def cache_many(
+        self, items: list[tuple[bytes, memoryview, str]], records: list[tuple | None] | None
+    ) -> list[PageLocation | None]:
+        """Pages of one-page files (``(key, bytes, path)``) with their file records (one
+        per page, None where there is none; or None): one commit when the first usable
+        tier takes them all, else file by file as :meth:`cache` stores them; where each
+        page went (None for one no tier kept; located again in the second case)."""
+        named = [r for r in records or () if r is not None]
+        pages = [(k, v) for k, v, _ in items]
         for tier in self._tiers:
             if not self.health.usable(tier):
                 continue
-            records = [r for _, _, _, r in items if r is not None]
             try:
-                self._store.put_many(
-                    [(k, v) for k, v, _, _ in items], tier=tier, records=records or None
-                )
-                return {k for k, _, _, _ in items}
+                return self._store.put_many(pages, tier=tier, records=named or None)
             except (TierFullError, OSError) as exc:
                 if not isinstance(exc, TierFullError):
                     self.health.failed(tier, exc)
             break
         kept: set[bytes] = set()
-        for key, view, path, record in items:
+        for (key, view, path), record in zip(items, records or [None] * len(items), strict=True):
             kept |= self.cache([(key, view)], path, record)
-        return kept
+        located = self._store.locate([k for k, _ in pages])
+        return [loc if k in kept else None for (k, _), loc in zip(pages, located, strict=True)]
 
     def cache(
         self,
@@ -635,6 +648,13 @@ class Fetcher:
             return True
         loc = self._store.locate([page.key])[0]
         return loc is not None and self.health.usable(loc.tier)
+
+    def missing(self, pages: list[Page]) -> list[Page]:
+        """The pages not cached in a usable tier (see :meth:`contains`)."""
+        if not all(self.health.usable(t) for t in self._tiers):
+            return [p for p in pages if not self.contains(p)]
+        there = self._store.contains_many([p.key for p in pages])
+        return [p for p, cached in zip(pages, there, strict=True) if not cached]
 
     def obtain(self, pages: list[Page], need_bytes: bool) -> dict[bytes, Any]:
         """Every page's location in the store, or its bytes (``need_bytes``, or when the

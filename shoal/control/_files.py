@@ -11,12 +11,14 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._metadata import MetadataCache
 from ._metrics import Counters
 from ._namespace import Mount, MountTable, normalize_path, split_mount_options
 from ._pages import file_id
+from ._policy import PolicyTable
 from .proto import encode_error
 from .ufs import ObjectInfo, UnderStore, open_store
 from .ufs._options import redact_uri
@@ -43,7 +45,7 @@ class File:
     fid: bytes
     store: UnderStore | None
     own: Mapping[str, Any]
-    epoch: int = 0  # of the mount table it was resolved in
+    epoch: int = 0  # of the mount table and policies it was resolved in
 
     def record(self) -> dict[str, Any]:
         """The file record of the ``stat`` op."""
@@ -88,7 +90,8 @@ def entry(path: str, info: ObjectInfo) -> dict:
 
 class FileResolver:
     """Resolves Shoal paths to :class:`File` records, through the mount table and a
-    metadata cache kept per mount for its ``metadata_ttl``.
+    metadata cache kept per mount for its ``metadata_ttl``. The policies in force at a path
+    (:meth:`set_policies`) override its mount's options of the same name.
 
     Parameters
     ----------
@@ -133,6 +136,9 @@ class FileResolver:
         self._retired: dict[str, dict[str, int]] = {}  # requests of stores closed, per mount
         self._files: dict[str, File] = {}  # path as asked -> file, while current
         self._epoch = 0
+        self._policies = PolicyTable()
+        # mount point -> (mount, policies, its options, whether policies change them below)
+        self._owns: dict[str, tuple[Mount, PolicyTable, Mapping[str, Any], bool]] = {}
         self._pool = ThreadPoolExecutor(stat_threads, "shoal-stat")
         self._opening: dict[str, threading.Event] = {}  # paths read for their metadata now
         #: ``(mount, rel, store, path, start, end) -> ObjectInfo``: reads the first pages
@@ -197,6 +203,31 @@ class FileResolver:
     def mount_count(self) -> int:
         """Mounts in the table as last read."""
         return len(self._mounts.mounts())
+
+    def set_policies(self, table: PolicyTable, changed: Iterable[str]) -> None:
+        """Overlay the policies of ``table`` on the mounts' options from now on, and forget
+        the metadata under the prefixes ``changed`` (cached for a TTL that may no longer
+        hold)."""
+        with self._lock:
+            self._policies = table
+            self._epoch += 1
+        for prefix in changed:
+            self.metadata.refresh(prefix)
+
+    def _own(self, mount: Mount, path: str) -> Mapping[str, Any]:
+        """Shoal's options in force at the normalised ``path`` under ``mount``: the
+        mount's, where no policy overrides them. Cheap when no policy touches the mount:
+        its options are split once per mount and table."""
+        policies = self._policies
+        cached = self._owns.get(mount.path)
+        if cached is None or cached[0] is not mount or cached[1] is not policies:
+            own = MappingProxyType(split_mount_options(mount.options)[0])
+            cached = (mount, policies, own, policies.covers(mount.path))
+            self._owns[mount.path] = cached
+        if not cached[3]:
+            return cached[2]
+        overrides = policies.overrides(path)
+        return {**cached[2], **overrides} if overrides else cached[2]
 
     def _reload_mounts(self) -> None:
         """Read a shared mount table again (kept as it was while its store is down)."""
@@ -317,15 +348,14 @@ class FileResolver:
             return f
         raw = path
         path, mount, rel, epoch = self._resolve(path)
-        own, _ = split_mount_options(mount.options)
+        own = self._own(mount, path)
         if not rel:
             self._admit(mount)  # its record carries the mount's options
             info = ObjectInfo("", 0, "", 0.0, is_dir=True)
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)
-        info = self.metadata.stat(
-            path, own["metadata_ttl"], lambda: self._stat_one(mount, store, rel, path)
-        )
+        ttl = own["metadata_ttl"]
+        info = self.metadata.stat(path, ttl, lambda: self._stat_one(mount, store, rel, path, ttl))
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
         f = File(path, mount, rel, info, fid, store, own, epoch)
         if len(self._files) >= _MAX_FILES:
@@ -333,9 +363,15 @@ class FileResolver:
         self._files[raw] = f
         return f
 
-    def _stat_one(self, mount: Mount, store: UnderStore, rel: str, path: str) -> ObjectInfo:
+    def _stat_one(
+        self, mount: Mount, store: UnderStore, rel: str, path: str, ttl: float
+    ) -> ObjectInfo:
         parent, _, name = rel.rpartition("/")
-        listed = self.metadata.get_dir(_dir_path(mount, parent))
+        where = _dir_path(mount, parent)
+        listed = None
+        # A listing is kept for its directory's TTL: it tells of a file whose TTL is no shorter.
+        if self._own(mount, where)["metadata_ttl"] <= ttl:
+            listed = self.metadata.get_dir(where)
         if listed is not None:
             info = listed.get(name)
             if info is None:
@@ -357,7 +393,7 @@ class FileResolver:
         if f is not None:
             return f
         norm, mount, rel, _ = self._resolve(path)
-        own, _ = split_mount_options(mount.options)
+        own = self._own(mount, norm)
         if (
             not rel
             or fetch_first is None
@@ -374,7 +410,9 @@ class FileResolver:
             waiting.wait()
             return self.file(path)
         try:
-            info = fetch_first(mount, rel, self.store_of(mount), norm, start, end)
+            # _fetch reads the TTL of the file's record from its mount's options.
+            seen = Mount(mount.path, mount.uri, {**mount.options, **own})
+            info = fetch_first(seen, rel, self.store_of(mount), norm, start, end)
             self.metadata.put_stat(norm, info, own["metadata_ttl"])
         except (FileNotFoundError, IsADirectoryError):
             pass  # a directory (on an object store, a prefix), or nothing: a stat tells
@@ -447,7 +485,7 @@ class FileResolver:
                 mounts[mount.path] = mount
         for (where, parent), count in groups.items():
             mount = mounts[where]
-            own = split_mount_options(mount.options)[0]
+            own = self._own(mount, _dir_path(mount, parent))
             if count < _PRIME_MIN or own["metadata_ttl"] <= 0:
                 continue
             with contextlib.suppress(OSError, ValueError):  # each stat reports what is wrong
@@ -469,23 +507,35 @@ class FileResolver:
             if name not in entries:  # an object and a directory of one name: the object
                 entries[name] = info
             if not info.is_dir:
-                self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
+                child = f"{base}/{info.path}"
+                self.metadata.put_stat(child, info, self._own(mount, child)["metadata_ttl"])
         self.metadata.put_dir(path, entries, ttl)
         return entries
 
     def listing(self, f: File) -> list[ObjectInfo]:
         """Every object under the directory ``f`` (cached for the mount's TTL)."""
+        return self._listing(f)[0]
+
+    def _listing(self, f: File) -> tuple[list[ObjectInfo], bool]:
+        """:meth:`listing`, and whether it was cached (else its stats were just cached)."""
         prefix = f.rel + "/" if f.rel else ""
         cached = self.metadata.get_list(f.path)
         if cached is not None:
-            return cached
+            return cached, True
         infos = list(self.store_of(f.mount).list(prefix))
-        ttl = f.own["metadata_ttl"]
-        self.metadata.put_list(f.path, infos, ttl)
+        self.metadata.put_list(f.path, infos, f.own["metadata_ttl"])
         base = f.mount.path.rstrip("/")
-        for info in infos:
-            self.metadata.put_stat(f"{base}/{info.path}", info, ttl)
-        return infos
+        self._put_stats(f.mount, [(f"{base}/{info.path}", info) for info in infos])
+        return infos, False
+
+    def _put_stats(self, mount: Mount, items: list[tuple[str, ObjectInfo]]) -> None:
+        """Cache the stats of files under ``mount`` (``(path, info)``), each for the
+        ``metadata_ttl`` in force at its path, those of one TTL together."""
+        by_ttl: dict[float, list[tuple[str, ObjectInfo]]] = {}
+        for item in items:
+            by_ttl.setdefault(self._own(mount, item[0])["metadata_ttl"], []).append(item)
+        for ttl, group in by_ttl.items():
+            self.metadata.put_stats(group, ttl)
 
     def ls(self, path: str) -> list[dict]:
         """Entries directly under ``path``: files, directories, and mount points."""
@@ -527,15 +577,19 @@ class FileResolver:
             if not f.info.is_dir:
                 out[f.path] = f
                 continue
-            base = f.mount.path.rstrip("/")
-            store = self.store_of(f.mount)
-            ttl = f.own["metadata_ttl"]
-            for info in self.listing(f):
+            mount, epoch = f.mount, f.epoch
+            base = mount.path.rstrip("/")
+            store = self.store_of(mount)
+            known = []
+            infos, cached = self._listing(f)
+            for info in infos:
                 child = f"{base}/{info.path}"
-                fid = file_id(f.mount.child_uri(info.path), info.version)
-                out[child] = File(child, f.mount, info.path, info, fid, store, f.own, f.epoch)
-                # Known from the listing: no stat of its own when it is read.
-                self.metadata.put_stat(child, info, ttl)
+                fid = file_id(mount.child_uri(info.path), info.version)
+                own = self._own(mount, child)
+                out[child] = File(child, mount, info.path, info, fid, store, own, epoch)
+                known.append((child, info))
+            if cached:  # its stats may have gone before it: no stat of their own when read
+                self._put_stats(mount, known)
         return list(out.values())
 
     # ----------------------------------------------------------------- lifetime

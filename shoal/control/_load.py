@@ -18,8 +18,9 @@ from ._publisher import Publisher
 
 __all__ = ["Loader", "placement_filter"]
 
-#: Whole one-page files a load fetches in one task.
+#: Whole one-page files a load fetches in one task, and tasks at once.
 _LOAD_CHUNK = 64
+_LOAD_TASKS = 16
 
 
 class Loader:
@@ -113,7 +114,7 @@ class Loader:
         ones = [f for f in files if _one_page(f, placed[f.path])]
         if ones:
             self._publisher.table.reserve(len(ones))
-            self._load_ones(ones, [placed.pop(f.path)[0] for f in ones], state, tick)
+            self._load_ones([placed.pop(f.path)[0] for f in ones], state, tick)
             files = [f for f in files if f.path in placed]
         pending: deque[tuple[File, dict, int]] = deque()
         inflight = [0]  # futures in ``pending``
@@ -145,15 +146,13 @@ class Loader:
             progress(dict(state))
         return state
 
-    def _load_ones(
-        self, files: list[File], pages: list[Page], state: dict, tick: Callable[[], None]
-    ) -> None:
+    def _load_ones(self, pages: list[Page], state: dict, tick: Callable[[], None]) -> None:
         """The whole one-page files of a load (``pages``: the page of each): a task of
-        ``_LOAD_CHUNK`` files at a time on the fetch threads, with no future or
+        ``_LOAD_CHUNK`` files at a time on a few fetch threads, with no future or
         single-flight entry per file; each task's pages are committed, then published,
         together. The first file that fails fails the load, as in the general path."""
         fetcher = self.fetcher
-        inflight: deque[tuple[list[File], list[Page], Future | None]] = deque()
+        inflight: deque[tuple[list[Page], list[Page], Future | None]] = deque()
 
         def finish() -> None:
             chunk, todo, fut = inflight.popleft()
@@ -161,8 +160,10 @@ class Loader:
                 for value in fut.result():
                     if isinstance(value, BaseException):
                         raise value
-            self._publisher.publish_files(chunk)
-            size = sum(f.info.size for f in chunk)
+            if len(todo) < len(chunk):  # those cached before (the others are published)
+                fetched = {p.key for p in todo}
+                self._publisher.publish_files([p.file for p in chunk if p.key not in fetched])
+            size = sum(p.length for p in chunk)
             state["files_done"] += len(chunk)
             state["bytes_done"] += size
             state["pages_done"] += len(chunk)
@@ -170,14 +171,13 @@ class Loader:
             state["bytes_skipped"] += size - sum(p.length for p in todo)
             tick()
 
-        for at in range(0, len(files), _LOAD_CHUNK):
-            chunk = files[at : at + _LOAD_CHUNK]
-            todo = [p for p in pages[at : at + _LOAD_CHUNK] if not fetcher.contains(p)]
+        for at in range(0, len(pages), _LOAD_CHUNK):
+            chunk = pages[at : at + _LOAD_CHUNK]
+            todo = fetcher.missing(chunk)
             self._counters.add(page_misses=len(todo))
-            inflight.append(
-                (chunk, todo, fetcher.submit(fetcher.fetch_files, todo, True) if todo else None)
-            )
-            while len(inflight) > 2 * fetcher.threads:
+            fut = fetcher.submit(fetcher.fetch_files, todo, True, True) if todo else None
+            inflight.append((chunk, todo, fut))
+            while len(inflight) > _LOAD_TASKS:
                 finish()
             while inflight and (inflight[0][2] is None or inflight[0][2].done()):
                 finish()

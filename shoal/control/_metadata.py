@@ -128,6 +128,25 @@ class MetadataCache:
         """Cache the stat of ``path`` for ``ttl`` seconds (not at all if ``ttl <= 0``)."""
         self._put(self._stats, path, info, ttl)
 
+    def put_stats(self, items: list[tuple[str, ObjectInfo]], ttl: float) -> None:
+        """:meth:`put_stat` of each ``(path, info)``, with one look at the lock and clock."""
+        if ttl <= 0 or not items:
+            return
+        costs = [
+            _ENTRY_BYTES + _INFO_BYTES + len(p) + len(i.path) + len(i.version) for p, i in items
+        ]
+        stats = self._stats
+        with self._lock:
+            until = self._clock() + ttl
+            for (path, info), cost in zip(items, costs, strict=True):
+                old = stats.pop(path, None)  # re-inserted last: insertion order is age order
+                if old is not None:
+                    self.bytes -= old[2]
+                stats[path] = (until, info, cost)
+                self.bytes += cost
+            if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
+                self._shrink()
+
     def expiry(self, path: str, info: ObjectInfo) -> float | None:
         """Until when (monotonic seconds) the cached stat of ``path`` holds, if it is
         ``info`` still; None otherwise."""
@@ -139,6 +158,21 @@ class MetadataCache:
         if cached is not info and (cached.version, cached.size) != (info.version, info.size):
             return None
         return entry[0]
+
+    def expiries(self, items: list[tuple[str, ObjectInfo]]) -> list[float | None]:
+        """:meth:`expiry` of each ``(path, info)``, with one look at the lock and clock."""
+        with self._lock:
+            got = [self._stats.get(path) for path, _ in items]
+        now = self._clock()
+        out: list[float | None] = []
+        for (_, info), entry in zip(items, got, strict=True):
+            if entry is None or entry[0] <= now:
+                out.append(None)
+                continue
+            cached = entry[1]
+            same = cached is info or (cached.version, cached.size) == (info.version, info.size)
+            out.append(entry[0] if same else None)
+        return out
 
     def stat(self, path: str, ttl: float, load: Callable[[], ObjectInfo]) -> ObjectInfo:
         """The cached stat of ``path``, else ``load()``'s result, cached for ``ttl``."""

@@ -10,7 +10,7 @@ import json
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._private import private_dir
@@ -21,9 +21,9 @@ __all__ = ["LocalMetaStore", "MetaStore"]
 class MetaStore(ABC):
     """A small, consistent key-value store of JSON documents.
 
-    A subclass should expect ``get`` / ``put`` / ``delete`` / ``scan`` in any order from
-    several threads, and ``close`` once at the end. ``put`` and ``delete`` are durable when
-    they return.
+    A subclass should expect ``get`` / ``put`` / ``delete`` / ``scan`` /
+    ``compare_and_set`` in any order from several threads, and ``close`` once at the end.
+    ``put``, ``delete`` and ``compare_and_set`` are durable when they return.
     """
 
     @abstractmethod
@@ -41,6 +41,13 @@ class MetaStore(ABC):
     @abstractmethod
     def scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """Every ``(key, document)`` whose key starts with ``prefix``, in key order."""
+
+    @abstractmethod
+    def compare_and_set(self, changes: Mapping[str, tuple[Any | None, Any | None]]) -> bool:
+        """Change several keys at once if none changed meanwhile: when each key of
+        ``changes`` holds the first document of its pair (None: the key is absent), store
+        the second (None: delete the key) under every key and return True; otherwise
+        change nothing and return False. Documents compare as their JSON (keys sorted)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -96,6 +103,25 @@ class LocalMetaStore(MetaStore):
                 break
             yield key.decode(), json.loads(it.value())
             it.next()
+
+    def compare_and_set(self, changes: Mapping[str, tuple[Any | None, Any | None]]) -> bool:
+        # docstring inherited
+        from rocksdict import WriteBatch
+
+        batch = WriteBatch()
+        for key, (_, new) in changes.items():
+            if new is None:
+                batch.delete(key.encode())
+            else:
+                batch.put(key.encode(), json.dumps(new, sort_keys=True).encode())
+        with self._lock:  # every writer takes it: nothing changes between check and write
+            for key, (old, _) in changes.items():
+                raw = self._db.get(key.encode())
+                if raw != (None if old is None else json.dumps(old, sort_keys=True).encode()):
+                    return False
+            self._db.write(batch)
+            self._db.flush_wal(True)
+        return True
 
     def close(self) -> None:
         # docstring inherited

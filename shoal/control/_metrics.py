@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Counters", "MetricsServer", "report_metrics"]
+__all__ = ["Counters", "MetricsServer", "report_metrics", "summed_by_kind"]
 
 
 class Counters:
@@ -42,6 +42,15 @@ class Counters:
         """Every counter, at one moment."""
         with self._lock:
             return dict(self.values)
+
+
+def summed_by_kind(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Requests to under-stores per kind, summed over the mounts."""
+    out: dict[str, int] = {}
+    for counts in per_mount.values():
+        for kind, n in counts.items():
+            out[kind] = out.get(kind, 0) + n
+    return out
 
 
 def report_metrics(report: dict) -> Iterator[Any]:

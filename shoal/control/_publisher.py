@@ -70,6 +70,21 @@ class Publisher:
         if entries:
             self.table.publish_many(entries)
 
+    def publish_stored(
+        self, files: list[File], located: list[PageLocation | None], untils: list[float | None]
+    ) -> None:
+        """Publish one-page ``files`` just stored at ``located`` (None: not stored), whose
+        metadata holds until ``untils`` (monotonic seconds; None: it does not), as
+        :meth:`records_of` told."""
+        now, now_ns = time.monotonic(), time.monotonic_ns()
+        entries = [
+            _entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9))
+            for f, loc, until in zip(files, located, untils, strict=True)
+            if until is not None and loc is not None and loc.length == f.info.size
+        ]
+        if entries:
+            self.table.publish_many(entries)
+
     def publish_files(self, files: list[File]) -> None:
         """Publish the one-page ``files`` whose page is cached."""
         located = self._store.locate([page_key(f.fid, 0) for f in files])
@@ -87,6 +102,24 @@ class Publisher:
             return None
         name = path.encode("utf-8", "surrogateescape")
         return (name, encode_record(uri, info, left))
+
+    def records_of(self, files: list[File]) -> tuple[list[float | None], list[tuple | None]]:
+        """For ``files`` about to be stored, until when the metadata of each holds
+        (monotonic seconds, or None) and its record, as :meth:`record_of` makes it (or
+        None), with one look at the metadata cache for them all."""
+        metadata = self._files.metadata
+        untils = metadata.expiries([(f.path, f.info) for f in files])
+        now = time.monotonic()
+        records: list[tuple | None] = []
+        for f, until in zip(files, untils, strict=True):
+            ttl = f.own["metadata_ttl"]
+            left = ttl if until is None else until - now
+            if ttl <= 0 or left <= 0 or f.info.is_dir:
+                records.append(None)
+                continue
+            name = f.path.encode("utf-8", "surrogateescape")
+            records.append((name, encode_record(f.mount.child_uri(f.rel), f.info, left)))
+        return untils, records
 
     # ----------------------------------------------------------------- restart
 

@@ -24,8 +24,9 @@ from ._files import File, FileResolver
 from ._jobs import check_job_key, mark_abandoned, newest_first
 from ._load import Loader
 from ._metastore import LocalMetaStore, MetaStore
-from ._metrics import Counters
+from ._metrics import Counters, summed_by_kind
 from ._namespace import MountTable
+from ._policies import WorkerPolicies
 from ._publisher import Publisher
 from ._server import ConnectionState, FileSegment, Handler, Reply
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
@@ -45,9 +46,10 @@ log = logging.getLogger("shoal.worker")
 class Worker:
     """The node's cache service, without its socket (see ``_server.Server``).
 
-    Opens the page store (``$SHOAL_HOME/index`` and the tiers of ``config``) and the mount
-    table (``$SHOAL_HOME/meta``); both survive restarts. Each public method serves one op of
-    the wire protocol and raises the error the client should see.
+    Opens the page store (``$SHOAL_HOME/index`` and the tiers of ``config``), the mount table
+    and the policies (``$SHOAL_HOME/meta``); all survive restarts. Each public method serves
+    one op of the wire protocol and raises the error the client should see; ``policies``
+    serves the ops of policies.
 
     Parameters
     ----------
@@ -61,8 +63,8 @@ class Worker:
         A file of at most this size whose pages are all missing is fetched with one
         request; larger files with one request per page, several at once.
     meta_store
-        Where the mount table lives (the cluster's ``EtcdMetaStore``); the worker closes
-        it. Default: a RocksDB store under ``$SHOAL_HOME/meta``.
+        Where the mount table and the policies live (the cluster's ``EtcdMetaStore``); the
+        worker closes it. Default: a RocksDB store under ``$SHOAL_HOME/meta``.
     """
 
     def __init__(
@@ -123,11 +125,12 @@ class Worker:
             whole_file_bytes=whole_file_bytes,
         )
         self.files.fetch_first = self.fetcher.fetch_first
+        self.policies = WorkerPolicies(self._meta_store, self.files, shared=shared)
         # The table of published files (cached small files that the node's clients read
         # with no request) and the file records; the files cached before a restart are
         # known again before the first client comes (most of them).
         self.publisher = Publisher(self._store, self.files, config.page_size)
-        self.fetcher.record_of = self.publisher.record_of
+        self.fetcher.publisher = self.publisher
         self.loader = Loader(
             self.files,
             self.fetcher,
@@ -167,6 +170,7 @@ class Worker:
             "jobs": lambda _, h: Reply({"jobs": self.jobs(h["prefix"], h["limit"])}),
             "load": self._load_op,
             "stop": self._stop_op,
+            **self.policies.handlers(),
         }
 
     def count_request(self, op: str) -> None:
@@ -470,7 +474,7 @@ class Worker:
             "pages": sum(t["pages"] for t in tiers.values()),
             "hit_ratio": counters["page_hits"] / asked if asked else 0.0,
             "mounts": self.files.mount_count(),
-            "ufs_requests": _summed(requests),
+            "ufs_requests": summed_by_kind(requests),
             "ufs_requests_by_mount": requests,
             "metadata_entries": len(self.files.metadata),
             "metadata_bytes": self.files.metadata.bytes,
@@ -491,6 +495,7 @@ class Worker:
             if self._closed:
                 return
             self._closed = True
+        self.policies.close()
         self.fetcher.close()
         self.publisher.close()
         self.files.close()
@@ -501,11 +506,3 @@ class Worker:
             os.close(fd)
         self._store.close()
         self._meta_store.close()
-
-
-def _summed(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for counts in per_mount.values():
-        for kind, n in counts.items():
-            out[kind] = out.get(kind, 0) + n
-    return out

@@ -12,7 +12,9 @@ followed: there is no check apart from the open.
 import errno
 import os
 
-__all__ = ["METHODS", "method", "open_beneath", "openat2_available", "read_whole_beneath"]
+__all__ = [
+    "METHODS", "list_dir", "method", "open_beneath", "openat2_available", "read_whole_beneath",
+]
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, ENOMEM
@@ -24,6 +26,35 @@ from posix.fcntl cimport O_RDONLY, O_NONBLOCK, O_CLOEXEC
 
 cdef extern from "<sys/types.h>":
     ctypedef unsigned int mode_t
+
+cdef extern from "<dirent.h>" nogil:
+    ctypedef struct DIR
+    struct dirent:
+        unsigned char d_type
+        char d_name[256]
+    DIR *fdopendir(int fd)
+    void rewinddir(DIR *dirp)
+    dirent *readdir(DIR *dirp)
+    int closedir(DIR *dirp)
+    int DT_DIR, DT_REG, DT_UNKNOWN
+
+cdef extern from "<fcntl.h>" nogil:
+    int AT_SYMLINK_NOFOLLOW
+    int fstatat(int dirfd, const char *path, struct_stat *buf, int flags)
+    int dup(int fd)
+
+cdef extern from "<string.h>" nogil:
+    size_t strlen(const char *s)
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    static void shoal_clear_errno(void) { errno = 0; }
+    """
+    void shoal_clear_errno() nogil
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
 
 cdef extern from "beneath.h" nogil:
     int SHOAL_BENEATH_OPENAT2
@@ -259,3 +290,62 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
             PyBuffer_Release(&views[i])
         free(items)
         free(views)
+
+
+def list_dir(int dir_fd):
+    """The entries of the open directory ``dir_fd`` (read from its start; the descriptor
+    stays open, its read position moved): ``(files, dirs)``, ``files`` a list of ``(name, size, mtime_ns, mtime)``
+    of its regular files (``mtime`` in seconds, as ``os.stat`` gives it), ``dirs`` a list
+    of the names of its subdirectories. Links and other kinds are left out, as are entries
+    gone by the time they are looked at. One ``readdir`` and one ``fstatat`` (no link
+    followed) per entry, the GIL released for the lot. Raises ``OSError`` when the
+    directory cannot be read."""
+    cdef int fd
+    cdef DIR *d
+    cdef dirent *e
+    cdef struct_stat st
+    cdef const char *name
+    cdef size_t n
+    cdef int err = 0
+    files, dirs = [], []
+    fd = dup(dir_fd)
+    if fd < 0:
+        raise OSError(c_errno, os.strerror(c_errno))
+    d = fdopendir(fd)
+    if d == NULL:
+        err = c_errno
+        close(fd)
+        raise OSError(err, os.strerror(err))
+    try:
+        rewinddir(d)
+        while True:
+            with nogil:
+                shoal_clear_errno()
+                e = readdir(d)
+                if e == NULL:
+                    err = c_errno
+                else:
+                    name = e.d_name
+                    if name[0] == 46 and (name[1] == 0 or (name[1] == 46 and name[2] == 0)):
+                        continue  # . and ..
+                    if e.d_type != DT_REG and e.d_type != DT_DIR and e.d_type != DT_UNKNOWN:
+                        continue  # a link, a device, a pipe, a socket
+                    if fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+                        continue  # gone since it was listed
+            if e == NULL:
+                break
+            n = strlen(name)
+            if S_ISREG(st.st_mode):
+                files.append((
+                    PyUnicode_DecodeFSDefaultAndSize(name, n),
+                    st.st_size,
+                    <long long>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+                    <double>st.st_mtim.tv_sec + <double>st.st_mtim.tv_nsec * 1e-9,
+                ))
+            elif S_ISDIR(st.st_mode):
+                dirs.append(PyUnicode_DecodeFSDefaultAndSize(name, n))
+        if err:
+            raise OSError(err, os.strerror(err))
+        return files, dirs
+    finally:
+        closedir(d)

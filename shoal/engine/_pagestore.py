@@ -31,7 +31,8 @@ import rocksdict
 
 from .._errors import PageCorruptedError, PageNotFoundError, TierFullError
 from .._private import open_failure, open_private_dir, open_private_file, open_private_path, refusal
-from ._engine import crc32c, read_batch, write_batch
+from . import _crc
+from ._engine import read_batch, write_batch
 from ._regions import (
     GENERATIONS_FILE,
     REGIONS_DIR,
@@ -235,6 +236,41 @@ def _entry(record: bytes) -> _Entry:
 # buffered write to a file on tmpfs (the MEM tier) to one of its worker threads, which
 # costs two context switches per page; a batch pays that once for all its pages.
 _INLINE_WRITES = 2
+
+
+def _coalesced(prepared: list, reserved: list, small: int, align: int) -> list[tuple]:
+    """The writes of pages put together (``prepared``: ``(key, view, crc)``, ``reserved``:
+    ``(region, offset)``) for :func:`write_batch`: a run of pages shorter than ``small``
+    reserved one right after the other in one region (at most ``align`` bytes apart; a
+    batch's reservations are made together, under the store's lock) is copied into one
+    buffer, one write; the padding between them, which no page owns, is written as zeros."""
+    writes: list[tuple] = []
+    run: list[tuple[memoryview, int]] = []
+    run_region = None
+    end = 0
+
+    def flush() -> None:
+        start = run[0][1]
+        end = run[-1][1] + run[-1][0].nbytes
+        buf = bytearray(end - start)
+        for view, offset in run:
+            buf[offset - start : offset - start + view.nbytes] = view
+        writes.append((run_region.fd, start, len(buf), buf, 0))
+        run.clear()
+
+    for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True):
+        if run and (
+            view.nbytes >= small or region is not run_region or not end <= offset < end + align
+        ):
+            flush()
+        if view.nbytes >= small:
+            writes.append((region.fd, offset, view.nbytes, view, 0))
+            continue
+        run_region, end = region, offset + view.nbytes
+        run.append((view, offset))
+    if run:
+        flush()
+    return writes
 
 
 def _pwrite_all(region: _Region, offset: int, view: memoryview) -> None:
@@ -1086,7 +1122,7 @@ class PageStore:
         pin: bool = False,
         dirty: bool = False,
         records: Iterable[tuple[bytes | str, Any]] | None = None,
-    ) -> None:
+    ) -> list[PageLocation]:
         """Store pages: write them all with one engine batch, then commit one index batch.
 
         Parameters
@@ -1120,29 +1156,38 @@ class PageStore:
             A key that is neither bytes nor str, data that is not a host buffer.
         OSError
             The write or the index commit failed; nothing was stored.
+
+        Returns
+        -------
+        list[PageLocation]
+            Where each page went, in the order of ``items``.
         """
         target = self._tier(tier)
         flags = (_PIN if pin else 0) | (_DIRTY if dirty else 0)
         kind = _STICKY if flags else _NORMAL
         prepared = []
+        region_size = self.region_size
         for i, item in enumerate(items):
             try:
                 key, data = item
             except (TypeError, ValueError):
                 raise ValueError(f"put_many item {i}: expected (key, data), got {item!r}") from None
-            k = _encode_key(key)
-            view = _source_view(data, f"page {key!r}")
-            if view.nbytes > self.region_size:
+            if type(key) is bytes and key and type(data) is memoryview and data.c_contiguous:
+                k, view = key, data.cast("B") if data.format != "B" else data
+            else:  # every other kind of key and buffer, checked
+                k = _encode_key(key)
+                view = _source_view(data, f"page {key!r}")
+            if view.nbytes > region_size:
                 raise ValueError(
                     f"page {key!r} of {view.nbytes} bytes is larger than a region "
-                    f"(region_size={self.region_size})"
+                    f"(region_size={region_size})"
                 )
-            prepared.append((k, view, crc32c(view)))
+            prepared.append((k, view, _crc.crc32c(view, 0)))
         named = _encode_records(records, "put_many records") if records is not None else []
         if not prepared:
             if named:
                 self._put_records(named)
-            return
+            return []
         reserved: list[tuple[_Region, int]] = []
         with self._lock:
             self._check_open()
@@ -1160,12 +1205,7 @@ class PageStore:
                 for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True):
                     _pwrite_all(region, offset, view)
             else:
-                write_batch(
-                    [
-                        (region.fd, offset, view.nbytes, view, 0)
-                        for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True)
-                    ]
-                )
+                write_batch(_coalesced(prepared, reserved, self.pack_below, self.small_align))
             if self._sync:
                 for fd in {region.fd for region, _ in reserved}:
                     os.fdatasync(fd)
@@ -1177,17 +1217,21 @@ class PageStore:
                 self._active -= 1
                 self._idle.notify_all()
                 if written:
-                    self._commit_pages(target, flags, prepared, reserved, named)
+                    located = self._commit_pages(target, flags, prepared, reserved, named)
+        return located
 
-    def _commit_pages(self, tier: _Tier, flags: int, prepared, reserved, named) -> None:
+    def _commit_pages(
+        self, tier: _Tier, flags: int, prepared, reserved, named
+    ) -> list[PageLocation]:
         batch = rocksdict.WriteBatch(raw_mode=True)
-        new = []
+        new, located = [], []
+        name, code, pack, put = tier.name, tier.code, _PAGE.pack, batch.put
         for (k, view, crc), (region, offset) in zip(prepared, reserved, strict=True):
-            record = _PAGE.pack(
-                tier.code, region.number, region.generation, offset, view.nbytes, crc, flags
-            )
-            batch.put(_PAGE_PREFIX + k, record)
-            new.append((k, record, region, view.nbytes))
+            length, number, generation = view.nbytes, region.number, region.generation
+            record = pack(code, number, generation, offset, length, crc, flags)
+            put(_PAGE_PREFIX + k, record)
+            new.append((k, record, region, length))
+            located.append(PageLocation(name, number, region.path, offset, length, crc, generation))
         for key, value in named:
             batch.put(key, value)
         self._commit(batch)
@@ -1200,6 +1244,7 @@ class PageStore:
             entries[k] = record
             self._link(k, tier, region, length, flags)
         self._reclaim_emptied(unlinked)
+        return located
 
     def delete(self, key: bytes | str) -> bool:
         """Remove a page; True if it was there.
@@ -1595,6 +1640,14 @@ class PageStore:
         with self._lock:
             self._check_open()
             return k in self._entries
+
+    def contains_many(self, keys: Iterable[bytes | str]) -> list[bool]:
+        """:meth:`contains` of each key, with one look at the index's lock."""
+        encoded = [k if type(k) is bytes and k else _encode_key(k) for k in keys]
+        with self._lock:
+            self._check_open()
+            entries = self._entries
+            return [k in entries for k in encoded]
 
     def __contains__(self, key: bytes | str) -> bool:
         return self.contains(key)

@@ -1,5 +1,6 @@
-"""A cluster without etcd: two workers and a client share a membership file; a mount made
-through the client reaches every worker (each keeps its own mount table)."""
+"""A cluster without etcd: two workers and a client share a membership file; a mount and a
+policy made through the client reach every worker (each keeps its own mount table and
+policies)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
         client = Client(config, start_worker=False)
         try:
             client.mount("/st", f"s3://{bucket.name}", **bucket.options())
+            client.set_policy("/st", replicas="all")
             for path, data in files.items():
                 buf = bytearray(len(data))
                 assert client.read_into(buf, path) == len(data)
@@ -85,6 +87,9 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
             conn = Connection(None, 10.0, address=a, config=config)
             try:
                 assert [m["path"] for m in conn.call({"op": "mounts"})["mounts"]] == ["/st"]
+                assert conn.call({"op": "policies"})["policies"] == [
+                    {"path": "/st", "policy": {"replicas": "all"}}
+                ]
                 report = conn.call({"op": "report"})["report"]
                 assert conn.hello["worker_id"] in ("static-0", "static-1")
                 sent.append(report["bytes_sent"])

@@ -218,11 +218,14 @@ def test_kernel_cache_kept_while_the_version_holds(client, tmp_path):
                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
             return int(out.split()[0])
 
+        # The kernel's own reclaim may take a page back at any time; an invalidation would
+        # drop them all: "kept" is most of them.
+        kept = (1 << 20) * 3 // 4
         assert f.read_bytes() == b"a" * (1 << 20)
-        assert resident() == 1 << 20  # a second open keeps the pages
-        assert resident() == 1 << 20
+        assert resident() > kept  # a second open keeps the pages
+        assert resident() > kept
         time.sleep(0.6)
-        assert resident() == 1 << 20  # the attributes expired, the version did not change
+        assert resident() > kept  # the attributes expired, the version did not change
         (data / "f").write_bytes(b"b" * (1 << 19))
         client.refresh("/d/f")
         # The new version drops the old pages at the first open that sees it (once the

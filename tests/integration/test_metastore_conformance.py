@@ -108,3 +108,38 @@ def test_context_manager_closes(store):
     with store as s:
         s.put("k", 1)
         assert s.get("k") == 1
+
+
+def test_compare_and_set(store):
+    # absent -> created, both keys at once
+    assert store.compare_and_set({"v": (None, {"version": 1}), "r/a": (None, {"x": 1})})
+    assert store.get("v") == {"version": 1} and store.get("r/a") == {"x": 1}
+    # one comparison fails: nothing changes
+    assert not store.compare_and_set({"v": ({"version": 1}, {"version": 2}), "r/a": (None, 5)})
+    assert not store.compare_and_set({"v": ({"version": 0}, {"version": 2})})
+    assert not store.compare_and_set({"v": (None, {"version": 2})})
+    assert store.get("v") == {"version": 1} and store.get("r/a") == {"x": 1}
+    # documents compare as JSON, whatever the order of their keys
+    store.put("r/b", {"b": 2, "a": 1})
+    assert store.compare_and_set({"r/b": ({"a": 1, "b": 2}, None), "v": ({"version": 1}, 2)})
+    assert store.get("r/b") is None and store.get("v") == 2
+
+
+def test_compare_and_set_lets_one_writer_win(store):
+    store.put("counter", 0)
+    wins = []
+
+    def bump(t):
+        for _ in range(10):
+            while True:
+                now = store.get("counter")
+                if store.compare_and_set({"counter": (now, now + 1)}):
+                    wins.append(t)
+                    break
+
+    threads = [threading.Thread(target=bump, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get("counter") == 30 and len(wins) == 30

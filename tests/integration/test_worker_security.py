@@ -63,6 +63,8 @@ ADMIN_REQUESTS = {
     "unmount": {"op": "unmount", "path": "/etc"},
     "free": {"op": "free", "path": "/etc"},
     "job_put": {"op": "job_put", "key": "jobs/load/x", "record": {"state": "RUNNING"}},
+    "policy_set": {"op": "policy_set", "path": "/etc", "policy": {"metadata_ttl": 0}},
+    "policy_rm": {"op": "policy_rm", "path": "/etc", "fields": []},
     "stop": {"op": "stop"},
 }
 READ_REQUESTS = {
@@ -78,6 +80,8 @@ READ_REQUESTS = {
     },
     "load": {"op": "load", "paths": ["/etc"], "metadata_only": True},
     "report": {"op": "report"},
+    "policies": {"op": "policies"},
+    "policy_show": {"op": "policy_show", "path": "/etc/shadow"},
 }
 
 

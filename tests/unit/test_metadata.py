@@ -117,3 +117,27 @@ def test_bad_limit():
         MetadataCache(max_entries=0)
     with pytest.raises(ValueError, match="max_bytes"):
         MetadataCache(max_bytes=True)
+
+
+def test_batched_puts_and_expiries_agree_with_single_ones():
+    clock = Clock()
+    one, many = MetadataCache(clock=clock), MetadataCache(clock=clock)
+    items = [(f"/m/f{i}", info(f"f{i}")) for i in range(20)]
+    for path, i in items:
+        one.put_stat(path, i, ttl=5)
+    many.put_stats(items, ttl=5)
+    many.put_stats([], ttl=5)
+    many.put_stats(items[:3], ttl=0)  # caches nothing, changes nothing
+    assert many.bytes == one.bytes and len(many) == len(one) == 20
+    asked = [*items, ("/m/f0", info("f0", "v2")), ("/m/none", info("none"))]
+    want = [one.expiry(path, i) for path, i in asked]
+    assert many.expiries(asked) == want == [1005.0] * 20 + [None, None]
+    clock.now += 6
+    assert many.expiries(items) == [None] * 20
+
+
+def test_batched_puts_keep_the_bounds():
+    cache = MetadataCache(max_entries=10)
+    cache.put_stats([(f"/m/f{i}", info(f"f{i}")) for i in range(25)], ttl=60)
+    assert len(cache) <= 10
+    assert cache.get_stat("/m/f24") is not None  # the newest stay

@@ -274,3 +274,33 @@ def test_both_methods_agree_on_any_path(parts, link_at, inside):
                     _fs.open_beneath(fd, path, os.O_RDONLY, using=using)
         finally:
             os.close(fd)
+
+
+def test_list_dir_tells_files_and_directories_as_stat_does(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name, size in (("a", 0), ("b.bin", 100), ("ünï", 7)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    os.symlink(tmp_path / "sub", tmp_path / "dirlink")
+    os.mkfifo(tmp_path / "fifo")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(2):  # read from the start each time
+            files, dirs = _fs.list_dir(fd)
+            assert dirs == ["sub"]
+            assert sorted(f[0] for f in files) == ["a", "b.bin", "ünï"]
+            for name, size, mtime_ns, mtime in files:
+                st = os.stat(tmp_path / name)
+                assert (size, mtime_ns, mtime) == (st.st_size, st.st_mtime_ns, st.st_mtime)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as err:
+        _fs.list_dir(10**6)  # not a descriptor
+    assert err.value.errno == errno.EBADF
+    fd = os.open(tmp_path / "a", os.O_RDONLY)
+    try:
+        with pytest.raises(OSError) as err:
+            _fs.list_dir(fd)  # not a directory
+        assert err.value.errno == errno.ENOTDIR
+    finally:
+        os.close(fd)

@@ -234,8 +234,10 @@ def test_mixed_pages_round_trip_and_survive_a_reopen(scenario):
                 if b - a == 1 and not pin:
                     store.put(keys[a], data[keys[a]], tier=tier)
                 else:
-                    store.put_many([(k, data[k]) for k in keys[a:b]], tier=tier, pin=pin)
+                    put = store.put_many([(k, data[k]) for k in keys[a:b]], tier=tier, pin=pin)
+                    assert put == store.locate(keys[a:b])  # where put_many says they went
             assert len(store) == len(keys)  # nothing was evicted
+            assert store.contains_many([*keys, "absent"]) == [True] * len(keys) + [False]
             before = read_everything(store, keys, data, direct)
             check_layout(store, before)
             usage = store.usage()

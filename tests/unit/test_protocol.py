@@ -275,6 +275,10 @@ def test_check_request_accepts_every_op():
         "regions": {"regions": [["SSD", 3], ["MEM", 0]]},
         "job_put": {"key": "jobs/load/1", "record": {"state": "DONE"}},
         "jobs": {"prefix": "jobs/load/", "limit": 10},
+        "policy_set": {"path": "/m", "policy": {"metadata_ttl": "30s", "read_ahead": 2}},
+        "policy_rm": {"path": "/m", "fields": ["read_ahead"]},
+        "policies": {},
+        "policy_show": {"path": "/m/a"},
         "stop": {},
     }
     assert set(samples) == set(OPS)
@@ -303,6 +307,14 @@ def test_check_request_accepts_every_op():
         ({"op": "jobs", "prefix": "mounts/", "limit": 1}, "prefix must start with 'jobs/'"),
         ({"op": "jobs", "prefix": "jobs/", "limit": -1}, "jobs: limit"),
         ({"op": "job_put", "key": "jobs/load/1", "record": []}, "'record' must be dict"),
+        ({"op": "policy_set", "path": "/m", "policy": []}, "'policy' must be dict"),
+        ({"op": "policy_set", "path": "/m", "policy": {1: 2}}, "field names must be strings"),
+        ({"op": "policy_set", "path": "/m", "policy": {"tier": ["SSD"]}}, "must be a bool, a"),
+        ({"op": "policy_set", "path": "/m", "policy": {"x": {"y": 1}}}, "got dict"),
+        ({"op": "policy_set", "path": "/m", "policy": {"x": b"1"}}, "got bytes"),
+        ({"op": "policy_rm", "path": "/m", "fields": "tier"}, "'fields' must be list"),
+        ({"op": "policy_rm", "path": "/m", "fields": [None]}, "field names must be strings"),
+        ({"op": "policy_show", "path": None}, "'path' is missing"),
         (
             {"op": "read", "files": [], "items": [], "mode": "other", "forget": []},
             "mode must be",
@@ -441,6 +453,26 @@ def read_request(items: list, files: list | None = None, **extra) -> dict:
             "options",
         ),
         ({"op": "job_put", "key": "jobs/" + "x" * 2000, "record": {}}, errno.ENAMETOOLONG, "key"),
+        (
+            {"op": "policy_set", "path": "/m", "policy": {str(i): i for i in range(99)}},
+            errno.E2BIG,
+            "policy_set: 99 fields",
+        ),
+        (
+            {"op": "policy_set", "path": "/m", "policy": {"tier": "M" * 5000}},
+            errno.ENAMETOOLONG,
+            "policy_set: field 'tier'",
+        ),
+        (
+            {"op": "policy_set", "path": "/m", "policy": {"t" * 5000: 1}},
+            errno.ENAMETOOLONG,
+            "a field name",
+        ),
+        (
+            {"op": "policy_rm", "path": "/m", "fields": ["tier"] * (MAX_LIST + 1)},
+            errno.E2BIG,
+            "policy_rm: fields",
+        ),
     ],
 )
 def test_check_request_limits(header, code, match):
@@ -483,7 +515,7 @@ def test_touch_counters_are_checked(tier, region, pages):
 
 
 def test_admin_ops():
-    assert {"mount", "unmount", "free", "job_put", "stop"} == ADMIN_OPS
+    assert {"mount", "unmount", "free", "job_put", "policy_set", "policy_rm", "stop"} == ADMIN_OPS
     assert set(OPS) > ADMIN_OPS
 
 

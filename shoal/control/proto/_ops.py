@@ -34,6 +34,10 @@ report       (none)                                             ``report`` (dict
 touch        ``regions`` ([tier, region, pages] triples)        (none)
 job_put      ``key`` (``jobs/<kind>/<id>``), ``record`` (dict)  (none)
 jobs         ``prefix`` (``jobs/...``), ``limit`` (int)         ``jobs``: records, newest first
+policy_set   ``path``, ``policy`` (field -> value)              ``policy``: the rule after
+policy_rm    ``path``, ``fields`` (names; none: every field)    ``policy``: the rule after
+policies     (none)                                             ``policies``: rules, by path
+policy_show  ``path``                                           ``effective``
 stop         (none)                                             (none); the worker exits
 ===========  =================================================  ===============================
 
@@ -79,6 +83,12 @@ those cached already: ``pages_skipped``, ``bytes_skipped``.
 
 ``job_put`` stores a job record (a JSON document) in the worker's MetaStore (etcd in a
 cluster); ``jobs`` lists the records under a prefix, newest (greatest key) first.
+
+A rule is ``{"path": ..., "policy": {field: value}}`` (see ``_policy``); a ``policy_set``
+value is None, a bool, a number or a short string, checked by the worker field by field (a
+bad one is a ``ValueError``). ``effective`` holds ``path``, ``mount``, ``policy`` (every
+field's value in force) and ``sources`` (per field the prefix of its rule, ``"mount"``,
+``"default"`` or None).
 
 ``hello`` with ``table`` true, on a Unix socket, is answered with one descriptor (and
 ``table`` true): the worker's table of published files (see ``_filetable``), which the
@@ -149,10 +159,14 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "regions": {"regions": list},
     "job_put": {"key": str, "record": dict},
     "jobs": {"prefix": str, "limit": int},
+    "policy_set": {"path": str, "policy": dict},
+    "policy_rm": {"path": str, "fields": list},
+    "policies": {},
+    "policy_show": {"path": str},
     "stop": {},
 }
 #: Ops that change what the worker serves or stores for others, or stop it.
-ADMIN_OPS = frozenset({"mount", "unmount", "free", "job_put", "stop"})
+ADMIN_OPS = frozenset({"mount", "unmount", "free", "job_put", "policy_set", "policy_rm", "stop"})
 
 
 def _int(value: object, what: str, low: int = 0, high: int = 1 << 63) -> int:
@@ -245,6 +259,14 @@ def check_request(header: dict) -> str:
             errno.E2BIG,
             f"mount: {len(header['options'])} options; at most {_MAX_OPTIONS}",
         )
+    elif op == "policy_set":
+        _check_policy(header["policy"])
+    elif op == "policy_rm":
+        _count(header["fields"], "policy_rm: fields")
+        for name in header["fields"]:
+            if not isinstance(name, str):
+                raise ProtocolError(f"policy_rm: field names must be strings, got {name!r:.64}")
+            _text(name, "policy_rm: a field name", _MAX_NAME)
     elif op == "jobs":
         _int(header["limit"], "jobs: limit", 0, 1 << 31)
         if not header["prefix"].startswith("jobs/"):
@@ -252,6 +274,24 @@ def check_request(header: dict) -> str:
                 f"jobs: prefix must start with 'jobs/', got {header['prefix'][:64]!r}"
             )
     return op
+
+
+def _check_policy(policy: dict) -> None:
+    """A ``policy_set`` policy: at most :data:`_MAX_OPTIONS` fields, named by strings, each
+    value None, a bool, a number or a string (its meaning is the worker's to check)."""
+    if len(policy) > _MAX_OPTIONS:
+        raise OSError(errno.E2BIG, f"policy_set: {len(policy)} fields; at most {_MAX_OPTIONS}")
+    for name, value in policy.items():
+        if not isinstance(name, str):
+            raise ProtocolError(f"policy_set: field names must be strings, got {name!r:.64}")
+        _text(name, "policy_set: a field name", _MAX_NAME)
+        if value is not None and not isinstance(value, (bool, int, float, str)):
+            raise ProtocolError(
+                f"policy_set: field {name[:64]!r} must be a bool, a number or a string, "
+                f"got {type(value).__name__}"
+            )
+        if isinstance(value, str):
+            _text(value, f"policy_set: field {name[:64]!r}", _MAX_NAME)
 
 
 def _check_read(header: dict) -> None:

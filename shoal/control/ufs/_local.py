@@ -37,7 +37,12 @@ _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _version(st: os.stat_result) -> str:
-    return f"{st.st_mtime_ns}-{st.st_size}"
+    return _version_of(st.st_mtime_ns, st.st_size)
+
+
+def _version_of(mtime_ns: int, size: int) -> str:
+    """A file's version: its modification time (ns) and size."""
+    return f"{mtime_ns}-{size}"
 
 
 class LocalStore(UnderStore):
@@ -198,35 +203,55 @@ class LocalStore(UnderStore):
         path of the tree in plain lexicographic order (``a-b`` before ``a/c``).
         """
         try:
-            with os.scandir(fd) as it:
-                entries = [
-                    (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in it
-                ]
-            entries.sort(key=lambda pair: pair[0])
-            for name, entry in entries:
+            files, dirs = _fs.list_dir(fd)  # one native pass: names, sizes, times
+            # Runs of files between subdirectories, in order, each made at once.
+            entries: list[tuple] = [*files, *((d + "/",) for d in dirs)]
+            entries.sort()  # by name: names are unique
+            all_wanted = rel.startswith(prefix) and start_after is None
+            run: list[tuple] = []
+            for listed in entries:
+                name = listed[0]
+                if len(listed) > 1:
+                    run.append(listed)
+                    continue
+                if run:
+                    yield from self._infos(rel, run, prefix, start_after, all_wanted)
+                    run = []
                 path = rel + name
-                if name.endswith("/"):
-                    wanted = path.startswith(prefix) or prefix.startswith(path)
-                    # Every path below sorts after start_after, or none does.
-                    skipped = (
-                        start_after is not None
-                        and start_after >= path
-                        and not start_after.startswith(path)
-                    )
-                    if wanted and not skipped:
-                        inner = _open_entry(fd, entry.name, _DIR)
-                        if inner is not None:
-                            yield from self._walk(inner, path, prefix, start_after)
-                    continue
-                if not path.startswith(prefix) or (start_after is not None and path <= start_after):
-                    continue
-                if name.startswith(_TMP_PREFIX):
-                    continue
-                info = _entry_info(path, entry)
-                if info is not None:
-                    yield info
+                wanted = path.startswith(prefix) or prefix.startswith(path)
+                # Every path below sorts after start_after, or none does.
+                skipped = (
+                    start_after is not None
+                    and start_after >= path
+                    and not start_after.startswith(path)
+                )
+                if wanted and not skipped:
+                    inner = _open_entry(fd, name[:-1], _DIR)
+                    if inner is not None:
+                        yield from self._walk(inner, path, prefix, start_after)
+            if run:
+                yield from self._infos(rel, run, prefix, start_after, all_wanted)
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _infos(
+        rel: str, listed: list[tuple], prefix: str, start_after: str | None, all_wanted: bool
+    ) -> list[ObjectInfo]:
+        """Objects for files of directory ``rel`` as :func:`_fs.list_dir` tells them, in
+        order: those wanted (``all_wanted``: all), none of Shoal's temporary files."""
+        infos = [
+            ObjectInfo(rel + name, size, _version_of(mtime_ns, size), mtime)
+            for name, size, mtime_ns, mtime in listed
+            if not name.startswith(_TMP_PREFIX)
+        ]
+        if all_wanted:
+            return infos
+        return [
+            i
+            for i in infos
+            if i.path.startswith(prefix) and (start_after is None or i.path > start_after)
+        ]
 
     def _list_dir(self, directory: str) -> list[ObjectInfo]:
         # docstring inherited; one scandir, links skipped as list() skips them
@@ -268,7 +293,7 @@ class LocalStore(UnderStore):
         got = _fs.read_whole_beneath(self._root_fd, keys, views, using=self._method)
         for i, key, view, res in zip(slots, keys, views, got, strict=True):
             version = items[i][2]
-            if type(res) is tuple and (version is None or f"{res[1]}-{res[2]}" == version):
+            if type(res) is tuple and (version is None or _version_of(res[1], res[2]) == version):
                 self._count_call("GET")
                 out[i] = res[0]
                 continue
