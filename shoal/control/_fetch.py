@@ -294,7 +294,10 @@ class Fetcher:
                     f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"]
                 )
             kept = self.cache(
-                [(p.key, v) for (p, _), v in zip(run, views, strict=True)], f.path, record
+                [(p.key, v) for (p, _), v in zip(run, views, strict=True)],
+                f.path,
+                record,
+                f.own["tier"],
             )
             for (p, fut), v in zip(run, views, strict=True):
                 fut.set_result(None if p.key in kept else bytearray(v))
@@ -344,10 +347,10 @@ class Fetcher:
         found these pages missing a moment ago (they are not looked up again).
         ``publish``: publish the files stored (see ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
-        by_store: dict[int, list[int]] = {}
+        by_store: dict[tuple[int, str | None], list[int]] = {}
         for i, p in enumerate(pages):
             if checked or not self._store.contains(p.key):
-                by_store.setdefault(id(p.file.store), []).append(i)
+                by_store.setdefault((id(p.file.store), p.file.own["tier"]), []).append(i)
         for slots in by_store.values():
             self._fetch_group(pages, slots, out, publish)
         return out
@@ -355,7 +358,7 @@ class Fetcher:
     def _fetch_group(
         self, pages: list[Page], slots: list[int], out: list[Any], publish: bool
     ) -> None:
-        """:meth:`fetch_files` for the pages at ``slots``, files of one store."""
+        """:meth:`fetch_files` for the pages at ``slots``, files of one store and tier."""
         group = [pages[i] for i in slots]
         store = group[0].file.store
         buf = memoryview(bytearray(sum(p.length for p in group)))
@@ -391,7 +394,7 @@ class Fetcher:
         untils, records = [None] * len(files), None
         if self.publisher is not None:
             untils, records = self.publisher.records_of(files)
-        kept = self.cache_many(items, records)
+        kept = self.cache_many(items, records, group[0].file.own["tier"])
         for (i, _, v), loc in zip(done, kept, strict=True):
             out[i] = None if loc is not None else bytearray(v)
         if publish and self.publisher is not None:
@@ -428,11 +431,12 @@ class Fetcher:
                 items.append((key, buf[at : at + length]))
             index += 1
         if items:
+            own = split_mount_options(mount.options)[0]
             record = None
             if lo == 0 and self.publisher is not None:
-                ttl = split_mount_options(mount.options)[0]["metadata_ttl"]
+                ttl = own["metadata_ttl"]
                 record = self.publisher.record_of(path, mount.child_uri(rel), info, ttl)
-            kept = self.cache(items, path, record)
+            kept = self.cache(items, path, record, own["tier"])
             self._counters.add(ufs_pages=len(items))
             with self._lock:
                 for key in kept:
@@ -454,42 +458,56 @@ class Fetcher:
         self._counters.add(page_hits=hits, page_misses=missing + fresh)
 
     def cache_many(
-        self, items: list[tuple[bytes, memoryview, str]], records: list[tuple | None] | None
+        self,
+        items: list[tuple[bytes, memoryview, str]],
+        records: list[tuple | None] | None,
+        tier: str | None = None,
     ) -> list[PageLocation | None]:
         """Pages of one-page files (``(key, bytes, path)``) with their file records (one
         per page, None where there is none; or None): one commit when the first usable
-        tier takes them all, else file by file as :meth:`cache` stores them; where each
-        page went (None for one no tier kept; located again in the second case)."""
+        tier (``tier`` first, see :meth:`tiers_from`) takes them all, else file by file
+        as :meth:`cache` stores them; where each page went (None for one no tier kept;
+        located again in the second case)."""
         named = [r for r in records or () if r is not None]
         pages = [(k, v) for k, v, _ in items]
-        for tier in self._tiers:
-            if not self.health.usable(tier):
+        for tier_name in self.tiers_from(tier):
+            if not self.health.usable(tier_name):
                 continue
             try:
-                return self._store.put_many(pages, tier=tier, records=named or None)
+                return self._store.put_many(pages, tier=tier_name, records=named or None)
             except (TierFullError, OSError) as exc:
                 if not isinstance(exc, TierFullError):
-                    self.health.failed(tier, exc)
+                    self.health.failed(tier_name, exc)
             break
         kept: set[bytes] = set()
         for (key, view, path), record in zip(items, records or [None] * len(items), strict=True):
-            kept |= self.cache([(key, view)], path, record)
+            kept |= self.cache([(key, view)], path, record, tier)
         located = self._store.locate([k for k, _ in pages])
         return [loc if k in kept else None for (k, _), loc in zip(pages, located, strict=True)]
+
+    def tiers_from(self, tier: str | None) -> list[str]:
+        """The tiers to put new pages in, in order: ``tier`` (a mount's or policy's), the
+        slower ones after it, then the faster ones; every tier fastest first when ``tier``
+        is None or not a tier of this worker."""
+        if tier is None or tier not in self._tiers:
+            return self._tiers
+        at = self._tiers.index(tier)
+        return self._tiers[at:] + self._tiers[:at]
 
     def cache(
         self,
         items: list[tuple[bytes, memoryview]],
         path: str,
         record: tuple[bytes, bytes] | None = None,
+        first: str | None = None,
     ) -> set[bytes]:
         """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
-        that takes them, fastest first; the keys of the pages stored. A tier that fails
-        with an I/O error is counted as failing and the next one tried; pages no tier
-        takes are left out (their caller serves them from memory). ``record``: the file's
-        record, committed with the first of its pages stored."""
+        that takes them, ``first`` first (see :meth:`tiers_from`); the keys of the pages
+        stored. A tier that fails with an I/O error is counted as failing and the next one
+        tried; pages no tier takes are left out (their caller serves them from memory).
+        ``record``: the file's record, committed with the first of its pages stored."""
         error: BaseException | None = None
-        for tier in self._tiers:
+        for tier in self.tiers_from(first):
             if not self.health.usable(tier):
                 if not self.health.probe_due(tier):
                     continue
@@ -508,7 +526,7 @@ class Fetcher:
             # No tier takes them all at once: one page at a time.
             kept: set[bytes] = set()
             for item in items:
-                got = self.cache([item], path, None if kept else record)
+                got = self.cache([item], path, None if kept else record, first)
                 kept |= got
             return kept
         self._counters.add(store_full=1)

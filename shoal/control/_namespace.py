@@ -20,6 +20,7 @@ __all__ = [
     "MAX_PATH_COMPONENTS",
     "MOUNT_OPTIONS",
     "Mount",
+    "TIER_NAMES",
     "MountTable",
     "normalize_path",
     "split_mount_options",
@@ -39,18 +40,26 @@ DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
 DEFAULT_METADATA_TTL = 60.0
 
 #: Mount options that Shoal itself reads; every other option goes to the under-store.
-MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas")
+MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas", "tier")
+#: Tiers a mount (or a policy) may send new pages to.
+TIER_NAMES = ("MEM", "SSD", "HDD")
 
 
 def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a mount's options into Shoal's own (checked, with defaults) and the store's.
 
     Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
-    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4)
-    and ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
-    default 1).
+    60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4),
+    ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
+    default 1) and ``tier`` (``MEM``, ``SSD`` or ``HDD``: the tier new pages go to, the
+    others when it is full or missing; default None, the fastest tier with room).
     """
-    own = {"metadata_ttl": DEFAULT_METADATA_TTL, "read_ahead": DEFAULT_READ_AHEAD, "replicas": 1}
+    own: dict[str, Any] = {
+        "metadata_ttl": DEFAULT_METADATA_TTL,
+        "read_ahead": DEFAULT_READ_AHEAD,
+        "replicas": 1,
+        "tier": None,
+    }
     store = {}
     for key, value in options.items():
         if key not in MOUNT_OPTIONS:
@@ -61,6 +70,13 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
                 raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
             if not 0 <= value < math.inf:
                 raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
+        elif key == "tier":  # None: the default, the fastest tier with room
+            if value is not None and (
+                not isinstance(value, str) or value.upper() not in TIER_NAMES
+            ):
+                shown = repr(value)[:64]
+                raise ValueError(f"tier must be one of {', '.join(TIER_NAMES)}, got {shown}")
+            value = value.upper() if value is not None else None
         elif key == "replicas":
             if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._units import parse_size
-from ._namespace import MOUNT_OPTIONS, Mount, split_mount_options
+from ._namespace import MOUNT_OPTIONS, TIER_NAMES, Mount, split_mount_options
 
 __all__ = [
     "ENFORCED",
@@ -42,13 +42,13 @@ __all__ = [
     "parse_duration",
 ]
 
-TIERS = ("MEM", "SSD", "HDD")
+TIERS = TIER_NAMES
 PRIORITIES = ("high", "normal", "low")
 WRITE_MODES = ("write_back", "write_through", "cache_only")
 #: Fields whose default under a mount is the mount's option of the same name.
 MOUNT_FIELDS = MOUNT_OPTIONS
 #: Fields this version of Shoal enforces; setting any other is refused.
-ENFORCED = frozenset({"metadata_ttl", "read_ahead", "replicas"})
+ENFORCED = frozenset({"metadata_ttl", "read_ahead", "replicas", "tier"})
 #: Prefixes with a policy, at most.
 MAX_POLICIES = 1024
 

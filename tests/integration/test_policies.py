@@ -116,7 +116,7 @@ def test_set_list_remove_and_show(client, data):
         "metadata_ttl": "/f/hot",
         "read_ahead": "/f",
         "replicas": "/f/hot",
-        "tier": None,
+        "tier": "default",
     }
     # /f/hot does not cover /f/hotter
     assert client.effective_policy("/f/hotter/f")["sources"]["metadata_ttl"] == "default"
@@ -132,8 +132,8 @@ def test_set_list_remove_and_show(client, data):
 
 def test_bad_policies_are_clear_errors(client, data):
     client.mount("/f", data.as_uri())
-    for name, value in [("quota", "10G"), ("tier", "MEM"), ("ttl", "1h"), ("pin", True),
-                        ("priority", "high"), ("write_mode", "write-back")]:  # fmt: skip
+    for name, value in [("quota", "10G"), ("ttl", "1h"), ("pin", True), ("priority", "high"),
+                        ("write_mode", "write-back")]:  # fmt: skip
         with pytest.raises(ValueError) as info:
             client.set_policy("/f/hot", **{name: value})
         assert str(info.value).startswith(
@@ -270,7 +270,7 @@ def test_the_policy_command_errors(shoal_home, data):
     ok("mount", "add", "/f", data.as_uri())
     assert error(1, "policy", "set", "/f", "--quota", "10G") == (
         "policy field 'quota' is not enforced yet by this version of Shoal (it enforces "
-        "replicas, metadata_ttl, read_ahead)"
+        "tier, replicas, metadata_ttl, read_ahead)"
     )
     assert error(1, "policy", "set", "/f", "--pin").startswith("policy field 'pin' is not")
     assert error(1, "policy", "set", "/nowhere", "--read-ahead", "1") == (
