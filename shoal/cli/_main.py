@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _fs, _fuse, _load, _mount, _policy, _report, _secret, _worker, _workers
+from . import _du, _fs, _fuse, _load, _mount, _policy, _report, _secret, _worker, _workers
 from ._common import describe_error, env_flag
 
 __all__ = ["build_parser", "main"]
@@ -19,7 +19,7 @@ commands by topic:
   daemon      worker, up, down
   namespace   mount add|rm|ls, ls, stat, cat
   files       fuse mount|umount MOUNTPOINT
-  cache       load, free, report
+  cache       load, free, report [--cluster], du PATH
   policies    policy set|rm|ls|show
   cluster     workers, worker drain|undrain ID
   security    secret new FILE
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (_worker, _mount, _fs, _fuse, _load, _report, _policy, _workers, _secret):
+    for group in (_worker, _mount, _fs, _fuse, _load, _report, _du, _policy, _workers, _secret):
         group.register(sub)
     return parser
 

@@ -1,5 +1,6 @@
 """``shoal report``: the worker's capacity, use and health per tier, pages, hit ratio, and
-its traffic, with the requests it sent to each under-store by kind."""
+its traffic, with the requests it sent to each under-store by kind; ``--cluster``: the sum
+over every live worker, and a line per worker."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from .._units import format_size
 from ._common import add_home_option, format_duration, format_table, open_client, print_json
 
-__all__ = ["register", "render_report"]
+__all__ = ["register", "render_cluster_report", "render_report"]
 
 
 def _pct(part: float, whole: float) -> str:
@@ -18,15 +19,18 @@ def _pct(part: float, whole: float) -> str:
 
 
 def render_report(report: Mapping[str, Any]) -> str:
-    """The worker's report (``Client.report()``) as text."""
-    w = report.get("worker", {})
-    lines = [
-        f"worker      pid {w.get('pid', '?')} on {w.get('host_id', '?')}, "
-        f"up {format_duration(w.get('uptime', 0.0))}, engine {w.get('engine', '?')}, "
-        f"page size {format_size(w.get('page_size', 0))}",
-        f"home        {w.get('home', '?')}",
-        "",
-    ]
+    """The worker's report (``Client.report()``) as text; a sum of reports (with no
+    ``worker``) as well."""
+    lines = []
+    if "worker" in report:
+        w = report["worker"]
+        lines += [
+            f"worker      pid {w.get('pid', '?')} on {w.get('host_id', '?')}, "
+            f"up {format_duration(w.get('uptime', 0.0))}, engine {w.get('engine', '?')}, "
+            f"page size {format_size(w.get('page_size', 0))}",
+            f"home        {w.get('home', '?')}",
+            "",
+        ]
     tiers = report.get("tiers", {})
     rows = []
     totals = {"capacity": 0, "allocated_bytes": 0, "live_bytes": 0, "pages": 0}
@@ -113,6 +117,33 @@ def render_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _worker_row(wid: str, report: Mapping[str, Any]) -> tuple:
+    hits, misses = report.get("page_hits", 0), report.get("page_misses", 0)
+    used = sum(t.get("live_bytes", 0) for t in report.get("tiers", {}).values())
+    host = report.get("worker", {}).get("host_id", "-")
+    return (wid, host, report.get("pages", 0), format_size(used), _pct(hits, hits + misses))
+
+
+def render_cluster_report(doc: Mapping[str, Any], cluster: bool) -> str:
+    """The reports of every live worker and their sum (``Client.report(cluster=True)``)
+    as text: the sum as :func:`render_report` shows one worker, then a line per worker;
+    ``cluster`` False says that the one worker of a single node is shown."""
+    workers = doc.get("workers", {})
+    if cluster:
+        head = f"cluster     {len(workers)} worker(s) answered, summed below"
+    else:
+        head = "cluster     none: a single node, its one worker shown"
+    lines = [head]
+    if doc.get("unreachable"):
+        lines.append(f"not summed  {', '.join(doc['unreachable'])} (did not answer)")
+    lines += ["", render_report(doc.get("total", {})), ""]
+    rows = [_worker_row(wid, r) for wid, r in sorted(workers.items())]
+    lines.append(
+        format_table(rows, ("WORKER", "HOST", "PAGES", "LIVE", "HIT RATIO"), right=(2, 3, 4))
+    )
+    return "\n".join(lines)
+
+
 def _published(p: Mapping[str, Any]) -> str:
     """The table of published files: ``1,204 files in 65,536 slots``."""
     if not p:
@@ -159,15 +190,24 @@ def register(subparsers) -> None:
         "the worker started.",
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="every live worker's report and their sum (with --json: "
+        '{"workers": {ID: report}, "total": sum, "unreachable": [ID]})',
+    )
     add_home_option(p)
     p.set_defaults(func=_report)
 
 
 def _report(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        report = client.report()
+        report = client.report(cluster=args.cluster)
+        cluster = client.config.etcd is not None or client.config.membership_file is not None
     if args.json:
         print_json(report)
+    elif args.cluster:
+        print(render_cluster_report(report, cluster))
     else:
         print(render_report(report))
     return 0

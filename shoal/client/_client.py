@@ -1,13 +1,12 @@
 """``shoal.Client``: the public facade. Arguments are checked here; reads go through the
-client's metadata (``_metadata``) and the router's one read loop (``_router``), jobs and
-policies through ``_jobs`` and ``_policies``."""
+client's metadata (``_metadata``) and the router's one read loop (``_router``); jobs,
+policies, ``du`` and reports through ``_jobs``, ``_policies`` and ``_usage``."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import io
-import logging
 import os
 import time
 import weakref
@@ -19,15 +18,13 @@ from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
 from ..control.proto import MAX_LIST
 from ..engine._requests import host_view
-from . import _jobs, _policies
+from . import _jobs, _policies, _usage
 from ._jobs import LoadProgress
 from ._meta import FileInfo
 from ._metadata import ClientMetadata
 from ._router import Router
 
 __all__ = ["Client", "FileInfo", "LoadProgress"]
-
-log = logging.getLogger("shoal.client")
 
 _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -476,8 +473,25 @@ class Client:
         """
         return _jobs.free(self._live(), normalize_path(path))
 
-    def report(self) -> dict:
-        """The worker's report.
+    def du(self, path: str) -> dict:
+        """Bytes cached under ``path`` (by whole components), on every live worker.
+
+        Returns ``path``, ``bytes``, ``pages``, ``files`` (files with a page cached) and
+        ``tiers`` (bytes per tier) summed, ``workers`` (the same per worker: by id in a
+        cluster, by host id on one node) and ``unreachable`` (workers that did not
+        answer). Copies count once per worker. Files are seen through the records their
+        worker keeps only while the mount caches metadata: pages cached under
+        ``metadata_ttl`` 0 are not counted (nor, in a cluster, the pages a worker holds
+        of a file whose first page another holds). ``FileNotFoundError`` for a path
+        under no mount.
+        """
+        return _usage.du(self._live(), normalize_path(path))
+
+    def report(self, cluster: bool = False) -> dict:
+        """The worker's report, or with ``cluster`` those of every live worker and their
+        sum: ``{"workers": {id: report}, "total": summed, "unreachable": [id, ...]}``
+        (numbers summed, tiers by name, ``hit_ratio`` from the summed hits and misses;
+        on one node, its one worker).
 
         Returns
         -------
@@ -496,23 +510,7 @@ class Client:
             whether etcd renews it) and ``membership`` (this client's view: workers
             seen, whether its source answers, the last error).
         """
-        router = self._live()
-        if router.shortcircuit.locations.touched_since:
-            # Pages read with no round trip: the counters include them.
-            try:
-                router.shortcircuit.report_touched(router.home())
-            except (ConnectionError, TimeoutError) as exc:
-                log.warning("pages read short-circuit not reported: %s", exc)
-        report = router.call({"op": "report"})["report"]
-        if router.cluster:
-            m = router.membership()
-            report["membership"] = {
-                "source": self._config.etcd or self._config.membership_file,
-                "workers": len(m.members()),
-                "healthy": m.healthy,
-                "last_error": m.last_error,
-            }
-        return report
+        return _usage.report(self._live(), self._config, bool(cluster))
 
     def worker_pid(self) -> int:
         """Pid of the worker this thread's control connection goes to."""

@@ -50,14 +50,27 @@ def load(
     """Run a load job and keep its record (see :meth:`shoal.Client.load`)."""
     router.home()  # checks the client, starts the worker if need be
     started = time.time()
-    record = _jobs.load_record(_jobs.new_job_id(started), paths, metadata_only, replicas, started)
+    every = _heartbeat_every()
+    record = _jobs.load_record(
+        _jobs.new_job_id(started), paths, metadata_only, replicas, started, every
+    )
     _put_job(router, record)
     counts: dict[str, int] = {}
+    latest: list[dict] = [{}]  # the last counts, replaced whole (read by the heartbeat)
     caller_stopped = False
+    done = threading.Event()
+
+    def heartbeat() -> None:  # the record again now and then: this client is alive
+        while not done.wait(every):
+            _put_job(router, {**record, **latest[0], "heartbeat": time.time()})
+
+    beating = threading.Thread(target=heartbeat, name="shoal-load-heartbeat", daemon=True)
+    beating.start()
 
     def seen(state: dict) -> None:
         nonlocal caller_stopped
         counts.update(state)
+        latest[0] = {k: state[k] for k in _jobs.COUNTS if k in state}
         if progress is not None:
             try:
                 progress(LoadProgress.of(state))
@@ -66,7 +79,11 @@ def load(
                 raise
 
     try:
-        final = _load_members(router, paths, metadata_only, seen, replicas)
+        try:
+            final = _load_members(router, paths, metadata_only, seen, replicas)
+        finally:
+            done.set()
+            beating.join()
     except BaseException as exc:
         # Interrupted by the caller (Ctrl-C, its progress callback): STOPPED; the load or
         # the connection failed: FAILED. Running it again resumes it.
@@ -77,6 +94,21 @@ def load(
         raise
     _put_job(router, _jobs.finish_record(record, _jobs.DONE, final))
     return LoadProgress.of(final)
+
+
+def _heartbeat_every() -> float:
+    """Seconds between two heartbeats of a load: ``$SHOAL_LOAD_HEARTBEAT`` (a number >
+    0), else :data:`~shoal.control._jobs.HEARTBEAT_EVERY`."""
+    text = os.environ.get("SHOAL_LOAD_HEARTBEAT", "")
+    if not text:
+        return _jobs.HEARTBEAT_EVERY
+    try:
+        every = float(text)
+    except ValueError:
+        every = 0.0
+    if not 0 < every < 86400:
+        raise ValueError(f"SHOAL_LOAD_HEARTBEAT must be seconds > 0, got {text[:32]!r}")
+    return every
 
 
 def _put_job(router: Router, record: dict) -> None:

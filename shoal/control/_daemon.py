@@ -324,7 +324,7 @@ def _join_cluster(config: Config, worker, address: str | None, sock_path: str):
     registration = WorkerRegistration(
         config.etcd,
         info,
-        used_bytes=worker.used_bytes,
+        used_bytes=worker.usage.used_bytes,
         credentials=EtcdCredentials.from_config(config),
     )
 

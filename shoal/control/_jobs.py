@@ -2,9 +2,12 @@
 
 A record lives under ``jobs/load/<id>``, where the id starts with the job's start time in
 UTC (``20261122T095812.123456Z-3fa2``), so that key order is start order. The client that
-runs a load writes its record (through a worker's ``job_put`` op) when it starts, and
-again when it ends: DONE, FAILED (the load or the connection failed) or STOPPED (the
-caller interrupted it). ``jobs`` lists them, newest first.
+runs a load writes its record (through a worker's ``job_put`` op) when it starts, again
+every ``heartbeat_every`` seconds while it runs (its ``heartbeat``: when), and when it
+ends: DONE, FAILED (the load or the connection failed) or STOPPED (the caller interrupted
+it). ``jobs`` lists them, newest first; a RUNNING record whose client has sent no
+heartbeat for :data:`STALE_HEARTBEATS` of its intervals is FAILED from then on (its client
+was killed, or lost the workers).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ __all__ = [
     "finish_record",
     "load_record",
     "mark_abandoned",
+    "mark_stale",
     "new_job_id",
     "newest_first",
 ]
@@ -51,6 +55,10 @@ COUNTS = (
 )
 #: Paths kept in a record; the count says how many there were.
 FIRST_PATHS = 5
+#: Seconds between two heartbeats of a running load's client, by default.
+HEARTBEAT_EVERY = 10.0
+#: Heartbeat intervals without one after which a RUNNING record is FAILED.
+STALE_HEARTBEATS = 3
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -65,9 +73,13 @@ def load_record(
     metadata_only: bool,
     replicas: int | str | None,
     started: float,
+    heartbeat_every: float = HEARTBEAT_EVERY,
 ) -> dict[str, Any]:
-    """The RUNNING record of a load that starts now."""
+    """The RUNNING record of a load that starts now, its client sending a heartbeat every
+    ``heartbeat_every`` seconds."""
     return {
+        "heartbeat": started,
+        "heartbeat_every": heartbeat_every,
         "id": job_id,
         "kind": "load",
         "paths": {"count": len(paths), "first": list(paths[:FIRST_PATHS])},
@@ -114,6 +126,31 @@ def newest_first(records: Iterable[tuple[str, Any]], limit: int | None = None) -
         raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
     docs = [doc for _, doc in sorted(records, key=lambda kv: kv[0], reverse=True)]
     return docs if limit is None else docs[:limit]
+
+
+def mark_stale(store: MetaStore, records: Iterable[tuple[str, Any]], now: float | None = None):
+    """``records`` (``(key, document)``), each RUNNING one whose client has sent no
+    heartbeat for :data:`STALE_HEARTBEATS` of its intervals marked FAILED, in ``store``
+    too."""
+    now = time.time() if now is None else now
+    out = []
+    for key, doc in list(records):  # read them all before writing any
+        if isinstance(doc, dict) and doc.get("state") == RUNNING:
+            beat, every = doc.get("heartbeat"), doc.get("heartbeat_every")
+            numbers = all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in (beat, every)
+            )
+            if numbers and now - beat > STALE_HEARTBEATS * every:
+                doc = {
+                    **doc,
+                    "state": FAILED,
+                    "finished": now,
+                    "error": f"its client sent no heartbeat for {now - beat:.0f} s (killed, "
+                    "or cut off from the workers)",
+                }
+                store.put(key, doc)
+        out.append((key, doc))
+    return out
 
 
 def mark_abandoned(store: MetaStore, reason: str) -> int:

@@ -19,8 +19,8 @@ from ._publisher import Publisher
 __all__ = ["Loader", "placement_filter"]
 
 #: Whole one-page files a load fetches in one task, and tasks at once.
-_LOAD_CHUNK = 64
-_LOAD_TASKS = 16
+_LOAD_CHUNK = 128
+_LOAD_TASKS = 8
 
 
 class Loader:

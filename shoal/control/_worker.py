@@ -21,7 +21,7 @@ from ..engine import PageLocation, PageStore
 from ._admission import MountPolicy
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
-from ._jobs import check_job_key, mark_abandoned, newest_first
+from ._jobs import check_job_key, mark_abandoned, mark_stale, newest_first
 from ._load import Loader
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters, summed_by_kind
@@ -29,6 +29,7 @@ from ._namespace import MountTable
 from ._policies import WorkerPolicies
 from ._publisher import Publisher
 from ._server import ConnectionState, FileSegment, Handler, Reply
+from ._usage import CacheUsage
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
 from .ufs import ObjectChangedError
 
@@ -131,6 +132,7 @@ class Worker:
         # known again before the first client comes (most of them).
         self.publisher = Publisher(self._store, self.files, config.page_size)
         self.fetcher.publisher = self.publisher
+        self.usage = CacheUsage(self._store, self.files, config.page_size)  # du, bytes used
         self.loader = Loader(
             self.files,
             self.fetcher,
@@ -171,6 +173,7 @@ class Worker:
             "load": self._load_op,
             "stop": self._stop_op,
             **self.policies.handlers(),
+            **self.usage.handlers(),
         }
 
     def count_request(self, op: str) -> None:
@@ -436,7 +439,7 @@ class Worker:
 
     def jobs(self, prefix: str, limit: int) -> list[dict]:
         """The job records under ``prefix``, newest first, at most ``limit``."""
-        return newest_first(self._meta_store.scan(prefix), limit)
+        return newest_first(mark_stale(self._meta_store, self._meta_store.scan(prefix)), limit)
 
     def free(self, path: str) -> dict:
         """Drop the cached pages of every file under ``path`` (their current versions)."""
@@ -482,10 +485,6 @@ class Worker:
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
-
-    def used_bytes(self) -> int:
-        """Bytes of cached pages, over every tier."""
-        return sum(u.live_bytes for u in self._store.usage().values())
 
     # ----------------------------------------------------------------- lifetime
 

@@ -1598,11 +1598,13 @@ class PageStore:
                 on_error(i, res.tier, res)
         return results
 
-    def locate(self, keys: Iterable[bytes | str]) -> list[PageLocation | None]:
+    def locate(self, keys: Iterable[bytes | str], touch: bool = True) -> list[PageLocation | None]:
         """Where pages are, for reading them elsewhere (see :class:`RegionReader`).
 
         Returns one :class:`PageLocation` per key, None for a miss. A location stays valid
         until its region is reclaimed; a reader detects that by the generation check.
+        ``touch``: mark the regions found as used now (for the eviction order); a lookup
+        that reads nothing (an account of the cache, say) passes False.
         """
         encoded = [_encode_key(key) for key in keys]
         out: list[PageLocation | None] = []
@@ -1617,7 +1619,8 @@ class PageStore:
                 code, number, generation, offset, length, crc, _ = unpack(record)
                 tier = by_code[code]
                 region = tier.regions[number]
-                region.last_access = next(self._clock)
+                if touch:
+                    region.last_access = next(self._clock)
                 out.append(
                     PageLocation(tier.name, number, region.path, offset, length, crc, generation)
                 )

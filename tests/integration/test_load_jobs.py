@@ -113,3 +113,43 @@ def test_load_whose_worker_is_killed_is_failed_then_resumed(client, bucket, shoa
     assert 0 <= done.pages_skipped < pages
     assert [r["state"] for r in client.load_history()] == ["DONE", "FAILED"]
     assert client.load("/m/ds").pages_skipped == pages
+
+
+def test_load_whose_client_is_killed_is_failed_by_its_missing_heartbeat(
+    client, bucket, shoal_home, monkeypatch
+):
+    """A client killed during a load cannot record its end: its record stays RUNNING while
+    heartbeats come, and is FAILED once three intervals pass without one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dataset(client, bucket, files=40, pages=1)
+    monkeypatch.setenv("SHOAL_LOAD_HEARTBEAT", "0.3")
+    # Its progress callback holds the load up (and the client alive) until it is killed.
+    script = "import time, shoal; shoal.Client().load('/m/ds', progress=lambda p: time.sleep(60))"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while not client.load_history() or client.load_history()[0]["files_done"] == 0:
+            assert proc.poll() is None, "the load ended before it could be killed"
+            assert time.monotonic() < deadline, "the load never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # heartbeats keep it RUNNING meanwhile
+        (running,) = client.load_history()
+        assert running["state"] == "RUNNING" and running["heartbeat"] > running["started"]
+        assert running["heartbeat_every"] == 0.3
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    time.sleep(1.2)  # more than three intervals
+    (failed,) = client.load_history()
+    assert failed["state"] == "FAILED" and "no heartbeat" in failed["error"]
+    assert client.load_history() == [failed]  # kept FAILED
+    monkeypatch.setenv("SHOAL_LOAD_HEARTBEAT", "soon")
+    with pytest.raises(ValueError, match="SHOAL_LOAD_HEARTBEAT must be seconds > 0"):
+        client.load("/m/ds")

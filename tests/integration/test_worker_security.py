@@ -80,6 +80,7 @@ READ_REQUESTS = {
     },
     "load": {"op": "load", "paths": ["/etc"], "metadata_only": True},
     "report": {"op": "report"},
+    "du": {"op": "du", "path": "/etc"},
     "policies": {"op": "policies"},
     "policy_show": {"op": "policy_show", "path": "/etc/shadow"},
 }
@@ -554,6 +555,7 @@ def test_admin_ops_need_the_admin_secret(secrets, bucket):
                 assert reader.call({"op": "mounts"})["mounts"] == []  # still usable
             assert admin.call(mount)["mount"]["path"] == "/b"
             assert [m["path"] for m in reader.call({"op": "mounts"})["mounts"]] == ["/b"]
+            assert reader.call({"op": "du", "path": "/b"})["bytes"] == 0  # a reader's op
             assert admin.call({"op": "free", "path": "/b"}) == {"ok": True, "pages": 0, "bytes": 0}
             admin.call(ADMIN_REQUESTS["job_put"])
             assert reader.call({"op": "jobs", "prefix": "jobs/", "limit": 5})["jobs"]

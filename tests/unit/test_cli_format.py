@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.cli._common import format_duration, format_table
+from shoal.cli._du import render_du
 from shoal.cli._fs import render_listing, render_stat
 from shoal.cli._mount import render_mounts, shown_options
 from shoal.cli._progress import ProgressBar
-from shoal.cli._report import render_report
+from shoal.cli._report import render_cluster_report, render_report
+from shoal.client._usage import summed_reports
 from shoal.control._namespace import Mount
 
 
@@ -213,6 +215,93 @@ def test_report_of_a_fresh_worker():
     text = render_report(fresh)
     assert "hit ratio   - (0 hits, 0 misses)" in text
     assert "not cached  7 pages (no tier took them)" in text
+
+
+def other_worker() -> dict:
+    """A second worker's report: its MEM tier down, SSD in use, other traffic."""
+    tiers = {name: dict(t) for name, t in REPORT["tiers"].items()}
+    tiers["MEM"].update(state="down", io_errors=5, live_bytes=0, pages=0)
+    tiers["SSD"].update(regions_used=2, allocated_bytes=128 << 20, live_bytes=100 << 20, pages=25)
+    return {
+        **REPORT,
+        "worker": {**REPORT["worker"], "pid": 7, "host_id": "node-b"},
+        "tiers": tiers,
+        "pages": 25,
+        "page_hits": 0,
+        "page_misses": 100,
+        "hit_ratio": 0.0,
+        "ufs_requests": {"GET": 5, "HEAD": 2, "LIST": 0, "PUT": 0},
+        "ufs_requests_by_mount": {"/a": {"GET": 5, "HEAD": 2}},
+        "requests": 1,
+    }
+
+
+def test_reports_summed_over_workers():
+    total = summed_reports([REPORT, other_worker()])
+    assert total["workers"] == 2 and "worker" not in total
+    assert total["pages"] == 75 and total["requests"] == 100
+    assert (total["page_hits"], total["page_misses"]) == (150, 150)
+    assert total["hit_ratio"] == 0.5  # from the sums, not the mean of the ratios
+    assert total["ufs_requests"] == {"GET": 55, "HEAD": 2, "LIST": 1, "PUT": 0}
+    assert total["ufs_requests_by_mount"] == {"/a": {"GET": 35, "LIST": 1, "HEAD": 2},
+                                              "/b": {"GET": 20}}  # fmt: skip
+    mem, ssd = total["tiers"]["MEM"], total["tiers"]["SSD"]
+    assert (mem["capacity"], mem["live_bytes"], mem["io_errors"]) == (2 << 30, 200 << 20, 7)
+    assert mem["state"] == "down" and ssd["state"] == "normal"  # the worst of its parts
+    assert mem["region_size"] == 64 << 20  # a setting, not summed
+    assert "last_error" not in mem
+    assert (ssd["pages"], ssd["regions_used"], ssd["regions_total"]) == (25, 2, 128)
+    assert total["mounts"] == 2  # the cluster's mount table, not summed
+    one = summed_reports([REPORT])
+    assert {k: one[k] for k in ("pages", "hit_ratio", "ufs_requests")} == {
+        k: REPORT[k] for k in ("pages", "hit_ratio", "ufs_requests")
+    }
+    assert summed_reports([]) == {"hit_ratio": 0.0, "workers": 0}
+
+
+def test_cluster_report_text():
+    workers = {"w-b": other_worker(), "w-a": REPORT}
+    doc = {"workers": workers, "total": summed_reports(workers.values()), "unreachable": ["w-c"]}
+    lines = render_cluster_report(doc, cluster=True).splitlines()
+    assert lines[:2] == [
+        "cluster     2 worker(s) answered, summed below",
+        "not summed  w-c (did not answer)",
+    ]
+    assert not any(line.startswith(("worker ", "home ")) for line in lines)
+    assert "hit ratio   50.0% (150 hits, 150 misses)" in lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("WORKER"))
+    rows = [line.split() for line in lines[start:]]
+    assert rows == [
+        ["WORKER", "HOST", "PAGES", "LIVE", "HIT", "RATIO"],
+        ["w-a", "node-a", "50", "200.0", "MiB", "75.0%"],
+        ["w-b", "node-b", "25", "100.0", "MiB", "0.0%"],
+    ]
+    one = render_cluster_report({"workers": {"n": REPORT}, "total": summed_reports([REPORT])},
+                                cluster=False)  # fmt: skip
+    assert one.startswith("cluster     none: a single node, its one worker shown\n")
+
+
+def test_du_text():
+    doc = {
+        "path": "/d", "bytes": 3 << 20, "pages": 3, "files": 2,
+        "tiers": {"MEM": 1 << 20, "SSD": 2 << 20}, "unreachable": [],
+        "workers": {
+            "w1": {"bytes": 2 << 20, "pages": 2, "files": 1, "tiers": {"SSD": 2 << 20}},
+            "w0": {"bytes": 1 << 20, "pages": 1, "files": 1, "tiers": {"MEM": 1 << 20, "SSD": 0}},
+        },
+    }  # fmt: skip
+    assert render_du(doc, cluster=False).splitlines() == [
+        "path    /d",
+        "cached  3.0 MiB (3145728 B) in 3 pages of 2 files",
+        "tiers   MEM 1.0 MiB, SSD 2.0 MiB",
+    ]
+    lines = render_du({**doc, "unreachable": ["w2"]}, cluster=True).splitlines()
+    assert [line.split() for line in lines[4:7]] == [
+        ["WORKER", "CACHED", "PAGES", "FILES", "MEM", "SSD"],
+        ["w0", "1.0", "MiB", "1", "1", "1.0", "MiB", "0", "B"],
+        ["w1", "2.0", "MiB", "2", "1", "0", "B", "2.0", "MiB"],
+    ]
+    assert lines[-1] == "not counted: worker(s) w2 did not answer"
 
 
 # --------------------------------------------------------------------- progress

@@ -270,6 +270,7 @@ def test_check_request_accepts_every_op():
         "load": {"paths": ["/m"], "metadata_only": False},
         "free": {"path": "/m"},
         "report": {},
+        "du": {"path": "/m/a"},
         "touch": {"regions": [["SSD", 3, 2], ["MEM", 0, 1]]},
         "table": {},
         "regions": {"regions": [["SSD", 3], ["MEM", 0]]},
@@ -315,6 +316,12 @@ def test_check_request_accepts_every_op():
         ({"op": "policy_rm", "path": "/m", "fields": "tier"}, "'fields' must be list"),
         ({"op": "policy_rm", "path": "/m", "fields": [None]}, "field names must be strings"),
         ({"op": "policy_show", "path": None}, "'path' is missing"),
+        ({"op": "du"}, "'path' is missing"),
+        ({"op": "du", "path": None}, "'path' is missing"),
+        ({"op": "du", "path": 7}, "'path' must be str"),
+        ({"op": "du", "path": ["/m"]}, "'path' must be str"),
+        ({"op": "du", "path": True}, "'path' is missing or has the wrong type"),
+        ({"op": "du", "path": b"/m"}, "'path' must be str"),
         (
             {"op": "read", "files": [], "items": [], "mode": "other", "forget": []},
             "mode must be",
@@ -440,6 +447,8 @@ def read_request(items: list, files: list | None = None, **extra) -> dict:
         ({"op": "stat", "paths": ["/" + "a" * MAX_PATH_BYTES]}, errno.ENAMETOOLONG, "a path"),
         ({"op": "stat", "paths": ["/a" * 250_000]}, errno.ENAMETOOLONG, "a path"),
         ({"op": "ls", "path": "/" + "é" * 2048}, errno.ENAMETOOLONG, "ls: path"),
+        ({"op": "du", "path": "/" + "a" * MAX_PATH_BYTES}, errno.ENAMETOOLONG, "du: path"),
+        ({"op": "du", "path": "/é" * 2048}, errno.ENAMETOOLONG, "du: path"),
         (read_request([], [["/" + "a" * 5000, "v"]]), errno.ENAMETOOLONG, "read: a path"),
         (read_request([], [["/a", "v" * 5000]]), errno.ENAMETOOLONG, "read: a version"),
         (
@@ -517,6 +526,7 @@ def test_touch_counters_are_checked(tier, region, pages):
 def test_admin_ops():
     assert {"mount", "unmount", "free", "job_put", "policy_set", "policy_rm", "stop"} == ADMIN_OPS
     assert set(OPS) > ADMIN_OPS
+    assert "du" not in ADMIN_OPS and "report" not in ADMIN_OPS  # readers may look
 
 
 # --------------------------------------------------------------------- frames: costs

@@ -31,6 +31,9 @@ read         ``files`` ([path, version] pairs), ``items``        ``locs``, ``fds
 load         ``paths`` (list), ``metadata_only``                ``progress`` ... then ``done``
 free         ``path``                                           ``pages``, ``bytes``
 report       (none)                                             ``report`` (dict)
+du           ``path``                                           ``path``, ``bytes``, ``pages``,
+                                                                ``files``, ``tiers`` (bytes per
+                                                                tier)
 touch        ``regions`` ([tier, region, pages] triples)        (none)
 job_put      ``key`` (``jobs/<kind>/<id>``), ``record`` (dict)  (none)
 jobs         ``prefix`` (``jobs/...``), ``limit`` (int)         ``jobs``: records, newest first
@@ -80,6 +83,12 @@ optional ``placement`` (``{"nodes": [[id, weight], ...]}``): the worker then loa
 the pages placed on itself. A ``progress`` holds ``files_done``, ``files_total``,
 ``bytes_done``, ``bytes_total``, ``pages_done``, ``pages_total`` and, among the pages done,
 those cached already: ``pages_skipped``, ``bytes_skipped``.
+
+``du`` answers what the worker caches under ``path`` (whole components), seen through
+its file records (see ``_usage``): ``bytes``, ``pages``, ``files`` (those with a page
+cached) and ``tiers`` (bytes per tier, every tier of the worker, 0 when empty); a path under
+no mount that holds none is a ``FileNotFoundError``. Like ``report`` it changes nothing:
+any authenticated peer may ask.
 
 ``job_put`` stores a job record (a JSON document) in the worker's MetaStore (etcd in a
 cluster); ``jobs`` lists the records under a prefix, newest (greatest key) first.
@@ -154,6 +163,7 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "load": {"paths": list, "metadata_only": bool},
     "free": {"path": str},
     "report": {},
+    "du": {"path": str},
     "touch": {"regions": list},
     "table": {},
     "regions": {"regions": list},

@@ -1,0 +1,166 @@
+"""What one worker caches under a path (``du``): bytes, pages and files, per tier.
+
+The page index keys pages by file id (a hash of the file's URI and version), which says
+nothing of paths; what ties cached pages to paths are the file records (``_filerecords``),
+one per cached file, named by its Shoal path. ``du`` reads the records under a path, skips
+those whose URI the path no longer resolves to (a mount changed since), and looks up
+every page of each recorded file.
+
+Known limits: a record is written with a file's first page and only while its mount
+caches metadata (``metadata_ttl`` > 0), so pages of files cached under ``metadata_ttl``
+0, and in a cluster the pages a worker holds of a file whose first page another worker
+holds, are not seen. Pages are looked up without marking their regions used: a ``du``
+leaves the eviction order as it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from collections.abc import Iterator
+
+from ..engine import PageStore
+from ._filerecords import FileRecord, decode_record
+from ._files import FileResolver
+from ._namespace import Mount, normalize_path
+from ._pages import file_id, page_count, page_key
+from ._server import Handler, Reply
+
+__all__ = ["CacheUsage"]
+
+_LOCATE_BATCH = 4096  # page keys looked up with one call of the page store
+
+
+def _uri_dir(uri: str) -> str:
+    return uri.rstrip("/") + "/"
+
+
+def _aliased(mounts: list[Mount]) -> set[str]:
+    """The mount points among ``mounts`` whose URIs overlap another's (the same store
+    mounted twice, or inside another mount): their files may share pages."""
+    out = set()
+    for a in mounts:
+        for b in mounts:
+            if a.path != b.path and _uri_dir(b.uri).startswith(_uri_dir(a.uri)):
+                out.update((a.path, b.path))
+    return out
+
+
+class CacheUsage:
+    """The ``du`` op of a worker, and the bytes its page store holds.
+
+    Parameters
+    ----------
+    store
+        The worker's page store (pages, and the file records in its index).
+    files
+        The worker's file resolver: its mount table says what a path is now.
+    page_size
+        The node's page size.
+    """
+
+    def __init__(self, store: PageStore, files: FileResolver, page_size: int):
+        self._store = store
+        self._files = files
+        self._page_size = page_size
+
+    def handlers(self) -> dict[str, Handler]:
+        """The ops of cache usage, for the worker's op -> handler table."""
+        return {"du": lambda _, h: Reply(self.du(h["path"]))}
+
+    def used_bytes(self) -> int:
+        """Bytes of cached pages, over every tier."""
+        return sum(u.live_bytes for u in self._store.usage().values())
+
+    def du(self, path: str) -> dict:
+        """Bytes, pages and files cached under ``path`` (whole components: ``/d/a``
+        covers ``/d/a/x``, not ``/d/ab``), per tier; every tier of the worker is listed.
+
+        Only files with a record are seen (see the module's notes): pages of files cached
+        under ``metadata_ttl`` 0 are not counted.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` is under no mount and holds none (``/`` always does).
+        ValueError
+            A bad path.
+        """
+        path = normalize_path(path)
+        mounts = self._files.mounts()  # URIs shown redacted: enough to see overlaps
+        under = path.rstrip("/") + "/"
+        try:
+            covering = [self._files.mount_of(path)[0]]
+        except FileNotFoundError:
+            covering = []
+            if path != "/" and not any(m.path.startswith(under) for m in mounts):
+                text = f"du {path}: the path is under no mount (see `shoal mount ls`)"
+                raise FileNotFoundError(errno.ENOENT, text, path) from None
+        scope = covering + [m for m in mounts if m.path.startswith(under)]
+        aliased = _aliased(scope) if len(scope) > 1 else set()
+        tiers = dict.fromkeys(self._store.tier_paths, 0)
+        pages = files = 0
+        pending: list[tuple[int, bytes]] = []  # (file's number, page key)
+        last = -1  # the number of the last file counted
+
+        def flush() -> None:
+            nonlocal pages, files, last
+            located = self._store.locate([key for _, key in pending], touch=False)
+            for (n, _), loc in zip(pending, located, strict=True):
+                if loc is None:
+                    continue
+                tiers[loc.tier] = tiers.get(loc.tier, 0) + loc.length
+                pages += 1
+                if n != last:  # files come in order, their pages too
+                    files += 1
+                    last = n
+            pending.clear()
+
+        for n, fid, count in self._recorded(path, under, aliased):
+            for index in range(count):
+                pending.append((n, page_key(fid, index)))
+                if len(pending) >= _LOCATE_BATCH:
+                    flush()
+        flush()
+        return {"path": path, "bytes": sum(tiers.values()), "pages": pages, "files": files,
+                "tiers": tiers}  # fmt: skip
+
+    def _recorded(
+        self, path: str, under: str, aliased: set[str]
+    ) -> Iterator[tuple[int, bytes, int]]:
+        """``(number, file id, pages)`` of each file recorded at ``path`` or under it whose
+        record still holds for the current mount of its path; a file of an aliased mount
+        once only."""
+        exact = path.encode("utf-8", "surrogateescape")
+        found = self._store.get_record(exact) if path != "/" else None
+        named = [(exact, found)] if found is not None else []
+        scanned = self._store.records(under.encode("utf-8", "surrogateescape"))
+        seen: set[bytes] = set()  # files of aliased mounts counted already
+        n = 0
+        for name, value in itertools.chain(named, scanned):
+            record = decode_record(value)
+            mount = self._current_mount(name, record)
+            if record is None or mount is None:
+                continue
+            try:
+                fid = file_id(record.uri, record.info.version)
+                pages = page_count(record.info.size, self._page_size)
+            except (TypeError, ValueError):
+                continue
+            if mount.path in aliased:
+                if fid in seen:
+                    continue
+                seen.add(fid)
+            yield n, fid, pages
+            n += 1
+
+    def _current_mount(self, name: bytes, record: FileRecord | None) -> Mount | None:
+        """The mount that serves the path ``name`` now, when it still resolves to the URI
+        of ``record``; None otherwise."""
+        if record is None:
+            return None
+        try:
+            mount, rel = self._files.mount_of(name.decode("utf-8", "surrogateescape"))
+        except (OSError, ValueError):
+            return None
+        return mount if mount.child_uri(rel) == record.uri else None
