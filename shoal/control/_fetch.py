@@ -4,6 +4,7 @@ cache tier, so that a failing disk never fails a read whose bytes exist elsewher
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import logging
@@ -33,6 +34,9 @@ log = logging.getLogger("shoal.worker")
 
 _PROBE_KEY = b"\0shoal-tier-probe"
 _MAX_FRESH = 1 << 16  # pages fetched ahead of the read that asked for them, remembered
+#: The share of each tier's capacity that pinned pages may take; beyond it, pages of
+#: pinned files are stored as any other (and ``pins_refused`` counts them).
+PINNED_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,7 @@ class Fetcher:
         self.health = TierHealth(self._tiers)
         self.in_cluster = False  # pages are placed on several workers
         self._lock = threading.Lock()
+        self._pin_lock = threading.Lock()
         self._inflight: dict[bytes, Future] = {}
         self._pool = ThreadPoolExecutor(fetch_threads, "shoal-fetch")
         self.threads = fetch_threads
@@ -298,6 +303,7 @@ class Fetcher:
                 f.path,
                 record,
                 f.own["tier"],
+                f.own["pin"],
             )
             for (p, fut), v in zip(run, views, strict=True):
                 fut.set_result(None if p.key in kept else bytearray(v))
@@ -347,10 +353,11 @@ class Fetcher:
         found these pages missing a moment ago (they are not looked up again).
         ``publish``: publish the files stored (see ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
-        by_store: dict[tuple[int, str | None], list[int]] = {}
+        by_store: dict[tuple[int, str | None, bool], list[int]] = {}
         for i, p in enumerate(pages):
             if checked or not self._store.contains(p.key):
-                by_store.setdefault((id(p.file.store), p.file.own["tier"]), []).append(i)
+                own = p.file.own
+                by_store.setdefault((id(p.file.store), own["tier"], own["pin"]), []).append(i)
         for slots in by_store.values():
             self._fetch_group(pages, slots, out, publish)
         return out
@@ -358,7 +365,7 @@ class Fetcher:
     def _fetch_group(
         self, pages: list[Page], slots: list[int], out: list[Any], publish: bool
     ) -> None:
-        """:meth:`fetch_files` for the pages at ``slots``, files of one store and tier."""
+        """:meth:`fetch_files` for the pages at ``slots``, files of one store, tier and pin."""
         group = [pages[i] for i in slots]
         store = group[0].file.store
         buf = memoryview(bytearray(sum(p.length for p in group)))
@@ -394,7 +401,8 @@ class Fetcher:
         untils, records = [None] * len(files), None
         if self.publisher is not None:
             untils, records = self.publisher.records_of(files)
-        kept = self.cache_many(items, records, group[0].file.own["tier"])
+        own = group[0].file.own
+        kept = self.cache_many(items, records, own["tier"], own["pin"])
         for (i, _, v), loc in zip(done, kept, strict=True):
             out[i] = None if loc is not None else bytearray(v)
         if publish and self.publisher is not None:
@@ -436,7 +444,7 @@ class Fetcher:
             if lo == 0 and self.publisher is not None:
                 ttl = own["metadata_ttl"]
                 record = self.publisher.record_of(path, mount.child_uri(rel), info, ttl)
-            kept = self.cache(items, path, record, own["tier"])
+            kept = self.cache(items, path, record, own["tier"], own["pin"])
             self._counters.add(ufs_pages=len(items))
             with self._lock:
                 for key in kept:
@@ -462,28 +470,48 @@ class Fetcher:
         items: list[tuple[bytes, memoryview, str]],
         records: list[tuple | None] | None,
         tier: str | None = None,
+        pin: bool = False,
     ) -> list[PageLocation | None]:
         """Pages of one-page files (``(key, bytes, path)``) with their file records (one
         per page, None where there is none; or None): one commit when the first usable
         tier (``tier`` first, see :meth:`tiers_from`) takes them all, else file by file
         as :meth:`cache` stores them; where each page went (None for one no tier kept;
-        located again in the second case)."""
+        located again in the second case). ``pin``: as for :meth:`cache`."""
         named = [r for r in records or () if r is not None]
         pages = [(k, v) for k, v, _ in items]
         for tier_name in self.tiers_from(tier):
             if not self.health.usable(tier_name):
                 continue
             try:
-                return self._store.put_many(pages, tier=tier_name, records=named or None)
+                with self.pinning(pin):
+                    pinned = pin and self.may_pin(tier_name, sum(v.nbytes for _, v in pages))
+                    return self._store.put_many(
+                        pages, tier=tier_name, records=named or None, pin=pinned
+                    )
             except (TierFullError, OSError) as exc:
                 if not isinstance(exc, TierFullError):
                     self.health.failed(tier_name, exc)
             break
         kept: set[bytes] = set()
         for (key, view, path), record in zip(items, records or [None] * len(items), strict=True):
-            kept |= self.cache([(key, view)], path, record, tier)
+            kept |= self.cache([(key, view)], path, record, tier, pin)
         located = self._store.locate([k for k, _ in pages])
         return [loc if k in kept else None for (k, _), loc in zip(pages, located, strict=True)]
+
+    def pinning(self, pin: bool) -> contextlib.AbstractContextManager:
+        """Held from :meth:`may_pin` to the pin (pinned puts, one at a time, cannot
+        together pass the pinned share); for ``pin`` False, nothing."""
+        return self._pin_lock if pin else contextlib.nullcontext()
+
+    def may_pin(self, tier: str, nbytes: int) -> bool:
+        """True when ``nbytes`` more pinned bytes keep ``tier`` within its pinned share
+        (:data:`PINNED_SHARE` of its capacity); counted in ``pins_refused`` otherwise.
+        Call it with :meth:`pinning` held."""
+        usage = self._store.usage()[tier]
+        if usage.pinned_bytes + nbytes <= PINNED_SHARE * usage.capacity:
+            return True
+        self._counters.add(pins_refused=1)
+        return False
 
     def tiers_from(self, tier: str | None) -> list[str]:
         """The tiers to put new pages in, in order: ``tier`` (a mount's or policy's), the
@@ -500,12 +528,15 @@ class Fetcher:
         path: str,
         record: tuple[bytes, bytes] | None = None,
         first: str | None = None,
+        pin: bool = False,
     ) -> set[bytes]:
         """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
         that takes them, ``first`` first (see :meth:`tiers_from`); the keys of the pages
         stored. A tier that fails with an I/O error is counted as failing and the next one
         tried; pages no tier takes are left out (their caller serves them from memory).
-        ``record``: the file's record, committed with the first of its pages stored."""
+        ``record``: the file's record, committed with the first of its pages stored.
+        ``pin``: never evict them, while the tier's pinned share allows (:meth:`may_pin`;
+        beyond it they are stored as any other page)."""
         error: BaseException | None = None
         for tier in self.tiers_from(first):
             if not self.health.usable(tier):
@@ -515,7 +546,12 @@ class Fetcher:
                 if not self.health.usable(tier):
                     continue
             try:
-                self._store.put_many(items, tier=tier, records=[record] if record else None)
+                with self.pinning(pin):
+                    nbytes = sum(memoryview(v).nbytes for _, v in items)
+                    pinned = pin and self.may_pin(tier, nbytes)
+                    self._store.put_many(
+                        items, tier=tier, records=[record] if record else None, pin=pinned
+                    )
                 return {key for key, _ in items}
             except TierFullError as exc:
                 error = exc
@@ -526,7 +562,7 @@ class Fetcher:
             # No tier takes them all at once: one page at a time.
             kept: set[bytes] = set()
             for item in items:
-                got = self.cache([item], path, None if kept else record, first)
+                got = self.cache([item], path, None if kept else record, first, pin)
                 kept |= got
             return kept
         self._counters.add(store_full=1)

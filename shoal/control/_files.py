@@ -137,6 +137,8 @@ class FileResolver:
         self._files: dict[str, File] = {}  # path as asked -> file, while current
         self._epoch = 0
         self._policies = PolicyTable()
+        #: Told of the prefixes whose policies changed (after the change holds).
+        self.on_policies: Callable[[list[str]], None] | None = None
         # mount point -> (mount, policies, its options, whether policies change them below)
         self._owns: dict[str, tuple[Mount, PolicyTable, Mapping[str, Any], bool]] = {}
         self._pool = ThreadPoolExecutor(stat_threads, "shoal-stat")
@@ -207,12 +209,21 @@ class FileResolver:
     def set_policies(self, table: PolicyTable, changed: Iterable[str]) -> None:
         """Overlay the policies of ``table`` on the mounts' options from now on, and forget
         the metadata under the prefixes ``changed`` (cached for a TTL that may no longer
-        hold)."""
+        hold); ``on_policies`` is told of them."""
         with self._lock:
             self._policies = table
             self._epoch += 1
+        changed = list(changed)
         for prefix in changed:
             self.metadata.refresh(prefix)
+        if changed and self.on_policies is not None:
+            self.on_policies(changed)
+
+    def options_at(self, path: str) -> Mapping[str, Any]:
+        """Shoal's options in force at ``path`` (its mount's, overridden by policies);
+        ``FileNotFoundError`` for a path under no mount."""
+        path = normalize_path(path)
+        return self._own(self.mount_of(path)[0], path)
 
     def _own(self, mount: Mount, path: str) -> Mapping[str, Any]:
         """Shoal's options in force at the normalised ``path`` under ``mount``: the

@@ -26,6 +26,7 @@ class Counters:
         "ufs_pages",
         "ufs_bytes",
         "store_full",
+        "pins_refused",
     )
 
     def __init__(self) -> None:
@@ -84,6 +85,11 @@ def report_metrics(report: dict) -> Iterator[Any]:
     yield counter("shoal_ufs_read_bytes", "Bytes read from under-stores.", report["ufs_bytes"])
     yield counter(
         "shoal_store_full", "Pages no tier could keep (served from memory).", report["store_full"]
+    )
+    yield counter(
+        "shoal_pins_refused",
+        "Puts of pinned pages stored unpinned: the tier's pinned share was full.",
+        report["pins_refused"],
     )
     requests = CounterMetricFamily(
         "shoal_ufs_requests", "Requests sent to under-stores.", labels=["mount", "kind"]

@@ -40,7 +40,7 @@ DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
 DEFAULT_METADATA_TTL = 60.0
 
 #: Mount options that Shoal itself reads; every other option goes to the under-store.
-MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas", "tier")
+MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas", "tier", "pin")
 #: Tiers a mount (or a policy) may send new pages to.
 TIER_NAMES = ("MEM", "SSD", "HDD")
 
@@ -51,14 +51,17 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
     Shoal's options: ``metadata_ttl`` (seconds a stat or listing is cached, >= 0, default
     60), ``read_ahead`` (pages prefetched ahead of a sequential reader, >= 0, default 4),
     ``replicas`` (workers that hold each chunk in a cluster, an int >= 1 or ``"all"``,
-    default 1) and ``tier`` (``MEM``, ``SSD`` or ``HDD``: the tier new pages go to, the
-    others when it is full or missing; default None, the fastest tier with room).
+    default 1), ``tier`` (``MEM``, ``SSD`` or ``HDD``: the tier new pages go to, the
+    others when it is full or missing; default None, the fastest tier with room) and
+    ``pin`` (True: the pages are never evicted, up to the pinned share of each tier;
+    default False).
     """
     own: dict[str, Any] = {
         "metadata_ttl": DEFAULT_METADATA_TTL,
         "read_ahead": DEFAULT_READ_AHEAD,
         "replicas": 1,
         "tier": None,
+        "pin": False,
     }
     store = {}
     for key, value in options.items():
@@ -70,6 +73,9 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
                 raise TypeError(f"metadata_ttl must be a number of seconds, got {value!r}")
             if not 0 <= value < math.inf:
                 raise ValueError(f"metadata_ttl must be a finite number >= 0, got {value}")
+        elif key == "pin":
+            if not isinstance(value, bool):
+                raise ValueError(f"pin must be true or false, got {repr(value)[:64]}")
         elif key == "tier":  # None: the default, the fastest tier with room
             if value is not None and (
                 not isinstance(value, str) or value.upper() not in TIER_NAMES

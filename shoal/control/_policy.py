@@ -48,7 +48,7 @@ WRITE_MODES = ("write_back", "write_through", "cache_only")
 #: Fields whose default under a mount is the mount's option of the same name.
 MOUNT_FIELDS = MOUNT_OPTIONS
 #: Fields this version of Shoal enforces; setting any other is refused.
-ENFORCED = frozenset({"metadata_ttl", "read_ahead", "replicas", "tier"})
+ENFORCED = frozenset({"metadata_ttl", "read_ahead", "replicas", "tier", "pin"})
 #: Prefixes with a policy, at most.
 MAX_POLICIES = 1024
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
+import threading
 from collections.abc import Iterator
 
 from ..engine import PageStore
+from ._fetch import Fetcher
 from ._filerecords import FileRecord, decode_record
 from ._files import FileResolver
 from ._namespace import Mount, normalize_path
@@ -27,6 +30,8 @@ from ._pages import file_id, page_count, page_key
 from ._server import Handler, Reply
 
 __all__ = ["CacheUsage"]
+
+log = logging.getLogger("shoal.worker")
 
 _LOCATE_BATCH = 4096  # page keys looked up with one call of the page store
 
@@ -47,26 +52,76 @@ def _aliased(mounts: list[Mount]) -> set[str]:
 
 
 class CacheUsage:
-    """The ``du`` op of a worker, and the bytes its page store holds.
+    """The ``du`` op of a worker, the bytes its page store holds, and the pin of the pages
+    it holds, kept as the policies say (they change: :meth:`repin`).
 
     Parameters
     ----------
     store
         The worker's page store (pages, and the file records in its index).
     files
-        The worker's file resolver: its mount table says what a path is now.
+        The worker's file resolver: its mount table says what a path is now, its policies
+        whether a file is pinned; every change of its policies makes a :meth:`repin` of
+        the prefixes changed, in the background.
+    fetcher
+        The worker's fetcher, which pins new pages: pins are counted against each tier's
+        pinned share with it.
     page_size
         The node's page size.
     """
 
-    def __init__(self, store: PageStore, files: FileResolver, page_size: int):
+    def __init__(self, store: PageStore, files: FileResolver, fetcher: Fetcher, page_size: int):
         self._store = store
         self._files = files
+        self._fetcher = fetcher
         self._page_size = page_size
+        self._repinning = threading.Lock()  # one repin at a time, in the order asked
+        files.on_policies = self._repin_soon
 
     def handlers(self) -> dict[str, Handler]:
         """The ops of cache usage, for the worker's op -> handler table."""
         return {"du": lambda _, h: Reply(self.du(h["path"]))}
+
+    def _repin_soon(self, prefixes: list[str]) -> None:
+        threading.Thread(target=self.repin, args=(prefixes,), daemon=True).start()
+
+    def repin(self, prefixes: list[str]) -> int:
+        """Pin the cached pages of the recorded files under ``prefixes`` whose policy pins
+        them now, within each tier's pinned share (see :meth:`Fetcher.may_pin`), and
+        unpin those of the files it no longer pins; the pages pinned or unpinned.
+
+        Pages are pinned where they are: a pinned page keeps its region from eviction
+        (with the other pages of that region) until it is unpinned. Files without a record
+        (see the module's notes) keep their pages as they are."""
+        changed = 0
+        with self._repinning:
+            try:
+                for prefix in prefixes:
+                    under = prefix.rstrip("/") + "/"
+                    for _, path, fid, count in self._recorded(prefix, under, set()):
+                        pin = self._files.options_at(path)["pin"]
+                        changed += self._repin_file(fid, count, pin)
+            except (OSError, ValueError) as exc:  # evicted meanwhile, or the store closed
+                log.info("pins under %s not all brought up to date: %s", prefixes, exc)
+        return changed
+
+    def _repin_file(self, fid: bytes, count: int, pin: bool) -> int:
+        """Pin (within the pinned share) or unpin the cached pages of a file."""
+        keys = [page_key(fid, i) for i in range(count)]
+        done = 0
+        for key, loc in zip(keys, self._store.locate(keys, touch=False), strict=True):
+            if loc is None:
+                continue
+            if not pin:
+                self._store.unpin(key)
+                done += 1
+                continue
+            with self._fetcher.pinning(True):
+                if self._store.pinned(key) or not self._fetcher.may_pin(loc.tier, loc.length):
+                    continue
+                self._store.pin(key)
+            done += 1
+        return done
 
     def used_bytes(self) -> int:
         """Bytes of cached pages, over every tier."""
@@ -116,7 +171,7 @@ class CacheUsage:
                     last = n
             pending.clear()
 
-        for n, fid, count in self._recorded(path, under, aliased):
+        for n, _, fid, count in self._recorded(path, under, aliased):
             for index in range(count):
                 pending.append((n, page_key(fid, index)))
                 if len(pending) >= _LOCATE_BATCH:
@@ -127,8 +182,8 @@ class CacheUsage:
 
     def _recorded(
         self, path: str, under: str, aliased: set[str]
-    ) -> Iterator[tuple[int, bytes, int]]:
-        """``(number, file id, pages)`` of each file recorded at ``path`` or under it whose
+    ) -> Iterator[tuple[int, str, bytes, int]]:
+        """``(number, path, file id, pages)`` of each file recorded at ``path`` or under it whose
         record still holds for the current mount of its path; a file of an aliased mount
         once only."""
         exact = path.encode("utf-8", "surrogateescape")
@@ -151,7 +206,7 @@ class CacheUsage:
                 if fid in seen:
                     continue
                 seen.add(fid)
-            yield n, fid, pages
+            yield n, name.decode("utf-8", "surrogateescape"), fid, pages
             n += 1
 
     def _current_mount(self, name: bytes, record: FileRecord | None) -> Mount | None:

@@ -132,7 +132,7 @@ class Worker:
         # known again before the first client comes (most of them).
         self.publisher = Publisher(self._store, self.files, config.page_size)
         self.fetcher.publisher = self.publisher
-        self.usage = CacheUsage(self._store, self.files, config.page_size)  # du, bytes used
+        self.usage = CacheUsage(self._store, self.files, self.fetcher, config.page_size)  # du, pins
         self.loader = Loader(
             self.files,
             self.fetcher,

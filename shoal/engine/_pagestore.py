@@ -1290,6 +1290,14 @@ class PageStore:
         """Keep a page from eviction until :meth:`unpin`; raises PageNotFoundError on a miss."""
         self._set_flags(key, _PIN, 0)
 
+    def pinned(self, key: bytes | str) -> bool:
+        """True for a page stored and pinned; False for one not pinned, or not stored."""
+        k = _encode_key(key)
+        with self._lock:
+            self._check_open()
+            record = self._entries.get(k)
+            return record is not None and bool(_entry(record).flags & _PIN)
+
     def unpin(self, key: bytes | str) -> None:
         """Let a pinned page be evicted again; raises PageNotFoundError on a miss."""
         self._set_flags(key, 0, _PIN)

@@ -132,7 +132,7 @@ def test_set_list_remove_and_show(client, data):
 
 def test_bad_policies_are_clear_errors(client, data):
     client.mount("/f", data.as_uri())
-    for name, value in [("quota", "10G"), ("ttl", "1h"), ("pin", True), ("priority", "high"),
+    for name, value in [("quota", "10G"), ("ttl", "1h"), ("priority", "high"),
                         ("write_mode", "write-back")]:  # fmt: skip
         with pytest.raises(ValueError) as info:
             client.set_policy("/f/hot", **{name: value})
@@ -270,9 +270,9 @@ def test_the_policy_command_errors(shoal_home, data):
     ok("mount", "add", "/f", data.as_uri())
     assert error(1, "policy", "set", "/f", "--quota", "10G") == (
         "policy field 'quota' is not enforced yet by this version of Shoal (it enforces "
-        "tier, replicas, metadata_ttl, read_ahead)"
+        "tier, pin, replicas, metadata_ttl, read_ahead)"
     )
-    assert error(1, "policy", "set", "/f", "--pin").startswith("policy field 'pin' is not")
+    assert error(1, "policy", "set", "/f", "--ttl", "1h").startswith("policy field 'ttl' is not")
     assert error(1, "policy", "set", "/nowhere", "--read-ahead", "1") == (
         "policy on /nowhere: the path is under no mount (see `shoal mount ls`)"
     )

@@ -304,13 +304,16 @@ def test_evict_explicit(tmp_path):
 def test_pinned_and_dirty_pages_are_never_evicted(tmp_path):
     with make_store(tmp_path, regions=6) as s:
         s.put("pinned", payload("pinned", 1000))
+        assert not s.pinned("pinned") and not s.pinned("absent")
         s.pin("pinned")  # pinned in place, in an ordinary region
+        assert s.pinned("pinned")
         s.put("dirty", payload("dirty", 1000), dirty=True)
         for i in range(60):
             s.put(f"k{i}", payload(f"k{i}", 30 * KiB))
         assert read(s, "pinned") == payload("pinned", 1000)
         assert read(s, "dirty") == payload("dirty", 1000)
         s.unpin("pinned")
+        assert not s.pinned("pinned")
         s.mark_clean("dirty")
         for i in range(60, 120):
             s.put(f"k{i}", payload(f"k{i}", 30 * KiB))
@@ -1677,3 +1680,19 @@ def test_open_for_reader_refuses(tmp_path):
         assert info.value.filename == os.path.join(str(tmp_path / "ssd"), "regions", "000005")
     with pytest.raises(ValueError, match="closed"):
         s.open_for_reader("SSD", 0)
+
+
+@pytest.mark.parametrize("touch", [False, True])
+def test_a_lookup_that_does_not_touch_leaves_the_eviction_order(tmp_path, touch):
+    with make_store(tmp_path, regions=6) as s:
+        s.put("old", payload("old", 30 * KiB))
+        keys = [f"k{i}" for i in range(200)]
+        at = 0
+        while s.usage()["SSD"].regions_used < 4:  # "old" in the least recently used region
+            s.put(keys[at], payload(keys[at], 30 * KiB))
+            at += 1
+        assert s.locate(["old"], touch=touch)[0] is not None
+        while all(s.contains(k) for k in ["old", *keys[:at]]):  # up to the first eviction
+            s.put(keys[at], payload(keys[at], 30 * KiB))
+            at += 1
+        assert s.contains("old") is touch  # touched: another region went first

@@ -158,7 +158,7 @@ def test_field_names():
     assert field_name("write-mode") == "write_mode" and field_name(" TTL ") == "ttl"
     with pytest.raises(ValueError, match="unknown policy field 'tiers'"):
         field_name("tiers")
-    assert set(MOUNT_FIELDS) == {"metadata_ttl", "read_ahead", "replicas", "tier"}
+    assert set(MOUNT_FIELDS) == {"metadata_ttl", "read_ahead", "replicas", "tier", "pin"}
 
 
 def test_a_policy_is_frozen_and_slotted():
@@ -181,11 +181,9 @@ def test_merged_and_without():
 
 
 def test_only_the_enforced_fields_may_be_set():
-    assert {"metadata_ttl", "read_ahead", "replicas", "tier"} == ENFORCED
-    check_enforced(Policy(metadata_ttl=0, read_ahead=1, replicas=2, tier="SSD"))
-    refused = {
-        "ttl": "1h", "pin": True, "priority": "low", "quota": "1G", "write_mode": "write-through",
-    }  # fmt: skip
+    assert {"metadata_ttl", "read_ahead", "replicas", "tier", "pin"} == ENFORCED
+    check_enforced(Policy(metadata_ttl=0, read_ahead=1, replicas=2, tier="SSD", pin=True))
+    refused = {"ttl": "1h", "priority": "low", "quota": "1G", "write_mode": "write-through"}
     for name, value in refused.items():
         with pytest.raises(ValueError) as info:
             check_enforced(Policy.from_fields({"read_ahead": 1, name: value}))
@@ -246,7 +244,7 @@ def test_prefixes_match_whole_components():
     assert table.resolve("/a/b/c") == {"tier": ("HDD", "/a"), "read_ahead": (1, "/a/b")}
     assert table.resolve("/ab") == {}
     assert not table.covers("/ab") and table.covers("/") and table.covers("/a/bc")
-    assert not PolicyTable({"/a": Policy(pin=True)}).covers("/a")  # sets no mount option
+    assert not PolicyTable({"/a": Policy(priority="low")}).covers("/a")  # no mount option
 
 
 def test_effective_policy_and_its_sources():
@@ -257,11 +255,11 @@ def test_effective_policy_and_its_sources():
     doc = effective(table, "/m/a/b/file", mount)
     assert doc["path"] == "/m/a/b/file" and doc["mount"] == "/m"
     assert doc["policy"] == {
-        "tier": "SSD", "ttl": None, "pin": None, "priority": None, "quota": None,
+        "tier": "SSD", "ttl": None, "pin": False, "priority": None, "quota": None,
         "replicas": 1, "write_mode": None, "metadata_ttl": 0.0, "read_ahead": 2,
     }  # fmt: skip
     assert doc["sources"] == {
-        "tier": "/m/a/b", "ttl": None, "pin": None, "priority": None, "quota": None,
+        "tier": "/m/a/b", "ttl": None, "pin": "default", "priority": None, "quota": None,
         "replicas": "default", "write_mode": None, "metadata_ttl": "/m/a", "read_ahead": "mount",
     }  # fmt: skip
 
@@ -324,11 +322,23 @@ def test_policies_are_overlaid_on_mount_options_by_prefix(shared):
     a.policies.set("/m/a", {"read_ahead": 9})
     f = a.files.file("/m/a/b/f")
     assert f is not before  # the table changed: resolved again
-    assert dict(f.own) == {"metadata_ttl": 0.0, "read_ahead": 9, "replicas": 2, "tier": None}
+    assert dict(f.own) == {
+        "metadata_ttl": 0.0,
+        "read_ahead": 9,
+        "replicas": 2,
+        "tier": None,
+        "pin": False,
+    }
     assert f.record()["metadata_ttl"] == 0.0 and f.record()["replicas"] == 2
     sibling = a.files.file("/m/a/bc/f")  # /m/a/b does not cover /m/a/bc
-    assert dict(sibling.own) == {"metadata_ttl": 60, "read_ahead": 9, "replicas": 1, "tier": None}
-    top = {"metadata_ttl": 60, "read_ahead": 4, "replicas": 1, "tier": None}
+    assert dict(sibling.own) == {
+        "metadata_ttl": 60,
+        "read_ahead": 9,
+        "replicas": 1,
+        "tier": None,
+        "pin": False,
+    }
+    top = {"metadata_ttl": 60, "read_ahead": 4, "replicas": 1, "tier": None, "pin": False}
     assert dict(a.files.file("/m/top").own) == top
     under = a.files.files_under(["/m"])
     assert [f.path for f in under if f.own["replicas"] == 2] == ["/m/a/b/f"]
