@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 from conftest import PAGE, TMP_MOUNTS, shoal_environment
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shoal_cluster import REPO, running_cluster, wait_until
+from shoal_cli import error, ok
+from shoal_cluster import running_cluster, wait_until
 
 from shoal._config import load_config
 from shoal.client import Client
@@ -55,39 +54,6 @@ def read(client: Client, path: str) -> bytes:
 def raw(home: str) -> Connection:
     """A connection of the worker's own user to its Unix socket."""
     return Connection(os.path.join(home, "worker.sock"), 30.0)
-
-
-def shoal(*argv: str) -> subprocess.CompletedProcess:
-    """``shoal argv`` in a subprocess, as a user runs it (the worker of ``$SHOAL_HOME``)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
-    env.pop("SHOAL_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "shoal", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
-def ok(*argv: str) -> str:
-    proc = shoal(*argv)
-    assert proc.returncode == 0, (argv, proc.stderr)
-    return proc.stdout
-
-
-def error(code: int, *argv: str) -> str:
-    """The one line of error of ``shoal argv``, which exits with ``code``."""
-    proc = shoal(*argv)
-    assert proc.returncode == code, (argv, proc.returncode, proc.stdout, proc.stderr)
-    assert proc.stdout == "" and "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    if code == 2:  # argparse: usage, then the error
-        return lines[-1]
-    assert len(lines) == 1 and lines[0].startswith("shoal: error: "), proc.stderr
-    return lines[0][len("shoal: error: ") :]
 
 
 # --------------------------------------------------------------------- the Python API

@@ -62,9 +62,7 @@ def test_pinned_files_survive_a_scan_that_evicts_the_rest(client, tmp_path):
     assert gets(client) == before  # served from the cache
 
 
-def test_a_pin_set_later_holds_the_pages_cached_before_and_its_removal_frees_them(
-    client, tmp_path
-):
+def test_a_pin_set_later_holds_the_pages_cached_before_and_its_removal_frees_them(client, tmp_path):
     files(tmp_path, "warm", 8)
     client.mount("/d", tmp_path.as_uri())
     client.load(["/d/warm"])
