@@ -55,22 +55,20 @@ def load(
         _jobs.new_job_id(started), paths, metadata_only, replicas, started, every
     )
     _put_job(router, record)
-    counts: dict[str, int] = {}
-    latest: list[dict] = [{}]  # the last counts, replaced whole (read by the heartbeat)
+    counts: dict[str, int] = {}  # the last counts, replaced whole (read by the heartbeat)
     caller_stopped = False
     done = threading.Event()
 
     def heartbeat() -> None:  # the record again now and then: this client is alive
         while not done.wait(every):
-            _put_job(router, {**record, **latest[0], "heartbeat": time.time()})
+            _put_job(router, {**record, **counts, "heartbeat": time.time()})
 
     beating = threading.Thread(target=heartbeat, name="shoal-load-heartbeat", daemon=True)
     beating.start()
 
     def seen(state: dict) -> None:
-        nonlocal caller_stopped
-        counts.update(state)
-        latest[0] = {k: state[k] for k in _jobs.COUNTS if k in state}
+        nonlocal caller_stopped, counts
+        counts = {k: state[k] for k in _jobs.COUNTS if k in state}
         if progress is not None:
             try:
                 progress(LoadProgress.of(state))

@@ -547,7 +547,7 @@ class Fetcher:
                     continue
             try:
                 with self.pinning(pin):
-                    nbytes = sum(memoryview(v).nbytes for _, v in items)
+                    nbytes = sum(memoryview(v).nbytes for _, v in items) if pin else 0
                     pinned = pin and self.may_pin(tier, nbytes)
                     self._store.put_many(
                         items, tier=tier, records=[record] if record else None, pin=pinned

@@ -132,9 +132,7 @@ class MetadataCache:
         """:meth:`put_stat` of each ``(path, info)``, with one look at the lock and clock."""
         if ttl <= 0 or not items:
             return
-        costs = [
-            _ENTRY_BYTES + _INFO_BYTES + len(p) + len(i.path) + len(i.version) for p, i in items
-        ]
+        costs = [_cost(path, info) for path, info in items]
         stats = self._stats
         with self._lock:
             until = self._clock() + ttl
@@ -150,14 +148,7 @@ class MetadataCache:
     def expiry(self, path: str, info: ObjectInfo) -> float | None:
         """Until when (monotonic seconds) the cached stat of ``path`` holds, if it is
         ``info`` still; None otherwise."""
-        with self._lock:
-            entry = self._stats.get(path)
-        if entry is None or entry[0] <= self._clock():
-            return None
-        cached = entry[1]
-        if cached is not info and (cached.version, cached.size) != (info.version, info.size):
-            return None
-        return entry[0]
+        return self.expiries([(path, info)])[0]
 
     def expiries(self, items: list[tuple[str, ObjectInfo]]) -> list[float | None]:
         """:meth:`expiry` of each ``(path, info)``, with one look at the lock and clock."""

@@ -60,15 +60,9 @@ class Publisher:
 
     def publish(self, located: list[tuple[File, PageLocation]]) -> None:
         """Publish cached one-page files, while their metadata holds."""
-        expiry = self._files.metadata.expiry
-        now, now_ns = time.monotonic(), time.monotonic_ns()
-        entries = []
-        for f, loc in located:
-            until = expiry(f.path, f.info)
-            if until is not None and loc.length == f.info.size:
-                entries.append(_entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9)))
-        if entries:
-            self.table.publish_many(entries)
+        files = [f for f, _ in located]
+        untils = self._files.metadata.expiries([(f.path, f.info) for f in files])
+        self.publish_stored(files, [loc for _, loc in located], untils)
 
     def publish_stored(
         self, files: list[File], located: list[PageLocation | None], untils: list[float | None]
@@ -94,31 +88,19 @@ class Publisher:
         """The record kept with the first page of the file at ``path`` (``uri`` in its
         store, its mount's ``metadata_ttl``), ``(name, value)``: its metadata and until
         when it holds (None when the mount caches no metadata)."""
-        if ttl <= 0 or info.is_dir:
-            return None
         until = self._files.metadata.expiry(path, info)
-        left = ttl if until is None else until - time.monotonic()
-        if left <= 0:
-            return None
-        name = path.encode("utf-8", "surrogateescape")
-        return (name, encode_record(uri, info, left))
+        return _record(path, uri, info, ttl, until, time.monotonic())
 
     def records_of(self, files: list[File]) -> tuple[list[float | None], list[tuple | None]]:
         """For ``files`` about to be stored, until when the metadata of each holds
         (monotonic seconds, or None) and its record, as :meth:`record_of` makes it (or
         None), with one look at the metadata cache for them all."""
-        metadata = self._files.metadata
-        untils = metadata.expiries([(f.path, f.info) for f in files])
+        untils = self._files.metadata.expiries([(f.path, f.info) for f in files])
         now = time.monotonic()
-        records: list[tuple | None] = []
-        for f, until in zip(files, untils, strict=True):
-            ttl = f.own["metadata_ttl"]
-            left = ttl if until is None else until - now
-            if ttl <= 0 or left <= 0 or f.info.is_dir:
-                records.append(None)
-                continue
-            name = f.path.encode("utf-8", "surrogateescape")
-            records.append((name, encode_record(f.mount.child_uri(f.rel), f.info, left)))
+        records = [
+            _record(f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"], until, now)
+            for f, until in zip(files, untils, strict=True)
+        ]
         return untils, records
 
     # ----------------------------------------------------------------- restart
@@ -202,6 +184,17 @@ class Publisher:
         self._closed = True
         self._restoring.join()
         self.table.close()
+
+
+def _record(
+    path: str, uri: str, info: ObjectInfo, ttl: float, until: float | None, now: float
+) -> tuple[bytes, bytes] | None:
+    """The record of a file whose cached metadata holds ``until`` (monotonic seconds; None:
+    it is not cached, and holds ``ttl`` from ``now``); None when it holds no more."""
+    left = ttl if until is None else until - now
+    if ttl <= 0 or left <= 0 or info.is_dir:
+        return None
+    return (path.encode("utf-8", "surrogateescape"), encode_record(uri, info, left))
 
 
 def _entry(path: str, size: int, loc: PageLocation, fresh_until_ns: int) -> tuple:

@@ -7,9 +7,11 @@ TCP connection of these tests is authenticated."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -217,3 +219,74 @@ def running_cluster(etcd: str, count: int = 3):
         yield cluster
     finally:
         cluster.close()
+
+
+@dataclasses.dataclass
+class StaticCluster:
+    """Workers listed in a membership file, and the settings of a client on another host
+    (written to ``home``'s config.yaml as well, for commands run with ``--home``)."""
+
+    members: str
+    addresses: list[str]
+    workers: list[WorkerProcess]
+    home: str
+    config: Config
+
+
+@contextlib.contextmanager
+def static_cluster(directory, name: str, count: int = 2, flags: Sequence[str] = ()):
+    """``count`` workers (ids ``<name>-<n>`` on hosts ``host-<n>``) listed in a membership
+    file in ``directory``, listening once this yields; stopped and removed at the end."""
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    members = os.path.join(directory, "members.yaml")
+    listed = [
+        {"id": f"{name}-{n}", "host_id": f"host-{n}", "address": a, "capacity": "16MiB"}
+        for n, a in enumerate(addresses)
+    ]
+    with open(members, "w", encoding="utf-8") as f:
+        yaml.safe_dump({"workers": listed}, f)
+    secrets = Secrets()
+    workers = [
+        WorkerProcess(
+            None, f"host-{n}", listen=a, membership_file=members, secrets=secrets, flags=flags
+        )
+        for n, a in enumerate(addresses)
+    ]
+    home = tempfile.mkdtemp(prefix=f"shoal-{name}-", dir="/tmp")
+    settings = {
+        "host_id": "client-host", "membership_file": members, **secrets.settings(), **SMALL
+    }  # fmt: skip
+    try:
+        with open(os.path.join(home, "config.yaml"), "w", encoding="utf-8") as f:
+            yaml.safe_dump(settings, f)
+        config = Config(home=home, **settings)
+        for w, a in zip(workers, addresses, strict=True):
+            wait_listening(a, w, config)
+        yield StaticCluster(members, addresses, workers, home, config)
+    finally:
+        for w in workers:
+            w.stop()
+        for w in workers:
+            shutil.rmtree(w.home, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)
+        secrets.close()
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()[1]
+
+
+def wait_listening(
+    address: str, worker: WorkerProcess, config: Config, timeout: float = 60.0
+) -> None:
+    """Until ``worker`` answers at ``address``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            Connection(None, 5.0, address=address, config=config).close()
+            return
+        except ConnectionError:
+            assert worker.proc.poll() is None, f"worker exited:\n{worker.log()}"
+            assert time.monotonic() < deadline, f"worker at {address} did not start"
+            time.sleep(0.05)

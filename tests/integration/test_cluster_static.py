@@ -4,69 +4,20 @@ policies)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import tempfile
-import time
-
 import numpy as np
 import pytest
-import yaml
-from shoal_cluster import PAGE, SMALL, Secrets, WorkerProcess
+from shoal_cluster import PAGE, static_cluster
 
 from shoal import Client
-from shoal._config import Config
 from shoal.cli._main import main
 from shoal.client._connection import Connection
 
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        return s.getsockname()[1]
-
-
-def wait_listening(
-    address: str, worker: WorkerProcess, config: Config, timeout: float = 60.0
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            Connection(None, 5.0, address=address, config=config).close()
-            return
-        except ConnectionError:
-            assert worker.proc.poll() is None, f"worker exited:\n{worker.log()}"
-            assert time.monotonic() < deadline, f"worker at {address} did not start"
-            time.sleep(0.05)
-
-
 def test_static_membership_cluster(bucket, tmp_path, capsys):
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    members = tmp_path / "members.yaml"
-    members.write_text(
-        yaml.safe_dump(
-            {
-                "workers": [
-                    {"id": f"static-{n}", "host_id": f"host-{n}", "address": a, "capacity": "16MiB"}
-                    for n, a in enumerate(addresses)
-                ]
-            }
-        )  # fmt: skip
-    )
-    secrets = Secrets()
-    workers = [
-        WorkerProcess(None, f"host-{n}", listen=a, membership_file=str(members), secrets=secrets)
-        for n, a in enumerate(addresses)
-    ]
-    home = tempfile.mkdtemp(prefix="shoal-st-", dir="/tmp")
-    config = Config(
-        home=home, host_id="client-host", membership_file=str(members), **secrets.settings(),
-        **SMALL,
-    )  # fmt: skip
-    try:
-        for w, a in zip(workers, addresses, strict=True):
-            wait_listening(a, w, config)
+    with static_cluster(tmp_path, "static") as cluster:
+        config, addresses, members = cluster.config, cluster.addresses, cluster.members
         files = {}
         for i in range(10):
             data = np.random.default_rng(i).integers(0, 256, (i + 2) * PAGE // 3, np.uint8)
@@ -98,10 +49,3 @@ def test_static_membership_cluster(bucket, tmp_path, capsys):
         assert all(sent), sent
         assert main(["workers", "--membership-file", str(members)]) == 0
         assert "2 worker(s), 2 online" in capsys.readouterr().out
-    finally:
-        for w in workers:
-            w.stop()
-        for w in workers:
-            shutil.rmtree(w.home, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-        secrets.close()

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import pytest
-import yaml
 from conftest import PAGE, TMP_MOUNTS, shoal_environment
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shoal_cli import error, ok
-from shoal_cluster import SMALL, Secrets, WorkerProcess
+from shoal_cluster import SMALL, static_cluster
 
-from shoal._config import Config, load_config
+from shoal._config import load_config
 from shoal.cli._main import main
 from shoal.client import Client
 from shoal.client._connection import Connection
@@ -293,43 +291,12 @@ def test_random_du_requests_are_answered_and_the_worker_serves_on(fuzzed, path, 
 def test_du_and_report_sum_the_workers_of_a_cluster(data, tmp_path, capsys):
     """Two workers and a client on another host share a membership file: ``du`` and
     ``report --cluster`` ask both and sum them, with a line (a key) per worker."""
-    from test_cluster_static import free_port, wait_listening
-
     for i in range(16):  # files of one chunk at most: each lies on one worker
         (data / f"c/f{i}").parent.mkdir(exist_ok=True)
         (data / f"c/f{i}").write_bytes(os.urandom((i + 1) * PAGE // 4))
     sizes = {f"/d/c/f{i}": (i + 1) * PAGE // 4 for i in range(16)}
-    addresses = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-    members = tmp_path / "members.yaml"
-    members.write_text(
-        yaml.safe_dump(
-            {
-                "workers": [
-                    {"id": f"du-{n}", "host_id": f"host-{n}", "address": a, "capacity": "16MiB"}
-                    for n, a in enumerate(addresses)
-                ]
-            }
-        )  # fmt: skip
-    )
-    secrets = Secrets()
-    workers = [
-        WorkerProcess(
-            None, f"host-{n}", listen=a, membership_file=str(members), secrets=secrets,
-            flags=["--allowed-mount", TMP_MOUNTS],
-        )
-        for n, a in enumerate(addresses)
-    ]  # fmt: skip
-    home = tempfile.mkdtemp(prefix="shoal-du-", dir="/tmp")
-    settings = {
-        "host_id": "client-host", "membership_file": str(members), **secrets.settings(),
-        **SMALL,
-    }  # fmt: skip
-    with open(os.path.join(home, "config.yaml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(settings, f)
-    config = Config(home=home, **settings)
-    try:
-        for w, a in zip(workers, addresses, strict=True):
-            wait_listening(a, w, config)
+    with static_cluster(tmp_path, "du", flags=["--allowed-mount", TMP_MOUNTS]) as cluster:
+        home, config = cluster.home, cluster.config
         with Client(config, start_worker=False) as client:
             client.mount("/d", data.as_uri())
             client.load("/d/c")
@@ -371,10 +338,3 @@ def test_du_and_report_sum_the_workers_of_a_cluster(data, tmp_path, capsys):
         assert main(["du", "/d", "--home", home]) == 0
         rows = [line.split() for line in capsys.readouterr().out.splitlines()]
         assert [r[0] for r in rows if r and r[0].startswith("du-")] == ["du-0", "du-1"]
-    finally:
-        for w in workers:
-            w.stop()
-        for w in workers:
-            shutil.rmtree(w.home, ignore_errors=True)
-        shutil.rmtree(home, ignore_errors=True)
-        secrets.close()
