@@ -317,11 +317,11 @@ class Fetcher:
         finally:
             self._release(run)
 
-    def _fetch_small(self, run: list[tuple[Page, Future]]) -> None:
-        """Fetch whole one-page files with :meth:`fetch_files`; each file's future
-        resolves as :meth:`_fetch_run` resolves it."""
+    def _fetch_small(self, run: list[tuple[Page, Future]], publish: bool = False) -> None:
+        """Fetch whole one-page files with :meth:`fetch_files` (``publish`` as there);
+        each file's future resolves as :meth:`_fetch_run` resolves it."""
         try:
-            got = self.fetch_files([p for p, _ in run])
+            got = self.fetch_files([p for p, _ in run], publish=publish)
             for (_, fut), value in zip(run, got, strict=True):
                 if isinstance(value, BaseException):
                     fut.set_exception(value)
@@ -341,21 +341,18 @@ class Fetcher:
                 if self._inflight.get(p.key) is fut:
                     del self._inflight[p.key]
 
-    def fetch_files(
-        self, pages: list[Page], checked: bool = False, publish: bool = False
-    ) -> list[Any]:
+    def fetch_files(self, pages: list[Page], publish: bool = False) -> list[Any]:
         """Fetch whole one-page files (their one page each), many with one call of their
         store (which reads them one after the other, a request each, or natively all at
         once) and one index commit; per page None once it is stored (or was already),
         its bytes when no tier kept it, or the error it failed with (an object found
-        changed is reported to ``on_changed``). Not single-flight: a page another fetch
-        brings at the same time is stored twice, the same bytes. ``checked``: the caller
-        found these pages missing a moment ago (they are not looked up again).
-        ``publish``: publish the files stored (see ``_publisher``) as they are stored."""
+        changed is reported to ``on_changed``). Called for pages in the single-flight
+        table (see :meth:`start`). ``publish``: publish the files stored (see
+        ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
         by_store: dict[tuple[int, str | None, bool], list[int]] = {}
         for i, p in enumerate(pages):
-            if checked or not self._store.contains(p.key):
+            if not self._store.contains(p.key):
                 own = p.file.own
                 by_store.setdefault((id(p.file.store), own["tier"], own["pin"]), []).append(i)
         for slots in by_store.values():
@@ -407,10 +404,6 @@ class Fetcher:
             out[i] = None if loc is not None else bytearray(v)
         if publish and self.publisher is not None:
             self.publisher.publish_stored(files, kept, untils)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Run ``fn(*args)`` on a fetch thread."""
-        return self._pool.submit(fn, *args)
 
     def fetch_first(
         self, mount: Mount, rel: str, store: UnderStore, path: str, start: int, end: int
@@ -625,14 +618,18 @@ class Fetcher:
             out[p.key] = b
         return out
 
-    def start(self, pages: Iterable[Page], *, ahead: bool = False) -> dict[bytes, Future]:
+    def start(
+        self, pages: Iterable[Page], *, ahead: bool = False, publish: bool = False
+    ) -> dict[bytes, Future]:
         """Futures of the pages' fetches: one fetch per page however many ask
         (single-flight); each resolves to None once the page is stored, or to its bytes
         when no tier kept it.
 
         The pages of a file of at most ``whole_file_bytes`` that are all fetched at once
         are read with one request; other pages with one each, so that a large file is
-        read with many requests at once. ``ahead``: on the read-ahead threads."""
+        read with many requests at once. ``ahead``: on the read-ahead threads.
+        ``publish``: whole one-page files fetched here are published as they are stored
+        (see :meth:`fetch_files`)."""
         futures: dict[bytes, Future] = {}
         start: dict[bytes, list[tuple[Page, Future]]] = {}
         with self._lock:
@@ -661,18 +658,19 @@ class Fetcher:
                 runs.extend([item] for item in group)
         if len(smalls) == 1:
             runs.append(smalls)
-        tasks = [(self._fetch_run, run) for run in runs]
+        tasks = [(self._fetch_run, run, ()) for run in runs]
         if len(smalls) > 1:
             # Every fetch thread gets a share (as many requests in flight as one task per
             # file gave), at most _SMALL_BATCH files each.
             step = max(1, min(_SMALL_BATCH, -(-len(smalls) // self.threads)))
             tasks += [
-                (self._fetch_small, smalls[i : i + step]) for i in range(0, len(smalls), step)
+                (self._fetch_small, smalls[i : i + step], (publish,))
+                for i in range(0, len(smalls), step)
             ]
         pool = self._ahead_pool if ahead else self._pool
-        for fetch, run in tasks:
+        for fetch, run, more in tasks:
             try:
-                pool.submit(fetch, run)
+                pool.submit(fetch, run, *more)
             except RuntimeError:  # the pool is shut down: the worker is stopping
                 with self._lock:
                     for p, _ in run:

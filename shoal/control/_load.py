@@ -147,19 +147,17 @@ class Loader:
         return state
 
     def _load_ones(self, pages: list[Page], state: dict, tick: Callable[[], None]) -> None:
-        """The whole one-page files of a load (``pages``: the page of each): a task of
-        ``_LOAD_CHUNK`` files at a time on a few fetch threads, with no future or
-        single-flight entry per file; each task's pages are committed, then published,
-        together. The first file that fails fails the load, as in the general path."""
+        """The whole one-page files of a load (``pages``: the page of each), ``_LOAD_CHUNK``
+        files at a time, single-flight with the reads going on (a page a read fetches now
+        is not fetched again), fetched many to a task on the fetch threads and published
+        as they are stored. The first file that fails fails the load, as in the general
+        path."""
         fetcher = self.fetcher
-        inflight: deque[tuple[list[Page], list[Page], Future | None]] = deque()
+        inflight: deque[tuple[list[Page], list[Page], dict[bytes, Future]]] = deque()
 
         def finish() -> None:
-            chunk, todo, fut = inflight.popleft()
-            if fut is not None:
-                for value in fut.result():
-                    if isinstance(value, BaseException):
-                        raise value
+            chunk, todo, futures = inflight.popleft()
+            fetcher.results(futures)
             if len(todo) < len(chunk):  # those cached before (the others are published)
                 fetched = {p.key for p in todo}
                 self._publisher.publish_files([p.file for p in chunk if p.key not in fetched])
@@ -175,11 +173,10 @@ class Loader:
             chunk = pages[at : at + _LOAD_CHUNK]
             todo = fetcher.missing(chunk)
             self._counters.add(page_misses=len(todo))
-            fut = fetcher.submit(fetcher.fetch_files, todo, True, True) if todo else None
-            inflight.append((chunk, todo, fut))
+            inflight.append((chunk, todo, fetcher.start(todo, publish=True)))
             while len(inflight) > _LOAD_TASKS:
                 finish()
-            while inflight and (inflight[0][2] is None or inflight[0][2].done()):
+            while inflight and all(f.done() for f in inflight[0][2].values()):
                 finish()
         while inflight:
             finish()
