@@ -4,8 +4,10 @@ cut short."""
 
 from __future__ import annotations
 
+import datetime
 import errno
 import io
+import time
 import urllib.parse
 
 import pytest
@@ -93,7 +95,7 @@ def test_http_times(value, expected):
 @pytest.mark.parametrize("style", ["path", "virtual"])
 @pytest.mark.parametrize("token", [None, "session/token+with=chars"])
 @pytest.mark.parametrize("key", ["a/b.jpg", "dir with space/ünïcode~x+y=z&q", "x" * 300])
-def test_query_signatures_are_botocores(style, token, key):
+def test_query_signatures_are_botocores(style, token, key, monkeypatch):
     """The URL signed here is the one botocore's presigner makes for the same second,
     endpoint, addressing style, region, credentials and key."""
     import boto3
@@ -114,14 +116,17 @@ def test_query_signatures_are_botocores(style, token, key):
         endpoint_url="http://127.0.0.1:9000" if style == "path" else None,
         config=Config(signature_version="s3v4", s3={"addressing_style": style}),
     )
-    for _ in range(5):  # the two must fall in the same second
-        # A new signer each time: one keeps the URL it signed first for minutes.
-        ours = QuerySigner(client, "my-bucket", credentials).url(key, 600)
-        theirs = client.generate_presigned_url(
-            "get_object", Params={"Bucket": "my-bucket", "Key": key}, ExpiresIn=600
-        )
-        if ours.split("X-Amz-Date=")[1][:16] == theirs.split("X-Amz-Date=")[1][:16]:
-            break
+    # Both sign at one frozen second: two real clocks read apart can straddle one.
+    import botocore.auth
+
+    real_gmtime, moment = time.gmtime, time.gmtime(int(time.time()))
+    monkeypatch.setattr(time, "gmtime", lambda *when: real_gmtime(*when) if when else moment)
+    frozen = datetime.datetime(*moment[:6])
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda *_: frozen)
+    ours = QuerySigner(client, "my-bucket", credentials).url(key, 600)
+    theirs = client.generate_presigned_url(
+        "get_object", Params={"Bucket": "my-bucket", "Key": key}, ExpiresIn=600
+    )
     mine, botos = urllib.parse.urlsplit(ours), urllib.parse.urlsplit(theirs)
     assert mine._replace(query="") == botos._replace(query="")
     # the same parameters and signature (the server sorts them: their order is free)
