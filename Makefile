@@ -53,6 +53,7 @@ bench: build
 	$(PY) perf/cluster.py
 	$(PY) perf/frontends.py
 	$(PY) perf/small_files.py
+	$(PY) perf/policies.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf

@@ -90,8 +90,8 @@ def register(subparsers) -> None:
         description="A policy sets fields on a path prefix; for each field the longest "
         "prefix that sets it wins, and the mount's options are the defaults. Policies are "
         "kept by the worker (in etcd in a cluster) and every worker follows a change within "
-        "seconds. This version enforces metadata_ttl, read_ahead and replicas; the other "
-        "fields are refused until it enforces them.",
+        "seconds. This version enforces every field but write_mode, which it refuses until "
+        "it writes.",
     )
     sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
 
@@ -121,31 +121,37 @@ def register(subparsers) -> None:
         metavar="K|all",
         help="in a cluster, workers that hold each chunk: K, or all of them",
     )
-    later = p.add_argument_group("fields not enforced yet (refused by this version)")
-    later.add_argument(
+    enforced.add_argument(
         "--tier",
         type=_field_arg("tier"),
         metavar="T",
         help=f"where new pages go: {', '.join(TIERS)}",
     )
-    later.add_argument(
-        "--ttl", type=_field_arg("ttl"), metavar="D", help="pages older than this are not served"
+    enforced.add_argument(
+        "--ttl",
+        type=_field_arg("ttl"),
+        metavar="D",
+        help="pages cached longer ago than this are not served, and are reclaimed",
     )
-    later.add_argument(
+    enforced.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="never evict the pages (--no-pin: may be evicted)",
     )
-    later.add_argument(
+    enforced.add_argument(
         "--priority",
         type=_field_arg("priority"),
         metavar="P",
         help=f"eviction order: {', '.join(PRIORITIES)}",
     )
-    later.add_argument(
-        "--quota", type=_field_arg("quota"), metavar="SIZE", help="bytes cached at most, e.g. 10G"
+    enforced.add_argument(
+        "--quota",
+        type=_field_arg("quota"),
+        metavar="SIZE",
+        help="bytes cached under the prefix at most, per worker, e.g. 10G",
     )
+    later = p.add_argument_group("fields not enforced yet (refused by this version)")
     later.add_argument(
         "--write-mode",
         type=_field_arg("write_mode"),

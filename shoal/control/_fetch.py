@@ -21,11 +21,12 @@ from .._errors import TierFullError
 from ..engine import PageLocation, PageStore
 from ._files import File
 from ._metrics import Counters
-from ._namespace import Mount, split_mount_options
+from ._namespace import Mount
 from ._pages import file_id, page_count, page_key, page_length
 from .ufs import ObjectChangedError, ObjectInfo, UnderStore
 
 if TYPE_CHECKING:
+    from ._enforce import Enforcer
     from ._publisher import Publisher
 
 __all__ = ["Fetcher", "Page", "TierHealth", "TierState"]
@@ -51,6 +52,8 @@ class Page:
 
 #: Whole one-page files fetched by one task at most.
 _SMALL_BATCH = 64
+#: Options of files fetched together that must be the same: where and how they are stored.
+_GROUPED = ("tier", "pin", "priority", "ttl", "quota", "quota_at")
 
 
 class TierState(str, enum.Enum):
@@ -246,6 +249,8 @@ class Fetcher:
         #: The worker's publisher: the file records kept with files' first pages, and the
         #: table of published files (see ``_publisher``).
         self.publisher: Publisher | None = None
+        #: The worker's enforcer of TTLs, quotas and promotion (see ``_enforce``).
+        self.enforcer: Enforcer | None = None
 
     def pages_of(self, f: File) -> list[Page]:
         """Every page of the file ``f``."""
@@ -302,8 +307,8 @@ class Fetcher:
                 [(p.key, v) for (p, _), v in zip(run, views, strict=True)],
                 f.path,
                 record,
-                f.own["tier"],
-                f.own["pin"],
+                f.own,
+                f.info.size,
             )
             for (p, fut), v in zip(run, views, strict=True):
                 fut.set_result(None if p.key in kept else bytearray(v))
@@ -354,7 +359,8 @@ class Fetcher:
         for i, p in enumerate(pages):
             if not self._store.contains(p.key):
                 own = p.file.own
-                by_store.setdefault((id(p.file.store), own["tier"], own["pin"]), []).append(i)
+                group = (id(p.file.store), *[own[name] for name in _GROUPED])
+                by_store.setdefault(group, []).append(i)
         for slots in by_store.values():
             self._fetch_group(pages, slots, out, publish)
         return out
@@ -362,7 +368,8 @@ class Fetcher:
     def _fetch_group(
         self, pages: list[Page], slots: list[int], out: list[Any], publish: bool
     ) -> None:
-        """:meth:`fetch_files` for the pages at ``slots``, files of one store, tier and pin."""
+        """:meth:`fetch_files` for the pages at ``slots``: files of one store, whose
+        options of :data:`_GROUPED` are the same."""
         group = [pages[i] for i in slots]
         store = group[0].file.store
         buf = memoryview(bytearray(sum(p.length for p in group)))
@@ -398,19 +405,26 @@ class Fetcher:
         untils, records = [None] * len(files), None
         if self.publisher is not None:
             untils, records = self.publisher.records_of(files)
-        own = group[0].file.own
-        kept = self.cache_many(items, records, own["tier"], own["pin"])
+        kept = self.cache_many(items, records, group[0].file.own)
         for (i, _, v), loc in zip(done, kept, strict=True):
             out[i] = None if loc is not None else bytearray(v)
         if publish and self.publisher is not None:
             self.publisher.publish_stored(files, kept, untils)
 
     def fetch_first(
-        self, mount: Mount, rel: str, store: UnderStore, path: str, start: int, end: int
+        self,
+        mount: Mount,
+        rel: str,
+        store: UnderStore,
+        path: str,
+        start: int,
+        end: int,
+        own: Mapping[str, Any],
     ) -> ObjectInfo:
         """Read the pages of an object that hold bytes ``[start, end)`` (at most
         ``whole_file_bytes``) with one request that also tells its metadata, cache the
-        complete ones, and return the metadata: a cold read that needs no stat."""
+        complete ones as the options in force at ``path`` (``own``) say, and return the
+        metadata: a cold read that needs no stat."""
         ps = self.page_size
         lo = start // ps * ps
         hi = min(max(-(-end // ps) * ps, lo + ps), lo + self.whole_file_bytes)
@@ -432,12 +446,11 @@ class Fetcher:
                 items.append((key, buf[at : at + length]))
             index += 1
         if items:
-            own = split_mount_options(mount.options)[0]
             record = None
             if lo == 0 and self.publisher is not None:
                 ttl = own["metadata_ttl"]
                 record = self.publisher.record_of(path, mount.child_uri(rel), info, ttl)
-            kept = self.cache(items, path, record, own["tier"], own["pin"])
+            kept = self.cache(items, path, record, own, info.size)
             self._counters.add(ufs_pages=len(items))
             with self._lock:
                 for key in kept:
@@ -462,32 +475,69 @@ class Fetcher:
         self,
         items: list[tuple[bytes, memoryview, str]],
         records: list[tuple | None] | None,
-        tier: str | None = None,
-        pin: bool = False,
+        own: Mapping[str, Any],
     ) -> list[PageLocation | None]:
         """Pages of one-page files (``(key, bytes, path)``) with their file records (one
-        per page, None where there is none; or None): one commit when the first usable
-        tier (``tier`` first, see :meth:`tiers_from`) takes them all, else file by file
-        as :meth:`cache` stores them; where each page went (None for one no tier kept;
-        located again in the second case). ``pin``: as for :meth:`cache`."""
+        per page, None where there is none; or None), all stored as ``own`` (the options
+        in force at their paths) says: one commit when the first usable tier (see
+        :meth:`tiers_from`) takes them all, else file by file as :meth:`cache` stores
+        them; where each page went (None for one not kept: no tier took it, or its
+        quota). ``own["pin"]``: as for :meth:`cache`."""
+        enforcer = self.enforcer
+        if enforcer is None or not (own["quota"] or own["ttl"]):
+            return self._cache_many(items, records, own)
+        admitted = [enforcer.admit(k[:16], v.nbytes, own, v.nbytes) for k, v, _ in items]
+        out: list[PageLocation | None] = [None] * len(items)
+        try:
+            if all(admitted):
+                out = self._cache_many(items, records, own)
+            else:
+                kept_items = [item for item, ok in zip(items, admitted, strict=True) if ok]
+                kept_records = [
+                    r for r, ok in zip(records or [None] * len(items), admitted, strict=True) if ok
+                ]
+                stored = iter(self._cache_many(kept_items, kept_records, own))
+                out = [next(stored) if ok else None for ok in admitted]
+        finally:
+            for (key, view, path), ok, loc in zip(items, admitted, out, strict=True):
+                if ok:
+                    n = view.nbytes
+                    enforcer.settle(key[:16], path, n, own, n, n if loc is not None else 0)
+        return out
+
+    def _cache_many(
+        self,
+        items: list[tuple[bytes, memoryview, str]],
+        records: list[tuple | None] | None,
+        own: Mapping[str, Any],
+    ) -> list[PageLocation | None]:
+        """:meth:`cache_many` of pages their quota admitted."""
+        if not items:
+            return []
         named = [r for r in records or () if r is not None]
         pages = [(k, v) for k, v, _ in items]
-        for tier_name in self.tiers_from(tier):
+        pin = own["pin"]
+        for tier_name in self.tiers_from(own["tier"]):
             if not self.health.usable(tier_name):
                 continue
             try:
                 with self.pinning(pin):
                     pinned = pin and self.may_pin(tier_name, sum(v.nbytes for _, v in pages))
-                    return self._store.put_many(
-                        pages, tier=tier_name, records=named or None, pin=pinned
+                    located = self._store.put_many(
+                        pages,
+                        tier=tier_name,
+                        records=named or None,
+                        pin=pinned,
+                        priority=own["priority"],
                     )
+                return located
             except (TierFullError, OSError) as exc:
                 if not isinstance(exc, TierFullError):
                     self.health.failed(tier_name, exc)
             break
         kept: set[bytes] = set()
         for (key, view, path), record in zip(items, records or [None] * len(items), strict=True):
-            kept |= self.cache([(key, view)], path, record, tier, pin)
+            kept |= self._cache([(key, view)], path, record, own, view.nbytes)
         located = self._store.locate([k for k, _ in pages])
         return [loc if k in kept else None for (k, _), loc in zip(pages, located, strict=True)]
 
@@ -519,19 +569,47 @@ class Fetcher:
         self,
         items: list[tuple[bytes, memoryview]],
         path: str,
-        record: tuple[bytes, bytes] | None = None,
-        first: str | None = None,
-        pin: bool = False,
+        record: tuple[bytes, bytes] | None,
+        own: Mapping[str, Any],
+        size: int,
     ) -> set[bytes]:
-        """Put pages (``(key, bytes)``) of the file at ``path`` in the first usable tier
-        that takes them, ``first`` first (see :meth:`tiers_from`); the keys of the pages
-        stored. A tier that fails with an I/O error is counted as failing and the next one
-        tried; pages no tier takes are left out (their caller serves them from memory).
+        """Put pages (``(key, bytes)``) of the file at ``path`` (of ``size`` bytes) as
+        ``own``, the options in force there, says; the keys of the pages stored.
+
+        They go to the first usable tier that takes them, ``own["tier"]`` first (see
+        :meth:`tiers_from`), with ``own["priority"]``. A tier that fails with an I/O error
+        is counted as failing and the next one tried; pages no tier takes, or their quota
+        does not admit, are left out (their caller serves them from memory).
         ``record``: the file's record, committed with the first of its pages stored.
-        ``pin``: never evict them, while the tier's pinned share allows (:meth:`may_pin`;
-        beyond it they are stored as any other page)."""
+        ``own["pin"]``: never evict them, while the tier's pinned share allows
+        (:meth:`may_pin`; beyond it they are stored as any other page)."""
+        enforcer = self.enforcer
+        if enforcer is None or not (own["quota"] or own["ttl"]):
+            return self._cache(items, path, record, own, size)
+        fid = items[0][0][:16]
+        nbytes = sum(memoryview(v).nbytes for _, v in items)
+        if not enforcer.admit(fid, size, own, nbytes):
+            return set()
+        kept: set[bytes] = set()
+        try:
+            kept = self._cache(items, path, record, own, size)
+        finally:
+            stored = sum(memoryview(v).nbytes for k, v in items if k in kept)
+            enforcer.settle(fid, path, size, own, nbytes, stored)
+        return kept
+
+    def _cache(
+        self,
+        items: list[tuple[bytes, memoryview]],
+        path: str,
+        record: tuple[bytes, bytes] | None,
+        own: Mapping[str, Any],
+        size: int,
+    ) -> set[bytes]:
+        """:meth:`cache` of pages their quota admitted."""
         error: BaseException | None = None
-        for tier in self.tiers_from(first):
+        pin = own["pin"]
+        for tier in self.tiers_from(own["tier"]):
             if not self.health.usable(tier):
                 if not self.health.probe_due(tier):
                     continue
@@ -543,7 +621,11 @@ class Fetcher:
                     nbytes = sum(memoryview(v).nbytes for _, v in items) if pin else 0
                     pinned = pin and self.may_pin(tier, nbytes)
                     self._store.put_many(
-                        items, tier=tier, records=[record] if record else None, pin=pinned
+                        items,
+                        tier=tier,
+                        records=[record] if record else None,
+                        pin=pinned,
+                        priority=own["priority"],
                     )
                 return {key for key, _ in items}
             except TierFullError as exc:
@@ -555,7 +637,7 @@ class Fetcher:
             # No tier takes them all at once: one page at a time.
             kept: set[bytes] = set()
             for item in items:
-                got = self.cache([item], path, None if kept else record, first, pin)
+                got = self._cache([item], path, None if kept else record, own, size)
                 kept |= got
             return kept
         self._counters.add(store_full=1)
@@ -714,6 +796,13 @@ class Fetcher:
         a down tier, or whose read fails, count as misses."""
         out: dict[bytes, Any] = {}
         missing = []
+        enforcer = self.enforcer
+        if enforcer is not None:
+            policed = {
+                p.file.fid: p.file for p in pages if p.file.own["ttl"] or p.file.own["quota"]
+            }
+            if policed:
+                enforcer.check(policed.values())
         if need_bytes:
             bufs = [bytearray(p.length) for p in pages]
             for p, b, n in zip(pages, bufs, self.read_pages(pages, bufs), strict=True):
@@ -723,11 +812,16 @@ class Fetcher:
                     out[p.key] = b
         else:
             down = self._down_tiers()
+            fastest, slow = self._tiers[0], []
             for p, loc in zip(pages, self._store.locate([p.key for p in pages]), strict=True):
                 if loc is None or (down and loc.tier in down):
                     missing.append(p)
                 else:
                     out[p.key] = loc
+                    if loc.tier != fastest:
+                        slow.append((p.file, p.key, loc))
+            if slow and enforcer is not None:
+                enforcer.read_from(slow)
         self._count(pages, len(missing))
         if not missing:
             return out

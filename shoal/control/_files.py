@@ -18,7 +18,7 @@ from ._metadata import MetadataCache
 from ._metrics import Counters
 from ._namespace import Mount, MountTable, normalize_path, split_mount_options
 from ._pages import file_id
-from ._policy import PolicyTable
+from ._policy import OWN_DEFAULTS, PolicyTable
 from .proto import encode_error
 from .ufs import ObjectInfo, UnderStore, open_store
 from .ufs._options import redact_uri
@@ -143,9 +143,13 @@ class FileResolver:
         self._owns: dict[str, tuple[Mount, PolicyTable, Mapping[str, Any], bool]] = {}
         self._pool = ThreadPoolExecutor(stat_threads, "shoal-stat")
         self._opening: dict[str, threading.Event] = {}  # paths read for their metadata now
-        #: ``(mount, rel, store, path, start, end) -> ObjectInfo``: reads the first pages
-        #: of a file whose metadata nothing tells, caches them, and says what it is.
+        #: ``(mount, rel, store, path, start, end, own) -> ObjectInfo``: reads the first
+        #: pages of a file whose metadata nothing tells, caches them (as its options in
+        #: force, ``own``, say), and says what it is.
         self.fetch_first: Callable[..., ObjectInfo] | None = None
+        #: ``(file) -> seconds``: how long the cached pages of a file under a ``ttl`` may
+        #: still be served; a stat's record tells clients no longer than that.
+        self.fresh_for: Callable[[File], float] | None = None
 
     # ----------------------------------------------------------------- mounts
 
@@ -219,6 +223,11 @@ class FileResolver:
         if changed and self.on_policies is not None:
             self.on_policies(changed)
 
+    @property
+    def policies(self) -> PolicyTable:
+        """The policies in force."""
+        return self._policies
+
     def options_at(self, path: str) -> Mapping[str, Any]:
         """Shoal's options in force at ``path`` (its mount's, overridden by policies);
         ``FileNotFoundError`` for a path under no mount."""
@@ -227,12 +236,13 @@ class FileResolver:
 
     def _own(self, mount: Mount, path: str) -> Mapping[str, Any]:
         """Shoal's options in force at the normalised ``path`` under ``mount``: the
-        mount's, where no policy overrides them. Cheap when no policy touches the mount:
+        mount's, and the other enforced policy fields (``OWN_DEFAULTS``), where no policy
+        overrides them. Cheap when no policy touches the mount:
         its options are split once per mount and table."""
         policies = self._policies
         cached = self._owns.get(mount.path)
         if cached is None or cached[0] is not mount or cached[1] is not policies:
-            own = MappingProxyType(split_mount_options(mount.options)[0])
+            own = MappingProxyType({**OWN_DEFAULTS, **split_mount_options(mount.options)[0]})
             cached = (mount, policies, own, policies.covers(mount.path))
             self._owns[mount.path] = cached
         if not cached[3]:
@@ -421,9 +431,7 @@ class FileResolver:
             waiting.wait()
             return self.file(path)
         try:
-            # _fetch reads the TTL of the file's record from its mount's options.
-            seen = Mount(mount.path, mount.uri, {**mount.options, **own})
-            info = fetch_first(seen, rel, self.store_of(mount), norm, start, end)
+            info = fetch_first(mount, rel, self.store_of(mount), norm, start, end, own)
             self.metadata.put_stat(norm, info, own["metadata_ttl"])
         except (FileNotFoundError, IsADirectoryError):
             pass  # a directory (on an object store, a prefix), or nothing: a stat tells
@@ -443,7 +451,11 @@ class FileResolver:
             try:
                 want = fetch[i] if fetch is not None else None
                 f = self.file(paths[i]) if want is None else self._file_to_read(paths[i], *want)
-                return f.record()
+                record = f.record()
+                if f.own["ttl"] and self.fresh_for is not None:
+                    # Remembered locations are used only while the pages may be served.
+                    record["metadata_ttl"] = min(record["metadata_ttl"], self.fresh_for(f))
+                return record
             except (OSError, ValueError, TypeError) as exc:
                 return {"error": encode_error(exc)}
 

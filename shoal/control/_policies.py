@@ -80,6 +80,9 @@ class WorkerPolicies:
         self.table = PolicyTable()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: ``(path) -> bytes`` pinned under a path on this worker: a quota below it is
+        #: refused (a quota never evicts pinned pages).
+        self.pinned_bytes: Callable[[str], int] | None = None
         self.reload()
         if shared:
             self._thread = threading.Thread(
@@ -215,6 +218,13 @@ class WorkerPolicies:
             raise ValueError(
                 f"policy on {path}: the path is under no mount (see `shoal mount ls`)"
             ) from None
+        if policy.quota is not None and self.pinned_bytes is not None:
+            pinned = self.pinned_bytes(path)
+            if policy.quota < pinned:
+                raise ValueError(
+                    f"quota: {policy.quota} bytes is below the {pinned} bytes pinned under "
+                    f"{path} on this worker; unpin them first or give a larger quota"
+                )
 
         def change(current: Policy | None, rules: Mapping[str, Policy]) -> Policy:
             if current is None and len(rules) >= MAX_POLICIES:

@@ -30,6 +30,7 @@ __all__ = [
     "FIELDS",
     "MAX_POLICIES",
     "MOUNT_FIELDS",
+    "OWN_DEFAULTS",
     "PRIORITIES",
     "TIERS",
     "WRITE_MODES",
@@ -48,7 +49,16 @@ WRITE_MODES = ("write_back", "write_through", "cache_only")
 #: Fields whose default under a mount is the mount's option of the same name.
 MOUNT_FIELDS = MOUNT_OPTIONS
 #: Fields this version of Shoal enforces; setting any other is refused.
-ENFORCED = frozenset({"metadata_ttl", "read_ahead", "replicas", "tier", "pin"})
+ENFORCED = frozenset(
+    {"metadata_ttl", "read_ahead", "replicas", "tier", "pin", "ttl", "priority", "quota"}
+)
+#: What a file's options hold for the enforced fields that are no mount option, when no
+#: policy sets them: no TTL (0), normal priority, no quota (``quota_at``: the prefix of
+#: the rule a file's quota comes from, which its cached bytes count against).
+OWN_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"ttl": 0.0, "priority": "normal", "quota": None, "quota_at": None}
+)
+_OWN_FIELDS = frozenset(MOUNT_FIELDS) | {"ttl", "priority", "quota"}
 #: Prefixes with a policy, at most.
 MAX_POLICIES = 1024
 
@@ -303,14 +313,21 @@ class PolicyTable:
         return out
 
     def overrides(self, path: str) -> dict[str, Any]:
-        """The values of :data:`MOUNT_FIELDS` that the policies in force at the normalised
-        ``path`` set, in place of its mount's options."""
-        return {f: v for f, (v, _) in self.resolve(path).items() if f in MOUNT_FIELDS}
+        """The values of :data:`MOUNT_FIELDS`, ``ttl``, ``priority`` and ``quota`` that the
+        policies in force at the normalised ``path`` set, in place of its mount's options
+        and :data:`OWN_DEFAULTS` (with ``quota_at``, the prefix its quota comes from)."""
+        out = {}
+        for field, (value, prefix) in self.resolve(path).items():
+            if field in _OWN_FIELDS:
+                out[field] = value
+                if field == "quota":
+                    out["quota_at"] = prefix
+        return out
 
     def covers(self, prefix: str) -> bool:
         """True when a rule at the normalised ``prefix``, above it or below it sets one of
-        :data:`MOUNT_FIELDS`: only then may a path under ``prefix`` see other values than
-        its mount's options."""
+        the fields of :meth:`overrides`: only then may a path under ``prefix`` see other
+        values than its mount's options and :data:`OWN_DEFAULTS`."""
         nodes = list(self._along(prefix))
         if any(_sets_mount_field(node.get(_RULE)) for node in nodes):
             return True
@@ -330,7 +347,7 @@ def _names(path: str) -> list[str]:
 
 
 def _sets_mount_field(rule: tuple | None) -> bool:
-    return rule is not None and any(f in MOUNT_FIELDS for f, _ in rule[1])
+    return rule is not None and any(f in _OWN_FIELDS for f, _ in rule[1])
 
 
 def effective(table: PolicyTable, path: str, mount: Mount) -> dict[str, Any]:

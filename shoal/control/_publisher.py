@@ -71,11 +71,14 @@ class Publisher:
         metadata holds until ``untils`` (monotonic seconds; None: it does not), as
         :meth:`records_of` told."""
         now, now_ns = time.monotonic(), time.monotonic_ns()
-        entries = [
-            _entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9))
-            for f, loc, until in zip(files, located, untils, strict=True)
-            if until is not None and loc is not None and loc.length == f.info.size
-        ]
+        fresh_for = self._files.fresh_for
+        entries = []
+        for f, loc, until in zip(files, located, untils, strict=True):
+            if until is None or loc is None or loc.length != f.info.size:
+                continue
+            if f.own["ttl"] and fresh_for is not None:  # read no longer than it may be served
+                until = min(until, now + fresh_for(f))
+            entries.append(_entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9)))
         if entries:
             self.table.publish_many(entries)
 
@@ -117,7 +120,7 @@ class Publisher:
             restored = 0
             refreshes = metadata.refreshes
             admitted: dict[str, bool] = {}
-            for name, value in self._store.records():
+            for name, value in self._store.records(b"/"):  # file records: named by path
                 if self._closed or metadata.refreshes != refreshes:
                     return  # a refresh since: what the records say may be void
                 record = decode_record(value)
@@ -166,7 +169,11 @@ class Publisher:
             if metadata.get_stat(path) is None:
                 metadata.put_stat(path, info, left)
             known += 1
-            if 0 < info.size <= self._page_size and loc.length == info.size:
+            if (
+                0 < info.size <= self._page_size
+                and loc.length == info.size
+                and not self._files.options_at(path)["ttl"]  # told by the first stat
+            ):
                 entries.append(_entry(path, info.size, loc, time.monotonic_ns() + int(left * 1e9)))
         pending.clear()
         if entries:

@@ -123,6 +123,22 @@ class CacheUsage:
             done += 1
         return done
 
+    def recorded_files(self, prefix: str) -> Iterator[tuple[str, bytes, int]]:
+        """``(path, file id, pages)`` of each file recorded at ``prefix`` or under it."""
+        prefix = normalize_path(prefix)
+        for _, path, fid, count in self._recorded(prefix, prefix.rstrip("/") + "/", set()):
+            yield path, fid, count
+
+    def pinned_bytes(self, prefix: str) -> int:
+        """Bytes of the pinned pages of the files recorded under ``prefix``."""
+        total = 0
+        for _, fid, count in self.recorded_files(prefix):
+            keys = [page_key(fid, i) for i in range(count)]
+            for key, loc in zip(keys, self._store.locate(keys, touch=False), strict=True):
+                if loc is not None and self._store.pinned(key):
+                    total += loc.length
+        return total
+
     def used_bytes(self) -> int:
         """Bytes of cached pages, over every tier."""
         return sum(u.live_bytes for u in self._store.usage().values())

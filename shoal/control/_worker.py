@@ -19,6 +19,7 @@ from .. import engine
 from .._config import Config
 from ..engine import PageLocation, PageStore
 from ._admission import MountPolicy
+from ._enforce import Enforcer
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
 from ._jobs import check_job_key, mark_abandoned, mark_stale, newest_first
@@ -102,6 +103,7 @@ class Worker:
                 region_size=config.region_size,
                 high_watermark=config.high_watermark,
                 low_watermark=config.low_watermark,
+                demote=True,
             )
         except BaseException:
             self._meta_store.close()
@@ -133,6 +135,12 @@ class Worker:
         self.publisher = Publisher(self._store, self.files, config.page_size)
         self.fetcher.publisher = self.publisher
         self.usage = CacheUsage(self._store, self.files, self.fetcher, config.page_size)  # du, pins
+        self.policies.pinned_bytes = self.usage.pinned_bytes
+        self.enforcer = self.fetcher.enforcer = Enforcer(  # TTLs, quotas, promotion
+            self._store, self.files, [t.name for t in config.tiers()], config.page_size,
+            in_cluster=lambda: self.fetcher.in_cluster, recorded=self.usage.recorded_files,
+            on_freed=self.publisher.table.supersede,
+        )  # fmt: skip
         self.loader = Loader(
             self.files,
             self.fetcher,
@@ -165,7 +173,7 @@ class Worker:
             "mounts": lambda _, h: Reply({"mounts": self.mounts()}),
             "ls": lambda _, h: Reply({"entries": self.ls(h["path"])}),
             "refresh": lambda _, h: Reply({"dropped": self.refresh(h["path"])}),
-            "free": lambda _, h: Reply(self.free(h["path"])),
+            "free": lambda _, h: Reply(self.enforcer.free(h["path"])),
             "report": lambda _, h: Reply({"report": self.report()}),
             "touch": lambda _, h: Reply(self.touch(h["regions"])),
             "job_put": lambda _, h: Reply(self.put_job(h["key"], h["record"])),
@@ -441,17 +449,6 @@ class Worker:
         """The job records under ``prefix``, newest first, at most ``limit``."""
         return newest_first(mark_stale(self._meta_store, self._meta_store.scan(prefix)), limit)
 
-    def free(self, path: str) -> dict:
-        """Drop the cached pages of every file under ``path`` (their current versions)."""
-        pages = freed = 0
-        for f in self.files.files_under([path]):
-            for p in self.fetcher.pages_of(f):
-                if self._store.delete(p.key):
-                    pages += 1
-                    freed += p.length
-        self.publisher.table.supersede()  # freed files are not read through the table
-        return {"pages": pages, "bytes": freed}
-
     # ----------------------------------------------------------------- report
 
     def report(self) -> dict:
@@ -482,6 +479,7 @@ class Worker:
             "metadata_entries": len(self.files.metadata),
             "metadata_bytes": self.files.metadata.bytes,
             "published": self.publisher.stats(),
+            **self.enforcer.report(),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
@@ -495,6 +493,7 @@ class Worker:
                 return
             self._closed = True
         self.policies.close()
+        self.enforcer.close()
         self.fetcher.close()
         self.publisher.close()
         self.files.close()

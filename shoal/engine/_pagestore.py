@@ -5,6 +5,8 @@ Layout on disk (see ``_regions`` for the tier directory):
 - index (rocksdict, raw mode) at ``index_path``:
   ``b"m"`` -> format and geometry; ``b"p" + key`` -> page record;
   ``b"r" + tier code + region number`` -> region record (generation, state, kind, fill);
+  a region's kind says which pages it takes: ordinary ones of one priority, or pinned and
+  dirty ones;
   ``b"f" + name`` -> a caller's record (see :meth:`PageStore.put_records`), opaque here.
 - Data first, index second: page bytes are written with the engine, then one WriteBatch
   commits the page records together with the records of the regions they touched (and the
@@ -79,7 +81,20 @@ _MEMTABLES = 2
 _TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}
 _PIN, _DIRTY = 1, 2
 _FREE, _OPEN, _SEALED = 0, 1, 2
-_NORMAL, _STICKY = 0, 1  # region kinds: ordinary pages, or pinned / dirty ones
+# Region kinds: ordinary pages of normal, low or high priority, or pinned / dirty pages
+# (sticky); 0 and 1 are those of stores written before priorities.
+_NORMAL, _STICKY, _LOW, _HIGH = 0, 1, 2, 3
+_KINDS = 4
+_PRIORITIES = {"low": _LOW, "normal": _NORMAL, "high": _HIGH}
+# Reclaim order by kind of the regions with live pages: low, then normal (with sticky
+# regions left without a pinned or dirty page), then high.
+_RECLAIM_RANK = (2, 2, 1, 3)
+# Bytes a move (PageStore.move) reads and writes per round.
+_MOVE_CHUNK = 64 * MiB
+_COUNTERS = (
+    "evicted_pages", "evicted_bytes", "demoted_pages", "demoted_bytes", "moved_pages",
+    "moved_bytes", "regions_reclaimed",
+)  # fmt: skip
 
 # the fields of _Entry, in its order: tier code, region, generation, offset, length, crc, flags
 _PAGE = struct.Struct("<BIQQQIB")
@@ -311,6 +326,12 @@ class _Region:
         return _REGION.pack(self.generation, self.state, self.kind, self.fill)
 
 
+def _reclaim_order(region: _Region) -> tuple[int, int]:
+    """Sort key of regions to reclaim: those without live bytes first, then by priority
+    (low first), least recently used first within each."""
+    return (_RECLAIM_RANK[region.kind] if region.live_bytes else 0, region.last_access)
+
+
 class _Tier:
     """A tier's regions. A region's state is made when the region is first used, so the
     memory it takes follows the regions in use, never the capacity."""
@@ -322,7 +343,7 @@ class _Tier:
         self.capacity = config.capacity
         self.count = config.capacity // region_size  # region numbers the tier may use
         self.regions: dict[int, _Region] = {}  # the regions used so far, by number
-        self.open: list[_Region | None] = [None, None]  # per kind
+        self.open: list[_Region | None] = [None] * _KINDS  # per kind
         self.free: list[int] = []  # heap of the free numbers in ``regions``
         # Ranges [start, end) of numbers never used (not in ``regions``), highest first.
         self.unused: list[tuple[int, int]] = [(0, self.count)]
@@ -407,6 +428,38 @@ def _encode_key(key: Any, what: str = "page key") -> bytes:
     return k
 
 
+def _priority_kind(priority: Any) -> int:
+    """The region kind of ordinary pages of ``priority``."""
+    if not isinstance(priority, str):
+        raise TypeError(f"priority must be a str, got {type(priority).__name__}")
+    kind = _PRIORITIES.get(priority)
+    if kind is None:
+        raise ValueError(
+            f"unknown priority {priority!r}; choose one of {', '.join(map(repr, _PRIORITIES))}"
+        )
+    return kind
+
+
+def _moving_kind(region_kind: int, flags: int) -> int:
+    """The kind of region a page with ``flags`` in a region of ``region_kind`` goes to when
+    it moves to another tier: sticky if pinned or dirty, else its region's priority (that
+    of a sticky region's other pages is normal)."""
+    if flags:
+        return _STICKY
+    return _NORMAL if region_kind == _STICKY else region_kind
+
+
+class _Moving(NamedTuple):
+    """A page on its way to another tier: its key, the record it had when read (it moves
+    only if its key still maps to that), the kind of region it goes to, its bytes."""
+
+    key: bytes
+    record: bytes
+    kind: int
+    view: memoryview
+    crc: int
+
+
 def _encode_records(items: Any, what: str) -> list[tuple[bytes, bytes]]:
     """``(name, value)`` pairs checked and made index keys and values, before any write."""
     if isinstance(items, (str, bytes, bytearray, memoryview)):
@@ -460,11 +513,13 @@ class PageStore:
     appended to the tier's open region: pages of ``pack_below`` bytes or more at
     ``page_align``-aligned offsets, so O_DIRECT and GPUDirect Storage can read them, shorter
     ones packed tight at ``small_align``-aligned offsets (a 100-byte page takes 128 bytes,
-    not 4 KiB; it is read through the page cache). Pinned and dirty pages go to a second
-    open region of their own, so they do not keep regions full of ordinary pages from being
-    reclaimed. A RocksDB index maps each key to its page (tier, region, region generation,
-    offset, length, crc32c, flags); writes go data first, index second. After a restart the
-    index is the truth.
+    not 4 KiB; it is read through the page cache). Each tier has one open region per kind of
+    page: ordinary pages of low, normal and high priority (see ``priority`` of
+    :meth:`put_many`) each have their own, so no region mixes priorities, and pinned and
+    dirty pages have theirs, so they do not keep regions full of ordinary pages from being
+    reclaimed. A region's kind is kept in the index with it. A RocksDB index maps each key
+    to its page (tier, region, region generation, offset, length, crc32c, flags); writes go
+    data first, index second. After a restart the index is the truth.
 
     The same index keeps the caller's records (:meth:`put_records`): small named values,
     such as what a worker knows of the files whose pages it holds, committed with pages
@@ -472,20 +527,35 @@ class PageStore:
     held in memory, and neither eviction nor :meth:`delete` touches them.
 
     When a tier needs a new region and its allocated bytes would go above
-    ``high_watermark * capacity``, whole regions are reclaimed, least recently used first
-    (regions without live pages before any other), until they are at or below
-    ``low_watermark * capacity``. Regions holding a pinned or dirty page, open regions and
-    regions with writes in progress are never reclaimed. Reclaiming bumps the region's
-    generation in the tier's shared ``generations`` file before any new data is written
-    there, so readers holding an old :class:`PageLocation` detect it.
+    ``high_watermark * capacity``, whole regions are reclaimed until they are at or below
+    ``low_watermark * capacity``: regions without live bytes first, then regions of low
+    priority, then normal, then high, least recently used first within each. Regions
+    holding a pinned or dirty page, open regions and regions with writes in progress are
+    never reclaimed (but for one last resort: when no region is left free, the open region
+    of another kind may go, if it holds no pinned or dirty page and no write is in
+    progress). Reclaiming bumps the region's generation in the tier's shared
+    ``generations`` file before any new data is written there, so readers holding an old
+    :class:`PageLocation` detect it.
+
+    With ``demote=True``, a region reclaimed for capacity (by the watermarks or
+    :meth:`evict`) first has its pages of normal and high priority moved to the next slower
+    tier (the next one in ``tiers``), with their key, crc32c, flags and priority; pages of
+    low priority and those of the last tier are dropped. Placing them may reclaim regions
+    of the tier below, demoting further down, never back up. The move runs under the
+    store's lock, data first, index second, before the region's generation is bumped: a
+    crash while it runs loses at most the pages being moved. A page that cannot be placed
+    (the tier below is full, an I/O error) is dropped, as without ``demote``; the write
+    that made room never fails because of it. :meth:`move` moves pages between tiers on
+    request (to promote them, say).
 
     Every read checks the page's crc32c; a mismatch drops the page.
 
     Parameters
     ----------
     tiers
-        One :class:`TierConfig` per tier, distinct names and directories. The first tier is
-        the default for :meth:`put`.
+        One :class:`TierConfig` per tier, distinct names and directories, fastest first
+        (``demote`` moves pages from each tier to the next). The first tier is the default
+        for :meth:`put`.
     index_path
         Directory of the RocksDB index (created 0700 if missing, as are missing parents;
         an existing one must pass the checks below). RocksDB creates its own files with
@@ -511,6 +581,9 @@ class PageStore:
         killed process loses nothing that the kernel has, and crc32c catches torn pages.
     direct
         Read pages with O_DIRECT (where the destination buffer is aligned too).
+    demote
+        Move the pages worth keeping of a region reclaimed for capacity to the next slower
+        tier instead of dropping them (see above). Off by default.
 
     Raises
     ------
@@ -551,21 +624,22 @@ class PageStore:
     region generation no longer matches; records are kept as they are), then any mix of
     :meth:`put`, :meth:`put_many`, :meth:`get_into`, :meth:`get_many_into`,
     :meth:`locate`, :meth:`contains`, :meth:`delete`, :meth:`pin`, :meth:`unpin`,
-    :meth:`mark_clean`, :meth:`usage`, :meth:`evict`, :meth:`touch`,
-    :meth:`open_for_reader`, and of the record calls :meth:`put_records`,
-    :meth:`delete_records`, :meth:`get_record`, :meth:`records`, then :meth:`close` (or use
-    the store as a context manager). A worker that restarts reads its records first
-    (:meth:`records`) to know its files again, then their pages. One process owns a store
-    at a time (the index and each tier directory are locked); other processes read through
-    :class:`RegionReader` with locations from :meth:`locate`.
+    :meth:`mark_clean`, :meth:`usage`, :meth:`stats`, :meth:`evict`, :meth:`touch`,
+    :meth:`region_keys`, :meth:`move`, :meth:`open_for_reader`, and of the record calls
+    :meth:`put_records`, :meth:`delete_records`, :meth:`get_record`, :meth:`records`, then
+    :meth:`close` (or use the store as a context manager). A worker that restarts reads its
+    records first (:meth:`records`) to know its files again, then their pages. One process
+    owns a store at a time (the index and each tier directory are locked); other processes
+    read through :class:`RegionReader` with locations from :meth:`locate`.
 
     All methods are thread-safe. One lock guards the index and the allocator; page I/O runs
-    outside it (writes reserve their space first and commit afterwards), so reads are not
-    held up by writes. :meth:`close` waits for I/O in progress.
+    outside it (writes and moves reserve their space first and commit afterwards), so reads
+    are not held up by writes; demotion alone does its I/O under the lock, as part of the
+    reclaim that needs it. :meth:`close` waits for I/O in progress.
 
-    ``put`` replaces a key's page with a new one, flags included. :meth:`pin` or marking an
-    existing ordinary page dirty leaves it where it is, so its region is kept as long as
-    the flag is set.
+    ``put`` replaces a key's page with a new one, flags and priority included. :meth:`pin`
+    or marking an existing ordinary page dirty leaves it where it is, so its region is kept
+    as long as the flag is set.
     """
 
     def __init__(
@@ -581,6 +655,7 @@ class PageStore:
         small_align: int = 64,
         sync: bool = False,
         direct: bool = False,
+        demote: bool = False,
     ):
         self._check_args(tiers, index_path, region_size, high_watermark, low_watermark, page_align)
         self._check_packing(pack_below, small_align, page_align)
@@ -593,9 +668,14 @@ class PageStore:
         self.index_path = os.path.abspath(os.fspath(index_path))
         self._sync = bool(sync)
         self._direct = bool(direct)
+        self._demote = bool(demote)
         self._tiers = {t.name: _Tier(t, region_size) for t in tiers}
         self._default_tier = tiers[0].name
         self._by_code = {t.code: t for t in self._tiers.values()}
+        # tier code -> the next slower tier of the store (the next in ``tiers``), or None
+        order = [self._tiers[t.name] for t in tiers]
+        self._below = {t.code: below for t, below in zip(order, [*order[1:], None], strict=True)}
+        self._stats = dict.fromkeys(_COUNTERS, 0)  # see stats()
         # key -> its page record, the very bytes the index holds (see _entry): a fraction of
         # the memory of a tuple of ints, which matters at tens of millions of pages.
         self._entries: dict[bytes, bytes] = {}
@@ -805,7 +885,8 @@ class PageStore:
             region.generation = generation
             if tier.table.get(number) > generation or state not in (_OPEN, _SEALED):
                 continue
-            region.state, region.kind, region.fill = state, kind & 1, fill
+            region.state, region.fill = state, fill
+            region.kind = kind if kind < _KINDS else _NORMAL
         for tier in self._tiers.values():
             for region in tier.regions.values():
                 region.generation = max(region.generation, tier.table.get(region.number))
@@ -1028,11 +1109,16 @@ class PageStore:
             # Down to the low watermark, counting the region about to be allocated.
             self._reclaim_lru(tier, math.floor(self.low_watermark * tier.capacity / rs) - 1)
         if not tier.has_free():
-            # Last resort before ENOSPC: the other kind's open region, if it may go.
-            other = tier.open[1 - kind]
-            if other is not None and not other.sticky and not other.inflight:
-                tier.open[1 - kind] = None
-                self._reclaim([other], tier)
+            # Last resort before ENOSPC: another kind's open region, if one may go.
+            others = [
+                r
+                for r in tier.open
+                if r is not None and r.kind != kind and not r.sticky and not r.inflight
+            ]
+            if others:
+                other = min(others, key=_reclaim_order)
+                tier.open[other.kind] = None
+                self._reclaim([other], tier, demote=self._demote)
         if not tier.has_free():
             raise TierFullError(
                 f"tier {tier.name} is full: no region free for a page of {length} bytes; all "
@@ -1058,8 +1144,9 @@ class PageStore:
         return region
 
     def _reclaim_lru(self, tier: _Tier, max_used: int) -> int:
-        """Reclaim regions, empty ones first then least recently used, until at most
-        ``max_used`` are in use or none may go; returns how many were reclaimed."""
+        """Reclaim regions for capacity, until at most ``max_used`` are in use or none may
+        go: those without live bytes first, then those of low, normal, high priority, least
+        recently used first within each; returns how many were reclaimed."""
         excess = tier.used - max_used
         if excess <= 0:
             return 0
@@ -1069,14 +1156,21 @@ class PageStore:
                 for r in tier.regions.values()
                 if r.state == _SEALED and not r.sticky and not r.inflight
             ),
-            key=lambda r: (r.live_bytes > 0, r.last_access),
+            key=_reclaim_order,
         )[:excess]
-        self._reclaim(candidates, tier)
+        self._reclaim(candidates, tier, demote=self._demote)
         return len(candidates)
 
-    def _reclaim(self, regions: list[_Region], tier: _Tier) -> None:
+    def _reclaim(self, regions: list[_Region], tier: _Tier, demote: bool = False) -> None:
+        """Free ``regions`` of ``tier`` and drop their pages; called with the lock held.
+
+        With ``demote`` (a reclaim for capacity of a store made with ``demote=True``), the
+        pages worth keeping are first moved to the tier below (see :meth:`_demote_pages`).
+        """
         if not regions:
             return
+        if demote:
+            self._demote_pages(tier, regions)
         batch = rocksdict.WriteBatch(raw_mode=True)
         heads = []
         for region in regions:
@@ -1096,6 +1190,8 @@ class PageStore:
                     batch.delete(_PAGE_PREFIX + k)
             tier.pages -= region.pages
             tier.live_bytes -= region.live_bytes
+            self._stats["evicted_pages"] += region.pages
+            self._stats["evicted_bytes"] += region.live_bytes
             region.keys = []
             region.pages = 0
             region.live_bytes = 0
@@ -1106,14 +1202,141 @@ class PageStore:
             tier.used -= 1
             heapq.heappush(tier.free, region.number)
             self._unsaved.add((tier.code, region.number))
+        self._stats["regions_reclaimed"] += len(regions)
         self._commit(batch)
+
+    def _demote_pages(self, tier: _Tier, regions: list[_Region]) -> None:
+        """Move the live pages of ``regions``, about to be reclaimed for capacity, to the
+        next slower tier; called with the lock held.
+
+        Pages of low priority stay (and go with their region), as do those of the slowest
+        tier. Placing pages in the tier below may reclaim regions there, demoting further
+        down: each step goes one tier lower, so it ends at the slowest tier, and never
+        touches ``tier``. A page that cannot be placed (the tier below is full, an I/O error)
+        stays behind, dropped with its region as eviction drops it.
+        """
+        lower = self._below[tier.code]
+        if lower is None:
+            return
+        entries = self._entries
+        for region in regions:
+            if region.kind == _LOW or not region.pages:
+                continue
+            kind = _moving_kind(region.kind, 0)  # a reclaimed region holds no flagged page
+            head = _PAGE_HEAD.pack(tier.code, region.number, region.generation)
+            pages = []
+            for k in dict.fromkeys(region.keys):
+                record = entries.get(k)
+                if record is not None and record.startswith(head):
+                    pages.append((k, record, kind, region))
+            try:
+                moving = self._fetch(pages)
+                reserved, _ = self._reserve_moving(lower, moving)
+                moving = moving[: len(reserved)]
+                try:
+                    self._write([(p.key, p.view, p.crc) for p in moving], reserved)
+                finally:
+                    for target, _ in reserved:
+                        target.inflight -= 1
+                _, count, nbytes = self._commit_moving(lower, moving, reserved)
+            except OSError:
+                continue  # the pages go with their region
+            self._stats["demoted_pages"] += count
+            self._stats["demoted_bytes"] += nbytes
+
+    def _fetch(self, pages: list[tuple[bytes, bytes, int, _Region]]) -> list[_Moving]:
+        """Read pages (``(key, record, kind of region to go to, region)``) for a move: those
+        read whole with their crc32c right, in order; the others are left out."""
+        if not pages:
+            return []
+        unpack = _PAGE.unpack
+        fields = [unpack(record) for _, record, _, _ in pages]
+        buf = memoryview(bytearray(sum(f[4] for f in fields)))
+        requests, checksums, views = [], [], []
+        start = 0
+        for (_, _, _, region), (_, _, _, offset, length, crc, _) in zip(pages, fields, strict=True):
+            view = buf[start : start + length]
+            start += length
+            requests.append((region.fd, offset, length, view, 0))
+            checksums.append(crc)
+            views.append(view)
+        try:
+            done: list[Any] = read_batch(requests, checksums=checksums)
+        except OSError as exc:
+            if not hasattr(exc, "results"):
+                raise
+            done = exc.results
+        return [
+            _Moving(k, record, kind, view, crc)
+            for (k, record, kind, _), view, crc, res in zip(
+                pages, views, checksums, done, strict=True
+            )
+            if res == view.nbytes
+        ]
+
+    def _reserve_moving(self, tier: _Tier, moving: list[_Moving]) -> tuple[list, bool]:
+        """Space in ``tier`` for pages on the move, in order, until the tier is full; called
+        with the lock held. Returns the reservations and whether the tier was full."""
+        reserved: list[tuple[_Region, int]] = []
+        try:
+            for page in moving:
+                reserved.append(self._reserve(tier, page.kind, page.view.nbytes))
+        except TierFullError:
+            return reserved, True
+        except BaseException:
+            for region, _ in reserved:
+                region.inflight -= 1
+            raise
+        return reserved, False
+
+    def _commit_moving(
+        self, tier: _Tier, moving: list[_Moving], reserved: list[tuple[_Region, int]]
+    ) -> tuple[list[tuple[_Tier, _Region]], int, int]:
+        """Point the keys of pages written to ``tier`` at their new places, those whose key
+        still maps to the record read, in one index batch; called with the lock held.
+        Returns the regions the pages left (to reclaim if emptied), the pages and bytes
+        moved."""
+        entries = self._entries
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        done = []
+        for page, (region, offset) in zip(moving, reserved, strict=True):
+            if entries.get(page.key) != page.record:
+                continue  # deleted, replaced or moved since it was read
+            flags = _entry(page.record).flags
+            length = page.view.nbytes
+            record = _PAGE.pack(
+                tier.code, region.number, region.generation, offset, length, page.crc, flags
+            )
+            batch.put(_PAGE_PREFIX + page.key, record)
+            done.append((page, record, region, length, flags))
+        self._commit(batch)
+        unlinked = []
+        nbytes = 0
+        for page, record, region, length, flags in done:
+            unlinked.append(self._unlink(page.record))
+            entries[page.key] = record
+            self._link(page.key, tier, region, length, flags)
+            nbytes += length
+        return unlinked, len(done), nbytes
+
+    def _write(self, prepared: Sequence[tuple], reserved: list[tuple[_Region, int]]) -> None:
+        """Write pages (``(key, view, crc)``) to their reserved places, and with ``sync``
+        make them durable: what must be done before their index records are committed."""
+        if len(prepared) <= _INLINE_WRITES:
+            for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True):
+                _pwrite_all(region, offset, view)
+        elif prepared:
+            write_batch(_coalesced(prepared, reserved, self.pack_below, self.small_align))
+        if self._sync:
+            for fd in {region.fd for region, _ in reserved}:
+                os.fdatasync(fd)
 
     # ----------------------------------------------------------------- writes
 
     def put(self, key: bytes | str, data: Any, tier: str | None = None, pin: bool = False,
-            dirty: bool = False) -> None:  # fmt: skip
+            dirty: bool = False, priority: str = "normal") -> None:  # fmt: skip
         """Store one page; see :meth:`put_many`."""
-        self.put_many([(key, data)], tier=tier, pin=pin, dirty=dirty)
+        self.put_many([(key, data)], tier=tier, pin=pin, dirty=dirty, priority=priority)
 
     def put_many(
         self,
@@ -1122,6 +1345,7 @@ class PageStore:
         pin: bool = False,
         dirty: bool = False,
         records: Iterable[tuple[bytes | str, Any]] | None = None,
+        priority: str = "normal",
     ) -> list[PageLocation]:
         """Store pages: write them all with one engine batch, then commit one index batch.
 
@@ -1144,16 +1368,22 @@ class PageStore:
             batch as the pages, once their bytes are written: the records are stored if and
             only if the pages are (they stay when the pages are later evicted or deleted).
             With no pages, the records alone are stored.
+        priority
+            ``"low"``, ``"normal"`` or ``"high"``: the pages go to regions of that priority
+            only, and regions are reclaimed low first, high last. Pages put pinned or dirty
+            go to regions of their own whatever their priority (reclaimed as normal ones
+            once every page there is unpinned and clean).
 
         Raises
         ------
         TierFullError
             The tier cannot take the pages even after eviction; nothing was stored.
         ValueError
-            An empty key, a page larger than a region, an unknown tier, a bad record (as
-            for :meth:`put_records`); nothing was stored.
+            An empty key, a page larger than a region, an unknown tier or priority, a bad
+            record (as for :meth:`put_records`); nothing was stored.
         TypeError
-            A key that is neither bytes nor str, data that is not a host buffer.
+            A key that is neither bytes nor str, data that is not a host buffer, a priority
+            that is not a str.
         OSError
             The write or the index commit failed; nothing was stored.
 
@@ -1164,7 +1394,9 @@ class PageStore:
         """
         target = self._tier(tier)
         flags = (_PIN if pin else 0) | (_DIRTY if dirty else 0)
-        kind = _STICKY if flags else _NORMAL
+        kind = _priority_kind(priority)
+        if flags:
+            kind = _STICKY
         prepared = []
         region_size = self.region_size
         for i, item in enumerate(items):
@@ -1201,14 +1433,7 @@ class PageStore:
             self._active += 1
         written = False
         try:
-            if len(prepared) <= _INLINE_WRITES:
-                for (_, view, _), (region, offset) in zip(prepared, reserved, strict=True):
-                    _pwrite_all(region, offset, view)
-            else:
-                write_batch(_coalesced(prepared, reserved, self.pack_below, self.small_align))
-            if self._sync:
-                for fd in {region.fd for region, _ in reserved}:
-                    os.fdatasync(fd)
+            self._write(prepared, reserved)
             written = True
         finally:
             with self._lock:
@@ -1306,6 +1531,150 @@ class PageStore:
         """Record that a dirty page is persisted elsewhere (evictable again, unless pinned);
         raises PageNotFoundError on a miss."""
         self._set_flags(key, 0, _DIRTY)
+
+    # ----------------------------------------------------------------- moves between tiers
+
+    def move(self, keys: Iterable[bytes | str], tier: str) -> int:
+        """Move pages to another tier (to promote them, say), keeping key, crc32c, flags and
+        priority.
+
+        Pages are read (their crc32c checked), space is reserved in ``tier`` under the
+        store's lock, they are written outside it, then their index records are committed,
+        a few tens of MiB at a time. A page moves only if its key still maps to the very
+        page read when the records are committed.
+
+        Parameters
+        ----------
+        keys
+            Keys (bytes or str) of the pages to move. Keys without a page, pages already in
+            ``tier``, pages that read wrong and pages deleted, replaced or evicted while
+            being moved are skipped.
+        tier
+            Name of the tier to move them to, faster or slower.
+
+        Returns
+        -------
+        int
+            Pages moved. When ``tier`` is full (even after eviction), the move stops there
+            and returns what it moved so far.
+
+        Raises
+        ------
+        ValueError
+            An empty key, an unknown tier, a closed store.
+        TypeError
+            A key that is neither bytes nor str, a tier name that is not a str.
+        OSError
+            A read or write of the engine, or the index commit, failed in a way other than a
+            page that reads wrong; pages moved before stay moved.
+        """
+        if not isinstance(tier, str):
+            raise TypeError(f"move: tier must be a tier name (str), got {type(tier).__name__}")
+        if isinstance(keys, (str, bytes, bytearray, memoryview)):
+            raise TypeError("move: expected an iterable of keys, got one key")
+        pending = list(dict.fromkeys(_encode_key(key) for key in keys))
+        target = self._tier(tier)
+        with self._lock:
+            self._check_open()
+        moved = 0
+        start = 0
+        while start < len(pending):
+            with self._lock:
+                self._check_open()
+                pages, start = self._pages_to_move(pending, start, target)
+                if not pages:
+                    continue
+                self._active += 1
+            try:
+                moving = self._fetch(pages)
+            finally:
+                with self._lock:
+                    self._active -= 1
+                    self._idle.notify_all()
+            count, full = self._place(moving, target)
+            moved += count
+            if full:
+                break
+        return moved
+
+    def _pages_to_move(
+        self, pending: list[bytes], start: int, target: _Tier
+    ) -> tuple[list[tuple[bytes, bytes, int, _Region]], int]:
+        """The next pages of ``pending`` from ``start`` to move to ``target``, up to about
+        ``_MOVE_CHUNK`` bytes, and where the next round starts; called with the lock held."""
+        entries, by_code, unpack = self._entries, self._by_code, _PAGE.unpack
+        pages = []
+        nbytes = 0
+        while start < len(pending) and nbytes < _MOVE_CHUNK:
+            k = pending[start]
+            start += 1
+            record = entries.get(k)
+            if record is None:
+                continue
+            code, number, _, _, length, _, flags = unpack(record)
+            if code == target.code:
+                continue
+            region = by_code[code].regions[number]
+            pages.append((k, record, _moving_kind(region.kind, flags), region))
+            nbytes += length
+        return pages, start
+
+    def _place(self, moving: list[_Moving], target: _Tier) -> tuple[int, bool]:
+        """Reserve, write and commit pages read for :meth:`move`; returns how many moved and
+        whether ``target`` was full."""
+        if not moving:
+            return 0, False
+        with self._lock:
+            self._check_open()
+            reserved, full = self._reserve_moving(target, moving)
+            if not reserved:
+                return 0, full
+            self._active += 1
+        moving = moving[: len(reserved)]
+        count = 0
+        written = False
+        try:
+            self._write([(p.key, p.view, p.crc) for p in moving], reserved)
+            written = True
+        finally:
+            with self._lock:
+                for region, _ in reserved:
+                    region.inflight -= 1
+                self._active -= 1
+                self._idle.notify_all()
+                if written:
+                    unlinked, count, nbytes = self._commit_moving(target, moving, reserved)
+                    self._stats["moved_pages"] += count
+                    self._stats["moved_bytes"] += nbytes
+                    self._reclaim_emptied(unlinked)
+        return count, full
+
+    def region_keys(self, tier: str, region: int) -> list[bytes]:
+        """The keys of the pages in a region now (an empty list for a region not in use or
+        out of the tier), to move them all with :meth:`move`, say.
+
+        Raises
+        ------
+        ValueError
+            An unknown tier, a closed store.
+        TypeError
+            A tier name that is not a str, a region number that is not an int.
+        """
+        if not isinstance(tier, str):
+            raise TypeError(
+                f"region_keys: tier must be a tier name (str), got {type(tier).__name__}"
+            )
+        if isinstance(region, bool) or not isinstance(region, int):
+            raise TypeError(f"region_keys: region must be an int, got {type(region).__name__}")
+        with self._lock:
+            self._check_open()
+            t = self._tier(tier)
+            r = t.regions.get(region)
+            if r is None or r.state == _FREE:
+                return []
+            head = _PAGE_HEAD.pack(t.code, r.number, r.generation)
+            entries = self._entries
+            return [k for k in dict.fromkeys(r.keys) if entries.get(k, b"").startswith(head)]
 
     # ----------------------------------------------------------------- records
 
@@ -1756,9 +2125,27 @@ class PageStore:
                 for name, t in self._tiers.items()
             }
 
+    def stats(self) -> dict[str, int]:
+        """Counters since the store opened, each only growing.
+
+        Returns
+        -------
+        dict[str, int]
+            ``evicted_pages``, ``evicted_bytes``: pages dropped by reclaims for capacity
+            (the watermarks, :meth:`evict`), demoted ones not counted;
+            ``demoted_pages``, ``demoted_bytes``: pages moved to the tier below instead
+            (``demote=True``); ``moved_pages``, ``moved_bytes``: pages moved by
+            :meth:`move`; ``regions_reclaimed``: regions reclaimed, for capacity or because
+            their last page was deleted, replaced or moved.
+        """
+        with self._lock:
+            return dict(self._stats)
+
     def evict(self, tier: str, to_bytes: int) -> int:
-        """Reclaim regions of ``tier``, least recently used first, until its allocated bytes
-        are at most ``to_bytes`` or no region may go.
+        """Reclaim regions of ``tier`` until its allocated bytes are at most ``to_bytes`` or
+        no region may go: regions without live bytes first, then those of low, normal and
+        high priority, least recently used first within each. With ``demote=True``, their
+        pages worth keeping move to the tier below first (see :class:`PageStore`).
 
         Regions with pinned or dirty pages, open regions and regions being written are kept.
 

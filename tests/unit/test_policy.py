@@ -23,6 +23,7 @@ from shoal.control._namespace import Mount, MountTable
 from shoal.control._policies import WorkerPolicies
 from shoal.control._policy import (
     ENFORCED,
+    OWN_DEFAULTS,
     FIELDS,
     MOUNT_FIELDS,
     Policy,
@@ -181,9 +182,11 @@ def test_merged_and_without():
 
 
 def test_only_the_enforced_fields_may_be_set():
-    assert {"metadata_ttl", "read_ahead", "replicas", "tier", "pin"} == ENFORCED
+    enforced = {"metadata_ttl", "read_ahead", "replicas", "tier", "pin", "ttl", "priority"}
+    assert enforced | {"quota"} == ENFORCED
     check_enforced(Policy(metadata_ttl=0, read_ahead=1, replicas=2, tier="SSD", pin=True))
-    refused = {"ttl": "1h", "priority": "low", "quota": "1G", "write_mode": "write-through"}
+    check_enforced(Policy(ttl="1h", priority="low", quota="1G"))
+    refused = {"write_mode": "write-through"}  # with writes
     for name, value in refused.items():
         with pytest.raises(ValueError) as info:
             check_enforced(Policy.from_fields({"read_ahead": 1, name: value}))
@@ -204,8 +207,12 @@ policy = st.fixed_dictionaries(
         "metadata_ttl": st.sampled_from([0.0, 5.0, 60.0]),
         "read_ahead": st.integers(0, 3),
         "replicas": st.sampled_from([1, 2, "all"]),
+        "quota": st.sampled_from([1, 1 << 30]),
+        "write_mode": st.sampled_from(["write_back", "cache_only"]),
     },
 ).map(lambda fields: Policy(**fields))
+#: The fields a file's options hold (its mount's options and the other enforced fields).
+OWN_FIELDS = {*MOUNT_FIELDS, "ttl", "priority", "quota"}
 
 
 def covers(rule: str, path: str) -> bool:
@@ -230,8 +237,11 @@ def test_longest_prefix_wins_field_by_field(rules, query):
     table = PolicyTable(rules)
     want = reference(rules, query)
     assert table.resolve(query) == want
-    assert table.overrides(query) == {f: v for f, (v, _) in want.items() if f in MOUNT_FIELDS}
-    sets_mount_field = [p for p, pol in rules.items() if set(pol.to_json()) & set(MOUNT_FIELDS)]
+    own = {f: v for f, (v, _) in want.items() if f in OWN_FIELDS}
+    if "quota" in want:
+        own["quota_at"] = want["quota"][1]  # the prefix whose quota counts the file
+    assert table.overrides(query) == own
+    sets_mount_field = [p for p, pol in rules.items() if set(pol.to_json()) & OWN_FIELDS]
     assert table.covers(query) == any(
         covers(p, query) or covers(query, p) for p in sets_mount_field
     )
@@ -244,7 +254,8 @@ def test_prefixes_match_whole_components():
     assert table.resolve("/a/b/c") == {"tier": ("HDD", "/a"), "read_ahead": (1, "/a/b")}
     assert table.resolve("/ab") == {}
     assert not table.covers("/ab") and table.covers("/") and table.covers("/a/bc")
-    assert not PolicyTable({"/a": Policy(priority="low")}).covers("/a")  # no mount option
+    assert PolicyTable({"/a": Policy(priority="low")}).covers("/a")  # a file option
+    assert not PolicyTable({"/a": Policy(write_mode="cache_only")}).covers("/a")  # not enforced
 
 
 def test_effective_policy_and_its_sources():
@@ -328,6 +339,7 @@ def test_policies_are_overlaid_on_mount_options_by_prefix(shared):
         "replicas": 2,
         "tier": None,
         "pin": False,
+        **OWN_DEFAULTS,
     }
     assert f.record()["metadata_ttl"] == 0.0 and f.record()["replicas"] == 2
     sibling = a.files.file("/m/a/bc/f")  # /m/a/b does not cover /m/a/bc
@@ -337,8 +349,10 @@ def test_policies_are_overlaid_on_mount_options_by_prefix(shared):
         "replicas": 1,
         "tier": None,
         "pin": False,
+        **OWN_DEFAULTS,
     }
     top = {"metadata_ttl": 60, "read_ahead": 4, "replicas": 1, "tier": None, "pin": False}
+    top.update(OWN_DEFAULTS)
     assert dict(a.files.file("/m/top").own) == top
     under = a.files.files_under(["/m"])
     assert [f.path for f in under if f.own["replicas"] == 2] == ["/m/a/b/f"]
@@ -386,8 +400,8 @@ def test_bad_changes_are_refused(shared):
     a, _, _ = shared
     with pytest.raises(ValueError, match="policy on /elsewhere/x: the path is under no mount"):
         a.policies.set("/elsewhere/x", {"read_ahead": 1})
-    with pytest.raises(ValueError, match="policy field 'quota' is not enforced yet"):
-        a.policies.set("/m", {"quota": "1G"})
+    with pytest.raises(ValueError, match="policy field 'write_mode' is not enforced yet"):
+        a.policies.set("/m", {"write_mode": "cache-only"})
     with pytest.raises(ValueError, match="no field given"):
         a.policies.set("/m", {})
     with pytest.raises(ValueError, match="must be absolute"):
