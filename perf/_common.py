@@ -53,7 +53,7 @@ class Table:
         note = ""
         if target is not None:
             met = value >= target
-            note = f"target >= {target:.1f}x: " + ("met" if met else "MISSED")
+            note = f"target >= {target:g}x: " + ("met" if met else "MISSED")
             if not met:
                 self.missed.append(what)
         self.add(section, what, value, "x", note)
