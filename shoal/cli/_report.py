@@ -1,6 +1,7 @@
 """``shoal report``: the worker's capacity, use and health per tier, pages, hit ratio, and
-its traffic, with the requests it sent to each under-store by kind; ``--cluster``: the sum
-over every live worker, and a line per worker."""
+its traffic, with the requests it sent to each under-store by kind; pages evicted and moved
+between tiers; per mount, hits, misses and bytes served, and how long its under-store's
+requests took; ``--cluster``: the sum over every live worker, and a line per worker."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._units import format_size
+from ..control._metrics import histogram_quantile
 from ._common import add_home_option, format_duration, format_table, open_client, print_json
 
 __all__ = ["register", "render_cluster_report", "render_report"]
@@ -113,6 +115,12 @@ def render_report(report: Mapping[str, Any]) -> str:
             lines.append(f"  {where}: {_kinds(by_mount[where])}")
     if report.get("store_full"):
         lines.append(f"not cached  {report['store_full']} pages (no tier took them)")
+    if report.get("evictions") is not None:
+        lines.append(f"evicted     {_moved(report['evictions'])}")
+    if report.get("tier_moves") is not None:
+        lines.append(f"tier moves  {_moved(report['tier_moves'])}")
+    lines += _mount_lines(report.get("by_mount") or {})
+    lines += _latency_lines(report.get("ufs_latency") or {}, report.get("ufs_errors") or {})
     lines += _cluster_lines(report)
     return "\n".join(lines)
 
@@ -158,6 +166,87 @@ def _kinds(counts: Mapping[str, int]) -> str:
     return ", ".join(sent) if sent else "none"
 
 
+def _moved(moved: Mapping[str, Mapping[str, int]]) -> str:
+    """Pages moved by reason or direction, those that moved any: ``capacity 120 pages
+    (7.5 MiB), ttl 3 pages (192.0 KiB)``."""
+    shown = [
+        f"{why} {c.get('pages', 0)} pages ({format_size(c.get('bytes', 0))})"
+        for why, c in moved.items()
+        if c.get("pages")
+    ]
+    return ", ".join(shown) if shown else "none"
+
+
+def _mount_lines(by_mount: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """A table of the pages hit and missed and the bytes served per mount."""
+    if not by_mount:
+        return []
+    rows = []
+    for mount, c in sorted(by_mount.items()):
+        hits, misses = c.get("page_hits", 0), c.get("page_misses", 0)
+        rows.append(
+            (
+                mount,
+                hits,
+                misses,
+                _pct(hits, hits + misses),
+                format_size(c.get("bytes_short_circuit", 0)),
+                format_size(c.get("bytes_socket", 0)),
+                format_size(c.get("bytes_ufs", 0)),
+            )
+        )
+    headers = ("MOUNT", "HITS", "MISSES", "HIT RATIO", "SHORT-CIRCUIT", "SOCKET", "UNDER-STORE")
+    return ["", format_table(rows, headers, right=(1, 2, 3, 4, 5, 6))]
+
+
+def _latency_lines(
+    latency: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    errors: Mapping[str, Mapping[str, int]],
+) -> list[str]:
+    """A table of the requests to each mount's under-store by kind: how many, how many
+    failed, and how long they took (the mean, and the median and 99th percentile
+    estimated from the histogram's buckets)."""
+    rows = []
+    for mount, kinds in sorted(latency.items()):
+        for kind, h in sorted(kinds.items()):
+            count = h.get("count", 0)
+            if not count:
+                continue
+            rows.append(
+                (
+                    mount,
+                    kind,
+                    count,
+                    errors.get(mount, {}).get(kind, 0),
+                    _seconds(h["sum"] / count),
+                    _quantile(0.5, h),
+                    _quantile(0.99, h),
+                )
+            )
+    if not rows:
+        return []
+    headers = ("MOUNT", "KIND", "REQUESTS", "ERRORS", "MEAN", "P50", "P99")
+    return ["", format_table(rows, headers, right=(2, 3, 4, 5, 6))]
+
+
+def _quantile(q: float, h: Mapping[str, Any]) -> str:
+    """A quantile of a latency histogram; past its last bound, ``>`` that bound."""
+    value = histogram_quantile(q, h)
+    if value is None:
+        return "-"
+    beyond = q * h["count"] > h["counts"][-1]  # in the +Inf bucket
+    return (">" if beyond else "") + _seconds(value)
+
+
+def _seconds(seconds: float) -> str:
+    """A request's duration: ``85us``, ``12.3ms``, ``1.25s``."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    return f"{seconds:.2f}s"
+
+
 def _cluster_lines(report: Mapping[str, Any]) -> list[str]:
     """The worker's registration and the client's membership, in a cluster."""
     lines = []
@@ -186,8 +275,10 @@ def register(subparsers) -> None:
         help="show the worker's capacity, use and hit ratio",
         description="Show capacity, use and health per tier (normal, unstable or down, "
         "with its I/O errors), cached pages, the hit ratio, the bytes read from "
-        "under-stores and the requests sent to them by kind (GET, HEAD, LIST ...) since "
-        "the worker started.",
+        "under-stores and the requests sent to them by kind (GET, HEAD, LIST ...), pages "
+        "evicted and moved between tiers, and per mount the hits, misses and bytes served "
+        "and the under-store's requests: how many failed and how long they took (mean, "
+        "median and 99th percentile), since the worker started.",
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument(

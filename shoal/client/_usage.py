@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._config import Config
+from ..control._metrics import merge_histograms
 from ._router import Router
 
 __all__ = ["du", "report", "summed_reports"]
@@ -102,10 +103,11 @@ def report(router: Router, config: Config, cluster: bool) -> dict:
 
 def summed_reports(reports: Any) -> dict:
     """The sum of workers' reports: every number of use and traffic summed (tiers by
-    name, requests by kind and mount), settings kept (the largest), each tier in the
-    worst state of its parts, ``hit_ratio`` recomputed from the summed hits and misses,
-    and ``workers``: how many were summed. Who each worker is (``worker``, ``cluster``)
-    is left out."""
+    name, requests by kind and mount, counters per mount, evictions by reason, tier
+    moves by direction), latency histograms merged (counts bucket by bucket, sums and
+    counts added), settings kept (the largest), each tier in the worst state of its
+    parts, ``hit_ratio`` recomputed from the summed hits and misses, and ``workers``: how
+    many were summed. Who each worker is (``worker``, ``cluster``) is left out."""
     reports = list(reports)
     total = _summed(reports) if reports else {}
     hits, misses = total.get("page_hits", 0), total.get("page_misses", 0)
@@ -115,8 +117,13 @@ def summed_reports(reports: Any) -> dict:
 
 
 def _summed(values: list) -> Any:
-    """Dicts merged key by key, numbers summed, flags or-ed; any other value kept when
-    every part has it, else None."""
+    """Histograms merged, other dicts merged key by key, numbers summed, flags or-ed; any
+    other value kept when every part has it, else None."""
+    if values and all(_is_histogram(v) for v in values):
+        total = values[0]
+        for h in values[1:]:
+            total = merge_histograms(total, h)
+        return total
     if all(isinstance(v, Mapping) for v in values):
         keys = dict.fromkeys(k for v in values for k in v)
         return {
@@ -127,6 +134,11 @@ def _summed(values: list) -> Any:
     if all(type(v) is bool for v in values):
         return any(values)
     return values[0] if all(v == values[0] for v in values) else None
+
+
+def _is_histogram(value: Any) -> bool:
+    """True for a latency histogram (``ufs_latency``'s, see ``UnderStore.latencies``)."""
+    return isinstance(value, Mapping) and value.keys() == {"buckets", "counts", "sum", "count"}
 
 
 def _field(key: str, values: list) -> Any:

@@ -288,6 +288,7 @@ class Fetcher:
             # A whole file is asked for without a range (the size comes with the version).
             n = f.store.read_into(f.rel, offset, buf, version=f.info.version, size=f.info.size)
             self._counters.add(ufs_reads=1, ufs_pages=len(run), ufs_bytes=n)
+            self._counters.add_mount(f.mount.path, bytes_ufs=n)
             if n != total:
                 raise ObjectChangedError(
                     f"read: {f.path} ended at {offset + n} bytes, its metadata says "
@@ -399,6 +400,7 @@ class Fetcher:
         self._counters.add(
             ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
         )
+        self._counters.add_mounts((p.file.mount.path, "bytes_ufs", p.length) for _, p, _ in done)
         if not items:
             return
         files = [p.file for _, p, _ in done]
@@ -431,6 +433,7 @@ class Fetcher:
         buf = self._scratch(hi - lo)
         n, info = store.fetch_into(rel, lo, buf)
         self._counters.add(ufs_reads=1, ufs_bytes=n)
+        self._counters.add_mount(mount.path, bytes_ufs=n)
         if info.is_dir or n == 0:
             return info
         fid = file_id(mount.child_uri(rel), info.version)
@@ -459,17 +462,20 @@ class Fetcher:
                     self._fresh.popitem(last=False)
         return info
 
-    def _count(self, pages: list[Page], missing: int) -> None:
-        """Count the hits and misses of a read; pages a stat fetched for it are misses."""
-        fresh = 0
+    def _count(self, pages: list[Page], missing: list[Page]) -> None:
+        """Count the hits and misses of a read, in all and per mount; pages a stat
+        fetched for it are misses."""
+        missed = {p.key for p in missing}
         if self._fresh:
             with self._lock:
                 for p in pages:
                     if p.key in self._fresh:
                         del self._fresh[p.key]
-                        fresh += 1
-        hits = len(pages) - missing - fresh
-        self._counters.add(page_hits=hits, page_misses=missing + fresh)
+                        missed.add(p.key)
+        self._counters.add(page_hits=len(pages) - len(missed), page_misses=len(missed))
+        self._counters.add_mounts(
+            (p.file.mount.path, "page_misses" if p.key in missed else "page_hits", 1) for p in pages
+        )
 
     def cache_many(
         self,
@@ -691,6 +697,7 @@ class Fetcher:
                     f.rel, p.index * self.page_size, b, version=f.info.version, size=f.info.size
                 )
                 self._counters.add(ufs_reads=1, ufs_pages=1, ufs_bytes=n)
+                self._counters.add_mount(f.mount.path, bytes_ufs=n)
                 if n != p.length:
                     raise ObjectChangedError(
                         f"read: {f.path} is shorter than its metadata says: it changed; "
@@ -822,7 +829,7 @@ class Fetcher:
                         slow.append((p.file, p.key, loc))
             if slow and enforcer is not None:
                 enforcer.read_from(slow)
-        self._count(pages, len(missing))
+        self._count(pages, missing)
         if not missing:
             return out
         futures = self.start(missing)

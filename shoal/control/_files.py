@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ._metadata import MetadataCache
-from ._metrics import Counters
+from ._metrics import Counters, UnderStoreTraffic
 from ._namespace import Mount, MountTable, normalize_path, split_mount_options
 from ._pages import file_id
 from ._policy import OWN_DEFAULTS, PolicyTable
@@ -133,7 +133,8 @@ class FileResolver:
         self.metadata = MetadataCache(max_bytes=metadata_bytes)
         self._lock = threading.Lock()
         self._stores: dict[str, UnderStore] = {}
-        self._retired: dict[str, dict[str, int]] = {}  # requests of stores closed, per mount
+        #: Requests, latencies and errors per mount point, those of closed stores kept.
+        self.traffic = UnderStoreTraffic()
         self._files: dict[str, File] = {}  # path as asked -> file, while current
         self._epoch = 0
         self._policies = PolicyTable()
@@ -264,26 +265,30 @@ class FileResolver:
             self.metadata.on_refresh()  # what was said of paths under another mount is void
 
     def _retire(self, where: str, store: UnderStore) -> None:
-        """Close a mount's store, keeping its request counts."""
-        counts = store.requests()
+        """Close a mount's store, keeping its request counts, latencies and errors."""
+        self.traffic.retire(where, store)
         with contextlib.suppress(Exception):
             store.close()
-        with self._lock:
-            into = self._retired.setdefault(where, {})
-            for kind, n in counts.items():
-                into[kind] = into.get(kind, 0) + n
 
     def requests(self) -> dict[str, dict[str, int]]:
         """Requests sent to each mount's under-store since the worker started, by kind
         (``GET``, ``HEAD``, ``LIST`` ...), per mount point (unmounted ones included)."""
+        return self.traffic.requests(self._open_stores())
+
+    def latencies(self) -> dict[str, dict[str, dict]]:
+        """How long the requests to each mount's under-store took since the worker
+        started: a histogram per kind, per mount point (unmounted ones included; see
+        :meth:`UnderStore.latencies`)."""
+        return self.traffic.latencies(self._open_stores())
+
+    def ufs_errors(self) -> dict[str, dict[str, int]]:
+        """Requests to each mount's under-store that failed since the worker started, by
+        kind, per mount point (unmounted ones included; see :meth:`UnderStore.errors`)."""
+        return self.traffic.errors(self._open_stores())
+
+    def _open_stores(self) -> dict[str, UnderStore]:
         with self._lock:
-            stores = dict(self._stores)
-            out = {where: dict(counts) for where, counts in self._retired.items()}
-        for where, store in stores.items():
-            into = out.setdefault(where, {})
-            for kind, n in store.requests().items():
-                into[kind] = into.get(kind, 0) + n
-        return out
+            return dict(self._stores)
 
     def store_of(self, mount: Mount) -> UnderStore:
         """The open store of ``mount``, opened on first use once the policy admits it.

@@ -133,6 +133,7 @@ class Loader:
         for f in files:
             pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
             self._counters.add(page_misses=len(pages))
+            self._counters.add_mount(f.mount.path, page_misses=len(pages))
             futures = fetcher.start(pages)
             pending.append((f, futures, sum(p.length for p in pages)))
             inflight[0] += len(futures)
@@ -173,6 +174,7 @@ class Loader:
             chunk = pages[at : at + _LOAD_CHUNK]
             todo = fetcher.missing(chunk)
             self._counters.add(page_misses=len(todo))
+            self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in todo)
             inflight.append((chunk, todo, fetcher.start(todo, publish=True)))
             while len(inflight) > _LOAD_TASKS:
                 finish()

@@ -1,17 +1,43 @@
 """The worker's counters (requests served, pages hit and missed, bytes sent, requests sent
-to under-stores) and their Prometheus endpoint."""
+to under-stores; the same per mount), the latency histograms of under-store requests, and
+their Prometheus endpoint."""
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Counters", "MetricsServer", "report_metrics", "summed_by_kind"]
+if TYPE_CHECKING:
+    from .ufs import UnderStore
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Counters",
+    "Histogram",
+    "MetricsServer",
+    "UnderStoreTraffic",
+    "histogram_quantile",
+    "merge_histograms",
+    "merged_by_kind",
+    "report_metrics",
+    "summed_by_kind",
+]
+
+#: Upper bounds, in seconds, of the buckets that time requests to under-stores: from a
+#: tenth of a millisecond (a local disk) to ten seconds (a large object over a slow link).
+#: Slower requests fall in the last bucket, ``+Inf``.
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 
 
 class Counters:
-    """Named integer counters, added to from many threads, read as one snapshot."""
+    """Named integer counters, added to from many threads, read as one snapshot; and the
+    same per mount for :attr:`MOUNT_FIELDS`."""
 
     FIELDS = (
         "requests",
@@ -28,10 +54,15 @@ class Counters:
         "store_full",
         "pins_refused",
     )
+    #: Counted per mount point: pages found cached and not, bytes of pages handed to a
+    #: client on the node by their location (it reads them from the region files), bytes
+    #: sent over the socket, bytes read from the mount's under-store.
+    MOUNT_FIELDS = ("page_hits", "page_misses", "bytes_short_circuit", "bytes_socket", "bytes_ufs")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.values = dict.fromkeys(self.FIELDS, 0)
+        self._mounts: dict[str, dict[str, int]] = {}
 
     def add(self, **deltas: int) -> None:
         """Add to the named counters."""
@@ -39,10 +70,57 @@ class Counters:
             for name, delta in deltas.items():
                 self.values[name] += delta
 
+    def add_mount(self, mount: str, **deltas: int) -> None:
+        """Add to the named counters of the mount at ``mount`` (its mount point), fields of
+        :attr:`MOUNT_FIELDS`; the worker-wide counters are not touched (see :meth:`add`).
+
+        Raises
+        ------
+        ValueError
+            A name that is not one of :attr:`MOUNT_FIELDS` (nothing is added then).
+        """
+        self.add_mounts((mount, name, delta) for name, delta in deltas.items())
+
+    def add_mounts(self, counts: Iterable[tuple[str, str, int]]) -> None:
+        """Add ``(mount, field, delta)`` each (the pages of one read, say, over the mounts
+        they come from), summed first and added under one lock: as :meth:`add_mount`
+        for each, cheaper.
+
+        Raises
+        ------
+        ValueError
+            A field that is not one of :attr:`MOUNT_FIELDS` (nothing is added then).
+        """
+        summed: dict[str, dict[str, int]] = {}
+        for mount, name, delta in counts:
+            per = summed.get(mount)
+            if per is None:
+                per = summed[mount] = {}
+            per[name] = per.get(name, 0) + delta
+        unknown = {name for per in summed.values() for name in per} - set(self.MOUNT_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"no counter {', '.join(sorted(unknown))} per mount; "
+                f"known: {', '.join(self.MOUNT_FIELDS)}"
+            )
+        with self._lock:
+            for mount, deltas in summed.items():
+                values = self._mounts.get(mount)
+                if values is None:
+                    values = self._mounts[mount] = dict.fromkeys(self.MOUNT_FIELDS, 0)
+                for name, delta in deltas.items():
+                    values[name] += delta
+
     def snapshot(self) -> dict[str, int]:
         """Every counter, at one moment."""
         with self._lock:
             return dict(self.values)
+
+    def by_mount(self) -> dict[str, dict[str, int]]:
+        """``{mount point: {field: n}}`` for every mount counted so far (unmounted ones
+        included), every field of :attr:`MOUNT_FIELDS`; a new dict, at one moment."""
+        with self._lock:
+            return {mount: dict(values) for mount, values in self._mounts.items()}
 
 
 def summed_by_kind(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -54,9 +132,206 @@ def summed_by_kind(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:
     return out
 
 
+# ----------------------------------------------------------------------- histograms
+
+
+class Histogram:
+    """Durations counted in buckets of fixed upper bounds, with their sum: a Prometheus
+    histogram, kept in integer nanoseconds.
+
+    Not thread-safe: its owner holds a lock around :meth:`observe_ns` and
+    :meth:`snapshot` (an under-store holds the lock it counts requests with).
+
+    Parameters
+    ----------
+    bounds
+        Upper bounds of the buckets in seconds: finite, > 0, increasing. A duration equal
+        to a bound falls in that bound's bucket; one above the last, in ``+Inf``'s.
+
+    Raises
+    ------
+    ValueError
+        Bounds that are not finite, positive and increasing, or none.
+    """
+
+    __slots__ = ("_bounds_ns", "_counts", "_sum_ns", "bounds")
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS):
+        bounds = tuple(float(b) for b in bounds)
+        if not bounds or not all(0 < b < float("inf") for b in bounds):
+            raise ValueError(f"histogram bounds must be finite numbers > 0, got {bounds!r}")
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"histogram bounds must increase, got {bounds!r}")
+        self.bounds = bounds
+        self._bounds_ns = tuple(round(b * 1e9) for b in bounds)
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum_ns = 0
+
+    def observe_ns(self, ns: int) -> None:
+        """Count one duration of ``ns`` nanoseconds (>= 0)."""
+        self._counts[bisect_left(self._bounds_ns, ns)] += 1
+        self._sum_ns += ns
+
+    def snapshot(self) -> dict[str, Any]:
+        """The histogram as plain data (JSON and msgpack carry it as it is).
+
+        Returns
+        -------
+        dict
+            ``buckets``: the finite upper bounds in seconds; ``counts``: per bound, how
+            many durations were at most that long (cumulative, as Prometheus counts
+            them); ``sum``: their total in seconds; ``count``: how many there were,
+            which is the count of the last bucket, ``+Inf``, left out of ``buckets``.
+        """
+        counts = list(itertools.accumulate(self._counts))
+        return {
+            "buckets": list(self.bounds),
+            "counts": counts[:-1],
+            "sum": self._sum_ns / 1e9,
+            "count": counts[-1],
+        }
+
+
+def _cumulative(h: Mapping[str, Any]) -> dict[float, int]:
+    """``{bound: cumulative count}`` of a histogram's snapshot, its shape checked."""
+    buckets, counts = h["buckets"], h["counts"]
+    if len(buckets) != len(counts):
+        raise ValueError(
+            f"histogram: {len(buckets)} bucket bounds but {len(counts)} counts; "
+            "a count per bound is expected"
+        )
+    return dict(zip(buckets, counts, strict=True))
+
+
+def merge_histograms(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The histogram of the durations of both ``a`` and ``b`` (snapshots as
+    :meth:`Histogram.snapshot` makes them): counts and sums added.
+
+    The buckets are the bounds both have: all of them when both were made with the same
+    bounds (every worker's under-stores use :data:`LATENCY_BUCKETS`); the cumulative count
+    at a bound both have is exact, so the merge stays exact, and associative, even
+    between histograms of other bounds.
+
+    Raises
+    ------
+    ValueError
+        A histogram whose ``counts`` and ``buckets`` differ in length.
+    """
+    at_a, at_b = _cumulative(a), _cumulative(b)
+    bounds = [x for x in a["buckets"] if x in at_b]
+    return {
+        "buckets": bounds,
+        "counts": [at_a[x] + at_b[x] for x in bounds],
+        "sum": a["sum"] + b["sum"],
+        "count": a["count"] + b["count"],
+    }
+
+
+def merged_by_kind(
+    a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Histograms by request kind (``{kind: histogram}``, as
+    :meth:`UnderStore.latencies <shoal.control.ufs.UnderStore.latencies>` returns them),
+    merged kind by kind (:func:`merge_histograms`); a kind in one only is kept as it is."""
+    out = {kind: _copied(h) for kind, h in a.items()}
+    for kind, h in b.items():
+        out[kind] = merge_histograms(out[kind], h) if kind in out else _copied(h)
+    return out
+
+
+def _copied(h: Mapping[str, Any]) -> dict[str, Any]:
+    return {**h, "buckets": list(h["buckets"]), "counts": list(h["counts"])}
+
+
+def histogram_quantile(q: float, h: Mapping[str, Any]) -> float | None:
+    """The ``q``-quantile (0 <= q <= 1) of a histogram's durations, estimated as
+    Prometheus' ``histogram_quantile`` estimates it: by linear interpolation within the
+    bucket that holds it (the first bucket from 0). A quantile in the ``+Inf`` bucket is
+    the last finite bound. None for an empty histogram, or one with no finite bound.
+
+    Raises
+    ------
+    ValueError
+        ``q`` outside [0, 1], or a malformed histogram.
+    """
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be between 0 and 1, got {q!r}")
+    count = h["count"]
+    if count <= 0:
+        return None
+    _cumulative(h)
+    rank = q * count
+    lower, below = 0.0, 0
+    for bound, cumulative in zip(h["buckets"], h["counts"], strict=True):
+        if cumulative >= rank and cumulative > below:
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        lower, below = bound, cumulative
+    return lower if h["buckets"] else None
+
+
+class UnderStoreTraffic:
+    """Requests, their latencies and their errors, per mount point, of every under-store a
+    worker opened since it started: those of stores closed since (a mount replaced or
+    removed) kept, and added to those of the store open now at the same mount point.
+
+    Thread-safe. Call :meth:`retire` with a store just before it is closed; the other
+    methods take the stores open now, ``{mount point: store}``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[str, dict[str, int]] = {}
+        self._errors: dict[str, dict[str, int]] = {}
+        self._latency: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def retire(self, mount: str, store: UnderStore) -> None:
+        """Keep what ``store``, the store of ``mount`` about to be closed, has counted."""
+        requests, errors, latency = store.requests(), store.errors(), store.latencies()
+        with self._lock:
+            _add_counts(self._requests.setdefault(mount, {}), requests)
+            _add_counts(self._errors.setdefault(mount, {}), errors)
+            self._latency[mount] = merged_by_kind(self._latency.get(mount, {}), latency)
+
+    def requests(self, stores: Mapping[str, UnderStore]) -> dict[str, dict[str, int]]:
+        """Requests sent per mount point and kind (``GET``, ``HEAD``, ``LIST`` ...)."""
+        with self._lock:
+            out = {mount: dict(counts) for mount, counts in self._requests.items()}
+        for mount, store in stores.items():
+            _add_counts(out.setdefault(mount, {}), store.requests())
+        return out
+
+    def errors(self, stores: Mapping[str, UnderStore]) -> dict[str, dict[str, int]]:
+        """Failed requests per mount point and kind (see
+        :meth:`UnderStore.errors <shoal.control.ufs.UnderStore.errors>`)."""
+        with self._lock:
+            out = {mount: dict(counts) for mount, counts in self._errors.items()}
+        for mount, store in stores.items():
+            _add_counts(out.setdefault(mount, {}), store.errors())
+        return out
+
+    def latencies(self, stores: Mapping[str, UnderStore]) -> dict[str, dict[str, dict]]:
+        """Latency histograms per mount point and kind (see
+        :meth:`UnderStore.latencies <shoal.control.ufs.UnderStore.latencies>`); a mount
+        whose stores sent nothing yet has an empty dict."""
+        with self._lock:
+            out = {mount: merged_by_kind(kinds, {}) for mount, kinds in self._latency.items()}
+        for mount, store in stores.items():
+            out[mount] = merged_by_kind(out.get(mount, {}), store.latencies())
+        return out
+
+
+def _add_counts(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    for kind, n in counts.items():
+        into[kind] = into.get(kind, 0) + n
+
+
 def report_metrics(report: dict) -> Iterator[Any]:
     """Prometheus metric families of a worker's ``report`` (``shoal report`` shows the same
-    numbers): counters end in ``_total``, sizes in ``_bytes``."""
+    numbers): counters end in ``_total``, sizes in ``_bytes``, durations in ``_seconds``.
+
+    The keys ``by_mount``, ``evictions``, ``tier_moves``, ``ufs_latency`` and
+    ``ufs_errors`` are optional: a report without one (an older worker's) has no family
+    for it."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     def counter(name: str, text: str, value: float) -> CounterMetricFamily:
@@ -145,6 +420,98 @@ def report_metrics(report: dict) -> Iterator[Any]:
             state.add_metric([tier, name], 1 if usage["state"] == name else 0)
     yield errors
     yield state
+    yield from _mount_families(report.get("by_mount"))
+    yield from _moved_families(report.get("evictions"), report.get("tier_moves"))
+    yield from _ufs_families(report.get("ufs_latency"), report.get("ufs_errors"))
+
+
+def _mount_families(by_mount: Mapping[str, Mapping[str, int]] | None) -> Iterator[Any]:
+    """Per mount: pages hit and missed, bytes served by path, bytes read from its store."""
+    if by_mount is None:
+        return
+    from prometheus_client.core import CounterMetricFamily
+
+    hits = CounterMetricFamily(
+        "shoal_mount_page_hits", "Pages asked for and found cached, per mount.", labels=["mount"]
+    )
+    misses = CounterMetricFamily(
+        "shoal_mount_page_misses", "Pages asked for and fetched, per mount.", labels=["mount"]
+    )
+    served = CounterMetricFamily(
+        "shoal_mount_served_bytes",
+        "Bytes of pages served per mount, by how they reached the reader: by their location "
+        "(short_circuit, a client on the node reads the region files) or over the socket.",
+        labels=["mount", "path"],
+    )
+    read = CounterMetricFamily(
+        "shoal_mount_ufs_read_bytes", "Bytes read from each mount's under-store.", labels=["mount"]
+    )
+    for mount, c in sorted(by_mount.items()):
+        hits.add_metric([mount], c.get("page_hits", 0))
+        misses.add_metric([mount], c.get("page_misses", 0))
+        served.add_metric([mount, "short_circuit"], c.get("bytes_short_circuit", 0))
+        served.add_metric([mount, "socket"], c.get("bytes_socket", 0))
+        read.add_metric([mount], c.get("bytes_ufs", 0))
+    yield from (hits, misses, served, read)
+
+
+def _moved_families(
+    evictions: Mapping[str, Mapping[str, int]] | None,
+    tier_moves: Mapping[str, Mapping[str, int]] | None,
+) -> Iterator[Any]:
+    """Pages and bytes evicted by reason, and moved between tiers by direction."""
+    from prometheus_client.core import CounterMetricFamily
+
+    for moved, name, label, text in (
+        (evictions, "shoal_evicted", "reason", "evicted, by reason (capacity, ttl, quota)"),
+        (tier_moves, "shoal_tier_moved", "direction", "moved between tiers (demoted, promoted)"),
+    ):
+        if moved is None:
+            continue
+        pages = CounterMetricFamily(f"{name}_pages", f"Pages {text}.", labels=[label])
+        nbytes = CounterMetricFamily(f"{name}_bytes", f"Bytes of pages {text}.", labels=[label])
+        for value, c in sorted(moved.items()):
+            pages.add_metric([value], c.get("pages", 0))
+            nbytes.add_metric([value], c.get("bytes", 0))
+        yield from (pages, nbytes)
+
+
+def _ufs_families(
+    latency: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+    errors: Mapping[str, Mapping[str, int]] | None,
+) -> Iterator[Any]:
+    """Latency histograms and errors of requests to under-stores, per mount and kind."""
+    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+    from prometheus_client.utils import floatToGoString
+
+    if latency is not None:
+        seconds = HistogramMetricFamily(
+            "shoal_ufs_request_seconds",
+            "Seconds requests to under-stores took, per mount and kind (every attempt, "
+            "failed ones too; a listing of a local directory: the time spent scanning it).",
+            labels=["mount", "kind"],
+        )
+        for mount, kinds in sorted(latency.items()):
+            for kind, h in sorted(kinds.items()):
+                buckets = [
+                    (floatToGoString(bound), n)
+                    for bound, n in zip(h["buckets"], h["counts"], strict=True)
+                ]
+                buckets.append(("+Inf", h["count"]))
+                seconds.add_metric([mount, kind], buckets, h["sum"])
+        yield seconds
+    if errors is not None:
+        failed = CounterMetricFamily(
+            "shoal_ufs_request_errors",
+            "Requests to under-stores that failed (connection, timeout, throttling, server "
+            "error, no permission ...; a missing or changed object is an answer, not counted), "
+            "per mount and kind.",
+            labels=["mount", "kind"],
+        )
+        for mount, kinds in sorted(errors.items()):
+            for kind, n in sorted(kinds.items()):
+                failed.add_metric([mount, kind], n)
+        yield failed
 
 
 class MetricsServer:

@@ -22,7 +22,7 @@ from ._admission import MountPolicy
 from ._enforce import Enforcer
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
-from ._jobs import check_job_key, mark_abandoned, mark_stale, newest_first
+from ._jobs import job_handlers, mark_abandoned
 from ._load import Loader
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters, summed_by_kind
@@ -176,8 +176,7 @@ class Worker:
             "free": lambda _, h: Reply(self.enforcer.free(h["path"])),
             "report": lambda _, h: Reply({"report": self.report()}),
             "touch": lambda _, h: Reply(self.touch(h["regions"])),
-            "job_put": lambda _, h: Reply(self.put_job(h["key"], h["record"])),
-            "jobs": lambda _, h: Reply({"jobs": self.jobs(h["prefix"], h["limit"])}),
+            **job_handlers(self._meta_store),
             "load": self._load_op,
             "stop": self._stop_op,
             **self.policies.handlers(),
@@ -363,6 +362,11 @@ class Worker:
         self._counters.add(
             pages_located=len(items) - len(inline), pages_sent=len(inline), bytes_sent=sent_bytes
         )
+        inlined = set(inline)
+        self._counters.add_mounts(
+            (pages[k].file.mount.path, "bytes_socket" if i in inlined else "bytes_short_circuit", n)
+            for i, (k, _, n) in enumerate(items)
+        )
         return Reply({"locs": locs, "fds": tokens}, payload, fds)
 
     def _segments(self, items: list, pages: dict, got: dict) -> Reply:
@@ -391,6 +395,9 @@ class Worker:
                 key, start, length = part
                 payload[i] = memoryview(got[key])[start : start + length]
         self._counters.add(pages_sent=len(items), bytes_sent=sum(i[2] for i in items))
+        self._counters.add_mounts(
+            (pages[key].file.mount.path, "bytes_socket", length) for key, _, length in items
+        )
         return Reply({"crcs": crcs}, payload)
 
     def _pass_fds(self, conn: ConnectionState, loc: PageLocation, fds: list, tokens: list) -> bool:
@@ -440,15 +447,6 @@ class Worker:
         log.info("stop requested by client pid %s (%s)", conn.pid, conn.peer)
         return Reply({})
 
-    def put_job(self, key: str, record: dict) -> dict:
-        """Store a job record (``jobs/<kind>/<id>``) in the MetaStore."""
-        self._meta_store.put(check_job_key(key), record)
-        return {}
-
-    def jobs(self, prefix: str, limit: int) -> list[dict]:
-        """The job records under ``prefix``, newest first, at most ``limit``."""
-        return newest_first(mark_stale(self._meta_store, self._meta_store.scan(prefix)), limit)
-
     # ----------------------------------------------------------------- report
 
     def report(self) -> dict:
@@ -476,6 +474,9 @@ class Worker:
             "mounts": self.files.mount_count(),
             "ufs_requests": summed_by_kind(requests),
             "ufs_requests_by_mount": requests,
+            "ufs_latency": self.files.latencies(),
+            "ufs_errors": self.files.ufs_errors(),
+            "by_mount": self._counters.by_mount(),
             "metadata_entries": len(self.files.metadata),
             "metadata_bytes": self.files.metadata.bytes,
             "published": self.publisher.stats(),

@@ -23,9 +23,9 @@ from shoal.control._namespace import Mount, MountTable
 from shoal.control._policies import WorkerPolicies
 from shoal.control._policy import (
     ENFORCED,
-    OWN_DEFAULTS,
     FIELDS,
     MOUNT_FIELDS,
+    OWN_DEFAULTS,
     Policy,
     PolicyTable,
     check_enforced,

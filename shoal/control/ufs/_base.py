@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import errno
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
+from .._metrics import Histogram
 from ._errors import ObjectChangedError
 from ._paths import normalize_key, normalize_prefix
 from ._retry import RetryPolicy
@@ -24,6 +27,13 @@ REQUEST_KINDS = ("GET", "HEAD", "LIST", "PUT", "POST", "DELETE")
 #: Rounds of :meth:`UnderStore.fetch_into` when the object changes between the requests
 #: of one fetch, before it gives up with :class:`ObjectChangedError`.
 FETCH_ROUNDS = 3
+
+#: Errors that are the store's answer about an object, not a failure of the request: not
+#: counted by :meth:`UnderStore.errors`.
+_ANSWERS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, ObjectChangedError)
+#: The context of a hook call that a store counting its own requests times where it sends
+#: them.
+_UNTIMED = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,8 @@ class UnderStore(abc.ABC):
     bad one); call :meth:`stat`, :meth:`list`, :meth:`list_dir`, :meth:`read_into`,
     :meth:`fetch_into`, :meth:`write` and :meth:`delete` any number of times; call
     :meth:`close` once (later calls do nothing). After ``close`` every other method but
-    :meth:`requests` raises ``ValueError``. A store is also a context manager that closes
-    it on exit.
+    :meth:`requests`, :meth:`latencies` and :meth:`errors` raises ``ValueError``. A store
+    is also a context manager that closes it on exit.
 
     Thread safety: after construction, every method may be called from many threads at
     once; each call is independent. ``close`` must not race with calls in flight.
@@ -82,8 +92,10 @@ class UnderStore(abc.ABC):
     already checked and buffers as flat writable byte views. ``_fetch_into`` and
     ``_list_dir`` have defaults built on those (a stat and a read; the recursive
     listing); a store that can do either in fewer requests overrides them. A store that
-    sets ``_counts_requests`` calls :meth:`_count` for every request it sends; for any
-    other, the base class counts one request per call of a hook (see :meth:`requests`).
+    sets ``_counts_requests`` sends every request inside ``with self._request(kind):``,
+    which counts it, times it and counts its failure; for any other, the base class does
+    the same for each call of a hook (see :meth:`requests`), and such a store's own
+    overrides wrap what they do in ``with self._hook_call(kind):``.
     """
 
     #: URI scheme the store serves (``"file"``, ``"s3"`` ...).
@@ -107,6 +119,8 @@ class UnderStore(abc.ABC):
         self._closed = False
         self._request_lock = threading.Lock()
         self._request_counts = dict.fromkeys(REQUEST_KINDS, 0)
+        self._error_counts = dict.fromkeys(REQUEST_KINDS, 0)
+        self._latency: dict[str, Histogram] = {}  # by kind, from its first request
 
     @classmethod
     @abc.abstractmethod
@@ -144,8 +158,8 @@ class UnderStore(abc.ABC):
         """
         key = self._key(path)
         self._check_open()
-        self._count_call("HEAD")
-        return self._stat(key)
+        with self._hook_call("HEAD"):
+            return self._stat(key)
 
     def list(
         self, prefix: str = "", *, page_size: int = 1000, start_after: str | None = None
@@ -177,10 +191,32 @@ class UnderStore(abc.ABC):
         return self._paged(prefix, page_size, start or None)
 
     def _paged(self, prefix: str, page_size: int, start: str | None) -> Iterator[ObjectInfo]:
-        self._count_call("LIST")
-        for info in self._list(prefix, page_size, start):
-            self._check_open()
-            yield info
+        if self._counts_requests:  # each page's request is counted and timed as it is sent
+            for info in self._list(prefix, page_size, start):
+                self._check_open()
+                yield info
+            return
+        # One listing is one request however much it scans: timed while the store works
+        # on it, not while its caller holds the iterator between two objects.
+        self._count("LIST")
+        elapsed, failed = 0, False
+        try:
+            listing = self._list(prefix, page_size, start)
+            while True:
+                began = time.perf_counter_ns()
+                try:
+                    info = next(listing)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    failed = not isinstance(exc, _ANSWERS)
+                    raise
+                finally:
+                    elapsed += time.perf_counter_ns() - began
+                self._check_open()
+                yield info
+        finally:
+            self._observe("LIST", elapsed, failed)
 
     def list_dir(self, path: str = "") -> list[ObjectInfo]:
         """One level of the tree: the objects directly in directory ``path``, and its
@@ -276,10 +312,10 @@ class UnderStore(abc.ABC):
             raise ValueError(f"size must be an int >= 0, got {size!r}")
         view = _writable_view(buf, "read_into")
         self._check_open()
-        self._count_call("GET")
-        if size and offset == 0 and size <= view.nbytes:
-            return self._read_whole_into(key, view[:size], version)
-        return self._read_into(key, offset, view, version)
+        with self._hook_call("GET"):
+            if size and offset == 0 and size <= view.nbytes:
+                return self._read_whole_into(key, view[:size], version)
+            return self._read_into(key, offset, view, version)
 
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
         """Read many whole objects, ``(path, buf, version)`` each, ``buf`` holding the
@@ -366,8 +402,8 @@ class UnderStore(abc.ABC):
         key = self._key(path)
         source = _source(data)
         self._check_open()
-        self._count_call("PUT")
-        return self._write(key, source)
+        with self._hook_call("PUT"):
+            return self._write(key, source)
 
     def delete(self, path: str, *, missing_ok: bool = False) -> None:
         """Remove the object at ``path``.
@@ -379,8 +415,8 @@ class UnderStore(abc.ABC):
         """
         key = self._key(path)
         self._check_open()
-        self._count_call("DELETE")
-        self._delete(key, missing_ok)
+        with self._hook_call("DELETE"):
+            self._delete(key, missing_ok)
 
     def requests(self) -> dict[str, int]:
         """How many requests of each kind the store has sent since it was made.
@@ -402,6 +438,46 @@ class UnderStore(abc.ABC):
         """
         with self._request_lock:
             return dict(self._request_counts)
+
+    def latencies(self) -> dict[str, dict[str, Any]]:
+        """How long the requests of each kind took, since the store was made.
+
+        Every request that :meth:`requests` counts is timed, from just before it is sent
+        to its answer read (the bytes of a GET included), failed ones too. A store that
+        does not count its own requests times each call of a hook, its retries included;
+        a listing (:meth:`list`) only while the store produces objects, not while the
+        caller holds the iterator; many files read with one native call
+        (:meth:`read_many_into` of a local directory) are each given the mean of that
+        call's time.
+
+        Returns
+        -------
+        dict of str to dict
+            A snapshot, a new dict: per kind of :data:`REQUEST_KINDS` sent at least once,
+            ``{"buckets": [upper bound, ...], "counts": [requests at most that long, ...],
+            "sum": seconds, "count": requests}`` (Prometheus-style: ``counts`` is
+            cumulative; the bounds are :data:`~shoal.control._metrics.LATENCY_BUCKETS`,
+            in seconds; the last bucket, ``+Inf``, is left out: its count is ``count``).
+        """
+        with self._request_lock:
+            return {kind: h.snapshot() for kind, h in self._latency.items()}
+
+    def errors(self) -> dict[str, int]:
+        """How many requests of each kind failed, since the store was made: those that
+        raised an error other than the store's answer about the object. A missing
+        object, a directory where an object was expected (or the reverse) and an object
+        that changed are answers, not counted; a refused connection, a timeout, a
+        throttled or failed request, a permission denied are counted (each attempt that
+        :meth:`requests` counts, retried or not).
+
+        Returns
+        -------
+        dict of str to int
+            A snapshot, a new dict: every kind of :data:`REQUEST_KINDS`, 0 when none
+            failed.
+        """
+        with self._request_lock:
+            return dict(self._error_counts)
 
     def close(self) -> None:
         """Release the store's connections and handles; calling it again does nothing."""
@@ -429,10 +505,44 @@ class UnderStore(abc.ABC):
         with self._request_lock:
             self._request_counts[kind] += 1
 
-    def _count_call(self, kind: str) -> None:
-        """Count a call of a hook, for a store that does not count its own requests."""
-        if not self._counts_requests:
-            self._count(kind)
+    def _observe(self, kind: str, elapsed_ns: int, failed: bool) -> None:
+        """Time one request of ``kind`` counted before (``elapsed_ns``), and count its
+        failure."""
+        with self._request_lock:
+            self._histogram(kind).observe_ns(elapsed_ns)
+            if failed:
+                self._error_counts[kind] += 1
+
+    def _histogram(self, kind: str) -> Histogram:
+        """The latency histogram of ``kind``, made on its first request; under the lock."""
+        histogram = self._latency.get(kind)
+        if histogram is None:
+            histogram = self._latency[kind] = Histogram()
+        return histogram
+
+    def _request(self, kind: str) -> _Timed:
+        """Count one request of ``kind`` about to be sent; the context to send it in, which
+        times it and counts its failure: ``with self._request("GET"): ...``."""
+        self._count(kind)
+        return _Timed(self, kind)
+
+    def _hook_call(self, kind: str) -> contextlib.AbstractContextManager:
+        """:meth:`_request` for a call of a hook, for a store that does not count its own
+        requests; for one that does, a context that does nothing."""
+        return _UNTIMED if self._counts_requests else self._request(kind)
+
+    def _hook_calls(self, kind: str, n: int, elapsed_ns: int) -> None:
+        """Count ``n`` hook calls of ``kind`` served together by one native call that took
+        ``elapsed_ns``, each timed at the mean (for a store that does not count its own
+        requests)."""
+        if self._counts_requests or n <= 0:
+            return
+        share = elapsed_ns // n
+        with self._request_lock:
+            self._request_counts[kind] += n
+            histogram = self._histogram(kind)
+            for _ in range(n):
+                histogram.observe_ns(share)
 
     @abc.abstractmethod
     def _stat(self, key: str) -> ObjectInfo: ...
@@ -458,20 +568,20 @@ class UnderStore(abc.ABC):
         By default a stat, then a read of the version it found (``_read_into`` checks it,
         so bytes of another version are never returned), again if the object changed in
         between. A store that can answer both in one request overrides it (and, if it
-        does not count its own requests, calls ``_count_call`` for what it sends).
+        does not count its own requests, wraps what it sends in ``_hook_call``).
         """
         for _ in range(FETCH_ROUNDS):
-            self._count_call("HEAD")
-            info = self._stat(key)
+            with self._hook_call("HEAD"):
+                info = self._stat(key)
             if info.is_dir:
                 raise IsADirectoryError(errno.EISDIR, "read: is a directory", self.uri_of(key))
             if version is not None and info.version != version:
                 raise _changed(self.uri_of(key), info.version, version)
             if view.nbytes == 0 or offset >= info.size:
                 return 0, info
-            self._count_call("GET")
             try:
-                return self._read_into(key, offset, view, info.version), info
+                with self._hook_call("GET"):
+                    return self._read_into(key, offset, view, info.version), info
             except ObjectChangedError:
                 if version is not None:
                     raise
@@ -486,20 +596,20 @@ class UnderStore(abc.ABC):
         directory from a missing one or an object.
         """
         prefix = directory + "/" if directory else ""
-        self._count_call("LIST")
         entries = []
         subdirectories: set[str] = set()
-        for info in self._list(prefix, 1000, None):
-            name, below, _ = info.path[len(prefix) :].partition("/")
-            if below:
-                subdirectories.add(prefix + name)
-            else:
-                entries.append(info)
+        with self._hook_call("LIST"):
+            for info in self._list(prefix, 1000, None):
+                name, below, _ = info.path[len(prefix) :].partition("/")
+                if below:
+                    subdirectories.add(prefix + name)
+                else:
+                    entries.append(info)
         if directory and not entries and not subdirectories:
-            self._count_call("HEAD")
             uri = self.uri_of(directory)
             try:
-                info = self._stat(directory)
+                with self._hook_call("HEAD"):
+                    info = self._stat(directory)
             except FileNotFoundError as exc:
                 raise FileNotFoundError(errno.ENOENT, "list: no such directory", uri) from exc
             if not info.is_dir:
@@ -517,6 +627,31 @@ class UnderStore(abc.ABC):
     @abc.abstractmethod
     def _close(self) -> None:
         """Release connections and handles."""
+
+
+class _Timed:
+    """One request in flight (see ``UnderStore._request``): timed from entry to exit,
+    counted as failed when it raises anything but an answer about the object."""
+
+    __slots__ = ("_kind", "_start", "_store")
+
+    def __init__(self, store: UnderStore, kind: str):
+        self._store = store
+        self._kind = kind
+        self._start = 0
+
+    def __enter__(self) -> _Timed:
+        self._start = time.perf_counter_ns()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: object, tb: object) -> None:
+        elapsed = time.perf_counter_ns() - self._start
+        failed = (
+            exc_type is not None
+            and issubclass(exc_type, Exception)
+            and not issubclass(exc_type, _ANSWERS)
+        )
+        self._store._observe(self._kind, elapsed, failed)
 
 
 def entry_order(info: ObjectInfo) -> tuple[str, bool]:

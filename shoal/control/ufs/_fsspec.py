@@ -82,7 +82,8 @@ class FsspecStore(UnderStore):
     Reads are ranged (``cat_file``) in chunks of at most 16 MiB; atomicity of writes is
     the backend's. fsspec reads carry no metadata, so :meth:`fetch_into` costs an
     ``info`` before the read and one after it, which proves both of one version.
-    :meth:`requests` counts the calls made to the filesystem, by kind.
+    :meth:`requests` counts the calls made to the filesystem, by kind, and
+    :meth:`latencies` times each.
 
     The URI shown (:attr:`uri`, messages, ``repr``) has its userinfo as ``***``.
 
@@ -186,13 +187,13 @@ class FsspecStore(UnderStore):
         elif mtime_ns is not None:
             version = f"{mtime_ns}-{size}"
         else:
-            self._count("HEAD")  # ukey asks for the object's info
-            version = str(self._fs.ukey(self._full(key)))
+            with self._request("HEAD"):  # ukey asks for the object's info
+                version = str(self._fs.ukey(self._full(key)))
         return ObjectInfo(key, size, version, (mtime_ns or 0) / 1e9)
 
     def _info(self, full: str) -> dict:
-        self._count("HEAD")
-        return self._fs.info(full)
+        with self._request("HEAD"):
+            return self._fs.info(full)
 
     # -- operations -----------------------------------------------------------------
 
@@ -209,8 +210,7 @@ class FsspecStore(UnderStore):
         directory = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
 
         def find() -> dict:
-            self._count("LIST")
-            with fsspec_errors("list", self.uri_of(prefix)):
+            with self._request("LIST"), fsspec_errors("list", self.uri_of(prefix)):
                 try:
                     found = self._fs.find(
                         self._full(directory) if directory else self._root,
@@ -240,8 +240,7 @@ class FsspecStore(UnderStore):
         uri = self.uri_of(directory) if directory else self._uri
 
         def ls() -> list:
-            self._count("LIST")
-            with fsspec_errors("list", uri):
+            with self._request("LIST"), fsspec_errors("list", uri):
                 # Listed once per metadata TTL by the worker: never from a stale cache.
                 self._fs.invalidate_cache(full)
                 return self._fs.ls(full, detail=True)
@@ -286,8 +285,8 @@ class FsspecStore(UnderStore):
         got = 0
         while got < view.nbytes:
             want = min(_READ_CHUNK, view.nbytes - got)
-            self._count("GET")
-            data = self._fs.cat_file(full, start=offset + got, end=offset + got + want)
+            with self._request("GET"):
+                data = self._fs.cat_file(full, start=offset + got, end=offset + got + want)
             view[got : got + len(data)] = data
             got += len(data)
             if len(data) < want:
@@ -360,16 +359,14 @@ class FsspecStore(UnderStore):
         """``send()`` with retries; once more after making the directory if it is missing."""
 
         def once() -> None:
-            self._count("PUT")
-            with fsspec_errors("write", uri):
+            with self._request("PUT"), fsspec_errors("write", uri):
                 send()
 
         try:
             self.retry.call(once)
         except FileNotFoundError:
             # Hierarchical backends (HDFS, SFTP ...) want the directory first.
-            self._count("PUT")
-            with fsspec_errors("write", uri):
+            with self._request("PUT"), fsspec_errors("write", uri):
                 self._fs.makedirs(posixpath.dirname(full), exist_ok=True)
             self.retry.call(once)
 
@@ -380,8 +377,7 @@ class FsspecStore(UnderStore):
             raise IsADirectoryError(errno.EISDIR, "delete: is a directory", uri)
 
         def remove() -> None:
-            self._count("DELETE")
-            with fsspec_errors("delete", uri):
+            with self._request("DELETE"), fsspec_errors("delete", uri):
                 self._fs.rm_file(self._full(key))
 
         try:

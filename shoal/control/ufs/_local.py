@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import stat as stat_mod
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -255,10 +256,10 @@ class LocalStore(UnderStore):
 
     def _list_dir(self, directory: str) -> list[ObjectInfo]:
         # docstring inherited; one scandir, links skipped as list() skips them
-        self._count_call("LIST")
         prefix = directory + "/" if directory else ""
         entries = []
-        with os_errors("list", self.uri_of(directory) if directory else self.uri):
+        uri = self.uri_of(directory) if directory else self.uri
+        with self._hook_call("LIST"), os_errors("list", uri):
             fd = self._open(directory or ".", _DIR)  # ENOENT, ENOTDIR, or a link refused
             try:
                 with os.scandir(fd) as it:
@@ -277,7 +278,8 @@ class LocalStore(UnderStore):
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
         """Read many whole files with one native call (``_fs.read_whole_beneath``: the same
         opens beneath the root, the GIL released once for them all); a file that fails
-        there is read again the ordinary way, for its exact error."""
+        there is read again the ordinary way, for its exact error. Each file read by the
+        native call is a GET timed at that call's mean (see :meth:`latencies`)."""
         self._check_open()
         out: list[Any] = [None] * len(items)
         keys, views, slots = [], [], []
@@ -290,13 +292,18 @@ class LocalStore(UnderStore):
                 if len(keys) > len(views):
                     keys.pop()
                 out[i] = exc
+        began = time.perf_counter_ns()
         got = _fs.read_whole_beneath(self._root_fd, keys, views, using=self._method)
+        elapsed = time.perf_counter_ns() - began
+        again = []
         for i, key, view, res in zip(slots, keys, views, got, strict=True):
             version = items[i][2]
             if type(res) is tuple and (version is None or _version_of(res[1], res[2]) == version):
-                self._count_call("GET")
                 out[i] = res[0]
-                continue
+            else:
+                again.append((i, key, view, version))
+        self._hook_calls("GET", len(slots) - len(again), elapsed)
+        for i, key, view, version in again:
             try:  # the ordinary read says what went wrong (or reads a file changed since)
                 out[i] = self.read_into(key, 0, view, version=version, size=view.nbytes)
             except (OSError, ValueError) as exc:
@@ -312,8 +319,7 @@ class LocalStore(UnderStore):
         self, key: str, offset: int, view: memoryview, version: str | None
     ) -> tuple[int, ObjectInfo]:
         # docstring inherited; one open: bytes and version of the same descriptor
-        self._count_call("GET")
-        with os_errors("read", self.uri_of(key)):
+        with self._hook_call("GET"), os_errors("read", self.uri_of(key)):
             done, st = self.retry.call(self._read_once, key, offset, view, version, True)
         return done, self._info(key, st)
 

@@ -237,7 +237,8 @@ class S3Store(UnderStore):
     Writes larger than ``part_size`` use a multipart upload, ``upload_concurrency``
     parts at once, aborted on failure. The boto3 client is shared by every thread; it
     does not retry by itself, the store's :class:`RetryPolicy` does.
-    :meth:`requests` counts every HTTP request sent, by kind.
+    :meth:`requests` counts every HTTP request sent, by kind; :meth:`latencies` times each
+    from its sending to its answer read (a GET's bytes included).
 
     Parameters
     ----------
@@ -293,7 +294,7 @@ class S3Store(UnderStore):
                 max_connections=config.max_pool_connections,
                 connect_timeout=config.connect_timeout,
                 read_timeout=config.read_timeout,
-                count=self._count,
+                request=self._request,
             )
 
     @classmethod
@@ -341,8 +342,7 @@ class S3Store(UnderStore):
         kind = _KINDS[method]
 
         def once() -> dict:
-            self._count(kind)
-            with botocore_errors(op, self.uri_of(path)):
+            with self._request(kind), botocore_errors(op, self.uri_of(path)):
                 return fn(Bucket=self._bucket, **kwargs)
 
         return self.retry.call(once)
@@ -490,7 +490,7 @@ class S3Store(UnderStore):
         uri = self.uri_of(key)
         if self._gets is not None:
             return self._gets.fetch(self._prefix + key, uri, offset, view, version, ranged)
-        with botocore_errors("read", uri):
+        with self._request("GET"), botocore_errors("read", uri):
             resp = self._get_object(self._get_kwargs(key, offset, view, version, ranged))
             if resp is None:
                 return None
@@ -510,9 +510,8 @@ class S3Store(UnderStore):
             )
 
     def _get_object(self, kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """A GET through the boto3 client (counted); None when its range is not
-        satisfiable."""
-        self._count("GET")
+        """A GET through the boto3 client (sent in its caller's ``_request``); None when its
+        range is not satisfiable."""
         try:
             return self._client.get_object(**kwargs)
         except ClientError as exc:
@@ -544,7 +543,7 @@ class S3Store(UnderStore):
         uri = self.uri_of(key)
         if self._gets is not None:
             return self._gets.get(self._prefix + key, uri, offset, view, version, whole)
-        with botocore_errors("read", uri):
+        with self._request("GET"), botocore_errors("read", uri):
             resp = self._get_object(self._get_kwargs(key, offset, view, version, not whole))
             if resp is None:
                 return None
@@ -592,8 +591,7 @@ class S3Store(UnderStore):
         except BaseException:
             # Best effort: an upload left behind only costs storage until the bucket's
             # lifecycle rule (if any) removes it; the original error matters more.
-            with contextlib.suppress(Exception):
-                self._count("DELETE")
+            with contextlib.suppress(Exception), self._request("DELETE"):
                 self._client.abort_multipart_upload(Bucket=self._bucket, Key=full, UploadId=upload)
             raise
 

@@ -30,7 +30,8 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple, TypeVar
 
 import urllib3
 from botocore.exceptions import ClientError
@@ -66,6 +67,8 @@ _BUCKET_NAME = re.compile(rb"<BucketName>([^<]{1,100})</BucketName>")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 # Proxy settings botocore takes from the environment that urllib3 on its own would ignore.
 _PROXIES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+T = TypeVar("T")
 
 
 class Fetched(NamedTuple):
@@ -176,8 +179,9 @@ class LeanGets:
         unsigned requests.
     max_connections, connect_timeout, read_timeout
         As the store's configuration says.
-    count
-        Called with ``"GET"`` before every request sent (the store's counter).
+    request
+        Called with ``"GET"`` for every request sent, which is sent and its answer read
+        in the context it returns (the store's ``_request``: it counts and times it).
     """
 
     def __init__(
@@ -189,11 +193,11 @@ class LeanGets:
         max_connections: int,
         connect_timeout: float,
         read_timeout: float,
-        count: Callable[[str], None],
+        request: Callable[[str], AbstractContextManager],
     ):
         self._client = client
         self._bucket = bucket
-        self._count = count
+        self._request = request
         self._http = urllib3.PoolManager(
             maxsize=max_connections,
             block=False,
@@ -226,68 +230,53 @@ class LeanGets:
     ) -> int | None:
         """One GET into ``view`` (see ``S3Store._get_range``): the bytes read, None when
         the range starts past the end of the object."""
-        resp = self._answer(key, uri, _headers(offset, view.nbytes, version, not whole))
-        if resp is None:
-            return None
-        clean = False
-        try:
-            length = int(resp.headers.get("Content-Length", -1))
-            content_range = resp.headers.get("Content-Range", "")
-            got = read_answer(resp, length, content_range, offset, view, whole, uri)
-            clean = True
-        except ux.HTTPError as exc:
-            raise _urllib3_error(exc, uri) from exc
-        finally:
-            if clean:
-                resp.release_conn()
-            else:
-                resp.close()  # bytes left in the stream: the connection cannot be reused
-        return got
+        headers = _headers(offset, view.nbytes, version, not whole)
+        return self._exchange(
+            key, uri, headers, lambda resp: _read_got(resp, uri, offset, view, whole)
+        )
 
     def fetch(
         self, key: str, uri: str, offset: int, view: memoryview, version: str | None, ranged: bool
     ) -> Fetched | None:
         """One GET into ``view`` that also tells the object's metadata (see
         ``S3Store._fetch_range``); None when the range starts past the end."""
-        resp = self._answer(key, uri, _headers(offset, view.nbytes, version, ranged))
-        if resp is None:
-            return None
-        drained = False
-        try:
-            length = int(resp.headers.get("Content-Length", -1))
-            content_range = resp.headers.get("Content-Range", "")
-            got, size, drained = read_fetched(
-                resp, resp.status, length, content_range, offset, view, uri
-            )
-        except ux.HTTPError as exc:
-            raise _urllib3_error(exc, uri) from exc
-        finally:
-            if drained:
-                resp.release_conn()
-            else:
-                resp.close()
-        etag = resp.headers.get("ETag", "")
-        return Fetched(got, size, etag, http_time(resp.headers.get("Last-Modified")))
+        headers = _headers(offset, view.nbytes, version, ranged)
+        return self._exchange(
+            key, uri, headers, lambda resp: _read_fetched(resp, uri, offset, view)
+        )
 
-    def _answer(self, key: str, uri: str, headers: dict):
-        """Send the GET: the response with its body unread, None for a range that starts
-        past the end (416), else the error the answer means, raised."""
-        resp = self._send(key, uri, headers)
-        if resp.status >= 300:
-            body = _error_body(resp)
-            if resp.status == 403 and b"expired" in body.lower():
-                resp = self._send(key, uri, headers, fresh=True)  # the URL outlived its life
-                if resp.status >= 300:
-                    body = _error_body(resp)
+    def _exchange(self, key: str, uri: str, headers: dict, read: Callable[[Any], T]) -> T | None:
+        """Send the GET and ``read`` its answer, as one request (counted and timed); again
+        with a URL signed now if the one from the cache outlived its life."""
+        try:
+            return self._request_once(key, uri, headers, read, fresh=False)
+        except _ExpiredURL:
+            return self._request_once(key, uri, headers, read, fresh=True)
+
+    def _request_once(
+        self, key: str, uri: str, headers: dict, read: Callable[[Any], T], fresh: bool
+    ) -> T | None:
+        with self._request("GET"):
+            resp = self._answer(key, uri, headers, fresh)
+            return None if resp is None else read(resp)
+
+    def _answer(self, key: str, uri: str, headers: dict, fresh: bool):
+        """Send the GET (with a URL signed now if ``fresh``): the response with its body
+        unread, None for a range that starts past the end (416), else the error the
+        answer means, raised; :class:`_ExpiredURL` when a URL from the cache outlived its
+        life."""
+        resp = self._send(key, uri, headers, fresh)
         if resp.status < 300:
             return resp
+        body = _error_body(resp)
+        if resp.status == 403 and not fresh and b"expired" in body.lower():
+            raise _ExpiredURL
         if resp.status == 416:
             return None
         raise _status_error(resp.status, body, uri)
 
-    def _send(self, key: str, uri: str, headers: dict, fresh: bool = False):
+    def _send(self, key: str, uri: str, headers: dict, fresh: bool):
         url = self._url(key, fresh)
-        self._count("GET")
         try:
             return self._http.request(
                 "GET",
@@ -304,6 +293,11 @@ class LeanGets:
         self._http.clear()
 
 
+class _ExpiredURL(Exception):
+    """The server refused a URL from the cache as expired: a failed request, sent again
+    with a URL signed now."""
+
+
 def _headers(offset: int, nbytes: int, version: str | None, ranged: bool) -> dict:
     headers = {}
     if ranged:
@@ -311,6 +305,45 @@ def _headers(offset: int, nbytes: int, version: str | None, ranged: bool) -> dic
     if version is not None:
         headers["If-Match"] = f'"{version}"'
     return headers
+
+
+def _read_got(resp: Any, uri: str, offset: int, view: memoryview, whole: bool) -> int:
+    """The bytes of a GET's answer into ``view`` (see :func:`read_answer`); the
+    connection reused when the body was read to its end."""
+    clean = False
+    try:
+        length = int(resp.headers.get("Content-Length", -1))
+        content_range = resp.headers.get("Content-Range", "")
+        got = read_answer(resp, length, content_range, offset, view, whole, uri)
+        clean = True
+    except ux.HTTPError as exc:
+        raise _urllib3_error(exc, uri) from exc
+    finally:
+        if clean:
+            resp.release_conn()
+        else:
+            resp.close()  # bytes left in the stream: the connection cannot be reused
+    return got
+
+
+def _read_fetched(resp: Any, uri: str, offset: int, view: memoryview) -> Fetched:
+    """The bytes and the metadata of a fetch's answer (see :func:`read_fetched`)."""
+    drained = False
+    try:
+        length = int(resp.headers.get("Content-Length", -1))
+        content_range = resp.headers.get("Content-Range", "")
+        got, size, drained = read_fetched(
+            resp, resp.status, length, content_range, offset, view, uri
+        )
+    except ux.HTTPError as exc:
+        raise _urllib3_error(exc, uri) from exc
+    finally:
+        if drained:
+            resp.release_conn()
+        else:
+            resp.close()
+    etag = resp.headers.get("ETag", "")
+    return Fetched(got, size, etag, http_time(resp.headers.get("Last-Modified")))
 
 
 def _error_body(resp: Any) -> bytes:
