@@ -414,6 +414,9 @@ def _daemon_main() -> None:
     except WorkerBusyError as exc:
         log.error("%s", exc.strerror)
         sys.exit(1)
+    except OSError as exc:  # the machine's answer (an address in use, a path refused)
+        log.error("worker failed: %s", exc.strerror if exc.strerror and not exc.filename else exc)
+        sys.exit(1)
     except BaseException:
         log.exception("worker failed")
         sys.exit(1)

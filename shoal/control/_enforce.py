@@ -32,6 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..engine import PageLocation, PageStore
@@ -115,6 +116,7 @@ class Enforcer:
         self._evicted = 0  # pages the store had evicted when the books were last counted
         self._seen: OrderedDict[bytes, int] = OrderedDict()  # slow page key -> reads
         self._moving: set[bytes] = set()
+        self._mover = ThreadPoolExecutor(1, "shoal-promote")  # one move at a time
         self.counts = dict.fromkeys(
             ("ttl_pages", "ttl_bytes", "quota_pages", "quota_bytes", "quota_refused",
              "promoted_pages", "promoted_bytes"), 0,
@@ -157,12 +159,12 @@ class Enforcer:
         ttl = f.own["ttl"]
         if not ttl:
             return float("inf")
+        if self._in_cluster():
+            return 0.0  # another worker may hold pages of it since earlier than this one
         with self._lock:
             clock = self._clock.get(f.fid)
         if clock is None:
-            # Pages cached from now on start their clock after this: within the TTL. In a
-            # cluster another worker may hold them since earlier.
-            return 0.0 if self._in_cluster() else ttl
+            return ttl  # pages cached from now on start their clock after this
         return max(0.0, clock[0] + ttl - time.time())
 
     def check(self, files: Iterable[File]) -> None:
@@ -188,6 +190,22 @@ class Enforcer:
                         book.files.move_to_end(f.fid)
             for fid, pages in expired:
                 self._drop(fid, pages, "ttl")
+
+    def start_clocks(self) -> int:
+        """Start the clock of the files recorded under a TTL that are cached and have
+        none (cached before the policy was set: their TTL counts from now); how many."""
+        now, started = time.time(), 0
+        for prefix, policy in self._files.policies.rules.items():
+            if not policy.ttl:
+                continue
+            for path, fid, pages in self._recorded(prefix):
+                if fid in self._clock or not self._store.contains(page_key(fid, 0)):
+                    continue
+                with self._lock:
+                    if fid not in self._clock:
+                        self._stamp(fid, pages, path, now)
+                        started += 1
+        return started
 
     def _forget_clock(self, fid: bytes) -> None:
         if self._clock.pop(fid, None) is not None:
@@ -264,9 +282,10 @@ class Enforcer:
             woken = self._wake.is_set()
             self._wake.clear()
             try:
-                self.sweep()
                 if woken:
+                    self.start_clocks()
                     self.count_books()
+                self.sweep()
             except (OSError, ValueError) as exc:  # the store closing
                 if not self._stop.is_set():
                     log.info("expired pages not swept: %s", exc)
@@ -434,7 +453,11 @@ class Enforcer:
                 up.setdefault(want, []).append(key)
                 self._moving.add(key)
         for tier, keys in up.items():
-            threading.Thread(target=self._promote, args=(tier, keys), daemon=True).start()
+            try:
+                self._mover.submit(self._promote, tier, keys)
+            except RuntimeError:  # closed: the worker is stopping
+                with self._lock:
+                    self._moving.difference_update(keys)
 
     def _promote(self, tier: str, keys: list[bytes]) -> None:
         try:
@@ -483,7 +506,8 @@ class Enforcer:
             return dict(self.counts)
 
     def close(self) -> None:
-        """Stop sweeping."""
+        """Stop sweeping and promoting (a move in progress ends first)."""
         self._stop.set()
         self._wake.set()
         self._sweeper.join()
+        self._mover.shutdown(wait=True, cancel_futures=True)

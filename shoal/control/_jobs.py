@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._metastore import MetaStore
-from ._server import Handler, Reply
 
 __all__ = [
     "COUNTS",
@@ -31,7 +30,6 @@ __all__ = [
     "STATES",
     "STOPPED",
     "check_job_key",
-    "job_handlers",
     "finish_record",
     "load_record",
     "mark_abandoned",
@@ -164,18 +162,3 @@ def mark_abandoned(store: MetaStore, reason: str) -> int:
             store.put(key, {**doc, "state": FAILED, "error": reason})
             count += 1
     return count
-
-
-def job_handlers(store: MetaStore) -> dict[str, Handler]:
-    """The ops of job records, for a worker's op -> handler table: ``job_put`` stores a
-    record (``jobs/<kind>/<id>``), ``jobs`` lists those under a prefix, newest first, at
-    most ``limit`` (RUNNING ones gone stale listed as FAILED)."""
-
-    def put(_, h: dict) -> Reply:
-        store.put(check_job_key(h["key"]), h["record"])
-        return Reply({})
-
-    def jobs(_, h: dict) -> Reply:
-        return Reply({"jobs": newest_first(mark_stale(store, store.scan(h["prefix"])), h["limit"])})
-
-    return {"job_put": put, "jobs": jobs}

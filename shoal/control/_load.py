@@ -11,12 +11,15 @@ from concurrent.futures import Future
 from ..engine import PageStore
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
+from ._jobs import check_job_key, mark_stale, newest_first
+from ._metastore import MetaStore
 from ._metrics import Counters
 from ._namespace import split_mount_options
 from ._pages import page_key
 from ._publisher import Publisher
+from ._server import Handler, Reply
 
-__all__ = ["Loader", "placement_filter"]
+__all__ = ["Loader", "job_handlers", "placement_filter"]
 
 #: Whole one-page files a load fetches in one task, and tasks at once.
 _LOAD_CHUNK = 128
@@ -218,3 +221,18 @@ def placement_filter(placement: dict | None, me: str | None, page_size: int, chu
         return out
 
     return mine
+
+
+def job_handlers(store: MetaStore) -> dict[str, Handler]:
+    """The ops of job records, for a worker's op -> handler table: ``job_put`` stores a
+    record (``jobs/<kind>/<id>``), ``jobs`` lists those under a prefix, newest first, at
+    most ``limit`` (RUNNING ones gone stale listed as FAILED)."""
+
+    def put(_, h: dict) -> Reply:
+        store.put(check_job_key(h["key"]), h["record"])
+        return Reply({})
+
+    def jobs(_, h: dict) -> Reply:
+        return Reply({"jobs": newest_first(mark_stale(store, store.scan(h["prefix"])), h["limit"])})
+
+    return {"job_put": put, "jobs": jobs}

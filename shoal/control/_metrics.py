@@ -540,9 +540,14 @@ class MetricsServer:
         collector = _ReportCollector(report)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(collector)
-        self._server, self._thread = start_http_server(
-            int(port), addr=host.strip("[]"), registry=registry
-        )
+        try:
+            self._server, self._thread = start_http_server(
+                int(port), addr=host.strip("[]"), registry=registry
+            )
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno, f"cannot serve metrics on {listen}: {exc.strerror or exc}"
+            ) from None
         bound = self._server.server_address
         host = host.strip("[]")
         self.address = f"[{host}]:{bound[1]}" if ":" in host else f"{host}:{bound[1]}"

@@ -22,8 +22,8 @@ from ._admission import MountPolicy
 from ._enforce import Enforcer
 from ._fetch import Fetcher, Page
 from ._files import File, FileResolver
-from ._jobs import job_handlers, mark_abandoned
-from ._load import Loader
+from ._jobs import mark_abandoned
+from ._load import Loader, job_handlers
 from ._metastore import LocalMetaStore, MetaStore
 from ._metrics import Counters, summed_by_kind
 from ._namespace import MountTable

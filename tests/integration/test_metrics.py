@@ -81,3 +81,22 @@ def test_a_bad_metrics_address_names_the_setting(bad, monkeypatch):
     monkeypatch.setenv("SHOAL_METRICS_LISTEN", bad)
     with pytest.raises(ValueError, match="metrics_listen must be HOST:PORT"):
         load_config()
+
+
+def test_a_metrics_address_in_use_is_one_line_in_the_error():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with shoal_environment(metrics_listen=f"127.0.0.1:{port}"):
+            client = Client(load_config(), start_timeout=30)
+            try:
+                with pytest.raises(ConnectionError, match="exited during start-up") as info:
+                    client.report()
+            finally:
+                client.close()
+    message = str(info.value)
+    assert f"worker failed: cannot serve metrics on 127.0.0.1:{port}: " in message
+    assert "Traceback" not in message

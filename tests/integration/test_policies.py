@@ -374,17 +374,23 @@ def test_two_workers_in_etcd_both_enforce_a_policy_set_through_one(etcd, bucket)
         one = cluster.connect(first, admin=True)
         other = cluster.connect(second)
         try:
-            header = {"op": "policy_set", "path": "/b/hot", "policy": {"replicas": "all"}}
+            policy = {"replicas": "all", "ttl": "1h"}
+            header = {"op": "policy_set", "path": "/b/hot", "policy": policy}
             one.call(header)
 
             def enforced():
                 shown = other.call({"op": "policy_show", "path": "/b/hot/f"})["effective"]
                 record = other.call({"op": "stat", "paths": ["/b/hot/f"]})["files"][0]
-                return shown["sources"]["replicas"] == "/b/hot" and record["replicas"] == "all"
+                return (
+                    shown["sources"]["replicas"] == "/b/hot"
+                    and record["replicas"] == "all"
+                    # Under a TTL in a cluster, no client may trust a location it remembers.
+                    and record["metadata_ttl"] == 0.0
+                )
 
             wait_until(enforced, 10, "the second worker to enforce the policy")
             assert other.call({"op": "policies"})["policies"] == [
-                {"path": "/b/hot", "policy": {"replicas": "all"}}
+                {"path": "/b/hot", "policy": {"ttl": 3600.0, "replicas": "all"}}
             ]
             with pytest.raises(PermissionError, match="policy_set is refused over TCP"):
                 other.call(header)  # no admin secret

@@ -92,6 +92,15 @@ def test_the_sweep_reclaims_expired_pages_without_a_read(client, tmp_path):
     assert client.du("/d/keep")["bytes"] == 8 * PAGE  # no TTL there
 
 
+def test_pages_cached_before_a_ttl_count_from_when_it_was_set(client, tmp_path):
+    files(tmp_path, "t", 3)
+    client.mount("/d", tmp_path.as_uri())
+    client.load(["/d/t"])
+    client.set_policy("/d/t", ttl="1s")
+    wait_for(lambda: evicted(client, "ttl") == 3, "pages cached before the TTL were not swept")
+    assert client.du("/d/t")["bytes"] == 0
+
+
 def test_a_restarted_worker_keeps_the_clock(shoal_home, tmp_path):
     from conftest import stop_worker
 
@@ -168,6 +177,22 @@ def test_ttl_and_quota_on_an_s3_mount(client, bucket):
     before = gets(client)
     read(client, "/s3/q/f5", bytes([5]) * PAGE)
     assert gets(client) == before + 1
+
+
+def test_tier_and_pin_on_an_s3_mount(two_tiers, bucket):
+    client = two_tiers
+    for name in ("ssd", "pinned"):
+        bucket.put(f"{name}/f", os.urandom(2 * PAGE))
+    for i in range(20):
+        bucket.put(f"fill/f{i}", os.urandom(PAGE))
+    client.mount("/s3", f"s3://{bucket.name}", **bucket.options())
+    client.set_policy("/s3/ssd", tier="SSD")
+    client.set_policy("/s3/pinned", pin=True)
+    client.load(["/s3/ssd", "/s3/pinned"])
+    assert client.du("/s3/ssd")["tiers"] == {"MEM": 0, "SSD": 2 * PAGE}
+    client.load(["/s3/fill"])  # more than MEM holds: its other pages move down
+    assert client.du("/s3/pinned")["tiers"] == {"MEM": 2 * PAGE, "SSD": 0}
+    assert client.du("/s3/fill")["bytes"] == 20 * PAGE
 
 
 # ----------------------------------------------------------------- priority
