@@ -529,21 +529,20 @@ class Fetcher:
             try:
                 with self.pinning(pin):
                     pinned = pin and self.may_pin(tier_name, sum(v.nbytes for _, v in pages))
-                    located = self._store.put_many(
+                    return self._store.put_many(
                         pages,
                         tier=tier_name,
                         records=named or None,
                         pin=pinned,
                         priority=own["priority"],
                     )
-                return located
             except (TierFullError, OSError) as exc:
                 if not isinstance(exc, TierFullError):
                     self.health.failed(tier_name, exc)
             break
         kept: set[bytes] = set()
         for (key, view, path), record in zip(items, records or [None] * len(items), strict=True):
-            kept |= self._cache([(key, view)], path, record, own, view.nbytes)
+            kept |= self._cache([(key, view)], path, record, own)
         located = self._store.locate([k for k, _ in pages])
         return [loc if k in kept else None for (k, _), loc in zip(pages, located, strict=True)]
 
@@ -591,14 +590,14 @@ class Fetcher:
         (:meth:`may_pin`; beyond it they are stored as any other page)."""
         enforcer = self.enforcer
         if enforcer is None or not (own["quota"] or own["ttl"]):
-            return self._cache(items, path, record, own, size)
+            return self._cache(items, path, record, own)
         fid = items[0][0][:16]
         nbytes = sum(memoryview(v).nbytes for _, v in items)
         if not enforcer.admit(fid, size, own, nbytes):
             return set()
         kept: set[bytes] = set()
         try:
-            kept = self._cache(items, path, record, own, size)
+            kept = self._cache(items, path, record, own)
         finally:
             stored = sum(memoryview(v).nbytes for k, v in items if k in kept)
             enforcer.settle(fid, path, size, own, nbytes, stored)
@@ -610,7 +609,6 @@ class Fetcher:
         path: str,
         record: tuple[bytes, bytes] | None,
         own: Mapping[str, Any],
-        size: int,
     ) -> set[bytes]:
         """:meth:`cache` of pages their quota admitted."""
         error: BaseException | None = None
@@ -643,7 +641,7 @@ class Fetcher:
             # No tier takes them all at once: one page at a time.
             kept: set[bytes] = set()
             for item in items:
-                got = self._cache([item], path, None if kept else record, own, size)
+                got = self._cache([item], path, None if kept else record, own)
                 kept |= got
             return kept
         self._counters.add(store_full=1)

@@ -106,18 +106,25 @@ class MetadataCache:
             self.bytes += cost
             stats, lists, dirs = self._tables
             if self.bytes > self._max_bytes or len(stats) + len(lists) + len(dirs) > self._max:
-                self._shrink()
+                self._shrink((table, path))
 
-    def _shrink(self) -> None:
+    def _shrink(self, keep: tuple[dict, str]) -> None:
+        """Drop expired entries, then the oldest, down to 90% of the bounds; never
+        ``keep``, the entry just put (``(table, path)``)."""
         now = self._clock()
         for table in self._tables:
             for path in [p for p, (expiry, _, _) in table.items() if expiry <= now]:
                 self.bytes -= table.pop(path)[2]
-        # Down to 90% of the bounds, so that the next puts do not each pay a scan.
+        # Down to 90% of the bounds, so that the next puts do not each pay a scan. Listings
+        # first (one request lists a thousand objects again, a stat asks for one), so that
+        # what a listing told of each file, copied to its stat, outlives the listing.
         excess = sum(len(t) for t in self._tables) - self._max * 9 // 10
-        for table in self._tables:
+        for table in (self._lists, self._dirs, self._stats):
             while table and (excess > 0 or self.bytes > self._max_bytes * 9 // 10):
-                self.bytes -= table.pop(next(iter(table)))[2]
+                oldest = next(iter(table))
+                if table is keep[0] and oldest == keep[1]:
+                    break  # the entry just put, newest of its table: the others go first
+                self.bytes -= table.pop(oldest)[2]
                 excess -= 1
 
     def get_stat(self, path: str) -> ObjectInfo | None:
@@ -143,7 +150,7 @@ class MetadataCache:
                 stats[path] = (until, info, cost)
                 self.bytes += cost
             if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
-                self._shrink()
+                self._shrink((stats, items[-1][0]))
 
     def expiry(self, path: str, info: ObjectInfo) -> float | None:
         """Until when (monotonic seconds) the cached stat of ``path`` holds, if it is
