@@ -1431,6 +1431,16 @@ class PageStore:
                     region.inflight -= 1
                 raise
             self._active += 1
+        return self._write_and_commit(
+            prepared,
+            reserved,
+            lambda: self._commit_pages(target, flags, prepared, reserved, named),
+        )
+
+    def _write_and_commit(self, prepared: Sequence[tuple], reserved: list, commit) -> Any:
+        """Write pages (``(key, view, crc)``) to the places reserved for them, outside the
+        lock (the caller counted itself in ``_active`` under it); then, under the lock,
+        release the reservations and, when the write succeeded, return ``commit()``."""
         written = False
         try:
             self._write(prepared, reserved)
@@ -1442,8 +1452,8 @@ class PageStore:
                 self._active -= 1
                 self._idle.notify_all()
                 if written:
-                    located = self._commit_pages(target, flags, prepared, reserved, named)
-        return located
+                    done = commit()
+        return done
 
     def _commit_pages(
         self, tier: _Tier, flags: int, prepared, reserved, named
@@ -1631,23 +1641,16 @@ class PageStore:
                 return 0, full
             self._active += 1
         moving = moving[: len(reserved)]
-        count = 0
-        written = False
-        try:
-            self._write([(p.key, p.view, p.crc) for p in moving], reserved)
-            written = True
-        finally:
-            with self._lock:
-                for region, _ in reserved:
-                    region.inflight -= 1
-                self._active -= 1
-                self._idle.notify_all()
-                if written:
-                    unlinked, count, nbytes = self._commit_moving(target, moving, reserved)
-                    self._stats["moved_pages"] += count
-                    self._stats["moved_bytes"] += nbytes
-                    self._reclaim_emptied(unlinked)
-        return count, full
+
+        def commit() -> int:
+            unlinked, count, nbytes = self._commit_moving(target, moving, reserved)
+            self._stats["moved_pages"] += count
+            self._stats["moved_bytes"] += nbytes
+            self._reclaim_emptied(unlinked)
+            return count
+
+        prepared = [(p.key, p.view, p.crc) for p in moving]
+        return self._write_and_commit(prepared, reserved, commit), full
 
     def region_keys(self, tier: str, region: int) -> list[bytes]:
         """The keys of the pages in a region now (an empty list for a region not in use or

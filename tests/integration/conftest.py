@@ -122,6 +122,18 @@ def client(shoal_home) -> Iterator[Client]:
     c.close()
 
 
+@pytest.fixture
+def two_tiers() -> Iterator[Client]:
+    """A client of a worker of its own with a MEM tier of 1 MiB (4 regions of 4 pages)
+    before its SSD tier."""
+    with shoal_environment(mem_capacity=1 << 20):
+        c = Client(load_config())
+        try:
+            yield c
+        finally:
+            c.close()
+
+
 @dataclass
 class Bucket:
     """A bucket on the moto server, with the mount options that reach it."""

@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
-import urllib.request
 
 import pytest
 from conftest import shoal_environment
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV, FaultyProxy
+from shoal_cli import ok
+from test_metrics import scrape
 
 from shoal import Client
 from shoal._config import load_config
@@ -25,24 +23,6 @@ from shoal.control._metrics import LATENCY_BUCKETS
 from shoal.control.ufs import REQUEST_KINDS, open_store
 
 PAGE = 64 << 10
-
-
-def scrape(address: str) -> dict[tuple[str, tuple], float]:
-    """``{(sample name, sorted labels): value}`` of the worker's metrics."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as answer:
-        assert answer.status == 200
-        text = answer.read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return out
-
-
-def shoal(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "shoal", *args],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    return done.stdout
 
 
 def read_whole(path: str, size: int) -> None:
@@ -77,8 +57,8 @@ def test_under_store_latency_and_per_mount_counts_agree_with_the_report(tmp_path
         finally:
             client.close()
         got = scrape(address)
-        report = json.loads(shoal("report", "--json"))
-        text = shoal("report")
+        report = json.loads(ok("report", "--json"))
+        text = ok("report")
 
     # Every request counted is timed, per mount and kind, and the scrape says what the
     # report says.
@@ -159,7 +139,7 @@ def test_pages_evicted_for_room_are_counted_as_the_report_counts_them(tmp_path):
         finally:
             client.close()
         got = scrape(address)
-        report = json.loads(shoal("report", "--json"))
+        report = json.loads(ok("report", "--json"))
     capacity = report["evictions"]["capacity"]
     assert capacity["pages"] > 0 and capacity["bytes"] >= capacity["pages"]
     reason = (("reason", "capacity"),)

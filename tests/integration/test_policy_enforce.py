@@ -18,7 +18,7 @@ import os
 import time
 
 import pytest
-from conftest import PAGE, shoal_environment
+from conftest import PAGE
 
 from shoal._config import load_config
 from shoal.client import Client
@@ -214,18 +214,6 @@ def test_high_priority_pages_outlive_a_scan_that_evicts_low_ones(client, tmp_pat
 
 
 # ----------------------------------------------------------------- tiers
-
-
-@pytest.fixture
-def two_tiers():
-    """A client of a worker with a MEM tier of 1 MiB (4 regions of 4 pages) before its
-    SSD tier."""
-    with shoal_environment(mem_capacity=1 << 20):
-        c = Client(load_config())
-        try:
-            yield c
-        finally:
-            c.close()
 
 
 def test_pages_evicted_from_mem_move_down_and_pages_read_often_move_up(two_tiers, tmp_path):

@@ -7,21 +7,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import PAGE, shoal_environment
+from conftest import PAGE
 
-from shoal._config import load_config
 from shoal.client import Client
-
-
-@pytest.fixture
-def two_tiers():
-    """A client of a worker with a MEM tier of 1 MiB before its SSD tier."""
-    with shoal_environment(mem_capacity=1 << 20):
-        c = Client(load_config())
-        try:
-            yield c
-        finally:
-            c.close()
 
 
 def pages_by_tier(client: Client) -> dict[str, int]:
