@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, ClassVar
 
-from .._metrics import Histogram
 from ._errors import ObjectChangedError
+from ._latency import Histogram
 from ._paths import normalize_key, normalize_prefix
 from ._retry import RetryPolicy
 
