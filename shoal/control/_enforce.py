@@ -254,15 +254,19 @@ class Enforcer:
         now = time.time()
         with self._lock:
             candidates = list(self._clock.items())
-        due = []
+        due, void = [], []
         for fid, (since, pages, path) in candidates:
             try:
                 ttl = self._files.options_at(path)["ttl"]
             except (OSError, ValueError):
-                ttl = 0.0  # under no mount now: its pages are freed as expired
-            if not ttl or now >= since + ttl:
+                ttl = 0.0  # under no mount now: nothing reads it through this path
+            if not ttl:
+                void.append(fid)  # no TTL there any more: the pages stay, uncounted
+            elif now >= since + ttl:
                 due.append((fid, pages))
         with self._lock:
+            for fid in void:
+                self._forget_clock(fid)
             for fid, pages in due:
                 if fid in self._clock:
                     self._forget_clock(fid)

@@ -101,6 +101,17 @@ def test_pages_cached_before_a_ttl_count_from_when_it_was_set(client, tmp_path):
     assert client.du("/d/t")["bytes"] == 0
 
 
+def test_pages_outlive_a_ttl_removed_before_it_ran_out(client, tmp_path):
+    files(tmp_path, "t", 3)
+    client.mount("/d", tmp_path.as_uri())
+    client.set_policy("/d/t", ttl="2s", read_ahead=0)
+    client.load(["/d/t"])
+    client.remove_policy("/d/t", "ttl")
+    time.sleep(2.5)
+    assert client.du("/d/t")["bytes"] == 3 * PAGE
+    assert evicted(client, "ttl") == 0
+
+
 def test_a_restarted_worker_keeps_the_clock(shoal_home, tmp_path):
     from conftest import stop_worker
 
