@@ -8,16 +8,14 @@ import contextlib
 import dataclasses
 import io
 import os
-import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .._config import Config, load_config
 from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
 from ..control.proto import MAX_LIST
-from ..engine._requests import host_view
 from . import _jobs, _policies, _usage
 from ._jobs import LoadProgress
 from ._meta import FileInfo
@@ -331,54 +329,7 @@ class Client:
         The errors of :meth:`read_into`, for the first item that fails; nothing is read
         then unless the items before it were valid.
         """
-        checked = []
-        cache, now, normalized = self._meta.entries, time.monotonic(), self._meta.normalized
-        for i, item in enumerate(items):
-            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
-            buf, path = item[0], item[1]
-            offset = item[2] if len(item) == 3 else 0
-            if isinstance(offset, bool) or not isinstance(offset, int):
-                raise TypeError(f"offset must be an int, got {type(offset).__name__}")
-            if offset < 0:
-                raise ValueError(f"offset must be >= 0, got {offset}")
-            if type(buf) is not memoryview and hasattr(buf, "__cuda_array_interface__"):
-                raise TypeError(
-                    f"{type(buf).__name__} is a GPU buffer; Client reads into host memory"
-                )
-            view = host_view(buf, writable=True, what="read_into")
-            # A path found in the cache was normalised when it was put there.
-            entry = cache.get(path) if type(path) is str else None
-            if entry is not None and entry[0] > now:
-                checked.append([view, path, offset, entry[1]])
-                continue
-            checked.append([view, normalized(path), offset, None])
-        if not checked:
-            return []
-        router = self._live()
-        fresh = [i for i, item in enumerate(checked) if item[3] is None]
-        if not fresh or not self._meta_ttl:
-            return self._meta.read(router, checked)
-        # Files this process knows nothing of yet: those the local worker published are
-        # read with no request at all.
-        every = len(fresh) == len(checked)
-        got = router.read_published(checked if every else [checked[i] for i in fresh])
-        if not got:
-            return self._meta.read(router, checked)
-        if every and None not in got:
-            return got
-        if all(n is None for n in got):
-            return self._meta.read(router, checked)
-        out = [0] * len(checked)
-        for i, n in zip(fresh, got, strict=True):
-            if n is not None:
-                out[i] = n
-                checked[i] = None
-        rest = [i for i, item in enumerate(checked) if item is not None]
-        if rest:
-            for i, n in zip(rest, self._meta.read(router, [checked[i] for i in rest]), strict=True):
-                out[i] = n
-        return out
+        return self._meta.read_many(self._live, items, self._meta_ttl)
 
     def open(self, path: str, buffer_size: int | None = None) -> io.BufferedReader:
         """A seekable binary file object reading ``path`` through this client.
@@ -396,6 +347,43 @@ class Client:
         if buffer_size is None:
             buffer_size = self._live().geometry()[0]
         return io.BufferedReader(raw, buffer_size=buffer_size)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def load_checkpoint(self, path: str) -> dict[str, Any]:
+        """The tensors of the safetensors checkpoint at ``path``, as numpy arrays: views over
+        one buffer that holds the whole file (read with one call: a cold file is fetched
+        with many ranged requests at once), no copy per tensor. bfloat16 and 8-bit float
+        tensors come as their bits (``uint16``, ``uint8``; see ``_checkpoint``).
+
+        Raises
+        ------
+        ValueError
+            The file is not a safetensors file (the message says what is wrong).
+        FileNotFoundError, IsADirectoryError
+            As for :meth:`read_into`.
+        """
+        from ._checkpoint import load_checkpoint
+
+        return load_checkpoint(self, normalize_path(path))
+
+    def load_checkpoint_into(self, path: str, tensors: Mapping[str, Any]) -> int:
+        """Read tensors of the safetensors checkpoint at ``path`` straight into ``tensors``
+        (name -> numpy array or torch CPU tensor of the same shape and dtype, contiguous),
+        with one batch of reads and no copy; tensors of the file not named are not read.
+        Returns the bytes read.
+
+        Raises
+        ------
+        ValueError
+            A name the file does not hold, a shape or dtype that differs, a file that is not
+            a safetensors file.
+        TypeError
+            A destination on a GPU, or no buffer.
+        """
+        from ._checkpoint import load_checkpoint_into
+
+        return load_checkpoint_into(self, normalize_path(path), tensors)
 
     # ----------------------------------------------------------------- jobs
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._config import Config
 from ..control._namespace import normalize_path
 from ..control.proto import MAX_LIST, decode_error
 from ..control.ufs import ObjectChangedError
+from ..engine._requests import host_view
 from ._direct import stat_from_etcd
 from ._meta import FileMeta
 from ._router import Router
@@ -84,6 +85,62 @@ class ClientMetadata:
                     out[i] = meta
             if len(entries) > _MAX_ENTRIES:
                 self.entries = {p: e for p, e in entries.items() if e[0] > now}
+        return out
+
+    def read_many(
+        self, live: Callable[[], Router], items: Iterable[Sequence[Any]], client_ttl: float
+    ) -> list[int]:
+        """:meth:`shoal.Client.read_many_into`: the items checked, then read through this
+        metadata and the router ``live()`` gives; files this process knows nothing of yet
+        are looked up first in the table the local worker publishes (``client_ttl``: the
+        client keeps metadata)."""
+        checked = []
+        cache, now, normalized = self.entries, time.monotonic(), self.normalized
+        for i, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+                raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
+            buf, path = item[0], item[1]
+            offset = item[2] if len(item) == 3 else 0
+            if isinstance(offset, bool) or not isinstance(offset, int):
+                raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+            if offset < 0:
+                raise ValueError(f"offset must be >= 0, got {offset}")
+            if type(buf) is not memoryview and hasattr(buf, "__cuda_array_interface__"):
+                raise TypeError(
+                    f"{type(buf).__name__} is a GPU buffer; Client reads into host memory"
+                )
+            view = host_view(buf, writable=True, what="read_into")
+            # A path found in the cache was normalised when it was put there.
+            entry = cache.get(path) if type(path) is str else None
+            if entry is not None and entry[0] > now:
+                checked.append([view, path, offset, entry[1]])
+                continue
+            checked.append([view, normalized(path), offset, None])
+        if not checked:
+            return []
+        router = live()
+        fresh = [i for i, item in enumerate(checked) if item[3] is None]
+        if not fresh or not client_ttl:
+            return self.read(router, checked)
+        # Files this process knows nothing of yet: those the local worker published are
+        # read with no request at all.
+        every = len(fresh) == len(checked)
+        got = router.read_published(checked if every else [checked[i] for i in fresh])
+        if not got:
+            return self.read(router, checked)
+        if every and None not in got:
+            return got
+        if all(n is None for n in got):
+            return self.read(router, checked)
+        out = [0] * len(checked)
+        for i, n in zip(fresh, got, strict=True):
+            if n is not None:
+                out[i] = n
+                checked[i] = None
+        rest = [i for i, item in enumerate(checked) if item is not None]
+        if rest:
+            for i, n in zip(rest, self.read(router, [checked[i] for i in rest]), strict=True):
+                out[i] = n
         return out
 
     def read(self, router: Router, checked: list[list]) -> list[int]:
