@@ -21,7 +21,9 @@ prefix needs room). The quota is per worker; ``shoal du`` sums the cluster's.
 
 **Promotion.** A page read through the worker from a slower tier than its file's tier
 (the policy's, or the fastest) for the second time is moved up to that tier, in the
-background. Pages read through locations a client remembers are not seen here.
+background. Pages read with no request (locations a client remembers, the table of
+published files) are reported by region: a region of a slower tier read twice per page
+it holds has its demoted pages moved back up a tier.
 """
 
 from __future__ import annotations
@@ -116,6 +118,8 @@ class Enforcer:
         self._evicted = 0  # pages the store had evicted when the books were last counted
         self._seen: OrderedDict[bytes, int] = OrderedDict()  # slow page key -> reads
         self._moving: set[bytes] = set()
+        self._demoted: OrderedDict[bytes, None] = OrderedDict()  # keys demoted, newest last
+        self._region_reads: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._mover = ThreadPoolExecutor(1, "shoal-promote")  # one move at a time
         self.counts = dict.fromkeys(
             ("ttl_pages", "ttl_bytes", "quota_pages", "quota_bytes", "quota_refused",
@@ -457,6 +461,43 @@ class Enforcer:
                 up.setdefault(want, []).append(key)
                 self._moving.add(key)
         for tier, keys in up.items():
+            try:
+                self._mover.submit(self._promote, tier, keys)
+            except RuntimeError:  # closed: the worker is stopping
+                with self._lock:
+                    self._moving.difference_update(keys)
+
+    def touched(self, regions: list[list]) -> None:
+        """Pages read through locations clients remembered, or the table of published
+        files (``[tier, region, pages]`` each): their regions are marked used now, and a
+        region of a slower tier read :data:`PROMOTE_AFTER` times per page it holds has
+        its pages that came down by demotion moved back up a tier, in the background
+        (pages put there on purpose, by a ``tier`` policy, stay)."""
+        self._store.touch([(tier, region) for tier, region, _ in regions])
+        slow = [r for r in regions if r[0] in self._tiers[1:]]
+        if not slow:
+            return
+        with self._lock:
+            for key in self._store.take_demoted():
+                self._demoted[key] = None
+            while len(self._demoted) > _SEEN_MAX:
+                self._demoted.popitem(last=False)
+            due = []
+            for tier, region, pages in slow:
+                reads = self._region_reads.pop((tier, region), 0) + pages
+                keys = self._store.region_keys(tier, region)
+                if reads < PROMOTE_AFTER * max(1, len(keys)):
+                    self._region_reads[tier, region] = reads
+                    if len(self._region_reads) > _SEEN_MAX:
+                        self._region_reads.popitem(last=False)
+                    continue
+                up = [k for k in keys if k in self._demoted and k not in self._moving]
+                if up:
+                    due.append((self._tiers[self._tiers.index(tier) - 1], up))
+                    self._moving.update(up)
+                    for k in up:
+                        del self._demoted[k]
+        for tier, keys in due:
             try:
                 self._mover.submit(self._promote, tier, keys)
             except RuntimeError:  # closed: the worker is stopping

@@ -430,7 +430,7 @@ class Worker:
         pages]`` each): hits, read short-circuit, and their regions recently used."""
         pages = sum(n for _, _, n in regions)
         self._counters.add(page_hits=pages, pages_located=pages)
-        self._store.touch([(tier, region) for tier, region, _ in regions])
+        self.enforcer.touched(regions)  # regions used now; demoted pages read often go up
         return {}
 
     # ----------------------------------------------------------------- jobs

@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -91,6 +92,8 @@ _PRIORITIES = {"low": _LOW, "normal": _NORMAL, "high": _HIGH}
 _RECLAIM_RANK = (2, 2, 1, 3)
 # Bytes a move (PageStore.move) reads and writes per round.
 _MOVE_CHUNK = 64 * MiB
+#: Keys of demoted pages :meth:`PageStore.take_demoted` keeps at most.
+_DEMOTED_LOG = 1 << 18
 _COUNTERS = (
     "evicted_pages", "evicted_bytes", "demoted_pages", "demoted_bytes", "moved_pages",
     "moved_bytes", "regions_reclaimed",
@@ -546,7 +549,7 @@ class PageStore:
     crash while it runs loses at most the pages being moved. A page that cannot be placed
     (the tier below is full, an I/O error) is dropped, as without ``demote``; the write
     that made room never fails because of it. :meth:`move` moves pages between tiers on
-    request (to promote them, say).
+    request (to promote them, say); :meth:`take_demoted` tells which pages came down.
 
     Every read checks the page's crc32c; a mismatch drops the page.
 
@@ -625,8 +628,9 @@ class PageStore:
     :meth:`put`, :meth:`put_many`, :meth:`get_into`, :meth:`get_many_into`,
     :meth:`locate`, :meth:`contains`, :meth:`delete`, :meth:`pin`, :meth:`unpin`,
     :meth:`mark_clean`, :meth:`usage`, :meth:`stats`, :meth:`evict`, :meth:`touch`,
-    :meth:`region_keys`, :meth:`move`, :meth:`open_for_reader`, and of the record calls
-    :meth:`put_records`, :meth:`delete_records`, :meth:`get_record`, :meth:`records`, then
+    :meth:`region_keys`, :meth:`move`, :meth:`take_demoted`, :meth:`open_for_reader`, and
+    of the record calls :meth:`put_records`, :meth:`delete_records`, :meth:`get_record`,
+    :meth:`records`, then
     :meth:`close` (or use the store as a context manager). A worker that restarts reads its
     records first (:meth:`records`) to know its files again, then their pages. One process
     owns a store at a time (the index and each tier directory are locked); other processes
@@ -676,6 +680,7 @@ class PageStore:
         order = [self._tiers[t.name] for t in tiers]
         self._below = {t.code: below for t, below in zip(order, [*order[1:], None], strict=True)}
         self._stats = dict.fromkeys(_COUNTERS, 0)  # see stats()
+        self._demoted: deque[bytes] = deque(maxlen=_DEMOTED_LOG)  # see take_demoted()
         # key -> its page record, the very bytes the index holds (see _entry): a fraction of
         # the memory of a tuple of ints, which matters at tens of millions of pages.
         self._entries: dict[bytes, bytes] = {}
@@ -1243,6 +1248,7 @@ class PageStore:
                 continue  # the pages go with their region
             self._stats["demoted_pages"] += count
             self._stats["demoted_bytes"] += nbytes
+            self._demoted.extend(p.key for p in moving)
 
     def _fetch(self, pages: list[tuple[bytes, bytes, int, _Region]]) -> list[_Moving]:
         """Read pages (``(key, record, kind of region to go to, region)``) for a move: those
@@ -2143,6 +2149,16 @@ class PageStore:
         """
         with self._lock:
             return dict(self._stats)
+
+    def take_demoted(self) -> list[bytes]:
+        """The keys of the pages demoted since the last call (the last
+        :data:`_DEMOTED_LOG` of them at most, oldest first; a key may since have been moved,
+        deleted or evicted): what a caller that moves pages read often back up needs to
+        tell them from pages put in a slower tier on purpose."""
+        with self._lock:
+            keys = list(self._demoted)
+            self._demoted.clear()
+        return keys
 
     def evict(self, tier: str, to_bytes: int) -> int:
         """Reclaim regions of ``tier`` until its allocated bytes are at most ``to_bytes`` or

@@ -4,6 +4,7 @@
 request), :class:`ShoalIterableDataset` an iterable one, shuffled per epoch and split
 across DataLoader workers and distributed ranks. Without a transform, a sample is a
 :class:`Sample`: the file's path and its bytes as a ``torch.uint8`` tensor.
+:class:`StorageReader` loads ``torch.distributed.checkpoint`` checkpoints through Shoal.
 """
 
 from __future__ import annotations
@@ -16,5 +17,6 @@ except ImportError as exc:
     ) from exc
 
 from ._datasets import Sample, ShoalIterableDataset, ShoalMapDataset
+from ._dcp import StorageReader
 
-__all__ = ["Sample", "ShoalIterableDataset", "ShoalMapDataset"]
+__all__ = ["Sample", "ShoalIterableDataset", "ShoalMapDataset", "StorageReader"]

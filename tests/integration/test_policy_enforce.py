@@ -252,6 +252,29 @@ def test_pages_evicted_from_mem_move_down_and_pages_read_often_move_up(two_tiers
         read(reader, on_ssd, expected)
 
 
+def test_demoted_pages_read_short_circuit_move_back_up(two_tiers, tmp_path):
+    client = two_tiers
+    files(tmp_path, "m", 20, pages=2)
+    client.mount("/d", tmp_path.as_uri())
+    client.load(["/d/m"])
+    on_ssd = next(
+        f"/d/m/f{i:04d}"
+        for i in range(20)
+        if client.du(f"/d/m/f{i:04d}")["tiers"]["SSD"] == 2 * PAGE
+    )
+    expected = (tmp_path / "m" / on_ssd.rsplit("/", 1)[1]).read_bytes()
+    with Client(load_config()) as reader:
+        read(reader, on_ssd, expected)  # asks the worker where the pages are, once
+
+        def promoted() -> bool:
+            # Later reads need no request: reported by region about once a second.
+            read(reader, on_ssd, expected)
+            return client.du(on_ssd)["tiers"]["MEM"] == 2 * PAGE
+
+        wait_for(promoted, "pages read short-circuit were not promoted")
+        read(reader, on_ssd, expected)
+
+
 # ----------------------------------------------------------------- bad input
 
 

@@ -220,6 +220,9 @@ def test_reclaimed_pages_are_demoted_to_the_tier_below(tmp_path):
         usage = s.usage()
         assert (usage["MEM"].pages, usage["SSD"].pages) == (9, 8)
         assert usage["SSD"].live_bytes == 8 * PAGE
+        # Which pages came down, once: what tells them from pages put on SSD on purpose.
+        assert sorted(s.take_demoted()) == sorted(f"m{i}".encode() for i in range(8))
+        assert s.take_demoted() == []
 
 
 def test_demoted_pages_keep_their_priority_and_flags(tmp_path):
@@ -254,6 +257,7 @@ def test_low_priority_pages_are_dropped_not_demoted(tmp_path):
         stats = s.stats()
         assert (stats["evicted_pages"], stats["evicted_bytes"]) == (4, 4 * PAGE)
         assert (stats["demoted_pages"], stats["demoted_bytes"]) == (4, 4 * PAGE)
+        assert sorted(s.take_demoted()) == sorted(f"n{i}".encode() for i in range(4))
 
 
 def test_without_demote_reclaimed_pages_are_dropped(tmp_path):
