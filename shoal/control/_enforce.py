@@ -506,12 +506,14 @@ class Enforcer:
 
     def _promote(self, tier: str, keys: list[bytes]) -> None:
         try:
-            moved = self._store.move(keys, tier)
-            there = [loc for loc in self._store.locate(keys, touch=False) if loc]
+            before = self._store.locate(keys, touch=False)
+            going = [k for k, loc in zip(keys, before, strict=True) if loc and loc.tier != tier]
+            moved = self._store.move(going, tier)
+            after = self._store.locate(going, touch=False)
             with self._lock:
                 self.counts["promoted_pages"] += moved
                 self.counts["promoted_bytes"] += sum(
-                    loc.length for loc in there if loc.tier == tier
+                    loc.length for loc in after if loc is not None and loc.tier == tier
                 )
         except (OSError, ValueError) as exc:
             log.info("pages not promoted to %s: %s", tier, exc)
@@ -521,8 +523,9 @@ class Enforcer:
 
     def report(self) -> dict[str, Any]:
         """The worker report's sections of what policies did: evictions by reason
-        (``capacity``: the store's, ``ttl``, ``quota``), pages moved between tiers,
-        puts a quota refused, and each quota's bytes here."""
+        (``capacity``: the store's, ``ttl``, ``quota``), pages moved (demoted, promoted,
+        or to regions of another priority), puts a quota refused, and each quota's bytes
+        here."""
         store, counts = self._store.stats(), self.stats()
 
         def pair(pages: int, nbytes: int) -> dict[str, int]:
@@ -537,6 +540,11 @@ class Enforcer:
             "tier_moves": {
                 "demoted": pair(store["demoted_pages"], store["demoted_bytes"]),
                 "promoted": pair(counts["promoted_pages"], counts["promoted_bytes"]),
+                # The store's other moves: to regions of the priority a policy set later.
+                "reprioritized": pair(
+                    store["moved_pages"] - counts["promoted_pages"],
+                    store["moved_bytes"] - counts["promoted_bytes"],
+                ),
             },
             "quota_refused": counts["quota_refused"],
             "quotas": self.usage(),

@@ -399,7 +399,13 @@ def _moved_families(
 
     for moved, name, label, text in (
         (evictions, "shoal_evicted", "reason", "evicted, by reason (capacity, ttl, quota)"),
-        (tier_moves, "shoal_tier_moved", "direction", "moved between tiers (demoted, promoted)"),
+        (
+            tier_moves,
+            "shoal_tier_moved",
+            "direction",
+            "moved between tiers (demoted, promoted) or to regions of another priority "
+            "(reprioritized)",
+        ),
     ):
         if moved is None:
             continue

@@ -87,8 +87,9 @@ class CacheUsage:
 
     def repin(self, prefixes: list[str]) -> int:
         """Pin the cached pages of the recorded files under ``prefixes`` whose policy pins
-        them now, within each tier's pinned share (see :meth:`Fetcher.may_pin`), and
-        unpin those of the files it no longer pins; the pages pinned or unpinned.
+        them now, within each tier's pinned share (see :meth:`Fetcher.may_pin`), unpin
+        those of the files it no longer pins, and move the others to regions of the
+        priority the policy gives them now; the pages pinned, unpinned or moved.
 
         Pages are pinned where they are: a pinned page keeps its region from eviction
         (with the other pages of that region) until it is unpinned. Files without a record
@@ -99,19 +100,22 @@ class CacheUsage:
                 for prefix in prefixes:
                     under = prefix.rstrip("/") + "/"
                     for _, path, fid, count in self._recorded(prefix, under, set()):
-                        pin = self._files.options_at(path)["pin"]
-                        changed += self._repin_file(fid, count, pin)
+                        own = self._files.options_at(path)
+                        changed += self._repin_file(fid, count, own["pin"], own["priority"])
             except (OSError, ValueError) as exc:  # evicted meanwhile, or the store closed
                 log.info("pins under %s not all brought up to date: %s", prefixes, exc)
         return changed
 
-    def _repin_file(self, fid: bytes, count: int, pin: bool) -> int:
-        """Pin (within the pinned share) or unpin the cached pages of a file."""
+    def _repin_file(self, fid: bytes, count: int, pin: bool, priority: str) -> int:
+        """Pin (within the pinned share) or unpin the cached pages of a file, and move
+        those not in regions of its ``priority`` there (in the tier each is in)."""
         keys = [page_key(fid, i) for i in range(count)]
         done = 0
+        by_tier: dict[str, list[bytes]] = {}
         for key, loc in zip(keys, self._store.locate(keys, touch=False), strict=True):
             if loc is None:
                 continue
+            by_tier.setdefault(loc.tier, []).append(key)
             if not pin:
                 self._store.unpin(key)
                 done += 1
@@ -121,6 +125,8 @@ class CacheUsage:
                     continue
                 self._store.pin(key)
             done += 1
+        for tier, in_tier in by_tier.items():
+            done += self._store.move(in_tier, tier, priority)
         return done
 
     def recorded_files(self, prefix: str) -> Iterator[tuple[str, bytes, int]]:

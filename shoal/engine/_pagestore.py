@@ -1550,9 +1550,10 @@ class PageStore:
 
     # ----------------------------------------------------------------- moves between tiers
 
-    def move(self, keys: Iterable[bytes | str], tier: str) -> int:
+    def move(self, keys: Iterable[bytes | str], tier: str, priority: str | None = None) -> int:
         """Move pages to another tier (to promote them, say), keeping key, crc32c, flags and
-        priority.
+        priority; or, with ``priority``, to regions of that priority (in ``tier``, their
+        own tier included: to change the priority of pages cached already).
 
         Pages are read (their crc32c checked), space is reserved in ``tier`` under the
         store's lock, they are written outside it, then their index records are committed,
@@ -1567,6 +1568,11 @@ class PageStore:
             being moved are skipped.
         tier
             Name of the tier to move them to, faster or slower.
+        priority
+            ``"low"``, ``"normal"`` or ``"high"``: the priority the pages take (pinned and
+            dirty ones stay in regions of their own, and are skipped in their own tier);
+            pages in ``tier`` already in regions of that priority are skipped. None: each
+            page keeps its own.
 
         Returns
         -------
@@ -1588,6 +1594,7 @@ class PageStore:
             raise TypeError(f"move: tier must be a tier name (str), got {type(tier).__name__}")
         if isinstance(keys, (str, bytes, bytearray, memoryview)):
             raise TypeError("move: expected an iterable of keys, got one key")
+        kind = None if priority is None else _priority_kind(priority)
         pending = list(dict.fromkeys(_encode_key(key) for key in keys))
         target = self._tier(tier)
         with self._lock:
@@ -1597,7 +1604,7 @@ class PageStore:
         while start < len(pending):
             with self._lock:
                 self._check_open()
-                pages, start = self._pages_to_move(pending, start, target)
+                pages, start = self._pages_to_move(pending, start, target, kind)
                 if not pages:
                     continue
                 self._active += 1
@@ -1614,10 +1621,11 @@ class PageStore:
         return moved
 
     def _pages_to_move(
-        self, pending: list[bytes], start: int, target: _Tier
+        self, pending: list[bytes], start: int, target: _Tier, kind: int | None = None
     ) -> tuple[list[tuple[bytes, bytes, int, _Region]], int]:
-        """The next pages of ``pending`` from ``start`` to move to ``target``, up to about
-        ``_MOVE_CHUNK`` bytes, and where the next round starts; called with the lock held."""
+        """The next pages of ``pending`` from ``start`` to move to ``target`` (into regions
+        of ``kind`` when given), up to about ``_MOVE_CHUNK`` bytes, and where the next
+        round starts; called with the lock held."""
         entries, by_code, unpack = self._entries, self._by_code, _PAGE.unpack
         pages = []
         nbytes = 0
@@ -1628,10 +1636,11 @@ class PageStore:
             if record is None:
                 continue
             code, number, _, _, length, _, flags = unpack(record)
-            if code == target.code:
-                continue
             region = by_code[code].regions[number]
-            pages.append((k, record, _moving_kind(region.kind, flags), region))
+            going = _moving_kind(region.kind if kind is None else kind, flags)
+            if code == target.code and (kind is None or going == region.kind):
+                continue  # where it should be already
+            pages.append((k, record, going, region))
             nbytes += length
         return pages, start
 

@@ -224,6 +224,20 @@ def test_high_priority_pages_outlive_a_scan_that_evicts_low_ones(client, tmp_pat
     assert evicted(client, "capacity") > 0
 
 
+def test_a_priority_set_later_moves_the_pages_cached_before(client, tmp_path):
+    files(tmp_path, "hi", 8)
+    files(tmp_path, "scan", 3 * CAPACITY // PAGE)
+    client.mount("/d", tmp_path.as_uri())
+    client.load(["/d/hi"])
+    client.set_policy("/d/hi", priority="high")
+    wait_for(
+        lambda: client.report()["tier_moves"]["reprioritized"]["pages"] == 8,
+        "the pages cached before were not moved to high-priority regions",
+    )
+    client.load(["/d/scan"])
+    assert client.du("/d/hi")["bytes"] == 8 * PAGE
+
+
 # ----------------------------------------------------------------- tiers
 
 

@@ -471,6 +471,25 @@ def test_move_up_and_down_keeps_bytes_flags_and_priority(tmp_path):
         assert s.pinned("p0") and read(s, "p0") == payload("p0", 5000)
 
 
+def test_a_move_with_a_priority_changes_the_regions_of_pages_in_their_tier(tmp_path):
+    with make_store(tmp_path, {"MEM": 8}) as s:
+        s.put_many([(f"n{i}", payload(f"n{i}")) for i in range(4)])  # a normal region
+        s.put("p0", payload("p0"), pin=True)
+        s.put("h0", payload("h0"), priority="high")
+        normal = where(s, "n0")
+        # To high: in MEM still, in the region of high pages; a pinned page stays put.
+        assert s.move(["n0", "n1", "p0", "h0"], "MEM", priority="high") == 2
+        assert where(s, "n0") == where(s, "n1") == where(s, "h0") != normal
+        assert where(s, "p0")[0] == "MEM" and s.pinned("p0")
+        assert read(s, "n1") == payload("n1")
+        assert s.move(["n0", "n1"], "MEM", priority="high") == 0  # there already
+        # A scan that needs room reclaims normal regions before the high one.
+        s.put_many([(f"x{i}", payload(f"x{i}")) for i in range(24)])
+        assert s.contains("n0") and s.contains("h0") and not s.contains("n2")
+        with pytest.raises(ValueError, match="unknown priority 'urgent'"):
+            s.move(["n0"], "MEM", priority="urgent")
+
+
 def test_moving_a_whole_region_frees_it(tmp_path):
     with make_store(tmp_path, {"MEM": 4, "SSD": 8}) as s:
         s.put_many([(f"s{i}", payload(f"s{i}")) for i in range(5)], tier="SSD")
