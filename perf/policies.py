@@ -85,7 +85,7 @@ DATA = f"{DATA_MOUNT}/data"
 SMALL = 4 * KiB
 DIRS = 20
 BATCH = 256
-ROUNDS = 2
+ROUNDS = 4  # sides alternate in order: a drift of the machine weighs on both alike
 QUIET = 0.5  # seconds of (almost) no CPU that make a worker idle
 
 
