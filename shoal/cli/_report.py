@@ -119,6 +119,12 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines.append(f"evicted     {_moved(report['evictions'])}")
     if report.get("tier_moves") is not None:
         lines.append(f"tier moves  {_moved(report['tier_moves'])}")
+    for prefix, q in sorted((report.get("quotas") or {}).items()):
+        used, quota = format_size(q.get("bytes", 0)), format_size(q.get("quota", 0))
+        lines.append(f"quota       {prefix}: {used} of {quota} cached here")
+    if report.get("quota_refused"):
+        refused = report["quota_refused"]
+        lines.append(f"quota       {refused} puts not cached (no room under a quota)")
     lines += _mount_lines(report.get("by_mount") or {})
     lines += _latency_lines(report.get("ufs_latency") or {}, report.get("ufs_errors") or {})
     lines += _cluster_lines(report)

@@ -357,6 +357,7 @@ def report_metrics(report: dict) -> Iterator[Any]:
     yield state
     yield from _mount_families(report.get("by_mount"))
     yield from _moved_families(report.get("evictions"), report.get("tier_moves"))
+    yield from _quota_families(report.get("quotas"), report.get("quota_refused"))
     yield from _ufs_families(report.get("ufs_latency"), report.get("ufs_errors"))
 
 
@@ -388,6 +389,35 @@ def _mount_families(by_mount: Mapping[str, Mapping[str, int]] | None) -> Iterato
         served.add_metric([mount, "socket"], c.get("bytes_socket", 0))
         read.add_metric([mount], c.get("bytes_ufs", 0))
     yield from (hits, misses, served, read)
+
+
+def _quota_families(
+    quotas: Mapping[str, Mapping[str, int]] | None, refused: int | None
+) -> Iterator[Any]:
+    """Each quota prefix's limit and the bytes counted against it here, and the puts a
+    quota refused."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if quotas is not None:
+        limit = GaugeMetricFamily(
+            "shoal_quota_bytes", "The quota of a prefix (per worker).", labels=["prefix"]
+        )
+        used = GaugeMetricFamily(
+            "shoal_quota_used_bytes",
+            "Bytes cached under a prefix with a quota, counted against it.",
+            labels=["prefix"],
+        )
+        for prefix, q in sorted(quotas.items()):
+            limit.add_metric([prefix], q.get("quota", 0))
+            used.add_metric([prefix], q.get("bytes", 0))
+        yield from (limit, used)
+    if refused is not None:
+        yield CounterMetricFamily(
+            "shoal_quota_refused",
+            "Puts of pages not cached: larger than their prefix's quota, or no file of the "
+            "prefix could make room.",
+            value=refused,
+        )
 
 
 def _moved_families(

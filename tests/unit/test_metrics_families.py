@@ -137,6 +137,22 @@ def test_eviction_and_tier_move_families():
     }
 
 
+def test_quota_families_and_lines():
+    quotas = {"quotas": {"/d/q": {"quota": 8 << 20, "bytes": 3 << 20}}, "quota_refused": 2}
+    got = exposition({**BASE, **NEW, **quotas})
+    assert samples(got["shoal_quota_bytes"]) == {
+        ("shoal_quota_bytes", (("prefix", "/d/q"),)): 8 << 20
+    }
+    assert samples(got["shoal_quota_used_bytes"]) == {
+        ("shoal_quota_used_bytes", (("prefix", "/d/q"),)): 3 << 20
+    }
+    assert samples(got["shoal_quota_refused"]) == {("shoal_quota_refused_total", ()): 2}
+    lines = render_report({**BASE, **NEW, **quotas}).splitlines()
+    assert "quota       /d/q: 3.0 MiB of 8.0 MiB cached here" in lines
+    assert "quota       2 puts not cached (no room under a quota)" in lines
+    assert "shoal_quota_bytes" not in exposition({**BASE, **NEW})
+
+
 def test_latency_histogram_and_error_families():
     got = exposition({**BASE, **NEW})
     family = got["shoal_ufs_request_seconds"]
