@@ -21,12 +21,20 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..engine._requests import host_view
 
-if TYPE_CHECKING:
-    from ._client import Client
+
+class Client(Protocol):
+    """What reading a checkpoint takes of a :class:`shoal.Client`."""
+
+    def stat(self, path: str) -> Any: ...
+
+    def read_into(self, buf: Any, path: str, offset: int = 0) -> int: ...
+
+    def read_many_into(self, items: Any) -> list[int]: ...
+
 
 __all__ = ["Header", "TensorEntry", "load_checkpoint", "load_checkpoint_into", "parse_header"]
 
