@@ -206,6 +206,23 @@ def test_tier_and_pin_on_an_s3_mount(two_tiers, bucket):
     assert client.du("/s3/fill")["bytes"] == 20 * PAGE
 
 
+def test_priority_and_demotion_on_an_s3_mount(two_tiers, bucket):
+    client = two_tiers
+    for i in range(8):
+        bucket.put(f"low/f{i}", bytes([i]) * PAGE)
+    for i in range(20):
+        bucket.put(f"fill/f{i}", bytes([i]) * PAGE)
+    client.mount("/s3", f"s3://{bucket.name}", **bucket.options())
+    client.set_policy("/s3/low", priority="low")
+    client.load(["/s3/low"])
+    client.load(["/s3/fill"])  # more than MEM holds
+    low = client.du("/s3/low")
+    # Low pages are dropped, never moved down: only the region still open for them stays.
+    assert low["tiers"]["SSD"] == 0 and low["bytes"] <= 4 * PAGE
+    assert client.du("/s3/fill")["bytes"] == 20 * PAGE  # normal pages moved down instead
+    assert client.report()["evictions"]["capacity"]["pages"] >= 4
+
+
 # ----------------------------------------------------------------- priority
 
 
