@@ -4,7 +4,8 @@
 request), :class:`ShoalIterableDataset` an iterable one, shuffled per epoch and split
 across DataLoader workers and distributed ranks. Without a transform, a sample is a
 :class:`Sample`: the file's path and its bytes as a ``torch.uint8`` tensor.
-:class:`StorageReader` loads ``torch.distributed.checkpoint`` checkpoints through Shoal.
+:class:`StorageReader` loads ``torch.distributed.checkpoint`` checkpoints through Shoal,
+and :func:`latest_checkpoint` finds the newest complete one under a prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ except ImportError as exc:
     ) from exc
 
 from ._datasets import Sample, ShoalIterableDataset, ShoalMapDataset
-from ._dcp import StorageReader
+from ._dcp import StorageReader, latest_checkpoint
 
-__all__ = ["Sample", "ShoalIterableDataset", "ShoalMapDataset", "StorageReader"]
+__all__ = [
+    "Sample",
+    "ShoalIterableDataset",
+    "ShoalMapDataset",
+    "StorageReader",
+    "latest_checkpoint",
+]

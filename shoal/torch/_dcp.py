@@ -29,7 +29,7 @@ from ..client import Client
 if TYPE_CHECKING:
     from torch.distributed.checkpoint._extension import ExtensionRegistry
 
-__all__ = ["StorageReader"]
+__all__ = ["StorageReader", "latest_checkpoint"]
 
 #: Bytes of shard data read with one ``read_many_into`` before they are handed to the
 #: planner (a plan's items are read in batches of about this size, to bound memory).
@@ -274,6 +274,46 @@ class StorageReader(dcp.StorageReader):
             if isinstance(extension, StreamTransformExtension):
                 stream = extension.transform_from(stream)
         return io.BytesIO(stream.read(-1))
+
+
+def latest_checkpoint(prefix: str | os.PathLike, client: Client | None = None) -> str | None:
+    """The newest complete DCP checkpoint directly under ``prefix``, for resuming: of the
+    directories there holding a ``.metadata`` file (DCP writes it last, once every shard
+    is written), the one whose ``.metadata`` is newest (the larger path on a tie); None
+    when none is complete::
+
+        path = latest_checkpoint("/ckpt/run-7")
+        if path is not None:
+            dcp.load(state_dict, storage_reader=StorageReader(path))
+
+    Raises ``FileNotFoundError`` for a prefix under no mount or that does not exist,
+    ``NotADirectoryError`` for a file.
+    """
+    prefix = _checkpoint_path(prefix)
+    own = client is None
+    if own:
+        client = Client()
+    elif not isinstance(client, Client):
+        raise TypeError(f"client must be a shoal Client, got {type(client).__name__}")
+    try:
+        entries = client.ls(prefix)
+        if len(entries) == 1 and entries[0].path == prefix and not entries[0].is_dir:
+            raise NotADirectoryError(errno.ENOTDIR, "not a directory of checkpoints", prefix)
+        best: tuple[tuple[float, str], str] | None = None
+        for entry in entries:
+            if not entry.is_dir:
+                continue
+            try:
+                meta = client.stat(f"{entry.path.rstrip('/')}/.metadata")
+            except (FileNotFoundError, IsADirectoryError):
+                continue  # not a checkpoint, or one still being written
+            key = (meta.mtime, entry.path)
+            if best is None or key > best[0]:
+                best = (key, entry.path)
+        return best[1] if best is not None else None
+    finally:
+        if own:
+            client.close()
 
 
 def _checkpoint_path(path: Any) -> str:

@@ -285,3 +285,27 @@ def test_batches_split_items_in_order_within_the_budget(lengths, budget):
     for first, second in zip(batches, batches[1:], strict=False):
         size = sum(storage[r.storage_index].length for r in first + second[:1])
         assert size > budget, "a batch was cut before its budget was spent"
+
+
+def test_the_latest_complete_checkpoint_is_found_for_resuming(client, tmp_path):
+    from shoal.torch import latest_checkpoint
+
+    root = tmp_path / "run"
+    for step, mtime in (("step-100", 1_000), ("step-300", 3_000), ("step-200", 2_000)):
+        save(state(), root / step)
+        os.utime(root / step / ".metadata", (mtime, mtime))
+    (root / "step-400").mkdir()  # shards, no .metadata yet: still being written
+    (root / "step-400" / "__0_0.distcp").write_bytes(b"partial")
+    (root / "notes.txt").write_text("not a checkpoint")
+    client.mount("/mnt", tmp_path.as_uri())
+    assert latest_checkpoint("/mnt/run", client=client) == "/mnt/run/step-300"
+    reader = StorageReader(latest_checkpoint("/mnt/run/", client=client), client=client)
+    assert_same(load(blank(state()), reader), state())
+    (tmp_path / "empty").mkdir()
+    assert latest_checkpoint("/mnt/empty", client=client) is None
+    with pytest.raises(FileNotFoundError):
+        latest_checkpoint("/nowhere/run", client=client)
+    with pytest.raises(NotADirectoryError, match="not a directory of checkpoints"):
+        latest_checkpoint("/mnt/run/notes.txt", client=client)
+    with pytest.raises(ValueError, match="absolute Shoal path"):
+        latest_checkpoint("run", client=client)
