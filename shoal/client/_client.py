@@ -329,7 +329,7 @@ class Client:
         The errors of :meth:`read_into`, for the first item that fails; nothing is read
         then unless the items before it were valid.
         """
-        return self._meta.read_many(self._live, items, self._meta_ttl)
+        return self._meta.read_many(self._live, items)
 
     def open(self, path: str, buffer_size: int | None = None) -> io.BufferedReader:
         """A seekable binary file object reading ``path`` through this client.

@@ -87,13 +87,11 @@ class ClientMetadata:
                 self.entries = {p: e for p, e in entries.items() if e[0] > now}
         return out
 
-    def read_many(
-        self, live: Callable[[], Router], items: Iterable[Sequence[Any]], client_ttl: float
-    ) -> list[int]:
+    def read_many(self, live: Callable[[], Router], items: Iterable[Sequence[Any]]) -> list[int]:
         """:meth:`shoal.Client.read_many_into`: the items checked, then read through this
         metadata and the router ``live()`` gives; files this process knows nothing of yet
-        are looked up first in the table the local worker publishes (``client_ttl``: the
-        client keeps metadata)."""
+        are looked up first in the table the local worker publishes (when this client
+        keeps metadata at all)."""
         checked = []
         cache, now, normalized = self.entries, time.monotonic(), self.normalized
         for i, item in enumerate(items):
@@ -120,7 +118,7 @@ class ClientMetadata:
             return []
         router = live()
         fresh = [i for i, item in enumerate(checked) if item[3] is None]
-        if not fresh or not client_ttl:
+        if not fresh or not self.ttl:
             return self.read(router, checked)
         # Files this process knows nothing of yet: those the local worker published are
         # read with no request at all.

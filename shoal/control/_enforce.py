@@ -125,6 +125,7 @@ class Enforcer:
             ("ttl_pages", "ttl_bytes", "quota_pages", "quota_bytes", "quota_refused",
              "promoted_pages", "promoted_bytes"), 0,
         )  # fmt: skip
+        self._watched: tuple[object, bool] = (None, False)  # (policy table, any ttl/quota)
         self._stop = threading.Event()
         self._wake = threading.Event()  # a change of policies: count the books again
         self._load_clock()
@@ -170,6 +171,14 @@ class Enforcer:
         if clock is None:
             return ttl  # pages cached from now on start their clock after this
         return max(0.0, clock[0] + ttl - time.time())
+
+    def watching(self) -> bool:
+        """True when some policy sets a ``ttl`` or a ``quota`` (reads then go through
+        :meth:`check`); kept per table of policies, so a read pays one comparison."""
+        table = self._files.policies
+        if self._watched[0] is not table:
+            self._watched = (table, any(p.ttl or p.quota for p in table.rules.values()))
+        return self._watched[1]
 
     def check(self, files: Iterable[File]) -> None:
         """Before the pages of ``files`` are looked up for a read: delete those of the

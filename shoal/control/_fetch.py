@@ -802,7 +802,7 @@ class Fetcher:
         out: dict[bytes, Any] = {}
         missing = []
         enforcer = self.enforcer
-        if enforcer is not None:
+        if enforcer is not None and enforcer.watching():
             policed = {
                 p.file.fid: p.file for p in pages if p.file.own["ttl"] or p.file.own["quota"]
             }

@@ -128,4 +128,7 @@ def test_headers_of_any_fields_are_checked_against_the_data(doc, data):
 
 
 def test_the_header_bound():
-    assert MAX_HEADER == 100 << 20
+    big = 1 << 40  # the file's size: the bound alone decides
+    assert header_length(struct.pack("<Q", MAX_HEADER), "f", big) == MAX_HEADER
+    with pytest.raises(ValueError, match=f"longer than {MAX_HEADER}"):
+        header_length(struct.pack("<Q", MAX_HEADER + 1), "f", big)

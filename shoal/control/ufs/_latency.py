@@ -51,10 +51,10 @@ class Histogram:
         self._counts = [0] * (len(bounds) + 1)
         self._sum_ns = 0
 
-    def observe_ns(self, ns: int) -> None:
-        """Count one duration of ``ns`` nanoseconds (>= 0)."""
-        self._counts[bisect_left(self._bounds_ns, ns)] += 1
-        self._sum_ns += ns
+    def observe_ns(self, ns: int, times: int = 1) -> None:
+        """Count ``times`` durations of ``ns`` nanoseconds each (>= 0)."""
+        self._counts[bisect_left(self._bounds_ns, ns)] += times
+        self._sum_ns += ns * times
 
     def snapshot(self) -> dict[str, Any]:
         """The histogram as plain data (JSON and msgpack carry it as it is).
