@@ -47,6 +47,8 @@ _ENV_FIELDS = {
     "SHOAL_CAPACITY": "capacity",
     "SHOAL_MEM_CAPACITY": "mem_capacity",
     "SHOAL_METADATA_CACHE": "metadata_cache",
+    "SHOAL_DIRTY_BYTES": "dirty_bytes",
+    "SHOAL_DIRTY_WAIT": "dirty_wait",
     "SHOAL_CLUSTER_SECRET_FILE": "cluster_secret_file",
     "SHOAL_ADMIN_SECRET_FILE": "admin_secret_file",
     "SHOAL_TLS_CERT": "tls_cert",
@@ -84,7 +86,8 @@ DEFAULT_ALLOWED_MOUNTS = ("s3://", "gs://", "gcs://", "abfs://", "az://")
 #: Environment variables a mount may name as its credentials by default.
 DEFAULT_CREDENTIAL_ENV = ("AWS_*",)
 _SIZE_FIELDS = (
-    "page_size", "chunk_size", "region_size", "capacity", "mem_capacity", "metadata_cache"
+    "page_size", "chunk_size", "region_size", "capacity", "mem_capacity", "metadata_cache",
+    "dirty_bytes",
 )  # fmt: skip
 
 
@@ -180,6 +183,13 @@ class Config:
     metadata_cache
         Bytes of memory a worker's cache of file metadata (stats and listings) may take,
         as estimated (128 MiB by default); past it the oldest entries go.
+    dirty_bytes
+        Bytes of written files a worker holds before they reach their under-store (the
+        dirty budget; default half of ``capacity``), kept under ``home/dirty``; a writer
+        past it waits up to ``dirty_wait`` seconds for uploads to make room, then gets
+        ``ENOSPC``.
+    dirty_wait
+        Seconds a writer waits for room in the dirty budget (default 30).
     idle_timeout
         Seconds a worker keeps a connection that sends no request (clients reconnect).
     send_timeout
@@ -200,6 +210,8 @@ class Config:
     capacity: int | None = None
     mem_capacity: int | None = None
     metadata_cache: int = 128 * MiB
+    dirty_bytes: int | None = None
+    dirty_wait: float = 30.0
     page_size: int = 4 * MiB
     chunk_size: int = 64 * MiB
     region_size: int = 64 * MiB
@@ -311,7 +323,10 @@ class Config:
             )
         for name in ("max_connections", "max_connections_per_peer", "metadata_cache"):
             set_(self, name, _positive(getattr(self, name), name, int))
-        for name in ("idle_timeout", "send_timeout"):
+        if self.dirty_bytes is None:
+            set_(self, "dirty_bytes", self.capacity // 2)
+        set_(self, "dirty_bytes", _positive(self.dirty_bytes, "dirty_bytes", int))
+        for name in ("idle_timeout", "send_timeout", "dirty_wait"):
             set_(self, name, _positive(getattr(self, name), name, float))
 
     def _check_etcd_credentials(self) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 
@@ -164,3 +166,58 @@ class FaultyProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+#: A moto S3 server on 127.0.0.1 and the port given (0: any free one), which it prints.
+_MOTO = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+"""
+
+
+class MotoProcess:
+    """A moto S3 server in a process of its own: killed, it closes every connection at
+    once (a server thread of this process would keep serving open keep-alive ones)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, bucket: str) -> None:
+        """Start the server (on the port it had, if any) with an empty ``bucket``."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO, str(self.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.port = int(self.proc.stdout.readline())
+        self.client().create_bucket(Bucket=bucket)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc = None
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=FAKE_ACCESS_KEY,
+            aws_secret_access_key=FAKE_SECRET_KEY,
+        )

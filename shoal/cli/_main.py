@@ -9,7 +9,19 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from . import _du, _fs, _fuse, _load, _mount, _policy, _report, _secret, _worker, _workers
+from . import (
+    _du,
+    _fs,
+    _fuse,
+    _load,
+    _mount,
+    _persist,
+    _policy,
+    _report,
+    _secret,
+    _worker,
+    _workers,
+)
 from ._common import describe_error, env_flag
 
 __all__ = ["build_parser", "main"]
@@ -20,6 +32,7 @@ commands by topic:
   namespace   mount add|rm|ls, ls, stat, cat
   files       fuse mount|umount MOUNTPOINT
   cache       load, free, report [--cluster], du PATH
+  uploads     persist [PATH] [--wait]
   policies    policy set|rm|ls|show
   cluster     workers, worker drain|undrain ID
   security    secret new FILE
@@ -41,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"shoal {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (_worker, _mount, _fs, _fuse, _load, _report, _du, _policy, _workers, _secret):
+    groups = (
+        _worker, _mount, _fs, _fuse, _load, _persist, _report, _du, _policy, _workers, _secret,
+    )  # fmt: skip
+    for group in groups:
         group.register(sub)
     return parser
 

@@ -90,8 +90,7 @@ def register(subparsers) -> None:
         description="A policy sets fields on a path prefix; for each field the longest "
         "prefix that sets it wins, and the mount's options are the defaults. Policies are "
         "kept by the worker (in etcd in a cluster) and every worker follows a change within "
-        "seconds. This version enforces every field but write_mode, which it refuses until "
-        "it writes.",
+        "seconds. Every field is enforced.",
     )
     sub = policy.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
 

@@ -1,7 +1,8 @@
 """``shoal report``: the worker's capacity, use and health per tier, pages, hit ratio, and
 its traffic, with the requests it sent to each under-store by kind; pages evicted and moved
 between tiers; per mount, hits, misses and bytes served, and how long its under-store's
-requests took; ``--cluster``: the sum over every live worker, and a line per worker."""
+requests took; the write-back (uploads pending, done, failed); ``--cluster``: the sum over
+every live worker, and a line per worker."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .._units import format_size
 from ..control._metrics import histogram_quantile
 from ._common import add_home_option, format_duration, format_table, open_client, print_json
 
-__all__ = ["register", "render_cluster_report", "render_report"]
+__all__ = ["files_phrase", "register", "render_cluster_report", "render_report", "writeback_lines"]
 
 
 def _pct(part: float, whole: float) -> str:
@@ -125,10 +126,43 @@ def render_report(report: Mapping[str, Any]) -> str:
     if report.get("quota_refused"):
         refused = report["quota_refused"]
         lines.append(f"quota       {refused} puts not cached (no room under a quota)")
+    if "writeback" in report:
+        lines += writeback_lines(report["writeback"])
     lines += _mount_lines(report.get("by_mount") or {})
     lines += _latency_lines(report.get("ufs_latency") or {}, report.get("ufs_errors") or {})
     lines += _cluster_lines(report)
     return "\n".join(lines)
+
+
+def writeback_lines(wb: Mapping[str, Any]) -> list[str]:
+    """The write-back counters (``Client.report()["writeback"]``) as two lines: what waits
+    to be uploaded, against the dirty budget, and what was uploaded since the start."""
+    files, dirty, budget = (
+        wb.get("dirty_files", 0),
+        wb.get("dirty_bytes", 0),
+        wb.get("budget_bytes", 0),
+    )
+    if files:
+        pending = (
+            f"{files_phrase(files)} pending ({format_size(dirty)} of a "
+            f"{format_size(budget)} budget, {_pct(dirty, budget)}), "
+            f"{wb.get('uploading', 0)} uploading, the oldest for "
+            f"{format_duration(wb.get('oldest_seconds', 0.0))}"
+        )
+    else:
+        pending = f"nothing pending (budget {format_size(budget)})"
+    failures = wb.get("upload_failures", 0)
+    return [
+        f"write-back  {pending}",
+        f"uploaded    {files_phrase(wb.get('uploaded_files', 0))} "
+        f"({format_size(wb.get('uploaded_bytes', 0))}), {failures} failed attempt"
+        f"{'' if failures == 1 else 's'} (retried)",
+    ]
+
+
+def files_phrase(n: int) -> str:
+    """``1 file``, ``3 files``."""
+    return f"{n} file" if n == 1 else f"{n} files"
 
 
 def _worker_row(wid: str, report: Mapping[str, Any]) -> tuple:
@@ -284,7 +318,9 @@ def register(subparsers) -> None:
         "under-stores and the requests sent to them by kind (GET, HEAD, LIST ...), pages "
         "evicted and moved between tiers, and per mount the hits, misses and bytes served "
         "and the under-store's requests: how many failed and how long they took (mean, "
-        "median and 99th percentile), since the worker started.",
+        "median and 99th percentile), and the write-back: files waiting for their upload "
+        "against the dirty budget, uploads done and failed attempts, since the worker "
+        "started.",
     )
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument(

@@ -12,7 +12,8 @@ import signal
 import sys
 import time
 
-from ._common import format_duration, size_arg
+from .._units import format_size
+from ._common import describe_error, format_duration, seconds_arg, size_arg
 from ._workers import ETCD_CREDENTIAL_FLAGS, add_etcd_credential_options
 
 __all__ = ["register", "stop_worker"]
@@ -216,9 +217,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "down",
         help="stop the worker daemon",
-        description="Stop the worker of HOME (SIGTERM) and wait until it has exited. "
-        "The cache and the mounts stay for the next start; with --purge, the MEM tier "
-        "(RAM on /dev/shm) is removed too.",
+        description="Wait until the worker of HOME has uploaded the files still pending "
+        "(written in write_back mode), progress on stderr, then stop it (SIGTERM) and wait "
+        "until it has exited. The cache and the mounts stay for the next start; with "
+        "--purge, the MEM tier (RAM on /dev/shm) is removed too.",
     )
     group = p.add_argument_group("worker")
     group.add_argument(
@@ -238,6 +240,20 @@ def register(subparsers) -> None:
         action="store_true",
         help="kill the worker (SIGKILL) if it has not exited within the timeout",
     )
+    uploads = p.add_argument_group("pending uploads")
+    uploads.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="stop the worker without waiting for its pending uploads",
+    )
+    uploads.add_argument(
+        "--upload-timeout",
+        type=seconds_arg,
+        metavar="S",
+        help="give up after S seconds of waiting for the uploads, leaving the worker running "
+        "(exit status 1; default: no limit)",
+    )
+    uploads.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.add_argument(
         "--purge",
         action="store_true",
@@ -297,6 +313,8 @@ def _down(args: argparse.Namespace) -> int:
     from .._config import default_home
 
     home = os.path.abspath(os.path.expanduser(args.home)) if args.home else default_home()
+    if not args.no_wait:
+        _upload_pending(home, args)
     pid = stop_worker(home, timeout=args.timeout, force=args.force)
     if pid is None:
         print(f"no worker running, home {home}")
@@ -306,6 +324,50 @@ def _down(args: argparse.Namespace) -> int:
         removed = purge_mem_tier(home)
         print(f"MEM tier {removed} removed" if removed else "no MEM tier to remove")
     return 0
+
+
+def _upload_pending(home: str, args: argparse.Namespace) -> None:
+    """Wait until the running worker of ``home`` (if any) has uploaded what it holds for
+    its under-stores, saying how much that is first; nothing when nothing is pending."""
+    import dataclasses
+
+    from .._config import load_config
+    from ..client import Client
+    from ..control._daemon import running_pid
+    from ._persist import progress_bar, wait_for_uploads
+    from ._report import files_phrase
+
+    pid = running_pid(home)
+    if pid is None or pid <= 0:
+        return  # nothing to ask: stop_worker says what it finds
+    # This node's worker over its socket, even in a cluster; never start one.
+    config = dataclasses.replace(load_config(home=home), etcd=None, membership_file=None)
+    with Client(config, start_worker=False) as client:
+        try:
+            client.wait_persisted(timeout=0)
+            return
+        except TimeoutError:
+            wb = client.report()["writeback"]
+        except ConnectionError:
+            return  # exiting already
+        print(
+            f"worker (pid {pid}) has {files_phrase(wb['dirty_files'])} "
+            f"({format_size(wb['dirty_bytes'])}) to upload; waiting",
+            flush=True,
+        )
+        start = time.monotonic()
+        try:
+            files, size = wait_for_uploads(client, None, args.upload_timeout, progress_bar(args))
+        except TimeoutError as exc:
+            raise TimeoutError(
+                errno.ETIMEDOUT,
+                f"{describe_error(exc)}; the worker keeps running (`shoal down --no-wait` "
+                "stops it with its uploads pending)",
+            ) from None
+    print(
+        f"uploaded {files_phrase(files)} ({format_size(size)}) in "
+        f"{format_duration(time.monotonic() - start)}"
+    )
 
 
 def purge_mem_tier(home: str) -> str | None:

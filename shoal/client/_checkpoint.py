@@ -36,7 +36,10 @@ class Client(Protocol):
     def read_many_into(self, items: Any) -> list[int]: ...
 
 
-__all__ = ["Header", "TensorEntry", "load_checkpoint", "load_checkpoint_into", "parse_header"]
+__all__ = [
+    "Header", "TensorEntry", "load_checkpoint", "load_checkpoint_into", "parse_header",
+    "save_checkpoint",
+]  # fmt: skip
 
 #: Longest header read (the reference implementation's own bound).
 MAX_HEADER = 100 << 20
@@ -244,3 +247,68 @@ def _is_numpy_type(dtype: Any, numpy_type: str) -> bool:
         return np.dtype(dtype) == np.dtype(numpy_type)
     except TypeError:
         return False
+
+
+def save_checkpoint(
+    client: Any, path: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None
+) -> int:
+    """:meth:`shoal.Client.save_checkpoint`: the header, then each tensor's bytes written
+    straight from its memory (one copy, into the worker's staging file)."""
+    if not isinstance(tensors, Mapping):
+        raise TypeError(f"tensors must be a mapping of name -> array, got {type(tensors).__name__}")
+    header: dict[str, Any] = {}
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        ):
+            raise TypeError("metadata must be a mapping of str -> str")
+        header["__metadata__"] = dict(metadata)
+    views = []
+    at = 0
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not name or name == "__metadata__":
+            raise ValueError(f"{path}: tensor names must be non-empty str, got {name!r:.64}")
+        dtype, shape, view = _source(path, name, tensor)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [at, at + view.nbytes]}
+        views.append(view)
+        at += view.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data aligned to 8 bytes, as the reference writes it
+    size = _LENGTH.size + len(raw) + at
+    with client.open(path, "wb", 0, size=size) as f:
+        f.write(_LENGTH.pack(len(raw)) + raw)
+        for view in views:
+            f.write(view)
+    return size
+
+
+def _source(path: str, name: str, tensor: Any) -> tuple[str, list[int], memoryview]:
+    """A tensor's safetensors dtype, shape and bytes (a GPU tensor copied to the host)."""
+    where = f"{path}: tensor {name!r}"
+    module = type(tensor).__module__
+    if module.startswith("torch") and hasattr(tensor, "detach"):
+        import torch
+
+        t = tensor.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        shape = list(t.shape)
+        spelled = str(t.dtype).removeprefix("torch.")
+        kinds = [k for k, (_, torch_name) in DTYPES.items() if torch_name == spelled]
+        if not kinds:
+            raise ValueError(f"{where}: dtype {spelled} has no safetensors type")
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy()
+        return kinds[0], shape, memoryview(data).cast("B")
+    if hasattr(tensor, "__cuda_array_interface__") and hasattr(tensor, "get"):
+        tensor = tensor.get()  # cupy: through host memory
+    import numpy as np
+
+    if not isinstance(tensor, np.ndarray):
+        raise TypeError(f"{where}: expected a numpy array or torch tensor, got {type(tensor)}")
+    dtype = tensor.dtype.newbyteorder("<") if tensor.dtype.byteorder == "=" else tensor.dtype
+    kinds = [k for k, (kind, _) in DTYPES.items() if np.dtype(kind) == dtype]
+    if not kinds or dtype.byteorder == ">":
+        raise ValueError(f"{where}: dtype {tensor.dtype} has no safetensors type")
+    kind = "U16" if kinds[0] == "BF16" else "U8" if kinds[0].startswith("F8") else kinds[0]
+    data = np.ascontiguousarray(tensor)
+    return kind, list(tensor.shape), memoryview(data.reshape(-1).view(np.uint8)).cast("B")

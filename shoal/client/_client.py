@@ -4,7 +4,6 @@ policies, ``du`` and reports through ``_jobs``, ``_policies`` and ``_usage``."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import os
@@ -15,8 +14,7 @@ from typing import Any
 from .._config import Config, load_config
 from ..control._membership import Membership
 from ..control._namespace import Mount, normalize_path
-from ..control.proto import MAX_LIST
-from . import _jobs, _policies, _usage
+from . import _jobs, _policies, _usage, _writer
 from ._jobs import LoadProgress
 from ._meta import FileInfo
 from ._metadata import ClientMetadata
@@ -28,7 +26,7 @@ _clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 class Client:
-    """Reads files under Shoal mounts through the node's worker, or a cluster's workers.
+    """Reads and writes files under Shoal mounts through the node's worker, or a cluster's.
 
     With no arguments it loads the configuration (``$SHOAL_HOME/config.yaml`` and
     ``SHOAL_*`` variables), connects to the worker on ``$SHOAL_HOME/worker.sock`` and, when
@@ -245,11 +243,8 @@ class Client:
     # ----------------------------------------------------------------- policies
 
     def set_policy(self, path: str, **fields: Any) -> dict:
-        """Set ``fields`` of the policy on the prefix ``path`` (others kept); every worker
-        enforces it within seconds, and keeps it across restarts. This version enforces
-        ``metadata_ttl`` (seconds, or ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``),
-        ``read_ahead`` (pages) and ``replicas`` (an int >= 1 or ``"all"``); ``tier``,
-        ``ttl``, ``pin``, ``priority``, ``quota`` and ``write_mode`` are refused.
+        """Set ``fields`` of the policy on the prefix ``path`` (others kept; the fields of
+        :class:`~shoal.control._policy.Policy`); every worker enforces it within seconds.
 
         Returns ``{"path": ..., "policy": {field: value}}``, the rule after. Raises
         ``ValueError`` for a bad field or value, a field not enforced yet, or a path under
@@ -331,22 +326,55 @@ class Client:
         """
         return self._meta.read_many(self._live, items)
 
-    def open(self, path: str, buffer_size: int | None = None) -> io.BufferedReader:
-        """A seekable binary file object reading ``path`` through this client.
-
-        Parameters
-        ----------
-        path
-            Shoal path of a file.
-        buffer_size
-            Read buffer size (default: the worker's page size).
-        """
+    def open(self, path: str, mode="rb", buffer_size=None, *, size: int | None = None) -> Any:
+        """A binary file object on ``path``: ``"rb"`` a seekable reader, ``"wb"`` a writer
+        whose ``close()`` commits the whole file as :meth:`write` does (leaving a ``with``
+        block by an exception drops it). ``buffer_size``: default the page size (0: no
+        write buffer); ``size``: the bytes about to be written, when known."""
         from ._file import ShoalRawFile
+        from ._writer import open_writer
 
-        raw = ShoalRawFile(self, normalize_path(path))
+        path = normalize_path(path)
         if buffer_size is None:
             buffer_size = self._live().geometry()[0]
-        return io.BufferedReader(raw, buffer_size=buffer_size)
+        if mode in ("wb", "w+b", "xb"):
+            self._forget(path)
+            return open_writer(self._live().home(), path, size, buffer_size)
+        if mode != "rb":
+            raise ValueError(f"open: mode must be 'rb' or 'wb', got {mode!r}")
+        return io.BufferedReader(ShoalRawFile(self, path), buffer_size=buffer_size)
+
+    # ----------------------------------------------------------------- writes
+
+    def write(self, path: str, data: Any) -> int:
+        """Create or replace the file ``path`` with ``data`` (bytes-like); the bytes written.
+        Returns once durable as the path's ``write_mode`` says: ``write_back`` (default)
+        on the node, fsynced and journaled, the upload following; ``write_through`` in the
+        under-store; ``cache_only`` on the node, never uploaded. ``PermissionError`` for a
+        ``read_only`` path; ``OSError(ENOSPC)`` when the worker's dirty budget stays full."""
+        self._forget(path := normalize_path(path))
+        return _writer.write(self._live().home(), path, data)
+
+    def delete(self, path: str) -> None:
+        """Remove the file ``path`` (after an upload of it that is running)."""
+        self._forget(path := normalize_path(path))
+        self._call({"op": "delete", "path": path})
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move the file ``src`` to ``dst``, replacing it (atomic for a file not uploaded
+        yet); ``OSError(EXDEV)`` across mounts."""
+        src, dst = normalize_path(src), normalize_path(dst)
+        self._forget(src), self._forget(dst)
+        self._call({"op": "rename", "src": src, "dst": dst})
+
+    def persisted(self, path: str) -> bool:
+        """True when no write of ``path`` waits for its under-store."""
+        return self._call({"op": "persisted", "paths": [normalize_path(path)]})["persisted"][0]
+
+    def wait_persisted(self, path: str | None = None, timeout: float | None = None) -> None:
+        """Wait until every write under ``path`` (or all) is in its under-store;
+        ``TimeoutError`` naming what is left after ``timeout`` seconds."""
+        _writer.wait_persisted(self._call, normalize_path(path) if path else "", timeout)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -385,6 +413,15 @@ class Client:
 
         return load_checkpoint_into(self, normalize_path(path), tensors)
 
+    def save_checkpoint(
+        self, path: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None
+    ) -> int:
+        """Write ``tensors`` (name -> numpy array or torch tensor; GPU ones through host
+        memory) as one safetensors file, as :meth:`write` does; the bytes written."""
+        from ._checkpoint import save_checkpoint
+
+        return save_checkpoint(self, normalize_path(path), tensors, metadata)
+
     # ----------------------------------------------------------------- jobs
 
     def load(
@@ -414,41 +451,12 @@ class Client:
         LoadProgress
             The final counts; in a cluster, bytes count every copy.
         """
-        if (
-            replicas is not None
-            and replicas != "all"
-            and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1)
-        ):
-            raise ValueError(f"replicas must be an int >= 1 or 'all', got {replicas!r}")
-        if isinstance(paths, str):
-            paths = [paths]
-        paths = [normalize_path(p) for p in paths]
-        if len(paths) > MAX_LIST:
-            raise ValueError(
-                f"load takes at most {MAX_LIST} paths at once, got {len(paths)}: give their "
-                "directories (a directory loads every file under it), or load in parts"
-            )
-        return _jobs.load(self._live(), paths, bool(metadata_only), progress, replicas)
+        return _jobs.load(self._live(), paths, metadata_only, progress, replicas)
 
     def load_history(self, limit: int | None = 20) -> list[dict]:
-        """The records of past and running loads, newest first.
-
-        Parameters
-        ----------
-        limit
-            At most this many (an int >= 0), or every record (None).
-
-        Returns
-        -------
-        list of dict
-            Per load: ``id`` (sorts by start time), ``state`` (``RUNNING``, ``DONE``,
-            ``FAILED`` or ``STOPPED``), ``started`` and ``finished`` (Unix times;
-            ``finished`` None while running), ``paths`` (``count`` and the ``first``
-            few), ``metadata_only``, ``replicas``, ``error`` (None unless it failed or
-            was stopped), and the counters ``files_done``, ``files_total``,
-            ``bytes_done``, ``bytes_total``, ``pages_done``, ``pages_total``,
-            ``pages_skipped`` and ``bytes_skipped`` (cached already, not fetched).
-        """
+        """The records of past and running loads (at most ``limit``; None: all), newest
+        first: per load its ``id``, ``state``, times, paths and counters (see
+        :func:`shoal.client._jobs.load_history`)."""
         return _jobs.load_history(self._live(), limit)
 
     def free(self, path: str) -> dict:
@@ -477,27 +485,8 @@ class Client:
 
     def report(self, cluster: bool = False) -> dict:
         """The worker's report, or with ``cluster`` those of every live worker and their
-        sum: ``{"workers": {id: report}, "total": summed, "unreachable": [id, ...]}``
-        (numbers summed, tiers by name, ``hit_ratio`` from the summed hits and misses;
-        on one node, its one worker).
-
-        Returns
-        -------
-        dict
-            ``tiers`` (per tier: capacity, regions used, live and filled bytes, pages,
-            ``state`` (``normal``, ``unstable`` or ``down``) and ``io_errors`` ...),
-            ``pages``, ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads``,
-            ``ufs_pages`` and ``ufs_bytes`` (requests, pages and bytes from
-            under-stores), ``pages_located`` (read short-circuit), ``pages_sent`` and
-            ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests`` and
-            ``file_requests`` (those naming files), ``published`` (the table of
-            published files: files, slots, tables made, ``restoring``),
-            ``metadata_entries`` and ``metadata_bytes``, ``mounts``, ``worker`` (pid,
-            host id, home, uptime, engine, page size).
-            In a cluster, also ``cluster`` (the worker's registration: id, state,
-            whether etcd renews it) and ``membership`` (this client's view: workers
-            seen, whether its source answers, the last error).
-        """
+        sum: ``{"workers": {id: report}, "total": summed, "unreachable": [id, ...]}``. What
+        a report holds: :func:`shoal.client._usage.report`."""
         return _usage.report(self._live(), self._config, bool(cluster))
 
     def worker_pid(self) -> int:
@@ -528,14 +517,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        router = self._router
-        if router.shortcircuit.locations.touched_since and os.getpid() == router.pid:
-            # Pages read with no round trip, not told yet: the worker counts them as hits.
-            conn = router.open_local()
-            if conn is not None:
-                with contextlib.suppress(ConnectionError, TimeoutError):
-                    router.shortcircuit.report_touched(conn)
-        router.close()
+        self._router.close()
 
     def __enter__(self) -> Client:
         return self

@@ -220,13 +220,13 @@ class Connection:
         self.close()
         return WorkerLost(f"connection to the Shoal worker at {self.where} failed: {exc}")
 
-    def send(self, header: dict) -> None:
-        """Send a request; ``WorkerLost`` when the connection fails (or the worker closed
-        it while it was idle)."""
+    def send(self, header: dict, payload: list | tuple = ()) -> None:
+        """Send a request (with ``payload`` buffers); ``WorkerLost`` when the connection
+        fails (or the worker closed it while it was idle)."""
         if self.broken:
             raise WorkerLost(f"connection to the Shoal worker at {self.where} is closed")
         try:
-            send_frame(self.sock, header)
+            send_frame(self.sock, header, payload)
         except OSError as exc:
             raise self._lost(exc) from exc
         self._used = time.monotonic()

@@ -10,11 +10,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from ..control import _jobs
 from ..control._membership import WorkerInfo, WorkerState, members_to_nodes
+from ..control._namespace import normalize_path
+from ..control.proto import MAX_LIST
 from ._connection import Connection
 from ._router import Router
 
@@ -42,12 +44,26 @@ class LoadProgress(NamedTuple):
 
 def load(
     router: Router,
-    paths: list[str],
+    paths: str | Iterable[str],
     metadata_only: bool,
     progress: Callable[[LoadProgress], None] | None,
     replicas: int | str | None,
 ) -> LoadProgress:
-    """Run a load job and keep its record (see :meth:`shoal.Client.load`)."""
+    """Run a load job and keep its record (see :meth:`shoal.Client.load`), its
+    arguments checked first."""
+    if (
+        replicas is not None
+        and replicas != "all"
+        and (isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1)
+    ):
+        raise ValueError(f"replicas must be an int >= 1 or 'all', got {replicas!r}")
+    paths = [normalize_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+    if len(paths) > MAX_LIST:
+        raise ValueError(
+            f"load takes at most {MAX_LIST} paths at once, got {len(paths)}: give their "
+            "directories (a directory loads every file under it), or load in parts"
+        )
+    metadata_only = bool(metadata_only)
     router.home()  # checks the client, starts the worker if need be
     started = time.time()
     every = _heartbeat_every()
@@ -122,7 +138,14 @@ def _put_job(router: Router, record: dict) -> None:
 
 def load_history(router: Router, limit: int | None) -> list[dict]:
     """The records of past and running loads, newest first (see
-    :meth:`shoal.Client.load_history`)."""
+    :meth:`shoal.Client.load_history`). Per load: ``id`` (sorts by start time),
+    ``state`` (``RUNNING``, ``DONE``, ``FAILED`` or ``STOPPED``), ``started`` and
+    ``finished`` (Unix times; ``finished`` None while running), ``paths`` (``count``
+    and the ``first`` few), ``metadata_only``, ``replicas``, ``error`` (None unless it failed or
+    was stopped), and the counters ``files_done``, ``files_total``,
+    ``bytes_done``, ``bytes_total``, ``pages_done``, ``pages_total``,
+    ``pages_skipped`` and ``bytes_skipped`` (cached already, not fetched).
+    """
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
     answer = router.call(

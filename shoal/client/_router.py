@@ -11,6 +11,7 @@ loop runs on one node and on a thousand.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -485,8 +486,14 @@ class Router:
         self._reset()
 
     def close(self) -> None:
-        """Close every connection, the membership and the stores."""
+        """Close every connection, the membership and the stores; first tell the worker
+        of pages read with no round trip not told yet (it counts them as hits)."""
         forked = os.getpid() != self.pid
+        if self.shortcircuit.locations.touched_since and not forked:
+            conn = self.open_local()
+            if conn is not None:
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    self.shortcircuit.report_touched(conn)
         with self._lock:
             conns, self._conns = self._conns, []
         membership, self._membership = self._membership, None

@@ -77,7 +77,25 @@ def du(router: Router, path: str) -> dict:
 def report(router: Router, config: Config, cluster: bool) -> dict:
     """The home worker's report (with this client's view of the membership in a
     cluster), or with ``cluster`` every live worker's and their sum: ``{"workers": {id:
-    report}, "total": summed, "unreachable": [id, ...]}``."""
+    report}, "total": summed, "unreachable": [id, ...]}``. A report holds:
+
+    ``tiers`` (per tier: capacity, regions used, live and filled bytes, pages,
+    ``state`` (``normal``, ``unstable`` or ``down``) and ``io_errors`` ...),
+    ``pages``, ``page_hits``, ``page_misses``, ``hit_ratio``, ``ufs_reads``,
+    ``ufs_pages`` and ``ufs_bytes`` (requests, pages and bytes from
+    under-stores), ``pages_located`` (read short-circuit), ``pages_sent`` and
+    ``bytes_sent`` (over the socket), ``pages_prefetched``, ``requests`` and
+    ``file_requests`` (those naming files), ``published`` (the table of
+    published files: files, slots, tables made, ``restoring``),
+    ``metadata_entries`` and ``metadata_bytes``, ``mounts``, ``worker`` (pid,
+    host id, home, uptime, engine, page size),
+    ``writeback`` (files written and not in their under-store yet: ``dirty_files``,
+    ``dirty_bytes``, ``budget_bytes``, ``pending_uploads``, ``uploading``,
+    ``oldest_seconds``, ``uploaded_files``, ``uploaded_bytes``, ``upload_failures``).
+    In a cluster, also ``cluster`` (the worker's registration: id, state,
+    whether etcd renews it) and ``membership`` (this client's view: workers
+    seen, whether its source answers, the last error).
+    """
     if router.shortcircuit.locations.touched_since:
         # Pages read with no round trip: the counters include them.
         try:

@@ -151,6 +151,10 @@ class FileResolver:
         #: ``(file) -> seconds``: how long the cached pages of a file under a ``ttl`` may
         #: still be served; a stat's record tells clients no longer than that.
         self.fresh_for: Callable[[File], float] | None = None
+        #: Files written here that their under-store does not hold yet (``_writeback``):
+        #: normalised path -> the file, or None for one deleted here whose delete the
+        #: store has not seen yet. They hide what the store says of the same paths.
+        self.pending: dict[str, File | None] = {}
 
     # ----------------------------------------------------------------- mounts
 
@@ -368,7 +372,11 @@ class FileResolver:
     def file(self, path: str) -> File:
         """The file (or directory) at ``path``: from the metadata cache, from the cached
         listing of its directory (which also tells that it does not exist), or from the
-        store (a stat)."""
+        store (a stat); a file written here and not in its store yet first."""
+        if self.pending:
+            f = self._pending_file(path)
+            if f is not None:
+                return f
         f = self._current(path)
         if f is not None:
             return f
@@ -381,13 +389,47 @@ class FileResolver:
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)
         ttl = own["metadata_ttl"]
-        info = self.metadata.stat(path, ttl, lambda: self._stat_one(mount, store, rel, path, ttl))
+        try:
+            info = self.metadata.stat(
+                path, ttl, lambda: self._stat_one(mount, store, rel, path, ttl)
+            )
+        except FileNotFoundError:
+            if not self.pending_under(path):
+                raise
+            info = ObjectInfo(rel, 0, "", 0.0, is_dir=True)  # holds files written here only
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
         f = File(path, mount, rel, info, fid, store, own, epoch)
         if len(self._files) >= _MAX_FILES:
             self._files.clear()
         self._files[raw] = f
         return f
+
+    def _pending_file(self, path: str) -> File | None:
+        """The file written here at ``path`` that its store does not hold yet (None if
+        there is none); ``FileNotFoundError`` for one deleted here."""
+        norm = normalize_path(path)
+        f = self.pending.get(norm, False)
+        if f is None:
+            raise FileNotFoundError(errno.ENOENT, f"{norm}: no such file or directory", norm)
+        return f or None
+
+    def pending_under(self, path: str) -> dict[str, File | None]:
+        """Files written here under the directory ``path`` (normalised) that its store
+        does not hold yet: child name -> the file, None for a deleted one, or the
+        directory's own ``File``-less marker ``...`` (a directory holding some)."""
+        if not self.pending:
+            return {}
+        under = path.rstrip("/") + "/"
+        out: dict[str, Any] = {}
+        for p, f in list(self.pending.items()):
+            if p.startswith(under):
+                name, sep, _ = p[len(under) :].partition("/")
+                if sep:
+                    if f is not None:
+                        out[name] = ...
+                elif out.get(name) is not ...:
+                    out[name] = f
+        return out
 
     def _stat_one(
         self, mount: Mount, store: UnderStore, rel: str, path: str, ttl: float
@@ -414,6 +456,10 @@ class FileResolver:
         """:meth:`file`, for a caller about to read bytes ``[start, end)`` of it: when
         nothing tells its metadata yet, one read of its first pages (cached on the way)
         tells it instead of a stat: a cold read costs one request."""
+        if self.pending:
+            f = self._pending_file(path)
+            if f is not None:
+                return f
         fetch_first = self.fetch_first
         f = self._current(path)
         if f is not None:
@@ -574,6 +620,7 @@ class FileResolver:
             if m.path.startswith(under) and m.path != path:
                 name = m.path[len(under) :].split("/")[0]
                 entries[name] = entry(under + name, ObjectInfo(name, 0, "", 0.0, True))
+        pending = self.pending_under(path)
         try:
             f = self.file(path)
         except FileNotFoundError:
@@ -583,11 +630,24 @@ class FileResolver:
         if not f.info.is_dir:
             return [entry(path, f.info)]
         base = f.mount.path.rstrip("/")
-        for name, info in self.directory(f.mount, f.rel, f.own).items():
+        try:
+            listed = self.directory(f.mount, f.rel, f.own)
+        except FileNotFoundError:
+            if not pending:
+                raise
+            listed = {}  # a directory of files written here only
+        for name, info in listed.items():
             if info.is_dir:
                 entries.setdefault(name, entry(under + name, ObjectInfo(name, 0, "", 0.0, True)))
             else:
                 entries[name] = entry(f"{base}/{info.path}", info)
+        for name, pf in pending.items():  # written here, not in the store yet
+            if pf is None:
+                entries.pop(name, None)
+            elif pf is ...:
+                entries.setdefault(name, entry(under + name, ObjectInfo(name, 0, "", 0.0, True)))
+            else:
+                entries[name] = entry(under + name, pf.info)
         if not entries and f.rel and (f.store is None or f.store.implicit_dirs):
             # A directory on an object store exists only through its objects.
             raise FileNotFoundError(errno.ENOENT, f"{path}: no such file or directory", path)

@@ -196,9 +196,11 @@ class MetadataCache:
         """Cache the whole listing of the directory ``path`` for ``ttl`` seconds."""
         self._put(self._dirs, path, entries, ttl)
 
-    def refresh(self, path: str) -> int:
+    def refresh(self, path: str, notify: bool = True) -> int:
         """Forget ``path`` and everything under it (every entry for ``/``), and the
-        listings of the directories above it, which hold its old stat too.
+        listings of the directories above it, which hold its old stat too. ``notify``
+        false: :attr:`on_refresh` is not told (the caller knows nothing else said of
+        those paths, e.g. a new file written through the worker).
 
         Returns
         -------
@@ -221,7 +223,7 @@ class MetadataCache:
                     self.bytes -= table.pop(p)[2]
                 dropped += len(doomed)
         self.refreshes += 1
-        if self.on_refresh is not None:
+        if notify and self.on_refresh is not None:
             self.on_refresh()
         return dropped
 

@@ -21,6 +21,7 @@ __all__ = [
     "MOUNT_OPTIONS",
     "Mount",
     "TIER_NAMES",
+    "WRITE_MODES",
     "MountTable",
     "normalize_path",
     "split_mount_options",
@@ -40,7 +41,11 @@ DEFAULT_READ_AHEAD = 4  # pages fetched ahead of a sequential reader
 DEFAULT_METADATA_TTL = 60.0
 
 #: Mount options that Shoal itself reads; every other option goes to the under-store.
-MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas", "tier", "pin")
+MOUNT_OPTIONS = ("metadata_ttl", "read_ahead", "replicas", "tier", "pin", "write_mode")
+#: What a write under a path does: its close returns once the bytes are durable on the
+#: node and the upload follows (``write_back``), once they are in the under-store
+#: (``write_through``); bytes never uploaded (``cache_only``); writes refused (``read_only``).
+WRITE_MODES = ("write_back", "write_through", "cache_only", "read_only")
 #: Tiers a mount (or a policy) may send new pages to.
 TIER_NAMES = ("MEM", "SSD", "HDD")
 
@@ -54,7 +59,8 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
     default 1), ``tier`` (``MEM``, ``SSD`` or ``HDD``: the tier new pages go to, the
     others when it is full or missing; default None, the fastest tier with room) and
     ``pin`` (True: the pages are never evicted, up to the pinned share of each tier;
-    default False).
+    default False) and ``write_mode`` (one of :data:`WRITE_MODES`, default
+    ``write_back``).
     """
     own: dict[str, Any] = {
         "metadata_ttl": DEFAULT_METADATA_TTL,
@@ -62,6 +68,7 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
         "replicas": 1,
         "tier": None,
         "pin": False,
+        "write_mode": "write_back",
     }
     store = {}
     for key, value in options.items():
@@ -83,6 +90,12 @@ def split_mount_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dic
                 shown = repr(value)[:64]
                 raise ValueError(f"tier must be one of {', '.join(TIER_NAMES)}, got {shown}")
             value = value.upper() if value is not None else None
+        elif key == "write_mode":
+            mode = value.strip().lower().replace("-", "_") if isinstance(value, str) else value
+            if mode not in WRITE_MODES:
+                shown = repr(value)[:64]
+                raise ValueError(f"write_mode must be one of {', '.join(WRITE_MODES)}, got {shown}")
+            value = mode
         elif key == "replicas":
             if value != "all" and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"replicas must be an int >= 1 or 'all', got {value!r}")

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .._units import parse_size
-from ._namespace import MOUNT_OPTIONS, TIER_NAMES, Mount, split_mount_options
+from ._namespace import MOUNT_OPTIONS, TIER_NAMES, WRITE_MODES, Mount, split_mount_options
 
 __all__ = [
     "ENFORCED",
@@ -45,12 +45,21 @@ __all__ = [
 
 TIERS = TIER_NAMES
 PRIORITIES = ("high", "normal", "low")
-WRITE_MODES = ("write_back", "write_through", "cache_only")
 #: Fields whose default under a mount is the mount's option of the same name.
 MOUNT_FIELDS = MOUNT_OPTIONS
 #: Fields this version of Shoal enforces; setting any other is refused.
 ENFORCED = frozenset(
-    {"metadata_ttl", "read_ahead", "replicas", "tier", "pin", "ttl", "priority", "quota"}
+    {
+        "metadata_ttl",
+        "read_ahead",
+        "replicas",
+        "tier",
+        "pin",
+        "ttl",
+        "priority",
+        "quota",
+        "write_mode",
+    }
 )
 #: What a file's options hold for the enforced fields that are no mount option, when no
 #: policy sets them: no TTL (0), normal priority, no quota (``quota_at``: the prefix of
@@ -199,7 +208,8 @@ class Policy:
     replicas
         Workers holding each chunk in a cluster: an int >= 1 or ``"all"``.
     write_mode
-        ``write_back``, ``write_through`` or ``cache_only`` (hyphens accepted).
+        ``write_back``, ``write_through``, ``cache_only`` or ``read_only`` (hyphens
+        accepted; see :data:`~shoal.control._namespace.WRITE_MODES`).
     metadata_ttl
         Seconds a stat or listing is cached (>= 0).
     read_ahead

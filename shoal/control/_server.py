@@ -30,6 +30,7 @@ from .proto import (
     LOCATE,
     MAX_GREETING_HEADER,
     MAX_REQUEST_HEADER,
+    MAX_WRITE_PAYLOAD,
     NONCE_BYTES,
     SCHEME,
     WORKER,
@@ -44,6 +45,7 @@ from .proto import (
     pack_header,
     proof,
     recv_header,
+    recv_into,
     send_frame,
     transcript,
 )
@@ -61,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger("shoal.worker")
 
-_MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes
+_MAX_REQUEST_PAYLOAD = 1 << 20  # requests carry no bulk bytes (but ``write_data``)
 #: accept() errors that mean the process or the system is out of something: back off.
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_BACKOFF = 1.0
@@ -109,6 +111,11 @@ class ConnectionState:
     admin: bool = False  # may run the ops of ADMIN_OPS
     #: Sends a progress frame ahead of the answer (ops that take long, such as ``load``).
     progress: Callable[[dict], None] = _no_progress
+    #: The bytes of a ``write_data`` request (a buffer reused by the connection).
+    payload: memoryview | None = None
+    buffer: bytearray | None = None  # where it is received
+    #: Called once when the connection ends (writes left open are dropped).
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
 
 #: A handler serves one op: (connection state, request header) -> answer.
@@ -431,9 +438,12 @@ class Server:
                 header, payload_len, fds = got
                 for fd in fds:  # clients pass no descriptors
                     os.close(fd)
-                if payload_len > _MAX_REQUEST_PAYLOAD:
+                state.payload = None
+                if header.get("op") == "write_data" and payload_len <= MAX_WRITE_PAYLOAD:
+                    state.payload = _receive_payload(sock, state, payload_len)
+                elif payload_len > _MAX_REQUEST_PAYLOAD:
                     raise ProtocolError(f"request payload of {payload_len} bytes is too large")
-                if payload_len:
+                elif payload_len:
                     discard(sock, payload_len)
                 if not self._answer(sock, state, header):
                     return
@@ -445,6 +455,11 @@ class Server:
             if not self._stopping.is_set():
                 log.info("connection from %s closed: %s", peer, _why(exc))
         finally:
+            for close in state.closers:
+                try:
+                    close()
+                except Exception:
+                    log.exception("cleanup of a connection from %s failed", peer)
             self._forget(client)
             with contextlib.suppress(OSError):
                 sock.close()
@@ -631,6 +646,17 @@ class Server:
         for client in clients:
             if client.thread is not None:
                 client.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _receive_payload(sock, state: ConnectionState, length: int) -> memoryview:
+    """A ``write_data`` payload, received into the connection's buffer (kept for the next
+    one: fresh memory is slow to touch)."""
+    buf = state.buffer
+    if buf is None or len(buf) < length:
+        buf = state.buffer = bytearray(max(length, 1 << 20))
+    view = memoryview(buf)[:length]
+    recv_into(sock, [view])
+    return view
 
 
 def _refuse_later(conn: socket.socket, message: str, lingering) -> None:

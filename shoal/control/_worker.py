@@ -31,6 +31,7 @@ from ._policies import WorkerPolicies
 from ._publisher import Publisher
 from ._server import ConnectionState, FileSegment, Handler, Reply
 from ._usage import CacheUsage
+from ._writeback import WriteBack
 from .proto import DATA, GENERATIONS, MAX_FDS, PROTOCOL_VERSION, check_version
 from .ufs import ObjectChangedError
 
@@ -117,16 +118,11 @@ class Worker:
             metadata_bytes=config.metadata_cache,
         )
         self.fetcher = Fetcher(
-            self._store,
-            [t.name for t in config.tiers()],
-            self._counters,
-            page_size=config.page_size,
-            chunk_size=config.chunk_size,
-            on_changed=self.files.metadata.refresh,
-            fetch_threads=fetch_threads,
-            read_ahead_threads=read_ahead_threads,
-            whole_file_bytes=whole_file_bytes,
-        )
+            self._store, [t.name for t in config.tiers()], self._counters,
+            page_size=config.page_size, chunk_size=config.chunk_size,
+            on_changed=self.files.metadata.refresh, fetch_threads=fetch_threads,
+            read_ahead_threads=read_ahead_threads, whole_file_bytes=whole_file_bytes,
+        )  # fmt: skip
         self.files.fetch_first = self.fetcher.fetch_first
         self.policies = WorkerPolicies(self._meta_store, self.files, shared=shared)
         # The table of published files (cached small files that the node's clients read
@@ -142,14 +138,14 @@ class Worker:
             on_freed=self.publisher.table.supersede,
         )  # fmt: skip
         self.loader = Loader(
-            self.files,
-            self.fetcher,
-            self._store,
-            self.publisher,
-            self._counters,
-            page_size=config.page_size,
-            chunk_size=config.chunk_size,
-        )
+            self.files, self.fetcher, self._store, self.publisher, self._counters,
+            page_size=config.page_size, chunk_size=config.chunk_size,
+        )  # fmt: skip
+        self.writeback = WriteBack(  # writes: staging files, journal, uploads
+            self._store, self.files, cache=self.fetcher.cache, record_of=self.publisher.record_of,
+            directory=os.path.join(config.home, "dirty"), budget=config.dirty_bytes,
+            wait=config.dirty_wait, page_size=config.page_size, in_cluster=lambda: self.in_cluster,
+        )  # fmt: skip
 
     @property
     def in_cluster(self) -> bool:
@@ -181,6 +177,7 @@ class Worker:
             "stop": self._stop_op,
             **self.policies.handlers(),
             **self.usage.handlers(),
+            **self.writeback.handlers(),
         }
 
     def count_request(self, op: str) -> None:
@@ -481,6 +478,7 @@ class Worker:
             "metadata_bytes": self.files.metadata.bytes,
             "published": self.publisher.stats(),
             **self.enforcer.report(),
+            "writeback": self.writeback.report(),
             **({"cluster": self.cluster_health()} if self.cluster_health is not None else {}),
             **counters,
         }
@@ -493,6 +491,7 @@ class Worker:
             if self._closed:
                 return
             self._closed = True
+        self.writeback.close()
         self.policies.close()
         self.enforcer.close()
         self.fetcher.close()

@@ -1056,15 +1056,16 @@ class PageStore:
         if flags & _DIRTY:
             tier.dirty_bytes += sign * length
 
-    def _commit(self, batch: rocksdict.WriteBatch) -> None:
-        """Write ``batch`` plus every changed region record, in one atomic index write."""
+    def _commit(self, batch: rocksdict.WriteBatch, opts: Any = None) -> None:
+        """Write ``batch`` plus every changed region record, in one atomic index write
+        (with ``opts``, the store's write options by default)."""
         for code, number in self._unsaved:
             tier = self._by_code[code]
             batch.put(tier.region_key(number), tier.regions[number].record())
         if batch.is_empty():
             return
         try:
-            self._db.write(batch, self._write_opts)
+            self._db.write(batch, opts or self._write_opts)
         except Exception as exc:
             raise _db_error(exc, self.index_path) from exc
         self._unsaved.clear()
@@ -1696,7 +1697,13 @@ class PageStore:
 
     # ----------------------------------------------------------------- records
 
-    def put_records(self, items: Iterable[tuple[bytes | str, Any]]) -> None:
+    def put_records(
+        self,
+        items: Iterable[tuple[bytes | str, Any]],
+        *,
+        delete: Iterable[bytes | str] = (),
+        sync: bool = False,
+    ) -> None:
         """Store records, all in one index batch (all or none).
 
         Parameters
@@ -1705,6 +1712,11 @@ class PageStore:
             ``(name, value)`` pairs. ``name`` is bytes or str (UTF-8), not empty; ``value``
             is a bytes-like host buffer of at most :data:`MAX_RECORD_SIZE` (64 KiB) bytes.
             An existing name is replaced; if a name appears twice, the last one wins.
+        delete
+            Names of records removed in the same batch (before the puts).
+        sync
+            Commit with the index's write-ahead log synced to disk (durable across a crash
+            of the machine, not only of the process), whatever the store's ``sync``.
 
         Raises
         ------
@@ -1717,16 +1729,25 @@ class PageStore:
             The index commit failed; nothing was stored.
         """
         named = _encode_records(items, "put_records")
-        if named:
-            self._put_records(named)
+        if isinstance(delete, (str, bytes, bytearray, memoryview)):
+            raise TypeError("put_records: delete must be an iterable of names, got one name")
+        gone = [_RECORD_PREFIX + _encode_key(name, "record name") for name in delete]
+        if named or gone:
+            self._put_records(named, gone, sync)
 
-    def _put_records(self, named: list[tuple[bytes, bytes]]) -> None:
+    def _put_records(self, named: list[tuple[bytes, bytes]], gone=(), sync=False) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
+        for key in gone:
+            batch.delete(key)
         for key, value in named:
             batch.put(key, value)
+        opts = None
+        if sync and not self._sync:
+            opts = rocksdict.WriteOptions()
+            opts.sync = True
         with self._lock:
             self._check_open()
-            self._commit(batch)
+            self._commit(batch, opts)
 
     def delete_records(self, names: Iterable[bytes | str]) -> None:
         """Remove records, all in one index batch; names without a record are ignored.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV
+from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV, MotoProcess
 
 from shoal._config import DEFAULT_ALLOWED_MOUNTS, load_config
 from shoal._testing._home import remove_mem_tier
@@ -211,3 +211,14 @@ def etcd():
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def moto_process(moto_server) -> Iterator[MotoProcess]:
+    """A moto server of the test's own (``moto_server`` puts its credentials in the
+    environment), killed at the end."""
+    server = MotoProcess()
+    try:
+        yield server
+    finally:
+        server.kill()

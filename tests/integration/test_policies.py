@@ -98,12 +98,8 @@ def test_set_list_remove_and_show(client, data):
 
 def test_bad_policies_are_clear_errors(client, data):
     client.mount("/f", data.as_uri())
-    for name, value in [("write_mode", "write-back")]:  # with writes
-        with pytest.raises(ValueError) as info:
-            client.set_policy("/f/hot", **{name: value})
-        assert str(info.value).startswith(
-            f"policy field {name!r} is not enforced yet by this version of Shoal"
-        )
+    with pytest.raises(ValueError, match="write_mode: 'sync' is not one of write-back"):
+        client.set_policy("/f/hot", write_mode="sync")
     with pytest.raises(ValueError, match="policy on /nowhere/x: the path is under no mount"):
         client.set_policy("/nowhere/x", read_ahead=1)
     with pytest.raises(ValueError, match="tier: 'FAST' is not one of MEM, SSD, HDD"):
@@ -233,9 +229,9 @@ def test_the_policy_command(shoal_home, data):
 
 def test_the_policy_command_errors(shoal_home, data):
     ok("mount", "add", "/f", data.as_uri())
-    assert error(1, "policy", "set", "/f", "--write-mode", "cache-only") == (
-        "policy field 'write_mode' is not enforced yet by this version of Shoal (it enforces "
-        "tier, ttl, pin, priority, quota, replicas, metadata_ttl, read_ahead)"
+    assert error(2, "policy", "set", "/f", "--write-mode", "sync") == (
+        "shoal policy set: error: argument --write-mode: write_mode: 'sync' is not one of "
+        "write-back, write-through, cache-only, read-only"
     )
     assert error(1, "policy", "set", "/nowhere", "--read-ahead", "1") == (
         "policy on /nowhere: the path is under no mount (see `shoal mount ls`)"
@@ -273,7 +269,7 @@ def test_bad_policy_requests_over_the_socket(client, data, shoal_home):
             ({"tier": "X" * 1000}, "is not one of MEM"),
             ({"metadata_ttl": None}, "metadata_ttl: give a value"),
             ({"nonsense": 1}, "unknown policy field 'nonsense'"),
-            ({"write_mode": "write_back"}, "policy field 'write_mode' is not enforced yet"),
+            ({"write_mode": "sometimes"}, "write_mode: 'sometimes' is not one of"),
             ({}, "no field given"),
         ]:
             with pytest.raises(ValueError, match=match):

@@ -159,7 +159,9 @@ def test_field_names():
     assert field_name("write-mode") == "write_mode" and field_name(" TTL ") == "ttl"
     with pytest.raises(ValueError, match="unknown policy field 'tiers'"):
         field_name("tiers")
-    assert set(MOUNT_FIELDS) == {"metadata_ttl", "read_ahead", "replicas", "tier", "pin"}
+    assert set(MOUNT_FIELDS) == {
+        "metadata_ttl", "read_ahead", "replicas", "tier", "pin", "write_mode"
+    }
 
 
 def test_a_policy_is_frozen_and_slotted():
@@ -183,16 +185,9 @@ def test_merged_and_without():
 
 def test_only_the_enforced_fields_may_be_set():
     enforced = {"metadata_ttl", "read_ahead", "replicas", "tier", "pin", "ttl", "priority"}
-    assert enforced | {"quota"} == ENFORCED
+    assert enforced | {"quota", "write_mode"} == ENFORCED
     check_enforced(Policy(metadata_ttl=0, read_ahead=1, replicas=2, tier="SSD", pin=True))
-    check_enforced(Policy(ttl="1h", priority="low", quota="1G"))
-    refused = {"write_mode": "write-through"}  # with writes
-    for name, value in refused.items():
-        with pytest.raises(ValueError) as info:
-            check_enforced(Policy.from_fields({"read_ahead": 1, name: value}))
-        assert str(info.value).startswith(
-            f"policy field {name!r} is not enforced yet by this version of Shoal"
-        )
+    check_enforced(Policy(ttl="1h", priority="low", quota="1G", write_mode="cache-only"))
 
 
 # --------------------------------------------------------------------- resolution
@@ -255,7 +250,7 @@ def test_prefixes_match_whole_components():
     assert table.resolve("/ab") == {}
     assert not table.covers("/ab") and table.covers("/") and table.covers("/a/bc")
     assert PolicyTable({"/a": Policy(priority="low")}).covers("/a")  # a file option
-    assert not PolicyTable({"/a": Policy(write_mode="cache_only")}).covers("/a")  # not enforced
+    assert PolicyTable({"/a": Policy(write_mode="cache_only")}).covers("/a")  # a mount option
 
 
 def test_effective_policy_and_its_sources():
@@ -267,11 +262,12 @@ def test_effective_policy_and_its_sources():
     assert doc["path"] == "/m/a/b/file" and doc["mount"] == "/m"
     assert doc["policy"] == {
         "tier": "SSD", "ttl": None, "pin": False, "priority": None, "quota": None,
-        "replicas": 1, "write_mode": None, "metadata_ttl": 0.0, "read_ahead": 2,
+        "replicas": 1, "write_mode": "write_back", "metadata_ttl": 0.0, "read_ahead": 2,
     }  # fmt: skip
     assert doc["sources"] == {
         "tier": "/m/a/b", "ttl": None, "pin": "default", "priority": None, "quota": None,
-        "replicas": "default", "write_mode": None, "metadata_ttl": "/m/a", "read_ahead": "mount",
+        "replicas": "default", "write_mode": "default", "metadata_ttl": "/m/a",
+        "read_ahead": "mount",
     }  # fmt: skip
 
 
@@ -339,6 +335,7 @@ def test_policies_are_overlaid_on_mount_options_by_prefix(shared):
         "replicas": 2,
         "tier": None,
         "pin": False,
+        "write_mode": "write_back",
         **OWN_DEFAULTS,
     }
     assert f.record()["metadata_ttl"] == 0.0 and f.record()["replicas"] == 2
@@ -349,9 +346,11 @@ def test_policies_are_overlaid_on_mount_options_by_prefix(shared):
         "replicas": 1,
         "tier": None,
         "pin": False,
+        "write_mode": "write_back",
         **OWN_DEFAULTS,
     }
     top = {"metadata_ttl": 60, "read_ahead": 4, "replicas": 1, "tier": None, "pin": False}
+    top["write_mode"] = "write_back"
     top.update(OWN_DEFAULTS)
     assert dict(a.files.file("/m/top").own) == top
     under = a.files.files_under(["/m"])
@@ -400,8 +399,8 @@ def test_bad_changes_are_refused(shared):
     a, _, _ = shared
     with pytest.raises(ValueError, match="policy on /elsewhere/x: the path is under no mount"):
         a.policies.set("/elsewhere/x", {"read_ahead": 1})
-    with pytest.raises(ValueError, match="policy field 'write_mode' is not enforced yet"):
-        a.policies.set("/m", {"write_mode": "cache-only"})
+    with pytest.raises(ValueError, match="write_mode: 'maybe' is not one of"):
+        a.policies.set("/m", {"write_mode": "maybe"})
     with pytest.raises(ValueError, match="no field given"):
         a.policies.set("/m", {})
     with pytest.raises(ValueError, match="must be absolute"):

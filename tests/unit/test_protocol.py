@@ -280,6 +280,15 @@ def test_check_request_accepts_every_op():
         "policy_rm": {"path": "/m", "fields": ["read_ahead"]},
         "policies": {},
         "policy_show": {"path": "/m/a"},
+        "write_open": {"path": "/m/a", "size": -1},
+        "write_grow": {"handle": 1, "size": 1 << 20},
+        "write_data": {"handle": 1, "offset": 0},
+        "write_commit": {"handle": 1, "size": 3},
+        "write_abort": {"handle": 1},
+        "delete": {"path": "/m/a"},
+        "rename": {"src": "/m/a", "dst": "/m/b"},
+        "persisted": {"paths": ["/m/a"]},
+        "wait_persisted": {"path": "", "timeout": 1.5},
         "stop": {},
     }
     assert set(samples) == set(OPS)
@@ -291,6 +300,9 @@ def test_check_request_accepts_every_op():
     ("header", "match"),
     [
         ({"op": "nope"}, "unknown op"),
+        ({"op": "write_open", "path": "/m/a", "size": -2}, "write_open: size must be an int"),
+        ({"op": "write_data", "handle": -1, "offset": 0}, "write_data: handle must be an int"),
+        ({"op": "rename", "src": "/m/a", "dst": 3}, "field 'dst' must be str"),
         ({}, "unknown op"),
         ({"op": "hello", "pid": 1}, "'version' is missing"),
         ({"op": "hello", "pid": True, "version": 1}, "'pid'"),

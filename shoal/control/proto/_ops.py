@@ -41,8 +41,27 @@ policy_set   ``path``, ``policy`` (field -> value)              ``policy``: the 
 policy_rm    ``path``, ``fields`` (names; none: every field)    ``policy``: the rule after
 policies     (none)                                             ``policies``: rules, by path
 policy_show  ``path``                                           ``effective``
+write_open   ``path``, ``size`` (-1: not known yet)              ``handle``, ``mode``,
+                                                                ``reserved``; on a Unix socket
+                                                                one descriptor to write to
+write_grow   ``handle``, ``size`` (bytes the file may reach)    ``reserved``
+write_data   ``handle``, ``offset``; payload: the next bytes    ``written``
+write_commit ``handle``, ``size``                               ``size``, ``version``,
+                                                                ``mode``, ``persisted``
+write_abort  ``handle``                                         (none)
+delete       ``path``                                           (none)
+rename       ``src``, ``dst``                                   (none)
+persisted    ``paths`` (list)                                   ``persisted``: a bool per path
+wait_persisted ``path`` ("" for all), ``timeout`` (seconds)     ``files``, ``bytes`` left
 stop         (none)                                             (none); the worker exits
 ===========  =================================================  ===============================
+
+Writes (see ``_writeback``): ``write_open`` checks the path's write mode and reserves room
+in the worker's dirty budget; a client on the Unix socket writes the bytes itself to the
+descriptor it is given, a TCP client sends them with ``write_data`` (at most
+:data:`MAX_WRITE_PAYLOAD` bytes a request, in order); ``write_commit`` makes the file
+durable as its write mode says and visible to every reader. A write not committed when
+its connection ends is dropped.
 
 ``hello`` and ``auth`` authenticate a TCP peer when the worker holds a cluster secret
 (see ``_auth``); until then the worker serves nothing else. Ops in :data:`ADMIN_OPS` are
@@ -126,6 +145,7 @@ __all__ = [
     "LOCATE",
     "MAX_LIST",
     "MAX_READ_BYTES",
+    "MAX_WRITE_PAYLOAD",
     "OPS",
     "PROTOCOL_VERSION",
     "check_request",
@@ -144,6 +164,8 @@ GENERATIONS = -1
 MAX_LIST = 1 << 16
 #: Bytes one ``read`` may ask for at most (what its answer holds until it is sent).
 MAX_READ_BYTES = 1 << 30
+#: Bytes one ``write_data`` request carries at most.
+MAX_WRITE_PAYLOAD = 16 << 20
 _MAX_NAME = 1024  # bytes of a version, tier name, job key or prefix
 _MAX_URI = 2 * MAX_PATH_BYTES
 _MAX_OPTIONS = 64
@@ -173,6 +195,15 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "policy_rm": {"path": str, "fields": list},
     "policies": {},
     "policy_show": {"path": str},
+    "write_open": {"path": str, "size": int},
+    "write_grow": {"handle": int, "size": int},
+    "write_data": {"handle": int, "offset": int},
+    "write_commit": {"handle": int, "size": int},
+    "write_abort": {"handle": int},
+    "delete": {"path": str},
+    "rename": {"src": str, "dst": str},
+    "persisted": {"paths": list},
+    "wait_persisted": {"path": str, "timeout": (int, float)},
     "stop": {},
 }
 #: Ops that change what the worker serves or stores for others, or stop it.
@@ -245,14 +276,24 @@ def check_request(header: dict) -> str:
                 f"{op}: field {name!r} must be {getattr(kind, '__name__', kind)}, "
                 f"got {type(value).__name__}"
             )
-    for name in ("path", "uri", "key", "prefix"):
+    for name in ("path", "uri", "key", "prefix", "src", "dst"):
         value = header.get(name)
         if name in fields and isinstance(value, str):
-            limit = {"path": MAX_PATH_BYTES, "uri": _MAX_URI}.get(name, _MAX_NAME)
+            limit = {"path": MAX_PATH_BYTES, "uri": _MAX_URI, "src": MAX_PATH_BYTES,
+                     "dst": MAX_PATH_BYTES}.get(name, _MAX_NAME)  # fmt: skip
             _text(value, f"{op}: {name}", limit)
     if op == "read":
         _check_read(header)
-    elif op in ("stat", "load"):
+    elif op.startswith("write_"):
+        for name in ("handle", "size", "offset"):
+            if name in fields:
+                low = -1 if (op, name) == ("write_open", "size") else 0
+                _int(header[name], f"{op}: {name}", low, 1 << 62)
+    elif op == "wait_persisted":
+        timeout = header["timeout"]
+        if not 0 <= timeout <= 3600:
+            raise ValueError(f"wait_persisted: timeout must be 0 to 3600 seconds, got {timeout}")
+    elif op in ("stat", "load", "persisted"):
         _paths(header["paths"], f"{op}: paths")
     elif op == "touch":
         _count(header["regions"], "touch: regions")
