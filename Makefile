@@ -54,6 +54,7 @@ bench: build
 	$(PY) perf/frontends.py
 	$(PY) perf/small_files.py
 	$(PY) perf/policies.py
+	$(PY) perf/checkpoint.py
 
 lint: build
 	$(VENV)/bin/ruff check shoal tests perf

@@ -339,7 +339,8 @@ class Client:
             buffer_size = self._live().geometry()[0]
         if mode in ("wb", "w+b", "xb"):
             self._forget(path)
-            return open_writer(self._live().home(), path, size, buffer_size)
+            router = self._live()
+            return open_writer(router.home(), path, size, buffer_size, router.changed)
         if mode != "rb":
             raise ValueError(f"open: mode must be 'rb' or 'wb', got {mode!r}")
         return io.BufferedReader(ShoalRawFile(self, path), buffer_size=buffer_size)
@@ -353,12 +354,14 @@ class Client:
         under-store; ``cache_only`` on the node, never uploaded. ``PermissionError`` for a
         ``read_only`` path; ``OSError(ENOSPC)`` when the worker's dirty budget stays full."""
         self._forget(path := normalize_path(path))
-        return _writer.write(self._live().home(), path, data)
+        router = self._live()
+        return _writer.write(router.home(), path, data, router.changed)
 
     def delete(self, path: str) -> None:
         """Remove the file ``path`` (after an upload of it that is running)."""
         self._forget(path := normalize_path(path))
         self._call({"op": "delete", "path": path})
+        self._router.changed([path])
 
     def rename(self, src: str, dst: str) -> None:
         """Move the file ``src`` to ``dst``, replacing it (atomic for a file not uploaded
@@ -366,6 +369,7 @@ class Client:
         src, dst = normalize_path(src), normalize_path(dst)
         self._forget(src), self._forget(dst)
         self._call({"op": "rename", "src": src, "dst": dst})
+        self._router.changed([src, dst])
 
     def persisted(self, path: str) -> bool:
         """True when no write of ``path`` waits for its under-store."""

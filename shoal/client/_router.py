@@ -284,6 +284,25 @@ class Router:
                 )
                 self.mark_down(member, exc)
 
+    def changed(self, paths: list[str]) -> None:
+        """In a cluster, tell the workers other than this thread's home that ``paths`` were
+        written, deleted or renamed through it: they forget what they cached of them (a
+        worker that misses it sees the change within its mount's ``metadata_ttl``)."""
+        if not self.cluster:
+            return
+        home = self.home_member()
+        for member in self.membership().members():
+            if member.id == home.id or self.is_down(member):
+                continue
+            for path in paths:
+                try:
+                    self.conn_of(member).call({"op": "refresh", "path": path})
+                except (OSError, ValueError) as exc:
+                    log.warning("worker %s missed the change of %s: %s", member.id, path, exc)
+                    if isinstance(exc, (ConnectionError, TimeoutError)):
+                        self.mark_down(member, exc)
+                    break
+
     def geometry(self) -> tuple[int, int]:
         """The cluster's page and chunk sizes (from the first worker that answered)."""
         if self._geometry is None:

@@ -28,10 +28,11 @@ class WriteFile(io.RawIOBase):
     its write mode says, visible to every reader); :meth:`abort` drops it. Use it from
     one thread at a time."""
 
-    def __init__(self, conn: Connection, path: str, size: int = -1):
+    def __init__(self, conn: Connection, path: str, size: int = -1, on_commit=None):
         super().__init__()
         self.path = path
         self._conn = conn
+        self._on_commit = on_commit
         conn.send({"op": "write_open", "path": path, "size": size})
         answer, _, fds = conn.receive()
         self._handle = answer["handle"]
@@ -107,6 +108,8 @@ class WriteFile(io.RawIOBase):
         finally:
             super().close()
             self._close_fd()
+        if self.committed is not None and self._on_commit is not None:
+            self._on_commit([self.path])
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
@@ -136,20 +139,23 @@ class _Unbuffered(WriteFile):
         return super().__exit__(exc_type, exc, tb)
 
 
-def open_writer(conn: Connection, path: str, size: int | None, buffer_size: int) -> Any:
+def open_writer(
+    conn: Connection, path: str, size: int | None, buffer_size: int, on_commit=None
+) -> Any:
     """A file object writing ``path`` (normalised) through ``conn``; ``size``: the bytes
-    it will hold, when known (room reserved at once); ``buffer_size`` 0: unbuffered."""
+    it will hold, when known (room reserved at once); ``buffer_size`` 0: unbuffered;
+    ``on_commit([path])`` called once it is committed."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise ValueError(f"size must be an int >= 0 or None, got {size!r}")
     if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
         raise ValueError(f"buffer_size must be an int >= 0, got {buffer_size!r}")
     hint = -1 if size is None else size
     if buffer_size == 0:
-        return _Unbuffered(conn, path, hint)
-    return BufferedWriteFile(WriteFile(conn, path, hint), buffer_size)
+        return _Unbuffered(conn, path, hint, on_commit)
+    return BufferedWriteFile(WriteFile(conn, path, hint, on_commit), buffer_size)
 
 
-def write(conn: Connection, path: str, data: Any) -> int:
+def write(conn: Connection, path: str, data: Any, on_commit=None) -> int:
     """Write ``data`` (bytes-like) as the whole file ``path``; the bytes written."""
     if isinstance(data, str):
         raise TypeError("write: data must be bytes-like, not str")
@@ -157,7 +163,7 @@ def write(conn: Connection, path: str, data: Any) -> int:
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"write: data must be bytes-like, got {type(data).__name__}") from None
-    with _Unbuffered(conn, path, view.nbytes) as f:
+    with _Unbuffered(conn, path, view.nbytes, on_commit) as f:
         f.write(view)
     return view.nbytes
 

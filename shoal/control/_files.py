@@ -357,9 +357,15 @@ class FileResolver:
         return path, mount, rel, epoch
 
     def mount_of(self, path: str) -> tuple[Mount, str]:
-        """The mount serving the normalised ``path`` in the table as last read, and the
-        path relative to it; ``FileNotFoundError`` when none does."""
-        return self._mounts.resolve(path)
+        """The mount serving the normalised ``path`` and the path relative to it;
+        ``FileNotFoundError`` when none does (a shared table read again first)."""
+        try:
+            return self._mounts.resolve(path)
+        except FileNotFoundError:
+            if not self._shared:
+                raise
+            self._reload_mounts()
+            return self._mounts.resolve(path)
 
     def _current(self, path: str) -> File | None:
         """The file resolved for ``path`` before, while it is still current: the metadata
@@ -389,14 +395,12 @@ class FileResolver:
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)
         ttl = own["metadata_ttl"]
-        try:
+        if self.pending and self.pending_under(path):  # holds files written here
+            info = ObjectInfo(rel, 0, "", 0.0, is_dir=True)
+        else:
             info = self.metadata.stat(
                 path, ttl, lambda: self._stat_one(mount, store, rel, path, ttl)
             )
-        except FileNotFoundError:
-            if not self.pending_under(path):
-                raise
-            info = ObjectInfo(rel, 0, "", 0.0, is_dir=True)  # holds files written here only
         fid = b"" if info.is_dir else file_id(mount.child_uri(rel), info.version)
         f = File(path, mount, rel, info, fid, store, own, epoch)
         if len(self._files) >= _MAX_FILES:

@@ -196,11 +196,12 @@ class MetadataCache:
         """Cache the whole listing of the directory ``path`` for ``ttl`` seconds."""
         self._put(self._dirs, path, entries, ttl)
 
-    def refresh(self, path: str, notify: bool = True) -> int:
+    def refresh(self, path: str, notify: bool = True, above: bool = True) -> int:
         """Forget ``path`` and everything under it (every entry for ``/``), and the
         listings of the directories above it, which hold its old stat too. ``notify``
         false: :attr:`on_refresh` is not told (the caller knows nothing else said of
-        those paths, e.g. a new file written through the worker).
+        those paths, e.g. a new file written through the worker). ``above`` false: the
+        listings above are kept (what they say of ``path`` is overridden meanwhile).
 
         Returns
         -------
@@ -208,17 +209,17 @@ class MetadataCache:
             Entries dropped.
         """
         under = path.rstrip("/") + "/"
-        above = set()
-        probe = path
+        parents = set()
+        probe = path if above else "/"
         while probe not in ("/", ""):
             probe = probe.rsplit("/", 1)[0] or "/"
-            above.add(probe)
+            parents.add(probe)
         dropped = 0
         with self._lock:
             for table in self._tables:
                 doomed = [p for p in table if p == path or p.startswith(under)]
                 if table is not self._stats:
-                    doomed += [p for p in above if p in table]
+                    doomed += [p for p in parents if p in table]
                 for p in doomed:
                     self.bytes -= table.pop(p)[2]
                 dropped += len(doomed)

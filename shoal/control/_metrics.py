@@ -358,6 +358,7 @@ def report_metrics(report: dict) -> Iterator[Any]:
     yield from _mount_families(report.get("by_mount"))
     yield from _moved_families(report.get("evictions"), report.get("tier_moves"))
     yield from _quota_families(report.get("quotas"), report.get("quota_refused"))
+    yield from _writeback_families(report.get("writeback"))
     yield from _ufs_families(report.get("ufs_latency"), report.get("ufs_errors"))
 
 
@@ -389,6 +390,29 @@ def _mount_families(by_mount: Mapping[str, Mapping[str, int]] | None) -> Iterato
         served.add_metric([mount, "socket"], c.get("bytes_socket", 0))
         read.add_metric([mount], c.get("bytes_ufs", 0))
     yield from (hits, misses, served, read)
+
+
+def _writeback_families(wb: Mapping[str, Any] | None) -> Iterator[Any]:
+    """Written files not in their under-store yet, the budget, and the uploads."""
+    if wb is None:
+        return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    for key, name, text in (
+        ("dirty_files", "shoal_dirty_files", "Files written and not in their store yet."),
+        ("dirty_bytes", "shoal_dirty_bytes", "Bytes written and not in their store yet."),
+        ("budget_bytes", "shoal_dirty_budget_bytes", "The dirty budget: past it writers wait."),
+        ("oldest_seconds", "shoal_dirty_oldest_seconds", "Age of the oldest pending upload."),
+    ):
+        yield GaugeMetricFamily(name, text, value=wb.get(key, 0))
+    for key, name, text in (
+        ("uploaded_files", "shoal_uploaded_files", "Files uploaded to their store."),
+        ("uploaded_bytes", "shoal_uploaded_bytes", "Bytes uploaded to their store."),
+        ("upload_failures", "shoal_upload_failures", "Failed upload attempts (retried)."),
+        ("written_bytes", "shoal_written_bytes", "Bytes of files written through the worker."),
+        ("enospc", "shoal_write_enospc", "Writes refused: the dirty budget stayed full."),
+    ):
+        yield CounterMetricFamily(name, text, value=wb.get(key, 0))
 
 
 def _quota_families(

@@ -34,6 +34,7 @@ from .proto import (
     NONCE_BYTES,
     SCHEME,
     WORKER,
+    WRITE_OPS,
     ProtocolError,
     check_proof,
     check_request,
@@ -564,6 +565,12 @@ class Server:
             op = check_request(header)
             if op in ADMIN_OPS and not state.admin:
                 raise PermissionError(errno.EPERM, self._refusal(op, state))
+            if op in WRITE_OPS and state.remote and self.security.cluster_secret is None:
+                raise PermissionError(
+                    errno.EPERM,
+                    f"{op} is refused over TCP: this worker has no cluster secret, so its TCP "
+                    "peers are not authenticated (writes go through its Unix socket only)",
+                )
             if state.remote and op == "read":
                 # Descriptors cannot cross a TCP connection: bytes, from the region
                 # files as they are when the client checks them itself.

@@ -44,7 +44,7 @@ from ._files import File, FileResolver
 from ._namespace import normalize_path
 from ._pages import file_id, page_count, page_key, page_length
 from ._server import ConnectionState, Reply
-from .ufs import ObjectInfo, UnderStore
+from .ufs import ObjectChangedError, ObjectInfo, UnderStore
 
 __all__ = ["WriteBack"]
 
@@ -67,7 +67,8 @@ class _Entry:
     size: int = 0
     mode: str = "write_back"
     mtime: float = 0.0
-    uploading: bool = False
+    uploading: bool = False  # until its upload is done with (landed and cached)
+    landed: bool = False  # in its store: persisted, the staging file not gone yet
     attempts: int = 0
     not_before: float = 0.0  # monotonic: no new attempt before
     since: float = field(default_factory=time.monotonic)
@@ -92,14 +93,15 @@ class _Open:
 
 
 class _Staged(UnderStore):
-    """The under-store of one written file while it is pending: its staging file, read
-    through a descriptor of its own (closed with the last reference)."""
+    """The under-store of one written file while it is pending: its staging file, opened
+    by name for each read (no descriptor outlives the file: a read after the file went
+    is told to ask again, and finds the uploaded object)."""
 
     scheme = "shoal-staged"
 
-    def __init__(self, fd: int, info: ObjectInfo, uri: str):
+    def __init__(self, dir_fd: int, name: str, info: ObjectInfo, uri: str):
         super().__init__()
-        self._fd, self._info, self._uri = fd, info, uri
+        self._dir_fd, self._name, self._info, self._uri = dir_fd, name, info, uri
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> UnderStore:
@@ -120,17 +122,26 @@ class _Staged(UnderStore):
 
     def _read_into(self, key: str, offset: int, view: memoryview, version: str | None) -> int:
         if version is not None and version != self._info.version:
-            from .ufs import ObjectChangedError
-
             raise ObjectChangedError(f"{self._uri} changed; read it again", self._uri)
-        end = min(self._info.size, offset + view.nbytes)
-        done = 0
-        while offset + done < end:
-            n = os.preadv(self._fd, [view[done : end - offset]], offset + done)
-            if n == 0:
-                raise OSError(errno.EIO, f"{self._uri}: staging file is shorter than written")
-            done += n
-        return done
+        try:
+            fd = os.open(
+                self._name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd
+            )
+        except OSError:
+            raise ObjectChangedError(
+                f"{self._uri} was uploaded; read it again", self._uri
+            ) from None
+        try:
+            end = min(self._info.size, offset + view.nbytes)
+            done = 0
+            while offset + done < end:
+                n = os.preadv(fd, [view[done : end - offset]], offset + done)
+                if n == 0:
+                    raise OSError(errno.EIO, f"{self._uri}: staging file is shorter than written")
+                done += n
+            return done
+        finally:
+            os.close(fd)
 
     def _write(self, key, source):
         raise PermissionError(errno.EPERM, "a staging file is written by its writer only")
@@ -139,11 +150,7 @@ class _Staged(UnderStore):
         raise PermissionError(errno.EPERM, "a staging file is removed by the worker only")
 
     def _close(self) -> None:
-        pass  # the descriptor goes with the last reference: a read may still use it
-
-    def __del__(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        pass
 
 
 class _Bounded:
@@ -334,43 +341,47 @@ class WriteBack:
                 os.ftruncate(op.fd, size)
             if op.mode != "cache_only":
                 os.fsync(op.fd)
-            entry = self._journal(op, size)
+            now = op.mode == "write_through" or (op.mode == "write_back" and self._in_cluster())
+            entry = self._journal(op, size, claim=now)
         except BaseException:
             self._abort(op)
             raise
-        if op.mode == "write_through" or (op.mode == "write_back" and self._in_cluster()):
+        if now:
             self._upload_now(entry)
         return {"size": size, "version": self._pending_version(entry), "mode": op.mode,
                 "persisted": entry.seq not in self._entries}  # fmt: skip
 
-    def _journal(self, op: _Open, size: int) -> _Entry:
-        """Record the committed write ``op`` in the journal (synced) and show its file."""
+    def _journal(self, op: _Open, size: int, claim: bool = False) -> _Entry:
+        """Record the committed write ``op`` in the journal (synced) and show its file;
+        ``claim``: the caller uploads it (no uploader takes it)."""
         with self._cond:
             entry = _Entry(self._seq, "put", op.path, op.name, size, op.mode, time.time())
+            entry.uploading = claim
             self._seq += 1
             self._store.put_records([entry.record()], sync=op.mode != "cache_only")
             self._entries[entry.seq] = entry
             self._reserved -= op.reserved
             self._dirty += size
+            # A path read before may be in the table of published files: void it.
             known = op.path in self._files.pending or (
                 self._files.metadata.get_stat(op.path) is not None
             )
-            self._show(entry, op.fd)
+            self._show(entry)
             self._stats["written_files"] += 1
             self._stats["written_bytes"] += size
             self._cond.notify_all()
-        self._files.metadata.refresh(op.path, notify=known)
+        if known:  # the listings above stay: the pending file overrides them
+            self._files.metadata.refresh(op.path, above=False)
         return entry
 
-    def _show(self, entry: _Entry, fd: int | None = None) -> None:
+    def _show(self, entry: _Entry) -> None:
         """Make ``entry``'s file what readers of its path see (under the lock)."""
         mount, rel = self._files.mount_of(entry.path)
-        fd = self._open_staged(entry.name) if fd is None else os.dup(fd)
         version = self._pending_version(entry)
         info = ObjectInfo(rel, entry.size, version, entry.mtime)
         uri = mount.child_uri(rel)
         own = self._files.options_at(entry.path)
-        store = _Staged(fd, info, uri)
+        store = _Staged(self._dir_fd, entry.name, info, uri)
         self._files.pending[entry.path] = File(
             entry.path, mount, rel, info, file_id(uri, version), store, own
         )
@@ -485,7 +496,7 @@ class WriteBack:
             if now or (mode == "cache_only" and not pending):
                 self._files.store_of(mount).delete(rel, missing_ok=bool(pending))
         finally:
-            self._files.metadata.refresh(path)
+            self._files.metadata.refresh(path, above=now)
         return {}
 
     def rename(self, src: str, dst: str) -> dict:
@@ -527,8 +538,8 @@ class WriteBack:
                 self._cond.notify_all()
         if latest is None:
             self._rename_stored(src, dst)
-        self._files.metadata.refresh(src)
-        self._files.metadata.refresh(dst)
+        self._files.metadata.refresh(src, above=latest is None)
+        self._files.metadata.refresh(dst, above=latest is None)
         if latest is not None and (latest.mode == "write_through" or self._in_cluster()):
             self.wait(src, self._wait)
             self.wait(dst, self._wait)
@@ -567,14 +578,15 @@ class WriteBack:
         file is never persisted)."""
         norm = [normalize_path(p) for p in paths]
         with self._cond:
-            waiting = {e.path for e in self._entries.values()}
+            waiting = {e.path for e in self._entries.values() if not e.landed}
         return [p not in waiting for p in norm]
 
     def _left(self, path: str) -> tuple[int, int]:
         under = path.rstrip("/") + "/"
         left = [
             e for e in self._entries.values()
-            if e.mode != "cache_only" and (not path or e.path == path or e.path.startswith(under))
+            if e.mode != "cache_only" and not e.landed
+            and (not path or e.path == path or e.path.startswith(under))
         ]  # fmt: skip
         return len(left), sum(e.size for e in left)
 
@@ -595,9 +607,10 @@ class WriteBack:
         """What ``shoal report`` shows of writes."""
         now = time.monotonic()
         with self._cond:
-            waiting = [e for e in self._entries.values() if e.mode != "cache_only"]
+            live = [e for e in self._entries.values() if not e.landed]
+            waiting = [e for e in live if e.mode != "cache_only"]
             return {
-                "dirty_files": sum(1 for e in self._entries.values() if e.kind == "put"),
+                "dirty_files": sum(1 for e in live if e.kind == "put"),
                 "dirty_bytes": self._dirty,
                 "reserved_bytes": self._reserved,
                 "budget_bytes": self._budget,
@@ -657,14 +670,9 @@ class WriteBack:
     def _upload_now(self, entry: _Entry) -> None:
         """Upload ``entry`` in the caller's thread (write-through); on failure its write
         is dropped and the error raised: nothing was acknowledged."""
-        with self._cond:
-            while entry.uploading or any(
-                e.uploading for e in self._latest(entry.path) if e.seq < entry.seq
-            ):
+        with self._cond:  # claimed at commit: after the uploads of its path before it
+            while any(e.uploading for e in self._latest(entry.path) if e.seq < entry.seq):
                 self._cond.wait(1.0)
-            if entry.seq not in self._entries:
-                return
-            entry.uploading = True
         try:
             info = self._send(entry)
         except BaseException:
@@ -693,10 +701,12 @@ class WriteBack:
     def _done(self, entry: _Entry, info: ObjectInfo | None) -> None:
         """``entry`` reached its store: out of the journal and the budget; its bytes
         become cached pages of the new object, then its staging file goes."""
+        metadata = self._files.metadata
+        if entry.kind == "rm":
+            metadata.refresh(entry.path, notify=False)  # the listings above are stale now
         with self._cond:
             self._store.put_records([], delete=[entry.record()[0]])
-            self._entries.pop(entry.seq, None)
-            entry.uploading = False
+            entry.landed = True
             if entry.kind == "put":
                 self._dirty -= entry.size
                 self._stats["uploaded_files"] += 1
@@ -707,20 +717,21 @@ class WriteBack:
             if gone and not self._latest(entry.path):
                 del self._files.pending[entry.path]  # the store agrees now
             self._cond.notify_all()
-        if entry.kind == "rm":
-            self._files.metadata.refresh(entry.path, notify=False)
-            return
         if current and info is not None:
             with contextlib.suppress(Exception):
                 self._ingest(entry, shown, info)
-            with self._cond:
-                if self._files.pending.get(entry.path) is shown:
-                    del self._files.pending[entry.path]
-            self._files.metadata.refresh(entry.path, notify=False)
-            ttl = shown.own["metadata_ttl"]
-            self._files.metadata.put_stat(entry.path, info, ttl)
+            # What the store says now, before the pending file stops hiding it.
+            metadata.refresh(entry.path, notify=False)
+            metadata.put_stat(entry.path, info, shown.own["metadata_ttl"])
+        with self._cond:
+            if current and self._files.pending.get(entry.path) is shown:
+                del self._files.pending[entry.path]
+            self._entries.pop(entry.seq, None)
+            entry.uploading = False  # a delete or rename of its path may go on now
+            self._cond.notify_all()
         with contextlib.suppress(OSError):
-            os.unlink(entry.name, dir_fd=self._dir_fd)
+            if entry.kind == "put":
+                os.unlink(entry.name, dir_fd=self._dir_fd)
 
     def _ingest(self, entry: _Entry, shown: File, info: ObjectInfo) -> None:
         """Cache the pages of the uploaded object from its staging file."""
@@ -764,12 +775,15 @@ class WriteBack:
                 try:
                     if os.stat(entry.name, dir_fd=self._dir_fd).st_size < entry.size:
                         raise FileNotFoundError(errno.ENOENT, "staging file is short")
-                    self._show(entry)
-                except (OSError, ValueError) as exc:
+                except OSError as exc:
                     log.error("pending write of %s lost its staging file (%s)", entry.path, exc)
                     continue
                 named.add(entry.name)
                 self._dirty += entry.size
+                try:
+                    self._show(entry)
+                except (OSError, ValueError) as exc:  # its mount is gone: kept, retried
+                    log.warning("pending write of %s is not readable: %s", entry.path, exc)
             else:
                 self._files.pending.setdefault(entry.path, None)
             self._entries[entry.seq] = entry

@@ -5,7 +5,8 @@ request), :class:`ShoalIterableDataset` an iterable one, shuffled per epoch and 
 across DataLoader workers and distributed ranks. Without a transform, a sample is a
 :class:`Sample`: the file's path and its bytes as a ``torch.uint8`` tensor.
 :class:`StorageReader` loads ``torch.distributed.checkpoint`` checkpoints through Shoal,
-and :func:`latest_checkpoint` finds the newest complete one under a prefix.
+:class:`StorageWriter` saves them, and :func:`latest_checkpoint` finds the newest complete
+one under a prefix.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ except ImportError as exc:
     ) from exc
 
 from ._datasets import Sample, ShoalIterableDataset, ShoalMapDataset
-from ._dcp import StorageReader, latest_checkpoint
+from ._dcp import StorageReader, StorageWriter, latest_checkpoint
 
 __all__ = [
     "Sample",
     "ShoalIterableDataset",
     "ShoalMapDataset",
     "StorageReader",
+    "StorageWriter",
     "latest_checkpoint",
 ]

@@ -44,6 +44,7 @@ from ._ops import (
     MAX_WRITE_PAYLOAD,
     OPS,
     PROTOCOL_VERSION,
+    WRITE_OPS,
     check_request,
     check_version,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "MAX_LIST",
     "MAX_READ_BYTES",
     "MAX_WRITE_PAYLOAD",
+    "WRITE_OPS",
     "MAX_REQUEST_HEADER",
     "NONCE_BYTES",
     "OPS",

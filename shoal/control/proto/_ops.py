@@ -146,6 +146,7 @@ __all__ = [
     "MAX_LIST",
     "MAX_READ_BYTES",
     "MAX_WRITE_PAYLOAD",
+    "WRITE_OPS",
     "OPS",
     "PROTOCOL_VERSION",
     "check_request",
@@ -208,6 +209,11 @@ OPS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 #: Ops that change what the worker serves or stores for others, or stop it.
 ADMIN_OPS = frozenset({"mount", "unmount", "free", "job_put", "policy_set", "policy_rm", "stop"})
+#: Ops that change files in under-stores: served to TCP peers only when they proved the
+#: cluster secret (a worker without one serves them on its Unix socket only).
+WRITE_OPS = frozenset(
+    {"write_open", "write_grow", "write_data", "write_commit", "write_abort", "delete", "rename"}
+)
 
 
 def _int(value: object, what: str, low: int = 0, high: int = 1 << 63) -> int:
