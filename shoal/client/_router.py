@@ -182,9 +182,16 @@ class Router:
         return self._open(member, None)
 
     def _track(self, conn: Connection) -> None:
+        """Keep ``conn`` (this thread's) for :meth:`close`; close those of threads that
+        ended (a thread pool's short-lived workers would otherwise leave theirs open)."""
+        conn.thread = threading.current_thread()
         with self._lock:
-            self._conns = [c for c in self._conns if not c.broken]
+            gone = [c for c in self._conns if c.broken or not c.thread.is_alive()]
+            self._conns = [c for c in self._conns if c not in gone]
             self._conns.append(conn)
+        for c in gone:
+            if not c.broken:
+                c.close()
 
     def conn_of(self, member: WorkerInfo) -> Connection:
         """This thread's connection to ``member``, opened when it has none."""

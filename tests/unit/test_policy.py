@@ -160,7 +160,12 @@ def test_field_names():
     with pytest.raises(ValueError, match="unknown policy field 'tiers'"):
         field_name("tiers")
     assert set(MOUNT_FIELDS) == {
-        "metadata_ttl", "read_ahead", "replicas", "tier", "pin", "write_mode"
+        "metadata_ttl",
+        "read_ahead",
+        "replicas",
+        "tier",
+        "pin",
+        "write_mode",
     }
 
 
