@@ -18,7 +18,7 @@ from ._common import (
     print_json,
 )
 from ._mount import replicas_arg
-from ._progress import ProgressBar
+from ._progress import ProgressBar, add_progress_options
 
 __all__ = ["format_history", "read_file_list", "register"]
 
@@ -66,15 +66,7 @@ def register(subparsers) -> None:
         metavar="K|all",
         help="in a cluster: workers to load each chunk on (default: the mount's replicas)",
     )
-    out = p.add_argument_group("output")
-    out.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    out.add_argument(
-        "--progress-interval",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between progress lines when stderr is not a terminal (default 5)",
-    )
+    add_progress_options(p)
     past = p.add_argument_group("history")
     past.add_argument(
         "--history",

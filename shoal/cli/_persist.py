@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._units import format_size
 from ._common import add_home_option, format_duration, open_client, path_arg, seconds_arg
-from ._progress import ProgressBar
+from ._progress import ProgressBar, add_progress_options
 from ._report import files_phrase, writeback_lines
 
 if TYPE_CHECKING:
@@ -49,15 +49,7 @@ def register(subparsers) -> None:
         metavar="S",
         help="with --wait: give up after S seconds (default: no limit)",
     )
-    out = p.add_argument_group("output")
-    out.add_argument("-q", "--quiet", action="store_true", help="no progress display")
-    out.add_argument(
-        "--progress-interval",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between progress lines when stderr is not a terminal (default 5)",
-    )
+    add_progress_options(p)
     add_home_option(p)
     p.set_defaults(func=_persist, parser=p)
 

@@ -194,3 +194,17 @@ class ProgressBar:
         if self.tty and self._last_line:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def add_progress_options(parser) -> None:
+    """The ``output`` options of a command that shows progress: ``-q`` and
+    ``--progress-interval``."""
+    out = parser.add_argument_group("output")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    out.add_argument(
+        "--progress-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between progress lines when stderr is not a terminal (default 5)",
+    )

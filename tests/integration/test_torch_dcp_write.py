@@ -16,6 +16,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from hypothesis import given
 from hypothesis import strategies as st
+from test_torch_dcp import assert_same, blank
 from torch import nn
 from torch.distributed.checkpoint._extension import ExtensionRegistry, StreamTransformExtension
 from torch.distributed.checkpoint.api import CheckpointException
@@ -48,30 +49,6 @@ def state(seed: int = 3) -> dict:
         "step": 12 + seed,
         "name": f"run-{seed}",
     }
-
-
-def blank(sd: dict) -> dict:
-    """``sd`` with each tensor made zeros and every other value replaced."""
-    out: dict = {}
-    for key, value in sd.items():
-        if isinstance(value, dict):
-            out[key] = blank(value)
-        elif isinstance(value, torch.Tensor):
-            out[key] = torch.zeros_like(value)
-        else:
-            out[key] = None
-    return out
-
-
-def assert_same(got: dict, want: dict) -> None:
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        if isinstance(value, dict):
-            assert_same(got[key], value)
-        elif isinstance(value, torch.Tensor):
-            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
-        else:
-            assert got[key] == value, key
 
 
 def save(sd: dict, writer: StorageWriter, **kwargs) -> None:
