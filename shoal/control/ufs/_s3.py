@@ -106,7 +106,7 @@ class S3Config:
     connect_timeout: float = 3.0
     read_timeout: float = 30.0
     part_size: int = 8 * MiB
-    upload_concurrency: int = 4
+    upload_concurrency: int = 8
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
     def __post_init__(self) -> None:
