@@ -10,6 +10,7 @@ else a step at a time.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
@@ -25,8 +26,8 @@ _STEP = 64 << 20  # room reserved at a time when the size is not known
 
 class WriteFile(io.RawIOBase):
     """A file being written: sequential, not seekable; ``close()`` commits it (durable as
-    its write mode says, visible to every reader); :meth:`abort` drops it. Use it from
-    one thread at a time."""
+    its write mode says, visible to every reader); :meth:`abort` drops it, and so does
+    ``close()`` after a write failed. Use it from one thread at a time."""
 
     def __init__(self, conn: Connection, path: str, size: int = -1, on_commit=None):
         super().__init__()
@@ -42,7 +43,7 @@ class WriteFile(io.RawIOBase):
         for fd in fds[1:]:
             os.close(fd)
         self._at = 0
-        self._aborted = False
+        self._aborted = self._failed = False
         #: The worker's answer to the commit (``size``, ``version``, ``persisted``).
         self.committed: dict | None = None
 
@@ -53,6 +54,13 @@ class WriteFile(io.RawIOBase):
         return self._at
 
     def write(self, data: Any) -> int:
+        try:
+            return self._write(data)
+        except BaseException:
+            self._failed = True  # a file with a hole is never committed: close() drops it
+            raise
+
+    def _write(self, data: Any) -> int:
         if self.closed:
             raise ValueError(f"write to a closed file ({self.path})")
         view = memoryview(data)
@@ -100,6 +108,10 @@ class WriteFile(io.RawIOBase):
 
     def close(self) -> None:
         if self.closed:
+            return
+        if self._failed and not self._aborted:
+            with contextlib.suppress(OSError, ConnectionError):
+                self.abort()
             return
         try:
             if not self._aborted:

@@ -90,6 +90,7 @@ class _Open:
     owner: int  # id of its connection
     reserved: int = 0
     written: int = 0  # bytes received over TCP
+    quota: int | None = None  # bytes its path's quota allows
 
 
 class _Staged(UnderStore):
@@ -170,6 +171,15 @@ class _Bounded:
         self._at += len(data)
         self._left -= len(data)
         return data
+
+
+def _check_quota(path: str, size: int, own: Any) -> None:
+    """``EDQUOT`` for a file larger than the quota in force at its path."""
+    quota = own.get("quota")
+    if quota is not None and size > quota:
+        raise OSError(
+            errno.EDQUOT, f"{path}: {size} bytes exceed the quota of {quota} bytes there", path
+        )
 
 
 class WriteBack:
@@ -273,9 +283,7 @@ class WriteBack:
     def _open_op(self, conn: ConnectionState, h: dict) -> Reply:
         path, mode, own = self._target(h["path"])
         size = h["size"]
-        quota = own.get("quota")
-        if quota is not None and size > quota:
-            raise OSError(errno.EDQUOT, f"{path}: {size} bytes exceed the quota of {quota}", path)
+        _check_quota(path, size, own)
         reserved = self._reserve(max(size, 0), path)
         name = "w" + secrets.token_hex(12)
         flags = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -285,7 +293,7 @@ class WriteBack:
             self._release(reserved)
             raise
         handle = next(self._handles)
-        op = _Open(path, name, fd, mode, id(conn), reserved)
+        op = _Open(path, name, fd, mode, id(conn), reserved, quota=own.get("quota"))
         with self._cond:
             self._open[handle] = op
         if not any(getattr(c, "func", None) == self._drop_connection for c in conn.closers):
@@ -308,6 +316,7 @@ class WriteBack:
     def _grow(self, conn: ConnectionState, handle: int, size: int) -> int:
         """Reserve room for the write ``handle`` to reach ``size`` bytes."""
         op = self._take(conn, handle, keep=True)
+        _check_quota(op.path, size, {"quota": op.quota})
         if size > op.reserved:
             got = self._reserve(size - op.reserved, op.path)
             with self._cond:

@@ -309,6 +309,16 @@ def test_bad_writes_are_clear_errors(local, tmp_path):
         with pytest.raises(kind, match=match) as info:
             call()
         assert "\n" not in str(info.value)
+    client.set_policy("/w/q", quota=3 * PAGE)
+    for call in (
+        lambda: client.write("/w/q/big", bytes(3 * PAGE + 1)),
+        lambda: client.open("/w/q/big", "wb", buffer_size=0).write(bytes(4 * PAGE)),
+    ):
+        with pytest.raises(OSError, match="exceed the quota") as info:
+            call()
+        assert info.value.errno == errno.EDQUOT
+    assert not client.exists("/w/q/big")  # the writer that failed commits nothing
+    assert client.write("/w/q/fits", bytes(3 * PAGE)) == 3 * PAGE
     client.write("/w/a", b"a")
     with pytest.raises(OSError) as info:
         client.rename("/w/a", "/t/a")
