@@ -742,7 +742,7 @@ class Fetcher:
                 group.sort(key=lambda item: item[0].index)
                 runs.append(group)
             else:
-                runs.extend([item] for item in group)
+                runs.extend(self._runs(group))
         if len(smalls) == 1:
             runs.append(smalls)
         tasks = [(self._fetch_run, run, ()) for run in runs]
@@ -765,6 +765,25 @@ class Fetcher:
                 for _, fut in run:
                     fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
         return futures
+
+    def _runs(self, group: list[tuple[Page, Future]]) -> list[list[tuple[Page, Future]]]:
+        """The pages of one file to fetch, as runs of consecutive pages each read with one
+        request: one page a run while that keeps every fetch thread busy, else runs of up
+        to ``whole_file_bytes`` (a large file read cold: fewer, larger requests, still
+        as many at once as there are threads)."""
+        longest = max(1, self.whole_file_bytes // self.page_size)
+        size = min(longest, max(1, len(group) // self.threads))
+        if size == 1:
+            return [[item] for item in group]
+        group.sort(key=lambda item: item[0].index)
+        runs: list[list[tuple[Page, Future]]] = []
+        for item in group:
+            last = runs[-1] if runs else None
+            if last and len(last) < size and last[-1][0].index + 1 == item[0].index:
+                last.append(item)
+            else:
+                runs.append([item])
+        return runs
 
     @staticmethod
     def results(futures: Mapping[bytes, Future]) -> dict[bytes, Any]:
