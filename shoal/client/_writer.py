@@ -34,6 +34,10 @@ class WriteFile(io.RawIOBase):
         self.path = path
         self._conn = conn
         self._on_commit = on_commit
+        self._fd, self._at = -1, 0
+        self._aborted, self._failed = True, False  # nothing to commit until it is open
+        #: The worker's answer to the commit (``size``, ``version``, ``persisted``).
+        self.committed: dict | None = None
         conn.send({"op": "write_open", "path": path, "size": size})
         answer, _, fds = conn.receive()
         self._handle = answer["handle"]
@@ -42,10 +46,7 @@ class WriteFile(io.RawIOBase):
         self._fd = fds[0] if fds else -1
         for fd in fds[1:]:
             os.close(fd)
-        self._at = 0
-        self._aborted = self._failed = False
-        #: The worker's answer to the commit (``size``, ``version``, ``persisted``).
-        self.committed: dict | None = None
+        self._aborted = False
 
     def writable(self) -> bool:
         return True

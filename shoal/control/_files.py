@@ -65,6 +65,46 @@ class File:
         }
 
 
+class PendingFiles(dict):
+    """:attr:`FileResolver.pending`: normalised path -> :class:`File` (or None), which
+    also knows every directory above its files (:meth:`dirs`, worked out again after a
+    change)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dirs: frozenset[str] | None = None
+
+    def __setitem__(self, path: str, f: File | None) -> None:
+        self._dirs = None
+        super().__setitem__(path, f)
+
+    def __delitem__(self, path: str) -> None:
+        self._dirs = None
+        super().__delitem__(path)
+
+    def pop(self, path: str, *default: Any) -> Any:
+        self._dirs = None
+        return super().pop(path, *default)
+
+    def setdefault(self, path: str, f: File | None = None) -> Any:
+        self._dirs = None
+        return super().setdefault(path, f)
+
+    def dirs(self) -> frozenset[str]:
+        """The directories above the files (not the deleted ones)."""
+        dirs = self._dirs
+        if dirs is None:
+            found = set()
+            for path, f in list(self.items()):
+                while f is not None and path not in ("/", ""):
+                    path = path.rsplit("/", 1)[0] or "/"
+                    if path in found:
+                        break
+                    found.add(path)
+            dirs = self._dirs = frozenset(found)
+        return dirs
+
+
 def _text(exc: BaseException) -> str:
     """An exception's message without the ``[Errno N]`` an OSError's ``str`` starts with."""
     if isinstance(exc, OSError) and exc.strerror is not None:
@@ -154,7 +194,7 @@ class FileResolver:
         #: Files written here that their under-store does not hold yet (``_writeback``):
         #: normalised path -> the file, or None for one deleted here whose delete the
         #: store has not seen yet. They hide what the store says of the same paths.
-        self.pending: dict[str, File | None] = {}
+        self.pending: PendingFiles = PendingFiles()
 
     # ----------------------------------------------------------------- mounts
 
@@ -395,7 +435,7 @@ class FileResolver:
             return File(path, mount, rel, info, b"", None, own, epoch)
         store = self.store_of(mount)
         ttl = own["metadata_ttl"]
-        if self.pending and self.pending_under(path):  # holds files written here
+        if self.pending and path in self.pending.dirs():  # holds files written here
             info = ObjectInfo(rel, 0, "", 0.0, is_dir=True)
         else:
             info = self.metadata.stat(
@@ -419,8 +459,8 @@ class FileResolver:
 
     def pending_under(self, path: str) -> dict[str, File | None]:
         """Files written here under the directory ``path`` (normalised) that its store
-        does not hold yet: child name -> the file, None for a deleted one, or the
-        directory's own ``File``-less marker ``...`` (a directory holding some)."""
+        does not hold yet: child name -> the file, None for a deleted one, or ``...`` for
+        a subdirectory holding some."""
         if not self.pending:
             return {}
         under = path.rstrip("/") + "/"
