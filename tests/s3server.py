@@ -67,15 +67,7 @@ class MotoS3Server:
 
     def client(self):
         """A plain boto3 client with the fake credentials, to arrange test state."""
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id=FAKE_ACCESS_KEY,
-            aws_secret_access_key=FAKE_SECRET_KEY,
-        )
+        return s3_client(self.endpoint_url)
 
     def iam_client(self):
         import boto3
@@ -212,12 +204,17 @@ class MotoProcess:
             self.proc = None
 
     def client(self):
-        import boto3
+        return s3_client(self.endpoint_url)
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id=FAKE_ACCESS_KEY,
-            aws_secret_access_key=FAKE_SECRET_KEY,
-        )
+
+def s3_client(endpoint_url: str):
+    """A plain boto3 client of the server at ``endpoint_url`` with the fake credentials."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=FAKE_ACCESS_KEY,
+        aws_secret_access_key=FAKE_SECRET_KEY,
+    )

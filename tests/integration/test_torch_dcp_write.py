@@ -7,18 +7,16 @@ checkpoint, stream transforms, paths that cannot be written."""
 from __future__ import annotations
 
 import errno
-import gzip
 import pickle
-from typing import IO
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from hypothesis import given
 from hypothesis import strategies as st
-from test_torch_dcp import assert_same, blank
+from test_torch_dcp import Gzip, assert_same, blank
 from torch import nn
-from torch.distributed.checkpoint._extension import ExtensionRegistry, StreamTransformExtension
+from torch.distributed.checkpoint._extension import ExtensionRegistry
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -229,27 +227,6 @@ def test_rank_local_metadata(client, mnt, tmp_path):
     save(state(), StorageWriter("/mnt/local", client=client), use_collectives=False)
     assert client.exists("/mnt/local/__0.metadata") and not client.exists("/mnt/local/.metadata")
     assert_same(load(blank(state()), StorageReader("/mnt/local", client=client)), state())
-
-
-class Gzip(StreamTransformExtension):
-    """A stream transform, as DCP's experimental ``_extensions`` take: gzip."""
-
-    @staticmethod
-    def registry_name() -> str:
-        return "test.gzip"
-
-    @staticmethod
-    def from_descriptor(version: str) -> Gzip:
-        return Gzip()
-
-    def get_descriptor(self) -> str:
-        return f"{self.registry_name()}/1"
-
-    def transform_to(self, output: IO[bytes]) -> IO[bytes]:
-        return gzip.GzipFile(fileobj=output, mode="wb")
-
-    def transform_from(self, input: IO[bytes]) -> IO[bytes]:
-        return gzip.GzipFile(fileobj=input, mode="rb")
 
 
 def test_stream_transforms(client, mnt, tmp_path):
