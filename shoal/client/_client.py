@@ -337,7 +337,7 @@ class Client:
         path = normalize_path(path)
         if buffer_size is None:
             buffer_size = self._live().geometry()[0]
-        if mode in ("wb", "w+b", "xb"):
+        if mode == "wb":
             self._forget(path)
             router = self._live()
             return open_writer(router.home(), path, size, buffer_size, router.changed)

@@ -66,12 +66,11 @@ class _Entry:
     name: str = ""  # the staging file
     size: int = 0
     mode: str = "write_back"
-    mtime: float = 0.0
+    mtime: float = field(default_factory=time.time)  # when it was committed
     uploading: bool = False  # until its upload is done with (landed and cached)
     landed: bool = False  # in its store: persisted, the staging file not gone yet
     attempts: int = 0
     not_before: float = 0.0  # monotonic: no new attempt before
-    since: float = field(default_factory=time.monotonic)
 
     def record(self) -> tuple[bytes, bytes]:
         value = {"kind": self.kind, "path": self.path, "name": self.name, "size": self.size,
@@ -550,8 +549,14 @@ class WriteBack:
         self._files.metadata.refresh(src, above=latest is None)
         self._files.metadata.refresh(dst, above=latest is None)
         if latest is not None and (latest.mode == "write_through" or self._in_cluster()):
-            self.wait(src, self._wait)
-            self.wait(dst, self._wait)
+            left = self.wait(dst, self._wait)["files"] + self.wait(src, self._wait)["files"]
+            if left:
+                raise TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"rename: {src} is {dst} now, but the store has not taken the change "
+                    f"after {self._wait:g} s; its upload goes on in the background",
+                    dst,
+                )
         return {}
 
     def _rename_stored(self, src: str, dst: str) -> None:
@@ -614,7 +619,7 @@ class WriteBack:
 
     def report(self) -> dict:
         """What ``shoal report`` shows of writes."""
-        now = time.monotonic()
+        now = time.time()
         with self._cond:
             live = [e for e in self._entries.values() if not e.landed]
             waiting = [e for e in live if e.mode != "cache_only"]
@@ -625,7 +630,7 @@ class WriteBack:
                 "budget_bytes": self._budget,
                 "pending_uploads": len(waiting),
                 "uploading": sum(1 for e in waiting if e.uploading),
-                "oldest_seconds": max((now - e.since for e in waiting), default=0.0),
+                "oldest_seconds": max((now - e.mtime for e in waiting), default=0.0),
                 **self._stats,
             }
 
@@ -661,7 +666,7 @@ class WriteBack:
                     return
             self._attempt(entry)
 
-    def _attempt(self, entry: _Entry) -> bool:
+    def _attempt(self, entry: _Entry) -> None:
         try:
             info = self._send(entry)
         except Exception as exc:  # kept and tried again: nothing acknowledged is dropped
@@ -672,9 +677,8 @@ class WriteBack:
                 self._stats["upload_failures"] += 1
                 self._cond.notify_all()
             log.warning("upload of %s failed (attempt %d): %s", entry.path, entry.attempts, exc)
-            return False
+            return
         self._done(entry, info)
-        return True
 
     def _upload_now(self, entry: _Entry) -> None:
         """Upload ``entry`` in the caller's thread (write-through); on failure its write

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import new_bucket
 from shoal_cluster import PAGE, running_cluster, wait_until
+from test_cluster_read import random_bytes
 
 from shoal.client import Client
 from shoal.client._connection import Connection
@@ -18,10 +19,6 @@ from shoal.client._connection import Connection
 pytestmark = pytest.mark.slow
 
 MiB = 1 << 20
-
-
-def random_bytes(size: int, seed: int) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
 @pytest.fixture(scope="module")
