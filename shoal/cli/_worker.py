@@ -265,7 +265,7 @@ def register(subparsers) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..control._daemon import run_worker
+    from ..control._daemon import run_worker, tune_collector
 
     if args.action is not None:
         from ._workers import drain
@@ -287,6 +287,7 @@ def _worker(args: argparse.Namespace) -> int:
         handler.addFilter(LogRateLimit(handler))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
+    tune_collector()
     run_worker(config, foreground=True)
     return 0
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import ipaddress
 import json
 import logging
@@ -43,6 +44,7 @@ __all__ = [
     "run_worker",
     "running_pid",
     "socket_path",
+    "tune_collector",
     "wait_ready",
 ]
 
@@ -401,9 +403,25 @@ print(p.pid, flush=True)
 _DAEMON = "from shoal.control._daemon import _daemon_main; _daemon_main()"
 
 
+#: The cyclic collector's thresholds in a worker's own process. Python's default (700
+#: container allocations between young collections) runs the full collection over and over
+#: while a load adds hundreds of thousands of cached files to the heap: with it, 40% of a
+#: load of small files went to the collector. A young generation of 50,000 keeps young
+#: collections cheap and rare; full ones still wait for the heap to grow by a quarter.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_collector() -> None:
+    """Set :data:`GC_THRESHOLDS`: for a process that does nothing but serve as a worker
+    (the daemon, ``shoal worker --foreground``); a worker run inside another program leaves
+    that program's collector alone."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def _daemon_main() -> None:
     """Entry point of the daemon process: the configuration comes as JSON in argv[1]."""
-    os.umask(0o077)  # whatever the worker creates is its own user's alone
+    os.umask(0o077)
+    tune_collector()  # whatever the worker creates is its own user's alone
     # stderr first (worker.log, appended by the launcher); the rotated log once this
     # process is the home's worker, so that a second one never rotates the first's log.
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)

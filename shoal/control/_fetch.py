@@ -50,8 +50,12 @@ class Page:
     length: int
 
 
-#: Whole one-page files fetched by one task at most.
+#: Whole one-page files fetched by one task at most: for a read; for a load (see
+#: ``start_files``), and the bytes past which a task of a load takes no more (its buffer
+#: stays small).
 _SMALL_BATCH = 64
+_FILES_BATCH = 256
+_FILES_BATCH_BYTES = 4 << 20
 #: Options of files fetched together that must be the same: where and how they are stored.
 _GROUPED = ("tier", "pin", "priority", "ttl", "quota", "quota_at")
 
@@ -357,8 +361,9 @@ class Fetcher:
         ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
         by_store: dict[tuple[int, str | None, bool], list[int]] = {}
-        for i, p in enumerate(pages):
-            if not self._store.contains(p.key):
+        there = self._store.contains_many([p.key for p in pages])
+        for i, (p, cached) in enumerate(zip(pages, there, strict=True)):
+            if not cached:
                 own = p.file.own
                 group = (id(p.file.store), *[own[name] for name in _GROUPED])
                 by_store.setdefault(group, []).append(i)
@@ -766,6 +771,61 @@ class Fetcher:
                     fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
         return futures
 
+    def start_files(self, pages: list[Page], *, publish: bool = False) -> list[Future]:
+        """Fetch whole one-page files (their one page each) as :meth:`start` does, with a
+        future per task rather than per page: for a load of many files, where a future per
+        file cost more than its read. Returns the futures to wait for: per task one that
+        resolves to :meth:`fetch_files`'s values for its pages, and the fetches (of reads,
+        say) that had some of the pages in flight already, whose values are theirs.
+
+        Single-flight still: a read that wants one of these pages meanwhile waits for the
+        task, which then resolves to None for it; the read finds the page stored, or reads
+        it as it reads a page evicted at once (a file that failed here fails there with its
+        own error)."""
+        tasks: list[tuple[list[Page], Future]] = []
+        waits: dict[int, Future] = {}
+        step = max(1, min(_FILES_BATCH, -(-len(pages) // self.threads)))
+        with self._lock:
+            mine: list[Page] = []
+            nbytes = 0
+            for p in pages:
+                fut = self._inflight.get(p.key)
+                if fut is not None:
+                    waits[id(fut)] = fut
+                    continue
+                if not mine:
+                    tasks.append((mine, Future()))
+                self._inflight[p.key] = tasks[-1][1]
+                mine.append(p)
+                nbytes += p.length
+                if len(mine) == step or nbytes >= _FILES_BATCH_BYTES:
+                    mine, nbytes = [], 0
+        out = list(waits.values())
+        for run, shared in tasks:
+            try:
+                out.append(self._pool.submit(self._fetch_files_of, run, shared, publish))
+            except RuntimeError:  # the pool is shut down: the worker is stopping
+                self._release_shared(run, shared)
+                failed: Future = Future()
+                failed.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
+                out.append(failed)
+        return out
+
+    def _fetch_files_of(self, pages: list[Page], shared: Future, publish: bool) -> list[Any]:
+        """A task of :meth:`start_files`: :meth:`fetch_files`, then single-flight ends."""
+        try:
+            return self.fetch_files(pages, publish=publish)
+        finally:
+            self._release_shared(pages, shared)
+
+    def _release_shared(self, pages: list[Page], shared: Future) -> None:
+        with self._lock:
+            for p in pages:
+                if self._inflight.get(p.key) is shared:
+                    del self._inflight[p.key]
+        if not shared.done():
+            shared.set_result(None)
+
     def _runs(self, group: list[tuple[Page, Future]]) -> list[list[tuple[Page, Future]]]:
         """The pages of one file to fetch, as runs of consecutive pages each read with one
         request: one page a run while that keeps every fetch thread busy, else runs of up
@@ -858,23 +918,26 @@ class Fetcher:
                 else:
                     out[key] = value
         else:
-            # Located as each fetch completes.
-            keys = {fut: key for key, fut in futures.items()}
+            # Located as each fetch completes (one future may stand for many pages: see
+            # start_files).
+            keys: dict[Future, list[bytes]] = {}
+            for key, fut in futures.items():
+                keys.setdefault(fut, []).append(key)
             error = None
             for fut in as_completed(keys):
-                key = keys[fut]
                 try:
                     value = fut.result()
                 except Exception as exc:
                     error = error or exc
                     continue
-                loc = self._store.locate([key])[0] if value is None else None
-                if loc is not None and self.health.usable(loc.tier):
-                    out[key] = loc
-                elif value is not None:
-                    out[key] = value  # the store could not keep it
-                else:
-                    back.append(key)  # evicted already, or in a tier gone down
+                for key in keys[fut]:
+                    loc = self._store.locate([key])[0] if value is None else None
+                    if loc is not None and self.health.usable(loc.tier):
+                        out[key] = loc
+                    elif value is not None:
+                        out[key] = value  # the store could not keep it
+                    else:
+                        back.append(key)  # evicted already, or in a tier gone down
             if error is not None:
                 raise error
         if back:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 
 from ..engine import PageStore
@@ -21,9 +21,13 @@ from ._server import Handler, Reply
 
 __all__ = ["Loader", "job_handlers", "placement_filter"]
 
-#: Whole one-page files a load fetches in one task, and tasks at once.
-_LOAD_CHUNK = 128
-_LOAD_TASKS = 8
+#: Whole one-page files a load hands the fetcher at once: at most this many, or the first
+#: that reach this many bytes; and such chunks in flight. Large chunks spread the work of
+#: each (an index commit, the table, a future) over many small files; the bytes keep the
+#: room a load claims at once in a tier a small part of it.
+_LOAD_CHUNK = 4096
+_LOAD_CHUNK_BYTES = 8 << 20
+_LOAD_TASKS = 2
 
 
 class Loader:
@@ -153,15 +157,26 @@ class Loader:
     def _load_ones(self, pages: list[Page], state: dict, tick: Callable[[], None]) -> None:
         """The whole one-page files of a load (``pages``: the page of each), ``_LOAD_CHUNK``
         files at a time, single-flight with the reads going on (a page a read fetches now
-        is not fetched again), fetched many to a task on the fetch threads and published
-        as they are stored. The first file that fails fails the load, as in the general
-        path."""
+        is not fetched again), fetched many to a task on the fetch threads (a future per
+        task, not per file) and published as they are stored. The first file that fails
+        fails the load, as in the general path."""
         fetcher = self.fetcher
-        inflight: deque[tuple[list[Page], list[Page], dict[bytes, Future]]] = deque()
+        inflight: deque[tuple[list[Page], list[Page], list[Future]]] = deque()
 
         def finish() -> None:
             chunk, todo, futures = inflight.popleft()
-            fetcher.results(futures)
+            error = None
+            for fut in futures:
+                try:
+                    values = fut.result()
+                except Exception as exc:  # a fetch of a read that had some of the pages
+                    error = error or exc
+                    continue
+                for value in values or ():
+                    if isinstance(value, BaseException):
+                        error = error or value
+            if error is not None:
+                raise error
             if len(todo) < len(chunk):  # those cached before (the others are published)
                 fetched = {p.key for p in todo}
                 self._publisher.publish_files([p.file for p in chunk if p.key not in fetched])
@@ -173,18 +188,32 @@ class Loader:
             state["bytes_skipped"] += size - sum(p.length for p in todo)
             tick()
 
-        for at in range(0, len(pages), _LOAD_CHUNK):
-            chunk = pages[at : at + _LOAD_CHUNK]
+        for chunk in _chunks(pages):
             todo = fetcher.missing(chunk)
             self._counters.add(page_misses=len(todo))
             self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in todo)
-            inflight.append((chunk, todo, fetcher.start(todo, publish=True)))
+            inflight.append((chunk, todo, fetcher.start_files(todo, publish=True)))
             while len(inflight) > _LOAD_TASKS:
                 finish()
-            while inflight and all(f.done() for f in inflight[0][2].values()):
+            while inflight and all(f.done() for f in inflight[0][2]):
                 finish()
         while inflight:
             finish()
+
+
+def _chunks(pages: list[Page]) -> Iterator[list[Page]]:
+    """``pages`` in chunks of at most :data:`_LOAD_CHUNK` pages and, but for a first page
+    as large, :data:`_LOAD_CHUNK_BYTES` bytes."""
+    chunk: list[Page] = []
+    nbytes = 0
+    for p in pages:
+        if chunk and (len(chunk) == _LOAD_CHUNK or nbytes + p.length > _LOAD_CHUNK_BYTES):
+            yield chunk
+            chunk, nbytes = [], 0
+        chunk.append(p)
+        nbytes += p.length
+    if chunk:
+        yield chunk
 
 
 def _one_page(f: File, pages: list[Page]) -> bool:

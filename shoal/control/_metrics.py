@@ -4,6 +4,8 @@ their Prometheus endpoint."""
 
 from __future__ import annotations
 
+import gc
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ __all__ = [
     "histogram_quantile",
     "merge_histograms",
     "merged_by_kind",
+    "process_facts",
     "report_metrics",
     "summed_by_kind",
 ]
@@ -113,6 +116,19 @@ class Counters:
         included), every field of :attr:`MOUNT_FIELDS`; a new dict, at one moment."""
         with self._lock:
             return {mount: dict(values) for mount, values in self._mounts.items()}
+
+
+def process_facts() -> dict[str, Any]:
+    """The worker process's own part of its report: its pid, and its cyclic garbage
+    collector's thresholds and collections so far per generation (a worker holds many
+    objects per cached file: how often the collector walks them matters)."""
+    return {
+        "pid": os.getpid(),
+        "gc": {
+            "thresholds": list(gc.get_threshold()),
+            "collections": [g["collections"] for g in gc.get_stats()],
+        },
+    }
 
 
 def summed_by_kind(per_mount: dict[str, dict[str, int]]) -> dict[str, int]:

@@ -25,7 +25,7 @@ from ._files import File, FileResolver
 from ._jobs import mark_abandoned
 from ._load import Loader, job_handlers
 from ._metastore import LocalMetaStore, MetaStore
-from ._metrics import Counters, summed_by_kind
+from ._metrics import Counters, process_facts, summed_by_kind
 from ._namespace import MountTable
 from ._policies import WorkerPolicies
 from ._publisher import Publisher
@@ -457,7 +457,7 @@ class Worker:
         requests = self.files.requests()
         return {
             "worker": {
-                "pid": os.getpid(),
+                **process_facts(),
                 "host_id": self.config.host_id,
                 "home": self.config.home,
                 "uptime": time.time() - self.started,

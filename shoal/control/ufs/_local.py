@@ -286,7 +286,10 @@ class LocalStore(UnderStore):
         for i, (path, buf, _) in enumerate(items):
             try:
                 keys.append(self._key(path))
-                views.append(_writable_view(buf, "read_many_into"))
+                # The fetcher's own buffers (bytes slices of one bytearray) need no check.
+                fit = type(buf) is memoryview and not buf.readonly and buf.format == "B"
+                fit = fit and buf.c_contiguous
+                views.append(buf if fit else _writable_view(buf, "read_many_into"))
                 slots.append(i)
             except (OSError, ValueError) as exc:
                 if len(keys) > len(views):

@@ -1,0 +1,117 @@
+"""Loads of many small files: fetched many to a task with a future per task, still
+single-flight with the reads that run meanwhile, every byte right, the first failing file
+failing the load; and the worker daemon's collector tuned for a heap of cached files."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from shoal.control._daemon import GC_THRESHOLDS
+
+FILES = 3000
+S3_FILES = 400
+
+
+def small_files(root, count: int, dirs: int = 6) -> dict[str, bytes]:
+    """``count`` files of 1 to 300 bytes in ``dirs`` directories: name -> bytes."""
+    rng = np.random.default_rng(7)
+    out = {}
+    for i in range(count):
+        name = f"d{i % dirs}/f{i:05d}"
+        data = rng.integers(0, 256, int(rng.integers(1, 301)), dtype=np.uint8).tobytes()
+        path = root / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+        out[name] = data
+    return out
+
+
+def gets(client) -> int:
+    return client.report()["ufs_requests"].get("GET", 0)
+
+
+def read_all(client, mount: str, names: list[str], files: dict[str, bytes]) -> list[str]:
+    """Read ``names`` under ``mount`` 64 to a batch; the names read wrong."""
+    wrong = []
+    for at in range(0, len(names), 64):
+        part = names[at : at + 64]
+        bufs = [bytearray(512) for _ in part]
+        sizes = client.read_many_into(
+            [(b, f"{mount}/{n}", 0) for b, n in zip(bufs, part, strict=True)]
+        )
+        wrong += [n for n, b, k in zip(part, bufs, sizes, strict=True) if bytes(b[:k]) != files[n]]
+    return wrong
+
+
+def test_a_load_with_reads_of_the_same_files_fetches_each_file_once(client, bucket):
+    # On S3 (moto answers a GET in milliseconds) a load and the reads overlap for long.
+    files = {}
+    rng = np.random.default_rng(3)
+    for i in range(S3_FILES):
+        files[f"d{i % 3}/f{i:04d}"] = rng.integers(0, 256, 1 + i % 300, np.uint8).tobytes()
+        bucket.put(f"d{i % 3}/f{i:04d}", files[f"d{i % 3}/f{i:04d}"])
+    names = sorted(files)
+    client.mount("/s3", f"s3://{bucket.name}", **bucket.options())
+    client.load(["/s3"], metadata_only=True)  # known: reads need no stat (nor its GET)
+    before = gets(client)
+    wrong: list[str] = []
+    errors: list[BaseException] = []
+
+    def reader(order: list[str]) -> None:
+        try:
+            wrong.extend(read_all(client, "/s3", order, files))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    readers = [
+        threading.Thread(target=reader, args=(names[::-1],)),
+        threading.Thread(target=reader, args=(names[1::2],)),
+    ]
+    for t in readers:
+        t.start()
+    done = client.load(["/s3"])
+    for t in readers:
+        t.join(120)
+    assert not errors and not wrong
+    assert done.files_done == S3_FILES
+    assert done.bytes_done == sum(len(b) for b in files.values())
+    # Every file read from the store once, by the load or by a read, never both.
+    assert gets(client) - before == S3_FILES
+    again = client.load(["/s3"])
+    assert again.pages_skipped == S3_FILES and gets(client) - before == S3_FILES
+    assert not read_all(client, "/s3", names, files)
+
+
+def test_a_load_of_many_small_local_files_reads_every_byte(client, tmp_path):
+    files = small_files(tmp_path, FILES)
+    client.mount("/m", tmp_path.as_uri())
+    done = client.load(["/m"])
+    assert (done.files_done, done.pages_skipped) == (FILES, 0)
+    assert done.bytes_done == sum(len(b) for b in files.values())
+    before = gets(client)
+    assert not read_all(client, "/m", sorted(files), files)
+    assert gets(client) == before  # all cached by the load
+
+
+def test_a_file_that_fails_in_a_loads_batch_fails_the_load_naming_it(client, tmp_path):
+    files = small_files(tmp_path, 600, dirs=2)
+    client.mount("/m", tmp_path.as_uri())
+    client.load(["/m"], metadata_only=True)
+    victim = sorted(files)[333]
+    (tmp_path / victim).write_bytes(files[victim] + b"longer now")  # changed since listed
+    with pytest.raises(OSError, match=victim.split("/")[-1]):
+        client.load(["/m"])
+    # The others were loaded; the changed file reads its new bytes.
+    buf = bytearray(512)
+    n = client.read_into(buf, f"/m/{victim}")
+    assert bytes(buf[:n]) == files[victim] + b"longer now"
+
+
+def test_the_worker_daemon_runs_with_the_tuned_collector(client):
+    pid = client.report()["worker"]["pid"]
+    assert pid != os.getpid()  # a daemon of its own
+    assert tuple(client.report()["worker"]["gc"]["thresholds"]) == GC_THRESHOLDS
