@@ -3,10 +3,11 @@ as they go; the whole one-page files of a job fetched many to a task."""
 
 from __future__ import annotations
 
+import errno
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 
 from ..engine import PageStore
 from ._fetch import Fetcher, Page
@@ -169,12 +170,16 @@ class Loader:
             for fut in futures:
                 try:
                     values = fut.result()
-                except Exception as exc:  # a fetch of a read that had some of the pages
+                except CancelledError:  # queued when the worker began to stop
+                    error = error or OSError(errno.ESHUTDOWN, "the worker is shutting down")
+                    continue
+                except Exception as exc:
                     error = error or exc
                     continue
-                for value in values or ():
-                    if isinstance(value, BaseException):
-                        error = error or value
+                if type(values) is list:  # a task's values (else a read's fetch of a page)
+                    for value in values:
+                        if isinstance(value, BaseException):
+                            error = error or value
             if error is not None:
                 raise error
             if len(todo) < len(chunk):  # those cached before (the others are published)
