@@ -34,9 +34,10 @@ _MAX_FILES = 1 << 17  # files remembered for fast lookup (some 40 MiB)
 _PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class File:
-    """One version of a file (or a directory), as the worker serves it."""
+    """One version of a file (or a directory), as the worker serves it. Never changed once
+    made (not frozen: see ``Page``)."""
 
     path: str
     mount: Mount

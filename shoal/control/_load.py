@@ -85,24 +85,30 @@ class Loader:
         fetcher = self.fetcher
         files = self.files.files_under(paths)
         mine = placement_filter(placement, self.worker_id, self.page_size, self.chunk_size)
-        sizes, counts = {}, {}
-        placed = {}
+        ones: list[Page] = []  # the pages of whole one-page files: fetched many to a task
+        rest: list[tuple[File, list[Page], int]] = []  # other files: pages, their bytes
         ps = self.page_size
+        bytes_total = 0
         for f in files:
             size = f.info.size
             if placement is None and 0 < size <= ps:  # one page, all of it here
-                placed[f.path] = [Page(page_key(f.fid, 0), f, 0, size)]
-                sizes[f.path], counts[f.path] = size, 1
+                ones.append(Page(page_key(f.fid, 0), f, 0, size))
+                bytes_total += size
                 continue
-            pages = placed[f.path] = mine(f, fetcher.pages_of(f))
-            sizes[f.path], counts[f.path] = sum(p.length for p in pages), len(pages)
+            pages = mine(f, fetcher.pages_of(f))
+            size = sum(p.length for p in pages)
+            bytes_total += size
+            if _one_page(f, pages):
+                ones.append(pages[0])
+            else:
+                rest.append((f, pages, size))
         state = {
             "files_done": 0,
             "files_total": len(files),
             "bytes_done": 0,
-            "bytes_total": sum(sizes.values()),
+            "bytes_total": bytes_total,
             "pages_done": 0,
-            "pages_total": 0 if metadata_only else sum(counts.values()),
+            "pages_total": 0 if metadata_only else len(ones) + sum(len(p) for _, p, _ in rest),
             "pages_skipped": 0,  # present already
             "bytes_skipped": 0,
         }
@@ -119,35 +125,34 @@ class Loader:
                 last = now
                 progress(dict(state))
 
-        ones = [f for f in files if _one_page(f, placed[f.path])]
         if ones:
             self._publisher.table.reserve(len(ones))
-            self._load_ones([placed.pop(f.path)[0] for f in ones], state, tick)
-            files = [f for f in files if f.path in placed]
-        pending: deque[tuple[File, dict, int]] = deque()
+            self._load_ones(ones, state, tick)
+        # (file, its pages, their bytes, futures of those fetched, their bytes)
+        pending: deque[tuple[File, list[Page], int, dict, int]] = deque()
         inflight = [0]  # futures in ``pending``
 
         def finish_first() -> None:
-            f, futures, fetched_bytes = pending.popleft()
+            f, pages, size, futures, fetched_bytes = pending.popleft()
             inflight[0] -= len(futures)
             fetcher.results(futures)
             state["files_done"] += 1
-            state["bytes_done"] += sizes[f.path]
-            state["pages_done"] += counts[f.path]
-            state["pages_skipped"] += counts[f.path] - len(futures)
-            state["bytes_skipped"] += sizes[f.path] - fetched_bytes
+            state["bytes_done"] += size
+            state["pages_done"] += len(pages)
+            state["pages_skipped"] += len(pages) - len(futures)
+            state["bytes_skipped"] += size - fetched_bytes
             tick()
 
-        for f in files:
-            pages = [p for p in placed.pop(f.path) if not fetcher.contains(p)]
-            self._counters.add(page_misses=len(pages))
-            self._counters.add_mount(f.mount.path, page_misses=len(pages))
-            futures = fetcher.start(pages)
-            pending.append((f, futures, sum(p.length for p in pages)))
+        for f, pages, size in rest:
+            todo = [p for p in pages if not fetcher.contains(p)]
+            self._counters.add(page_misses=len(todo))
+            self._counters.add_mount(f.mount.path, page_misses=len(todo))
+            futures = fetcher.start(todo)
+            pending.append((f, pages, size, futures, sum(p.length for p in todo)))
             inflight[0] += len(futures)
             while inflight[0] > window:
                 finish_first()
-            while pending and all(fut.done() for fut in pending[0][1].values()):
+            while pending and all(fut.done() for fut in pending[0][3].values()):
                 finish_first()
         while pending:
             finish_first()
