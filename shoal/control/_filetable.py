@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..engine import crc32c
-from ..engine._slots import blake2b_16, find_files
+from ..engine._slots import blake2b_16, find_files, put_files
 
 __all__ = [
     "FileTableReader",
@@ -63,6 +63,7 @@ MAX_PROBES = 256
 _MIN_SLOTS, _MAX_SLOTS = 1 << 10, 1 << 28
 _LOAD = 0.8  # files / slots, at most, before the table grows
 _U32 = 1 << 32
+_NO_KEY = bytes(16)  # a slot body's key, before put_files writes the path's
 
 
 def path_key(path: str) -> bytes:
@@ -178,26 +179,37 @@ class FileTableWriter:
     def publish_many(self, entries: Iterable[tuple[str, int, int, int, int, int, int, int]]) -> int:
         """Publish files: ``(path, size, tier code, region, offset, crc32c, generation,
         fresh_until_ns)`` each, replacing what the table said of the same path. Entries
-        that do not fit the slot's fields are left out. How many were published."""
-        done = 0
+        that do not fit the slot's fields are left out. How many were published.
+
+        The slots are written natively (``_slots.put_files``), the table grown first when
+        they would fill it past :data:`_LOAD`."""
+        paths, bodies = [], []
+        for path, size, tier, region, offset, crc, generation, fresh in entries:
+            if not (
+                0 <= size < _U32 and 0 <= region < _U32 and 0 <= generation < _U32
+                and 0 <= tier < 256 and 0 <= offset < 1 << 63 and 0 < fresh < 1 << 63
+            ):  # fmt: skip
+                continue
+            paths.append(path)
+            fields = (tier, 0, region, crc, generation, size, offset, fresh)
+            bodies.append(_SLOT.pack(0, 0, _NO_KEY, 0, _LIVE, *fields))
         with self._lock:
-            if self._mm is None:
+            if self._mm is None or not paths:
                 return 0
-            for path, size, tier, region, offset, crc, generation, fresh in entries:
-                if not (
-                    0 <= size < _U32 and 0 <= region < _U32 and 0 <= generation < _U32
-                    and 0 <= tier < 256 and 0 <= offset < 1 << 63 and 0 < fresh < 1 << 63
-                ):  # fmt: skip
-                    continue
-                if self._live + 1 > _LOAD * self._n and not self._grow():
-                    break
-                body = _SLOT.pack(
-                    0, 0, path_key(path), 0, _LIVE, tier, 0, region, crc, generation, size,
-                    offset, fresh,
-                )  # fmt: skip
-                if not self._put(body) and not (self._grow() and self._put(body)):
-                    continue
-                done += 1
+            while self._live + len(paths) > _LOAD * self._n and self._grow():
+                pass
+            room = max(0, int(_LOAD * self._n) - self._live)  # the table at its largest
+            del paths[room:], bodies[room:]
+            got = put_files(
+                self._mm, paths, bodies, HEADER_SIZE, self._n, MAX_PROBES, _STATE_AT, _EMPTY
+            )
+            self._live += got.count(1)
+            done = len(got) - got.count(-1)
+            for k in [k for k, r in enumerate(got) if r < 0]:
+                # A probe path past the limit: a larger table spreads the keys out.
+                body = bodies[k][:8] + path_key(paths[k]) + bodies[k][24:]
+                if self._mm is not None and self._grow() and self._put(body):
+                    done += 1
         return done
 
     def _find(self, key: bytes) -> int:

@@ -3,7 +3,7 @@
 addressing, linear probing, 16-byte keys): each slot is copied once and believed only if
 its copy checks out."""
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
@@ -111,6 +111,92 @@ def find_files(table, list paths, Py_ssize_t header, uint64_t count, int max_pro
                 out.append(None)
             else:
                 out.append(_fields(slot))
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+cdef extern from *:
+    """
+    static inline void shoal_store32_release(void *p, uint32_t v) {
+        __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE);
+    }
+    static inline void shoal_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    """
+    void shoal_store32_release(void *p, uint32_t v) nogil
+    void shoal_fence_release() nogil
+
+
+def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
+              int max_probes, int state_at, int empty):
+    """Write file slots into ``table`` (writable; geometry as for :func:`find_files`), the
+    writer's side of the slots that :func:`find_files` reads: per path, its 64-byte slot
+    ``body`` (bytes 24 to 64 are the slot's fields; its first 24 bytes are made here) goes
+    to the slot of the path's key, or else to the empty slot that ends its probe path.
+
+    Each slot is rewritten as readers in other processes expect it: its sequence number
+    made odd, the key and fields written, their crc32c, then the sequence made even.
+
+    Returns, per path: 1 when it took an empty slot, 0 when it replaced its own slot, -1
+    when the probe limit was reached first (nothing written).
+    """
+    cdef Py_buffer view
+    cdef uint8_t key[16]
+    cdef uint8_t *base
+    cdef uint8_t *slot
+    cdef const char *text
+    cdef const char *src
+    cdef Py_ssize_t size, n = len(paths)
+    cdef uint64_t i
+    cdef uint32_t seq, check
+    cdef int p, fresh
+    if len(bodies) != n:
+        raise ValueError(f"put_files: {n} paths for {len(bodies)} bodies")
+    if not 0 < count < (<uint64_t>1 << 40) or header < 0 or not 0 <= state_at < SLOT:
+        raise ValueError("put_files: bad table geometry")
+    for body in bodies:
+        if not isinstance(body, bytes) or len(<bytes>body) != SLOT:
+            raise ValueError("put_files: every body must be 64 bytes")
+    out = []
+    PyObject_GetBuffer(table, &view, PyBUF_WRITABLE)
+    try:
+        if <uint64_t>view.len < header + SLOT * count:
+            raise ValueError(f"put_files: the table has {view.len} bytes, fewer than its slots")
+        base = <uint8_t *>view.buf
+        for k in range(n):
+            path = paths[k]
+            try:
+                text = PyUnicode_AsUTF8AndSize(path, &size)
+                shoal_blake2b(key, 16, text, size)
+            except UnicodeEncodeError:
+                encoded = (<str>path).encode("utf-8", "surrogateescape")
+                shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
+            src = <const char *>(<bytes>bodies[k])
+            memcpy(&i, key, 8)
+            i %= count
+            slot = NULL
+            for p in range(max_probes):
+                slot = base + header + <Py_ssize_t>(i * SLOT)
+                if slot[state_at] == empty or memcmp(slot + 8, key, 16) == 0:
+                    break
+                slot = NULL
+                i += 1
+                if i == count:
+                    i = 0
+            if slot == NULL:
+                out.append(-1)
+                continue
+            fresh = slot[state_at] == empty
+            memcpy(&seq, slot, 4)
+            seq &= ~(<uint32_t>1)
+            shoal_store32_release(slot, seq + 1)  # odd while written
+            shoal_fence_release()
+            memcpy(slot + 8, key, 16)
+            memcpy(slot + 24, src + 24, SLOT - 24)
+            check = shoal_crc32c(0, slot + 8, SLOT - 8)
+            memcpy(slot + 4, &check, 4)
+            shoal_store32_release(slot, seq + 2)
+            out.append(1 if fresh else 0)
     finally:
         PyBuffer_Release(&view)
     return out
