@@ -420,8 +420,8 @@ def tune_collector() -> None:
 
 def _daemon_main() -> None:
     """Entry point of the daemon process: the configuration comes as JSON in argv[1]."""
-    os.umask(0o077)
-    tune_collector()  # whatever the worker creates is its own user's alone
+    os.umask(0o077)  # whatever the worker creates is its own user's alone
+    tune_collector()
     # stderr first (worker.log, appended by the launcher); the rotated log once this
     # process is the home's worker, so that a second one never rotates the first's log.
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
