@@ -75,6 +75,29 @@ cdef const uint8_t *_probe(const uint8_t *base, Py_ssize_t header, uint64_t coun
     return NULL
 
 
+cdef int _check_geometry(str name, Py_ssize_t length, Py_ssize_t header, uint64_t count,
+                         int state_at) except -1:
+    """Refuse a table geometry that does not fit ``length`` bytes."""
+    if not 0 < count < (<uint64_t>1 << 40) or header < 0 or not 0 <= state_at < SLOT:
+        raise ValueError(f"{name}: bad table geometry")
+    if <uint64_t>length < header + SLOT * count:
+        raise ValueError(f"{name}: the table has {length} bytes, fewer than its slots")
+    return 0
+
+
+cdef int _path_key(path, uint8_t *key) except -1:
+    """The 16-byte key of a Shoal path (a str): BLAKE2b of its UTF-8, ``surrogateescape``."""
+    cdef const char *text
+    cdef Py_ssize_t size
+    try:
+        text = PyUnicode_AsUTF8AndSize(path, &size)
+        shoal_blake2b(key, 16, text, size)
+    except UnicodeEncodeError:
+        encoded = (<str>path).encode("utf-8", "surrogateescape")
+        shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
+    return 0
+
+
 def find_files(table, list paths, Py_ssize_t header, uint64_t count, int max_probes,
                int state_at, int empty, int live):
     """Per Shoal path, the fields of its file slot in ``table`` (a buffer of ``header``
@@ -90,22 +113,12 @@ def find_files(table, list paths, Py_ssize_t header, uint64_t count, int max_pro
     cdef Py_buffer view
     cdef uint8_t slot[SLOT]
     cdef uint8_t key[16]
-    cdef const char *text
-    cdef Py_ssize_t size
-    if not 0 < count < (<uint64_t>1 << 40) or header < 0 or not 0 <= state_at < SLOT:
-        raise ValueError("find_files: bad table geometry")
     out = []
     PyObject_GetBuffer(table, &view, PyBUF_SIMPLE)
     try:
-        if <uint64_t>view.len < header + SLOT * count:
-            raise ValueError(f"find_files: the table has {view.len} bytes, fewer than its slots")
+        _check_geometry("find_files", view.len, header, count, state_at)
         for path in paths:
-            try:
-                text = PyUnicode_AsUTF8AndSize(path, &size)
-                shoal_blake2b(key, 16, text, size)
-            except UnicodeEncodeError:
-                encoded = (<str>path).encode("utf-8", "surrogateescape")
-                shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
+            _path_key(path, key)
             if _probe(<const uint8_t *>view.buf, header, count, max_probes, state_at, empty,
                       live, key, slot) == NULL:
                 out.append(None)
@@ -144,33 +157,23 @@ def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
     cdef uint8_t key[16]
     cdef uint8_t *base
     cdef uint8_t *slot
-    cdef const char *text
     cdef const char *src
-    cdef Py_ssize_t size, n = len(paths)
+    cdef Py_ssize_t k, n = len(paths)
     cdef uint64_t i
     cdef uint32_t seq, check
     cdef int p, fresh
     if len(bodies) != n:
         raise ValueError(f"put_files: {n} paths for {len(bodies)} bodies")
-    if not 0 < count < (<uint64_t>1 << 40) or header < 0 or not 0 <= state_at < SLOT:
-        raise ValueError("put_files: bad table geometry")
     for body in bodies:
         if not isinstance(body, bytes) or len(<bytes>body) != SLOT:
             raise ValueError("put_files: every body must be 64 bytes")
     out = []
     PyObject_GetBuffer(table, &view, PyBUF_WRITABLE)
     try:
-        if <uint64_t>view.len < header + SLOT * count:
-            raise ValueError(f"put_files: the table has {view.len} bytes, fewer than its slots")
+        _check_geometry("put_files", view.len, header, count, state_at)
         base = <uint8_t *>view.buf
         for k in range(n):
-            path = paths[k]
-            try:
-                text = PyUnicode_AsUTF8AndSize(path, &size)
-                shoal_blake2b(key, 16, text, size)
-            except UnicodeEncodeError:
-                encoded = (<str>path).encode("utf-8", "surrogateescape")
-                shoal_blake2b(key, 16, <const char *>encoded, len(encoded))
+            _path_key(paths[k], key)
             src = <const char *>(<bytes>bodies[k])
             memcpy(&i, key, 8)
             i %= count
