@@ -49,7 +49,7 @@ from _common import GiB, KiB, MiB, Table, aligned, data_root  # noqa: E402
 import shoal  # noqa: E402
 from shoal._config import DEFAULT_ALLOWED_MOUNTS  # noqa: E402
 from shoal._testing import S3Server, TemporaryHome, fuse_mounted, make_dataset  # noqa: E402
-from shoal._testing._s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY  # noqa: E402
+from shoal._testing._s3 import s3_client  # noqa: E402
 
 BUCKET = "shoal-frontends"
 ALLUXIO_FUSE_GBPS = 2.1
@@ -309,12 +309,7 @@ class Boto3Dataset:
 
     def __getitem__(self, i: int) -> bytes:
         if self._s3 is None or self._pid != os.getpid():
-            import boto3
-
-            self._s3 = boto3.client(
-                "s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY,
-            )  # fmt: skip
+            self._s3 = s3_client(self.endpoint)
             self._pid = os.getpid()
         return self._s3.get_object(Bucket=BUCKET, Key=self.keys[i])["Body"].read()
 

@@ -61,7 +61,7 @@ from shoal._testing import (  # noqa: E402
     make_dataset,
     object_bytes,
 )
-from shoal._testing._s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY  # noqa: E402
+from shoal._testing._s3 import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, s3_client  # noqa: E402
 from shoal.demo import (  # noqa: E402
     _layout,
     batch_bytes,
@@ -376,21 +376,6 @@ def log_uniform_sizes(count: int, low: int, high: int, seed: int) -> list[int]:
     return [int(s) for s in np.floor(low * (high / low) ** u).clip(low, high)]
 
 
-def _s3_client(endpoint_url: str, connections: int):
-    """A boto3 S3 client of the benchmark's server reached at ``endpoint_url``."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_ACCESS_KEY,
-        aws_secret_access_key=FAKE_SECRET_KEY,
-        config=Config(s3={"addressing_style": "path"}, max_pool_connections=connections),
-    )
-
-
 def _requests(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {counts[k]}" for k in KINDS)
 
@@ -440,7 +425,7 @@ def bench_mlperf(args, ctx, table: Table) -> None:
     with ProxyProcess(ctx.server.endpoint_url) as proxy:
 
         def boto3_epoch() -> _Epoch:
-            s3 = _s3_client(proxy.endpoint_url, max(threads, 10))
+            s3 = s3_client(proxy.endpoint_url, max_pool_connections=max(threads, 10))
             with ThreadPoolExecutor(threads, "bench-boto3") as pool:
                 fetch = boto3_fetcher(s3, BUCKET, data.keys, pool)
                 before = proxy.settled_counts()

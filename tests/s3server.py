@@ -12,6 +12,8 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 
+from shoal._testing._s3 import s3_client as local_s3_client
+
 # Fake credentials the fixture exports; moto accepts any unless told to enforce IAM.
 ACCESS_KEY_ENV = "SHOAL_TEST_S3_ACCESS_KEY"
 SECRET_KEY_ENV = "SHOAL_TEST_S3_SECRET_KEY"
@@ -209,12 +211,4 @@ class MotoProcess:
 
 def s3_client(endpoint_url: str):
     """A plain boto3 client of the server at ``endpoint_url`` with the fake credentials."""
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id=FAKE_ACCESS_KEY,
-        aws_secret_access_key=FAKE_SECRET_KEY,
-    )
+    return local_s3_client(endpoint_url, FAKE_ACCESS_KEY, FAKE_SECRET_KEY)

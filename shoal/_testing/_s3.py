@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-__all__ = ["S3Server"]
+__all__ = ["S3Server", "s3_client"]
 
 #: Credentials the server accepts (moto takes any unless told to check them).
 FAKE_ACCESS_KEY = "AKIASHOALDEMOKEY0001"
@@ -93,18 +93,8 @@ class S3Server:
         return self._proc.pid if self._proc is not None else None
 
     def client(self, **config):
-        """A boto3 S3 client of this server (path-style addressing)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            region_name="us-east-1",
-            aws_access_key_id=FAKE_ACCESS_KEY,
-            aws_secret_access_key=FAKE_SECRET_KEY,
-            config=Config(s3={"addressing_style": "path"}, **config),
-        )
+        """A boto3 S3 client of this server (see :func:`s3_client`)."""
+        return s3_client(self.endpoint_url, **config)
 
     def credentials_env(self, prefix: str = "AWS_SHOAL_DEMO") -> dict[str, str]:
         """Environment variables holding the credentials, for mounts that name them:
@@ -149,3 +139,25 @@ class S3Server:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def s3_client(
+    endpoint_url: str,
+    access_key: str = FAKE_ACCESS_KEY,
+    secret_key: str = FAKE_SECRET_KEY,
+    **config,
+):
+    """A boto3 S3 client of a local server at ``endpoint_url`` with fake credentials (this
+    module's by default), path-style addressing; ``config``: more
+    ``botocore.config.Config`` settings."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        config=Config(s3={"addressing_style": "path"}, **config),
+    )

@@ -773,12 +773,14 @@ class Fetcher:
                     fut.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
         return futures
 
-    def start_files(self, pages: list[Page], *, publish: bool = False) -> list[Future]:
+    def start_files(
+        self, pages: list[Page], *, publish: bool = False
+    ) -> tuple[list[Future], list[Future]]:
         """Fetch whole one-page files (their one page each) as :meth:`start` does, with a
         future per task rather than per page: for a load of many files, where a future per
         file cost more than its read. Returns the futures to wait for: per task one that
-        resolves to :meth:`fetch_files`'s values for its pages, and the fetches (of reads,
-        say) that had some of the pages in flight already, whose values are theirs.
+        resolves to :meth:`fetch_files`'s values for its pages; and those of the fetches
+        (of reads, say) that had some of the pages in flight already.
 
         Single-flight still: a read that wants one of these pages meanwhile waits for the
         task, which then resolves to None for it; the read finds the page stored, or reads
@@ -802,7 +804,7 @@ class Fetcher:
                 nbytes += p.length
                 if len(mine) == step or nbytes >= _FILES_BATCH_BYTES:
                     mine, nbytes = [], 0
-        out = list(waits.values())
+        out = []
         for run, shared in tasks:
             try:
                 out.append(self._pool.submit(self._fetch_files_of, run, shared, publish))
@@ -811,7 +813,7 @@ class Fetcher:
                 failed: Future = Future()
                 failed.set_exception(OSError(errno.ESHUTDOWN, "the worker is shutting down"))
                 out.append(failed)
-        return out
+        return out, list(waits.values())
 
     def _fetch_files_of(self, pages: list[Page], shared: Future, publish: bool) -> list[Any]:
         """A task of :meth:`start_files`: :meth:`fetch_files`, then single-flight ends."""

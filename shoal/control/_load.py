@@ -167,12 +167,12 @@ class Loader:
         task, not per file) and published as they are stored. The first file that fails
         fails the load, as in the general path."""
         fetcher = self.fetcher
-        inflight: deque[tuple[list[Page], list[Page], list[Future]]] = deque()
+        inflight: deque[tuple[list[Page], list[Page], tuple[list[Future], list[Future]]]] = deque()
 
         def finish() -> None:
-            chunk, todo, futures = inflight.popleft()
+            chunk, todo, (tasks, waits) = inflight.popleft()
             error = None
-            for fut in futures:
+            for fut in [*tasks, *waits]:
                 try:
                     values = fut.result()
                 except CancelledError:  # queued when the worker began to stop
@@ -181,10 +181,8 @@ class Loader:
                 except Exception as exc:
                     error = error or exc
                     continue
-                if type(values) is list:  # a task's values (else a read's fetch of a page)
-                    for value in values:
-                        if isinstance(value, BaseException):
-                            error = error or value
+                if fut in tasks:  # per page None, its bytes, or the error it failed with
+                    error = error or next((v for v in values if isinstance(v, BaseException)), None)
             if error is not None:
                 raise error
             if len(todo) < len(chunk):  # those cached before (the others are published)
@@ -205,7 +203,7 @@ class Loader:
             inflight.append((chunk, todo, fetcher.start_files(todo, publish=True)))
             while len(inflight) > _LOAD_TASKS:
                 finish()
-            while inflight and all(f.done() for f in inflight[0][2]):
+            while inflight and all(f.done() for fs in inflight[0][2] for f in fs):
                 finish()
         while inflight:
             finish()

@@ -172,9 +172,8 @@ class _Bounded:
         return data
 
 
-def _check_quota(path: str, size: int, own: Any) -> None:
-    """``EDQUOT`` for a file larger than the quota in force at its path."""
-    quota = own.get("quota")
+def _check_quota(path: str, size: int, quota: int | None) -> None:
+    """``EDQUOT`` for a file larger than ``quota``, the quota in force at its path."""
     if quota is not None and size > quota:
         raise OSError(
             errno.EDQUOT, f"{path}: {size} bytes exceed the quota of {quota} bytes there", path
@@ -282,7 +281,7 @@ class WriteBack:
     def _open_op(self, conn: ConnectionState, h: dict) -> Reply:
         path, mode, own = self._target(h["path"])
         size = h["size"]
-        _check_quota(path, size, own)
+        _check_quota(path, size, own.get("quota"))
         reserved = self._reserve(max(size, 0), path)
         name = "w" + secrets.token_hex(12)
         flags = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -315,7 +314,7 @@ class WriteBack:
     def _grow(self, conn: ConnectionState, handle: int, size: int) -> int:
         """Reserve room for the write ``handle`` to reach ``size`` bytes."""
         op = self._take(conn, handle, keep=True)
-        _check_quota(op.path, size, {"quota": op.quota})
+        _check_quota(op.path, size, op.quota)
         if size > op.reserved:
             got = self._reserve(size - op.reserved, op.path)
             with self._cond:
