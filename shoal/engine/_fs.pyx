@@ -17,7 +17,9 @@ __all__ = [
 ]
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.errno cimport errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, ENOMEM
+from libc.errno cimport (
+    errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, EMFILE, ENFILE, ENOMEM,
+)
 from libc.stdlib cimport calloc, free
 from posix.stat cimport struct_stat, fstat, S_ISREG, S_ISDIR
 from posix.unistd cimport close, pread
@@ -40,11 +42,26 @@ cdef extern from "<dirent.h>" nogil:
 
 cdef extern from "<fcntl.h>" nogil:
     int AT_SYMLINK_NOFOLLOW
+    int POSIX_FADV_WILLNEED
+    int posix_fadvise(int fd, long long offset, long long length, int advice)
     int fstatat(int dirfd, const char *path, struct_stat *buf, int flags)
     int dup(int fd)
 
 cdef extern from "<string.h>" nogil:
     size_t strlen(const char *s)
+
+cdef extern from *:
+    """
+    #include <sys/uio.h>
+    #ifndef RWF_NOWAIT
+    #define RWF_NOWAIT 0x00000008
+    #endif
+    """
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    int RWF_NOWAIT
+    ssize_t preadv2(int fd, const iovec *iov, int iovcnt, long long offset, int flags) nogil
 
 cdef extern from *:
     """
@@ -184,30 +201,62 @@ cdef struct _Whole:
     long long mtime_ns
     long long length
     int error
+    int fd
+    struct_stat before
 
 
-cdef void _read_whole(int root_fd, _Whole *w, int c_method, int rounds) noexcept nogil:
-    """Open, stat, read to the end of its buffer (or of the file) and stat again: the
-    bytes of one version of the file, read again while a writer changes it in place."""
-    cdef struct_stat before, after
+# Files opened (and their reads begun by the kernel's readahead) before the first is read:
+# their disk reads then overlap, where one file after the other waits a disk's latency for
+# each. Measured on 100,000 cold files of 100 bytes: 15,000 files/s one at a time, 80,000
+# with a window of 128.
+cdef enum:
+    _WINDOW = 128
+
+
+cdef void _open_whole(int root_fd, _Whole *w, int c_method) noexcept nogil:
+    """Open and stat one file, and read it at once if the page cache holds its bytes
+    (``RWF_NOWAIT``); else ask the kernel to start reading them (``POSIX_FADV_WILLNEED``:
+    the I/O starts, nothing waits for it; asked of every file, cached or not, it cost a
+    third of the speed of warm reads). ``w.fd`` is -1 after an error."""
     cdef ssize_t n
-    cdef int fd = shoal_open_beneath(root_fd, w.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0,
-                                     c_method)
-    if fd < 0:
-        w.error = -fd
+    cdef iovec iov
+    w.fd = shoal_open_beneath(root_fd, w.path, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0, c_method)
+    if w.fd < 0:
+        w.error = -w.fd
+        w.fd = -1
         return
-    if fstat(fd, &before) != 0:
+    if fstat(w.fd, &w.before) != 0:
         w.error = c_errno
-        close(fd)
-        return
-    if S_ISDIR(before.st_mode):
+    elif S_ISDIR(w.before.st_mode):
         w.error = EISDIR
-    elif not S_ISREG(before.st_mode):
+    elif not S_ISREG(w.before.st_mode):
         w.error = EINVAL
+    if w.error:
+        close(w.fd)
+        w.fd = -1
+        return
+    w.done = 0
+    if w.size == 0 or w.before.st_size == 0:
+        return
+    iov.iov_base = w.buf
+    iov.iov_len = w.size
+    n = preadv2(w.fd, &iov, 1, 0, RWF_NOWAIT)
+    if n > 0:
+        w.done = n
+    if w.done < w.size and w.done < w.before.st_size:  # only advice: a failure changes nothing
+        posix_fadvise(w.fd, w.done, min(<long long>w.size, <long long>w.before.st_size) - w.done,
+                      POSIX_FADV_WILLNEED)
+
+
+cdef void _finish_whole(_Whole *w, int rounds) noexcept nogil:
+    """Read an opened file to the end of its buffer (or of the file) and stat it again:
+    the bytes of one version of the file, read again while a writer changes it in place.
+    Closes it."""
+    cdef struct_stat after
+    cdef ssize_t n
     while w.error == 0:
-        w.done = 0
         while w.done < w.size:
-            n = pread(fd, w.buf + w.done, w.size - w.done, w.done)
+            n = pread(w.fd, w.buf + w.done, w.size - w.done, w.done)
             if n < 0:
                 if c_errno == EINTR:
                     continue
@@ -218,21 +267,48 @@ cdef void _read_whole(int root_fd, _Whole *w, int c_method, int rounds) noexcept
             w.done += n
         if w.error:
             break
-        if fstat(fd, &after) != 0:
+        if fstat(w.fd, &after) != 0:
             w.error = c_errno
             break
-        if (after.st_mtim.tv_sec == before.st_mtim.tv_sec
-                and after.st_mtim.tv_nsec == before.st_mtim.tv_nsec
-                and after.st_size == before.st_size):
-            w.mtime_ns = <long long>before.st_mtim.tv_sec * 1000000000 + before.st_mtim.tv_nsec
-            w.length = before.st_size
+        if (after.st_mtim.tv_sec == w.before.st_mtim.tv_sec
+                and after.st_mtim.tv_nsec == w.before.st_mtim.tv_nsec
+                and after.st_size == w.before.st_size):
+            w.mtime_ns = (<long long>w.before.st_mtim.tv_sec * 1000000000
+                          + w.before.st_mtim.tv_nsec)
+            w.length = w.before.st_size
             break
         rounds -= 1
         if rounds <= 0:
             w.error = EAGAIN  # it kept changing while it was read
             break
-        before = after
-    close(fd)
+        w.before = after
+        w.done = 0
+    close(w.fd)
+    w.fd = -1
+
+
+cdef void _read_wholes(int root_fd, _Whole *items, Py_ssize_t count, int c_method,
+                       int rounds) noexcept nogil:
+    """Read every file of ``items`` not already failed, a window of them opened at a time.
+    A window stops early when the process is out of descriptors (with one file open at
+    least: the next window retries), so a batch never fails for its own size."""
+    cdef Py_ssize_t start = 0, stop, i, opened
+    while start < count:
+        stop = start
+        opened = 0
+        while stop < count and opened < _WINDOW:
+            if items[stop].error == 0:
+                _open_whole(root_fd, &items[stop], c_method)
+                if items[stop].fd < 0 and opened and (items[stop].error == EMFILE
+                                                      or items[stop].error == ENFILE):
+                    items[stop].error = 0
+                    break
+                opened += 1
+            stop += 1
+        for i in range(start, stop):
+            if items[i].fd >= 0:
+                _finish_whole(&items[i], rounds)
+        start = stop
 
 
 def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int rounds=3):
@@ -274,10 +350,10 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
             items[i].path = <bytes>encoded[i]
             items[i].buf = <char *>views[i].buf
             items[i].size = views[i].len
+        for i in range(count):
+            items[i].fd = -1
         with nogil:
-            for i in range(count):
-                if items[i].error == 0:
-                    _read_whole(root_fd, &items[i], c_method, rounds)
+            _read_wholes(root_fd, items, count, c_method, rounds)
         out = []
         for i in range(count):
             if items[i].error:
