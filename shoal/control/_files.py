@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._metadata import MetadataCache
 from ._metrics import Counters, UnderStoreTraffic
 from ._namespace import Mount, MountTable, normalize_path, split_mount_options
-from ._pages import file_id
+from ._pages import file_id, file_ids
 from ._policy import OWN_DEFAULTS, PolicyTable
 from .proto import encode_error
 from .ufs import ObjectInfo, UnderStore, open_store
@@ -285,16 +285,22 @@ class FileResolver:
         mount's, and the other enforced policy fields (``OWN_DEFAULTS``), where no policy
         overrides them. Cheap when no policy touches the mount:
         its options are split once per mount and table."""
+        own, covered = self._own_at(mount)
+        if not covered:
+            return own
+        overrides = self._policies.overrides(path)
+        return {**own, **overrides} if overrides else own
+
+    def _own_at(self, mount: Mount) -> tuple[Mapping[str, Any], bool]:
+        """The options in force at ``mount``'s root, and whether a policy may override them
+        somewhere beneath it (else they hold at every path of the mount)."""
         policies = self._policies
         cached = self._owns.get(mount.path)
         if cached is None or cached[0] is not mount or cached[1] is not policies:
             own = MappingProxyType({**OWN_DEFAULTS, **split_mount_options(mount.options)[0]})
             cached = (mount, policies, own, policies.covers(mount.path))
             self._owns[mount.path] = cached
-        if not cached[3]:
-            return cached[2]
-        overrides = policies.overrides(path)
-        return {**cached[2], **overrides} if overrides else cached[2]
+        return cached[2], cached[3]
 
     def _reload_mounts(self) -> None:
         """Read a shared mount table again (kept as it was while its store is down)."""
@@ -650,6 +656,10 @@ class FileResolver:
     def _put_stats(self, mount: Mount, items: list[tuple[str, ObjectInfo]]) -> None:
         """Cache the stats of files under ``mount`` (``(path, info)``), each for the
         ``metadata_ttl`` in force at its path, those of one TTL together."""
+        own, covered = self._own_at(mount)
+        if not covered:  # one TTL for them all
+            self.metadata.put_stats(items, own["metadata_ttl"])
+            return
         by_ttl: dict[float, list[tuple[str, ObjectInfo]]] = {}
         for item in items:
             by_ttl.setdefault(self._own(mount, item[0])["metadata_ttl"], []).append(item)
@@ -713,14 +723,14 @@ class FileResolver:
             mount, epoch = f.mount, f.epoch
             base = mount.path.rstrip("/")
             store = self.store_of(mount)
-            known = []
             infos, cached = self._listing(f)
-            for info in infos:
-                child = f"{base}/{info.path}"
-                fid = file_id(mount.child_uri(info.path), info.version)
-                own = self._own(mount, child)
+            fids = file_ids(mount.uri.rstrip("/") + "/", infos)  # each as file_id makes it
+            own, covered = self._own_at(mount)
+            known = [(f"{base}/{info.path}", info) for info in infos]
+            for (child, info), fid in zip(known, fids, strict=True):
+                if covered:
+                    own = self._own(mount, child)
                 out[child] = File(child, mount, info.path, info, fid, store, own, epoch)
-                known.append((child, info))
             if cached:  # its stats may have gone before it: no stat of their own when read
                 self._put_stats(mount, known)
         return list(out.values())

@@ -11,12 +11,14 @@ from shoal.control._pages import (
     PageSlice,
     chunk_of,
     file_id,
+    file_ids,
     page_count,
     page_key,
     page_length,
     page_slices,
     read_length,
 )
+from shoal.control.ufs import ObjectInfo
 
 PAGE_SIZES = st.sampled_from([1, 7, 4096, 65536, 4 << 20])
 HUGE = 1 << 62
@@ -147,3 +149,12 @@ def test_page_keys_are_distinct_and_ordered(index):
     assert int.from_bytes(key[16:], "big") == index
     if index:
         assert page_key(fid, index - 1) < key
+
+
+@given(
+    base=st.text(min_size=1).map(lambda s: "file:///" + s.strip("/") + "/"),
+    objects=st.lists(st.tuples(st.text(min_size=1), st.text()), max_size=8),
+)
+def test_file_ids_of_a_listing_are_each_files_file_id(base, objects):
+    infos = [ObjectInfo(path, 1, version, 0.0) for path, version in objects]
+    assert file_ids(base, infos) == [file_id(base + i.path, i.version) for i in infos]

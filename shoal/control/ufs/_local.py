@@ -191,20 +191,35 @@ class LocalStore(UnderStore):
 
     def _list(self, prefix: str, page_size: int, start_after: str | None) -> Iterator[ObjectInfo]:
         # docstring inherited
+        for run in self._list_runs(prefix, page_size, start_after):
+            yield from run
+
+    def _list_runs(
+        self, prefix: str, page_size: int, start_after: str | None
+    ) -> Iterator[list[ObjectInfo]]:
+        # docstring inherited
         with os_errors("list", self.uri_of(prefix)):
             yield from self._walk(self._open(".", _DIR), "", prefix, start_after)
 
     def _walk(
         self, fd: int, rel: str, prefix: str, start_after: str | None
-    ) -> Iterator[ObjectInfo]:
+    ) -> Iterator[list[ObjectInfo]]:
         """Objects under directory ``rel`` (``""`` or ending in ``/``), open as ``fd``
-        (closed here), in path order.
+        (closed here), in path order, in runs: the files of one directory between two of
+        its subdirectories.
 
         Sorting a directory's entries with ``/`` appended to subdirectory names puts every
         path of the tree in plain lexicographic order (``a-b`` before ``a/c``).
         """
         try:
             files, dirs = _fs.list_dir(fd)  # one native pass: names, sizes, times
+            if not dirs:  # a directory of files only: one run, in name order
+                files.sort()
+                wanted = rel.startswith(prefix) and start_after is None
+                run = self._infos(rel, files, prefix, start_after, wanted)
+                if run:
+                    yield run
+                return
             # Runs of files between subdirectories, in order, each made at once.
             entries: list[tuple] = [*files, *((d + "/",) for d in dirs)]
             entries.sort()  # by name: names are unique
@@ -216,7 +231,8 @@ class LocalStore(UnderStore):
                     run.append(listed)
                     continue
                 if run:
-                    yield from self._infos(rel, run, prefix, start_after, all_wanted)
+                    if infos := self._infos(rel, run, prefix, start_after, all_wanted):
+                        yield infos
                     run = []
                 path = rel + name
                 wanted = path.startswith(prefix) or prefix.startswith(path)
@@ -230,8 +246,8 @@ class LocalStore(UnderStore):
                     inner = _open_entry(fd, name[:-1], _DIR)
                     if inner is not None:
                         yield from self._walk(inner, path, prefix, start_after)
-            if run:
-                yield from self._infos(rel, run, prefix, start_after, all_wanted)
+            if run and (infos := self._infos(rel, run, prefix, start_after, all_wanted)):
+                yield infos
         finally:
             os.close(fd)
 
@@ -241,8 +257,8 @@ class LocalStore(UnderStore):
     ) -> list[ObjectInfo]:
         """Objects for files of directory ``rel`` as :func:`_fs.list_dir` tells them, in
         order: those wanted (``all_wanted``: all), none of Shoal's temporary files."""
-        infos = [
-            ObjectInfo(rel + name, size, _version_of(mtime_ns, size), mtime)
+        infos = [  # the version as _version_of makes it, inline: a call per file costs
+            ObjectInfo(rel + name, size, f"{mtime_ns}-{size}", mtime)
             for name, size, mtime_ns, mtime in listed
             if not name.startswith(_TMP_PREFIX)
         ]
