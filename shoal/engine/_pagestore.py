@@ -473,14 +473,18 @@ def _encode_records(items: Any, what: str) -> list[tuple[bytes, bytes]]:
             name, value = item
         except (TypeError, ValueError):
             raise ValueError(f"{what} item {i}: expected (name, value), got {item!r}") from None
-        k = _encode_key(name, "record name")
-        view = _source_view(value, f"record {name!r}")
-        if view.nbytes > MAX_RECORD_SIZE:
+        if type(name) is bytes and name and type(value) is bytes:  # as most come: no copy
+            k, data, size = name, value, len(value)
+        else:
+            k = _encode_key(name, "record name")
+            data = _source_view(value, f"record {name!r}")
+            size = data.nbytes
+        if size > MAX_RECORD_SIZE:
             raise ValueError(
-                f"record {name!r} of {view.nbytes} bytes is larger than MAX_RECORD_SIZE "
+                f"record {name!r} of {size} bytes is larger than MAX_RECORD_SIZE "
                 f"({MAX_RECORD_SIZE} bytes)"
             )
-        out.append((_RECORD_PREFIX + k, bytes(view)))
+        out.append((_RECORD_PREFIX + k, data if type(data) is bytes else bytes(data)))
     return out
 
 
