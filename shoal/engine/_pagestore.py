@@ -1011,9 +1011,16 @@ class PageStore:
 
     def _link(self, k: bytes, tier: _Tier, region: _Region, length: int, flags: int) -> None:
         """Count a page just put under ``k`` in ``self._entries``, in ``region``."""
+        self._link_many([k], tier, region, length, flags)
+
+    def _link_many(
+        self, ks: list[bytes], tier: _Tier, region: _Region, nbytes: int, flags: int
+    ) -> None:
+        """:meth:`_link` of pages just put under ``ks``, all in ``region``, ``nbytes`` in
+        all, all with ``flags``."""
         keys = region.keys
-        keys.append(k)
-        self._count(tier, region, length, flags, +1)
+        keys.extend(ks)
+        self._count(tier, region, nbytes, flags, len(ks))
         if len(keys) > 2 * region.pages + _STALE_KEYS:
             # More stale keys than pages: weed them out (amortized O(1) per link).
             head = _PAGE_HEAD.pack(tier.code, region.number, region.generation)
@@ -1028,16 +1035,18 @@ class PageStore:
         entry = _entry(record)
         tier = self._by_code[entry.tier]
         region = tier.regions[entry.region]
-        self._count(tier, region, entry.length, entry.flags, -1)
+        self._count(tier, region, -entry.length, entry.flags, -1)
         return tier, region
 
-    def _count(self, tier: _Tier, region: _Region, length: int, flags: int, sign: int) -> None:
-        region.pages += sign
-        region.live_bytes += sign * length
-        tier.pages += sign
-        tier.live_bytes += sign * length
+    def _count(self, tier: _Tier, region: _Region, nbytes: int, flags: int, pages: int) -> None:
+        """Count ``pages`` pages more (fewer when negative) of ``nbytes`` bytes in all (of
+        the same sign), all with ``flags``, in ``region`` of ``tier``."""
+        region.pages += pages
+        region.live_bytes += nbytes
+        tier.pages += pages
+        tier.live_bytes += nbytes
         if flags:
-            self._count_flags(tier, region, length, flags, sign)
+            self._count_flags(tier, region, nbytes, flags, pages)
 
     def _reclaim_emptied(self, unlinked: Iterable[tuple[_Tier, _Region]]) -> None:
         """Reclaim the sealed regions among ``unlinked`` left without a page (deleted or
@@ -1053,12 +1062,12 @@ class PageStore:
             self._reclaim(regions, tier)
 
     @staticmethod
-    def _count_flags(tier: _Tier, region: _Region, length: int, flags: int, sign: int) -> None:
-        region.sticky += sign
+    def _count_flags(tier: _Tier, region: _Region, nbytes: int, flags: int, pages: int) -> None:
+        region.sticky += pages
         if flags & _PIN:
-            tier.pinned_bytes += sign * length
+            tier.pinned_bytes += nbytes
         if flags & _DIRTY:
-            tier.dirty_bytes += sign * length
+            tier.dirty_bytes += nbytes
 
     def _commit(self, batch: rocksdict.WriteBatch, opts: Any = None) -> None:
         """Write ``batch`` plus every changed region record, in one atomic index write
@@ -1112,6 +1121,39 @@ class PageStore:
         region.last_access = next(self._clock)
         self._unsaved.add((tier.code, region.number))
         return region, offset
+
+    def _reserve_many(self, tier: _Tier, kind: int, lengths: list[int]) -> list[tuple]:
+        """:meth:`_reserve` of pages of ``lengths``, one after the other; called with the
+        lock held. All or none: a page that finds no room releases those reserved before
+        it. Each page that fits the open region is placed here, inline, as ``_reserve``
+        places it; the others go through ``_reserve``."""
+        reserved: list[tuple[_Region, int]] = []
+        small, pack_below, page_align = self.small_align, self.pack_below, self.page_align
+        region_size = self.region_size
+        region = tier.open[kind]
+        try:
+            for length in lengths:
+                if region is not None:
+                    align = small if length < pack_below else page_align
+                    offset = -(-region.fill // align) * align
+                    if offset + length <= region_size:
+                        tier.filled += offset + length - region.fill
+                        region.fill = offset + length
+                        region.inflight += 1
+                        reserved.append((region, offset))
+                        continue
+                reserved.append(self._reserve(tier, kind, length))
+                region = tier.open[kind]
+        except BaseException:
+            for r, _ in reserved:
+                r.inflight -= 1
+            raise
+        if reserved:  # as _reserve does for each page
+            stamp = next(self._clock)
+            for r in {id(r): r for r, _ in reserved}.values():
+                r.last_access = stamp
+                self._unsaved.add((tier.code, r.number))
+        return reserved
 
     def _allocate(self, tier: _Tier, kind: int, length: int) -> _Region:
         rs = self.region_size
@@ -1431,16 +1473,9 @@ class PageStore:
             if named:
                 self._put_records(named)
             return []
-        reserved: list[tuple[_Region, int]] = []
         with self._lock:
             self._check_open()
-            try:
-                for _, view, _ in prepared:
-                    reserved.append(self._reserve(target, kind, view.nbytes))
-            except BaseException:
-                for region, _ in reserved:
-                    region.inflight -= 1
-                raise
+            reserved = self._reserve_many(target, kind, [view.nbytes for _, view, _ in prepared])
             self._active += 1
         return self._write_and_commit(
             prepared,
@@ -1483,12 +1518,21 @@ class PageStore:
         self._commit(batch)
         unlinked = []
         entries = self._entries
+        run: list[bytes] = []  # keys of a run of pages in one region, linked together
+        run_region, run_bytes = None, 0
         for k, record, region, length in new:
             old = entries.get(k)
             if old is not None:
                 unlinked.append(self._unlink(old))
             entries[k] = record
-            self._link(k, tier, region, length, flags)
+            if region is not run_region and run:
+                self._link_many(run, tier, run_region, run_bytes, flags)
+                run, run_bytes = [], 0
+            run.append(k)
+            run_region = region
+            run_bytes += length
+        if run:
+            self._link_many(run, tier, run_region, run_bytes, flags)
         self._reclaim_emptied(unlinked)
         return located
 
