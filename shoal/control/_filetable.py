@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..engine import crc32c
-from ..engine._slots import blake2b_16, find_files, put_files
+from ..engine._slots import blake2b_16, copy_slots, find_files, put_files
 
 __all__ = [
     "FileTableReader",
@@ -264,16 +264,13 @@ class FileTableWriter:
         return True
 
     def _regrow(self, n: int) -> None:
-        """Make the table one of ``n`` slots holding every live slot of this one."""
-        old = self._mm
-        live = []
-        for i in range(self._n):
-            at = HEADER_SIZE + i * SLOT_SIZE
-            if old[at + _STATE_AT] == _LIVE:
-                live.append(old[at : at + SLOT_SIZE])
+        """Make the table one of ``n`` slots holding every live slot of this one (copied
+        natively, ``_slots.copy_slots``)."""
+        slots = self._mm[HEADER_SIZE : HEADER_SIZE + SLOT_SIZE * self._n]  # a copy
         self._new_table(n)
-        for body in live:
-            self._put(body)
+        self._live = copy_slots(
+            slots, self._mm, HEADER_SIZE, n, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
+        )
 
     def stats(self) -> dict[str, int]:
         """Files published, slots, tables made."""

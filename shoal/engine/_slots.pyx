@@ -155,13 +155,7 @@ def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
     """
     cdef Py_buffer view
     cdef uint8_t key[16]
-    cdef uint8_t *base
-    cdef uint8_t *slot
-    cdef const char *src
     cdef Py_ssize_t k, n = len(paths)
-    cdef uint64_t i
-    cdef uint32_t seq, check
-    cdef int p, fresh
     if len(bodies) != n:
         raise ValueError(f"put_files: {n} paths for {len(bodies)} bodies")
     for body in bodies:
@@ -171,35 +165,74 @@ def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
     PyObject_GetBuffer(table, &view, PyBUF_WRITABLE)
     try:
         _check_geometry("put_files", view.len, header, count, state_at)
-        base = <uint8_t *>view.buf
         for k in range(n):
             _path_key(paths[k], key)
-            src = <const char *>(<bytes>bodies[k])
-            memcpy(&i, key, 8)
-            i %= count
-            slot = NULL
-            for p in range(max_probes):
-                slot = base + header + <Py_ssize_t>(i * SLOT)
-                if slot[state_at] == empty or memcmp(slot + 8, key, 16) == 0:
-                    break
-                slot = NULL
-                i += 1
-                if i == count:
-                    i = 0
-            if slot == NULL:
-                out.append(-1)
-                continue
-            fresh = slot[state_at] == empty
-            memcpy(&seq, slot, 4)
-            seq &= ~(<uint32_t>1)
-            shoal_store32_release(slot, seq + 1)  # odd while written
-            shoal_fence_release()
-            memcpy(slot + 8, key, 16)
-            memcpy(slot + 24, src + 24, SLOT - 24)
-            check = shoal_crc32c(0, slot + 8, SLOT - 8)
-            memcpy(slot + 4, &check, 4)
-            shoal_store32_release(slot, seq + 2)
-            out.append(1 if fresh else 0)
+            out.append(_put_slot(<uint8_t *>view.buf, header, count, max_probes, state_at,
+                                 empty, key, <const uint8_t *>(<bytes>bodies[k]) + 24))
     finally:
         PyBuffer_Release(&view)
     return out
+
+
+def copy_slots(source, table, Py_ssize_t header, uint64_t count, int max_probes,
+               int state_at, int empty, int live):
+    """Put every live slot of ``source`` (a buffer of whole 64-byte slots, such as the
+    slots of a table about to be replaced, copied out of it) into ``table`` (geometry as
+    for :func:`find_files`) as :func:`put_files` puts a slot, its key taken from the slot
+    itself. How many took a slot (a key that finds no slot within ``max_probes`` is left
+    out)."""
+    cdef Py_buffer src, view
+    cdef const uint8_t *slot
+    cdef Py_ssize_t at
+    cdef long placed = 0
+    PyObject_GetBuffer(source, &src, PyBUF_SIMPLE)
+    try:
+        if src.len % SLOT:
+            raise ValueError("copy_slots: the source is not made of whole slots")
+        PyObject_GetBuffer(table, &view, PyBUF_WRITABLE)
+        try:
+            _check_geometry("copy_slots", view.len, header, count, state_at)
+            for at in range(0, src.len, SLOT):
+                slot = <const uint8_t *>src.buf + at
+                if slot[state_at] == live:
+                    placed += _put_slot(<uint8_t *>view.buf, header, count, max_probes,
+                                        state_at, empty, slot + 8, slot + 24) == 1
+        finally:
+            PyBuffer_Release(&view)
+    finally:
+        PyBuffer_Release(&src)
+    return placed
+
+
+cdef int _put_slot(uint8_t *base, Py_ssize_t header, uint64_t count, int max_probes,
+                   int state_at, int empty, const uint8_t *key,
+                   const uint8_t *fields) noexcept nogil:
+    """Write the slot of ``key`` (16 bytes) with ``fields`` (its last 40 bytes), as
+    :func:`put_files` describes: 1 (an empty slot taken), 0 (its own replaced) or -1."""
+    cdef uint64_t i
+    cdef uint32_t seq, check
+    cdef uint8_t *slot = NULL
+    cdef int p, fresh
+    memcpy(&i, key, 8)
+    i %= count
+    for p in range(max_probes):
+        slot = base + header + <Py_ssize_t>(i * SLOT)
+        if slot[state_at] == empty or memcmp(slot + 8, key, 16) == 0:
+            break
+        slot = NULL
+        i += 1
+        if i == count:
+            i = 0
+    if slot == NULL:
+        return -1
+    fresh = slot[state_at] == empty
+    memcpy(&seq, slot, 4)
+    seq &= ~(<uint32_t>1)
+    shoal_store32_release(slot, seq + 1)  # odd while written
+    shoal_fence_release()
+    memcpy(slot + 8, key, 16)
+    memcpy(slot + 24, fields, SLOT - 24)
+    check = shoal_crc32c(0, slot + 8, SLOT - 8)
+    memcpy(slot + 4, &check, 4)
+    shoal_store32_release(slot, seq + 2)
+    return fresh

@@ -196,8 +196,9 @@ def test_the_native_writer_checks_its_arguments():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.text(min_size=1, max_size=40).map(lambda t: "/" + t), max_size=60))
 def test_the_native_writer_writes_the_slots_the_python_writer_writes(paths):
-    # publish_many writes natively; growth re-puts every slot with the Python writer: the
-    # two must leave the same bytes for the same files (the sequence numbers aside).
+    # publish_many writes natively; a path past its probe limit is put again by the Python
+    # writer after a growth: the two must leave the same bytes for the same files (the
+    # sequence numbers aside).
     native = FileTableWriter(1024)
     native.publish_many(entry(p, i) for i, p in enumerate(paths))
     python = FileTableWriter(1024)
@@ -220,6 +221,49 @@ def test_the_native_writer_writes_the_slots_the_python_writer_writes(paths):
     assert native._live == python._live == len(set(paths))
     got = reader(native).lookup_many(paths)
     assert all(g is not None for g in got)
+
+
+def slot_bytes(w: FileTableWriter) -> list[bytes]:
+    """Every slot of a writer's table, but its sequence number."""
+    out = []
+    for k in range(w.stats()["slots"]):
+        at = HEADER_SIZE + k * SLOT_SIZE
+        out.append(bytes(w._mm[at + 4 : at + SLOT_SIZE]))
+    return out
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=40).map(lambda t: "/" + t), max_size=200))
+def test_growth_copies_the_slots_the_python_writer_would_put(paths):
+    w = FileTableWriter(1024)
+    w.publish_many(entry(p, i) for i, p in enumerate(paths))
+    with w._lock:
+        old = w._mm[HEADER_SIZE : HEADER_SIZE + SLOT_SIZE * w._n]
+        w._regrow(2048)  # natively (copy_slots)
+    python = FileTableWriter(2048)
+    with python._lock:
+        for at in range(0, len(old), SLOT_SIZE):
+            if old[at + 28] == 1:  # live
+                assert python._put(old[at : at + SLOT_SIZE])
+    assert slot_bytes(w) == slot_bytes(python)
+    assert w._live == python._live == len(set(paths))
+    assert all(g is not None for g in reader(w).lookup_many(paths))
+
+
+def test_the_native_copy_checks_its_arguments():
+    from shoal.engine._slots import copy_slots
+
+    w = FileTableWriter(1024)
+    mm, slots = w._mm, bytes(SLOT_SIZE * 4)
+    with pytest.raises(ValueError, match="whole slots"):
+        copy_slots(slots[:-1], mm, HEADER_SIZE, 1024, 8, 28, 0, 1)
+    with pytest.raises(ValueError, match="fewer than its slots"):
+        copy_slots(slots, mm, HEADER_SIZE, 2048, 8, 28, 0, 1)
+    with pytest.raises(ValueError, match="geometry"):
+        copy_slots(slots, mm, HEADER_SIZE, 1024, 8, 64, 0, 1)
+    with pytest.raises(BufferError):  # a read-only table
+        copy_slots(slots, bytes(HEADER_SIZE + SLOT_SIZE * 1024), HEADER_SIZE, 1024, 8, 28, 0, 1)
+    assert copy_slots(slots, mm, HEADER_SIZE, 1024, 8, 28, 0, 1) == 0  # none live
 
 
 @settings(max_examples=300, deadline=None)
