@@ -332,7 +332,8 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
     encoded = []
     for p in paths:
         e = os.fsencode(p)
-        bad = not e or e.startswith(b"/") or b"\0" in e or b".." in e.split(b"/")
+        bad = not e or e.startswith(b"/") or b"\0" in e
+        bad = bad or (b".." in e and b".." in e.split(b"/"))
         encoded.append(None if bad else e)
     items = <_Whole *>calloc(count or 1, sizeof(_Whole))
     views = <Py_buffer *>calloc(count or 1, sizeof(Py_buffer))

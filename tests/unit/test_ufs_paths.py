@@ -94,3 +94,22 @@ def test_prefix_keeps_its_meaning(prefix, expected):
 @pytest.mark.parametrize("key", ["a//b", "dir/", "./x", "a/../b", "/a", ""])
 def test_keys_no_path_names(key):
     assert not is_normal_key(key)
+
+
+@settings(max_examples=500)
+@given(path=st.text(alphabet=st.sampled_from(["a", "b", ".", "/", "\0", "é"]), max_size=12))
+def test_a_key_taken_as_canonical_at_once_is_what_the_full_check_makes(path):
+    # normalize_key returns a canonical key as it is, before splitting it: that shortcut
+    # and the component by component check agree on every path.
+    from shoal.control.ufs._paths import _check, _parts
+
+    try:
+        parts = _parts(_check(path, "path"), "path")
+        expected = "/".join(parts) if parts else ValueError
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            normalize_key(path)
+    else:
+        assert normalize_key(path) == expected

@@ -35,6 +35,15 @@ def normalize_key(path: object, what: str = "path") -> str:
     Raises ``TypeError`` for anything but a str (or ``os.PathLike``), ``ValueError`` for a
     NUL byte, a leading ``/``, a ``..`` component or a path that names the root itself.
     """
+    if (
+        type(path) is str
+        and path[:1] not in ("", "/", ".")
+        and path[-1] != "/"
+        and "//" not in path
+        and "/." not in path
+        and "\0" not in path
+    ):
+        return path  # canonical already: no empty, "." or ".." component (the common case)
     path = _check(path, what)
     parts = _parts(path, what)
     if not parts:
