@@ -154,3 +154,12 @@ def test_whatever_the_sizes_and_the_cache_the_bytes_are_the_files(tmp_path_facto
     finally:
         os.close(fd)
     check(got, names, bufs, want, tmp_path)
+
+
+def test_names_that_are_not_utf8_are_read_by_their_bytes(tmp_path, root_fd):
+    raw = b"caf\xe9-\xff"  # not UTF-8: its str form holds surrogates
+    with open(os.path.join(os.fsencode(tmp_path), raw), "wb") as f:
+        f.write(b"latin")
+    bufs = [bytearray(5), bytearray(5)]
+    got = _fs.read_whole_beneath(root_fd, [os.fsdecode(raw), raw], bufs)
+    assert [g[0] for g in got] == [5, 5] and bufs == [b"latin", b"latin"]

@@ -131,7 +131,7 @@ class LocalStore(UnderStore):
 
     def _key(self, path: object) -> str:
         # An absolute path is accepted when it lies under the root.
-        if isinstance(path, os.PathLike):
+        if type(path) is not str and isinstance(path, os.PathLike):
             path = os.fspath(path)
         if isinstance(path, str) and path.startswith("/") and "\0" not in path:
             if ".." in path.split("/"):
