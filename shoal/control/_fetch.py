@@ -404,14 +404,10 @@ class Fetcher:
             if isinstance(n, ObjectChangedError):
                 self._on_changed(f.path)
             out[i] = n
-        per_mount: dict[str, int] = {}  # bytes read per mount (a group's are mostly one's)
-        for _, p, _ in done:
-            m = p.file.mount.path
-            per_mount[m] = per_mount.get(m, 0) + p.length
         self._counters.add(
-            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(per_mount.values())
+            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
         )
-        self._counters.add_mounts((m, "bytes_ufs", n) for m, n in per_mount.items())
+        self._counters.add_mounts((p.file.mount.path, "bytes_ufs", p.length) for _, p, _ in done)
         if not items:
             return
         files = [p.file for _, p, _ in done]

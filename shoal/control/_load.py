@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import errno
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future
 
@@ -199,8 +199,7 @@ class Loader:
         for chunk in _chunks(pages):
             todo = fetcher.missing(chunk)
             self._counters.add(page_misses=len(todo))
-            misses = Counter(p.file.mount.path for p in todo)  # counted in C
-            self._counters.add_mounts((m, "page_misses", n) for m, n in misses.items())
+            self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in todo)
             inflight.append((chunk, todo, fetcher.start_files(todo, publish=True)))
             while len(inflight) > _LOAD_TASKS:
                 finish()

@@ -139,8 +139,7 @@ class MetadataCache:
         """:meth:`put_stat` of each ``(path, info)``, with one look at the lock and clock."""
         if ttl <= 0 or not items:
             return
-        base = _ENTRY_BYTES + _INFO_BYTES  # _cost of each, inline: a call per file costs
-        costs = [base + len(path) + len(info.path) + len(info.version) for path, info in items]
+        costs = [_cost(path, info) for path, info in items]
         stats = self._stats
         with self._lock:
             until = self._clock() + ttl

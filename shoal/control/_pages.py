@@ -157,27 +157,22 @@ def file_id(uri: str, version: str) -> bytes:
         raise ValueError(f"file_id: uri must be a non-empty str, got {uri!r}")
     if not isinstance(version, str):
         raise TypeError(f"file_id: version must be a str, got {type(version).__name__}")
-    data = (uri + "\0" + version).encode("utf-8", "surrogateescape")
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return _digest(uri, version)
 
 
 def file_ids(base_uri: str, infos: Iterable[ObjectInfo]) -> list[bytes]:
     """:func:`file_id` of each object ``info.path`` under the URI ``base_uri`` (ending in
     ``/``), for a listing's many files at once."""
-    blake2b = hashlib.blake2b
-    return [
-        blake2b(
-            f"{base_uri}{i.path}\0{i.version}".encode("utf-8", "surrogateescape"), digest_size=16
-        ).digest()
-        for i in infos
-    ]
+    return [_digest(base_uri + i.path, i.version) for i in infos]
+
+
+def _digest(uri: str, version: str) -> bytes:
+    data = (uri + "\0" + version).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def page_key(fid: bytes, index: int) -> bytes:
     """The page store key of page ``index`` of the file ``fid`` (see :func:`file_id`)."""
-    # A small file's one page, asked for once per file: what the checks below make of it.
-    if type(index) is int and index == 0 and type(fid) is bytes and len(fid) == 16:
-        return fid + b"\0\0\0\0"
     if not isinstance(fid, (bytes, bytearray)) or len(fid) != 16:
         raise ValueError(f"page_key: file id must be 16 bytes, got {fid!r}")
     index = _count(index, "page index")

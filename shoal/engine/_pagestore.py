@@ -1103,52 +1103,40 @@ class PageStore:
         A page shorter than ``pack_below`` goes to the next ``small_align`` boundary, a
         longer one to the next ``page_align`` boundary (where O_DIRECT can read it).
         """
-        region = tier.open[kind]
-        if region is not None:
-            align = self.small_align if length < self.pack_below else self.page_align
-            offset = -(-region.fill // align) * align
-            if offset + length > self.region_size:
-                region.state = _SEALED
-                tier.open[kind] = None
-                self._unsaved.add((tier.code, region.number))
-                region = None
-        if region is None:
-            region = self._allocate(tier, kind, length)
-            offset = 0
-        tier.filled += offset + length - region.fill
-        region.fill = offset + length
-        region.inflight += 1
-        region.last_access = next(self._clock)
-        self._unsaved.add((tier.code, region.number))
-        return region, offset
+        return self._reserve_many(tier, kind, [length])[0]
 
     def _reserve_many(self, tier: _Tier, kind: int, lengths: list[int]) -> list[tuple]:
-        """:meth:`_reserve` of pages of ``lengths``, one after the other; called with the
-        lock held. All or none: a page that finds no room releases those reserved before
-        it. Each page that fits the open region is placed here, inline, as ``_reserve``
-        places it; the others go through ``_reserve``."""
+        """:meth:`_reserve` of pages of ``lengths``, one after the other, in one pass;
+        called with the lock held. All or none: a page that finds no room releases those
+        reserved before it. A region that a page does not fit is sealed, and the page goes
+        to a new one."""
         reserved: list[tuple[_Region, int]] = []
         small, pack_below, page_align = self.small_align, self.pack_below, self.page_align
         region_size = self.region_size
         region = tier.open[kind]
         try:
             for length in lengths:
+                offset = -1
                 if region is not None:
                     align = small if length < pack_below else page_align
                     offset = -(-region.fill // align) * align
-                    if offset + length <= region_size:
-                        tier.filled += offset + length - region.fill
-                        region.fill = offset + length
-                        region.inflight += 1
-                        reserved.append((region, offset))
-                        continue
-                reserved.append(self._reserve(tier, kind, length))
-                region = tier.open[kind]
+                    if offset + length > region_size:
+                        region.state = _SEALED
+                        tier.open[kind] = None
+                        self._unsaved.add((tier.code, region.number))
+                        offset = -1
+                if offset < 0:
+                    region = self._allocate(tier, kind, length)
+                    offset = 0
+                tier.filled += offset + length - region.fill
+                region.fill = offset + length
+                region.inflight += 1
+                reserved.append((region, offset))
         except BaseException:
             for r, _ in reserved:
                 r.inflight -= 1
             raise
-        if reserved:  # as _reserve does for each page
+        if reserved:  # once per region the pages went to
             stamp = next(self._clock)
             for r in {id(r): r for r, _ in reserved}.values():
                 r.last_access = stamp

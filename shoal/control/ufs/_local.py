@@ -257,8 +257,8 @@ class LocalStore(UnderStore):
     ) -> list[ObjectInfo]:
         """Objects for files of directory ``rel`` as :func:`_fs.list_dir` tells them, in
         order: those wanted (``all_wanted``: all), none of Shoal's temporary files."""
-        infos = [  # the version as _version_of makes it, inline: a call per file costs
-            ObjectInfo(rel + name, size, f"{mtime_ns}-{size}", mtime)
+        infos = [
+            ObjectInfo(rel + name, size, _version_of(mtime_ns, size), mtime)
             for name, size, mtime_ns, mtime in listed
             if not name.startswith(_TMP_PREFIX)
         ]
@@ -317,8 +317,7 @@ class LocalStore(UnderStore):
         again = []
         for i, key, view, res in zip(slots, keys, views, got, strict=True):
             version = items[i][2]
-            # The version as _version_of makes it, inline: a call per file costs.
-            if type(res) is tuple and (version is None or f"{res[1]}-{res[2]}" == version):
+            if type(res) is tuple and (version is None or _version_of(res[1], res[2]) == version):
                 out[i] = res[0]
             else:
                 again.append((i, key, view, version))
