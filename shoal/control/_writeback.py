@@ -595,10 +595,13 @@ class WriteBack:
         return [p not in waiting for p in norm]
 
     def _left(self, path: str) -> tuple[int, int]:
+        """Files under ``path`` and their bytes not in their store yet, or in it and still
+        being taken in (cached, the stats and listings said of them renewed): a waiter
+        woken when none are left sees what the store holds, and nothing voids it later."""
         under = path.rstrip("/") + "/"
         left = [
             e for e in self._entries.values()
-            if e.mode != "cache_only" and not e.landed
+            if e.mode != "cache_only" and (not e.landed or e.uploading)
             and (not path or e.path == path or e.path.startswith(under))
         ]  # fmt: skip
         return len(left), sum(e.size for e in left)

@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import threading
 import time
 
 import numpy as np
 import pytest
-from conftest import PAGE, shoal_environment
+from conftest import PAGE, TEST_ALLOWED_MOUNTS, shoal_environment
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from s3server import ACCESS_KEY_ENV, SECRET_KEY_ENV
 
 from shoal._config import load_config
 from shoal.client import Client
+from shoal.control._server import ConnectionState
+from shoal.control._worker import Worker
 
 MiB = 1 << 20
 
@@ -277,6 +280,38 @@ def test_deletes_and_renames_while_the_store_is_down(moto_process, shoal_home):
     client.wait_persisted(timeout=120)
     assert objects(moto_process, "down") == {"a.bin": b"checkpoint"}
     client.close()
+
+
+def test_what_a_wait_for_persistence_saw_stays_cached(tmp_path, monkeypatch):
+    """A wait for persistence returns once an upload is wholly taken in (its pages cached,
+    its stat renewed), not as soon as the store holds it: a listing cached right after
+    the wait is never voided by the rest of that upload's work (the store may be gone by
+    then). In one process, the upload's caching slowed down to widen the window."""
+    home, src = tmp_path / "home", tmp_path / "src"
+    src.mkdir()
+    w = Worker(load_config(home=str(home), mem_capacity=0, allowed_mounts=TEST_ALLOWED_MOUNTS))
+    try:
+        w.mount("/d", src.as_uri(), {"metadata_ttl": 600})
+        ingest = w.writeback._ingest
+
+        def slow_ingest(*args):
+            time.sleep(0.5)
+            ingest(*args)
+
+        monkeypatch.setattr(w.writeback, "_ingest", slow_ingest)
+        ops = w.handlers()
+        conn = ConnectionState(remote=True)
+        handle = ops["write_open"](conn, {"path": "/d/keep.bin", "size": 3}).header["handle"]
+        conn.payload = memoryview(b"old")
+        ops["write_data"](conn, {"handle": handle, "offset": 0})
+        ops["write_commit"](conn, {"handle": handle, "size": 3})
+        assert ops["wait_persisted"](conn, {"path": "", "timeout": 60}).header["files"] == 0
+        assert [e["path"] for e in w.ls("/d")] == ["/d/keep.bin"]
+        shutil.rmtree(src)  # the store goes away; its listing is cached for 600 s
+        time.sleep(1.0)  # longer than the slowed caching of the upload
+        assert [e["path"] for e in w.ls("/d")] == ["/d/keep.bin"]
+    finally:
+        w.close()
 
 
 # --------------------------------------------------------------------- bad input
