@@ -72,6 +72,12 @@ class _Entry:
     attempts: int = 0
     not_before: float = 0.0  # monotonic: no new attempt before
 
+    @property
+    def unsettled(self) -> bool:
+        """Not in its store yet, or in it and still being taken in (cached, the stats and
+        listings said of it renewed): what readers see may still change because of it."""
+        return not self.landed or self.uploading
+
     def record(self) -> tuple[bytes, bytes]:
         value = {"kind": self.kind, "path": self.path, "name": self.name, "size": self.size,
                  "mode": self.mode, "mtime": self.mtime}  # fmt: skip
@@ -591,17 +597,16 @@ class WriteBack:
         file is never persisted)."""
         norm = [normalize_path(p) for p in paths]
         with self._cond:
-            waiting = {e.path for e in self._entries.values() if not e.landed}
+            waiting = {e.path for e in self._entries.values() if e.unsettled}
         return [p not in waiting for p in norm]
 
     def _left(self, path: str) -> tuple[int, int]:
-        """Files under ``path`` and their bytes not in their store yet, or in it and still
-        being taken in (cached, the stats and listings said of them renewed): a waiter
-        woken when none are left sees what the store holds, and nothing voids it later."""
+        """Files under ``path`` and their bytes :attr:`_Entry.unsettled`: a waiter woken
+        when none are left sees what the store holds, and nothing voids it later."""
         under = path.rstrip("/") + "/"
         left = [
             e for e in self._entries.values()
-            if e.mode != "cache_only" and (not e.landed or e.uploading)
+            if e.mode != "cache_only" and e.unsettled
             and (not path or e.path == path or e.path.startswith(under))
         ]  # fmt: skip
         return len(left), sum(e.size for e in left)
