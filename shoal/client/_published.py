@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from ..control._filetable import FileTableReader
 from ..control.proto import MAX_FDS
 from ..engine._regions import TIER_NAMES
 from ._connection import Connection
@@ -34,18 +35,64 @@ class PublishedReads:
     def __init__(self, shortcircuit: ShortCircuit):
         self._sc = shortcircuit
 
-    def read(self, conn: Connection, items: list) -> list[int | None]:
-        """Read what the table holds of ``items`` (``[view, normalised path, offset,
-        ...]`` each): per item the bytes read, or None for an item left to the caller."""
+    def read_many(self, conn: Connection, items: list) -> list[int | None] | None:
+        """Read what the table holds of ``Client.read_many_into``'s own ``items`` natively
+        (whole small files; see ``engine._slots.read_published``): per item the bytes read,
+        or None for an item left to the caller (which checks it: those from the first item
+        the native read could not take whole are all left). None when the connection has
+        no table."""
+        table = self._table(conn)
+        if table is None:
+            return None
+        reader = conn.reader
         out: list[int | None] = [None] * len(items)
+        counts: dict[int, int] = {}
+        lacking: set[int] = set()
+        stop = table.read_many(items, out, len(items), reader.mapped(), counts, lacking)
+        if lacking:  # regions this connection holds no descriptor or mapping of yet
+            wanted = [[TIER_NAMES[c >> 32], c & 0xFFFFFFFF] for c in lacking]
+            missing = [r for r in wanted if not conn.holds(*r)]
+            if missing:
+                conn.fetch_regions(missing[:_MAX_REGIONS])
+            reader.map_regions(lacking)
+            maps, generations = reader.mapped()
+            if any(c in maps for c in lacking):
+                table.read_many(items, out, stop, (maps, generations), counts, set())
+        if counts:
+            self._account(
+                conn, {(TIER_NAMES[c >> 32], c & 0xFFFFFFFF): k for c, k in counts.items()}
+            )
+        conn.trim()
+        return out
+
+    @staticmethod
+    def _table(conn: Connection) -> FileTableReader | None:
+        """The connection's current table (renewed when superseded), or None."""
         table = conn.table
         if table is None:
-            return out
+            return None
         if not table.current:
             conn.renew_table()
             table = conn.table
             if table is None or not table.current:
-                return out
+                return None
+        return table
+
+    def _account(self, conn: Connection, counts: dict[tuple[str, int], int]) -> None:
+        """Pages read through the table (per region) count as the short-circuit reader's:
+        the worker hears of them with its ``touch`` reports."""
+        sc = self._sc
+        sc.locations.claim(sc.owner(conn))
+        sc.account(conn, counts, [], time.monotonic())
+        sc.report_due(conn)
+
+    def read(self, conn: Connection, items: list) -> list[int | None]:
+        """Read what the table holds of ``items`` (``[view, normalised path, offset,
+        ...]`` each): per item the bytes read, or None for an item left to the caller."""
+        out: list[int | None] = [None] * len(items)
+        table = self._table(conn)
+        if table is None:
+            return out
         found = table.lookup_many([item[1] for item in items])
         now_ns = time.monotonic_ns()
         batch, slots = [], []
@@ -86,9 +133,6 @@ class PublishedReads:
                 out[k] = n
                 counts[loc[0], loc[1]] = counts.get((loc[0], loc[1]), 0) + 1
         if counts:
-            sc = self._sc
-            sc.locations.claim(sc.owner(conn))
-            sc.account(conn, counts, [], time.monotonic())
-            sc.report_due(conn)
+            self._account(conn, counts)
         conn.trim()
         return out

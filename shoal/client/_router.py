@@ -346,10 +346,12 @@ class Router:
             return
         self._read_placed(items, nodes, {m.id: m for m in members}, page_size, chunk_size)
 
-    def read_published(self, items: list) -> list[int | None] | None:
+    def read_published(self, items: list, whole: bool = False) -> list[int | None] | None:
         """Read what the local worker's table of published files holds of ``items``
         (``[view, normalised path, offset, ...]``), with no request naming them: per item
-        the bytes read or None (left to :meth:`read`); None when no local worker answers."""
+        the bytes read or None (left to :meth:`read`); None when no local worker answers.
+        ``whole``: ``items`` are ``Client.read_many_into``'s own, read natively as
+        :meth:`PublishedReads.read_many` does."""
         members = [m for m in self.membership().members() if not self.is_down(m)]
         local = self._local_member(members)
         if local is None:
@@ -358,6 +360,8 @@ class Router:
         if conn is None or conn.table is None:
             return None
         try:
+            if whole:
+                return self.published.read_many(conn, items)
             return self.published.read(conn, items)
         except WorkerLost as exc:
             self._lost(local, exc, opening=False)

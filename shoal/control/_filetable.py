@@ -32,11 +32,13 @@ import mmap
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..engine import crc32c
-from ..engine._slots import blake2b_16, copy_slots, find_files, put_files
+from ..engine._slots import blake2b_16, copy_slots, find_files, put_files, read_published
+from ._namespace import MAX_PATH_BYTES, MAX_PATH_COMPONENTS
 
 __all__ = [
     "FileTableReader",
@@ -335,6 +337,29 @@ class FileTableReader:
                 mm, list(paths), HEADER_SIZE, self._n, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
             )
         ]
+
+    def read_many(
+        self,
+        items: list,
+        out: list,
+        limit: int,
+        regions: tuple[dict[int, mmap.mmap], list],
+        counts: dict[int, int],
+        lacking: set[int],
+    ) -> int:
+        """Read the whole small files of ``items`` (``Client.read_many_into``'s) that the
+        table holds, out of the mapped region files ``regions`` (a reader's
+        ``RegionReader.mapped()``), into ``out``; see ``engine._slots.read_published``. The
+        index of the first item this left unchecked (0 once the table is closed)."""
+        mm = self._mm
+        if mm is None:
+            return 0
+        maps, generations = regions
+        return read_published(
+            mm, HEADER_SIZE, self._n, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE, items, out, limit,
+            maps, generations, time.monotonic_ns(), MAX_PATH_BYTES, MAX_PATH_COMPONENTS,
+            counts, lacking,
+        )  # fmt: skip
 
     def close(self) -> None:
         """Unmap the table; idempotent."""

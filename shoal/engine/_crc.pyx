@@ -77,6 +77,19 @@ cdef extern from "crc32c.h" nogil:
     int shoal_copy_crc32c_guarded(uint32_t *crc, void *dst, const void *src, size_t len)
 
 
+cdef int copy_guard() except -1:
+    """``shoal_copy_guard()``: OSError when the handler cannot be installed."""
+    if shoal_copy_guard() < 0:
+        PyErr_SetFromErrno(OSError)
+    return 0
+
+
+cdef int copy_crc32c_guarded(uint32_t *crc, void *dst, const void *src,
+                             size_t length) noexcept nogil:
+    """``shoal_copy_crc32c_guarded()``, after :func:`copy_guard` in the same batch."""
+    return shoal_copy_crc32c_guarded(crc, dst, src, length)
+
+
 cdef enum:
     COPY_MISMATCH = -1
     COPY_FAULTED = -2
@@ -158,8 +171,7 @@ def copy_verify_many(list items):
             offs[i] = offset
             lens[i] = length
             crcs[i] = crc
-        if shoal_copy_guard() < 0:
-            PyErr_SetFromErrno(OSError)
+        copy_guard()
         with nogil:
             for i in range(n):
                 got = 0

@@ -204,6 +204,8 @@ class RegionReader:
         self._fds: dict[tuple[str, int], int] = {}
         # Region -> read-only mapping of its file, or None where it is not in memory.
         self._maps: dict[tuple[str, int], mmap.mmap | None] = {}
+        # The same mappings (not the Nones), by ``tier code << 32 | region``.
+        self._by_code: dict[int, mmap.mmap] = {}
         self._map_memory = bool(map_memory)
         # Region -> {page offset: the generation its crc32c was checked at}, for parts of
         # pages read again (kept while the region's mapping is).
@@ -499,6 +501,25 @@ class RegionReader:
                         self._verified.setdefault((tier, region), {})[offset] = generation
         return results
 
+    def mapped(self) -> tuple[dict[int, mmap.mmap], list[mmap.mmap | None]]:
+        """What :func:`~shoal.engine._slots.read_published` reads through: the region files
+        mapped so far, by ``tier code << 32 | region`` (the reader's own dict, changed as
+        regions are mapped and let go), and each tier's generation table (by tier code)."""
+        tables = self._tables
+        return self._by_code, [
+            None if (t := tables.get(name)) is None else t._map for name in TIER_NAMES
+        ]
+
+    def map_regions(self, codes: Iterable[int]) -> None:
+        """Map the files of these regions (``tier code << 32 | region``) that the reader
+        holds and that are in memory, at their current size, for :meth:`mapped`."""
+        with self._lock:
+            for code in codes:
+                key = (TIER_NAMES[code >> 32], code & 0xFFFFFFFF)
+                fd = self._fds.get(key)
+                if fd is not None:
+                    self._map(key, fd, OFFSET_MAX)
+
     def _map(self, key: tuple[str, int], fd: int, end: int) -> mmap.mmap | None:
         """A read-only mapping of a region file in memory (lock held), made on first use and
         again for a page past its ``end`` when the file has changed size since; None for a
@@ -522,6 +543,8 @@ class RegionReader:
         # A mapping replaced here is left to the garbage collector: a read in another thread
         # may be about to copy out of it.
         self._maps[key] = fresh
+        if fresh is not None:
+            self._by_code[_code(key)] = fresh
         return fresh
 
     def _faulted(
@@ -539,6 +562,7 @@ class RegionReader:
                 size = None
             if self._maps.get(key) is mapped and (size is None or size < len(mapped)):
                 del self._maps[key]  # not closed: another read may still copy out of it
+                self._by_code.pop(_code(key), None)
                 self._verified.pop(key, None)
         if size is None or size < offset + length:
             now = "no longer open" if size is None else f"now {size} bytes"
@@ -556,6 +580,7 @@ class RegionReader:
         """Forget a region's mapping (lock held); a read still copying out of it keeps
         it until that read ends."""
         mapped = self._maps.pop(key, None)
+        self._by_code.pop(_code(key), None)
         self._verified.pop(key, None)
         if mapped is not None:
             # Exported to a read in progress: unmapped when that read lets it go.
@@ -623,6 +648,11 @@ class RegionReader:
 
 
 _NONE: dict[int, int] = {}
+
+
+def _code(key: tuple[str, int]) -> int:
+    """``tier code << 32 | region`` of ``(tier, region)``."""
+    return TIER_NAMES.index(key[0]) << 32 | key[1]
 
 
 def _part(i: int, part: list, length: int) -> tuple[int, int]:

@@ -1,12 +1,20 @@
 # cython: language_level=3
 """Lookups in a table of checksummed 64-byte slots that another process writes (open
 addressing, linear probing, 16-byte keys): each slot is copied once and believed only if
-its copy checks out."""
+its copy checks out. And the reads of whole small files through such a table, out of
+mapped region files, with no Python per file (``read_published``)."""
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer,
+)
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_Clear
+from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact
+from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
+
+from shoal.engine._crc cimport copy_crc32c_guarded, copy_guard
 
 
 cdef extern from "crc32c.h" nogil:
@@ -17,10 +25,26 @@ cdef extern from "blake2b.h" nogil:
 
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    bint PyUnicode_IS_ASCII(object s)
+
+
+cdef extern from *:
+    """
+    static inline void shoal_store32_release(void *p, uint32_t v) {
+        __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE);
+    }
+    static inline void shoal_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+    static inline void shoal_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+    """
+    void shoal_store32_release(void *p, uint32_t v) nogil
+    void shoal_fence_release() nogil
+    void shoal_fence_acquire() nogil
 
 
 cdef enum:
     SLOT = 64
+    TIERS = 3  # tier codes 0, 1, 2
+    NOGIL_BYTES = 256 * 1024  # pages from this size on are copied with the GIL released
 
 
 cdef tuple _fields(const uint8_t *slot):
@@ -129,15 +153,209 @@ def find_files(table, list paths, Py_ssize_t header, uint64_t count, int max_pro
     return out
 
 
-cdef extern from *:
+cdef bint _canonical(const char *p, Py_ssize_t n, Py_ssize_t max_bytes,
+                     int max_components) noexcept nogil:
+    """True for a path (ASCII) already in the canonical form of ``normalize_path``:
+    absolute, no empty, ``.`` or ``..`` component, no trailing ``/``, no NUL, within the
+    limits; such a path is its own normalised form."""
+    cdef Py_ssize_t k
+    cdef int slashes = 0
+    if n < 2 or n > max_bytes or p[0] != b'/' or p[n - 1] == b'/':
+        return False
+    for k in range(n):
+        if p[k] == 0:
+            return False
+        if p[k] == b'/':
+            slashes += 1
+            if p[k + 1] == b'/' or p[k + 1] == b'.':
+                return False
+    return slashes <= max_components
+
+
+cdef class _Region:
+    """The mapped region file a run of items is copied out of (one held at a time)."""
+    cdef Py_buffer view
+    cdef bint held
+    cdef uint64_t code
+    cdef object key
+
+    cdef int take(self, dict maps, uint64_t code) except -1:
+        """Hold the mapping of ``code``; 0 when ``maps`` has none."""
+        self.release()
+        self.code = code
+        self.key = code
+        mapped = maps.get(self.key)
+        if mapped is None:
+            return 0
+        PyObject_GetBuffer(mapped, &self.view, PyBUF_SIMPLE)
+        self.held = True
+        return 1
+
+    cdef void release(self):
+        if self.held:
+            PyBuffer_Release(&self.view)
+            self.held = False
+
+    def __dealloc__(self):
+        self.release()
+
+
+def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int state_at,
+                   int empty, int live, items, list out, Py_ssize_t limit, dict maps,
+                   list generations, uint64_t now_ns, Py_ssize_t max_path,
+                   int max_components, dict counts, set lacking):
+    """Read whole small files that a table of file slots (geometry as for
+    :func:`find_files`) holds, straight out of mapped region files, checked: the reads of
+    ``Client.read_many_into`` that need no Python per file.
+
+    ``items`` (a list) are ``(buffer, path)`` or ``(buffer, path, offset)``. From the
+    first, while each item is one this function can take whole (a tuple or list of two or
+    three; a writable C-contiguous host buffer, not one that also offers
+    ``__cuda_array_interface__``; a canonical ASCII path; an int offset >= 0), and
+    before ``limit``, an item whose ``out`` entry is None is read when the table holds its
+    file live and fresh (its slot's time past ``now_ns``) and its page is the whole read
+    (offset 0, a buffer of at least the file's size) or nothing is read (offset at or past
+    the end): ``out[i]`` becomes the bytes read. Every other item is left as it is.
+
+    A page is read only out of ``maps[key]`` (a buffer: the mapped region file; ``key``
+    the int ``tier code << 32 | region``), between two looks at the region's generation in
+    ``generations[tier code]`` (a buffer of little-endian uint64 per region) that both
+    match the slot's, and its bytes must match the slot's crc32c; a region with no mapping,
+    or a mapping too short for the page, has its key added to ``lacking``. Pages read are
+    counted per key in ``counts``.
+
+    Returns the index of the first item not taken whole (``len(items)`` or ``limit``
+    when all were): what the caller checks and reads its own way, from there on.
     """
-    static inline void shoal_store32_release(void *p, uint32_t v) {
-        __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELEASE);
-    }
-    static inline void shoal_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
-    """
-    void shoal_store32_release(void *p, uint32_t v) nogil
-    void shoal_fence_release() nogil
+    cdef Py_buffer tview, dst
+    cdef Py_buffer gens[TIERS]
+    cdef bint has_gen[TIERS]
+    cdef _Region mapped = _Region()
+    cdef uint8_t slot[SLOT]
+    cdef uint8_t key[16]
+    cdef const uint8_t *got
+    cdef const char *text
+    cdef Py_ssize_t i, n_items = len(items), size_text, offset
+    cdef uint32_t region, crc, gen, size, check
+    cdef uint64_t page_at, fresh, before, after, want
+    cdef int tier, t, fault
+    cdef bint guarded = False
+    cdef long run = 0
+    cdef object run_key = None, host_type = None
+    if limit > n_items:
+        limit = n_items
+    if len(out) < limit or len(generations) != TIERS:
+        raise ValueError("read_published: out too short, or not one generation table a tier")
+    for t in range(TIERS):
+        has_gen[t] = False
+    PyObject_GetBuffer(table, &tview, PyBUF_SIMPLE)
+    try:
+        _check_geometry("read_published", tview.len, header, count, state_at)
+        for t in range(TIERS):
+            if generations[t] is not None:
+                PyObject_GetBuffer(generations[t], &gens[t], PyBUF_SIMPLE)
+                has_gen[t] = True
+        for i in range(limit):
+            item = items[i]
+            if not (type(item) is tuple or type(item) is list) or not 2 <= len(item) <= 3:
+                return i
+            path = item[1]
+            offset = 0
+            if len(item) == 3:
+                o = item[2]
+                if not PyLong_CheckExact(o):
+                    return i
+                try:
+                    offset = PyLong_AsLongLong(o)
+                except OverflowError:
+                    PyErr_Clear()
+                    return i
+                if offset < 0:
+                    return i
+            if not PyUnicode_CheckExact(path) or not PyUnicode_IS_ASCII(path):
+                return i
+            text = PyUnicode_AsUTF8AndSize(path, &size_text)
+            if not _canonical(text, size_text, max_path, max_components):
+                return i
+            buf = item[0]
+            if type(buf) is not host_type and type(buf) is not bytearray:
+                if type(buf) is not memoryview and hasattr(buf, "__cuda_array_interface__"):
+                    return i  # refused by the caller's check, as a GPU buffer
+                host_type = type(buf)
+            try:
+                PyObject_GetBuffer(buf, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS)
+            except Exception:
+                PyErr_Clear()
+                return i
+            try:
+                if out[i] is not None:
+                    continue
+                shoal_blake2b(key, 16, text, size_text)
+                got = _probe(<const uint8_t *>tview.buf, header, count, max_probes, state_at,
+                             empty, live, key, slot)
+                if got == NULL:
+                    continue
+                tier = slot[29]
+                memcpy(&region, slot + 32, 4)
+                memcpy(&crc, slot + 36, 4)
+                memcpy(&gen, slot + 40, 4)
+                memcpy(&size, slot + 44, 4)
+                memcpy(&page_at, slot + 48, 8)
+                memcpy(&fresh, slot + 56, 8)
+                if fresh <= now_ns or tier >= TIERS or not has_gen[tier]:
+                    continue
+                if offset >= size:
+                    out[i] = 0
+                    continue
+                if offset != 0 or dst.len < size:
+                    continue  # part of the page: the caller's read checks the whole
+                want = (<uint64_t>tier << 32) | region
+                if not mapped.held or mapped.code != want:
+                    if not mapped.take(maps, want):
+                        lacking.add(mapped.key)
+                        continue
+                if page_at > <uint64_t>mapped.view.len or size > mapped.view.len - page_at:
+                    lacking.add(mapped.key)  # the file grew since it was mapped
+                    continue
+                if <uint64_t>gens[tier].len < (<uint64_t>region + 1) * 8:
+                    continue
+                memcpy(&before, <const char *>gens[tier].buf + <Py_ssize_t>region * 8, 8)
+                if before != gen:
+                    continue  # reclaimed since the slot was written
+                if not guarded:
+                    copy_guard()
+                    guarded = True
+                check = 0
+                if size < NOGIL_BYTES:
+                    fault = copy_crc32c_guarded(&check, dst.buf,
+                                                <const char *>mapped.view.buf + page_at, size)
+                else:
+                    with nogil:
+                        fault = copy_crc32c_guarded(
+                            &check, dst.buf, <const char *>mapped.view.buf + page_at, size
+                        )
+                shoal_fence_acquire()  # the page's bytes are read before the generation
+                memcpy(&after, <const char *>gens[tier].buf + <Py_ssize_t>region * 8, 8)
+                if fault < 0 or check != crc or after != gen:
+                    continue  # the caller's read tells what is wrong, or asks the worker
+                out[i] = size
+                if run_key is not mapped.key:
+                    if run:
+                        counts[run_key] = counts.get(run_key, 0) + run
+                    run = 0
+                    run_key = mapped.key
+                run += 1
+            finally:
+                PyBuffer_Release(&dst)
+        return limit
+    finally:
+        if run:
+            counts[run_key] = counts.get(run_key, 0) + run
+        mapped.release()
+        for t in range(TIERS):
+            if has_gen[t]:
+                PyBuffer_Release(&gens[t])
+        PyBuffer_Release(&tview)
 
 
 def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,

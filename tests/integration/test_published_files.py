@@ -130,6 +130,54 @@ def test_parts_of_files_and_reads_past_the_end(client, small):
         other.close()
 
 
+def test_a_batch_of_every_kind_of_item_is_read_right(client, small):
+    """Whole files come from the table natively; parts, files not cached and items after
+    one the native read cannot take are read the ordinary way; bad items get the errors
+    they always got."""
+    root, names = small
+    other = Client(load_config())
+    try:
+        before = client.report()
+        whole = [(bytearray(4096), f"/s/{n}") for n in names[100:200]]
+        want = [(root / n).read_bytes() for n in names[100:200]]
+        assert other.read_many_into(whole) == [len(w) for w in want]
+        assert [bytes(b[: len(w)]) for (b, _), w in zip(whole, want, strict=True)] == want
+        assert other.report()["file_requests"] == before["file_requests"]  # none for them
+
+        (root / "new").write_bytes(b"not cached yet")
+        client.refresh("/s/new")  # the listing of /s is cached (this empties the table)
+        read_all(client, "/s", root, names[:6])  # published again
+        datas = [(root / n).read_bytes() for n in names[:6]]
+        bufs = [bytearray(4096) for _ in range(4)]
+        arr = np.zeros(1024, dtype=np.float32)
+        items = [
+            (bufs[0], f"/s/{names[0]}"),
+            (arr, f"/s/{names[1]}", 0),
+            (bufs[1], f"/s/{names[2]}", 3),  # a part
+            (bufs[2], f"/s/{names[3]}", len(datas[3])),  # at the end
+            (memoryview(bufs[3]), f"/s//{names[4]}"),  # canonical only once normalised
+            (bytearray(64), "/s/new"),
+        ]
+        got = other.read_many_into(items)
+        assert got == [len(datas[0]), len(datas[1]), len(datas[2]) - 3, 0, len(datas[4]), 14]
+        assert bytes(bufs[0][: got[0]]) == datas[0]
+        assert arr.tobytes()[: got[1]] == datas[1]
+        assert bytes(bufs[1][: got[2]]) == datas[2][3:]
+        assert bytes(bufs[3][: got[4]]) == datas[4]
+        assert bytes(items[5][0][:14]) == b"not cached yet"
+        assert client.report()["ufs_reads"] == before["ufs_reads"] + 1  # /s/new only
+
+        bad = [(bytearray(4096), f"/s/{names[7]}"), (bytearray(4096), "s/relative")]
+        with pytest.raises(ValueError, match="absolute"):
+            other.read_many_into(bad)
+        with pytest.raises(TypeError, match="offset must be an int"):
+            other.read_many_into([(bytearray(4096), f"/s/{names[8]}", True)])
+        with pytest.raises(TypeError, match="read-only"):
+            other.read_many_into([(bytes(4096), f"/s/{names[9]}")])
+    finally:
+        other.close()
+
+
 def test_a_changed_file_is_read_new_after_a_refresh(client, small):
     root, names = small
     (root / names[0]).write_bytes(b"new content, longer than it was before" * 200)
