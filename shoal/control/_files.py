@@ -313,7 +313,7 @@ class FileResolver:
         with self._lock:
             self._epoch += 1
         if self._mounts.mounts() != before and self.metadata.on_refresh is not None:
-            self.metadata.on_refresh()  # what was said of paths under another mount is void
+            self.metadata.on_refresh(None)  # what was said of paths under another mount is void
 
     def _retire(self, where: str, store: UnderStore) -> None:
         """Close a mount's store, keeping its request counts, latencies and errors."""

@@ -19,7 +19,9 @@ A slot is only a hint, checked three ways before a byte of it is trusted:
 The worker never changes what a live table says about a path in a way a reader could
 misread: a change of what paths mean (a refresh, a mount or unmount, a freed path, an
 object found changed) supersedes the whole table with a fresh one, and readers that see
-the ``superseded`` flag ask for the new one. A worker that stops cleanly sets ``closed``.
+the ``superseded`` flag ask for the new one; a file written, deleted or renamed through
+the worker has its own slot voided in place (its time set in the past), the slots of
+every other file kept. A worker that stops cleanly sets ``closed``.
 
 The client needs this module and the engine's native probe (``engine._slots``: BLAKE2b,
 linear probing, the checks of a slot's copy): no RocksDB, no worker code.
@@ -175,6 +177,24 @@ class FileTableWriter:
         with self._lock:
             if self._mm is not None:
                 self._new_table(self._n)
+
+    def expire(self, paths: Sequence[str]) -> int:
+        """Void what the table says of ``paths`` alone, in place: each one's slot is
+        rewritten with a time already past, so readers ask the worker for it (a file
+        written, deleted or renamed through the worker, where superseding the whole table
+        would send the readers of every other file back to requests too). Slots of other
+        paths, under these or not, stay. How many paths had a slot."""
+        with self._lock:
+            mm = self._mm
+            if mm is None or not paths:
+                return 0
+            found = find_files(
+                mm, list(paths), HEADER_SIZE, self._n, MAX_PROBES, _STATE_AT, _EMPTY, _LIVE
+            )
+        # Rewritten as published (a publish of newer bytes in between is voided too: its
+        # readers ask the worker, never read stale bytes).
+        entries = [(p, *t[:6], 1) for p, t in zip(paths, found, strict=True) if t is not None]
+        return self.publish_many(entries) if entries else 0
 
     # ----------------------------------------------------------------- slots
 

@@ -74,8 +74,9 @@ class MetadataCache:
         self._lists: dict[str, tuple[float, list[ObjectInfo]]] = {}
         self._dirs: dict[str, tuple[float, dict[str, ObjectInfo]]] = {}
         self._tables = (self._stats, self._lists, self._dirs)
-        #: Called after every :meth:`refresh` (what was said of those paths is void).
-        self.on_refresh: Callable[[], None] | None = None
+        #: Called after every :meth:`refresh` (what was said of those paths is void):
+        #: with the path when only the object at that path changed, else with None.
+        self.on_refresh: Callable[[str | None], None] | None = None
         #: Refreshes (and clears) so far.
         self.refreshes = 0
 
@@ -196,12 +197,16 @@ class MetadataCache:
         """Cache the whole listing of the directory ``path`` for ``ttl`` seconds."""
         self._put(self._dirs, path, entries, ttl)
 
-    def refresh(self, path: str, notify: bool = True, above: bool = True) -> int:
+    def refresh(
+        self, path: str, notify: bool = True, above: bool = True, only: bool = False
+    ) -> int:
         """Forget ``path`` and everything under it (every entry for ``/``), and the
         listings of the directories above it, which hold its old stat too. ``notify``
         false: :attr:`on_refresh` is not told (the caller knows nothing else said of
         those paths, e.g. a new file written through the worker). ``above`` false: the
         listings above are kept (what they say of ``path`` is overridden meanwhile).
+        ``only``: the caller knows that only the object at ``path`` changed (a write,
+        delete or rename through the worker), which :attr:`on_refresh` is told.
 
         Returns
         -------
@@ -225,7 +230,7 @@ class MetadataCache:
                 dropped += len(doomed)
         self.refreshes += 1
         if notify and self.on_refresh is not None:
-            self.on_refresh()
+            self.on_refresh(path if only else None)
         return dropped
 
     def clear(self) -> None:
@@ -236,4 +241,4 @@ class MetadataCache:
             self.bytes = 0
         self.refreshes += 1
         if self.on_refresh is not None:
-            self.on_refresh()
+            self.on_refresh(None)

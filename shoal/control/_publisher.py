@@ -38,7 +38,8 @@ class Publisher:
         The worker's page store (records live in its index).
     files
         The worker's file resolver: its metadata cache is filled from the records, and
-        every refresh of it supersedes the table.
+        every refresh of it supersedes the table (but one of a single object changed
+        through the worker, which voids that file's slot alone).
     page_size
         The node's page size: files of one page are published.
     """
@@ -51,10 +52,18 @@ class Publisher:
         # Sized for the pages cached already, so that a large cache's table seldom grows
         # (each growth copies every slot while publishing waits).
         self.table = FileTableWriter(max(1 << 16, slots_for(len(store))))
-        files.metadata.on_refresh = self.table.supersede
+        files.metadata.on_refresh = self._refreshed
         self._restoring = threading.Thread(target=self._restore, name="shoal-restore", daemon=True)
         self._restoring.start()
         self._restoring.join(RESTORE_WAIT)
+
+    def _refreshed(self, path: str | None) -> None:
+        """What the worker said of paths is void: of ``path`` alone (its object changed
+        through the worker), or of any path (None)."""
+        if path is None:
+            self.table.supersede()
+        else:
+            self.table.expire([path])
 
     # ----------------------------------------------------------------- publishing
 

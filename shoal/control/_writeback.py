@@ -384,7 +384,7 @@ class WriteBack:
             self._stats["written_bytes"] += size
             self._cond.notify_all()
         if known:  # the listings above stay: the pending file overrides them
-            self._files.metadata.refresh(op.path, above=False)
+            self._files.metadata.refresh(op.path, above=False, only=True)
         return entry
 
     def _show(self, entry: _Entry) -> None:
@@ -509,7 +509,7 @@ class WriteBack:
             if now or (mode == "cache_only" and not pending):
                 self._files.store_of(mount).delete(rel, missing_ok=bool(pending))
         finally:
-            self._files.metadata.refresh(path, above=now)
+            self._files.metadata.refresh(path, above=now, only=True)
         return {}
 
     def rename(self, src: str, dst: str) -> dict:
@@ -551,8 +551,8 @@ class WriteBack:
                 self._cond.notify_all()
         if latest is None:
             self._rename_stored(src, dst)
-        self._files.metadata.refresh(src, above=latest is None)
-        self._files.metadata.refresh(dst, above=latest is None)
+        self._files.metadata.refresh(src, above=latest is None, only=True)
+        self._files.metadata.refresh(dst, above=latest is None, only=True)
         if latest is not None and (latest.mode == "write_through" or self._in_cluster()):
             left = self.wait(dst, self._wait)["files"] + self.wait(src, self._wait)["files"]
             if left:

@@ -186,6 +186,35 @@ def test_a_changed_file_is_read_new_after_a_refresh(client, small):
     assert new_process_reads(root, "/s", names[:10]) == []
 
 
+def test_writes_deletes_and_renames_void_their_own_files_only(client, small):
+    """A file written, deleted or renamed through the worker is never read old from the
+    table, and the table is not superseded for it: every other file still needs no
+    request (a checkpoint saved during training leaves the data files' table alone)."""
+    root, names = small
+    other = Client(load_config())
+    try:
+        read_all(other, "/s", root, names[:3])
+        tables = client.report()["published"]["tables"]
+        client.write(f"/s/{names[0]}", b"written through the worker")
+        client.delete(f"/s/{names[1]}")
+        client.rename(f"/s/{names[2]}", "/s/moved")
+        assert client.report()["published"]["tables"] == tables  # not superseded
+        buf = bytearray(4096)
+        assert other.read_many_into([(buf, f"/s/{names[0]}")]) == [26]
+        assert bytes(buf[:26]) == b"written through the worker"
+        with pytest.raises(FileNotFoundError):
+            other.read_many_into([(bytearray(4096), f"/s/{names[1]}")])
+        with pytest.raises(FileNotFoundError):
+            other.read_many_into([(bytearray(4096), f"/s/{names[2]}")])
+        client.wait_persisted(timeout=60)
+        assert new_process_reads(root, "/s", [names[0], "moved"]) == []
+        before = client.report()
+        assert new_process_reads(root, "/s", names[3:]) == []
+        assert client.report()["file_requests"] == before["file_requests"]
+    finally:
+        other.close()
+
+
 def test_a_changed_file_is_read_new_once_its_metadata_expires(client, tmp_path):
     root = tmp_path / "ttl"
     names = write_files(root, 20, 0, seed=2)

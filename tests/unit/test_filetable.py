@@ -56,6 +56,27 @@ def test_republishing_replaces_in_place():
     assert w.stats()["files"] == 2
 
 
+def test_expiring_paths_voids_their_slots_alone_in_place():
+    w = FileTableWriter(1024)
+    paths = [f"/d/{i}" for i in range(50)]
+    w.publish_many(entry(p, i) for i, p in enumerate(paths))
+    r = reader(w)
+    assert w.expire(["/d/3", "/d/7", "/d/absent", "/d"]) == 2
+    got = r.lookup_many(paths + ["/d/absent"])
+    assert r.current and w.stats() == {"files": 50, "slots": 1024, "tables": 1}
+    for i, rec in enumerate(got[:50]):
+        if i in (3, 7):  # as published, but with a time long past
+            assert rec == Published(100 + i, i % 3, i, i * 128, i * 7 + 1, i + 1, 1)
+        else:
+            assert rec == Published(100 + i, i % 3, i, i * 128, i * 7 + 1, i + 1, FRESH)
+    assert got[50] is None  # no slot made for a path that had none
+    assert w.expire([]) == 0
+    w.publish_many([entry("/d/3", 3)])  # published again: read again
+    assert r.lookup_many(["/d/3"])[0].fresh_until_ns == FRESH
+    w.close()
+    assert w.expire(["/d/4"]) == 0
+
+
 def test_growth_supersedes_the_old_table_and_keeps_every_file():
     w = FileTableWriter(1024, 16384)
     first = reader(w)
