@@ -47,18 +47,33 @@ cdef enum:
     NOGIL_BYTES = 256 * 1024  # pages from this size on are copied with the GIL released
 
 
+cdef struct Fields:
+    # The fields of a file slot (see ``control._filetable``) after its key.
+    uint32_t size
+    int tier
+    uint32_t region
+    uint64_t offset  # of the page in its region file
+    uint32_t crc
+    uint32_t generation
+    uint64_t fresh  # until when (monotonic ns)
+
+
+cdef void _decode(const uint8_t *slot, Fields *f) noexcept nogil:
+    f.tier = slot[29]
+    memcpy(&f.region, slot + 32, 4)
+    memcpy(&f.crc, slot + 36, 4)
+    memcpy(&f.generation, slot + 40, 4)
+    memcpy(&f.size, slot + 44, 4)
+    memcpy(&f.offset, slot + 48, 8)
+    memcpy(&f.fresh, slot + 56, 8)
+
+
 cdef tuple _fields(const uint8_t *slot):
-    """The fields of a file slot (see ``control._filetable``) after its key: size, tier,
-    region, page offset, crc32c, generation, fresh until."""
-    cdef uint32_t region, crc, gen, size
-    cdef uint64_t offset, fresh
-    memcpy(&region, slot + 32, 4)
-    memcpy(&crc, slot + 36, 4)
-    memcpy(&gen, slot + 40, 4)
-    memcpy(&size, slot + 44, 4)
-    memcpy(&offset, slot + 48, 8)
-    memcpy(&fresh, slot + 56, 8)
-    return (size, slot[29], region, offset, crc, gen, fresh)
+    """The fields of a file slot: size, tier, region, page offset, crc32c, generation,
+    fresh until."""
+    cdef Fields f
+    _decode(slot, &f)
+    return (f.size, f.tier, f.region, f.offset, f.crc, f.generation, f.fresh)
 
 
 def blake2b_16(data):
@@ -236,9 +251,10 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
     cdef const uint8_t *got
     cdef const char *text
     cdef Py_ssize_t i, n_items = len(items), size_text, offset
-    cdef uint32_t region, crc, gen, size, check
-    cdef uint64_t page_at, fresh, before, after, want
-    cdef int tier, t, fault
+    cdef Fields f
+    cdef uint32_t check
+    cdef uint64_t before, after, want
+    cdef int t, fault
     cdef bint guarded = False
     cdef long run = 0
     cdef object run_key = None, host_type = None
@@ -295,50 +311,44 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                              empty, live, key, slot)
                 if got == NULL:
                     continue
-                tier = slot[29]
-                memcpy(&region, slot + 32, 4)
-                memcpy(&crc, slot + 36, 4)
-                memcpy(&gen, slot + 40, 4)
-                memcpy(&size, slot + 44, 4)
-                memcpy(&page_at, slot + 48, 8)
-                memcpy(&fresh, slot + 56, 8)
-                if fresh <= now_ns or tier >= TIERS or not has_gen[tier]:
+                _decode(slot, &f)
+                if f.fresh <= now_ns or f.tier >= TIERS or not has_gen[f.tier]:
                     continue
-                if offset >= size:
+                if offset >= f.size:
                     out[i] = 0
                     continue
-                if offset != 0 or dst.len < size:
+                if offset != 0 or dst.len < f.size:
                     continue  # part of the page: the caller's read checks the whole
-                want = (<uint64_t>tier << 32) | region
+                want = (<uint64_t>f.tier << 32) | f.region
                 if not mapped.held or mapped.code != want:
                     if not mapped.take(maps, want):
                         lacking.add(mapped.key)
                         continue
-                if page_at > <uint64_t>mapped.view.len or size > mapped.view.len - page_at:
+                if f.offset > <uint64_t>mapped.view.len or f.size > mapped.view.len - f.offset:
                     lacking.add(mapped.key)  # the file grew since it was mapped
                     continue
-                if <uint64_t>gens[tier].len < (<uint64_t>region + 1) * 8:
+                if <uint64_t>gens[f.tier].len < (<uint64_t>f.region + 1) * 8:
                     continue
-                memcpy(&before, <const char *>gens[tier].buf + <Py_ssize_t>region * 8, 8)
-                if before != gen:
+                memcpy(&before, <const char *>gens[f.tier].buf + <Py_ssize_t>f.region * 8, 8)
+                if before != f.generation:
                     continue  # reclaimed since the slot was written
                 if not guarded:
                     copy_guard()
                     guarded = True
                 check = 0
-                if size < NOGIL_BYTES:
+                if f.size < NOGIL_BYTES:
                     fault = copy_crc32c_guarded(&check, dst.buf,
-                                                <const char *>mapped.view.buf + page_at, size)
+                                                <const char *>mapped.view.buf + f.offset, f.size)
                 else:
                     with nogil:
                         fault = copy_crc32c_guarded(
-                            &check, dst.buf, <const char *>mapped.view.buf + page_at, size
+                            &check, dst.buf, <const char *>mapped.view.buf + f.offset, f.size
                         )
                 shoal_fence_acquire()  # the page's bytes are read before the generation
-                memcpy(&after, <const char *>gens[tier].buf + <Py_ssize_t>region * 8, 8)
-                if fault < 0 or check != crc or after != gen:
+                memcpy(&after, <const char *>gens[f.tier].buf + <Py_ssize_t>f.region * 8, 8)
+                if fault < 0 or check != f.crc or after != f.generation:
                     continue  # the caller's read tells what is wrong, or asks the worker
-                out[i] = size
+                out[i] = f.size
                 if run_key is not mapped.key:
                     if run:
                         counts[run_key] = counts.get(run_key, 0) + run
