@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -184,6 +186,40 @@ def test_a_changed_file_is_read_new_after_a_refresh(client, small):
     (root / names[1]).write_bytes(b"x")
     client.refresh("/s")
     assert new_process_reads(root, "/s", names[:10]) == []
+
+
+def test_threads_of_one_client_read_through_the_table_at_once(client, small):
+    """Each thread has its own connection, mapped table and region mappings: threads
+    reading the same files at once all get the right bytes, with no request per file."""
+    root, names = small
+    want = {n: (root / n).read_bytes() for n in names}
+    other = Client(load_config())
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        try:
+            order = list(names)
+            random.Random(seed).shuffle(order)
+            for _ in range(3):
+                items = [(bytearray(4096), f"/s/{n}") for n in order]
+                got = other.read_many_into(items)
+                for (buf, _), n, k in zip(items, order, got, strict=True):
+                    assert k == len(want[n]) and bytes(buf[:k]) == want[n]
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    try:
+        other.read_many_into([(bytearray(4096), f"/s/{names[0]}")])  # connected
+        before = client.report()
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert client.report()["file_requests"] == before["file_requests"]
+    finally:
+        other.close()
 
 
 def test_writes_deletes_and_renames_void_their_own_files_only(client, small):
