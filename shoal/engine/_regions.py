@@ -204,8 +204,9 @@ class RegionReader:
         self._fds: dict[tuple[str, int], int] = {}
         # Region -> read-only mapping of its file, or None where it is not in memory.
         self._maps: dict[tuple[str, int], mmap.mmap | None] = {}
-        # The same mappings (not the Nones), by ``tier code << 32 | region``.
-        self._by_code: dict[int, mmap.mmap] = {}
+        # The same, by ``tier code << 32 | region``: the mapping, or the descriptor where
+        # there is none.
+        self._by_code: dict[int, mmap.mmap | int] = {}
         self._map_memory = bool(map_memory)
         # Region -> {page offset: the generation its crc32c was checked at}, for parts of
         # pages read again (kept while the region's mapping is).
@@ -501,10 +502,11 @@ class RegionReader:
                         self._verified.setdefault((tier, region), {})[offset] = generation
         return results
 
-    def mapped(self) -> tuple[dict[int, mmap.mmap], list[mmap.mmap | None]]:
+    def mapped(self) -> tuple[dict[int, mmap.mmap | int], list[mmap.mmap | None]]:
         """What :func:`~shoal.engine._slots.read_published` reads through: the region files
-        mapped so far, by ``tier code << 32 | region`` (the reader's own dict, changed as
-        regions are mapped and let go), and each tier's generation table (by tier code)."""
+        looked at so far, by ``tier code << 32 | region`` (the reader's own dict, changed
+        as regions are mapped and let go), each its mapping, or its descriptor where it is
+        on a disk; and each tier's generation table (by tier code)."""
         tables = self._tables
         return self._by_code, [
             None if (t := tables.get(name)) is None else t._map for name in TIER_NAMES
@@ -512,7 +514,8 @@ class RegionReader:
 
     def map_regions(self, codes: Iterable[int]) -> None:
         """Map the files of these regions (``tier code << 32 | region``) that the reader
-        holds and that are in memory, at their current size, for :meth:`mapped`."""
+        holds, at their current size, for :meth:`mapped` (those on a disk are read
+        through their descriptors instead)."""
         with self._lock:
             for code in codes:
                 key = (TIER_NAMES[code >> 32], code & 0xFFFFFFFF)
@@ -529,6 +532,7 @@ class RegionReader:
             return mapped
         if mapped is False and not (self._map_memory and memory_backed(fd)):
             self._maps[key] = None
+            self._by_code[_code(key)] = fd  # read with pread
             return None
         try:
             size = os.fstat(fd).st_size
@@ -539,12 +543,12 @@ class RegionReader:
             fresh = None
         if fresh is False:  # empty for now: mapped once it holds pages
             self._maps.pop(key, None)
+            self._by_code.pop(_code(key), None)
             return None
         # A mapping replaced here is left to the garbage collector: a read in another thread
         # may be about to copy out of it.
         self._maps[key] = fresh
-        if fresh is not None:
-            self._by_code[_code(key)] = fresh
+        self._by_code[_code(key)] = fd if fresh is None else fresh
         return fresh
 
     def _faulted(

@@ -13,6 +13,8 @@ from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy
+from posix.types cimport off_t
+from posix.unistd cimport pread
 
 from shoal.engine._crc cimport copy_crc32c_guarded, copy_guard
 
@@ -188,31 +190,53 @@ cdef bint _canonical(const char *p, Py_ssize_t n, Py_ssize_t max_bytes,
 
 
 cdef class _Region:
-    """The mapped region file a run of items is copied out of (one held at a time)."""
+    """The region file a run of items is read from (one held at a time): its mapping, or
+    its descriptor where it is on a disk (read with ``pread``, through the page cache)."""
     cdef Py_buffer view
     cdef bint held
+    cdef int fd  # -1 when ``view`` holds the mapping
     cdef uint64_t code
     cdef object key
 
     cdef int take(self, dict maps, uint64_t code) except -1:
-        """Hold the mapping of ``code``; 0 when ``maps`` has none."""
+        """Hold the mapping or descriptor of ``code``; 0 when ``maps`` has neither."""
         self.release()
         self.code = code
         self.key = code
         mapped = maps.get(self.key)
         if mapped is None:
             return 0
-        PyObject_GetBuffer(mapped, &self.view, PyBUF_SIMPLE)
+        if type(mapped) is int:
+            self.fd = mapped
+        else:
+            PyObject_GetBuffer(mapped, &self.view, PyBUF_SIMPLE)
+            self.fd = -1
         self.held = True
         return 1
 
     cdef void release(self):
-        if self.held:
+        if self.held and self.fd < 0:
             PyBuffer_Release(&self.view)
-            self.held = False
+        self.held = False
 
     def __dealloc__(self):
         self.release()
+
+
+cdef int _read_page(int fd, const char *mapped, void *dst, uint64_t offset, uint32_t size,
+                    uint32_t *crc) noexcept nogil:
+    """Copy ``size`` bytes at ``offset`` of a region file into ``dst`` (out of its mapping,
+    or with ``pread`` from ``fd`` when it has none: ``fd`` >= 0), their crc32c into
+    ``*crc``: 0, or -1 (a fault, an error or a short read: the caller's read reports it)."""
+    cdef ssize_t got
+    crc[0] = 0
+    if fd < 0:
+        return copy_crc32c_guarded(crc, dst, mapped + offset, size)
+    got = pread(fd, dst, size, <off_t>offset)
+    if got != <ssize_t>size:
+        return -1
+    crc[0] = shoal_crc32c(0, dst, size)
+    return 0
 
 
 def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int state_at,
@@ -220,7 +244,7 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                    list generations, uint64_t now_ns, Py_ssize_t max_path,
                    int max_components, dict counts, set lacking):
     """Read whole small files that a table of file slots (geometry as for
-    :func:`find_files`) holds, straight out of mapped region files, checked: the reads of
+    :func:`find_files`) holds, straight from the region files, checked: the reads of
     ``Client.read_many_into`` that need no Python per file.
 
     ``items`` (a list) are ``(buffer, path)`` or ``(buffer, path, offset)``. From the
@@ -232,12 +256,13 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
     (offset 0, a buffer of at least the file's size) or nothing is read (offset at or past
     the end): ``out[i]`` becomes the bytes read. Every other item is left as it is.
 
-    A page is read only out of ``maps[key]`` (a buffer: the mapped region file; ``key``
-    the int ``tier code << 32 | region``), between two looks at the region's generation in
-    ``generations[tier code]`` (a buffer of little-endian uint64 per region) that both
-    match the slot's, and its bytes must match the slot's crc32c; a region with no mapping,
-    or a mapping too short for the page, has its key added to ``lacking``. Pages read are
-    counted per key in ``counts``.
+    A page is read only from ``maps[key]`` (``key`` the int ``tier code << 32 | region``):
+    a buffer, the mapped region file, copied out of; or an int, a descriptor of the region
+    file, read with ``pread``. It is read between two looks at the region's generation in
+    ``generations[tier code]`` (a buffer of little-endian uint64 per region, or None) that
+    both match the slot's, and its bytes must match the slot's crc32c; a region with
+    neither, no generation table, or a mapping too short for the page, has its key added
+    to ``lacking``. Pages read are counted per key in ``counts``.
 
     Returns the index of the first item not taken whole (``len(items)`` or ``limit``
     when all were): what the caller checks and reads its own way, from there on.
@@ -250,6 +275,7 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
     cdef uint8_t key[16]
     cdef const uint8_t *got
     cdef const char *text
+    cdef const char *base
     cdef Py_ssize_t i, n_items = len(items), size_text, offset
     cdef Fields f
     cdef uint32_t check
@@ -312,7 +338,7 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                 if got == NULL:
                     continue
                 _decode(slot, &f)
-                if f.fresh <= now_ns or f.tier >= TIERS or not has_gen[f.tier]:
+                if f.fresh <= now_ns or f.tier >= TIERS:
                     continue
                 if offset >= f.size:
                     out[i] = 0
@@ -324,7 +350,11 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                     if not mapped.take(maps, want):
                         lacking.add(mapped.key)
                         continue
-                if f.offset > <uint64_t>mapped.view.len or f.size > mapped.view.len - f.offset:
+                if not has_gen[f.tier]:
+                    lacking.add(mapped.key)  # asked for with the region's descriptor
+                    continue
+                if mapped.fd < 0 and (f.offset > <uint64_t>mapped.view.len
+                                      or f.size > mapped.view.len - f.offset):
                     lacking.add(mapped.key)  # the file grew since it was mapped
                     continue
                 if <uint64_t>gens[f.tier].len < (<uint64_t>f.region + 1) * 8:
@@ -332,18 +362,15 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                 memcpy(&before, <const char *>gens[f.tier].buf + <Py_ssize_t>f.region * 8, 8)
                 if before != f.generation:
                     continue  # reclaimed since the slot was written
-                if not guarded:
+                if not guarded and mapped.fd < 0:
                     copy_guard()
                     guarded = True
-                check = 0
+                base = <const char *>mapped.view.buf if mapped.fd < 0 else NULL
                 if f.size < NOGIL_BYTES:
-                    fault = copy_crc32c_guarded(&check, dst.buf,
-                                                <const char *>mapped.view.buf + f.offset, f.size)
+                    fault = _read_page(mapped.fd, base, dst.buf, f.offset, f.size, &check)
                 else:
                     with nogil:
-                        fault = copy_crc32c_guarded(
-                            &check, dst.buf, <const char *>mapped.view.buf + f.offset, f.size
-                        )
+                        fault = _read_page(mapped.fd, base, dst.buf, f.offset, f.size, &check)
                 shoal_fence_acquire()  # the page's bytes are read before the generation
                 memcpy(&after, <const char *>gens[f.tier].buf + <Py_ssize_t>f.region * 8, 8)
                 if fault < 0 or check != f.crc or after != f.generation:

@@ -18,6 +18,7 @@ from conftest import kill_worker, shoal_environment, stop_worker
 
 from shoal import Client
 from shoal._config import load_config
+from shoal.client._published import PublishedReads
 
 # A new process: reads every path given (JSON on stdin: mount point, names) into buffers
 # one byte larger than the file's size on disk, and prints per file whether the bytes match
@@ -186,6 +187,36 @@ def test_a_changed_file_is_read_new_after_a_refresh(client, small):
     (root / names[1]).write_bytes(b"x")
     client.refresh("/s")
     assert new_process_reads(root, "/s", names[:10]) == []
+
+
+@pytest.mark.parametrize("mem", [0, 8 << 20], ids=["disk tier", "memory tier"])
+def test_whole_files_come_from_the_native_read(tmp_path, monkeypatch, mem):
+    """Whole warm files are read by the native call, with no Python per file: out of the
+    mapped region files of a memory tier, with ``pread`` from those of a disk tier. The
+    Python path of the table is made to fail here, so anything it served would show."""
+    with shoal_environment(mem_capacity=mem):
+        c = Client(load_config())
+        try:
+            root = tmp_path / "n"
+            names = write_files(root, 200, 0, seed=5)
+            c.mount("/n", str(root), metadata_ttl=3600)
+            read_all(c, "/n", root, names)
+            tiers = c.report()["tiers"]
+            assert tiers["MEM" if mem else "SSD"]["regions_used"] > 0
+            assert mem or "MEM" not in tiers
+
+            def python_path(*args):
+                raise AssertionError("a whole file was read by the Python path")
+
+            monkeypatch.setattr(PublishedReads, "read", python_path)
+            with Client(load_config()) as other:
+                before = c.report()
+                read_all(other, "/n", root, names)  # every byte checked
+                assert c.report()["file_requests"] == before["file_requests"]
+                with pytest.raises(AssertionError, match="Python path"):
+                    other.read_into(bytearray(10), f"/n/{names[0]}", 1)  # a part: Python
+        finally:
+            c.close()
 
 
 def test_threads_of_one_client_read_through_the_table_at_once(client, small):

@@ -132,7 +132,9 @@ def test_a_reclaimed_region_a_bad_page_or_an_old_slot_is_never_served(store):
         old.writer.publish_many([("/d/f000", 5, 0, REGION, 0, 1, GEN, time.monotonic_ns())])
         assert old.read([(bytearray(400), "/d/f000")])[1] == [None]  # its time is past
         old.writer.publish_many([("/d/f000", 5, 1, REGION, 0, 1, GEN, FRESH)])
-        assert old.read([(bytearray(400), "/d/f000")])[1] == [None]  # no generation table
+        ssd = 1 << 32 | REGION  # no generation table of tier 1: asked for
+        _, out, _, lacking = old.read([(bytearray(400), "/d/f000")], maps={ssd: old.region})
+        assert out == [None] and lacking == {ssd}
     finally:
         old.close()
 
@@ -147,6 +149,30 @@ def test_regions_not_mapped_or_mapped_short_are_asked_for(store):
     stop, out, counts, lacking = store.read(items, maps=short)
     assert lacking == {CODE} and out == [first] + [None] * (len(items) - 1)
     assert counts == {CODE: 1}
+
+
+def test_region_files_on_a_disk_are_read_with_pread(store, tmp_path):
+    path = tmp_path / "region"
+    path.write_bytes(bytes(store.region))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        paths = list(store.files)
+        items = [(bytearray(400), p) for p in paths]
+        stop, out, counts, lacking = store.read(items, maps={CODE: fd})
+        assert stop == len(items) and not lacking
+        assert out == [len(store.files[p]) for p in paths] and counts == {CODE: len(paths)}
+        for (buf, p), n in zip(items, out, strict=True):
+            assert bytes(buf[:n]) == store.files[p]
+        store.gens[8 * REGION] = GEN + 1  # reclaimed: not served
+        assert store.read(items[:1], maps={CODE: fd})[1] == [None]
+        store.gens[8 * REGION] = GEN
+        os.truncate(path, 64)  # cut short under the reader: a short read, left
+        assert store.read(items[1:2], maps={CODE: fd})[1] == [None]
+        path.write_bytes(bytes(len(store.region)))  # other bytes: their crc32c fails
+        assert store.read(items[:3], maps={CODE: fd})[1] == [None] * 3
+    finally:
+        os.close(fd)
+    assert store.read(items[:1], maps={CODE: fd})[1] == [None]  # a closed descriptor
 
 
 def test_only_the_items_still_none_before_the_limit_are_read(store):
