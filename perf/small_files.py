@@ -14,9 +14,11 @@ three passes a round);
 (2) the same files warm in Shoal, read with ``Client.read_many_into`` in batches of
 ``--batch`` into reused buffers by a new process (this script with ``--child``): its first
 pass, its third pass, and the first pass of another new process after the worker was
-restarted (``shoal down``; the cache stays on tmpfs and disk); with the requests each first
-pass made to the worker (from the worker's report, taken before the process starts and
-after its first pass);
+restarted (``shoal down``; the cache stays on tmpfs and disk); (2d) the first pass of new
+processes with the same files cached on a disk tier alone (a second home with no MEM tier,
+its region files read with ``pread``); with the requests each first pass made to the
+worker (from the worker's report, taken before the process starts and after its first
+pass);
 (3) a torch DataLoader epoch (4 workers, workers not persistent: each epoch forks new
 processes) over ``--loader-files`` warm files, each item 64 files read with
 ``read_many_into`` by a client made in the worker process, against the same loader over
@@ -343,6 +345,7 @@ class Results:
     local_rate: float | None = None
     children: list[ChildRun] = field(default_factory=list)
     restarted: list[ChildRun] = field(default_factory=list)
+    on_disk: list[ChildRun] = field(default_factory=list)  # (2d): no MEM tier
     loader_files: int = 0
     loader_local: float | None = None
     loader_shoal: float | None = None
@@ -490,6 +493,23 @@ def bench_mixed_space(args, root: Path, allowed: dict, res: Results) -> None:
         res.space["1 to 64 KiB"] = tier_space(client.report())
 
 
+def bench_disk_tier(args, folder: Path, allowed: dict, res: Results) -> None:
+    """(2d): the warm files of (2a) cached on a disk tier alone (a second home with no MEM
+    tier), read by new processes."""
+    step("(2d) every 7th file cached on a disk tier alone (no MEM tier), then new processes")
+    with (
+        TemporaryHome("shoal-small-", config={**allowed, "mem_capacity": 0}),
+        shoal.Client() as client,
+    ):
+        client.mount(SMALL, folder.as_uri())
+        bufs = slots(args.batch)
+        for b in batched(list(range(0, args.files, EVERY)), args.batch):
+            client.read_many_into([(bufs[k], f"{SMALL}/{small_name(i)}") for k, i in enumerate(b)])
+        assert "MEM" not in client.report()["tiers"]
+        for _ in range(args.rounds):
+            res.on_disk.append(run_child(client, args.files, args.batch, 1))
+
+
 def fill_table(args, res: Results, table: Table) -> None:
     n = res.n
     sec = (
@@ -507,6 +527,7 @@ def fill_table(args, res: Results, table: Table) -> None:
     first = max(c.rates[0] for c in res.children)
     third = max(c.rates[-1] for c in res.children)
     again = max(c.rates[0] for c in res.restarted)
+    on_disk = max(c.rates[0] for c in res.on_disk)
     rounds = f"best of {args.rounds} processes" if args.rounds > 1 else "one process"
     how = f"read_many_into, {args.batch} a batch, {rounds}"
     table.add(
@@ -524,7 +545,14 @@ def fill_table(args, res: Results, table: Table) -> None:
         "files/s",
         "after shoal down; a new worker started, the cache kept",
     )
-    for label, runs in (("(2a)", res.children), ("(2c)", res.restarted)):
+    table.add(
+        sec,
+        "(2d) shoal: a new process, first pass, the files on a disk tier",
+        on_disk,
+        "files/s",
+        "a home with no MEM tier: pages read with pread",
+    )
+    for label, runs in (("(2a)", res.children), ("(2c)", res.restarted), ("(2d)", res.on_disk)):
         counts = sorted({c.requests for c in runs})
         per_k = 1000 * min(counts) / res.seventh
         shown = " or ".join(f"{c:,}" for c in counts)
@@ -538,6 +566,7 @@ def fill_table(args, res: Results, table: Table) -> None:
     table.ratio(sec, "(2a) new process, first pass / local", first, res.local_rate, 1.0)
     table.ratio(sec, f"(2b) new process, pass {PASSES} / local", third, res.local_rate, 1.3)
     table.ratio(sec, "(2c) after a worker restart, first pass / local", again, res.local_rate, 0.8)
+    table.ratio(sec, "(2d) disk tier, new process, first pass / local", on_disk, res.local_rate)
 
     sec = (
         f"(3) torch DataLoader epoch, 4 workers (not persistent), {res.loader_files:,} warm "
@@ -651,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_warm(args, client, folder, res)
             bench_loader(args, client, folder, res)
         bench_mixed_space(args, root, allowed, res)
+        bench_disk_tier(args, folder, allowed, res)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     fill_table(args, res, table)
