@@ -58,10 +58,9 @@ class PublishedReads:
             maps, generations = reader.mapped()
             if any(c in maps for c in lacking):
                 table.read_many(items, out, stop, (maps, generations), counts, set())
-        if counts:
-            self._account(
-                conn, {(TIER_NAMES[c >> 32], c & 0xFFFFFFFF): k for c, k in counts.items()}
-            )
+        if counts:  # reported now unless the items left are read on (and report then)
+            named = {(TIER_NAMES[c >> 32], c & 0xFFFFFFFF): k for c, k in counts.items()}
+            self._account(conn, named, report=None not in out)
         conn.trim()
         return out
 
@@ -78,13 +77,17 @@ class PublishedReads:
                 return None
         return table
 
-    def _account(self, conn: Connection, counts: dict[tuple[str, int], int]) -> None:
+    def _account(
+        self, conn: Connection, counts: dict[tuple[str, int], int], report: bool = True
+    ) -> None:
         """Pages read through the table (per region) count as the short-circuit reader's:
-        the worker hears of them with its ``touch`` reports."""
+        the worker hears of them with its ``touch`` reports (``report``: one is sent now
+        if it is due)."""
         sc = self._sc
         sc.locations.claim(sc.owner(conn))
         sc.account(conn, counts, [], time.monotonic())
-        sc.report_due(conn)
+        if report:
+            sc.report_due(conn)
 
     def read(self, conn: Connection, items: list) -> list[int | None]:
         """Read what the table holds of ``items`` (``[view, normalised path, offset,

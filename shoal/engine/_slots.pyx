@@ -366,9 +366,9 @@ def read_published(table, Py_ssize_t header, uint64_t count, int max_probes, int
                     copy_guard()
                     guarded = True
                 base = <const char *>mapped.view.buf if mapped.fd < 0 else NULL
-                if f.size < NOGIL_BYTES:
+                if mapped.fd < 0 and f.size < NOGIL_BYTES:  # a short copy out of memory
                     fault = _read_page(mapped.fd, base, dst.buf, f.offset, f.size, &check)
-                else:
+                else:  # a long copy, or a read that may wait for the disk
                     with nogil:
                         fault = _read_page(mapped.fd, base, dst.buf, f.offset, f.size, &check)
                 shoal_fence_acquire()  # the page's bytes are read before the generation
