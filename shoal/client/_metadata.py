@@ -102,21 +102,24 @@ class ClientMetadata:
         left = [i for i, n in enumerate(out) if n is None]
         if not left:
             return out
-        if len(left) == len(out):
-            return self._read_many(live, items)
-        for i, n in zip(left, self._read_many(live, [items[i] for i in left]), strict=True):
+        rest = self._read_many(live, [items[i] for i in left], left)
+        for i, n in zip(left, rest, strict=True):
             out[i] = n
         return out
 
-    def _read_many(self, live: Callable[[], Router], items: list) -> list[int]:
+    def _read_many(
+        self, live: Callable[[], Router], items: list, numbers: list[int] | None = None
+    ) -> list[int]:
         """:meth:`read_many` of items none of which was read yet: checked, then read
         through this metadata (and the table of published files, for files this process
-        knows nothing of yet)."""
+        knows nothing of yet). ``numbers``: each item's place in the caller's batch, for
+        the errors (default: its place in ``items``)."""
         checked = []
         cache, now, normalized = self.entries, time.monotonic(), self.normalized
         for i, item in enumerate(items):
             if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
-                raise ValueError(f"item {i}: expected (buf, path, offset), got {item!r}")
+                at = i if numbers is None else numbers[i]
+                raise ValueError(f"item {at}: expected (buf, path, offset), got {item!r}")
             buf, path = item[0], item[1]
             offset = item[2] if len(item) == 3 else 0
             if isinstance(offset, bool) or not isinstance(offset, int):

@@ -13,7 +13,7 @@ import time
 
 from ..control._filetable import FileTableReader
 from ..control.proto import MAX_FDS
-from ..engine._regions import TIER_NAMES
+from ..engine._regions import TIER_NAMES, region_of
 from ._connection import Connection
 from ._shortcircuit import ShortCircuit
 
@@ -50,8 +50,7 @@ class PublishedReads:
         lacking: set[int] = set()
         stop = table.read_many(items, out, len(items), reader.mapped(), counts, lacking)
         if lacking:  # regions this connection holds no descriptor or mapping of yet
-            wanted = [[TIER_NAMES[c >> 32], c & 0xFFFFFFFF] for c in lacking]
-            missing = [r for r in wanted if not conn.holds(*r)]
+            missing = [list(r) for r in map(region_of, lacking) if not conn.holds(*r)]
             if missing:
                 conn.fetch_regions(missing[:_MAX_REGIONS])
             reader.map_regions(lacking)
@@ -59,7 +58,7 @@ class PublishedReads:
             if any(c in maps for c in lacking):
                 table.read_many(items, out, stop, (maps, generations), counts, set())
         if counts:  # reported now unless the items left are read on (and report then)
-            named = {(TIER_NAMES[c >> 32], c & 0xFFFFFFFF): k for c, k in counts.items()}
+            named = {region_of(c): k for c, k in counts.items()}
             self._account(conn, named, report=None not in out)
         conn.trim()
         return out

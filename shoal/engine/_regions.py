@@ -518,7 +518,7 @@ class RegionReader:
         through their descriptors instead)."""
         with self._lock:
             for code in codes:
-                key = (TIER_NAMES[code >> 32], code & 0xFFFFFFFF)
+                key = region_of(code)
                 fd = self._fds.get(key)
                 if fd is not None:
                     self._map(key, fd, OFFSET_MAX)
@@ -655,8 +655,14 @@ _NONE: dict[int, int] = {}
 
 
 def _code(key: tuple[str, int]) -> int:
-    """``tier code << 32 | region`` of ``(tier, region)``."""
+    """``tier code << 32 | region`` of ``(tier, region)``: how the native reads name a
+    region (see :meth:`RegionReader.mapped`)."""
     return TIER_NAMES.index(key[0]) << 32 | key[1]
+
+
+def region_of(code: int) -> tuple[str, int]:
+    """``(tier, region)`` of a region's code (``tier code << 32 | region``)."""
+    return TIER_NAMES[code >> 32], code & 0xFFFFFFFF
 
 
 def _part(i: int, part: list, length: int) -> tuple[int, int]:

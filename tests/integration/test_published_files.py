@@ -173,6 +173,8 @@ def test_a_batch_of_every_kind_of_item_is_read_right(client, small):
         bad = [(bytearray(4096), f"/s/{names[7]}"), (bytearray(4096), "s/relative")]
         with pytest.raises(ValueError, match="absolute"):
             other.read_many_into(bad)
+        with pytest.raises(ValueError, match="^item 2: expected"):  # its place in the batch
+            other.read_many_into([items[0], items[1], "text"])  # two read from the table
         with pytest.raises(TypeError, match="offset must be an int"):
             other.read_many_into([(bytearray(4096), f"/s/{names[8]}", True)])
         with pytest.raises(TypeError, match="read-only"):
