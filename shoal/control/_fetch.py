@@ -362,12 +362,17 @@ class Fetcher:
         table (see :meth:`start`). ``publish``: publish the files stored (see
         ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
-        by_store: dict[tuple[int, str | None, bool], list[int]] = {}
+        by_store: dict[tuple, list[int]] = {}
+        groups: dict[tuple[int, int], tuple] = {}  # (store, options) by identity -> group
         there = self._store.contains_many([p.key for p in pages])
         for i, (p, cached) in enumerate(zip(pages, there, strict=True)):
             if not cached:
-                own = p.file.own
-                group = (id(p.file.store), *[own[name] for name in _GROUPED])
+                f = p.file
+                group = groups.get((id(f.store), id(f.own)))
+                if group is None:  # files of one listing share their options' mapping
+                    own = f.own
+                    group = (id(f.store), *[own[name] for name in _GROUPED])
+                    groups[id(f.store), id(own)] = group
                 by_store.setdefault(group, []).append(i)
         for slots in by_store.values():
             self._fetch_group(pages, slots, out, publish)

@@ -18,7 +18,7 @@ import msgpack
 
 from .ufs import ObjectInfo
 
-__all__ = ["FileRecord", "decode_record", "encode_record"]
+__all__ = ["FileRecord", "decode_record", "encode_record", "encode_records"]
 
 _FORMAT = 1
 
@@ -33,8 +33,17 @@ class FileRecord(NamedTuple):
 
 def encode_record(uri: str, info: ObjectInfo, ttl_left: float) -> bytes:
     """The record of a file whose metadata holds ``ttl_left`` seconds more."""
-    expires = time.time() + ttl_left
-    return msgpack.packb([_FORMAT, uri, info.path, info.version, info.size, info.mtime, expires])
+    return encode_records([(uri, info, ttl_left)])[0]
+
+
+def encode_records(items: list[tuple[str, ObjectInfo, float]]) -> list[bytes]:
+    """:func:`encode_record` of each ``(uri, info, ttl_left)``, with one packer and one
+    look at the clock for them all."""
+    now, pack = time.time(), msgpack.Packer().pack
+    return [
+        pack([_FORMAT, uri, info.path, info.version, info.size, info.mtime, now + left])
+        for uri, info, left in items
+    ]
 
 
 def decode_record(value: bytes) -> FileRecord | None:

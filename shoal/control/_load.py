@@ -29,6 +29,8 @@ __all__ = ["Loader", "job_handlers", "placement_filter"]
 _LOAD_CHUNK = 4096
 _LOAD_CHUNK_BYTES = 8 << 20
 _LOAD_TASKS = 2
+#: The end of the key of a file's first page (see ``page_key``), the file's id before it.
+_FIRST_PAGE = page_key(bytes(16), 0)[16:]
 
 
 class Loader:
@@ -92,7 +94,7 @@ class Loader:
         for f in files:
             size = f.info.size
             if placement is None and 0 < size <= ps:  # one page, all of it here
-                ones.append(Page(page_key(f.fid, 0), f, 0, size))
+                ones.append(Page(f.fid + _FIRST_PAGE, f, 0, size))  # as page_key makes it
                 bytes_total += size
                 continue
             pages = mine(f, fetcher.pages_of(f))

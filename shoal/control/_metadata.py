@@ -140,7 +140,8 @@ class MetadataCache:
         """:meth:`put_stat` of each ``(path, info)``, with one look at the lock and clock."""
         if ttl <= 0 or not items:
             return
-        costs = [_cost(path, info) for path, info in items]
+        fixed = _ENTRY_BYTES + _INFO_BYTES  # as _cost counts an ObjectInfo
+        costs = [fixed + len(path) + len(info.path) + len(info.version) for path, info in items]
         stats = self._stats
         with self._lock:
             until = self._clock() + ttl

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..engine import PageLocation, PageStore
 from ..engine._regions import TIER_NAMES
-from ._filerecords import decode_record, encode_record
+from ._filerecords import decode_record, encode_record, encode_records
 from ._files import File, FileResolver
 from ._filetable import FileTableWriter, slots_for
 from ._pages import file_id, page_key
@@ -109,10 +109,16 @@ class Publisher:
         None), with one look at the metadata cache for them all."""
         untils = self._files.metadata.expiries([(f.path, f.info) for f in files])
         now = time.monotonic()
-        records = [
-            _record(f.path, f.mount.child_uri(f.rel), f.info, f.own["metadata_ttl"], until, now)
-            for f, until in zip(files, untils, strict=True)
-        ]
+        records: list[tuple | None] = [None] * len(files)
+        kept, items = [], []  # as _record says, for them all at once
+        for k, (f, until) in enumerate(zip(files, untils, strict=True)):
+            ttl = f.own["metadata_ttl"]
+            left = ttl if until is None else until - now
+            if ttl > 0 and left > 0 and not f.info.is_dir:
+                kept.append(k)
+                items.append((f.mount.child_uri(f.rel), f.info, left))
+        for k, value in zip(kept, encode_records(items), strict=True):
+            records[k] = (files[k].path.encode("utf-8", "surrogateescape"), value)
         return untils, records
 
     # ----------------------------------------------------------------- restart

@@ -24,7 +24,7 @@ from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport (
     errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, EMFILE, ENFILE, ENOMEM,
 )
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from posix.stat cimport struct_stat, fstat, S_ISREG, S_ISDIR
 from posix.unistd cimport close, pread
 from posix.fcntl cimport O_RDONLY, O_NONBLOCK, O_CLOEXEC
@@ -53,6 +53,7 @@ cdef extern from "<fcntl.h>" nogil:
 
 cdef extern from "<string.h>" nogil:
     size_t strlen(const char *s)
+    void *memcpy(void *dest, const void *src, size_t n)
 
 cdef extern from *:
     """
@@ -374,60 +375,105 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
         free(views)
 
 
-def list_dir(int dir_fd):
-    """The entries of the open directory ``dir_fd`` (read from its start; the descriptor
-    stays open, its read position moved): ``(files, dirs)``, ``files`` a list of ``(name, size, mtime_ns, mtime)``
-    of its regular files (``mtime`` in seconds, as ``os.stat`` gives it), ``dirs`` a list
-    of the names of its subdirectories. Links and other kinds are left out, as are entries
-    gone by the time they are looked at. One ``readdir`` and one ``fstatat`` (no link
-    followed) per entry, the GIL released for the lot. Raises ``OSError`` when the
-    directory cannot be read."""
-    cdef int fd
-    cdef DIR *d
+cdef struct _Listed:
+    # One entry of a directory as ``list_dir`` gathers it with the GIL released.
+    char name[256]
+    size_t length
+    bint is_dir
+    long long size
+    long long mtime_sec
+    long long mtime_nsec
+
+
+#: Entries ``list_dir`` gathers per release of the GIL.
+cdef enum:
+    _LIST_BATCH = 4096
+
+
+cdef Py_ssize_t _list_some(DIR *d, int dir_fd, _Listed *out, int *err) noexcept nogil:
+    """Up to ``_LIST_BATCH`` regular files and directories of ``d`` into ``out`` (stat'd
+    with no link followed); how many. At the end of the directory, fewer (0 at the end),
+    ``err`` set when reading it failed."""
+    cdef Py_ssize_t k = 0
     cdef dirent *e
     cdef struct_stat st
     cdef const char *name
-    cdef size_t n
+    while k < _LIST_BATCH:
+        shoal_clear_errno()
+        e = readdir(d)
+        if e == NULL:
+            err[0] = c_errno
+            break
+        name = e.d_name
+        if name[0] == 46 and (name[1] == 0 or (name[1] == 46 and name[2] == 0)):
+            continue  # . and ..
+        if e.d_type != DT_REG and e.d_type != DT_DIR and e.d_type != DT_UNKNOWN:
+            continue  # a link, a device, a pipe, a socket
+        if fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
+            continue  # gone since it was listed
+        if not S_ISREG(st.st_mode) and not S_ISDIR(st.st_mode):
+            continue
+        out[k].length = strlen(name)
+        memcpy(out[k].name, name, out[k].length)
+        out[k].is_dir = S_ISDIR(st.st_mode)
+        out[k].size = st.st_size
+        out[k].mtime_sec = st.st_mtim.tv_sec
+        out[k].mtime_nsec = st.st_mtim.tv_nsec
+        k += 1
+    return k
+
+
+def list_dir(int dir_fd):
+    """The entries of the open directory ``dir_fd`` (read from its start; the descriptor
+    stays open, its read position moved): ``(files, dirs)``, ``files`` a list of ``(name,
+    size, mtime_ns, mtime)`` of its regular files (``mtime`` in seconds, as ``os.stat``
+    gives it), ``dirs`` a list of the names of its subdirectories. Links and other kinds
+    are left out, as are entries gone by the time they are looked at. One ``readdir`` and
+    one ``fstatat`` (no link followed) per entry, the GIL released once for every
+    ``_LIST_BATCH`` entries (once per entry, it would wait its turn behind busy threads
+    each time). Raises ``OSError`` when the directory cannot be read."""
+    cdef int fd
+    cdef DIR *d
+    cdef _Listed *got
+    cdef Py_ssize_t n, k
     cdef int err = 0
     files, dirs = [], []
+    got = <_Listed *>malloc(_LIST_BATCH * sizeof(_Listed))
+    if got == NULL:
+        raise MemoryError()
     fd = dup(dir_fd)
     if fd < 0:
-        raise OSError(c_errno, os.strerror(c_errno))
+        err = c_errno
+        free(got)
+        raise OSError(err, os.strerror(err))
     d = fdopendir(fd)
     if d == NULL:
         err = c_errno
         close(fd)
+        free(got)
         raise OSError(err, os.strerror(err))
     try:
         rewinddir(d)
         while True:
             with nogil:
-                shoal_clear_errno()
-                e = readdir(d)
-                if e == NULL:
-                    err = c_errno
-                else:
-                    name = e.d_name
-                    if name[0] == 46 and (name[1] == 0 or (name[1] == 46 and name[2] == 0)):
-                        continue  # . and ..
-                    if e.d_type != DT_REG and e.d_type != DT_DIR and e.d_type != DT_UNKNOWN:
-                        continue  # a link, a device, a pipe, a socket
-                    if fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0:
-                        continue  # gone since it was listed
-            if e == NULL:
-                break
-            n = strlen(name)
-            if S_ISREG(st.st_mode):
+                n = _list_some(d, dir_fd, got, &err)
+            for k in range(n):
+                name = PyUnicode_DecodeFSDefaultAndSize(got[k].name, got[k].length)
+                if got[k].is_dir:
+                    dirs.append(name)
+                    continue
                 files.append((
-                    PyUnicode_DecodeFSDefaultAndSize(name, n),
-                    st.st_size,
-                    <long long>st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-                    <double>st.st_mtim.tv_sec + <double>st.st_mtim.tv_nsec * 1e-9,
+                    name,
+                    got[k].size,
+                    got[k].mtime_sec * 1000000000 + got[k].mtime_nsec,
+                    <double>got[k].mtime_sec + <double>got[k].mtime_nsec * 1e-9,
                 ))
-            elif S_ISDIR(st.st_mode):
-                dirs.append(PyUnicode_DecodeFSDefaultAndSize(name, n))
+            if n < _LIST_BATCH:
+                break
         if err:
             raise OSError(err, os.strerror(err))
         return files, dirs
     finally:
         closedir(d)
+        free(got)
+

@@ -111,9 +111,11 @@ class GenerationTable:
             self._fd = -1
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PageLocation:
-    """Where a page lives, with what a reader in another process needs to check it.
+    """Where a page lives, with what a reader in another process needs to check it. Never
+    changed once made; hashed by value (not frozen only because a frozen dataclass takes
+    five times as long to make, and a load of small files makes one per file).
 
     Attributes
     ----------

@@ -304,3 +304,22 @@ def test_list_dir_tells_files_and_directories_as_stat_does(tmp_path):
         assert err.value.errno == errno.ENOTDIR
     finally:
         os.close(fd)
+
+
+def test_list_dir_of_many_entries_tells_each_once(tmp_path):
+    """More entries than one release of the GIL gathers (4,096): every file and directory
+    once, links and other kinds left out, a name of 255 bytes whole."""
+    names = {f"f{i:05d}" for i in range(2 * 4096 + 3)} | {"n" * 255}
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    subdirs = {f"d{i}" for i in range(5)}
+    for name in subdirs:
+        (tmp_path / name).mkdir()
+    os.symlink(tmp_path / "f00000", tmp_path / "link")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files, dirs = _fs.list_dir(fd)
+    finally:
+        os.close(fd)
+    assert sorted(f[0] for f in files) == sorted(names)
+    assert sorted(dirs) == sorted(subdirs)

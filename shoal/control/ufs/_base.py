@@ -36,9 +36,11 @@ _ANSWERS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, ObjectChan
 _UNTIMED = contextlib.nullcontext()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ObjectInfo:
-    """Metadata of one object (or directory) in an under-store.
+    """Metadata of one object (or directory) in an under-store. Never changed once made;
+    hashed by value (not frozen only because a frozen dataclass takes four times as long
+    to make, and a listing makes one per object).
 
     Attributes
     ----------

@@ -258,7 +258,7 @@ class LocalStore(UnderStore):
         """Objects for files of directory ``rel`` as :func:`_fs.list_dir` tells them, in
         order: those wanted (``all_wanted``: all), none of Shoal's temporary files."""
         infos = [
-            ObjectInfo(rel + name, size, _version_of(mtime_ns, size), mtime)
+            ObjectInfo(rel + name, size, f"{mtime_ns}-{size}", mtime)  # as _version_of
             for name, size, mtime_ns, mtime in listed
             if not name.startswith(_TMP_PREFIX)
         ]
@@ -317,7 +317,7 @@ class LocalStore(UnderStore):
         again = []
         for i, key, view, res in zip(slots, keys, views, got, strict=True):
             version = items[i][2]
-            if type(res) is tuple and (version is None or _version_of(res[1], res[2]) == version):
+            if type(res) is tuple and (version is None or f"{res[1]}-{res[2]}" == version):
                 out[i] = res[0]
             else:
                 again.append((i, key, view, version))
