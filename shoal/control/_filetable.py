@@ -268,13 +268,14 @@ class FileTableWriter:
 
     def reserve(self, count: int) -> None:
         """Make room for ``count`` more files at once (one growth instead of several, each
-        of which copies every slot)."""
+        of which copies every slot); a table that grows at least doubles, so that many
+        small reservations cost no more than one large one."""
         with self._lock:
             if self._mm is None:
                 return
-            n = min(self._max_n, slots_for(self._live + count))
+            n = slots_for(self._live + count)
             if n > self._n:
-                self._regrow(n)
+                self._regrow(min(self._max_n, max(n, 2 * self._n)))
 
     def _grow(self) -> bool:
         """A table of twice the slots holding every file of this one; False at the size
