@@ -1,6 +1,7 @@
-"""Loads of many small files: fetched many to a task with a future per task, still
+"""Loads of many small files: read ahead in batches with a future per batch, still
 single-flight with the reads that run meanwhile, every byte right, the first failing file
-failing the load; and the worker daemon's collector tuned for a heap of cached files."""
+failing the load (and leaving no file claimed); and the worker daemon's collector tuned
+for a heap of cached files."""
 
 from __future__ import annotations
 
@@ -109,6 +110,27 @@ def test_a_file_that_fails_in_a_loads_batch_fails_the_load_naming_it(client, tmp
     buf = bytearray(512)
     n = client.read_into(buf, f"/m/{victim}")
     assert bytes(buf[:n]) == files[victim] + b"longer now"
+
+
+def test_a_load_that_fails_early_leaves_no_file_claimed(client, tmp_path):
+    """A file of the first chunk fails the load while later chunks are read ahead: the
+    files of those chunks are not left claimed (a read of them would wait for ever), and
+    read right afterwards."""
+    files = small_files(tmp_path, 7000, dirs=1)  # chunks of 2,048: the fourth in flight
+    client.mount("/m", tmp_path.as_uri())
+    client.load(["/m"], metadata_only=True)
+    names = sorted(files)
+    victim = names[5]
+    (tmp_path / victim).write_bytes(files[victim] + b"longer now")  # changed since listed
+    files[victim] += b"longer now"
+    with pytest.raises(OSError, match=victim):
+        client.load(["/m"])
+    wrong: list[str] = []
+    reader = threading.Thread(target=lambda: wrong.extend(read_all(client, "/m", names, files)))
+    reader.start()
+    reader.join(120)
+    assert not reader.is_alive(), "a read waits on a file the failed load left claimed"
+    assert not wrong
 
 
 def test_the_worker_daemon_runs_with_the_tuned_collector(client):
