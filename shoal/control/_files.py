@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from queue import Full, Queue
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -637,21 +640,36 @@ class FileResolver:
         self.metadata.put_dir(path, entries, ttl)
         return entries
 
-    def listing(self, f: File) -> list[ObjectInfo]:
-        """Every object under the directory ``f`` (cached for the mount's TTL)."""
-        return self._listing(f)[0]
-
-    def _listing(self, f: File) -> tuple[list[ObjectInfo], bool]:
-        """:meth:`listing`, and whether it was cached (else its stats were just cached)."""
-        prefix = f.rel + "/" if f.rel else ""
-        cached = self.metadata.get_list(f.path)
-        if cached is not None:
-            return cached, True
-        infos = list(self.store_of(f.mount).list(prefix))
-        self.metadata.put_list(f.path, infos, f.own["metadata_ttl"])
+    def _listing_runs(
+        self, f: File, run: int, listed: Iterator[list[ObjectInfo]] | None = None
+    ) -> Iterator[list[tuple[str, ObjectInfo]]]:
+        """Every object under the directory ``f`` (its listing cached for the mount's
+        TTL), as ``(path, info)`` in runs of at most ``run`` (``listed``: the store's
+        listing in runs, begun already by :meth:`_begin_listing`), each run's stats cached as
+        it comes (a cached listing's too: its stats may have gone before it); the listing
+        is cached once it is whole."""
         base = f.mount.path.rstrip("/")
-        self._put_stats(f.mount, [(f"{base}/{info.path}", info) for info in infos])
-        return infos, False
+        cached = None
+        if listed is None:
+            cached = self.metadata.get_list(f.path)
+            if cached is None:
+                listed = self._begin_listing(f, run)
+            else:
+                listed = (cached[at : at + run] for at in range(0, len(cached), run))
+        infos: list[ObjectInfo] = []
+        for part in listed:
+            if cached is None:
+                infos += part
+            known = [(f"{base}/{info.path}", info) for info in part]
+            self._put_stats(f.mount, known)
+            yield known
+        if cached is None:
+            self.metadata.put_list(f.path, infos, f.own["metadata_ttl"])
+
+    def _begin_listing(self, f: File, run: int) -> Iterator[list[ObjectInfo]]:
+        """The store's listing under the directory ``f`` in runs of at most ``run``, begun
+        now in a thread of its own (see :func:`_ahead`)."""
+        return _ahead(self.store_of(f.mount).list(f.rel + "/" if f.rel else ""), run)
 
     def _put_stats(self, mount: Mount, items: list[tuple[str, ObjectInfo]]) -> None:
         """Cache the stats of files under ``mount`` (``(path, info)``), each for the
@@ -714,26 +732,47 @@ class FileResolver:
 
     def files_under(self, paths: Iterable[str]) -> list[File]:
         """The files named by ``paths``, directories expanded to every file below them."""
-        out: dict[str, File] = {}
-        for p in paths:
-            f = self.file(p)
+        return [f for run in self.files_under_runs(paths) for f in run]
+
+    def files_under_runs(self, paths: Iterable[str], run: int = 4096) -> Iterator[list[File]]:
+        """:meth:`files_under` in runs of at most ``run`` files, each as soon as the
+        store has listed it (a load works on one while the store lists the next). A file
+        named twice comes once. The store lists the next directory while the caller works
+        on the runs of this one."""
+        seen: set[str] = set()
+        named = [self.file(p) for p in paths]
+
+        def begun(k: int) -> Iterator[list[ObjectInfo]] | None:
+            """The listing of the k-th path begun, unless there is none to make."""
+            if k == len(named) or not named[k].info.is_dir:
+                return None
+            if self.metadata.get_list(named[k].path) is not None:
+                return None
+            return self._begin_listing(named[k], run)
+
+        after = begun(0)
+        for k, f in enumerate(named):
+            listed, after = after, begun(k + 1)
             if not f.info.is_dir:
-                out[f.path] = f
+                if f.path not in seen:
+                    seen.add(f.path)
+                    yield [f]
                 continue
             mount, epoch = f.mount, f.epoch
-            base = mount.path.rstrip("/")
             store = self.store_of(mount)
-            infos, cached = self._listing(f)
-            fids = file_ids(mount.uri.rstrip("/") + "/", infos)  # each as file_id makes it
+            uri = mount.uri.rstrip("/") + "/"
             own, covered = self._own_at(mount)
-            known = [(f"{base}/{info.path}", info) for info in infos]
-            for (child, info), fid in zip(known, fids, strict=True):
-                if covered:
-                    own = self._own(mount, child)
-                out[child] = File(child, mount, info.path, info, fid, store, own, epoch)
-            if cached:  # its stats may have gone before it: no stat of their own when read
-                self._put_stats(mount, known)
-        return list(out.values())
+            for known in self._listing_runs(f, run, listed):
+                fids = file_ids(uri, [info for _, info in known])  # each as file_id makes it
+                out = []
+                for (child, info), fid in zip(known, fids, strict=True):
+                    if child not in seen:
+                        seen.add(child)
+                        if covered:
+                            own = self._own(mount, child)
+                        out.append(File(child, mount, info.path, info, fid, store, own, epoch))
+                if out:
+                    yield out
 
     # ----------------------------------------------------------------- lifetime
 
@@ -746,3 +785,52 @@ class FileResolver:
         for store in stores:
             with contextlib.suppress(Exception):
                 store.close()
+
+
+def _ahead(items: Iterator[Any], run: int, depth: int = 4) -> Iterator[list[Any]]:
+    """``items`` in lists of at most ``run``, taken from it from now on by a thread of
+    their own, at most ``depth`` lists ahead of the caller: a store's listing goes on
+    (natively, the GIL let go, for a local directory) while the caller works on what was
+    listed before. An error of ``items`` is raised where it comes; a caller that stops
+    early, or drops the iterator unread, stops the thread."""
+    done = object()
+    queue: Queue = Queue(depth)
+    stop = threading.Event()
+
+    def put(value: Any) -> bool:
+        """Hand ``value`` over; False once the caller stopped."""
+        while not stop.is_set():
+            with contextlib.suppress(Full):
+                queue.put(value, timeout=0.1)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            while part := list(itertools.islice(items, run)):
+                if not put(part):
+                    return
+            put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            put((done, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a listing's descriptors closed now, in this thread
+                close()
+
+    def consume() -> Iterator[list[Any]]:
+        try:
+            while True:
+                part = queue.get()
+                if type(part) is tuple and part[0] is done:
+                    if part[1] is not None:
+                        raise part[1]
+                    return
+                yield part
+        finally:
+            stop.set()
+
+    threading.Thread(target=produce, name="shoal-list", daemon=True).start()
+    out = consume()
+    weakref.finalize(out, stop.set)  # dropped before its first run: no finally of its own
+    return out
