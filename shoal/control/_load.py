@@ -1,5 +1,6 @@
 """Load jobs: files under paths brought into the page store ahead of use, with progress
-as they go; the whole one-page files of a job fetched many to a task."""
+as they go; the whole one-page files of a job read by the fetch threads, chunks ahead, and
+stored in the job's own thread."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ class Loader:
         fetcher = self.fetcher
         files = self.files.files_under(paths)
         mine = placement_filter(placement, self.worker_id, self.page_size, self.chunk_size)
-        ones: list[Page] = []  # the pages of whole one-page files: fetched many to a task
+        ones: list[Page] = []  # the pages of whole one-page files: read many at once
         rest: list[tuple[File, list[Page], int]] = []  # other files: pages, their bytes
         ps = self.page_size
         bytes_total = 0
