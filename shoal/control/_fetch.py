@@ -405,11 +405,11 @@ class Fetcher:
     def begin_files(self, pages: list[Page]) -> FilesRead:
         """Start fetching whole one-page files (their one page each) that are not cached
         (see :meth:`missing`) as :meth:`fetch_files` fetches them, single-flight (as
-        :meth:`start` does): their reads go to the fetch
-        threads at once, what follows them is left to :meth:`end_files`, in the caller's
-        thread. A load reads ahead so, its Python work all in one thread: threads that
-        each read and then store their own batch contend for the GIL (a load of 200,000
-        small local files ran at 44,000 files/s so, at 55,000 this way).
+        :meth:`start` does): their reads go to the fetch threads at once, what follows
+        them is left to :meth:`end_files`, in the caller's thread. A load reads ahead so,
+        its Python work all in one thread: threads that each read and then store their
+        own batch contend for the GIL (a load of 200,000 small local files ran at 44,000
+        files/s so, at 55,000 this way).
 
         A future per batch, not per page, stands for the pages in the single-flight
         table: a read that wants one of them meanwhile waits for the whole batch, then

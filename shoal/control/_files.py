@@ -645,9 +645,9 @@ class FileResolver:
     ) -> Iterator[list[tuple[str, ObjectInfo]]]:
         """Every object under the directory ``f`` (its listing cached for the mount's
         TTL), as ``(path, info)`` in runs of at most ``run`` (``listed``: the store's
-        listing in runs, begun already by :meth:`_begin_listing`), each run's stats cached as
-        it comes (a cached listing's too: its stats may have gone before it); the listing
-        is cached once it is whole."""
+        listing in runs, begun already by :meth:`_begin_listing`), each run's stats
+        cached as it comes (a cached listing's too: its stats may have gone before it);
+        the listing is cached once it is whole."""
         base = f.mount.path.rstrip("/")
         cached = None
         if listed is None:

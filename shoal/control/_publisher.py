@@ -110,11 +110,10 @@ class Publisher:
         untils = self._files.metadata.expiries([(f.path, f.info) for f in files])
         now = time.monotonic()
         records: list[tuple | None] = [None] * len(files)
-        kept, items = [], []  # as _record says, for them all at once
+        kept, items = [], []  # as _record makes them, encoded together
         for k, (f, until) in enumerate(zip(files, untils, strict=True)):
-            ttl = f.own["metadata_ttl"]
-            left = ttl if until is None else until - now
-            if ttl > 0 and left > 0 and not f.info.is_dir:
+            left = _left(f.info, f.own["metadata_ttl"], until, now)
+            if left is not None:
                 kept.append(k)
                 items.append((f.mount.child_uri(f.rel), f.info, left))
         for k, value in zip(kept, encode_records(items), strict=True):
@@ -213,10 +212,16 @@ def _record(
 ) -> tuple[bytes, bytes] | None:
     """The record of a file whose cached metadata holds ``until`` (monotonic seconds; None:
     it is not cached, and holds ``ttl`` from ``now``); None when it holds no more."""
-    left = ttl if until is None else until - now
-    if ttl <= 0 or left <= 0 or info.is_dir:
+    left = _left(info, ttl, until, now)
+    if left is None:
         return None
     return (path.encode("utf-8", "surrogateescape"), encode_record(uri, info, left))
+
+
+def _left(info: ObjectInfo, ttl: float, until: float | None, now: float) -> float | None:
+    """The seconds a file's record holds (see :func:`_record`), or None: none to keep."""
+    left = ttl if until is None else until - now
+    return None if ttl <= 0 or left <= 0 or info.is_dir else left
 
 
 def _entry(path: str, size: int, loc: PageLocation, fresh_until_ns: int) -> tuple:
