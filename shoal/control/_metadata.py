@@ -8,6 +8,7 @@ never a mix; once it is dropped, the next stat sees the new version and new page
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,9 @@ class MetadataCache:
         self._lists: dict[str, tuple[float, list[ObjectInfo]]] = {}
         self._dirs: dict[str, tuple[float, dict[str, ObjectInfo]]] = {}
         self._tables = (self._stats, self._lists, self._dirs)
+        # No entry expires before this (monotonic seconds): a shrink looks for expired
+        # entries only from then on, not through every entry each time.
+        self._first_expiry = math.inf
         #: Called after every :meth:`refresh` (what was said of those paths is void):
         #: with the path when only the object at that path changed, else with None.
         self.on_refresh: Callable[[str | None], None] | None = None
@@ -103,7 +107,9 @@ class MetadataCache:
             old = table.pop(path, None)  # re-inserted last: insertion order is age order
             if old is not None:
                 self.bytes -= old[2]
-            table[path] = (self._clock() + ttl, value, cost)
+            until = self._clock() + ttl
+            table[path] = (until, value, cost)
+            self._first_expiry = min(self._first_expiry, until)
             self.bytes += cost
             stats, lists, dirs = self._tables
             if self.bytes > self._max_bytes or len(stats) + len(lists) + len(dirs) > self._max:
@@ -113,9 +119,18 @@ class MetadataCache:
         """Drop expired entries, then the oldest, down to 90% of the bounds; never
         ``keep``, the entry just put (``(table, path)``)."""
         now = self._clock()
-        for table in self._tables:
-            for path in [p for p, (expiry, _, _) in table.items() if expiry <= now]:
-                self.bytes -= table.pop(path)[2]
+        if now >= self._first_expiry:
+            first = math.inf
+            for table in self._tables:
+                expired = []
+                for path, (expiry, _, _) in table.items():
+                    if expiry <= now:
+                        expired.append(path)
+                    elif expiry < first:
+                        first = expiry
+                for path in expired:
+                    self.bytes -= table.pop(path)[2]
+            self._first_expiry = first
         # Down to 90% of the bounds, so that the next puts do not each pay a scan. Listings
         # first (one request lists a thousand objects again, a stat asks for one), so that
         # what a listing told of each file, copied to its stat, outlives the listing.
@@ -145,6 +160,7 @@ class MetadataCache:
         stats = self._stats
         with self._lock:
             until = self._clock() + ttl
+            self._first_expiry = min(self._first_expiry, until)
             for (path, info), cost in zip(items, costs, strict=True):
                 old = stats.pop(path, None)  # re-inserted last: insertion order is age order
                 if old is not None:
@@ -240,6 +256,7 @@ class MetadataCache:
             for table in self._tables:
                 table.clear()
             self.bytes = 0
+            self._first_expiry = math.inf
         self.refreshes += 1
         if self.on_refresh is not None:
             self.on_refresh(None)

@@ -97,6 +97,28 @@ def test_puts_past_the_limit_do_not_each_scan_the_cache():
     assert scans <= 20_000 // 100 + 1  # one scan per tenth of the bound, not per put
 
 
+def test_expired_entries_go_before_live_ones_whatever_their_age():
+    """At the bound, entries whose time is up go first, the newest among them too; the
+    cache looks for them only once one may have expired (a shrink before that looks at
+    no entry's time)."""
+    clock = Clock()
+    cache = MetadataCache(max_entries=10, clock=clock)
+    for i in range(5):
+        cache.put_stat(f"/long{i}", info(str(i)), 600)  # oldest, live for long
+    for i in range(5):
+        cache.put_stat(f"/short{i}", info(str(i)), 10)
+    assert len(cache) == 10
+    cache.put_stat("/one-more", info("x"), 600)  # past the bound, nothing expired yet
+    assert cache.get_stat("/one-more") is not None and len(cache) == 9
+    assert cache.get_stat("/long0") is None and cache.get_stat("/long1") is None  # oldest
+    clock.now += 11  # the short ones' time is up
+    for i in range(5, 10):
+        cache.put_stat(f"/long{i}", info(str(i)), 600)
+    # The expired went, not the oldest live ones.
+    assert all(cache.get_stat(f"/long{i}") is not None for i in range(2, 10))
+    assert all(cache.get_stat(f"/short{i}") is None for i in range(5))
+
+
 def test_entries_past_the_byte_bound_go_oldest_first():
     cache = MetadataCache(max_bytes=100_000)
     for i in range(2_000):
