@@ -38,7 +38,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
-from ..engine import crc32c
+from ..engine import PageLocation, crc32c
+from ..engine._regions import TIER_NAMES
 from ..engine._slots import blake2b_16, copy_slots, find_files, put_files, read_published
 from ._namespace import MAX_PATH_BYTES, MAX_PATH_COMPONENTS
 
@@ -68,6 +69,7 @@ _MIN_SLOTS, _MAX_SLOTS = 1 << 10, 1 << 28
 _LOAD = 0.8  # files / slots, at most, before the table grows
 _U32 = 1 << 32
 _NO_KEY = bytes(16)  # a slot body's key, before put_files writes the path's
+_TIER_CODES = {name: code for code, name in enumerate(TIER_NAMES)}  # as a slot tells a tier
 
 
 def path_key(path: str) -> bytes:
@@ -215,6 +217,30 @@ class FileTableWriter:
             paths.append(path)
             fields = (tier, 0, region, crc, generation, size, offset, fresh)
             bodies.append(_SLOT.pack(0, 0, _NO_KEY, 0, _LIVE, *fields))
+        return self._put_bodies(paths, bodies)
+
+    def publish_located(self, items: Iterable[tuple[str, PageLocation, int]]) -> int:
+        """:meth:`publish_many` of files whose one page is at a location of the page store:
+        ``(path, location, fresh_until_ns)`` each, the file's size the page's length."""
+        paths, bodies = [], []
+        pack, tiers = _SLOT.pack, _TIER_CODES
+        for path, loc, fresh in items:
+            size, region, generation, offset = loc.length, loc.region, loc.generation, loc.offset
+            if not (
+                size < _U32 and region < _U32 and generation < _U32
+                and offset < 1 << 63 and 0 < fresh < 1 << 63
+            ):  # fmt: skip
+                continue  # (a location's numbers are never negative)
+            paths.append(path)
+            bodies.append(
+                pack(0, 0, _NO_KEY, 0, _LIVE, tiers[loc.tier], 0, region, loc.crc32c,
+                     generation, size, offset, fresh)
+            )  # fmt: skip
+        return self._put_bodies(paths, bodies)
+
+    def _put_bodies(self, paths: list[str], bodies: list[bytes]) -> int:
+        """Write the slots ``bodies`` (packed, keys left to :func:`put_files`) of
+        ``paths``; how many were published."""
         with self._lock:
             if self._mm is None or not paths:
                 return 0

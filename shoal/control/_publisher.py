@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from ..engine import PageLocation, PageStore
-from ..engine._regions import TIER_NAMES
 from ._filerecords import decode_record, encode_record, encode_records
 from ._files import File, FileResolver
 from ._filetable import FileTableWriter, slots_for
@@ -81,15 +80,15 @@ class Publisher:
         :meth:`records_of` told."""
         now, now_ns = time.monotonic(), time.monotonic_ns()
         fresh_for = self._files.fresh_for
-        entries = []
+        items = []
         for f, loc, until in zip(files, located, untils, strict=True):
             if until is None or loc is None or loc.length != f.info.size:
                 continue
             if f.own["ttl"] and fresh_for is not None:  # read no longer than it may be served
                 until = min(until, now + fresh_for(f))
-            entries.append(_entry(f.path, f.info.size, loc, now_ns + int((until - now) * 1e9)))
-        if entries:
-            self.table.publish_many(entries)
+            items.append((f.path, loc, now_ns + int((until - now) * 1e9)))
+        if items:
+            self.table.publish_located(items)
 
     def publish_files(self, files: list[File]) -> None:
         """Publish the one-page ``files`` whose page is cached."""
@@ -188,10 +187,10 @@ class Publisher:
                 and loc.length == info.size
                 and not self._files.options_at(path)["ttl"]  # told by the first stat
             ):
-                entries.append(_entry(path, info.size, loc, time.monotonic_ns() + int(left * 1e9)))
+                entries.append((path, loc, time.monotonic_ns() + int(left * 1e9)))
         pending.clear()
         if entries:
-            self.table.publish_many(entries)
+            self.table.publish_located(entries)
         return known
 
     # ----------------------------------------------------------------- lifetime
@@ -222,10 +221,3 @@ def _left(info: ObjectInfo, ttl: float, until: float | None, now: float) -> floa
     """The seconds a file's record holds (see :func:`_record`), or None: none to keep."""
     left = ttl if until is None else until - now
     return None if ttl <= 0 or left <= 0 or info.is_dir else left
-
-
-def _entry(path: str, size: int, loc: PageLocation, fresh_until_ns: int) -> tuple:
-    return (
-        path, size, TIER_NAMES.index(loc.tier), loc.region, loc.offset, loc.crc32c,
-        loc.generation, fresh_until_ns,
-    )  # fmt: skip

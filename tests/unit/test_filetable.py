@@ -22,6 +22,7 @@ from shoal.control._filetable import (
     Published,
     path_key,
 )
+from shoal.engine import PageLocation
 
 FRESH = time.monotonic_ns() + 3600 * 10**9
 
@@ -379,3 +380,33 @@ def test_reserving_room_grows_the_table_once():
         [f"/r/{i}" for i in range(100)] + [f"/s/{i}" for i in range(10_000)]
     )
     assert all(g is not None for g in got)
+
+
+def test_many_small_reservations_grow_the_table_a_few_times():
+    """Reserving a little at a time (a load reserves per listing run) doubles the table
+    when it grows, not one slot's worth each time (each growth copies every slot)."""
+    w = FileTableWriter(1024, 1 << 20)
+    for k in range(200):
+        w.reserve(100 * (k + 1))  # nothing published between: each asks for a bit more
+    assert w.stats()["tables"] <= 6  # 1,024 slots to 32,768: five doublings at most
+    assert w.stats()["slots"] >= 20_000 / 0.8
+
+
+def located(n: int) -> PageLocation:
+    return PageLocation(("MEM", "SSD", "HDD")[n % 3], n, "/r", n * 128, 100 + n, n * 7 + 1, n + 1)
+
+
+def test_files_published_at_their_locations_are_the_files_published_by_fields():
+    paths = [f"/p/{i}" for i in range(300)]
+    by_fields, by_location = FileTableWriter(1024), FileTableWriter(1024)
+    assert by_fields.publish_many(entry(p, i) for i, p in enumerate(paths)) == 300
+    assert by_location.publish_located((p, located(i), FRESH) for i, p in enumerate(paths)) == 300
+    assert slot_bytes(by_location) == slot_bytes(by_fields)
+    assert reader(by_location).lookup_many(paths) == reader(by_fields).lookup_many(paths)
+    bad = [
+        ("/big", PageLocation("MEM", 0, "/r", 0, 1 << 32, 0, 1), FRESH),
+        ("/gen", PageLocation("MEM", 0, "/r", 0, 1, 0, 1 << 32), FRESH),
+        ("/stale", PageLocation("MEM", 0, "/r", 0, 1, 0, 1), 0),
+    ]
+    assert by_location.publish_located(bad) == 0
+    assert reader(by_location).lookup_many([b[0] for b in bad]) == [None] * 3
