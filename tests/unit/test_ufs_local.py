@@ -182,3 +182,31 @@ def test_options(root):
     with pytest.raises(TypeError):
         open_store(str(root), unknown_option=1)
     assert repr(LocalStore(root)) == f"LocalStore('file://{root}')"
+
+
+def test_one_level_listing_skips_what_the_whole_listing_skips(store, root):
+    """``list_dir`` (one native pass) and ``list`` tell the same objects of a directory:
+    regular files with their stat, subdirectories, no link, FIFO or temporary file."""
+    (root / "d" / "sub").mkdir(parents=True)
+    (root / "d" / ".shoal-tmp-partial").write_bytes(b"half")
+    (root / "d" / ".shoal-tmp-dir").mkdir()  # a directory of that name is a directory
+    for name, size in (("a", 0), ("b.bin", 100), ("ünï", 7)):
+        (root / "d" / name).write_bytes(b"x" * size)
+    os.symlink(root / "d" / "a", root / "d" / "link")
+    os.symlink(root / "d" / "sub", root / "d" / "dirlink")
+    os.mkfifo(root / "d" / "fifo")
+    got = store.list_dir("d")
+    assert [(o.path, o.is_dir) for o in got] == [
+        ("d/.shoal-tmp-dir", True), ("d/a", False), ("d/b.bin", False), ("d/sub", True),
+        ("d/ünï", False),
+    ]  # fmt: skip
+    whole = {o.path: o for o in store.list("d/") if o.path.count("/") == 1}
+    assert {o.path: o for o in got if not o.is_dir} == whole
+    for o in got:
+        if not o.is_dir:
+            st = os.stat(root / o.path)
+            assert (o.size, o.version, o.mtime) == (
+                st.st_size,
+                f"{st.st_mtime_ns}-{st.st_size}",
+                st.st_mtime,
+            )

@@ -271,24 +271,19 @@ class LocalStore(UnderStore):
         ]
 
     def _list_dir(self, directory: str) -> list[ObjectInfo]:
-        # docstring inherited; one scandir, links skipped as list() skips them
+        # docstring inherited; one native pass (_fs.list_dir, the GIL let go once per
+        # thousands of entries: os.scandir lets it go per entry, and with the worker's
+        # other threads busy each entry waited its turn), links skipped as list() skips them
         prefix = directory + "/" if directory else ""
-        entries = []
         uri = self.uri_of(directory) if directory else self.uri
         with self._hook_call("LIST"), os_errors("list", uri):
             fd = self._open(directory or ".", _DIR)  # ENOENT, ENOTDIR, or a link refused
             try:
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        path = prefix + entry.name
-                        if entry.is_dir(follow_symlinks=False):
-                            entries.append(ObjectInfo(path, 0, "", 0.0, is_dir=True))
-                        elif not entry.name.startswith(_TMP_PREFIX):
-                            info = _entry_info(path, entry)
-                            if info is not None:
-                                entries.append(info)
+                files, dirs = _fs.list_dir(fd)
             finally:
                 os.close(fd)
+        entries = self._infos(prefix, files, prefix, None, True)
+        entries += [ObjectInfo(prefix + name, 0, "", 0.0, is_dir=True) for name in dirs]
         return sorted(entries, key=entry_order)
 
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
@@ -491,16 +486,3 @@ def _open_entry(dir_fd: int, name: str, flags: int) -> int | None:
         if exc.errno == errno.ELOOP:
             return None
         raise
-
-
-def _entry_info(path: str, entry: os.DirEntry) -> ObjectInfo | None:
-    """An object for a listed entry: regular files only, links skipped."""
-    try:
-        if entry.is_symlink():
-            return None
-        st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        return None  # removed while listing
-    if not stat_mod.S_ISREG(st.st_mode):
-        return None
-    return ObjectInfo(path, st.st_size, _version(st), st.st_mtime)
