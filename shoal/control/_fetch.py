@@ -78,17 +78,6 @@ def _views(group: list[Page]) -> list[memoryview]:
     return views
 
 
-def _per_mount(done: list[tuple[int, Page, memoryview]], field: str) -> list[tuple]:
-    """For :meth:`Counters.add_mounts`: the bytes of the pages of ``done`` (``(slot, page,
-    view)``) counted in ``field``, summed per mount first (a load's batch is of a mount
-    or few)."""
-    sums: dict[str, int] = {}
-    for _, p, _ in done:
-        where = p.file.mount.path
-        sums[where] = sums.get(where, 0) + p.length
-    return [(where, field, n) for where, n in sums.items()]
-
-
 def _read_items(group: list[Page], views: list[memoryview]) -> list[tuple]:
     """The items of :meth:`UnderStore.read_many_into` for whole one-page files."""
     return [(p.file.rel, v, p.file.info.version) for p, v in zip(group, views, strict=True)]
@@ -509,7 +498,7 @@ class Fetcher:
         self._counters.add(
             ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
         )
-        self._counters.add_mounts(_per_mount(done, "bytes_ufs"))
+        self._counters.add_mounts((p.file.mount.path, "bytes_ufs", p.length) for _, p, _ in done)
         if not items:
             return
         files = [p.file for _, p, _ in done]

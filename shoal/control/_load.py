@@ -205,10 +205,7 @@ class Loader:
                 batch = fetcher.begin_files(chunk)
                 todo = batch.todo
                 self._counters.add(page_misses=len(todo))
-                misses: dict[str, int] = {}  # per mount
-                for p in todo:
-                    misses[p.file.mount.path] = misses.get(p.file.mount.path, 0) + 1
-                self._counters.add_mounts((m, "page_misses", n) for m, n in misses.items())
+                self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in todo)
                 inflight.append((chunk, todo, batch))
                 while len(inflight) > _LOAD_TASKS:
                     finish()
