@@ -15,6 +15,15 @@ extensions = [
         **COMMON,
     ),
     Extension(
+        "shoal.engine._batch",
+        sources=[
+            "shoal/engine/_batch.pyx",
+            "shoal/engine/src/crc32c.c",
+            "shoal/engine/src/blake2b.c",
+        ],
+        **COMMON,
+    ),
+    Extension(
         "shoal.engine._slots",
         sources=[
             "shoal/engine/_slots.pyx",

@@ -12,8 +12,9 @@ boundary.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
+
+from ..engine import _batch
 
 if TYPE_CHECKING:
     from .ufs import ObjectInfo
@@ -160,10 +161,10 @@ def file_id(uri: str, version: str) -> bytes:
     return _digest(uri, version)
 
 
-def file_ids(base_uri: str, infos: Iterable[ObjectInfo]) -> list[bytes]:
+def file_ids(base_uri: str, infos: list[ObjectInfo]) -> list[bytes]:
     """:func:`file_id` of each object ``info.path`` under the URI ``base_uri`` (ending in
-    ``/``), for a listing's many files at once."""
-    return [_digest(base_uri + i.path, i.version) for i in infos]
+    ``/``), for a listing's many files at once, in one native pass."""
+    return _batch.file_ids(base_uri, infos)
 
 
 def _digest(uri: str, version: str) -> bytes:

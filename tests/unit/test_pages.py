@@ -155,6 +155,7 @@ def test_page_keys_are_distinct_and_ordered(index):
     base=st.text(min_size=1).map(lambda s: "file:///" + s.strip("/") + "/"),
     objects=st.lists(st.tuples(st.text(min_size=1), st.text()), max_size=8),
 )
+@example(base="file:///d\udcff/", objects=[("é\udc80" * 200, "v\udcfe"), ("", "")])
 def test_file_ids_of_a_listing_are_each_files_file_id(base, objects):
     infos = [ObjectInfo(path, 1, version, 0.0) for path, version in objects]
     assert file_ids(base, infos) == [file_id(base + i.path, i.version) for i in infos]

@@ -1,0 +1,222 @@
+# cython: language_level=3
+"""The per-page work of a page store's batch put, each step one native pass over the
+batch: a load of small files puts thousands of pages a batch, and the same steps in Python
+took about a microsecond a page of a thread that holds the GIL."""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memset
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t shoal_crc32c(uint32_t crc, const void *buf, size_t len)
+
+# A page record, as struct.Struct("<BIQQQIB") packs it: tier code, region number,
+# generation, offset, length, crc32c, flags.
+cdef enum:
+    RECORD = 34
+
+
+def crcs(list views):
+    """The crc32c of each buffer of ``views``."""
+    cdef Py_buffer view
+    cdef list out = []
+    for data in views:
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            out.append(shoal_crc32c(0, view.buf, <size_t>view.len))
+        finally:
+            PyBuffer_Release(&view)
+    return out
+
+
+cdef inline void _put64(uint8_t *p, uint64_t v) noexcept nogil:
+    memcpy(p, &v, 8)  # little-endian hosts only (x86-64, aarch64), as the store itself
+
+
+def page_records(list prepared, list reserved, int code, int flags, str tier,
+                 bytes prefix, location):
+    """Index records of pages written (``prepared``: ``(key, view, crc)``; ``reserved``:
+    ``(region, offset)`` each): ``(puts, new, located)``, where ``puts`` holds the
+    ``(prefix + key, record)`` pairs to commit, ``new`` the ``(key, record, region,
+    length)`` of each page, ``located`` its ``location(tier, region number, region path,
+    offset, length, crc, generation)``."""
+    cdef Py_ssize_t n = len(prepared), i, plen = len(prefix)
+    cdef list puts = [None] * n, new = [None] * n, located = [None] * n
+    cdef tuple item, place
+    cdef bytes key, record, full
+    cdef uint8_t *r
+    cdef uint64_t number, generation, offset, length
+    cdef uint32_t crc
+    cdef char *f
+    if len(reserved) != n:
+        raise ValueError(f"page_records: {n} pages, {len(reserved)} places")
+    for i in range(n):
+        item = <tuple>prepared[i]
+        place = <tuple>reserved[i]
+        key = <bytes>item[0]
+        region = place[0]
+        number = region.number
+        generation = region.generation
+        offset = place[1]
+        length = item[1].nbytes
+        crc = item[2]
+        record = PyBytes_FromStringAndSize(NULL, RECORD)
+        r = <uint8_t *>PyBytes_AS_STRING(record)
+        r[0] = <uint8_t>code
+        memcpy(r + 1, &number, 4)
+        _put64(r + 5, generation)
+        _put64(r + 13, offset)
+        _put64(r + 21, length)
+        memcpy(r + 29, &crc, 4)
+        r[33] = <uint8_t>flags
+        full = PyBytes_FromStringAndSize(NULL, plen + len(key))
+        f = PyBytes_AS_STRING(full)
+        memcpy(f, PyBytes_AS_STRING(prefix), plen)
+        memcpy(f + plen, PyBytes_AS_STRING(key), len(key))
+        puts[i] = (full, record)
+        new[i] = (key, record, region, length)
+        located[i] = location(tier, number, region.path, offset, length, crc, generation)
+    return puts, new, located
+
+
+def coalesced(list prepared, list reserved, Py_ssize_t small, Py_ssize_t align):
+    """The writes of pages (``prepared``: ``(key, view, crc)``, ``reserved``: ``(region,
+    offset)`` each), ``(fd, offset, length, buffer, 0)`` each, for the engine's
+    ``write_batch``: a run of pages shorter than ``small`` reserved one right after the
+    other in one region (at most ``align`` bytes apart) is copied into one buffer, one
+    write, zeros between the pages; a longer page is written from its own buffer."""
+    cdef Py_ssize_t n = len(prepared), i, first = 0, count = 0, end = 0, offset, nbytes
+    cdef list writes = []
+    cdef tuple place
+    run_region = None
+    if len(reserved) != n:
+        raise ValueError(f"coalesced: {n} pages, {len(reserved)} places")
+    for i in range(n):
+        view = (<tuple>prepared[i])[1]
+        place = <tuple>reserved[i]
+        region = place[0]
+        offset = place[1]
+        nbytes = view.nbytes
+        if count and (nbytes >= small or region is not run_region
+                      or not (end <= offset < end + align)):
+            writes.append(_run(prepared, reserved, first, count, run_region.fd))
+            count = 0
+        if nbytes >= small:
+            writes.append((region.fd, offset, nbytes, view, 0))
+            continue
+        if not count:
+            first = i
+        run_region, end = region, offset + nbytes
+        count += 1
+    if count:
+        writes.append(_run(prepared, reserved, first, count, run_region.fd))
+    return writes
+
+
+cdef tuple _run(list prepared, list reserved, Py_ssize_t first, Py_ssize_t count, fd):
+    """The write of ``count`` pages from the ``first`` on, in one region, copied into one
+    buffer: zeros between them."""
+    cdef Py_ssize_t start = (<tuple>reserved[first])[1], i, at, filled = 0, size
+    cdef Py_buffer view
+    last = (<tuple>prepared[first + count - 1])[1]
+    size = <Py_ssize_t>(<tuple>reserved[first + count - 1])[1] + last.nbytes - start
+    out = PyByteArray_FromStringAndSize(NULL, size)
+    cdef char *base = PyByteArray_AS_STRING(out)
+    for i in range(first, first + count):
+        at = <Py_ssize_t>(<tuple>reserved[i])[1] - start
+        PyObject_GetBuffer((<tuple>prepared[i])[1], &view, PyBUF_SIMPLE)
+        try:
+            if at < filled or at + view.len > size:
+                raise ValueError(f"coalesced: page {i} at {at + start} overlaps another")
+            memset(base + filled, 0, at - filled)
+            memcpy(base + at, view.buf, view.len)
+            filled = at + view.len
+        finally:
+            PyBuffer_Release(&view)
+    return (fd, start, size, out, 0)
+
+
+def place(region, list lengths, Py_ssize_t first, Py_ssize_t small, Py_ssize_t pack_below,
+          Py_ssize_t page_align, Py_ssize_t region_size, list reserved):
+    """Reserve in ``region`` (an open region: its ``fill``) the pages of ``lengths`` from
+    the ``first`` on, one after the other, as many as fit: a page shorter than
+    ``pack_below`` at the next multiple of ``small``, a longer one at the next of
+    ``page_align``. Appends ``(region, offset)`` of each to ``reserved``; returns how many
+    fit and the region's new fill (the caller counts them in)."""
+    cdef Py_ssize_t fill = region.fill, i, length, align, offset
+    cdef Py_ssize_t n = len(lengths)
+    for i in range(first, n):
+        length = lengths[i]
+        align = small if length < pack_below else page_align
+        offset = (fill + align - 1) // align * align
+        if offset + length > region_size:
+            return i - first, fill
+        reserved.append((region, offset))
+        fill = offset + length
+    return n - first, fill
+
+
+def index_pages(list new, dict entries):
+    """Map each key of ``new`` (``(key, record, region, length)`` each, as
+    :func:`page_records` makes them) to its record in ``entries``; returns the records
+    they replaced and the runs of pages in one region, ``(region, keys, nbytes)``."""
+    cdef list replaced = [], runs = [], keys = []
+    cdef tuple item
+    cdef Py_ssize_t nbytes = 0
+    run_region = None
+    for item in new:
+        key = item[0]
+        old = entries.get(key)
+        if old is not None:
+            replaced.append(old)
+        entries[key] = item[1]
+        region = item[2]
+        if region is not run_region and keys:
+            runs.append((run_region, keys, nbytes))
+            keys, nbytes = [], 0
+        keys.append(key)
+        run_region = region
+        nbytes += <Py_ssize_t>item[3]
+    if keys:
+        runs.append((run_region, keys, nbytes))
+    return replaced, runs
+
+
+cdef extern from "blake2b.h" nogil:
+    void shoal_blake2b(uint8_t *out, size_t outlen, const void *data, size_t inlen)
+
+
+def file_ids(str base, list infos):
+    """The 16-byte BLAKE2b digest of ``base + info.path + "\\0" + info.version`` (UTF-8,
+    surrogates escaped) of each of ``infos`` (objects with ``path`` and ``version``, both
+    str): a listing's file ids in one pass."""
+    cdef bytes head = base.encode("utf-8", "surrogateescape")
+    cdef Py_ssize_t hlen = len(head), size = 0, plen, vlen, need
+    cdef list out = []
+    cdef bytes path, version
+    cdef uint8_t digest[16]
+    cdef char *buf = NULL
+    cdef char *grown
+    try:
+        for info in infos:
+            path = (<str>info.path).encode("utf-8", "surrogateescape")
+            version = (<str>info.version).encode("utf-8", "surrogateescape")
+            plen, vlen = len(path), len(version)
+            need = hlen + plen + 1 + vlen
+            if need > size:
+                grown = <char *>realloc(buf, need * 2)
+                if grown == NULL:
+                    raise MemoryError()
+                buf, size = grown, need * 2
+                memcpy(buf, PyBytes_AS_STRING(head), hlen)
+            memcpy(buf + hlen, PyBytes_AS_STRING(path), plen)
+            buf[hlen + plen] = 0
+            memcpy(buf + hlen + plen + 1, PyBytes_AS_STRING(version), vlen)
+            shoal_blake2b(digest, 16, buf, need)
+            out.append(PyBytes_FromStringAndSize(<char *>digest, 16))
+    finally:
+        free(buf)
+    return out
