@@ -14,7 +14,8 @@ import os
 import sys
 
 __all__ = [
-    "METHODS", "list_dir", "method", "open_beneath", "openat2_available", "read_whole_beneath",
+    "METHODS", "list_dir", "method", "open_beneath", "openat2_available", "read_versions_beneath",
+    "read_whole_beneath",
 ]
 
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -22,8 +23,11 @@ _FS_ERRORS = sys.getfilesystemencodeerrors()
 
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.errno cimport (
-    errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, EMFILE, ENFILE, ENOMEM,
+    errno as c_errno, EINTR, EISDIR, EINVAL, EAGAIN, EMFILE, ENFILE, ENOMEM, ESTALE,
 )
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from libc.stdio cimport snprintf
+from libc.string cimport memcmp
 from libc.stdlib cimport calloc, free, malloc
 from posix.stat cimport struct_stat, fstat, S_ISREG, S_ISDIR
 from posix.unistd cimport close, pread
@@ -327,10 +331,30 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
     path), ``EAGAIN`` (it kept changing), or the open's or read's own (``ELOOP`` or
     ``EXDEV`` for a link). A buffer shorter than its file is filled: the size tells.
     """
-    cdef Py_ssize_t count = len(paths), i, got = 0
+    return _read_wholes_of(root_fd, paths, buffers, None, using, rounds)
+
+
+def read_versions_beneath(int root_fd, list paths, list buffers, list versions, *,
+                          using=None, int rounds=3):
+    """:func:`read_whole_beneath`, each file of one version: ``versions`` holds per file
+    the version it must have, ``"<st_mtime_ns>-<st_size>"``, or None (any). Returns per
+    file the bytes read (0 or more), or a negative errno: ``-ESTALE`` for a file of
+    another version, else as :func:`read_whole_beneath` tells."""
+    if len(versions) != len(paths):
+        raise ValueError(
+            f"read_versions_beneath: {len(paths)} paths for {len(versions)} versions"
+        )
+    return _read_wholes_of(root_fd, paths, buffers, versions, using, rounds)
+
+
+cdef list _read_wholes_of(int root_fd, list paths, list buffers, list versions, using,
+                          int rounds):
+    cdef Py_ssize_t count = len(paths), i, got = 0, vlen, n
     cdef _Whole *items
     cdef Py_buffer *views
     cdef int c_method
+    cdef const char *want
+    cdef char have[48]
     if len(buffers) != count:
         raise ValueError(f"read_whole_beneath: {count} paths for {len(buffers)} buffers")
     c_method = _method_code(using, "read_whole_beneath")
@@ -363,10 +387,24 @@ def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int
             _read_wholes(root_fd, items, count, c_method, rounds)
         out = []
         for i in range(count):
+            if versions is None:
+                if items[i].error:
+                    out.append(items[i].error)
+                else:
+                    out.append((items[i].done, items[i].mtime_ns, items[i].length))
+                continue
             if items[i].error:
-                out.append(items[i].error)
-            else:
-                out.append((items[i].done, items[i].mtime_ns, items[i].length))
+                out.append(-items[i].error)
+                continue
+            version = versions[i]
+            if version is not None:
+                want = PyUnicode_AsUTF8AndSize(version, &vlen)
+                n = snprintf(have, sizeof(have), "%lld-%lld", items[i].mtime_ns,
+                             items[i].length)
+                if n != vlen or memcmp(have, want, n) != 0:
+                    out.append(-ESTALE)
+                    continue
+            out.append(items[i].done)
         return out
     finally:
         for i in range(got):

@@ -163,3 +163,47 @@ def test_names_that_are_not_utf8_are_read_by_their_bytes(tmp_path, root_fd):
     bufs = [bytearray(5), bytearray(5)]
     got = _fs.read_whole_beneath(root_fd, [os.fsdecode(raw), raw], bufs)
     assert [g[0] for g in got] == [5, 5] and bufs == [b"latin", b"latin"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 300), min_size=1, max_size=20),
+    asked=st.lists(st.sampled_from(["own", "other", "none", "missing"]), min_size=20, max_size=20),
+)
+def test_read_versions_reads_each_file_of_its_version_only(tmp_path_factory, sizes, asked):
+    root = tmp_path_factory.mktemp("versions")
+    names, bufs, versions, want = [], [], [], []
+    for i, (size, ask) in enumerate(zip(sizes, asked[: len(sizes)], strict=True)):
+        name = f"f{i}" if ask != "missing" else f"gone{i}"
+        if ask != "missing":
+            (root / name).write_bytes(payload(size, i))
+            st_ = os.stat(root / name)
+            own = f"{st_.st_mtime_ns}-{st_.st_size}"
+        else:
+            own = "1-1"
+        version = {"own": own, "other": f"{own}0", "none": None, "missing": own}[ask]
+        names.append(name)
+        bufs.append(bytearray(size))
+        versions.append(version)
+        want.append(
+            -errno.ENOENT if ask == "missing" else -errno.ESTALE if ask == "other" else size
+        )
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        got = _fs.read_versions_beneath(fd, names, bufs, versions)
+    finally:
+        os.close(fd)
+    assert got == want
+    for i, (n, buf) in enumerate(zip(got, bufs, strict=True)):
+        if n >= 0:
+            assert bytes(buf) == payload(sizes[i], i)
+
+
+def test_read_versions_refuses_lists_that_do_not_match(tmp_path, root_fd):
+    (tmp_path / "a").write_bytes(b"x")
+    with pytest.raises(ValueError, match="1 paths for 2 versions"):
+        _fs.read_versions_beneath(root_fd, ["a"], [bytearray(1)], [None, None])
+    with pytest.raises(ValueError, match="1 paths for 0 buffers"):
+        _fs.read_versions_beneath(root_fd, ["a"], [], [None])
+    with pytest.raises(TypeError):
+        _fs.read_versions_beneath(root_fd, ["a"], [bytearray(1)], [b"1-1"])

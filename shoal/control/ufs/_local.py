@@ -287,33 +287,36 @@ class LocalStore(UnderStore):
         return sorted(entries, key=entry_order)
 
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
-        """Read many whole files with one native call (``_fs.read_whole_beneath``: the same
-        opens beneath the root, the GIL released once for them all); a file that fails
-        there is read again the ordinary way, for its exact error. Each file read by the
-        native call is a GET timed at that call's mean (see :meth:`latencies`)."""
+        """Read many whole files with one native call (``_fs.read_versions_beneath``: the
+        same opens beneath the root, the GIL released once for them all, each version
+        checked there); a file that fails there is read again the ordinary way, for its
+        exact error. Each file read by the native call is a GET timed at that call's mean
+        (see :meth:`latencies`)."""
         self._check_open()
         out: list[Any] = [None] * len(items)
-        keys, views, slots = [], [], []
-        for i, (path, buf, _) in enumerate(items):
+        keys, views, versions, slots = [], [], [], []
+        for i, (path, buf, version) in enumerate(items):
             try:
-                keys.append(self._key(path))
+                # A plain relative path goes as it is: the native call refuses what is not
+                # one beneath the root (then the ordinary read tells why, or reads it).
+                if type(path) is not str or path.startswith("/"):
+                    path = self._key(path)
                 # The fetcher's own buffers (bytes slices of one bytearray) need no check.
                 fit = type(buf) is memoryview and not buf.readonly and buf.format == "B"
                 fit = fit and buf.c_contiguous
                 views.append(buf if fit else _writable_view(buf, "read_many_into"))
+                keys.append(path)
+                versions.append(version)
                 slots.append(i)
             except (OSError, ValueError) as exc:
-                if len(keys) > len(views):
-                    keys.pop()
                 out[i] = exc
         began = time.perf_counter_ns()
-        got = _fs.read_whole_beneath(self._root_fd, keys, views, using=self._method)
+        got = _fs.read_versions_beneath(self._root_fd, keys, views, versions, using=self._method)
         elapsed = time.perf_counter_ns() - began
         again = []
-        for i, key, view, res in zip(slots, keys, views, got, strict=True):
-            version = items[i][2]
-            if type(res) is tuple and (version is None or f"{res[1]}-{res[2]}" == version):
-                out[i] = res[0]
+        for i, key, view, version, n in zip(slots, keys, views, versions, got, strict=True):
+            if n >= 0:
+                out[i] = n
             else:
                 again.append((i, key, view, version))
         self._hook_calls("GET", len(slots) - len(again), elapsed)
