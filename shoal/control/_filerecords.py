@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from ..engine._batch import pack_rows
 from .ufs import ObjectInfo
 
 __all__ = ["FileRecord", "decode_record", "encode_record", "encode_records"]
@@ -37,19 +38,22 @@ def encode_record(uri: str, info: ObjectInfo, ttl_left: float) -> bytes:
 
 
 def encode_records(items: list[tuple[str, ObjectInfo, float]]) -> list[bytes]:
-    """:func:`encode_record` of each ``(uri, info, ttl_left)``, with one packer and one
-    look at the clock for them all."""
-    now, pack = time.time(), msgpack.Packer().pack
-    return [
-        pack([_FORMAT, uri, info.path, info.version, info.size, info.mtime, now + left])
-        for uri, info, left in items
-    ]
+    """:func:`encode_record` of each ``(uri, info, ttl_left)``, packed natively with one
+    look at the clock for them all. A name the file system gave in bytes that are not
+    UTF-8 keeps them (as ``surrogateescape`` decoded them)."""
+    now = time.time()
+    return pack_rows(
+        [
+            (_FORMAT, uri, info.path, info.version, info.size, info.mtime, now + left)
+            for uri, info, left in items
+        ]
+    )
 
 
 def decode_record(value: bytes) -> FileRecord | None:
     """The record in ``value``; None for one of another format or malformed."""
     try:
-        fields = msgpack.unpackb(value)
+        fields = msgpack.unpackb(value, unicode_errors="surrogateescape")
     except (ValueError, msgpack.UnpackException):
         return None
     if not isinstance(fields, list) or len(fields) != 7 or fields[0] != _FORMAT:

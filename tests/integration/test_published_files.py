@@ -406,3 +406,20 @@ def test_bad_table_and_region_requests_are_refused_and_the_worker_serves_on(clie
     root, names = small
     assert new_process_reads(root, "/s", names[:20]) == []
     assert client.report()["published"]["files"] == len(names)
+
+
+def test_a_load_of_a_name_in_bytes_not_utf8_stores_it_and_keeps_it_across_a_restart(
+    client, tmp_path
+):
+    root = tmp_path / "odd"
+    root.mkdir()
+    (root / "good").write_bytes(b"g" * 100)
+    with open(os.path.join(os.fsencode(root), b"bad\xff"), "wb") as f:
+        f.write(b"b" * 100)
+    client.mount("/odd", str(root), metadata_ttl=3600)
+    done = client.load("/odd")
+    assert (done.files_done, done.files_total, done.bytes_done) == (2, 2, 200)
+    assert client.report()["published"]["files"] == 2
+    stop_worker(os.environ["SHOAL_HOME"])
+    wait_published(client, 2)  # the new worker took both records back
+    assert new_process_reads(root, "/odd", ["good"]) == []
