@@ -40,7 +40,14 @@ from typing import NamedTuple
 
 from ..engine import PageLocation, crc32c
 from ..engine._regions import TIER_NAMES
-from ..engine._slots import blake2b_16, copy_slots, find_files, put_files, read_published
+from ..engine._slots import (
+    blake2b_16,
+    copy_slots,
+    find_files,
+    located_bodies,
+    put_files,
+    read_published,
+)
 from ._namespace import MAX_PATH_BYTES, MAX_PATH_COMPONENTS
 
 __all__ = [
@@ -219,24 +226,18 @@ class FileTableWriter:
             bodies.append(_SLOT.pack(0, 0, _NO_KEY, 0, _LIVE, *fields))
         return self._put_bodies(paths, bodies)
 
-    def publish_located(self, items: Iterable[tuple[str, PageLocation, int]]) -> int:
+    def publish_located(
+        self, paths: list[str], locations: list[PageLocation], fresh: list[int]
+    ) -> int:
         """:meth:`publish_many` of files whose one page is at a location of the page store:
-        ``(path, location, fresh_until_ns)`` each, the file's size the page's length."""
-        paths, bodies = [], []
-        pack, tiers = _SLOT.pack, _TIER_CODES
-        for path, loc, fresh in items:
-            size, region, generation, offset = loc.length, loc.region, loc.generation, loc.offset
-            if not (
-                size < _U32 and region < _U32 and generation < _U32
-                and offset < 1 << 63 and 0 < fresh < 1 << 63
-            ):  # fmt: skip
-                continue  # (a location's numbers are never negative)
-            paths.append(path)
-            bodies.append(
-                pack(0, 0, _NO_KEY, 0, _LIVE, tiers[loc.tier], 0, region, loc.crc32c,
-                     generation, size, offset, fresh)
-            )  # fmt: skip
-        return self._put_bodies(paths, bodies)
+        ``paths``, ``locations`` and fresh until ``fresh`` (monotonic ns) each, the file's
+        size the page's length. Their slots are made natively (``_slots.located_bodies``);
+        a location whose numbers do not fit a slot is left out."""
+        bodies = located_bodies(locations, fresh, _TIER_CODES, _LIVE)
+        if None in bodies:
+            paths = [p for p, body in zip(paths, bodies, strict=True) if body is not None]
+            bodies = [body for body in bodies if body is not None]
+        return self._put_bodies(list(paths), bodies)
 
     def _put_bodies(self, paths: list[str], bodies: list[bytes]) -> int:
         """Write the slots ``bodies`` (packed, keys left to :func:`put_files`) of

@@ -80,15 +80,17 @@ class Publisher:
         :meth:`records_of` told."""
         now, now_ns = time.monotonic(), time.monotonic_ns()
         fresh_for = self._files.fresh_for
-        items = []
+        paths, locations, fresh = [], [], []
         for f, loc, until in zip(files, located, untils, strict=True):
             if until is None or loc is None or loc.length != f.info.size:
                 continue
             if f.own["ttl"] and fresh_for is not None:  # read no longer than it may be served
                 until = min(until, now + fresh_for(f))
-            items.append((f.path, loc, now_ns + int((until - now) * 1e9)))
-        if items:
-            self.table.publish_located(items)
+            paths.append(f.path)
+            locations.append(loc)
+            fresh.append(now_ns + int((until - now) * 1e9))
+        if paths:
+            self.table.publish_located(paths, locations, fresh)
 
     def publish_files(self, files: list[File]) -> None:
         """Publish the one-page ``files`` whose page is cached."""
@@ -174,7 +176,7 @@ class Publisher:
             pending.clear()
             return 0
         located = self._store.locate([first for _, _, first, _ in pending])
-        entries, known = [], 0
+        paths, locations, fresh, known = [], [], [], 0
         for (path, info, _, left), loc in zip(pending, located, strict=True):
             if loc is None:
                 stale.append(path.encode("utf-8", "surrogateescape"))
@@ -187,10 +189,12 @@ class Publisher:
                 and loc.length == info.size
                 and not self._files.options_at(path)["ttl"]  # told by the first stat
             ):
-                entries.append((path, loc, time.monotonic_ns() + int(left * 1e9)))
+                paths.append(path)
+                locations.append(loc)
+                fresh.append(time.monotonic_ns() + int(left * 1e9))
         pending.clear()
-        if entries:
-            self.table.publish_located(entries)
+        if paths:
+            self.table.publish_located(paths, locations, fresh)
         return known
 
     # ----------------------------------------------------------------- lifetime

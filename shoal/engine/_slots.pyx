@@ -12,7 +12,7 @@ from cpython.exc cimport PyErr_Clear
 from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_CheckExact
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp, memcpy, memset
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
@@ -491,3 +491,42 @@ cdef int _put_slot(uint8_t *base, Py_ssize_t header, uint64_t count, int max_pro
     memcpy(slot + 4, &check, 4)
     shoal_store32_release(slot, seq + 2)
     return fresh
+
+
+def located_bodies(list locations, list fresh, dict tier_codes, int live):
+    """The 64-byte slot bodies (keys left to :func:`put_files`) of files whose one page is
+    at ``locations`` (page locations: ``tier``, ``region``, ``crc32c``, ``generation``,
+    ``length``, ``offset``), fresh until ``fresh`` (monotonic ns) each, in state ``live``:
+    None for one whose numbers do not fit a slot."""
+    cdef Py_ssize_t k, n = len(locations)
+    cdef list out = [None] * n
+    cdef unsigned long long size, region, generation, offset, until
+    cdef uint32_t v32
+    cdef uint8_t *p
+    cdef bytes body
+    if len(fresh) != n:
+        raise ValueError(f"located_bodies: {n} locations, {len(fresh)} times")
+    for k in range(n):
+        loc = locations[k]
+        size, region, generation = loc.length, loc.region, loc.generation
+        offset, until = loc.offset, fresh[k]
+        if not (size < 4294967296 and region < 4294967296 and generation < 4294967296
+                and offset < 9223372036854775808 and 0 < until < 9223372036854775808):
+            continue
+        body = PyBytes_FromStringAndSize(NULL, SLOT)
+        p = <uint8_t *><char *>body
+        memset(p, 0, 32)
+        p[28] = <uint8_t>live
+        p[29] = <uint8_t>tier_codes[loc.tier]
+        v32 = <uint32_t>region
+        memcpy(p + 32, &v32, 4)
+        v32 = <uint32_t>loc.crc32c
+        memcpy(p + 36, &v32, 4)
+        v32 = <uint32_t>generation
+        memcpy(p + 40, &v32, 4)
+        v32 = <uint32_t>size
+        memcpy(p + 44, &v32, 4)
+        memcpy(p + 48, &offset, 8)
+        memcpy(p + 56, &until, 8)
+        out[k] = body
+    return out

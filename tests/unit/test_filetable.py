@@ -400,7 +400,8 @@ def test_files_published_at_their_locations_are_the_files_published_by_fields():
     paths = [f"/p/{i}" for i in range(300)]
     by_fields, by_location = FileTableWriter(1024), FileTableWriter(1024)
     assert by_fields.publish_many(entry(p, i) for i, p in enumerate(paths)) == 300
-    assert by_location.publish_located((p, located(i), FRESH) for i, p in enumerate(paths)) == 300
+    locations = [located(i) for i in range(len(paths))]
+    assert by_location.publish_located(paths, locations, [FRESH] * len(paths)) == 300
     assert slot_bytes(by_location) == slot_bytes(by_fields)
     assert reader(by_location).lookup_many(paths) == reader(by_fields).lookup_many(paths)
     bad = [
@@ -408,5 +409,11 @@ def test_files_published_at_their_locations_are_the_files_published_by_fields():
         ("/gen", PageLocation("MEM", 0, "/r", 0, 1, 0, 1 << 32), FRESH),
         ("/stale", PageLocation("MEM", 0, "/r", 0, 1, 0, 1), 0),
     ]
-    assert by_location.publish_located(bad) == 0
+    assert by_location.publish_located(*map(list, zip(*bad, strict=True))) == 0
+    # Among files that fit, those that do not are left out.
+    mixed = [("/ok", located(7), FRESH), *bad, ("/ok2", located(8), FRESH)]
+    assert by_location.publish_located(*map(list, zip(*mixed, strict=True))) == 2
+    assert reader(by_location).lookup_many(["/ok", "/ok2"]) == reader(by_fields).lookup_many(
+        [paths[7], paths[8]]
+    )
     assert reader(by_location).lookup_many([b[0] for b in bad]) == [None] * 3
