@@ -138,6 +138,8 @@ def normalize_path(path: str) -> str:
         )
     if "\0" in path:
         raise ValueError(f"path contains a NUL byte: {path!r}")
+    if not path.isascii() and not _is_text(path):
+        raise ValueError(f"path is not UTF-8 text (a name in other bytes?): {path!r}")
     if not path.startswith("/"):
         raise ValueError(f"path must be absolute (start with /): {path!r}")
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -148,6 +150,16 @@ def normalize_path(path: str) -> str:
             f"path has {len(parts)} components, more than {MAX_PATH_COMPONENTS}: {path[:64]!r}..."
         )
     return "/" + "/".join(parts)
+
+
+def _is_text(path: str) -> bool:
+    """True when ``path`` encodes to UTF-8: no lone surrogate (such as ``surrogateescape``
+    makes of bytes that are not UTF-8)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)

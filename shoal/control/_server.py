@@ -606,6 +606,13 @@ class Server:
                 _send_segments(sock, answer, reply.payload)
             else:
                 send_frame(sock, answer, reply.payload, reply.fds)
+        except UnicodeEncodeError as exc:  # before any byte went out: a name not UTF-8
+            bad = exc.object[max(0, exc.start - 40) : exc.end + 40]
+            _send_error(
+                sock,
+                OSError(errno.EILSEQ, f"{op}: the answer holds a name that is not UTF-8: {bad!r}"),
+            )
+            return True
         except ValueError as exc:  # raised before any byte went out: an answer too large
             _send_error(sock, OSError(errno.E2BIG, f"{op}: {exc}; ask for less at a time"))
             return True

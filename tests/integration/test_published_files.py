@@ -408,18 +408,24 @@ def test_bad_table_and_region_requests_are_refused_and_the_worker_serves_on(clie
     assert client.report()["published"]["files"] == len(names)
 
 
-def test_a_load_of_a_name_in_bytes_not_utf8_stores_it_and_keeps_it_across_a_restart(
-    client, tmp_path
-):
+def test_names_not_utf8_are_left_out_of_listings_and_loads_and_refused_by_path(client, tmp_path):
     root = tmp_path / "odd"
     root.mkdir()
     (root / "good").write_bytes(b"g" * 100)
-    with open(os.path.join(os.fsencode(root), b"bad\xff"), "wb") as f:
-        f.write(b"b" * 100)
+    for name in (b"bad\xff", b"caf\xe9"):
+        with open(os.path.join(os.fsencode(root), name), "wb") as f:
+            f.write(b"b" * 100)
+    os.mkdir(os.path.join(os.fsencode(root), b"dir\xfe"))
     client.mount("/odd", str(root), metadata_ttl=3600)
+    assert [e.path for e in client.ls("/odd")] == ["/odd/good"]
     done = client.load("/odd")
-    assert (done.files_done, done.files_total, done.bytes_done) == (2, 2, 200)
-    assert client.report()["published"]["files"] == 2
+    assert (done.files_done, done.files_total, done.bytes_done) == (1, 1, 100)
+    bad = "/odd/" + os.fsdecode(b"bad\xff")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        client.stat(bad)
+    with pytest.raises(ValueError, match="not UTF-8"):
+        client.read_into(bytearray(100), bad)
+    assert client.report()["published"]["files"] == 1
     stop_worker(os.environ["SHOAL_HOME"])
-    wait_published(client, 2)  # the new worker took both records back
+    wait_published(client, 1)  # the new worker took the record back
     assert new_process_reads(root, "/odd", ["good"]) == []

@@ -55,6 +55,8 @@ def test_normalize_is_the_same_with_and_without_its_fast_path(raw):
         ("/a/../etc", "'..'"),
         ("/..", "'..'"),
         ("/a\0b", "NUL"),
+        ("/caf\udce9", "not UTF-8"),  # a name in bytes that are not UTF-8, as fsdecode gives it
+        ("/\ud800x", "not UTF-8"),
         (b"/bytes", "str"),
         (None, "str"),
     ],

@@ -699,3 +699,20 @@ def test_load_secret(tmp_path):
         load_secret(str(tmp_path / "missing"), "cluster_secret_file")
     with pytest.raises(ValueError, match="not a regular file"):
         load_secret(str(tmp_path), "cluster_secret_file")
+
+
+def test_an_answer_holding_a_name_not_utf8_is_an_error_that_says_so():
+    from shoal.control._server import Reply, Server
+
+    here, there = socket.socketpair()
+    try:
+        answer = Reply({"entries": [{"path": "/d/caf" + os.fsdecode(b"\xe9")}]})
+        assert Server._send_reply(object.__new__(Server), here, "ls", answer)
+        header, _, _ = recv_frame(there)
+        assert header["ok"] is False
+        exc = decode_error(header["error"])
+        assert isinstance(exc, OSError) and exc.errno == errno.EILSEQ
+        assert "not UTF-8" in str(exc) and "caf" in str(exc)
+    finally:
+        here.close()
+        there.close()

@@ -129,6 +129,28 @@ def test_leftover_temporary_files_are_not_listed(store, root):
     assert [o.path for o in store.list()] == ["kept"]
 
 
+def test_names_not_utf8_are_left_out_of_listings_with_a_warning(store, root, caplog):
+    raw = os.fsencode(root)
+    for name in (b"bad\xff", b"sub/caf\xe9", b"sub/ok"):
+        os.makedirs(os.path.dirname(os.path.join(raw, name)), exist_ok=True)
+        with open(os.path.join(raw, name), "wb") as f:
+            f.write(b"x")
+    os.makedirs(os.path.join(raw, b"dir\xfe", b"inner"))
+    with open(os.path.join(raw, b"dir\xfe", b"inner", b"f"), "wb") as f:
+        f.write(b"x")
+    store.write("\u00e9t\u00e9", b"text")  # not ASCII, but UTF-8: kept
+    with caplog.at_level("WARNING", logger="shoal.ufs"):
+        assert [o.path for o in store.list()] == ["sub/ok", "\u00e9t\u00e9"]
+        assert [(o.path, o.is_dir) for o in store.list_dir("")] == [
+            ("sub", True),
+            ("\u00e9t\u00e9", False),
+        ]
+        assert [o.path for o in store.list_dir("sub")] == ["sub/ok"]
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("root: left out 2 of its names" in m for m in warned), warned
+    assert any("sub: left out 1 of its names" in m for m in warned), warned
+
+
 def test_same_size_rewrites_always_change_version(root):
     # File systems stamp mtimes from a coarse clock: back-to-back rewrites of one size
     # often share an mtime, and the store must still give each a new version.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat as stat_mod
 import time
@@ -28,6 +29,8 @@ from ._options import redact_uri
 from ._paths import normalize_key
 
 __all__ = ["LocalStore"]
+
+log = logging.getLogger("shoal.ufs")
 
 _TMP_PREFIX = ".shoal-tmp-"
 _COPY_CHUNK = 1 << 20
@@ -213,6 +216,7 @@ class LocalStore(UnderStore):
         """
         try:
             files, dirs = _fs.list_dir(fd)  # one native pass: names, sizes, times
+            files, dirs = self._text_names(rel, files, dirs)
             if not dirs:  # a directory of files only: one run, in name order
                 files.sort()
                 wanted = rel.startswith(prefix) and start_after is None
@@ -251,6 +255,25 @@ class LocalStore(UnderStore):
         finally:
             os.close(fd)
 
+    def _text_names(
+        self, rel: str, files: list[tuple], dirs: list[str]
+    ) -> tuple[list[tuple], list[str]]:
+        """The entries of directory ``rel`` (as :func:`_fs.list_dir` tells them) whose
+        names are UTF-8: Shoal paths are text, as on an object store (the FUSE mount
+        finds no other name either). The others are left out, with a warning."""
+        if all(f[0].isascii() for f in files) and all(d.isascii() for d in dirs):
+            return files, dirs  # the common case: one cheap pass
+        kept_files = [f for f in files if _is_text(f[0])]
+        kept_dirs = [d for d in dirs if _is_text(d)]
+        left = len(files) - len(kept_files) + len(dirs) - len(kept_dirs)
+        if left:
+            log.warning(
+                "%s: left out %d of its names, which are not UTF-8 (Shoal paths are text)",
+                self.uri_of(rel.rstrip("/")) if rel else self.uri,
+                left,
+            )
+        return kept_files, kept_dirs
+
     @staticmethod
     def _infos(
         rel: str, listed: list[tuple], prefix: str, start_after: str | None, all_wanted: bool
@@ -282,6 +305,7 @@ class LocalStore(UnderStore):
                 files, dirs = _fs.list_dir(fd)
             finally:
                 os.close(fd)
+        files, dirs = self._text_names(prefix, files, dirs)
         entries = self._infos(prefix, files, prefix, None, True)
         entries += [ObjectInfo(prefix + name, 0, "", 0.0, is_dir=True) for name in dirs]
         return sorted(entries, key=entry_order)
@@ -489,3 +513,12 @@ def _open_entry(dir_fd: int, name: str, flags: int) -> int | None:
         if exc.errno == errno.ELOOP:
             return None
         raise
+
+
+def _is_text(name: str) -> bool:
+    """True when ``name`` (as the file system decoder gives it) is UTF-8 text."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
