@@ -10,6 +10,7 @@ import itertools
 import logging
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ log = logging.getLogger("shoal.worker")
 
 _MAX_FILES = 1 << 17  # files remembered for fast lookup (some 40 MiB)
 _PRIME_MIN = 8  # uncached files of one directory in one stat worth listing it for
+#: Directories whose listings run ahead of the one a caller works on, each in a thread:
+#: their system calls overlap (the Python of each still takes the GIL in turn).
+_LISTINGS_AHEAD = 2
 
 
 @dataclass(slots=True)
@@ -744,15 +748,16 @@ class FileResolver:
 
         def begun(k: int) -> Iterator[list[ObjectInfo]] | None:
             """The listing of the k-th path begun, unless there is none to make."""
-            if k == len(named) or not named[k].info.is_dir:
+            if k >= len(named) or not named[k].info.is_dir:
                 return None
             if self.metadata.get_list(named[k].path) is not None:
                 return None
             return self._begin_listing(named[k], run)
 
-        after = begun(0)
+        ahead = deque(begun(k) for k in range(_LISTINGS_AHEAD))
         for k, f in enumerate(named):
-            listed, after = after, begun(k + 1)
+            listed = ahead.popleft()
+            ahead.append(begun(k + _LISTINGS_AHEAD))
             if not f.info.is_dir:
                 if f.path not in seen:
                     seen.add(f.path)

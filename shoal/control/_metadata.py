@@ -161,12 +161,13 @@ class MetadataCache:
         with self._lock:
             until = self._clock() + ttl
             self._first_expiry = min(self._first_expiry, until)
+            dropped, pop = 0, stats.pop
             for (path, info), cost in zip(items, costs, strict=True):
-                old = stats.pop(path, None)  # re-inserted last: insertion order is age order
+                old = pop(path, None)  # re-inserted last: insertion order is age order
                 if old is not None:
-                    self.bytes -= old[2]
+                    dropped += old[2]
                 stats[path] = (until, info, cost)
-                self.bytes += cost
+            self.bytes += sum(costs) - dropped
             if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
                 self._shrink((stats, items[-1][0]))
 
