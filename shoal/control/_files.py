@@ -743,8 +743,9 @@ class FileResolver:
         store has listed it (a load works on one while the store lists the next). A file
         named twice comes once. The store lists the next directory while the caller works
         on the runs of this one."""
-        seen: set[str] = set()
         named = [self.file(p) for p in paths]
+        # A file comes twice only where one path named is another or lies under another.
+        seen: set[str] | None = set() if _overlap([f.path for f in named]) else None
 
         def begun(k: int) -> Iterator[list[ObjectInfo]] | None:
             """The listing of the k-th path begun, unless there is none to make."""
@@ -759,8 +760,9 @@ class FileResolver:
             listed = ahead.popleft()
             ahead.append(begun(k + _LISTINGS_AHEAD))
             if not f.info.is_dir:
-                if f.path not in seen:
-                    seen.add(f.path)
+                if seen is None or f.path not in seen:
+                    if seen is not None:
+                        seen.add(f.path)
                     yield [f]
                 continue
             mount, epoch = f.mount, f.epoch
@@ -769,10 +771,18 @@ class FileResolver:
             own, covered = self._own_at(mount)
             for known in self._listing_runs(f, run, listed):
                 fids = file_ids(uri, [info for _, info in known])  # each as file_id makes it
-                out = []
-                for (child, info), fid in zip(known, fids, strict=True):
-                    if child not in seen:
-                        seen.add(child)
+                if seen is None and not covered:  # the common case: one set of options
+                    out = [
+                        File(child, mount, info.path, info, fid, store, own, epoch)
+                        for (child, info), fid in zip(known, fids, strict=True)
+                    ]
+                else:
+                    out = []
+                    for (child, info), fid in zip(known, fids, strict=True):
+                        if seen is not None:
+                            if child in seen:
+                                continue
+                            seen.add(child)
                         if covered:
                             own = self._own(mount, child)
                         out.append(File(child, mount, info.path, info, fid, store, own, epoch))
@@ -790,6 +800,22 @@ class FileResolver:
         for store in stores:
             with contextlib.suppress(Exception):
                 store.close()
+
+
+def _overlap(paths: list[str]) -> bool:
+    """True when one of ``paths`` (normalised Shoal paths) is another one, or lies under
+    another one."""
+    named = set(paths)
+    if len(named) < len(paths) or ("/" in named and len(named) > 1):
+        return True
+    for path in paths:
+        cut = path.rfind("/")
+        while cut > 0:
+            path = path[:cut]
+            if path in named:
+                return True
+            cut = path.rfind("/")
+    return False
 
 
 def _ahead(items: Iterator[Any], run: int, depth: int = 4) -> Iterator[list[Any]]:

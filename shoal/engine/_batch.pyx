@@ -3,7 +3,9 @@
 batch: a load of small files puts thousands of pages a batch, and the same steps in Python
 took about a microsecond a page of a thread that holds the GIL."""
 
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport (
+    PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer,
+)
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
@@ -17,19 +19,6 @@ cdef extern from "crc32c.h" nogil:
 # generation, offset, length, crc32c, flags.
 cdef enum:
     RECORD = 34
-
-
-def crcs(list views):
-    """The crc32c of each buffer of ``views``."""
-    cdef Py_buffer view
-    cdef list out = []
-    for data in views:
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            out.append(shoal_crc32c(0, view.buf, <size_t>view.len))
-        finally:
-            PyBuffer_Release(&view)
-    return out
 
 
 cdef inline void _put64(uint8_t *p, uint64_t v) noexcept nogil:
@@ -339,3 +328,35 @@ def pack_rows(list rows):
                 raise TypeError(f"pack_rows: cannot pack {type(v).__name__} {v!r}")
         packed.append(PyBytes_FromStringAndSize(out.buf, out.used))
     return packed
+
+
+def prepared(list items, Py_ssize_t region_size):
+    """``(key, view, crc32c)`` of each ``(key, data)`` of ``items`` when every key is
+    non-empty bytes and every data a contiguous one-dimensional memoryview of bytes of at
+    most ``region_size``: what a batch put writes and records. None otherwise: the caller
+    checks each item on its own, with its own errors."""
+    cdef Py_buffer view
+    cdef list out = []
+    cdef uint32_t crc
+    cdef bint fit
+    for item in items:
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            return None
+        key, data = <tuple>item
+        if type(key) is not bytes or not key or type(data) is not memoryview:
+            return None
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS)
+        except BufferError:  # not contiguous
+            return None
+        try:
+            fit = (view.ndim == 1 and view.len <= region_size and view.format != NULL
+                   and view.format[0] == 66 and view.format[1] == 0)  # "B"
+            if fit:
+                crc = shoal_crc32c(0, view.buf, <size_t>view.len)
+        finally:
+            PyBuffer_Release(&view)
+        if not fit:
+            return None
+        out.append((key, data, crc))
+    return out

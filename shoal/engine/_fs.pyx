@@ -14,8 +14,8 @@ import os
 import sys
 
 __all__ = [
-    "METHODS", "list_dir", "method", "open_beneath", "openat2_available", "read_versions_beneath",
-    "read_whole_beneath",
+    "METHODS", "list_sorted", "method", "open_beneath", "openat2_available",
+    "read_versions_beneath", "read_whole_beneath",
 ]
 
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -27,8 +27,8 @@ from libc.errno cimport (
 )
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdio cimport snprintf
-from libc.string cimport memcmp
-from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp, memset
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from posix.stat cimport struct_stat, fstat, S_ISREG, S_ISDIR
 from posix.unistd cimport close, pread
 from posix.fcntl cimport O_RDONLY, O_NONBLOCK, O_CLOEXEC
@@ -80,7 +80,9 @@ cdef extern from *:
     void shoal_clear_errno() nogil
 
 cdef extern from "Python.h":
-    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+    object PyUnicode_Decode(const char *s, Py_ssize_t size, const char *encoding,
+                            const char *errors)
+    object PyUnicode_FromStringAndSize(const char *s, Py_ssize_t size)
 
 cdef extern from "beneath.h" nogil:
     int SHOAL_BENEATH_OPENAT2
@@ -414,8 +416,10 @@ cdef list _read_wholes_of(int root_fd, list paths, list buffers, list versions, 
 
 
 cdef struct _Listed:
-    # One entry of a directory as ``list_dir`` gathers it with the GIL released.
-    char name[256]
+    # One entry of a directory as ``list_sorted`` gathers it with the GIL released: its
+    # name is ``length`` bytes at ``at`` of the names gathered (``name`` once all are).
+    const char *name
+    size_t at
     size_t length
     bint is_dir
     long long size
@@ -423,25 +427,29 @@ cdef struct _Listed:
     long long mtime_nsec
 
 
-#: Entries ``list_dir`` gathers per release of the GIL.
-cdef enum:
-    _LIST_BATCH = 4096
+cdef struct _Listing:
+    _Listed *entries
+    size_t count, room
+    char *names
+    size_t used, names_room
+    int err
 
 
-cdef Py_ssize_t _list_some(DIR *d, int dir_fd, _Listed *out, int *err) noexcept nogil:
-    """Up to ``_LIST_BATCH`` regular files and directories of ``d`` into ``out`` (stat'd
-    with no link followed); how many. At the end of the directory, fewer (0 at the end),
-    ``err`` set when reading it failed."""
-    cdef Py_ssize_t k = 0
+cdef int _gather(DIR *d, int dir_fd, _Listing *out) noexcept nogil:
+    """Every regular file and directory of ``d`` into ``out`` (stat'd with no link
+    followed); entries gone by the time they are looked at are left out. 0, or an errno
+    (``out.err`` too) when reading the directory or growing ``out`` failed."""
     cdef dirent *e
     cdef struct_stat st
     cdef const char *name
-    while k < _LIST_BATCH:
+    cdef size_t length
+    cdef void *grown
+    while True:
         shoal_clear_errno()
         e = readdir(d)
         if e == NULL:
-            err[0] = c_errno
-            break
+            out.err = c_errno
+            return out.err
         name = e.d_name
         if name[0] == 46 and (name[1] == 0 or (name[1] == 46 and name[2] == 0)):
             continue  # . and ..
@@ -451,67 +459,111 @@ cdef Py_ssize_t _list_some(DIR *d, int dir_fd, _Listed *out, int *err) noexcept 
             continue  # gone since it was listed
         if not S_ISREG(st.st_mode) and not S_ISDIR(st.st_mode):
             continue
-        out[k].length = strlen(name)
-        memcpy(out[k].name, name, out[k].length)
-        out[k].is_dir = S_ISDIR(st.st_mode)
-        out[k].size = st.st_size
-        out[k].mtime_sec = st.st_mtim.tv_sec
-        out[k].mtime_nsec = st.st_mtim.tv_nsec
-        k += 1
-    return k
+        length = strlen(name)
+        if out.count == out.room:
+            grown = realloc(out.entries, (2 * out.room + 64) * sizeof(_Listed))
+            if grown == NULL:
+                out.err = ENOMEM
+                return out.err
+            out.entries, out.room = <_Listed *>grown, 2 * out.room + 64
+        if out.used + length > out.names_room:
+            grown = realloc(out.names, 2 * out.names_room + length + 4096)
+            if grown == NULL:
+                out.err = ENOMEM
+                return out.err
+            out.names, out.names_room = <char *>grown, 2 * out.names_room + length + 4096
+        memcpy(out.names + out.used, name, length)
+        out.entries[out.count].at = out.used
+        out.entries[out.count].length = length
+        out.entries[out.count].is_dir = S_ISDIR(st.st_mode)
+        out.entries[out.count].size = st.st_size
+        out.entries[out.count].mtime_sec = st.st_mtim.tv_sec
+        out.entries[out.count].mtime_nsec = st.st_mtim.tv_nsec
+        out.used += length
+        out.count += 1
 
 
-def list_dir(int dir_fd):
+cdef int _by_name(const void *a, const void *b) noexcept nogil:
+    """Entries in the order of their names' bytes: the order of their str (UTF-8 keeps
+    the order of code points)."""
+    cdef const _Listed *x = <const _Listed *>a
+    cdef const _Listed *y = <const _Listed *>b
+    cdef int c = memcmp(x.name, y.name, x.length if x.length < y.length else y.length)
+    if c:
+        return c
+    return (x.length > y.length) - (x.length < y.length)
+
+
+def list_sorted(int dir_fd, str rel, make, str skip=""):
     """The entries of the open directory ``dir_fd`` (read from its start; the descriptor
-    stays open, its read position moved): ``(files, dirs)``, ``files`` a list of ``(name,
-    size, mtime_ns, mtime)`` of its regular files (``mtime`` in seconds, as ``os.stat``
-    gives it), ``dirs`` a list of the names of its subdirectories. Links and other kinds
-    are left out, as are entries gone by the time they are looked at. One ``readdir`` and
-    one ``fstatat`` (no link followed) per entry, the GIL released once for every
-    ``_LIST_BATCH`` entries (once per entry, it would wait its turn behind busy threads
-    each time). Raises ``OSError`` when the directory cannot be read."""
+    stays open, its read position moved), in name order: ``(files, dirs, odd)``.
+
+    ``files`` holds ``make(rel + name, size, version, mtime)`` of each regular file whose
+    name does not start with ``skip`` (``version`` is ``"<st_mtime_ns>-<st_size>"``,
+    ``mtime`` in seconds as ``os.stat`` gives it), ``dirs`` the names of its
+    subdirectories, and ``odd`` counts the names left out because the file system's
+    encoding does not decode them (bytes that are not UTF-8, where it is UTF-8). Links and
+    other kinds are left out, as are entries gone by the time they are looked at.
+
+    One ``readdir`` and one ``fstatat`` (no link followed) per entry, gathered and sorted
+    with the GIL released once for the whole directory. Raises ``OSError`` when the
+    directory cannot be read."""
     cdef int fd
     cdef DIR *d
-    cdef _Listed *got
-    cdef Py_ssize_t n, k
-    cdef int err = 0
+    cdef _Listing got
+    cdef Py_ssize_t k, odd = 0
+    cdef _Listed *e
+    cdef char version[48]
+    cdef int n
+    cdef bytes encoding = _FS_ENCODING.encode()
+    cdef bytes head = skip.encode(_FS_ENCODING, _FS_ERRORS)
+    cdef const char *c_encoding = encoding
+    cdef const char *c_head = head
+    cdef size_t head_len = len(head)
     files, dirs = [], []
-    got = <_Listed *>malloc(_LIST_BATCH * sizeof(_Listed))
-    if got == NULL:
-        raise MemoryError()
+    memset(&got, 0, sizeof(got))
     fd = dup(dir_fd)
     if fd < 0:
         err = c_errno
-        free(got)
         raise OSError(err, os.strerror(err))
     d = fdopendir(fd)
     if d == NULL:
         err = c_errno
         close(fd)
-        free(got)
         raise OSError(err, os.strerror(err))
     try:
-        rewinddir(d)
-        while True:
-            with nogil:
-                n = _list_some(d, dir_fd, got, &err)
-            for k in range(n):
-                name = PyUnicode_DecodeFSDefaultAndSize(got[k].name, got[k].length)
-                if got[k].is_dir:
-                    dirs.append(name)
-                    continue
-                files.append((
-                    name,
-                    got[k].size,
-                    got[k].mtime_sec * 1000000000 + got[k].mtime_nsec,
-                    <double>got[k].mtime_sec + <double>got[k].mtime_nsec * 1e-9,
-                ))
-            if n < _LIST_BATCH:
-                break
-        if err:
-            raise OSError(err, os.strerror(err))
-        return files, dirs
+        with nogil:
+            rewinddir(d)
+            _gather(d, dir_fd, &got)
+            for k in range(<Py_ssize_t>got.count):
+                got.entries[k].name = got.names + got.entries[k].at
+            if got.count:
+                qsort(got.entries, got.count, sizeof(_Listed), _by_name)
+        if got.err:
+            raise OSError(got.err, os.strerror(got.err))
+        for k in range(<Py_ssize_t>got.count):
+            e = &got.entries[k]
+            if not e.is_dir and head_len and e.length >= head_len and (
+                    memcmp(e.name, c_head, head_len) == 0):
+                continue
+            try:
+                name = PyUnicode_Decode(e.name, <Py_ssize_t>e.length, c_encoding, "strict")
+            except UnicodeDecodeError:
+                odd += 1
+                continue
+            if e.is_dir:
+                dirs.append(name)
+                continue
+            n = snprintf(version, sizeof(version), "%lld-%lld",
+                         e.mtime_sec * 1000000000 + e.mtime_nsec, e.size)
+            files.append(make(
+                rel + name,
+                e.size,
+                PyUnicode_FromStringAndSize(version, n),
+                <double>e.mtime_sec + <double>e.mtime_nsec * 1e-9,
+            ))
+        return files, dirs, odd
     finally:
         closedir(d)
-        free(got)
-
+        free(got.entries)
+        free(got.names)

@@ -470,6 +470,29 @@ def _sorted_batch(*runs: list[tuple[bytes, bytes]]) -> rocksdict.WriteBatch:
     return batch
 
 
+def _prepared(items: list, region_size: int) -> list[tuple[bytes, memoryview, int]]:
+    """``(key, view, crc32c)`` of each ``(key, data)`` to put, each checked (see
+    :meth:`PageStore.put_many` for what is refused)."""
+    prepared = []
+    for i, item in enumerate(items):
+        try:
+            key, data = item
+        except (TypeError, ValueError):
+            raise ValueError(f"put_many item {i}: expected (key, data), got {item!r}") from None
+        if type(key) is bytes and key and type(data) is memoryview and data.c_contiguous:
+            k, view = key, data.cast("B") if data.format != "B" else data
+        else:  # every other kind of key and buffer, checked
+            k = _encode_key(key)
+            view = _source_view(data, f"page {key!r}")
+        if view.nbytes > region_size:
+            raise ValueError(
+                f"page {key!r} of {view.nbytes} bytes is larger than a region "
+                f"(region_size={region_size})"
+            )
+        prepared.append((k, view, _crc.crc32c(view, 0)))
+    return prepared
+
+
 def _source_view(data: Any, what: str) -> memoryview:
     try:
         return host_view(data, writable=False, what=what)
@@ -1424,24 +1447,11 @@ class PageStore:
         kind = _priority_kind(priority)
         if flags:
             kind = _STICKY
-        prepared = []
         region_size = self.region_size
-        for i, item in enumerate(items):
-            try:
-                key, data = item
-            except (TypeError, ValueError):
-                raise ValueError(f"put_many item {i}: expected (key, data), got {item!r}") from None
-            if type(key) is bytes and key and type(data) is memoryview and data.c_contiguous:
-                k, view = key, data.cast("B") if data.format != "B" else data
-            else:  # every other kind of key and buffer, checked
-                k = _encode_key(key)
-                view = _source_view(data, f"page {key!r}")
-            if view.nbytes > region_size:
-                raise ValueError(
-                    f"page {key!r} of {view.nbytes} bytes is larger than a region "
-                    f"(region_size={region_size})"
-                )
-            prepared.append((k, view, _crc.crc32c(view, 0)))
+        items = items if type(items) is list else list(items)
+        prepared = _batch.prepared(items, region_size)  # the common case, in one pass
+        if prepared is None:
+            prepared = _prepared(items, region_size)
         named = _encode_records(records, "put_many records") if records is not None else []
         if not prepared:
             if named:

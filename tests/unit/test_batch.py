@@ -137,3 +137,24 @@ def test_index_pages_maps_keys_and_tells_runs_and_replaced_records(batch, before
         assert all(item[2] is region for item in mine)
         assert nbytes == sum(item[3] for item in mine)
         assert after is None or after[0] is not region
+
+
+def test_prepared_takes_the_common_case_and_leaves_every_other_to_the_checks():
+    data = memoryview(bytearray(b"abcdefgh"))
+    got = _batch.prepared([(b"k1", data), (b"k2", data[2:5])], 64)
+    assert got == [(b"k1", data, _crc.crc32c(data)), (b"k2", data[2:5], _crc.crc32c(b"cde"))]
+    assert got[0][1] is data  # the caller's own view, not a copy
+    assert _batch.prepared([], 64) == []
+    others = [
+        [("k", data)],  # a str key
+        [(b"", data)],  # an empty key
+        [(b"k", b"bytes")],  # not a memoryview
+        [(b"k", data[::2])],  # not contiguous
+        [(b"k", memoryview(bytearray(8)).cast("B", (2, 4)))],  # two dimensions
+        [(b"k", memoryview(bytearray(8)).cast("i"))],  # not bytes
+        [(b"k", data)] * 2 + [(b"big", memoryview(bytearray(65)))],  # larger than a region
+        [[b"k", data]],  # not a tuple
+        [(b"k", data, 0)],  # not a pair
+    ]
+    for items in others:
+        assert _batch.prepared(items, 64) is None, items

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.control._admission import MountPolicy
-from shoal.control._files import FileResolver, _ahead
+from shoal.control._files import FileResolver, _ahead, _overlap
 from shoal.control._metastore import LocalMetaStore
 from shoal.control._metrics import Counters
 from shoal.control._namespace import MountTable
@@ -142,3 +142,31 @@ def test_files_under_several_directories_lists_each_file_once(resolver, tmp_path
     got = [f.path for f in resolver.files_under(["/m/d3", "/m/d1"])]
     assert got == [f"/m/d1/f{i:02d}" for i in range(30)]
     assert wait_until(lambda: listing_threads() == 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    paths=st.lists(
+        st.lists(st.sampled_from(["a", "b", "a-b", "ab"]), max_size=3).map(
+            lambda parts: "/" + "/".join(parts)
+        ),
+        max_size=6,
+    )
+)
+def test_overlap_tells_a_path_named_twice_or_under_another(paths):
+    def under(p: str, q: str) -> bool:
+        return p == q or q == "/" or p.startswith(q + "/")
+
+    want = any(under(p, q) for i, p in enumerate(paths) for j, q in enumerate(paths) if i != j)
+    assert _overlap(paths) == want
+
+
+def test_files_under_a_directory_and_what_lies_under_it_lists_each_file_once(resolver, tmp_path):
+    src = tmp_path / "src"
+    for d in range(2):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(5):
+            (src / f"d{d}" / f"f{i}").write_bytes(b"x")
+    resolver.mount("/m", src.as_uri(), {})
+    got = [f.path for f in resolver.files_under(["/m/d1/f2", "/m", "/m/d1"])]
+    assert got[0] == "/m/d1/f2" and sorted(got) == sorted(set(got)) and len(got) == 10

@@ -276,39 +276,72 @@ def test_both_methods_agree_on_any_path(parts, link_at, inside):
             os.close(fd)
 
 
-def test_list_dir_tells_files_and_directories_as_stat_does(tmp_path):
+def test_list_sorted_tells_files_and_directories_as_stat_does(tmp_path):
     (tmp_path / "sub").mkdir()
-    for name, size in (("a", 0), ("b.bin", 100), ("ünï", 7)):
+    (tmp_path / "sub-b").mkdir()
+    for name, size in (("b.bin", 100), ("a", 0), ("ünï", 7), (".tmp-x", 3), ("z\u00e9", 1)):
         (tmp_path / name).write_bytes(b"x" * size)
+    raw = os.fsencode(tmp_path)
+    os.mkdir(os.path.join(raw, b"dir\xfe"))  # names not UTF-8: left out, counted
+    with open(os.path.join(raw, b"bad\xff"), "wb"):
+        pass
     os.symlink(tmp_path / "a", tmp_path / "link")
     os.symlink(tmp_path / "sub", tmp_path / "dirlink")
     os.mkfifo(tmp_path / "fifo")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for _ in range(2):  # read from the start each time
-            files, dirs = _fs.list_dir(fd)
-            assert dirs == ["sub"]
-            assert sorted(f[0] for f in files) == ["a", "b.bin", "ünï"]
-            for name, size, mtime_ns, mtime in files:
-                st = os.stat(tmp_path / name)
-                assert (size, mtime_ns, mtime) == (st.st_size, st.st_mtime_ns, st.st_mtime)
+            files, dirs, odd = _fs.list_sorted(fd, "p/", lambda *a: a, ".tmp-")
+            assert (dirs, odd) == (["sub", "sub-b"], 2)
+            assert [f[0] for f in files] == ["p/a", "p/b.bin", "p/z\u00e9", "p/ünï"]
+            for path, size, version, mtime in files:
+                st = os.stat(tmp_path / path[2:])
+                assert (size, version, mtime) == (
+                    st.st_size,
+                    f"{st.st_mtime_ns}-{st.st_size}",
+                    st.st_mtime,
+                )
     finally:
         os.close(fd)
     with pytest.raises(OSError) as err:
-        _fs.list_dir(10**6)  # not a descriptor
+        _fs.list_sorted(10**6, "", tuple)  # not a descriptor
     assert err.value.errno == errno.EBADF
     fd = os.open(tmp_path / "a", os.O_RDONLY)
     try:
         with pytest.raises(OSError) as err:
-            _fs.list_dir(fd)  # not a directory
+            _fs.list_sorted(fd, "", tuple)  # not a directory
         assert err.value.errno == errno.ENOTDIR
     finally:
         os.close(fd)
 
 
-def test_list_dir_of_many_entries_tells_each_once(tmp_path):
-    """More entries than one release of the GIL gathers (4,096): every file and directory
-    once, links and other kinds left out, a name of 255 bytes whole."""
+@settings(max_examples=30, deadline=None)
+@given(
+    names=st.sets(
+        st.text(
+            st.characters(exclude_categories=["Cs"], exclude_characters="/\0"),
+            min_size=1,
+            max_size=20,
+        ),
+        max_size=40,
+    )
+)
+def test_list_sorted_orders_names_as_python_orders_str(tmp_path_factory, names):
+    root = tmp_path_factory.mktemp("names")
+    names = {n for n in names if n not in (".", "..") and len(n.encode()) <= 255}
+    for name in names:
+        (root / name).write_bytes(b"")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files, dirs, odd = _fs.list_sorted(fd, "", lambda path, *_: path)
+    finally:
+        os.close(fd)
+    assert (files, dirs, odd) == (sorted(names), [], 0)
+
+
+def test_list_sorted_of_many_entries_tells_each_once(tmp_path):
+    """More entries than its first buffers hold: every file and directory once, in
+    order, links and other kinds left out, a name of 255 bytes whole."""
     names = {f"f{i:05d}" for i in range(2 * 4096 + 3)} | {"n" * 255}
     for name in names:
         (tmp_path / name).write_bytes(b"")
@@ -318,8 +351,9 @@ def test_list_dir_of_many_entries_tells_each_once(tmp_path):
     os.symlink(tmp_path / "f00000", tmp_path / "link")
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        files, dirs = _fs.list_dir(fd)
+        files, dirs, odd = _fs.list_sorted(fd, "", lambda path, *_: path)
     finally:
         os.close(fd)
-    assert sorted(f[0] for f in files) == sorted(names)
-    assert sorted(dirs) == sorted(subdirs)
+    assert files == sorted(names)
+    assert dirs == sorted(subdirs)
+    assert odd == 0

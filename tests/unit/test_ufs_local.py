@@ -6,6 +6,8 @@ import errno
 import os
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from shoal.control.ufs import LocalStore, open_store
 
@@ -232,3 +234,35 @@ def test_one_level_listing_skips_what_the_whole_listing_skips(store, root):
                 f"{st.st_mtime_ns}-{st.st_size}",
                 st.st_mtime,
             )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    paths=st.sets(
+        st.lists(st.text("a-b0.", min_size=1, max_size=3), min_size=1, max_size=3).map("/".join),
+        max_size=25,
+    ),
+    prefix=st.sampled_from(["", "a", "a-", "a/", "b0"]),
+    start_after=st.none()
+    | st.lists(st.text("a-b0", min_size=1, max_size=3), min_size=1, max_size=2).map("/".join),
+)
+@example(paths={"a/x", "a-/x", "a.b", "a0/y/z", "a-b"}, prefix="", start_after=None)
+def test_a_tree_is_listed_in_path_order(tmp_path_factory, paths, prefix, start_after):
+    root = tmp_path_factory.mktemp("tree")
+    made = []
+    for path in sorted(paths, key=len):  # a path whose parent is a file is left out
+        parts = path.split("/")
+        if (
+            any(p in (".", "..") for p in parts)
+            or any("/".join(parts[:k]) in made for k in range(1, len(parts)))
+            or any(m.startswith(path + "/") for m in made)
+        ):
+            continue
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(b"x")
+        made.append(path)
+    want = sorted(
+        p for p in made if p.startswith(prefix) and (start_after is None or p > start_after)
+    )
+    store = LocalStore(root)
+    assert [o.path for o in store.list(prefix, start_after=start_after)] == want

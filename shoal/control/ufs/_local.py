@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import logging
@@ -215,30 +216,19 @@ class LocalStore(UnderStore):
         path of the tree in plain lexicographic order (``a-b`` before ``a/c``).
         """
         try:
-            files, dirs = _fs.list_dir(fd)  # one native pass: names, sizes, times
-            files, dirs = self._text_names(rel, files, dirs)
-            if not dirs:  # a directory of files only: one run, in name order
-                files.sort()
-                wanted = rel.startswith(prefix) and start_after is None
-                run = self._infos(rel, files, prefix, start_after, wanted)
-                if run:
-                    yield run
-                return
-            # Runs of files between subdirectories, in order, each made at once.
-            entries: list[tuple] = [*files, *((d + "/",) for d in dirs)]
-            entries.sort()  # by name: names are unique
+            # One native pass: names, sizes, times, in name order, the objects made.
+            files, dirs, odd = _fs.list_sorted(fd, rel, ObjectInfo, _TMP_PREFIX)
+            if odd:
+                self._left_out(rel, odd)
             all_wanted = rel.startswith(prefix) and start_after is None
-            run: list[tuple] = []
-            for listed in entries:
-                name = listed[0]
-                if len(listed) > 1:
-                    run.append(listed)
-                    continue
-                if run:
-                    if infos := self._infos(rel, run, prefix, start_after, all_wanted):
-                        yield infos
-                    run = []
-                path = rel + name
+            at = 0
+            dirs.sort(key=_as_dir)
+            for name in dirs:  # the runs of files between subdirectories, in path order
+                path = rel + name + "/"
+                end = bisect.bisect_left(files, path, at, key=_path)
+                if run := _wanted(files[at:end], prefix, start_after, all_wanted):
+                    yield run
+                at = end
                 wanted = path.startswith(prefix) or prefix.startswith(path)
                 # Every path below sorts after start_after, or none does.
                 skipped = (
@@ -247,68 +237,40 @@ class LocalStore(UnderStore):
                     and not start_after.startswith(path)
                 )
                 if wanted and not skipped:
-                    inner = _open_entry(fd, name[:-1], _DIR)
+                    inner = _open_entry(fd, name, _DIR)
                     if inner is not None:
                         yield from self._walk(inner, path, prefix, start_after)
-            if run and (infos := self._infos(rel, run, prefix, start_after, all_wanted)):
-                yield infos
+            if run := _wanted(files[at:] if at else files, prefix, start_after, all_wanted):
+                yield run
         finally:
             os.close(fd)
 
-    def _text_names(
-        self, rel: str, files: list[tuple], dirs: list[str]
-    ) -> tuple[list[tuple], list[str]]:
-        """The entries of directory ``rel`` (as :func:`_fs.list_dir` tells them) whose
-        names are UTF-8: Shoal paths are text, as on an object store (the FUSE mount
-        finds no other name either). The others are left out, with a warning."""
-        if all(f[0].isascii() for f in files) and all(d.isascii() for d in dirs):
-            return files, dirs  # the common case: one cheap pass
-        kept_files = [f for f in files if _is_text(f[0])]
-        kept_dirs = [d for d in dirs if _is_text(d)]
-        left = len(files) - len(kept_files) + len(dirs) - len(kept_dirs)
-        if left:
-            log.warning(
-                "%s: left out %d of its names, which are not UTF-8 (Shoal paths are text)",
-                self.uri_of(rel.rstrip("/")) if rel else self.uri,
-                left,
-            )
-        return kept_files, kept_dirs
-
-    @staticmethod
-    def _infos(
-        rel: str, listed: list[tuple], prefix: str, start_after: str | None, all_wanted: bool
-    ) -> list[ObjectInfo]:
-        """Objects for files of directory ``rel`` as :func:`_fs.list_dir` tells them, in
-        order: those wanted (``all_wanted``: all), none of Shoal's temporary files."""
-        infos = [
-            ObjectInfo(rel + name, size, f"{mtime_ns}-{size}", mtime)  # as _version_of
-            for name, size, mtime_ns, mtime in listed
-            if not name.startswith(_TMP_PREFIX)
-        ]
-        if all_wanted:
-            return infos
-        return [
-            i
-            for i in infos
-            if i.path.startswith(prefix) and (start_after is None or i.path > start_after)
-        ]
+    def _left_out(self, rel: str, count: int) -> None:
+        """Warn of ``count`` names of directory ``rel`` left out of its listing: they are
+        not UTF-8, and Shoal paths are text, as on an object store (the FUSE mount finds
+        no other name either)."""
+        log.warning(
+            "%s: left out %d of its names, which are not UTF-8 (Shoal paths are text)",
+            self.uri_of(rel.rstrip("/")) if rel else self.uri,
+            count,
+        )
 
     def _list_dir(self, directory: str) -> list[ObjectInfo]:
-        # docstring inherited; one native pass (_fs.list_dir, the GIL let go once per
-        # thousands of entries: os.scandir lets it go per entry, and with the worker's
-        # other threads busy each entry waited its turn), links skipped as list() skips them
+        # docstring inherited; one native pass (_fs.list_sorted, the GIL let go once for
+        # the directory: os.scandir lets it go per entry, and with the worker's other
+        # threads busy each entry waited its turn), links skipped as list() skips them
         prefix = directory + "/" if directory else ""
         uri = self.uri_of(directory) if directory else self.uri
         with self._hook_call("LIST"), os_errors("list", uri):
             fd = self._open(directory or ".", _DIR)  # ENOENT, ENOTDIR, or a link refused
             try:
-                files, dirs = _fs.list_dir(fd)
+                files, dirs, odd = _fs.list_sorted(fd, prefix, ObjectInfo, _TMP_PREFIX)
             finally:
                 os.close(fd)
-        files, dirs = self._text_names(prefix, files, dirs)
-        entries = self._infos(prefix, files, prefix, None, True)
-        entries += [ObjectInfo(prefix + name, 0, "", 0.0, is_dir=True) for name in dirs]
-        return sorted(entries, key=entry_order)
+        if odd:
+            self._left_out(prefix, odd)
+        files += [ObjectInfo(prefix + name, 0, "", 0.0, is_dir=True) for name in dirs]
+        return sorted(files, key=entry_order)
 
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
         """Read many whole files with one native call (``_fs.read_versions_beneath``: the
@@ -515,10 +477,24 @@ def _open_entry(dir_fd: int, name: str, flags: int) -> int | None:
         raise
 
 
-def _is_text(name: str) -> bool:
-    """True when ``name`` (as the file system decoder gives it) is UTF-8 text."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _path(info: ObjectInfo) -> str:
+    return info.path
+
+
+def _as_dir(name: str) -> str:
+    """The sort key of a subdirectory among files: its name and ``/`` (see ``_walk``)."""
+    return name + "/"
+
+
+def _wanted(
+    infos: list[ObjectInfo], prefix: str, start_after: str | None, all_wanted: bool
+) -> list[ObjectInfo]:
+    """Those of ``infos`` under ``prefix`` and after ``start_after`` (``all_wanted``:
+    all of them)."""
+    if all_wanted:
+        return infos
+    return [
+        i
+        for i in infos
+        if i.path.startswith(prefix) and (start_after is None or i.path > start_after)
+    ]
