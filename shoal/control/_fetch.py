@@ -479,12 +479,15 @@ class Fetcher:
         """:meth:`fetch_files` for the pages ``group`` (at ``slots`` of ``out``), files of
         one store whose options of :data:`_GROUPED` are the same, once their store read
         them into ``views``, as ``got`` tells (per file its size or an error)."""
-        items, done = [], []
+        items, done, files = [], [], []  # stored: (key, view, path), (slot, view), file
+        nbytes = 0
         for i, p, v, n in zip(slots, group, views, got, strict=True):
             f = p.file
             if type(n) is int and n == p.length:
                 items.append((p.key, v, f.path))
-                done.append((i, p, v))
+                done.append((i, v))
+                files.append(f)
+                nbytes += n
                 continue
             if type(n) is int:
                 n = ObjectChangedError(
@@ -495,18 +498,15 @@ class Fetcher:
             if isinstance(n, ObjectChangedError):
                 self._on_changed(f.path)
             out[i] = n
-        self._counters.add(
-            ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=sum(p.length for _, p, _ in done)
-        )
-        self._counters.add_mounts((p.file.mount.path, "bytes_ufs", p.length) for _, p, _ in done)
+        self._counters.add(ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=nbytes)
+        self._counters.add_mounts((f.mount.path, "bytes_ufs", f.info.size) for f in files)
         if not items:
             return
-        files = [p.file for _, p, _ in done]
         untils, records = [None] * len(files), None
         if self.publisher is not None:
             untils, records = self.publisher.records_of(files)
         kept = self.cache_many(items, records, group[0].file.own)
-        for (i, _, v), loc in zip(done, kept, strict=True):
+        for (i, v), loc in zip(done, kept, strict=True):
             out[i] = None if loc is not None else bytearray(v)
         if publish and self.publisher is not None:
             self.publisher.publish_stored(files, kept, untils)
