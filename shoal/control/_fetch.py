@@ -499,7 +499,8 @@ class Fetcher:
                 self._on_changed(f.path)
             out[i] = n
         self._counters.add(ufs_reads=len(group), ufs_pages=len(done), ufs_bytes=nbytes)
-        self._counters.add_mounts((f.mount.path, "bytes_ufs", f.info.size) for f in files)
+        if files:  # a group's files come from one store: one mount
+            self._counters.add_mount(files[0].mount.path, bytes_ufs=nbytes)
         if not items:
             return
         untils, records = [None] * len(files), None
