@@ -68,19 +68,18 @@ class FilesRead(NamedTuple):
     reads: list[tuple[list[int], list[Page], list[memoryview], Future]]  # per store group
 
 
-def _views(group: list[Page]) -> list[memoryview]:
-    """A buffer for the pages of ``group``, one after the other: a view of it per page."""
+def _views_and_items(group: list[Page]) -> tuple[list[memoryview], list[tuple]]:
+    """A buffer for the pages of ``group``, one after the other: a view of it per page,
+    and the items of :meth:`UnderStore.read_many_into` that read the whole one-page files
+    into them."""
     buf = memoryview(bytearray(sum(p.length for p in group)))
-    views, at = [], 0
+    views, items, at = [], [], 0
     for p in group:
-        views.append(buf[at : at + p.length])
+        f, view = p.file, buf[at : at + p.length]
+        views.append(view)
+        items.append((f.rel, view, f.info.version))
         at += p.length
-    return views
-
-
-def _read_items(group: list[Page], views: list[memoryview]) -> list[tuple]:
-    """The items of :meth:`UnderStore.read_many_into` for whole one-page files."""
-    return [(p.file.rel, v, p.file.info.version) for p, v in zip(group, views, strict=True)]
+    return views, items
 
 
 class TierState(str, enum.Enum):
@@ -383,11 +382,10 @@ class Fetcher:
         table (see :meth:`start`). ``publish``: publish the files stored (see
         ``_publisher``) as they are stored."""
         out: list[Any] = [None] * len(pages)
-        there = self._store.contains_many([p.key for p in pages])
-        for slots in self._groups(pages, [i for i, cached in enumerate(there) if not cached]):
+        for slots in self._groups(pages, self._store.absent([p.key for p in pages])):
             group = [pages[i] for i in slots]
-            views = _views(group)
-            got = group[0].file.store.read_many_into(_read_items(group, views))
+            views, items = _views_and_items(group)
+            got = group[0].file.store.read_many_into(items)
             self._store_group(group, slots, views, got, out, publish)
         return out
 
@@ -420,8 +418,7 @@ class Fetcher:
         try:
             for slots in self._groups(claimed, range(len(claimed))):
                 group = [claimed[i] for i in slots]
-                views = _views(group)
-                items = _read_items(group, views)
+                views, items = _views_and_items(group)
                 try:
                     read = self._pool.submit(group[0].file.store.read_many_into, items)
                 except RuntimeError:  # the pool is shut down: the worker is stopping
@@ -457,14 +454,18 @@ class Fetcher:
         :meth:`fetch_files` reads with one call of the store."""
         by_store: dict[tuple, list[int]] = {}
         groups: dict[tuple[int, int], tuple] = {}  # (store, options) by identity -> group
+        store = own = None
+        bucket: list[int] = []
         for i in slots:
             f = pages[i].file
-            group = groups.get((id(f.store), id(f.own)))
-            if group is None:  # files of one listing share their options' mapping
-                own = f.own
-                group = (id(f.store), *[own[name] for name in _GROUPED])
-                groups[id(f.store), id(own)] = group
-            by_store.setdefault(group, []).append(i)
+            if f.store is not store or f.own is not own:  # files come listing by listing
+                store, own = f.store, f.own
+                group = groups.get((id(store), id(own)))
+                if group is None:  # files of one listing share their options' mapping
+                    group = (id(store), *[own[name] for name in _GROUPED])
+                    groups[id(store), id(own)] = group
+                bucket = by_store.setdefault(group, [])
+            bucket.append(i)
         return list(by_store.values())
 
     def _store_group(
@@ -918,8 +919,7 @@ class Fetcher:
         """The pages not cached in a usable tier (see :meth:`contains`)."""
         if not all(self.health.usable(t) for t in self._tiers):
             return [p for p in pages if not self.contains(p)]
-        there = self._store.contains_many([p.key for p in pages])
-        return [p for p, cached in zip(pages, there, strict=True) if not cached]
+        return [pages[i] for i in self._store.absent([p.key for p in pages])]
 
     def obtain(self, pages: list[Page], need_bytes: bool) -> dict[bytes, Any]:
         """Every page's location in the store, or its bytes (``need_bytes``, or when the

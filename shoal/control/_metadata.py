@@ -156,18 +156,19 @@ class MetadataCache:
         if ttl <= 0 or not items:
             return
         fixed = _ENTRY_BYTES + _INFO_BYTES  # as _cost counts an ObjectInfo
-        costs = [fixed + len(path) + len(info.path) + len(info.version) for path, info in items]
         stats = self._stats
         with self._lock:
             until = self._clock() + ttl
             self._first_expiry = min(self._first_expiry, until)
-            dropped, pop = 0, stats.pop
-            for (path, info), cost in zip(items, costs, strict=True):
+            added, pop = 0, stats.pop
+            for path, info in items:
+                cost = fixed + len(path) + len(info.path) + len(info.version)
                 old = pop(path, None)  # re-inserted last: insertion order is age order
                 if old is not None:
-                    dropped += old[2]
+                    added -= old[2]
                 stats[path] = (until, info, cost)
-            self.bytes += sum(costs) - dropped
+                added += cost
+            self.bytes += added
             if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
                 self._shrink((stats, items[-1][0]))
 

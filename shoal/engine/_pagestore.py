@@ -2079,6 +2079,18 @@ class PageStore:
             entries = self._entries
             return [k in entries for k in encoded]
 
+    def absent(self, keys: list[bytes | str]) -> list[int]:
+        """The places in ``keys`` of those not in the store (see :meth:`contains`), with
+        one look at the index's lock."""
+        if all(type(k) is bytes and k for k in keys):
+            encoded = keys
+        else:
+            encoded = [k if type(k) is bytes and k else _encode_key(k) for k in keys]
+        with self._lock:
+            self._check_open()
+            entries = self._entries
+            return [i for i, k in enumerate(encoded) if k not in entries]
+
     def __contains__(self, key: bytes | str) -> bool:
         return self.contains(key)
 
