@@ -170,9 +170,9 @@ def test_names_that_are_not_utf8_are_read_by_their_bytes(tmp_path, root_fd):
     sizes=st.lists(st.integers(0, 300), min_size=1, max_size=20),
     asked=st.lists(st.sampled_from(["own", "other", "none", "missing"]), min_size=20, max_size=20),
 )
-def test_read_versions_reads_each_file_of_its_version_only(tmp_path_factory, sizes, asked):
+def test_read_items_reads_each_file_of_its_version_only(tmp_path_factory, sizes, asked):
     root = tmp_path_factory.mktemp("versions")
-    names, bufs, versions, want = [], [], [], []
+    items, want = [], []
     for i, (size, ask) in enumerate(zip(sizes, asked[: len(sizes)], strict=True)):
         name = f"f{i}" if ask != "missing" else f"gone{i}"
         if ask != "missing":
@@ -182,28 +182,36 @@ def test_read_versions_reads_each_file_of_its_version_only(tmp_path_factory, siz
         else:
             own = "1-1"
         version = {"own": own, "other": f"{own}0", "none": None, "missing": own}[ask]
-        names.append(name)
-        bufs.append(bytearray(size))
-        versions.append(version)
+        items.append((name, bytearray(size), version))
         want.append(
             -errno.ENOENT if ask == "missing" else -errno.ESTALE if ask == "other" else size
         )
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        got = _fs.read_versions_beneath(fd, names, bufs, versions)
+        got = _fs.read_items_beneath(fd, items)
     finally:
         os.close(fd)
     assert got == want
-    for i, (n, buf) in enumerate(zip(got, bufs, strict=True)):
+    for i, (n, (_, buf, _)) in enumerate(zip(got, items, strict=True)):
         if n >= 0:
             assert bytes(buf) == payload(sizes[i], i)
 
 
-def test_read_versions_refuses_lists_that_do_not_match(tmp_path, root_fd):
-    (tmp_path / "a").write_bytes(b"x")
-    with pytest.raises(ValueError, match="1 paths for 2 versions"):
-        _fs.read_versions_beneath(root_fd, ["a"], [bytearray(1)], [None, None])
-    with pytest.raises(ValueError, match="1 paths for 0 buffers"):
-        _fs.read_versions_beneath(root_fd, ["a"], [], [None])
-    with pytest.raises(TypeError):
-        _fs.read_versions_beneath(root_fd, ["a"], [bytearray(1)], [b"1-1"])
+def test_read_items_leaves_what_it_does_not_take_to_the_caller(tmp_path, root_fd):
+    (tmp_path / "a").write_bytes(b"abc")
+    good = bytearray(3)
+    items = [
+        ("a", good, None),
+        (str(tmp_path / "a"), bytearray(3), None),  # absolute
+        ("../a", bytearray(3), None),
+        ("", bytearray(3), None),
+        (b"a", bytearray(3), None),  # not a str
+        ("a", b"abc", None),  # not writable
+        ("a", memoryview(bytearray(6))[::2], None),  # not contiguous
+        ("a", bytearray(3), b"1-3"),  # a version that is not a str
+        ("a", bytearray(3)),  # not a triple
+        ["a", bytearray(3), None],  # not a tuple
+    ]
+    got = _fs.read_items_beneath(root_fd, items)
+    assert got == [3] + [-errno.EINVAL] * (len(items) - 1)
+    assert bytes(good) == b"abc"

@@ -273,42 +273,25 @@ class LocalStore(UnderStore):
         return sorted(files, key=entry_order)
 
     def read_many_into(self, items: list[tuple[str, Any, str | None]]) -> list[Any]:
-        """Read many whole files with one native call (``_fs.read_versions_beneath``: the
+        """Read many whole files with one native call (``_fs.read_items_beneath``: the
         same opens beneath the root, the GIL released once for them all, each version
-        checked there); a file that fails there is read again the ordinary way, for its
-        exact error. Each file read by the native call is a GET timed at that call's mean
-        (see :meth:`latencies`)."""
+        checked there, no Python per file); a file that fails there, or that it does not
+        take (an absolute path, a buffer to check), is read again the ordinary way, for
+        its exact error. Each file read by the native call is a GET timed at that call's
+        mean (see :meth:`latencies`)."""
         self._check_open()
-        out: list[Any] = [None] * len(items)
-        keys, views, versions, slots = [], [], [], []
-        for i, (path, buf, version) in enumerate(items):
-            try:
-                # A plain relative path goes as it is: the native call refuses what is not
-                # one beneath the root (then the ordinary read tells why, or reads it).
-                if type(path) is not str or path.startswith("/"):
-                    path = self._key(path)
-                # The fetcher's own buffers (bytes slices of one bytearray) need no check.
-                fit = type(buf) is memoryview and not buf.readonly and buf.format == "B"
-                fit = fit and buf.c_contiguous
-                views.append(buf if fit else _writable_view(buf, "read_many_into"))
-                keys.append(path)
-                versions.append(version)
-                slots.append(i)
-            except (OSError, ValueError) as exc:
-                out[i] = exc
         began = time.perf_counter_ns()
-        got = _fs.read_versions_beneath(self._root_fd, keys, views, versions, using=self._method)
+        out: list[Any] = _fs.read_items_beneath(
+            self._root_fd, items if type(items) is list else list(items), using=self._method
+        )
         elapsed = time.perf_counter_ns() - began
-        again = []
-        for i, key, view, version, n in zip(slots, keys, views, versions, got, strict=True):
-            if n >= 0:
-                out[i] = n
-            else:
-                again.append((i, key, view, version))
-        self._hook_calls("GET", len(slots) - len(again), elapsed)
-        for i, key, view, version in again:
+        again = [i for i, n in enumerate(out) if n < 0]
+        self._hook_calls("GET", len(out) - len(again), elapsed)
+        for i in again:
             try:  # the ordinary read says what went wrong (or reads a file changed since)
-                out[i] = self.read_into(key, 0, view, version=version, size=view.nbytes)
+                path, buf, version = items[i]
+                view = _writable_view(buf, "read_many_into")
+                out[i] = self.read_into(path, 0, view, version=version, size=view.nbytes)
             except (OSError, ValueError) as exc:
                 out[i] = exc
         return out
