@@ -429,10 +429,13 @@ def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
     puts = <_Put *>malloc((n or 1) * sizeof(_Put))
     if puts == NULL:
         raise MemoryError()
-    kept = []  # the UTF-8 of paths with surrogates, alive while the GIL is let go
+    # What the slots are made of, alive while the GIL is let go whatever becomes of the
+    # caller's lists: the paths, the bodies, the UTF-8 of paths with surrogates.
+    cdef tuple held_paths = tuple(paths), held_bodies = tuple(bodies)
+    kept = []
     try:
         for k in range(n):  # the paths' UTF-8: their str's own, cached by Python
-            path = paths[k]
+            path = held_paths[k]
             if not PyUnicode_CheckExact(path):
                 raise TypeError(f"put_files: a path must be a str, got {type(path).__name__}")
             try:
@@ -443,7 +446,7 @@ def put_files(table, list paths, list bodies, Py_ssize_t header, uint64_t count,
                 puts[k].text = <const char *>encoded
                 size = len(encoded)
             puts[k].size = size
-            puts[k].fields = <const uint8_t *>(<bytes>bodies[k]) + 24
+            puts[k].fields = <const uint8_t *>(<bytes>held_bodies[k]) + 24
         PyObject_GetBuffer(table, &view, PyBUF_WRITABLE)
         try:
             _check_geometry("put_files", view.len, header, count, state_at)
