@@ -1,7 +1,9 @@
 # cython: language_level=3
-"""The per-page work of a page store's batch put, each step one native pass over the
-batch: a load of small files puts thousands of pages a batch, and the same steps in Python
-took about a microsecond a page of a thread that holds the GIL."""
+"""Per-item work of batches, each step one native pass over a batch: a page store's batch
+put (checks and checksums, reservations, index records, coalesced writes, index links), a
+listing's file ids, file records. A load of small files does these for thousands of files
+a batch, and the same steps in Python took about a microsecond a file each of a thread
+that holds the GIL."""
 
 from cpython.buffer cimport (
     PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer,
