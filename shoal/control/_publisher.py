@@ -112,15 +112,11 @@ class Publisher:
         now = time.monotonic()
         records: list[tuple | None] = [None] * len(files)
         kept, items = [], []  # as _record makes them, encoded together
-        mount, base = None, ""
         for k, (f, until) in enumerate(zip(files, untils, strict=True)):
             left = _left(f.info, f.own["metadata_ttl"], until, now)
             if left is not None:
-                if f.mount is not mount:  # files come mount by mount: its URI once
-                    mount = f.mount
-                    base = mount.uri.rstrip("/") + "/"
                 kept.append(k)
-                items.append((base + f.rel if f.rel else mount.uri, f.info, left))
+                items.append((f.mount.child_uri(f.rel), f.info, left))
         for k, value in zip(kept, encode_records(items), strict=True):
             records[k] = (files[k].path.encode("utf-8", "surrogateescape"), value)
         return untils, records

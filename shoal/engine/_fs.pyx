@@ -15,7 +15,7 @@ import sys
 
 __all__ = [
     "METHODS", "list_sorted", "method", "open_beneath", "openat2_available",
-    "read_items_beneath", "read_whole_beneath",
+    "read_items_beneath",
 ]
 
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -322,29 +322,21 @@ cdef void _read_wholes(int root_fd, _Whole *items, Py_ssize_t count, int c_metho
         start = stop
 
 
-def read_whole_beneath(int root_fd, list paths, list buffers, *, using=None, int rounds=3):
+def read_items_beneath(int root_fd, list items, *, using=None, int rounds=3):
     """Read small files beneath the directory ``root_fd`` (no symbolic link followed, as
     :func:`open_beneath` opens them) each into its buffer, from their start, with the GIL
-    released once for the whole batch.
-
-    Returns, per file, ``(bytes read, st_mtime_ns, st_size)`` of the version whose bytes
-    were read (a file written in place while it is read is read again, ``rounds`` times at
-    most), or a positive errno: ``EISDIR``, ``EINVAL`` (not a regular file, or a bad
-    path), ``EAGAIN`` (it kept changing), or the open's or read's own (``ELOOP`` or
-    ``EXDEV`` for a link). A buffer shorter than its file is filled: the size tells.
-    """
-    return _read_wholes_of(root_fd, paths, buffers, using, rounds)
-
-
-def read_items_beneath(int root_fd, list items, *, using=None, int rounds=3):
-    """:func:`read_whole_beneath` of ``items``, ``(path, buffer, version)`` each, each
+    released once for the whole batch: ``items``, ``(path, buffer, version)`` each, each
     file of one version: ``version`` is the one it must have, ``"<st_mtime_ns>-<st_size>"``,
-    or None (any). Returns per item the bytes read (0 or more), or a negative errno:
-    ``-ESTALE`` for a file of another version, ``-EINVAL`` for an item this call does not
-    take (a path that is not a plain relative str beneath the root, a buffer that is not
-    writable and contiguous, a version that is neither str nor None), else as
-    :func:`read_whole_beneath` tells. A store's batch of small files, checked and read
-    with no Python per item."""
+    or None (any). A file written in place while it is read is read again (``rounds``
+    times at most); a buffer shorter than its file is filled.
+
+    Returns per item the bytes read (0 or more), or a negative errno: ``-ESTALE`` for a
+    file of another version, ``-EINVAL`` for an item this call does not take (a path that
+    is not a plain relative str beneath the root, a buffer that is not writable and
+    contiguous, a version that is neither str nor None) or a file that is not a regular
+    one, ``-EISDIR``, ``-EAGAIN`` (it kept changing), or the open's or read's own
+    (``-ELOOP`` or ``-EXDEV`` for a link). A store's batch of small files, checked and
+    read with no Python per item."""
     cdef Py_ssize_t count = len(items), i, got = 0, vlen, n
     cdef _Whole *wholes
     cdef Py_buffer *views
@@ -408,55 +400,6 @@ def read_items_beneath(int root_fd, list items, *, using=None, int rounds=3):
         free(wholes)
         free(views)
         free(held)
-
-
-cdef list _read_wholes_of(int root_fd, list paths, list buffers, using, int rounds):
-    cdef Py_ssize_t count = len(paths), i, got = 0
-    cdef _Whole *items
-    cdef Py_buffer *views
-    cdef int c_method
-    if len(buffers) != count:
-        raise ValueError(f"read_whole_beneath: {count} paths for {len(buffers)} buffers")
-    c_method = _method_code(using, "read_whole_beneath")
-    encoded = []
-    for p in paths:
-        # As os.fsencode does, without its Python-level call per path.
-        e = (<str>p).encode(_FS_ENCODING, _FS_ERRORS) if type(p) is str else os.fsencode(p)
-        bad = not e or e.startswith(b"/") or b"\0" in e
-        bad = bad or (b".." in e and b".." in e.split(b"/"))
-        encoded.append(None if bad else e)
-    items = <_Whole *>calloc(count or 1, sizeof(_Whole))
-    views = <Py_buffer *>calloc(count or 1, sizeof(Py_buffer))
-    if items == NULL or views == NULL:
-        free(items)
-        free(views)
-        raise MemoryError()
-    try:
-        for i in range(count):
-            PyObject_GetBuffer(buffers[i], &views[i], PyBUF_WRITABLE)
-            got += 1
-            if encoded[i] is None:
-                items[i].error = EINVAL
-                continue
-            items[i].path = <bytes>encoded[i]
-            items[i].buf = <char *>views[i].buf
-            items[i].size = views[i].len
-        for i in range(count):
-            items[i].fd = -1
-        with nogil:
-            _read_wholes(root_fd, items, count, c_method, rounds)
-        out = []
-        for i in range(count):
-            if items[i].error:
-                out.append(items[i].error)
-            else:
-                out.append((items[i].done, items[i].mtime_ns, items[i].length))
-        return out
-    finally:
-        for i in range(got):
-            PyBuffer_Release(&views[i])
-        free(items)
-        free(views)
 
 
 cdef struct _Listed:

@@ -1,4 +1,4 @@
-"""_fs.read_whole_beneath: files opened a window at a time, their cold bytes asked of the
+"""_fs.read_items_beneath: files opened a window at a time, their cold bytes asked of the
 disk all together, read right whatever the page cache holds and however few descriptors
 the process may open."""
 
@@ -36,16 +36,24 @@ def root_fd(tmp_path):
     os.close(fd)
 
 
-def check(got, names, bufs, want: dict[str, bytes], tmp_path) -> None:
-    for name, buf, res in zip(names, bufs, got, strict=True):
+def version_of(path) -> str:
+    st_ = os.stat(path)
+    return f"{st_.st_mtime_ns}-{st_.st_size}"
+
+
+def read(root_fd, names, bufs, versions=None) -> list[int]:
+    """``_fs.read_items_beneath`` of ``names`` into ``bufs``, each of its version."""
+    versions = versions or [None] * len(names)
+    return _fs.read_items_beneath(root_fd, list(zip(names, bufs, versions, strict=True)))
+
+
+def check(got, names, bufs, want: dict[str, bytes]) -> None:
+    for name, buf, n in zip(names, bufs, got, strict=True):
         data = want.get(name)
         if data is None:
-            assert res == errno.ENOENT, name
+            assert n == -errno.ENOENT, name
             continue
-        n, mtime_ns, size = res
-        st_ = os.stat(tmp_path / name)
-        assert (mtime_ns, size) == (st_.st_mtime_ns, len(data))
-        assert n == min(len(data), len(buf))
+        assert n == min(len(data), len(buf)), name  # its version as asked, else -ESTALE
         assert bytes(buf[:n]) == data[:n]
 
 
@@ -66,16 +74,17 @@ def test_a_batch_longer_than_a_window_with_every_kind_of_failure(tmp_path, root_
     for name in names[::3]:
         if name in want:
             uncache(tmp_path / name)
-    got = _fs.read_whole_beneath(root_fd, names, bufs)
+    versions = [version_of(tmp_path / n) if n in want else None for n in names]
+    got = read(root_fd, names, bufs, versions)
     for name, res in zip(names, got, strict=True):
         if name == "dir":
-            assert res == errno.EISDIR
+            assert res == -errno.EISDIR
         elif name == "link":
-            assert res in (errno.ELOOP, errno.EXDEV)
+            assert res in (-errno.ELOOP, -errno.EXDEV)
         elif name == "../f000":
-            assert res == errno.EINVAL
+            assert res == -errno.EINVAL
     kept = [i for i, n in enumerate(names) if n in want or n == "missing"]
-    check([got[i] for i in kept], [names[i] for i in kept], [bufs[i] for i in kept], want, tmp_path)
+    check([got[i] for i in kept], [names[i] for i in kept], [bufs[i] for i in kept], want)
 
 
 def test_few_descriptors_left_shorten_the_window_not_the_batch(tmp_path, root_fd):
@@ -88,11 +97,12 @@ def test_few_descriptors_left_shorten_the_window_not_the_batch(tmp_path, root_fd
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Descriptors are numbered lowest free first: a few left below the limit.
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    versions = [version_of(tmp_path / n) for n in names]
     try:
-        got = _fs.read_whole_beneath(root_fd, names, bufs)
+        got = read(root_fd, names, bufs, versions)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    check(got, names, bufs, want, tmp_path)
+    check(got, names, bufs, want)
 
 
 def test_no_descriptor_left_fails_each_file_with_emfile(tmp_path, root_fd):
@@ -107,12 +117,12 @@ def test_no_descriptor_left_fails_each_file_with_emfile(tmp_path, root_fd):
                 held.append(os.open(os.devnull, os.O_RDONLY))
             except OSError:
                 break
-        got = _fs.read_whole_beneath(root_fd, ["a", "b"], [bytearray(5), bytearray(5)])
+        got = read(root_fd, ["a", "b"], [bytearray(5), bytearray(5)])
     finally:
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert got == [errno.EMFILE, errno.EMFILE]
+    assert got == [-errno.EMFILE, -errno.EMFILE]
 
 
 def test_a_file_partly_in_the_page_cache(tmp_path, root_fd):
@@ -125,8 +135,8 @@ def test_a_file_partly_in_the_page_cache(tmp_path, root_fd):
     finally:
         os.close(fd)
     buf = bytearray(len(data) + 1)
-    [(n, _, size)] = _fs.read_whole_beneath(root_fd, ["big"], [buf])
-    assert (n, size) == (len(data), len(data))
+    [n] = read(root_fd, ["big"], [buf], [version_of(tmp_path / "big")])
+    assert n == len(data)
     assert bytes(buf[:n]) == data
 
 
@@ -148,21 +158,22 @@ def test_whatever_the_sizes_and_the_cache_the_bytes_are_the_files(tmp_path_facto
         want[name] = data
         names.append(name)
         bufs.append(bytearray(max(0, size + slack)))
+    versions = [version_of(tmp_path / n) for n in names]
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        got = _fs.read_whole_beneath(fd, names, bufs)
+        got = read(fd, names, bufs, versions)
     finally:
         os.close(fd)
-    check(got, names, bufs, want, tmp_path)
+    check(got, names, bufs, want)
 
 
 def test_names_that_are_not_utf8_are_read_by_their_bytes(tmp_path, root_fd):
     raw = b"caf\xe9-\xff"  # not UTF-8: its str form holds surrogates
     with open(os.path.join(os.fsencode(tmp_path), raw), "wb") as f:
         f.write(b"latin")
-    bufs = [bytearray(5), bytearray(5)]
-    got = _fs.read_whole_beneath(root_fd, [os.fsdecode(raw), raw], bufs)
-    assert [g[0] for g in got] == [5, 5] and bufs == [b"latin", b"latin"]
+    buf = bytearray(5)
+    assert read(root_fd, [os.fsdecode(raw), raw], [buf, bytearray(5)]) == [5, -errno.EINVAL]
+    assert buf == b"latin"  # the bytes form is not taken: a path is a str
 
 
 @settings(max_examples=50, deadline=None)
