@@ -1,6 +1,6 @@
 """Load jobs: files under paths brought into the page store ahead of use, with progress
-as they go; the whole one-page files of a job read by the fetch threads, chunks ahead, and
-stored in the job's own thread."""
+as they go; the whole one-page files of a job read by the fetch threads as they are
+listed, chunks ahead, and stored in the job's own thread."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import contextlib
 import errno
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 
 from ..engine import PageStore
 from ._fetch import Fetcher, FilesRead, Page
 from ._files import File, FileResolver
-from ._jobs import check_job_key, mark_stale, newest_first
+from ._jobs import COUNTS, check_job_key, mark_stale, newest_first
 from ._metastore import MetaStore
 from ._metrics import Counters
 from ._namespace import split_mount_options
@@ -83,57 +83,69 @@ class Loader:
         """Fill the metadata cache (and, unless ``metadata_only``, the page store) with
         the files under ``paths``; ``progress`` gets the counters after each file: files,
         bytes and pages done of their totals, and the pages and bytes among those done
-        that were cached already (``pages_skipped``, ``bytes_skipped``).
+        that were cached already (``pages_skipped``, ``bytes_skipped``). The whole
+        one-page files are fetched as they are listed, but progress is told from the end
+        of the listing on: every report holds the final totals.
 
         In a cluster, ``placement`` (``{"nodes": [[id, weight], ...]}``, the live workers
         as the client sees them) limits the job to the pages placed on this worker, a
         file's ``replicas`` mount option honoured; bytes count those pages."""
         fetcher = self.fetcher
-        files = self.files.files_under(paths)
         mine = placement_filter(placement, self.worker_id, self.page_size, self.chunk_size)
-        ones: list[Page] = []  # the pages of whole one-page files: read many at once
         rest: list[tuple[File, list[Page], int]] = []  # other files: pages, their bytes
         ps = self.page_size
-        bytes_total = 0
-        for f in files:
-            size = f.info.size
-            if placement is None and 0 < size <= ps:  # one page, all of it here
-                ones.append(Page(f.fid + _FIRST_PAGE, f, 0, size))  # as page_key makes it
-                bytes_total += size
-                continue
-            pages = mine(f, fetcher.pages_of(f))
-            size = sum(p.length for p in pages)
-            bytes_total += size
-            if _one_page(f, pages):
-                ones.append(pages[0])
-            else:
-                rest.append((f, pages, size))
-        state = {
-            "files_done": 0,
-            "files_total": len(files),
-            "bytes_done": 0,
-            "bytes_total": bytes_total,
-            "pages_done": 0,
-            "pages_total": 0 if metadata_only else len(ones) + sum(len(p) for _, p, _ in rest),
-            "pages_skipped": 0,  # present already
-            "bytes_skipped": 0,
-        }
-        if metadata_only:
-            state["files_done"], state["bytes_done"] = state["files_total"], state["bytes_total"]
-            progress(dict(state))
-            return state
-        last = 0.0
+        state = dict.fromkeys(COUNTS, 0)
+        listed = False  # progress is told once the listing is whole: its totals final
+        last, told = 0.0, None
+
+        def tell() -> None:
+            nonlocal last, told
+            last, told = time.monotonic(), dict(state)
+            progress(told)
 
         def tick() -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last > 0.1 or state["files_done"] == state["files_total"]:
-                last = now
-                progress(dict(state))
+            if listed and (
+                time.monotonic() - last > 0.1 or state["files_done"] == state["files_total"]
+            ):
+                tell()
 
-        if ones:
-            self._publisher.table.reserve(len(ones))
-            self._load_ones(ones, state, tick)
+        # Whole one-page files are fetched as they are listed, while the store lists the
+        # next ones (see _Ones); the others once the listing is whole.
+        ones = None if metadata_only else _Ones(self, state, tick)
+        try:
+            for files in self.files.files_under_runs(paths, _LOAD_CHUNK):
+                new: list[Page] = []  # the pages of whole one-page files
+                nbytes = 0
+                for f in files:
+                    size = f.info.size
+                    if placement is None and 0 < size <= ps:  # one page, all of it here
+                        new.append(Page(f.fid + _FIRST_PAGE, f, 0, size))  # as page_key
+                        nbytes += size
+                        continue
+                    pages = mine(f, fetcher.pages_of(f))
+                    size = sum(p.length for p in pages)
+                    nbytes += size
+                    if _one_page(f, pages):
+                        new.append(pages[0])
+                    else:
+                        rest.append((f, pages, size))
+                        state["pages_total"] += len(pages)
+                state["files_total"] += len(files)
+                state["bytes_total"] += nbytes
+                state["pages_total"] += len(new)
+                if ones is not None:
+                    ones.add(new)
+            listed = True
+            if ones is None:  # metadata only
+                state["pages_total"] = 0
+                state["files_done"] = state["files_total"]
+                state["bytes_done"] = state["bytes_total"]
+                tell()
+                return state
+            ones.finish()
+        finally:
+            if ones is not None:
+                ones.abandon()
         # (file, its pages, their bytes, futures of those fetched, their bytes)
         pending: deque[tuple[File, list[Page], int, dict, int]] = deque()
         inflight = [0]  # futures in ``pending``
@@ -162,76 +174,96 @@ class Loader:
                 finish_first()
         while pending:
             finish_first()
-        if not state["files_total"]:
-            progress(dict(state))
+        if told != state:  # all done while the files were listed, or no file at all
+            tell()
         return state
 
-    def _load_ones(self, pages: list[Page], state: dict, tick: Callable[[], None]) -> None:
-        """The whole one-page files of a load (``pages``: the page of each), in chunks (see
-        :func:`_chunks`), single-flight with the reads going on (a page a read fetches now
-        is not fetched again). The fetch threads read the next chunks, each with one call
-        of its store, while this thread stores and publishes the chunk read before: the
-        Python work of a load in one thread (see :meth:`Fetcher.begin_files`). The first
-        file that fails fails the load, as in the general path."""
-        fetcher = self.fetcher
-        inflight: deque[tuple[list[Page], list[Page], FilesRead]] = deque()
 
-        def finish() -> None:
-            chunk, todo, batch = inflight.popleft()
-            values = fetcher.end_files(batch, publish=True)
-            error = next((v for v in values if isinstance(v, BaseException)), None)
-            for fut in batch.waits:  # fetches (of reads) that had some of the pages
-                try:
-                    fut.result()
-                except CancelledError:  # queued when the worker began to stop
-                    error = error or OSError(errno.ESHUTDOWN, "the worker is shutting down")
-                except Exception as exc:
-                    error = error or exc
-            if error is not None:
-                raise error
-            if len(todo) < len(chunk):  # those cached before (the others are published)
-                fetched = {p.key for p in todo}
-                self._publisher.publish_files([p.file for p in chunk if p.key not in fetched])
-            size = sum(p.length for p in chunk)
-            state["files_done"] += len(chunk)
-            state["bytes_done"] += size
-            state["pages_done"] += len(chunk)
-            state["pages_skipped"] += len(chunk) - len(todo)
-            state["bytes_skipped"] += size - sum(p.length for p in todo)
-            tick()
+class _Ones:
+    """The whole one-page files of a load, fetched as they are listed: in chunks of at
+    most :data:`_LOAD_CHUNK` files and, but for a first page as large,
+    :data:`_LOAD_CHUNK_BYTES` bytes, single-flight with the reads going on (a page a read
+    fetches now is not fetched again). The fetch threads read the next chunks, each with
+    one call of its store, while the load's thread stores and publishes the chunk read
+    before and makes the next: the Python work of a load in one thread (see
+    :meth:`Fetcher.begin_files`). The first file that fails fails the load, as in the
+    general path."""
 
-        try:
-            for chunk in _chunks(pages):
-                batch = fetcher.begin_files(chunk)
-                todo = batch.todo
-                self._counters.add(page_misses=len(todo))
-                self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in todo)
-                inflight.append((chunk, todo, batch))
-                while len(inflight) > _LOAD_TASKS:
-                    finish()
-            while inflight:
-                finish()
-        finally:  # after an error: no page left claimed, no read left to begin
-            for _, _, batch in inflight:
-                for *_, read in batch.reads:
-                    read.cancel()
-                with contextlib.suppress(Exception):  # the load's own error is told
-                    fetcher.end_files(batch)
+    def __init__(self, loader: Loader, state: dict, tick: Callable[[], None]):
+        self._fetcher = loader.fetcher
+        self._publisher = loader._publisher
+        self._counters = loader._counters
+        self._state = state
+        self._tick = tick
+        self._chunk: list[Page] = []
+        self._bytes = 0
+        self._inflight: deque[tuple[list[Page], FilesRead]] = deque()
 
+    def add(self, pages: list[Page]) -> None:
+        """Pages more: each chunk they fill begun."""
+        if not pages:
+            return
+        self._publisher.table.reserve(len(pages))
+        chunk, nbytes = self._chunk, self._bytes
+        for p in pages:
+            if chunk and (len(chunk) == _LOAD_CHUNK or nbytes + p.length > _LOAD_CHUNK_BYTES):
+                self._begin(chunk)
+                chunk, nbytes = [], 0
+            chunk.append(p)
+            nbytes += p.length
+        self._chunk, self._bytes = chunk, nbytes
 
-def _chunks(pages: list[Page]) -> Iterator[list[Page]]:
-    """``pages`` in chunks of at most :data:`_LOAD_CHUNK` pages and, but for a first page
-    as large, :data:`_LOAD_CHUNK_BYTES` bytes."""
-    chunk: list[Page] = []
-    nbytes = 0
-    for p in pages:
-        if chunk and (len(chunk) == _LOAD_CHUNK or nbytes + p.length > _LOAD_CHUNK_BYTES):
-            yield chunk
-            chunk, nbytes = [], 0
-        chunk.append(p)
-        nbytes += p.length
-    if chunk:
-        yield chunk
+    def finish(self) -> None:
+        """Begin the last chunk; finish every one."""
+        if self._chunk:
+            chunk, self._chunk, self._bytes = self._chunk, [], 0
+            self._begin(chunk)
+        while self._inflight:
+            self._end()
+
+    def abandon(self) -> None:
+        """Give up the chunks still in flight (after an error): the reads not begun
+        cancelled, no page left claimed."""
+        while self._inflight:
+            _, batch = self._inflight.popleft()
+            for *_, read in batch.reads:
+                read.cancel()
+            with contextlib.suppress(Exception):  # the load's own error is told
+                self._fetcher.end_files(batch)
+
+    def _begin(self, chunk: list[Page]) -> None:
+        batch = self._fetcher.begin_files(chunk)
+        self._counters.add(page_misses=len(batch.todo))
+        self._counters.add_mounts((p.file.mount.path, "page_misses", 1) for p in batch.todo)
+        self._inflight.append((chunk, batch))
+        while len(self._inflight) > _LOAD_TASKS:
+            self._end()
+
+    def _end(self) -> None:
+        chunk, batch = self._inflight.popleft()
+        todo = batch.todo
+        values = self._fetcher.end_files(batch, publish=True)
+        error = next((v for v in values if isinstance(v, BaseException)), None)
+        for fut in batch.waits:  # fetches (of reads) that had some of the pages
+            try:
+                fut.result()
+            except CancelledError:  # queued when the worker began to stop
+                error = error or OSError(errno.ESHUTDOWN, "the worker is shutting down")
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        if len(todo) < len(chunk):  # those cached before (the others are published)
+            fetched = {p.key for p in todo}
+            self._publisher.publish_files([p.file for p in chunk if p.key not in fetched])
+        state = self._state
+        size = sum(p.length for p in chunk)
+        state["files_done"] += len(chunk)
+        state["bytes_done"] += size
+        state["pages_done"] += len(chunk)
+        state["pages_skipped"] += len(chunk) - len(todo)
+        state["bytes_skipped"] += size - sum(p.length for p in todo)
+        self._tick()
 
 
 def _one_page(f: File, pages: list[Page]) -> bool:

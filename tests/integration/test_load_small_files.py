@@ -5,13 +5,17 @@ for a heap of cached files."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 
 import numpy as np
 import pytest
+from conftest import PAGE, SMALL_CONFIG
 
+from shoal._config import load_config
 from shoal.control._daemon import GC_THRESHOLDS
+from shoal.control._worker import Worker
 
 FILES = 3000
 S3_FILES = 400
@@ -137,3 +141,60 @@ def test_the_worker_daemon_runs_with_the_tuned_collector(client):
     pid = client.report()["worker"]["pid"]
     assert pid != os.getpid()  # a daemon of its own
     assert tuple(client.report()["worker"]["gc"]["thresholds"]) == GC_THRESHOLDS
+
+
+def test_a_load_tells_its_final_totals_in_every_report(client, tmp_path):
+    """The one-page files are fetched as they are listed (chunks of 2,048; here some are
+    stored before the last of the six directories is listed): progress is told once the
+    listing is whole, each report with the totals of the whole load, its counters never
+    going back."""
+    files = small_files(tmp_path, 12000, dirs=6)
+    (tmp_path / "big").write_bytes(os.urandom(2 * PAGE + 100))  # of three pages
+    client.mount("/m", tmp_path.as_uri())
+    size = sum(len(b) for b in files.values()) + 2 * PAGE + 100
+    seen: list = []
+    done = client.load(["/m"], progress=seen.append)
+    assert (done.files_done, done.files_total, done.bytes_done) == (12001, 12001, size)
+    record = client.load_history(1)[0]
+    assert record["pages_total"] == record["pages_done"] == 12003 and done.pages_skipped == 0
+    assert seen and seen[-1] == done
+    assert all((p.files_total, p.bytes_total) == (12001, size) for p in seen)
+    for a, b in zip(seen, seen[1:], strict=False):
+        assert a.files_done <= b.files_done and a.bytes_done <= b.bytes_done
+    assert not read_all(client, "/m", sorted(files), files)
+
+
+def test_a_listing_that_fails_midway_fails_the_load_leaving_no_file_claimed(tmp_path):
+    """A store's listing fails after chunks of the files listed before were begun, one of
+    them stored already: the load fails with the listing's error, the chunks in flight
+    are ended (what their reads had read stored, the reads not begun cancelled) with no
+    file left claimed, and a load again stores the rest."""
+    src = tmp_path / "src"
+    src.mkdir()
+    small_files(src, 9000, dirs=3)  # listed (one walk) in runs of 2,048 files
+    home = {**SMALL_CONFIG, "capacity": 64 << 20, "home": str(tmp_path / "home")}
+    w = Worker(load_config(**home))
+    try:
+        w.mount("/m", src.as_uri(), {})
+        resolver = w.loader.files
+        listed = resolver.files_under_runs
+
+        def failing(paths, run):
+            for k, files in enumerate(listed(paths, run)):
+                if k == 4:  # after 8,192 files: the first chunk stored, two in flight
+                    raise OSError(errno.EIO, "the listing failed")
+                yield files
+
+        resolver.files_under_runs = failing
+        with pytest.raises(OSError, match="the listing failed"):
+            w.loader.load(["/m"], False, lambda state: None)
+        assert not w.fetcher._inflight  # no page left claimed
+        del resolver.files_under_runs
+        state = w.loader.load(["/m"], False, lambda state: None)
+        assert state["files_done"] == state["pages_done"] == 9000
+        # The chunk stored before the failure, and those in flight whose reads had begun.
+        assert 2048 <= state["pages_skipped"] <= 3 * 2048
+        again = w.loader.load(["/m"], False, lambda state: None)
+        assert again["pages_skipped"] == 9000  # every file stored
+    finally:
+        w.close()
