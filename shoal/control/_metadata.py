@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..engine._batch import expiries, put_stats
 from .ufs import ObjectInfo
 
 __all__ = ["MetadataCache"]
@@ -155,22 +156,14 @@ class MetadataCache:
         """:meth:`put_stat` of each ``(path, info)``, with one look at the lock and clock."""
         if ttl <= 0 or not items:
             return
-        fixed = _ENTRY_BYTES + _INFO_BYTES  # as _cost counts an ObjectInfo
-        stats = self._stats
         with self._lock:
             until = self._clock() + ttl
             self._first_expiry = min(self._first_expiry, until)
-            added, pop = 0, stats.pop
-            for path, info in items:
-                cost = fixed + len(path) + len(info.path) + len(info.version)
-                old = pop(path, None)  # re-inserted last: insertion order is age order
-                if old is not None:
-                    added -= old[2]
-                stats[path] = (until, info, cost)
-                added += cost
-            self.bytes += added
+            # Natively, each re-inserted last (insertion order is age order) and costed as
+            # _cost costs an ObjectInfo.
+            self.bytes += put_stats(self._stats, items, until, _ENTRY_BYTES + _INFO_BYTES)
             if self.bytes > self._max_bytes or sum(len(t) for t in self._tables) > self._max:
-                self._shrink((stats, items[-1][0]))
+                self._shrink((self._stats, items[-1][0]))
 
     def expiry(self, path: str, info: ObjectInfo) -> float | None:
         """Until when (monotonic seconds) the cached stat of ``path`` holds, if it is
@@ -178,19 +171,10 @@ class MetadataCache:
         return self.expiries([(path, info)])[0]
 
     def expiries(self, items: list[tuple[str, ObjectInfo]]) -> list[float | None]:
-        """:meth:`expiry` of each ``(path, info)``, with one look at the lock and clock."""
+        """:meth:`expiry` of each ``(path, info)``, with one look at the lock and clock
+        (natively)."""
         with self._lock:
-            got = [self._stats.get(path) for path, _ in items]
-        now = self._clock()
-        out: list[float | None] = []
-        for (_, info), entry in zip(items, got, strict=True):
-            if entry is None or entry[0] <= now:
-                out.append(None)
-                continue
-            cached = entry[1]
-            same = cached is info or (cached.version, cached.size) == (info.version, info.size)
-            out.append(entry[0] if same else None)
-        return out
+            return expiries(self._stats, items, self._clock())
 
     def stat(self, path: str, ttl: float, load: Callable[[], ObjectInfo]) -> ObjectInfo:
         """The cached stat of ``path``, else ``load()``'s result, cached for ``ttl``."""

@@ -1,9 +1,9 @@
 # cython: language_level=3
 """Per-item work of batches, each step one native pass over a batch: a page store's batch
 put (checks and checksums, reservations, index records, coalesced writes, index links), a
-listing's file ids, file records. A load of small files does these for thousands of files
-a batch, and the same steps in Python took about a microsecond a file each of a thread
-that holds the GIL."""
+listing's file ids, file records, and a metadata cache's stats put and looked up. A load
+of small files does these for thousands of files a batch, and the same steps in Python
+took about a microsecond a file each of a thread that holds the GIL."""
 
 from cpython.buffer cimport (
     PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer,
@@ -379,4 +379,59 @@ def prepared(list items, Py_ssize_t region_size):
         if not fit:
             return None
         out.append((key, data, crc))
+    return out
+
+
+def put_stats(dict table, list items, until, Py_ssize_t fixed):
+    """Put each ``(path, info)`` of ``items`` into ``table`` (a metadata cache's stats: path
+    -> ``(until, info, cost)``) as ``(until, info, cost)``, an entry there before taken
+    out first (so that the table's order stays the order of age), ``cost`` being ``fixed``
+    plus the lengths of ``path``, ``info.path`` and ``info.version``; the bytes added (the
+    costs put less those replaced). Every item is checked before any is put: a path that is
+    not a str, or an info whose path and version are not, raises ``TypeError`` and
+    changes nothing."""
+    cdef Py_ssize_t n = len(items), i, added = 0, cost
+    cdef list costs = [None] * n
+    cdef object item, path, info, name, version, old
+    for i in range(n):
+        item = items[i]
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            raise TypeError(f"put_stats: item {i} is not a (path, info) pair: {item!r}")
+        path, info = <tuple>item
+        name = info.path
+        version = info.version
+        if type(path) is not str or type(name) is not str or type(version) is not str:
+            raise TypeError(f"put_stats: item {i}: path, info.path and info.version must be "
+                            f"str: {item!r}")
+        costs[i] = fixed + len(<str>path) + len(<str>name) + len(<str>version)
+    for i in range(n):
+        path, info = <tuple>items[i]
+        old = table.pop(path, None)
+        if old is not None:
+            added -= <Py_ssize_t>(<tuple>old)[2]
+        cost = costs[i]
+        table[path] = (until, info, cost)
+        added += cost
+    return added
+
+
+def expiries(dict table, list items, double now):
+    """Per ``(path, info)`` of ``items``: until when (the ``until`` of its entry in
+    ``table``, as :func:`put_stats` puts them) the cached stat of ``path`` holds, if it
+    holds after ``now`` and is ``info`` still (the same object, or the same version and
+    size); None otherwise."""
+    cdef Py_ssize_t n = len(items), i
+    cdef list out = [None] * n
+    cdef object item, path, info, entry, cached
+    for i in range(n):
+        item = items[i]
+        if type(item) is not tuple or len(<tuple>item) != 2:
+            raise TypeError(f"expiries: item {i} is not a (path, info) pair: {item!r}")
+        path, info = <tuple>item
+        entry = table.get(path)
+        if entry is None or <double>(<tuple>entry)[0] <= now:
+            continue
+        cached = (<tuple>entry)[1]
+        if cached is info or (cached.version == info.version and cached.size == info.size):
+            out[i] = (<tuple>entry)[0]
     return out

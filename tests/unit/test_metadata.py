@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.control._metadata import MetadataCache
 from shoal.control.ufs import ObjectInfo
@@ -14,6 +16,9 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+sizes = st.integers(0, 3)
 
 
 def info(path: str, version: str = "v1") -> ObjectInfo:
@@ -175,3 +180,54 @@ def test_batched_puts_keep_the_bounds():
     cache.put_stats([(f"/m/f{i}", info(f"f{i}")) for i in range(25)], ttl=60)
     assert len(cache) <= 10
     assert cache.get_stat("/m/f24") is not None  # the newest stay
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 7), st.sampled_from(["v1", "v2", "a-longer-one"]), sizes),
+            max_size=12,
+        ),
+        max_size=6,
+    ),
+    st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["v1", "v2"]), sizes), max_size=12),
+)
+def test_batched_puts_and_expiries_agree_with_single_ones_entry_for_entry(batches, asked):
+    """Batches of stats (the same path more than once, new versions among them) cached
+    natively give the entries, their order (the order of age), the bytes and the expiries
+    that one put at a time gives."""
+    clock = Clock()
+    one, many = MetadataCache(clock=clock), MetadataCache(clock=clock)
+    for batch in batches:
+        items = [(f"/m/f{p}", ObjectInfo(f"f{p}", size, v, 0.0)) for p, v, size in batch]
+        for path, i in items:
+            one.put_stat(path, i, ttl=3)
+        many.put_stats(items, ttl=3)
+        clock.now += 1
+    assert many.bytes == one.bytes
+    assert list(many._stats.items()) == list(one._stats.items())
+    items = [(f"/m/f{p}", ObjectInfo(f"f{p}", size, v, 0.0)) for p, v, size in asked]
+    want = []
+    for path, i in items:
+        entry = one._stats.get(path)
+        live = entry is not None and entry[0] > clock.now
+        same = live and (entry[1].version, entry[1].size) == (i.version, i.size)
+        want.append(entry[0] if same else None)
+    assert many.expiries(items) == want
+
+
+def test_a_batch_with_a_bad_item_caches_none_of_it():
+    cache = MetadataCache()
+    cache.put_stats([("/m/a", info("a"))], ttl=5)
+    before = (cache.bytes, dict(cache._stats))
+    for bad in [
+        ("/m/b", info("b"), 1),
+        (b"/m/b", info("b")),
+        ("/m/b", ObjectInfo("b", 1, None, 0.0)),
+    ]:
+        with pytest.raises(TypeError, match="item 1"):
+            cache.put_stats([("/m/c", info("c")), bad], ttl=5)
+        assert (cache.bytes, dict(cache._stats)) == before
+    with pytest.raises(TypeError, match="item 0"):
+        cache.expiries(["/m/a"])
