@@ -300,26 +300,28 @@ cdef void _finish_whole(_Whole *w, int rounds) noexcept nogil:
 
 cdef void _read_wholes(int root_fd, _Whole *items, Py_ssize_t count, int c_method,
                        int rounds) noexcept nogil:
-    """Read every file of ``items`` not already failed, a window of them opened at a time.
-    A window stops early when the process is out of descriptors (with one file open at
-    least: the next window retries), so a batch never fails for its own size."""
-    cdef Py_ssize_t start = 0, stop, i, opened
-    while start < count:
-        stop = start
-        opened = 0
-        while stop < count and opened < _WINDOW:
-            if items[stop].error == 0:
-                _open_whole(root_fd, &items[stop], c_method)
-                if items[stop].fd < 0 and opened and (items[stop].error == EMFILE
-                                                      or items[stop].error == ENFILE):
-                    items[stop].error = 0
+    """Read every file of ``items`` not already failed, in order, the next ones opened
+    while it waits for one: at most ``_WINDOW`` open at a time, so that the disk always has
+    the next files' reads asked of it (a window opened, then read, then the next opened,
+    leaves it idle while each window opens). Opening waits when the process is out of
+    descriptors (with one file open at least: it retries once that one is read), so a
+    batch never fails for its own size."""
+    cdef Py_ssize_t done = 0, ahead = 0, open_now = 0
+    while done < count:
+        while ahead < count and open_now < _WINDOW:
+            if items[ahead].error == 0:
+                _open_whole(root_fd, &items[ahead], c_method)
+                if items[ahead].fd < 0 and open_now and (items[ahead].error == EMFILE
+                                                         or items[ahead].error == ENFILE):
+                    items[ahead].error = 0
                     break
-                opened += 1
-            stop += 1
-        for i in range(start, stop):
-            if items[i].fd >= 0:
-                _finish_whole(&items[i], rounds)
-        start = stop
+                if items[ahead].fd >= 0:
+                    open_now += 1
+            ahead += 1
+        if items[done].fd >= 0:
+            _finish_whole(&items[done], rounds)
+            open_now -= 1
+        done += 1
 
 
 def read_items_beneath(int root_fd, list items, *, using=None, int rounds=3):
