@@ -223,7 +223,7 @@ class _Ones:
 
     def abandon(self) -> None:
         """Give up the chunks still in flight (after an error): the reads not begun
-        cancelled, no page left claimed."""
+        cancelled, what the others read stored, no page left claimed."""
         while self._inflight:
             _, batch = self._inflight.popleft()
             for *_, read in batch.reads:
