@@ -2071,14 +2071,6 @@ class PageStore:
             self._check_open()
             return k in self._entries
 
-    def contains_many(self, keys: Iterable[bytes | str]) -> list[bool]:
-        """:meth:`contains` of each key, with one look at the index's lock."""
-        encoded = [k if type(k) is bytes and k else _encode_key(k) for k in keys]
-        with self._lock:
-            self._check_open()
-            entries = self._entries
-            return [k in entries for k in encoded]
-
     def absent(self, keys: list[bytes | str]) -> list[int]:
         """The places in ``keys`` of those not in the store (see :meth:`contains`), with
         one look at the index's lock."""
